@@ -1,0 +1,191 @@
+"""The `pipesd` command line: `run` simulates a scenario, `policies` lists policies and their
+parameters. Bad input exits with code 2 and one line on stderr; never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from simulator.errors import ConfigError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+SHOWN_COLUMNS = (
+    ("tpt_ms", "TPT ms", "{:.1f}"),
+    ("speedup", "speedup", "{:.2f}"),
+    ("ttft_ms", "TTFT ms", "{:.0f}"),
+    ("tokens_per_s", "tok/s", "{:.2f}"),
+    ("acceptance_rate", "accept", "{:.2f}"),
+    ("mean_accepted_len", "acc len", "{:.2f}"),
+    ("mean_draft_len", "draft len", "{:.2f}"),
+    ("nav_count", "NAVs", "{:.0f}"),
+    ("uplink_bytes", "up MB", "{:.1f}"),
+    ("cloud_energy_j", "cloud J", "{:.1f}"),
+    ("edge_energy_j", "edge J", "{:.1f}"),
+    ("radio_energy_j", "radio J", "{:.1f}"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="pipesd", description="Digital twin for cloud-edge speculative decoding."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run",
+        help="simulate a scenario for every policy it lists",
+        description=(
+            "Simulate SCENARIO (a TOML file) for every sweep point, policy and seed; write "
+            "OUT/summary.csv (one row per point and policy), OUT/results.csv (one row per "
+            "request) and OUT/manifest.json (scenario, profile hash, seeds, versions, command), "
+            "and print the summary."
+        ),
+    )
+    run.add_argument("scenario", type=Path, help="scenario TOML file, e.g. scenarios/pipesd_s1.toml")
+    run.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a scenario field by dotted path, e.g. link.uplink_mbps=10 or "
+        "policies.pipesd.r1=0.4 (VALUE is read as TOML: numbers, true/false, [lists], text); "
+        "repeatable",
+    )
+    run.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="add a sweep axis (replaces a [sweep] axis of the same name); repeatable",
+    )
+    run.add_argument(
+        "--policies",
+        metavar="LABEL,...",
+        help="run only these policy labels (the reference policy is always kept)",
+    )
+    run.add_argument(
+        "--timeline",
+        action="store_true",
+        help="also write OUT/timelines/*.csv: every draft, upload and cloud job (for Gantt plots)",
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+    sub.add_parser("policies", help="list the policies and their parameters with defaults")
+    return parser
+
+
+def _select_policies(points: list[Any], wanted: str | None) -> list[Any]:
+    if not wanted:
+        return points
+    from dataclasses import replace
+
+    labels = {w.strip() for w in wanted.split(",") if w.strip()}
+    selected = []
+    for point in points:
+        scenario = point.scenario
+        known = {p.label for p in scenario.policies}
+        unknown = labels - known
+        if unknown:
+            raise ConfigError(
+                "--policies", "", f"unknown label {sorted(unknown)[0]!r} (allowed: {', '.join(sorted(known))})"
+            )
+        keep = labels | {scenario.model.reference_policy}
+        policies = tuple(p for p in scenario.policies if p.label in keep)
+        selected.append(replace(point, scenario=replace(scenario, policies=policies)))
+    return selected
+
+
+def _print_summary(console: Console, rows: list[dict[str, Any]], axes: list[str]) -> None:
+    table = Table(show_lines=False, header_style="bold")
+    for axis in axes:
+        table.add_column(axis, justify="right")
+    table.add_column("policy")
+    for _, title, _ in SHOWN_COLUMNS:
+        table.add_column(title, justify="right")
+    for row in rows:
+        cells = [str(row[a]) for a in axes] + [row["policy"]]
+        for key, _, fmt in SHOWN_COLUMNS:
+            value = row[key]
+            if key == "uplink_bytes":
+                value = value / 1e6
+            cells.append("-" if isinstance(value, float) and math.isnan(value) else fmt.format(value))
+        table.add_row(*cells)
+    console.print(table)
+
+
+def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """`pipesd run`: expand, validate, simulate, write, print."""
+    from simulator.runner import plan_tasks, run_scenario
+    from simulator.scenario import expand_sweep
+
+    points = expand_sweep(args.scenario, args.overrides, args.sweep)
+    points = _select_policies(points, args.policies)
+    console = Console(stderr=False)
+    tasks = plan_tasks(points)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[current]}"),
+        console=Console(stderr=True),
+        disable=args.quiet,
+        transient=False,
+    )
+    with progress:
+        bar = progress.add_task("simulating", total=len(tasks), current="")
+
+        def done(task: Any, result: Any) -> None:
+            label = task.point.scenario.policies[task.policy_index].label
+            progress.update(bar, advance=1, current=f"{label} seed {task.seed}")
+
+        rows = run_scenario(args.scenario, points, args.out, ["pipesd", *argv], done, args.timeline)
+    if not args.quiet:
+        _print_summary(console, rows, list(points[0].axes))
+        console.print(f"wrote {args.out}/summary.csv, results.csv, manifest.json")
+    return 0
+
+
+def command_policies() -> int:
+    """`pipesd policies`: every policy with its parameters and defaults."""
+    from policies.registry import POLICIES
+
+    console = Console()
+    for name, (model, _) in POLICIES.items():
+        console.print(f"[bold]{name}[/bold]: {(model.__doc__ or '').strip()}")
+        for field, info in model.model_fields.items():
+            default = info.default if info.default is not None else "none"
+            note = f"  ({info.description})" if info.description else ""
+            console.print(f"    {field} = {default!r}{note}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `pipesd` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return command_run(args, argv)
+        return command_policies()
+    except ConfigError as exc:
+        print(f"pipesd: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("pipesd: interrupted; rows already written are kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

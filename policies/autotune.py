@@ -1,0 +1,232 @@
+"""PipeSD's NAV-threshold (R1, R2) autotuner: Bayesian optimisation behind a swappable ask/tell."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from numbers import Real
+from typing import Protocol
+
+import numpy as np
+from skopt import Optimizer
+
+Point = tuple[float, float]
+"""(R1 sequence threshold, R2 token threshold)."""
+
+SEED_MODULUS = 2**32
+"""Run seeds are reduced modulo this, the range numpy's legacy RandomState (used by skopt) takes."""
+
+ACQ_POINTS = 1000
+"""Random candidates scored by the acquisition function per ask; the GP fit dominates a step."""
+
+
+class ThresholdTuner(Protocol):
+    """Minimises an objective (lower is better) over (R1, R2) within a budget of evaluations.
+
+    PipeSD talks only to this interface, so another backend (e.g. optuna) can replace skopt.
+    """
+
+    @property
+    def done(self) -> bool:
+        """Whether the budget of evaluations of the current run is spent."""
+        ...
+
+    def ask(self) -> Point:
+        """The next point to evaluate; the best point seen once `done`. Repeats until `tell`."""
+        ...
+
+    def tell(self, point: Point, objective: float) -> None:
+        """Report the objective measured at `point`."""
+        ...
+
+    def best(self) -> tuple[Point, float] | None:
+        """The best point told in the current run and its objective; None before any `tell`."""
+        ...
+
+    def restart(self) -> None:
+        """Forget the current run and start tuning afresh (e.g. after the objective drifted)."""
+        ...
+
+
+class _BudgetedTuner(ABC):
+    """What every tuner shares: ranges, budget, history of the current run, seeding per run.
+
+    Run r (0 for the first, +1 per `restart`) is seeded with (seed + r) mod 2**32, so a tuner is
+    reproducible from its constructor arguments and the objectives it is told.
+    """
+
+    def __init__(
+        self, r1_range: tuple[float, float], r2_range: tuple[float, float], n_calls: int, seed: int
+    ) -> None:
+        self.r1_range = _checked_range("r1_range", r1_range)
+        self.r2_range = _checked_range("r2_range", r2_range)
+        self.n_calls = _checked_count("n_calls", n_calls)
+        self.seed = _checked_seed(seed)
+        self._run = 0
+        self._history: list[tuple[Point, float]] = []
+        self._pending: Point | None = None
+        self._begin(self.seed % SEED_MODULUS)
+
+    @property
+    def done(self) -> bool:
+        return len(self._history) >= self.n_calls
+
+    def ask(self) -> Point:
+        best = self.best()
+        if self.done and best is not None:
+            return best[0]
+        if self._pending is None:
+            self._pending = self._propose()
+        return self._pending
+
+    def tell(self, point: Point, objective: float) -> None:
+        if self.done:
+            raise RuntimeError("the tuning budget is spent; call restart() to tune again")
+        told = self._checked_point(point)
+        value = _checked_objective(objective)
+        self._observe(told, value)
+        self._history.append((told, value))
+        self._pending = None
+
+    def best(self) -> tuple[Point, float] | None:
+        if not self._history:
+            return None
+        return min(self._history, key=lambda item: item[1])
+
+    def restart(self) -> None:
+        self._run += 1
+        self._history = []
+        self._pending = None
+        self._begin((self.seed + self._run) % SEED_MODULUS)
+
+    def _checked_point(self, point: Point) -> Point:
+        if len(point) != 2:
+            raise ValueError(f"point must be (r1, r2), got {point!r}")
+        r1 = _checked_in_range("point r1", point[0], self.r1_range)
+        r2 = _checked_in_range("point r2", point[1], self.r2_range)
+        return (r1, r2)
+
+    @abstractmethod
+    def _begin(self, run_seed: int) -> None:
+        """Start a run's backend state from its seed."""
+
+    @abstractmethod
+    def _propose(self) -> Point:
+        """A new point to evaluate (called once per `tell`)."""
+
+    @abstractmethod
+    def _observe(self, point: Point, objective: float) -> None:
+        """Feed one validated evaluation to the backend."""
+
+
+class SkoptThresholdTuner(_BudgetedTuner):
+    """Gaussian-process Bayesian optimisation with expected improvement (scikit-optimize).
+
+    The first `n_initial_points` evaluations are uniformly random, later ones maximise EI over
+    `ACQ_POINTS` random candidates ("sampling": skopt's default L-BFGS polish costs more than
+    the GP fit and gains nothing visible at this budget). `xi` is EI's exploration margin in
+    objective units; the default suits objectives of about 0.05-0.3 (seconds per token), where
+    skopt's own 0.01 would be a margin of 3-20 %. With `n_initial_points >= n_calls` the whole
+    budget is random.
+    """
+
+    def __init__(
+        self,
+        r1_range: tuple[float, float] = (0.05, 0.9),
+        r2_range: tuple[float, float] = (0.6, 0.99),
+        n_calls: int = 16,
+        n_initial_points: int = 5,
+        seed: int = 0,
+        xi: float = 0.001,
+    ) -> None:
+        self.n_initial_points = _checked_count("n_initial_points", n_initial_points)
+        self.xi = _checked_xi(xi)
+        self._optimizer: Optimizer
+        super().__init__(r1_range, r2_range, n_calls, seed)
+
+    def _begin(self, run_seed: int) -> None:
+        self._optimizer = Optimizer(
+            dimensions=[self.r1_range, self.r2_range],
+            base_estimator="GP",
+            acq_func="EI",
+            acq_optimizer="sampling",
+            n_initial_points=self.n_initial_points,
+            random_state=run_seed,
+            acq_func_kwargs={"xi": self.xi},
+            acq_optimizer_kwargs={"n_points": ACQ_POINTS},
+        )
+
+    def _propose(self) -> Point:
+        r1, r2 = self._optimizer.ask()
+        return (float(r1), float(r2))
+
+    def _observe(self, point: Point, objective: float) -> None:
+        self._optimizer.tell(list(point), objective)
+
+
+class RandomThresholdTuner(_BudgetedTuner):
+    """Uniform random search over the ranges: the baseline the BO tuner must beat."""
+
+    def __init__(
+        self,
+        r1_range: tuple[float, float] = (0.05, 0.9),
+        r2_range: tuple[float, float] = (0.6, 0.99),
+        n_calls: int = 16,
+        seed: int = 0,
+    ) -> None:
+        self._rng: np.random.Generator
+        super().__init__(r1_range, r2_range, n_calls, seed)
+
+    def _begin(self, run_seed: int) -> None:
+        self._rng = np.random.default_rng(run_seed)
+
+    def _propose(self) -> Point:
+        r1 = float(self._rng.uniform(*self.r1_range))
+        r2 = float(self._rng.uniform(*self.r2_range))
+        return (r1, r2)
+
+    def _observe(self, point: Point, objective: float) -> None:
+        """Random search ignores what it is told; the shared history keeps the best."""
+
+
+def _checked_range(name: str, bounds: tuple[float, float]) -> tuple[float, float]:
+    if len(bounds) != 2 or not all(_is_real(bound) for bound in bounds):
+        raise ValueError(f"{name} must be a (low, high) pair of numbers, got {bounds!r}")
+    low, high = bounds
+    if not 0.0 < low < high <= 1.0:
+        raise ValueError(f"{name} must satisfy 0 < low < high <= 1, got {bounds!r}")
+    return (float(low), float(high))
+
+
+def _checked_count(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _checked_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    return seed
+
+
+def _checked_xi(xi: float) -> float:
+    if not (_is_real(xi) and math.isfinite(xi) and xi >= 0):
+        raise ValueError(f"xi must be a finite number >= 0, got {xi!r}")
+    return float(xi)
+
+
+def _checked_in_range(name: str, value: float, bounds: tuple[float, float]) -> float:
+    if not (_is_real(value) and bounds[0] <= value <= bounds[1]):
+        raise ValueError(f"{name} must lie in [{bounds[0]}, {bounds[1]}], got {value!r}")
+    return float(value)
+
+
+def _checked_objective(objective: float) -> float:
+    if not (_is_real(objective) and math.isfinite(objective)):
+        raise ValueError(f"objective must be a finite number, got {objective!r}")
+    return float(objective)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)

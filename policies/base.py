@@ -1,0 +1,122 @@
+"""The one interface every decision policy implements, shared by the simulator and the testbed.
+
+A policy is told what happened on the edge (a token was drafted, a batch finished uploading, a
+verification came back) and answers what to do next. It never reads a clock, sleeps or does I/O:
+times reach it only as numbers inside the events, so a SimPy executor and a real-time executor
+drive the very same object.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class Decision(IntEnum):
+    """What the executor does after a token has been drafted."""
+
+    CONTINUE = 0
+    """Keep drafting; send nothing yet."""
+    SEND = 1
+    """Close a token batch: upload every drafted, unsent token now and keep drafting."""
+    VERIFY = 2
+    """Trigger a NAV: upload every unsent token and ask the cloud to verify the draft."""
+    VERIFY_DROP_LAST = 3
+    """As VERIFY, but first discard the token just drafted (llama.cpp's p_min rule)."""
+
+
+class Mode(IntEnum):
+    """How a policy generates tokens."""
+
+    SPECULATIVE = 0
+    """The edge drafts, the cloud verifies (every speculative-decoding policy)."""
+    CLOUD_AUTOREGRESSIVE = 1
+    """The cloud generates every token itself and streams them down (the reference)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestStart:
+    """A new request begins on the edge."""
+
+    prompt_len: int
+    max_new_tokens: int
+    now_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyOutcome:
+    """The cloud's answer to a NAV, as the edge sees it when the answer arrives.
+
+    `verified` draft tokens were checked, the first `accepted` of them were accepted, and one
+    more token (correction or bonus) came with the answer. `surviving` tokens drafted while the
+    NAV was pending remain speculative (they were kept because the whole draft was accepted and
+    the edge's guess of the bonus token was right); `surviving_sent` of them are already uploaded.
+    """
+
+    verified: int
+    accepted: int
+    surviving: int
+    surviving_sent: int
+    now_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class CostHints:
+    """True per-round costs, revealed only to oracle policies (upper bounds)."""
+
+    alpha_s: float
+    beta_s: float
+    gamma_s: float
+
+
+class Policy(ABC):
+    """Base class: the callbacks an executor invokes, in time order, for one edge.
+
+    Subclasses override what they need. The defaults describe a policy that drafts until it
+    says VERIFY and never drafts while a verification is pending.
+    """
+
+    mode: Mode = Mode.SPECULATIVE
+    drafts_while_pending: bool = False
+    """Whether the edge keeps drafting while a NAV is outstanding (proactive drafting)."""
+    is_oracle: bool = False
+    """Oracles are told the future acceptance run through `on_round_start`."""
+
+    def start_request(self, event: RequestStart) -> None:
+        """A request starts; reset per-request state (keep what is learned across requests)."""
+
+    @abstractmethod
+    def on_draft(self, confidence: float, draft_time_s: float, pending: bool) -> Decision:
+        """A token was drafted with top-1 probability `confidence` in `draft_time_s` seconds.
+
+        `pending` says whether a NAV is outstanding while this token was drafted. While one is,
+        VERIFY means "stop drafting; verify these tokens as soon as the outstanding answer
+        allows" and the executor waits for that answer.
+        """
+
+    def on_upload(self, n_tokens: int, duration_s: float) -> None:
+        """A batch of `n_tokens` draft tokens finished uploading in `duration_s` seconds."""
+
+    def startup_probe_sizes(self) -> tuple[int, ...]:
+        """Token counts of probe uploads to send once when the edge session starts."""
+        return ()
+
+    def on_result(self, outcome: VerifyOutcome) -> Decision:
+        """The answer to the outstanding NAV arrived; say what to do with surviving tokens.
+
+        The answer matters only when `outcome.surviving > 0`: CONTINUE drafting on top of them,
+        SEND the unsent ones, or VERIFY them at once.
+        """
+        return Decision.CONTINUE
+
+    def on_round_start(self, accept_run: int, hints: CostHints) -> Decision:
+        """Oracles only: the next `accept_run` positions will be accepted, the one after not.
+
+        Called whenever drafting starts afresh; VERIFY asks for a NAV without drafting at all.
+        """
+        return Decision.CONTINUE
+
+    def state(self) -> dict[str, float]:
+        """A snapshot of tunable state (thresholds, estimates) for logs and results."""
+        return {}

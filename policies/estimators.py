@@ -1,0 +1,78 @@
+"""Online estimates of PipeSD's cost constants: α, β (upload) and γ (drafting), and N̂."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+
+class UploadCostEstimator:
+    """Least-squares fit of upload time = α + β·tokens over the most recent batches.
+
+    Running sums keep each update O(1). Until two different batch sizes have been seen, α keeps
+    its prior and β is solved from the latest measurement; both are clamped to be non-negative.
+    """
+
+    def __init__(self, alpha_s: float, beta_s: float, window: int = 64) -> None:
+        self.alpha_s = alpha_s
+        self.beta_s = beta_s
+        self._samples: deque[tuple[int, float]] = deque()
+        self._window = window
+        self._sn = self._sd = self._snn = self._snd = 0.0
+
+    def _add(self, n: float, d: float, sign: float) -> None:
+        self._sn += sign * n
+        self._sd += sign * d
+        self._snn += sign * n * n
+        self._snd += sign * n * d
+
+    def observe(self, n_tokens: int, duration_s: float) -> None:
+        """Add one measured upload and refit."""
+        if n_tokens <= 0:
+            return
+        self._samples.append((n_tokens, duration_s))
+        self._add(n_tokens, duration_s, 1.0)
+        if len(self._samples) > self._window:
+            old_n, old_d = self._samples.popleft()
+            self._add(old_n, old_d, -1.0)
+        count = len(self._samples)
+        var_n = self._snn - self._sn * self._sn / count
+        if var_n > 1e-9 * max(self._snn, 1.0):
+            beta = max((self._snd - self._sn * self._sd / count) / var_n, 0.0)
+            self.beta_s = beta
+            self.alpha_s = max((self._sd - beta * self._sn) / count, 0.0)
+        else:
+            self.beta_s = max((duration_s - self.alpha_s) / n_tokens, 0.0)
+
+
+class MovingAverage:
+    """Mean of the last `window` observations, starting from a prior value."""
+
+    def __init__(self, initial: float, window: int) -> None:
+        self._values: deque[float] = deque(maxlen=window)
+        self._sum = 0.0
+        self._initial = initial
+
+    def observe(self, value: float) -> None:
+        """Add one observation."""
+        if len(self._values) == self._values.maxlen:
+            self._sum -= self._values[0]
+        self._values.append(value)
+        self._sum += value
+
+    @property
+    def value(self) -> float:
+        """The current mean, or the prior before any observation."""
+        return self._sum / len(self._values) if self._values else self._initial
+
+
+def moved(old: float, new: float, tolerance: float) -> bool:
+    """Whether `new` differs from `old` by more than `tolerance`, relative to `old`."""
+    if old == 0.0:
+        return new != 0.0
+    return abs(new - old) > tolerance * abs(old)
+
+
+def planning_window(mean_draft_len: float, cap: int) -> int:
+    """N̂: the mean recent draft length rounded up, between 1 and `cap`."""
+    return max(1, min(cap, math.ceil(mean_draft_len - 1e-9)))

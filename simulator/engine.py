@@ -1,0 +1,525 @@
+"""The SimPy twin: an edge drafter, serialised uplink/downlink channels and a cloud verifier.
+
+The edge runs a policy (policies/) exactly as the testbed does: it drafts token by token, tells
+the policy, and sends batches or NAVs when told. To stay fast, the edge keeps a local clock that
+may run ahead of SimPy's: drafting only touches the edge's own state, and anything it sends is
+scheduled at its local time, which is never earlier than the simulation's. It synchronises with
+SimPy only when an answer from the cloud could be due (conservative look-ahead), so a token
+costs a few Python operations, not a SimPy event. The cloud serves jobs first come, first served
+in arrival order; a NAV's answer is processed by the edge at the first token boundary after it
+arrives (a draft step is not interruptible, as in llama.cpp).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import deque
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import simpy
+
+from policies.base import CostHints, Decision, Mode, Policy, RequestStart, VerifyOutcome
+from policies.registry import make_policy
+from simulator.acceptance import AcceptanceModel
+from simulator.link import Bandwidth, Channel, ConstantBandwidth, TraceBandwidth
+from simulator.payload import Payload, payload_for
+from simulator.profile import DraftLatency, PowerProfile, TargetLatency
+from simulator.records import RequestRecord
+from simulator.scenario import PolicyEntry, Scenario
+
+CONTINUE, SEND, VERIFY, VERIFY_DROP_LAST = (int(d) for d in Decision)
+
+
+
+class Span(NamedTuple):
+    """One interval of activity for timelines (Gantt charts) and invariant checks.
+
+    lanes: draft (one token: first = position), uplink (a message: tokens [first, last), ready_s
+    = when the edge sent it), cloud (a job: for a NAV, positions [first, last)), downlink (an
+    answer), result (the edge processes an answer: start = arrival, end = processing time).
+    """
+
+    lane: str
+    start_s: float
+    end_s: float
+    label: str
+    request: int
+    first: int = 0
+    last: int = 0
+    ready_s: float = 0.0
+
+
+class _Job:
+    """Work for the cloud; `service_s` is known on arrival, `begin` runs when service starts."""
+
+    __slots__ = ("service_s", "record")
+
+    def __init__(self, service_s: float, record: RequestRecord) -> None:
+        self.service_s = service_s
+        self.record = record
+
+    def begin(self, now_s: float) -> None:
+        """Service starts now."""
+
+
+class _PendingNav(_Job):
+    """A NAV on its way: covers positions [start, end); `eta` known once the cloud starts it."""
+
+    __slots__ = (
+        "start", "end", "eta", "lower_bound", "started", "downlink", "result_bytes", "timeline"
+    )
+
+    def __init__(
+        self, start: int, end: int, service_s: float, record: RequestRecord, downlink: Channel,
+        result_bytes: int, lower_bound: float, timeline: list[Span] | None,
+    ) -> None:
+        super().__init__(service_s, record)
+        self.start, self.end = start, end
+        self.eta: float | None = None
+        self.lower_bound = lower_bound
+        self.started: simpy.Event | None = None
+        self.downlink = downlink
+        self.result_bytes = result_bytes
+        self.timeline = timeline
+
+    def begin(self, now_s: float) -> None:
+        done = now_s + self.service_s
+        tx = self.downlink.transmit(done, self.result_bytes)
+        self.eta = tx.arrive_s
+        self.record.downlink_bytes += self.result_bytes
+        if self.timeline is not None:
+            request = self.record.request
+            self.timeline.append(
+                Span("cloud", now_s, done, "NAV", request, self.start, self.end)
+            )
+            self.timeline.append(
+                Span("downlink", tx.start_s, tx.finish_s, "answer", request, ready_s=done)
+            )
+        if self.started is not None:
+            self.started.succeed()
+
+
+class _GenerateJob(_Job):
+    """Cloud-only generation: prefill, then one forward per token, each token streamed down."""
+
+    __slots__ = ("arrivals", "started", "_target", "_downlink", "_bytes", "_prompt_len", "_n")
+
+    def __init__(
+        self, target: TargetLatency, prompt_len: int, n_tokens: int, record: RequestRecord,
+        downlink: Channel, token_bytes: int,
+    ) -> None:
+        service = target.prefill_s(prompt_len) + sum(
+            target.forward_s(1, prompt_len + i) for i in range(1, n_tokens)
+        )
+        super().__init__(service, record)
+        self.arrivals: list[float] = []
+        self.started: simpy.Event | None = None
+        self._target, self._downlink, self._bytes = target, downlink, token_bytes
+        self._prompt_len, self._n = prompt_len, n_tokens
+
+    def begin(self, now_s: float) -> None:
+        t = now_s + self._target.prefill_s(self._prompt_len)
+        for i in range(self._n):
+            if i:
+                t += self._target.forward_s(1, self._prompt_len + i)
+            self.arrivals.append(self._downlink.transmit(t, self._bytes).arrive_s)
+        self.record.downlink_bytes += self._n * self._bytes
+        if self.started is not None:
+            self.started.succeed()
+
+
+class Cloud:
+    """One verifier serving jobs first come, first served, in order of arrival."""
+
+    def __init__(self, env: simpy.Environment, timeline: list[Span] | None) -> None:
+        self.env = env
+        self.queue: deque[_Job] = deque()
+        self.busy_s = 0.0
+        self._wake: simpy.Event | None = None
+        self._timeline = timeline
+        env.process(self._serve())
+
+    def arrive(self, job: _Job, at_s: float) -> None:
+        """Schedule `job` to join the queue at time `at_s`."""
+        event = self.env.timeout(at_s - self.env.now, job)
+        event.callbacks.append(self._enqueue)
+
+    def _enqueue(self, event: simpy.Event) -> None:
+        self.queue.append(event.value)
+        if self._wake is not None:
+            wake, self._wake = self._wake, None
+            wake.succeed()
+
+    def _serve(self) -> Generator[simpy.Event, Any, None]:
+        env = self.env
+        while True:
+            if not self.queue:
+                self._wake = env.event()
+                yield self._wake
+            job = self.queue.popleft()
+            job.begin(env.now)
+            job.record.cloud_busy_s += job.service_s
+            self.busy_s += job.service_s
+            if self._timeline is not None and type(job) is not _PendingNav:
+                label = "generate" if type(job) is _GenerateJob else "prefill"
+                end = env.now + job.service_s
+                self._timeline.append(Span("cloud", env.now, end, label, job.record.request))
+            yield env.timeout(job.service_s)
+
+
+@dataclass
+class EdgeConfig:
+    """Everything the edge process needs, resolved from a scenario."""
+
+    draft: DraftLatency
+    target: TargetLatency
+    power: PowerProfile
+    payload: Payload
+    compute_factor: float
+    max_draft_tokens: int
+    prompt_len: int
+    max_new_tokens: int
+    requests: int
+    seed: int
+
+
+@dataclass
+class SessionStats:
+    """Edge-session quantities outside any request (start-up probes)."""
+
+    probe_messages: int = 0
+    probe_bytes: int = 0
+    probe_time_s: float = 0.0
+
+
+@dataclass
+class SimResult:
+    """The outcome of simulating one policy on one scenario point with one seed."""
+
+    records: list[RequestRecord]
+    session: SessionStats
+    policy_state: dict[str, float]
+    cloud_busy_s: float
+    end_s: float
+    timeline: list[Span] | None = field(default=None)
+
+
+class Edge:
+    """An edge device running one policy over its request stream."""
+
+    def __init__(
+        self, env: simpy.Environment, config: EdgeConfig, policy: Policy, cloud: Cloud,
+        uplink: Channel, downlink: Channel, acceptance: AcceptanceModel,
+        timeline: list[Span] | None,
+    ) -> None:
+        self.env, self.config, self.policy, self.cloud = env, config, policy, cloud
+        self.up, self.down, self.acceptance = uplink, downlink, acceptance
+        self.records: list[RequestRecord] = []
+        self.session = SessionStats()
+        self.timeline = timeline
+        self.process = env.process(self._run())
+
+    def _run(self) -> Generator[simpy.Event, Any, None]:
+        yield from self._probe()
+        for index in range(self.config.requests):
+            if self.policy.mode == Mode.CLOUD_AUTOREGRESSIVE:
+                yield from self._cloud_request(index)
+            else:
+                yield from self._speculative_request(index)
+
+    def _probe(self) -> Generator[simpy.Event, Any, None]:
+        """PipeSD-style start-up probes: uploads of a few token sizes, one after another."""
+        t = self.env.now
+        for size in self.policy.startup_probe_sizes():
+            n_bytes = self.config.payload.batch_bytes(size)
+            tx = self.up.transmit(t, n_bytes)
+            self.policy.on_upload(size, tx.finish_s - tx.start_s)
+            t = tx.arrive_s + self.down.min_delivery_s()
+            self.session.probe_messages += 1
+            self.session.probe_bytes += n_bytes
+        self.session.probe_time_s = t - self.env.now
+        if t > self.env.now:
+            yield self.env.timeout(t - self.env.now)
+
+    def _finish(self, record: RequestRecord) -> None:
+        power = self.config.power
+        idle_s = max(record.end_s - record.start_s - record.edge_busy_s, 0.0)
+        record.edge_energy_j = power.edge_busy_w * record.edge_busy_s + power.edge_idle_w * idle_s
+        record.cloud_energy_j = power.gpu_active_w * record.cloud_busy_s
+        record.radio_energy_j = (
+            power.radio_uplink_j_per_byte * record.uplink_bytes
+            + power.radio_downlink_j_per_byte * record.downlink_bytes
+        )
+        self.records.append(record)
+
+    def _cloud_request(self, index: int) -> Generator[simpy.Event, Any, None]:
+        env, cfg = self.env, self.config
+        record = RequestRecord(request=index, prompt_len=cfg.prompt_len, start_s=env.now)
+        prompt = cfg.payload.prompt_bytes(cfg.prompt_len)
+        tx = self.up.transmit(env.now, prompt)
+        record.uplink_bytes += prompt
+        record.uplink_messages += 1
+        job = _GenerateJob(
+            cfg.target, cfg.prompt_len, cfg.max_new_tokens, record, self.down,
+            cfg.payload.stream_token_bytes(),
+        )
+        job.started = env.event()
+        self.cloud.arrive(job, tx.arrive_s)
+        yield job.started
+        yield env.timeout(job.arrivals[-1] - env.now)
+        record.new_tokens = cfg.max_new_tokens
+        record.first_token_s, record.end_s = job.arrivals[0], job.arrivals[-1]
+        self._finish(record)
+
+    def _speculative_request(self, index: int) -> Generator[simpy.Event, Any, None]:
+        """One request under a speculative policy (see the module docstring for the clock)."""
+        env, cfg, policy, up, down = self.env, self.config, self.policy, self.up, self.down
+        payload, timeline = cfg.payload, self.timeline
+        n_new, prompt_len = cfg.max_new_tokens, cfg.prompt_len
+        record = RequestRecord(request=index, prompt_len=prompt_len, start_s=env.now)
+        stream = self.acceptance.stream(cfg.seed, index, n_new)
+        confidence, off_path = stream.confidence, stream.off_path_confidence
+        next_reject = stream.next_reject
+        n_off = len(off_path)
+        t = env.now
+        prompt = payload.prompt_bytes(prompt_len)
+        tx = up.transmit(t, prompt)
+        record.uplink_bytes += prompt
+        record.uplink_messages += 1
+        self.cloud.arrive(_Job(cfg.target.prefill_s(prompt_len), record), tx.arrive_s)
+        inv_factor = 1.0 / cfg.compute_factor
+        prefill = cfg.draft.prefill_s(prompt_len) * inv_factor
+        t += prefill
+        record.edge_busy_s += prefill
+        policy.start_request(RequestStart(prompt_len, n_new, record.start_s))
+
+        decode_base = cfg.draft.decode_base_s * inv_factor
+        decode_ctx = cfg.draft.decode_per_context_token_s * inv_factor
+        per_token_bytes, header = payload.per_draft_token, payload.message_header
+        result_bytes = payload.result_bytes()
+        target = cfg.target
+        min_down = down.min_delivery_s()
+        drafts_while_pending = policy.drafts_while_pending
+        is_oracle = policy.is_oracle
+        max_draft = cfg.max_draft_tokens
+        limit = n_new - 1
+        reports: deque[tuple[float, int, float]] = deque()
+
+        committed = drafted_end = sent_end = 0
+        off_index = 0
+        nav: _PendingNav | None = None
+        deferred = False
+        round_start = True
+        first_token_s = -1.0
+
+        def send(now: float, nav_request: bool) -> _PendingNav | None:
+            nonlocal sent_end
+            n_tokens = drafted_end - sent_end
+            n_bytes = header + n_tokens * per_token_bytes
+            tx = up.transmit(now, n_bytes)
+            record.uplink_bytes += n_bytes
+            record.uplink_messages += 1
+            if n_tokens:
+                reports.append((tx.finish_s, n_tokens, tx.finish_s - tx.start_s))
+            if timeline is not None:
+                kind = "NAV" if nav_request else "batch"
+                timeline.append(
+                    Span("uplink", tx.start_s, tx.finish_s, kind, index, sent_end, drafted_end, now)
+                )
+            sent_end = drafted_end
+            if not nav_request:
+                return None
+            m = drafted_end - committed
+            service = target.forward_s(m + 1, prompt_len + committed + m)
+            pending = _PendingNav(
+                committed, drafted_end, service, record, down, result_bytes,
+                tx.arrive_s + service + min_down, timeline,
+            )
+            self.cloud.arrive(pending, tx.arrive_s)
+            return pending
+
+        while committed < n_new:
+            while reports and reports[0][0] <= t:
+                _, n_tokens, duration = reports.popleft()
+                policy.on_upload(n_tokens, duration)
+            if nav is not None:
+                eta = nav.eta
+                if eta is not None and eta <= t:
+                    wait = False
+                elif drafts_while_pending and not deferred and drafted_end < limit:
+                    if eta is None and t >= nav.lower_bound:
+                        if t > env.now:
+                            yield env.timeout(t - env.now)
+                        if nav.eta is None:
+                            nav.lower_bound = t + nav.service_s + min_down
+                        continue
+                    wait = None  # keep drafting
+                else:
+                    wait = True
+                if wait is not None:
+                    if t > env.now:
+                        yield env.timeout(t - env.now)
+                    if wait:
+                        if nav.eta is None:
+                            nav.started = env.event()
+                            yield nav.started
+                        if nav.eta > env.now:  # type: ignore[operator]
+                            yield env.timeout(nav.eta - env.now)  # type: ignore[operator]
+                        t = env.now
+                    # -- the answer is processed at local time t ----------------------------
+                    start, end = nav.start, nav.end
+                    m = end - start
+                    reject = next_reject[start]
+                    accepted = min(reject - start, m)
+                    new_committed = start + accepted + 1
+                    surviving = surviving_sent = 0
+                    if drafted_end > end:
+                        if accepted == m and reject > end:
+                            surviving = drafted_end - end - 1
+                            surviving_sent = max(0, sent_end - end - 1)
+                            record.promoted += surviving
+                            record.bonus_matches += 1
+                        else:
+                            record.discarded += drafted_end - end
+                            record.rollbacks += 1
+                    if surviving:
+                        sent_end = max(sent_end, new_committed)
+                    else:
+                        drafted_end = sent_end = new_committed
+                    committed = min(new_committed, n_new)
+                    if first_token_s < 0:
+                        first_token_s = t
+                    record.navs += 1
+                    record.verified += m
+                    record.accepted += accepted
+                    if timeline is not None:
+                        label = f"{accepted}/{m} accepted"
+                        timeline.append(Span("result", nav.eta, t, label, index, start, end))  # type: ignore[arg-type]
+                    nav = None
+                    deferred = False
+                    decision = policy.on_result(VerifyOutcome(m, accepted, surviving, surviving_sent, t))
+                    round_start = surviving == 0
+                    if surviving and committed < n_new:
+                        if decision == VERIFY:
+                            nav = send(t, True)
+                        elif decision == SEND and drafted_end > sent_end:
+                            send(t, False)
+                    continue
+            else:
+                if is_oracle and round_start:
+                    round_start = False
+                    hints = CostHints(
+                        up.overhead_s,
+                        per_token_bytes * 8.0 / (up.bandwidth.at(t) * 1e6),
+                        decode_base + decode_ctx * (prompt_len + drafted_end),
+                    )
+                    if policy.on_round_start(next_reject[committed] - committed, hints) == VERIFY:
+                        nav = send(t, True)
+                        continue
+                if drafted_end >= limit:
+                    nav = send(t, True)
+                    continue
+            # -- draft one token ------------------------------------------------------------------
+            position = drafted_end
+            if position <= next_reject[committed]:
+                conf = confidence[position]
+            else:
+                conf = off_path[off_index % n_off]
+                off_index += 1
+            dt = decode_base + decode_ctx * (prompt_len + position)
+            if timeline is not None:
+                timeline.append(Span("draft", t, t + dt, "draft", index, position, position + 1))
+            t += dt
+            record.edge_busy_s += dt
+            record.drafted += 1
+            drafted_end = position + 1
+            pending = nav is not None
+            decision = policy.on_draft(conf, dt, pending)
+            if decision <= SEND and (
+                drafted_end - committed >= max_draft or (not pending and drafted_end >= limit)
+            ):
+                decision = VERIFY
+            if decision == SEND:
+                if drafted_end > sent_end:
+                    send(t, False)
+            elif decision != CONTINUE:
+                if decision == VERIFY_DROP_LAST:
+                    drafted_end -= 1
+                    record.discarded += 1
+                if pending:
+                    deferred = True
+                else:
+                    nav = send(t, True)
+
+        if t > env.now:
+            yield env.timeout(t - env.now)
+        record.new_tokens = n_new
+        record.first_token_s = first_token_s
+        record.end_s = t
+        self._finish(record)
+
+
+def policy_seed(seed: int, label: str) -> int:
+    """A policy's own seed: stable across runs, different per label."""
+    return (seed * 1_000_003 + zlib.crc32(label.encode())) % (2**31)
+
+
+def bandwidth_for(scenario: Scenario, direction: str) -> Bandwidth:
+    """The scenario's bandwidth for 'uplink' or 'downlink': trace, override, or profile."""
+    link = scenario.model.link
+    trace = getattr(link, f"{direction}_trace")
+    if trace is not None:
+        return TraceBandwidth.from_csv(scenario.resolve(trace), link.trace_repeat)
+    mbps = getattr(link, f"{direction}_mbps")
+    if mbps is None:
+        mbps = getattr(scenario.profile.profile.link, f"{direction}_mbps")
+    return ConstantBandwidth(mbps)
+
+
+def _link_value(scenario: Scenario, name: str) -> float:
+    value = getattr(scenario.model.link, name)
+    return getattr(scenario.profile.profile.link, name) if value is None else value
+
+
+def simulate(
+    scenario: Scenario, entry: PolicyEntry, seed: int, record_timeline: bool = False
+) -> SimResult:
+    """Simulate one policy on one scenario point with one seed."""
+    profile = scenario.profile.profile
+    model = scenario.model
+    env = simpy.Environment()
+    timeline: list[Span] | None = [] if record_timeline else None
+    latency = _link_value(scenario, "one_way_latency_s")
+    uplink = Channel(bandwidth_for(scenario, "uplink"), _link_value(scenario, "uplink_overhead_s"), latency)
+    downlink = Channel(
+        bandwidth_for(scenario, "downlink"), _link_value(scenario, "downlink_overhead_s"), latency
+    )
+    acceptance_spec = model.acceptance or profile.acceptance
+    acceptance_dir = scenario.base_dir if model.acceptance else scenario.profile.path.parent
+    acceptance = AcceptanceModel(acceptance_spec, acceptance_dir)
+    config = EdgeConfig(
+        draft=profile.draft_latency,
+        target=profile.target_latency,
+        power=profile.power,
+        payload=payload_for(profile.payload, model.payload),
+        compute_factor=model.edge.compute_factor,
+        max_draft_tokens=model.edge.max_draft_tokens,
+        prompt_len=model.prompts.prompt_len,
+        max_new_tokens=model.prompts.max_new_tokens,
+        requests=model.prompts.count,
+        seed=seed,
+    )
+    policy = make_policy(entry.name, entry.params, policy_seed(seed, entry.label))
+    cloud = Cloud(env, timeline)
+    edge = Edge(env, config, policy, cloud, uplink, downlink, acceptance, timeline)
+    env.run(until=edge.process)
+    return SimResult(
+        records=edge.records,
+        session=edge.session,
+        policy_state=policy.state(),
+        cloud_busy_s=cloud.busy_s,
+        end_s=env.now,
+        timeline=timeline,
+    )

@@ -1,0 +1,158 @@
+"""Links: bandwidth as a function of time (constant or a `t_s, mbps` trace) and serialised
+one-way channels. A message of B bytes sent at t occupies the channel from max(t, free) for
+overhead + B / bandwidth(t) (the bandwidth read from the trace as time passes), then arrives
+one-way latency later.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from simulator.errors import ConfigError
+
+BITS_PER_MEGABIT = 1e6
+
+
+class ConstantBandwidth:
+    """A fixed bandwidth."""
+
+    def __init__(self, mbps: float) -> None:
+        self.mbps = mbps
+        self._bytes_per_s = mbps * BITS_PER_MEGABIT / 8.0
+
+    def finish_time(self, start_s: float, n_bytes: float) -> float:
+        """When `n_bytes` that start transmitting at `start_s` have all been sent."""
+        return start_s + n_bytes / self._bytes_per_s
+
+    def at(self, t_s: float) -> float:
+        """Bandwidth in Mbit/s at time t."""
+        return self.mbps
+
+
+class TraceBandwidth:
+    """A piecewise-constant bandwidth from a trace; loops (or holds its last value) past the end.
+
+    The trace's last row starts the final step; with `repeat` the trace period is the last
+    time stamp plus the mean step length, so the final value lasts as long as a typical step.
+    """
+
+    def __init__(self, times_s: list[float], mbps: list[float], repeat: bool, source: str) -> None:
+        self.source = source
+        self.times = times_s
+        self.rates = [m * BITS_PER_MEGABIT / 8.0 for m in mbps]
+        self.mbps = mbps
+        self.repeat = repeat
+        steps = len(times_s)
+        self.period = (
+            times_s[-1] + (times_s[-1] - times_s[0]) / (steps - 1) if steps > 1 else math.inf
+        )
+        if steps == 1:
+            self.repeat = False
+        # cumulative bytes at each step start within one period
+        self.cumulative = [0.0]
+        for i in range(1, steps):
+            self.cumulative.append(self.cumulative[-1] + self.rates[i - 1] * (times_s[i] - times_s[i - 1]))
+        self.period_bytes = (
+            self.cumulative[-1] + self.rates[-1] * (self.period - times_s[-1]) if self.repeat else math.inf
+        )
+
+    @classmethod
+    def from_csv(cls, path: Path, repeat: bool) -> TraceBandwidth:
+        """Read a trace CSV with columns t_s, mbps (a header row is required)."""
+        times, rates = [], []
+        try:
+            with path.open(newline="") as handle:
+                reader = csv.DictReader(handle)
+                if not {"t_s", "mbps"} <= set(reader.fieldnames or []):
+                    raise ConfigError(path, "header", "trace needs columns t_s, mbps")
+                for line, row in enumerate(reader, start=2):
+                    try:
+                        t, rate = float(row["t_s"]), float(row["mbps"])
+                    except (TypeError, ValueError):
+                        raise ConfigError(path, f"line {line}", "t_s and mbps must be numbers") from None
+                    if not (math.isfinite(t) and math.isfinite(rate)) or rate <= 0:
+                        raise ConfigError(path, f"line {line}", f"mbps must be > 0 (got {rate})")
+                    if times and t <= times[-1]:
+                        raise ConfigError(path, f"line {line}", "t_s must increase strictly")
+                    times.append(t)
+                    rates.append(rate)
+        except OSError as exc:
+            raise ConfigError(path, "", f"cannot read trace ({exc.strerror})") from None
+        if not times:
+            raise ConfigError(path, "", "trace holds no rows")
+        if times[0] != 0.0:
+            raise ConfigError(path, "line 2", f"the first t_s must be 0 (got {times[0]})")
+        return cls(times, rates, repeat, str(path))
+
+    def _locate(self, t_s: float) -> tuple[int, float, int]:
+        """(step index, time offset into the period, number of whole periods) for time t."""
+        cycles = 0
+        if self.repeat and t_s >= self.period:
+            cycles = int(t_s // self.period)
+            t_s -= cycles * self.period
+        return bisect.bisect_right(self.times, t_s) - 1, t_s, cycles
+
+    def at(self, t_s: float) -> float:
+        """Bandwidth in Mbit/s at time t."""
+        index, _, _ = self._locate(t_s)
+        return self.mbps[index]
+
+    def _bytes_until(self, t_s: float) -> float:
+        index, offset, cycles = self._locate(t_s)
+        within = self.cumulative[index] + self.rates[index] * (offset - self.times[index])
+        return cycles * self.period_bytes + within if cycles else within
+
+    def finish_time(self, start_s: float, n_bytes: float) -> float:
+        """Invert cumulative bytes: when `n_bytes` starting at `start_s` are through."""
+        target = self._bytes_until(start_s) + n_bytes
+        cycles = 0
+        if self.repeat and target >= self.period_bytes:
+            cycles = int(target // self.period_bytes)
+            target -= cycles * self.period_bytes
+        index = bisect.bisect_right(self.cumulative, target) - 1
+        index = min(index, len(self.times) - 1)
+        t = self.times[index] + (target - self.cumulative[index]) / self.rates[index]
+        return t + cycles * self.period
+
+
+Bandwidth = ConstantBandwidth | TraceBandwidth
+
+
+@dataclass(slots=True)
+class Transmission:
+    """When a message started occupying the channel, finished sending, and arrived."""
+
+    start_s: float
+    finish_s: float
+    arrive_s: float
+
+
+class Channel:
+    """A serialised one-way channel: messages queue behind each other in send order."""
+
+    __slots__ = ("bandwidth", "overhead_s", "latency_s", "free_at", "bytes_sent", "messages")
+
+    def __init__(self, bandwidth: Bandwidth, overhead_s: float, latency_s: float) -> None:
+        self.bandwidth = bandwidth
+        self.overhead_s = overhead_s
+        self.latency_s = latency_s
+        self.free_at = 0.0
+        self.bytes_sent = 0
+        self.messages = 0
+
+    def transmit(self, send_s: float, n_bytes: int) -> Transmission:
+        """Send a message at `send_s` (callers send in non-decreasing time order)."""
+        start = send_s if send_s > self.free_at else self.free_at
+        finish = self.bandwidth.finish_time(start + self.overhead_s, n_bytes)
+        self.free_at = finish
+        self.bytes_sent += n_bytes
+        self.messages += 1
+        return Transmission(start, finish, finish + self.latency_s)
+
+    def min_delivery_s(self) -> float:
+        """A lower bound on any message's time from send to arrival (no queueing, no bytes)."""
+        return self.overhead_s + self.latency_s

@@ -1,0 +1,73 @@
+"""Aggregate per-request records into the summary metrics defined in the README."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from simulator.records import RequestRecord
+
+SUMMARY_METRICS = (
+    "tpt_ms",
+    "ttft_ms",
+    "tokens_per_s",
+    "speedup",
+    "acceptance_rate",
+    "mean_accepted_len",
+    "mean_draft_len",
+    "nav_count",
+    "uplink_bytes",
+    "downlink_bytes",
+    "cloud_energy_j",
+    "edge_energy_j",
+    "radio_energy_j",
+    "energy_per_token_j",
+    "requests",
+    "new_tokens",
+    "drafted_tokens",
+    "discarded_tokens",
+    "promoted_tokens",
+    "rollbacks",
+)
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else math.nan
+
+
+def summarise(records: Sequence[RequestRecord], runs: int) -> dict[str, float]:
+    """Metrics over all requests of `runs` seeds (totals are per seed, i.e. divided by runs).
+
+    TPT is token-weighted: total decode time / total tokens after the first of each request.
+    `speedup` is filled in later, relative to the reference policy.
+    """
+    decode_s = sum(r.decode_s for r in records)
+    decode_tokens = sum(r.new_tokens - 1 for r in records)
+    new_tokens = sum(r.new_tokens for r in records)
+    wall_s = sum(r.end_s - r.start_s for r in records)
+    navs = sum(r.navs for r in records)
+    verified = sum(r.verified for r in records)
+    accepted = sum(r.accepted for r in records)
+    energy = sum(r.cloud_energy_j + r.edge_energy_j + r.radio_energy_j for r in records)
+    return {
+        "tpt_ms": 1e3 * _ratio(decode_s, decode_tokens),
+        "ttft_ms": 1e3 * _ratio(sum(r.ttft_s for r in records), len(records)),
+        "tokens_per_s": _ratio(new_tokens, wall_s),
+        "speedup": math.nan,
+        "acceptance_rate": _ratio(accepted, verified),
+        "mean_accepted_len": _ratio(accepted, navs),
+        "mean_draft_len": _ratio(verified, navs),
+        "nav_count": navs / runs,
+        "uplink_bytes": sum(r.uplink_bytes for r in records) / runs,
+        "downlink_bytes": sum(r.downlink_bytes for r in records) / runs,
+        "cloud_energy_j": sum(r.cloud_energy_j for r in records) / runs,
+        "edge_energy_j": sum(r.edge_energy_j for r in records) / runs,
+        "radio_energy_j": sum(r.radio_energy_j for r in records) / runs,
+        "energy_per_token_j": _ratio(energy, new_tokens),
+        "requests": len(records) / runs,
+        "new_tokens": new_tokens / runs,
+        "drafted_tokens": sum(r.drafted for r in records) / runs,
+        "discarded_tokens": sum(r.discarded for r in records) / runs,
+        "promoted_tokens": sum(r.promoted for r in records) / runs,
+        "rollbacks": sum(r.rollbacks for r in records) / runs,
+    }

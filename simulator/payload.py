@@ -1,0 +1,52 @@
+"""Payload models: how many bytes a draft token, a prompt, or a cloud answer takes on the wire."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from simulator.profile import PayloadProfile
+from simulator.scenario import PayloadSection
+
+MSGPACK_ARRAY_HEADER_BYTES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """Byte sizes for one scenario."""
+
+    per_draft_token: int
+    message_header: int
+    token_id: int
+
+    def batch_bytes(self, n_tokens: int) -> int:
+        """An uplink message carrying `n_tokens` draft tokens."""
+        return self.message_header + n_tokens * self.per_draft_token
+
+    def prompt_bytes(self, prompt_len: int) -> int:
+        """The prompt upload (token ids)."""
+        return self.message_header + prompt_len * self.token_id
+
+    def result_bytes(self) -> int:
+        """A verification answer: accepted count and the correction/bonus token."""
+        return self.message_header + 2 * self.token_id
+
+    def stream_token_bytes(self) -> int:
+        """One token streamed down by cloud-only generation."""
+        return self.message_header + self.token_id
+
+
+def payload_for(profile: PayloadProfile, section: PayloadSection) -> Payload:
+    """Bytes per draft token for the scenario's payload kind.
+
+    token_id: the id alone; token_prob: id + its draft probability (PicoSpec's uplink);
+    topk: id + K (index, probability) pairs; full: id + the whole draft distribution
+    (PipeSD's setting, vocabulary x bytes per probability).
+    """
+    ident, prob = profile.token_id_bytes, profile.probability_bytes
+    per_token = {
+        "token_id": ident,
+        "token_prob": ident + prob,
+        "topk": ident + MSGPACK_ARRAY_HEADER_BYTES + section.top_k * (profile.index_bytes + prob),
+        "full": ident + MSGPACK_ARRAY_HEADER_BYTES + profile.vocab_size * prob,
+    }[section.kind]
+    return Payload(per_token, profile.message_header_bytes, ident)

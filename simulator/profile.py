@@ -1,0 +1,286 @@
+"""The profile: a versioned JSON description of one draft/target pair, edge, link and power.
+
+Written by `pipesd calibrate`, shipped in `scenarios/profiles/`, validated on load. Every number
+carries a provenance note saying where it came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from simulator.errors import ConfigError, from_validation_error
+
+SCHEMA_VERSION = 1
+
+
+class Strict(BaseModel):
+    """Base for schema parts: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+NonNeg = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+Positive = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+
+
+class DraftLatency(Strict):
+    """Edge draft model on the reference edge (compute factor 1).
+
+    prefill(L) = prefill_base_s + prefill_per_token_s * L;
+    decode(ctx) = decode_base_s + decode_per_context_token_s * ctx, per drafted token.
+    """
+
+    prefill_base_s: NonNeg
+    prefill_per_token_s: NonNeg
+    decode_base_s: Positive
+    decode_per_context_token_s: NonNeg = 0.0
+
+    def prefill_s(self, prompt_len: int) -> float:
+        """Time to prefill a prompt of `prompt_len` tokens."""
+        return self.prefill_base_s + self.prefill_per_token_s * prompt_len
+
+    def decode_s(self, context_len: int) -> float:
+        """Time to draft one token with `context_len` tokens already in context."""
+        return self.decode_base_s + self.decode_per_context_token_s * context_len
+
+
+class TargetLatency(Strict):
+    """Cloud target model: one forward pass over new positions of one or more sequences.
+
+    forward = forward_base_s + forward_per_token_s * sum(new positions)
+            + forward_per_context_token_s * sum(context) + forward_per_extra_sequence_s * (b - 1).
+    A NAV of m draft tokens is a forward over m + 1 positions (last committed token + draft);
+    an autoregressive step is a forward over one position; prefill is its own affine model.
+    """
+
+    prefill_base_s: NonNeg
+    prefill_per_token_s: NonNeg
+    forward_base_s: Positive
+    forward_per_token_s: NonNeg = 0.0
+    forward_per_context_token_s: NonNeg = 0.0
+    forward_per_extra_sequence_s: NonNeg = 0.0
+
+    def prefill_s(self, prompt_len: int) -> float:
+        """Time to prefill a prompt of `prompt_len` tokens."""
+        return self.prefill_base_s + self.prefill_per_token_s * prompt_len
+
+    def forward_s(self, new_positions: int, context_len: int, batch: int = 1) -> float:
+        """Time of one forward pass (summed positions and context over the batch)."""
+        return (
+            self.forward_base_s
+            + self.forward_per_token_s * new_positions
+            + self.forward_per_context_token_s * context_len
+            + self.forward_per_extra_sequence_s * (batch - 1)
+        )
+
+
+class LinkProfile(Strict):
+    """The edge-cloud link: bandwidths, one-way propagation latency, per-message overheads."""
+
+    uplink_mbps: Positive
+    downlink_mbps: Positive
+    one_way_latency_s: NonNeg
+    uplink_overhead_s: NonNeg = Field(description="α: per-message start-up cost, edge to cloud")
+    downlink_overhead_s: NonNeg
+
+
+class PowerProfile(Strict):
+    """Power and energy coefficients."""
+
+    edge_busy_w: NonNeg
+    edge_idle_w: NonNeg
+    gpu_active_w: NonNeg = Field(description="GPU power while prefilling or verifying")
+    gpu_idle_w: NonNeg
+    radio_uplink_j_per_byte: NonNeg
+    radio_downlink_j_per_byte: NonNeg
+
+
+class BetaConfidence(Strict):
+    """Draft top-1 probability ~ Beta(a, b)."""
+
+    kind: Literal["beta"]
+    a: Positive
+    b: Positive
+
+
+class HistogramConfidence(Strict):
+    """Draft top-1 probability drawn from a histogram on [0, 1] (uniform within a bin)."""
+
+    kind: Literal["histogram"]
+    edges: list[float] = Field(min_length=2)
+    weights: list[float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HistogramConfidence:
+        if len(self.weights) != len(self.edges) - 1:
+            raise ValueError("weights must have one entry fewer than edges")
+        if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
+            raise ValueError("edges must increase strictly")
+        if self.edges[0] < 0.0 or self.edges[-1] > 1.0:
+            raise ValueError("edges must lie in [0, 1]")
+        if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+            raise ValueError("weights must be non-negative with a positive sum")
+        return self
+
+
+class ConstantConfidence(Strict):
+    """Every draft token has the same top-1 probability (uninformative confidence)."""
+
+    kind: Literal["constant"]
+    value: Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+Confidence = Annotated[
+    BetaConfidence | HistogramConfidence | ConstantConfidence, Field(discriminator="kind")
+]
+
+
+class PowerCurve(Strict):
+    """P(accept | c) = c ** exponent (exponent 1: a perfectly calibrated draft)."""
+
+    kind: Literal["power"]
+    exponent: Positive
+
+
+class TableCurve(Strict):
+    """P(accept | c) piecewise constant over confidence bins."""
+
+    kind: Literal["table"]
+    edges: list[float] = Field(min_length=2)
+    values: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TableCurve:
+        if len(self.values) != len(self.edges) - 1:
+            raise ValueError("values must have one entry fewer than edges")
+        if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
+            raise ValueError("edges must increase strictly")
+        return self
+
+
+AcceptCurve = Annotated[PowerCurve | TableCurve, Field(discriminator="kind")]
+
+
+class IIDAcceptance(Strict):
+    """Each draft token is accepted with probability `rate`, independently of its confidence."""
+
+    kind: Literal["iid"]
+    rate: Annotated[float, Field(ge=0.0, lt=1.0)]
+    confidence: Confidence = ConstantConfidence(kind="constant", value=0.9)
+
+
+class CalibratedAcceptance(Strict):
+    """Confidence drawn from a fitted distribution, acceptance from P(accept | confidence)."""
+
+    kind: Literal["calibrated"]
+    confidence: Confidence
+    p_accept: AcceptCurve
+
+
+class ReplayAcceptance(Strict):
+    """Replay recorded (confidence, accepted) sequences from a CSV file (path relative to the
+    file that names it): columns sequence, position, confidence, accepted."""
+
+    kind: Literal["replay"]
+    trace: str
+
+
+Acceptance = Annotated[
+    IIDAcceptance | CalibratedAcceptance | ReplayAcceptance, Field(discriminator="kind")
+]
+
+
+class PayloadProfile(Strict):
+    """Sizes that turn a draft token into bytes on the wire (msgpack encoding by default)."""
+
+    vocab_size: int = Field(ge=2)
+    token_id_bytes: int = Field(5, ge=1)
+    probability_bytes: int = Field(9, ge=1, description="one probability (msgpack float64: 9)")
+    index_bytes: int = Field(5, ge=1, description="one vocabulary index in a sparse list")
+    message_header_bytes: int = Field(64, ge=0)
+
+
+class ModelInfo(Strict):
+    """What the draft or target model is (names and sizes, for records and figures)."""
+
+    name: str
+    parameters_b: NonNeg = 0.0
+    quantisation: str = ""
+
+
+class Models(Strict):
+    """The draft/target pair this profile describes."""
+
+    draft: ModelInfo
+    target: ModelInfo
+
+
+class Provenance(Strict):
+    """Where the numbers come from: a summary, then one note per field (dotted path)."""
+
+    source: str
+    created: str
+    command: str = ""
+    machine: dict[str, str] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+    notes: dict[str, str] = Field(default_factory=dict)
+
+
+class Profile(Strict):
+    """A complete, validated profile."""
+
+    schema_version: Literal[1]
+    name: str
+    models: Models
+    draft_latency: DraftLatency
+    target_latency: TargetLatency
+    link: LinkProfile
+    power: PowerProfile
+    acceptance: Acceptance
+    payload: PayloadProfile
+    provenance: Provenance
+
+
+class LoadedProfile(BaseModel):
+    """A profile plus the file it came from and the hash of its bytes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    profile: Profile
+    path: Path
+    sha256: str
+
+
+def load_profile(path: str | Path) -> LoadedProfile:
+    """Read and validate a profile file; bad input raises ConfigError."""
+    path = Path(path)
+    try:
+        raw_bytes = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read profile ({exc.strerror})") from None
+    try:
+        data = json.loads(raw_bytes)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, "", f"not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(path, "", "a profile must be a JSON object")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ConfigError(
+            path, "schema_version", f"unsupported value {version!r} (allowed: {SCHEMA_VERSION})"
+        )
+    try:
+        profile = Profile.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation_error(path, exc, Profile) from None
+    return LoadedProfile(profile=profile, path=path, sha256=hashlib.sha256(raw_bytes).hexdigest())
+
+
+def dump_profile(profile: Profile) -> str:
+    """The canonical JSON text of a profile (what `calibrate` writes)."""
+    return json.dumps(profile.model_dump(mode="json"), indent=2, sort_keys=False) + "\n"

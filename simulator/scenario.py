@@ -1,0 +1,274 @@
+"""Scenario files (TOML): what to simulate, validated into typed objects.
+
+A scenario names a profile, overrides parts of it (edge speed, link, acceptance), says which
+prompts to run and which policies to compare, with which seeds, optionally over a sweep grid.
+Overrides (`--set a.b=v`) and sweep axes address fields by dotted path; a policy's parameter is
+`policies.<label>.<param>`.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from policies.params import PolicyParams
+from policies.registry import params_model, policy_names
+from simulator.errors import ConfigError, from_validation_error, render_value
+from simulator.profile import Acceptance, LoadedProfile, load_profile
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors; instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EdgeSection(Strict):
+    """The edge device."""
+
+    compute_factor: float = Field(1.0, gt=0.0, le=100.0, description="draft speed vs profile")
+    max_draft_tokens: int = Field(256, ge=1, le=4096, description="safety cap per draft")
+
+
+class LinkSection(Strict):
+    """Overrides of the profile's link; traces are `t_s, mbps` CSV files (step functions)."""
+
+    uplink_mbps: float | None = Field(None, gt=0.0)
+    downlink_mbps: float | None = Field(None, gt=0.0)
+    one_way_latency_s: float | None = Field(None, ge=0.0)
+    uplink_overhead_s: float | None = Field(None, ge=0.0)
+    downlink_overhead_s: float | None = Field(None, ge=0.0)
+    uplink_trace: str | None = None
+    downlink_trace: str | None = None
+    trace_repeat: bool = Field(True, description="loop a trace past its end (else hold last)")
+
+
+class PromptsSection(Strict):
+    """The request stream of the edge: `count` requests back to back (closed loop)."""
+
+    count: int = Field(ge=1, le=1_000_000)
+    prompt_len: int = Field(ge=1, le=1_000_000)
+    max_new_tokens: int = Field(ge=2, le=1_000_000)
+
+
+class PayloadSection(Strict):
+    """What each draft token carries uplink."""
+
+    kind: Literal["token_id", "token_prob", "topk", "full"] = "full"
+    top_k: int = Field(8, ge=1, description="entries per token for kind = topk")
+
+
+class PolicyEntry(Strict):
+    """One policy to run: registry name, a unique label, validated parameters."""
+
+    name: str
+    label: str
+    params: PolicyParams
+
+
+class ScenarioModel(Strict):
+    """The TOML file's shape (policies are validated separately, per policy name)."""
+
+    name: str
+    description: str = ""
+    profile: str
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    reference_policy: str = "vanilla"
+    edge: EdgeSection = EdgeSection()
+    link: LinkSection = LinkSection()
+    prompts: PromptsSection
+    payload: PayloadSection = PayloadSection()
+    acceptance: Annotated[Acceptance | None, Field(discriminator="kind")] = None
+    policies: list[dict[str, Any]] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A validated scenario point: the model, its policies, the profile, and where it lives."""
+
+    model: ScenarioModel
+    policies: tuple[PolicyEntry, ...]
+    profile: LoadedProfile
+    path: Path
+    raw: dict[str, Any]
+
+    @property
+    def base_dir(self) -> Path:
+        """Folder that relative paths in the scenario are resolved against."""
+        return self.path.parent
+
+    def resolve(self, relative: str) -> Path:
+        """A path named in the scenario, resolved against its folder."""
+        return (self.base_dir / relative).resolve()
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One point of a sweep grid: its axis values and the scenario there."""
+
+    index: int
+    axes: dict[str, Any]
+    scenario: Scenario
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as TOML would read it (number, bool, list, string), else the text."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _policy_index(source: Path, policies: Any, key: str, dotted: str) -> int:
+    if not isinstance(policies, list):
+        raise ConfigError(source, dotted, "no [[policies]] list to address")
+    for i, entry in enumerate(policies):
+        if isinstance(entry, dict) and key in (entry.get("label"), entry.get("name")):
+            return i
+    labels = [str(e.get("label", e.get("name"))) for e in policies if isinstance(e, dict)]
+    raise ConfigError(source, dotted, f"no policy labelled {key!r} (allowed: {', '.join(labels)})")
+
+
+def set_path(raw: dict[str, Any], dotted: str, value: Any, source: Path) -> None:
+    """Set `dotted` (e.g. `link.uplink_mbps`, `policies.pipesd.r1`) in a raw scenario dict."""
+    parts = dotted.split(".")
+    if not all(parts):
+        raise ConfigError(source, dotted, "not a valid dotted field path")
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        if part == "policies" and i == 0:
+            index = _policy_index(source, raw.get("policies"), parts[1], dotted)
+            node = raw["policies"][index]
+            rest = parts[2:]
+            if not rest:
+                raise ConfigError(source, dotted, "name a policy parameter after the label")
+            for sub in rest[:-1]:
+                node = node.setdefault(sub, {})
+            node[rest[-1]] = value
+            return
+        child = node.get(part) if isinstance(node, dict) else None
+        if child is None:
+            child = {}
+            node[part] = child
+        if not isinstance(child, dict):
+            raise ConfigError(source, dotted, f"{part!r} is not a table")
+        node = child
+    node[parts[-1]] = value
+
+
+def _validate_policies(source: Path, entries: list[dict[str, Any]]) -> tuple[PolicyEntry, ...]:
+    known = policy_names()
+    result: list[PolicyEntry] = []
+    labels: set[str] = set()
+    for i, entry in enumerate(entries):
+        where = f"policies[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(source, where, "each [[policies]] entry must be a table")
+        name = entry.get("name")
+        if name not in known:
+            raise ConfigError(
+                source,
+                f"{where}.name",
+                f"unknown policy {render_value(name)} (allowed: {', '.join(known)})",
+            )
+        label = entry.get("label", name)
+        if not isinstance(label, str) or not label:
+            raise ConfigError(source, f"{where}.label", "must be a non-empty string")
+        if label in labels:
+            raise ConfigError(source, f"{where}.label", f"duplicate label {label!r}")
+        labels.add(label)
+        params = {k: v for k, v in entry.items() if k not in ("name", "label")}
+        model = params_model(name)
+        try:
+            validated = model.model_validate(params)
+        except ValidationError as exc:
+            raise from_validation_error(source, exc, model, prefix=f"policies.{label}") from None
+        result.append(PolicyEntry(name=name, label=label, params=validated))
+    return tuple(result)
+
+
+def validate_scenario(raw: dict[str, Any], path: Path) -> Scenario:
+    """Validate a raw scenario dict (sweep table removed) into a Scenario."""
+    try:
+        model = ScenarioModel.model_validate(raw)
+    except ValidationError as exc:
+        raise from_validation_error(path, exc, ScenarioModel) from None
+    policies = _validate_policies(path, model.policies)
+    labels = [p.label for p in policies]
+    if model.reference_policy not in labels:
+        raise ConfigError(
+            path,
+            "reference_policy",
+            f"{model.reference_policy!r} is not a policy label here (allowed: {', '.join(labels)})",
+        )
+    profile = load_profile((path.parent / model.profile).resolve())
+    for field in ("uplink_trace", "downlink_trace"):
+        trace = getattr(model.link, field)
+        if trace is not None and not (path.parent / trace).is_file():
+            raise ConfigError(path, f"link.{field}", f"trace file {trace!r} not found")
+    return Scenario(model=model, policies=policies, profile=profile, path=path, raw=raw)
+
+
+def read_scenario_file(path: str | Path) -> dict[str, Any]:
+    """Read a scenario TOML file into a raw dict; bad syntax raises ConfigError."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read scenario ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "", f"not valid TOML ({exc})") from None
+
+
+def parse_assignment(text: str, source: Path, flag: str) -> tuple[str, str]:
+    """Split `key=value` from the command line."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(source, flag, f"expected key=value, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def expand_sweep(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    sweeps: list[str] | None = None,
+) -> list[SweepPoint]:
+    """Read a scenario, apply `--set` overrides, and expand its sweep grid into points.
+
+    `sweeps` entries are `axis=v1,v2,...` and add to (or replace) the file's [sweep] axes.
+    Every point is validated, so a bad axis value fails before anything runs.
+    """
+    path = Path(path)
+    raw = read_scenario_file(path)
+    axes_raw = raw.pop("sweep", {})
+    if not isinstance(axes_raw, dict):
+        raise ConfigError(path, "sweep", "must be a table of axis = [values]")
+    axes: dict[str, list[Any]] = {}
+    for axis, values in axes_raw.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(path, f"sweep.{axis}", "must be a non-empty list of values")
+        axes[axis] = values
+    for text in overrides or []:
+        key, value = parse_assignment(text, path, "--set")
+        set_path(raw, key, parse_value(value), Path("--set"))
+    for text in sweeps or []:
+        key, value = parse_assignment(text, path, "--sweep")
+        axes[key] = [parse_value(v.strip()) for v in value.split(",") if v.strip()]
+        if not axes[key]:
+            raise ConfigError(Path("--sweep"), key, "give at least one value")
+    points: list[SweepPoint] = []
+    names = list(axes)
+    for index, combo in enumerate(itertools.product(*(axes[a] for a in names))):
+        point_raw = copy.deepcopy(raw)
+        for axis, value in zip(names, combo, strict=True):
+            set_path(point_raw, axis, value, path)
+        scenario = validate_scenario(point_raw, path)
+        points.append(SweepPoint(index=index, axes=dict(zip(names, combo, strict=True)), scenario=scenario))
+    return points

@@ -1,0 +1,199 @@
+"""The SimPy twin against closed forms and its invariants (causality, conservation, determinism)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from simulator.engine import SimResult, Span, simulate
+from simulator.scenario import expand_sweep
+
+CONSTANT_COSTS = {
+    "draft_latency.decode_per_context_token_s": 0.0,
+    "target_latency.forward_per_token_s": 0.0,
+    "target_latency.forward_per_context_token_s": 0.0,
+}
+
+
+def run_one(path: Path, label: str | None = None, seed: int = 1, timeline: bool = False) -> SimResult:
+    scenario = expand_sweep(path)[0].scenario
+    entry = scenario.policies[0] if label is None else next(p for p in scenario.policies if p.label == label)
+    return simulate(scenario, entry, seed, record_timeline=timeline)
+
+
+@pytest.mark.parametrize(("rate", "draft_len", "payload"), [(0.7, 4, "full"), (0.9, 6, "token_prob"), (0.5, 2, "topk")])
+def test_vanilla_tpt_matches_closed_form(write_scenario, rate: float, draft_len: int, payload: str) -> None:
+    path = write_scenario(
+        policies=[{"name": "vanilla", "draft_len": draft_len}],
+        profile_changes={
+            **CONSTANT_COSTS,
+            "acceptance": {"kind": "iid", "rate": rate, "confidence": {"kind": "constant", "value": 0.9}},
+        },
+        prompts={"count": 8, "prompt_len": 64, "max_new_tokens": 3000},
+        payload={"kind": payload, "top_k": 8},
+    )
+    scenario = expand_sweep(path)[0].scenario
+    profile = scenario.profile.profile
+    payload_bytes = {"full": 5 + 5 + 32000 * 9, "token_prob": 5 + 9, "topk": 5 + 5 + 8 * (5 + 9)}[payload]
+    link = profile.link
+    up_s = link.uplink_overhead_s + (64 + draft_len * payload_bytes) * 8 / (link.uplink_mbps * 1e6)
+    down_s = link.downlink_overhead_s + (64 + 2 * 5) * 8 / (link.downlink_mbps * 1e6)
+    round_s = (
+        draft_len * profile.draft_latency.decode_base_s
+        + up_s
+        + 2 * link.one_way_latency_s
+        + profile.target_latency.forward_base_s
+        + down_s
+    )
+    tokens_per_round = (1 - rate ** (draft_len + 1)) / (1 - rate)
+    expected_tpt = round_s / tokens_per_round
+    result = simulate(scenario, scenario.policies[0], seed=3)
+    decode = sum(r.decode_s for r in result.records)
+    tokens = sum(r.new_tokens - 1 for r in result.records)
+    assert decode / tokens == pytest.approx(expected_tpt, rel=0.01)
+
+
+POLICY_CONFIGS = [
+    {"name": "vanilla", "draft_len": 3},
+    {"name": "hsl", "r2": 0.8},
+    {"name": "edgellm"},
+    {"name": "pmin"},
+    {"name": "hf_heuristic"},
+    {"name": "pipesd", "autotune": False},
+    {"name": "pipesd", "autotune": False, "pipeline": False},
+    {"name": "pipesd", "autotune": False, "proactive": False, "fixed_batch": 2},
+    {"name": "pipesd", "autotune": True, "tune_calls": 6, "tune_initial_points": 3, "tune_window_tokens": 10},
+    {"name": "oracle"},
+    {"name": "cloud_ar"},
+]
+
+
+def check_invariants(result: SimResult, latency_s: float, max_new: int) -> None:
+    """Causality and conservation, request by request."""
+    eps = 1e-9
+    spans = result.timeline or []
+    for record in result.records:
+        assert record.new_tokens == max_new
+        assert record.drafted == record.verified + record.discarded + record.bonus_matches
+        assert 0 <= record.accepted <= record.verified
+        assert record.start_s <= record.first_token_s <= record.end_s
+        mine = [s for s in spans if s.request == record.request]
+        drafts = [s for s in mine if s.lane == "draft"]
+        uploads = [s for s in mine if s.lane == "uplink"]
+        navs_up = [s for s in uploads if s.label == "NAV"]
+        navs_cloud = [s for s in mine if s.lane == "cloud" and s.label == "NAV"]
+        results = [s for s in mine if s.lane == "result"]
+        assert len(navs_up) == len(navs_cloud) == len(results) == record.navs
+        for earlier, later in zip(drafts, drafts[1:], strict=False):
+            assert later.start_s >= earlier.end_s - eps, "the drafter does one token at a time"
+        for earlier, later in zip(uploads, uploads[1:], strict=False):
+            assert later.start_s >= earlier.end_s - eps, "the uplink is serialised"
+        for span in uploads:
+            assert span.start_s >= span.ready_s - eps, "no message leaves before it is sent"
+            for position in range(span.first, span.last):
+                assert any(
+                    d.first == position and d.end_s <= span.ready_s + eps for d in drafts
+                ), "no token is sent before it is drafted"
+        committed = 0
+        for up, cloud, answer in zip(navs_up, navs_cloud, results, strict=True):
+            assert (cloud.first, cloud.last) == (committed, up.last)
+            assert cloud.start_s >= up.end_s + latency_s - eps, "verified only after arrival"
+            for position in range(cloud.first, cloud.last):
+                assert any(
+                    u.first <= position < u.last and u.end_s + latency_s <= cloud.start_s + eps
+                    for u in uploads
+                ), "every verified token arrived before verification"
+            assert answer.start_s >= cloud.end_s + latency_s - eps, "no answer before verification"
+            assert answer.end_s >= answer.start_s - eps
+            accepted = int(answer.label.split("/")[0])
+            assert committed < max_new, "no NAV after the request is complete"
+            committed += accepted + 1
+        if record.navs:
+            assert committed >= max_new
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    policy=st.sampled_from(POLICY_CONFIGS),
+    uplink=st.sampled_from([1.0, 5.0, 20.0, 200.0]),
+    factor=st.sampled_from([0.25, 1.0, 4.0]),
+    rate=st.floats(0.05, 0.95),
+    payload=st.sampled_from(["token_id", "full", "topk"]),
+    max_new=st.integers(2, 40),
+    seed=st.integers(0, 10_000),
+    calibrated=st.booleans(),
+)
+def test_causality_conservation_and_determinism(
+    write_scenario, policy, uplink, factor, rate, payload, max_new, seed, calibrated
+) -> None:
+    acceptance = (
+        {"kind": "calibrated", "confidence": {"kind": "beta", "a": 2.0, "b": 1.0}, "p_accept": {"kind": "power", "exponent": 1.0}}
+        if calibrated
+        else {"kind": "iid", "rate": rate, "confidence": {"kind": "beta", "a": 2.0, "b": 1.0}}
+    )
+    path = write_scenario(
+        policies=[policy],
+        profile_changes={"acceptance": acceptance},
+        link={"uplink_mbps": uplink},
+        edge={"compute_factor": factor},
+        payload={"kind": payload},
+        prompts={"count": 2, "prompt_len": 16, "max_new_tokens": max_new},
+    )
+    first = run_one(path, seed=seed, timeline=True)
+    latency = expand_sweep(path)[0].scenario.profile.profile.link.one_way_latency_s
+    check_invariants(first, latency, max_new)
+    second = run_one(path, seed=seed, timeline=True)
+    assert first.records == second.records
+    assert first.timeline == second.timeline
+
+
+def test_seeds_change_outcomes(write_scenario) -> None:
+    path = write_scenario(policies=[{"name": "vanilla"}])
+    assert run_one(path, seed=1).records != run_one(path, seed=2).records
+
+
+def test_oracle_bounds_every_speculative_policy(write_scenario) -> None:
+    policies = [c for c in POLICY_CONFIGS if c["name"] not in ("cloud_ar",)]
+    policies = [dict(c, label=f"p{i}") for i, c in enumerate(policies)]
+    for uplink, payload in [(20.0, "full"), (100.0, "token_prob"), (2.0, "topk")]:
+        path = write_scenario(
+            policies=policies,
+            link={"uplink_mbps": uplink},
+            payload={"kind": payload},
+            prompts={"count": 6, "prompt_len": 32, "max_new_tokens": 96},
+            profile_changes=CONSTANT_COSTS,
+        )
+        tpt = {}
+        for config in policies:
+            result = run_one(path, config["label"], seed=5)
+            tpt[config["name"] + config["label"]] = sum(r.decode_s for r in result.records)
+        oracle = next(v for k, v in tpt.items() if k.startswith("oracle"))
+        assert all(oracle <= v * 1.0001 for v in tpt.values()), (uplink, tpt)
+
+
+def test_lower_bandwidth_never_helps_vanilla(write_scenario) -> None:
+    times = []
+    for uplink in (5.0, 10.0, 20.0, 80.0):
+        path = write_scenario(link={"uplink_mbps": uplink}, name=f"s{uplink}.toml")
+        times.append(sum(r.decode_s for r in run_one(path).records))
+    assert times == sorted(times, reverse=True)
+
+
+def test_cloud_ar_streams_one_forward_per_token(write_scenario) -> None:
+    path = write_scenario(policies=[{"name": "cloud_ar"}], profile_changes=CONSTANT_COSTS)
+    result = run_one(path)
+    forward = expand_sweep(path)[0].scenario.profile.profile.target_latency.forward_base_s
+    for record in result.records:
+        assert record.tpt_s == pytest.approx(forward, rel=1e-6)
+        assert record.drafted == record.navs == 0
+
+
+def test_timeline_spans_are_well_formed(write_scenario) -> None:
+    path = write_scenario(policies=[{"name": "pipesd", "autotune": False}])
+    result = run_one(path, timeline=True)
+    assert result.timeline
+    assert {s.lane for s in result.timeline} >= {"draft", "uplink", "cloud", "downlink", "result"}
+    assert all(isinstance(s, Span) and s.end_s >= s.start_s for s in result.timeline)
