@@ -9,7 +9,7 @@ drive the very same object.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from typing import NamedTuple
 from enum import IntEnum
 
 
@@ -35,8 +35,7 @@ class Mode(IntEnum):
     """The cloud generates every token itself and streams them down (the reference)."""
 
 
-@dataclass(frozen=True, slots=True)
-class RequestStart:
+class RequestStart(NamedTuple):
     """A new request begins on the edge."""
 
     prompt_len: int
@@ -44,8 +43,7 @@ class RequestStart:
     now_s: float
 
 
-@dataclass(frozen=True, slots=True)
-class VerifyOutcome:
+class VerifyOutcome(NamedTuple):
     """The cloud's answer to a NAV, as the edge sees it when the answer arrives.
 
     `verified` draft tokens were checked, the first `accepted` of them were accepted, and one
@@ -61,8 +59,7 @@ class VerifyOutcome:
     now_s: float
 
 
-@dataclass(frozen=True, slots=True)
-class CostHints:
+class CostHints(NamedTuple):
     """True per-round costs, revealed only to oracle policies (upper bounds)."""
 
     alpha_s: float

@@ -20,21 +20,21 @@ class UploadCostEstimator:
         self._window = window
         self._sn = self._sd = self._snn = self._snd = 0.0
 
-    def _add(self, n: float, d: float, sign: float) -> None:
-        self._sn += sign * n
-        self._sd += sign * d
-        self._snn += sign * n * n
-        self._snd += sign * n * d
-
     def observe(self, n_tokens: int, duration_s: float) -> None:
         """Add one measured upload and refit."""
         if n_tokens <= 0:
             return
         self._samples.append((n_tokens, duration_s))
-        self._add(n_tokens, duration_s, 1.0)
+        self._sn += n_tokens
+        self._sd += duration_s
+        self._snn += n_tokens * n_tokens
+        self._snd += n_tokens * duration_s
         if len(self._samples) > self._window:
             old_n, old_d = self._samples.popleft()
-            self._add(old_n, old_d, -1.0)
+            self._sn -= old_n
+            self._sd -= old_d
+            self._snn -= old_n * old_n
+            self._snd -= old_n * old_d
         count = len(self._samples)
         var_n = self._snn - self._sn * self._sn / count
         if var_n > 1e-9 * max(self._snn, 1.0):
@@ -66,11 +66,24 @@ class MovingAverage:
         return self._sum / len(self._values) if self._values else self._initial
 
 
-def moved(old: float, new: float, tolerance: float) -> bool:
-    """Whether `new` differs from `old` by more than `tolerance`, relative to `old`."""
-    if old == 0.0:
-        return new != 0.0
-    return abs(new - old) > tolerance * abs(old)
+class ExponentialAverage:
+    """An exponentially weighted mean (O(1) per observation, for per-token estimates)."""
+
+    __slots__ = ("value", "weight")
+
+    def __init__(self, initial: float, weight: float) -> None:
+        self.value = initial
+        self.weight = weight
+
+    def observe(self, value: float) -> None:
+        """Move the mean towards `value` by `weight`."""
+        self.value += self.weight * (value - self.value)
+
+
+def tolerance_band(value: float, tolerance: float) -> tuple[float, float]:
+    """The interval within which an estimate counts as unchanged (relative tolerance)."""
+    spread = tolerance * abs(value)
+    return value - spread, value + spread
 
 
 def planning_window(mean_draft_len: float, cap: int) -> int:

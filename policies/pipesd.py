@@ -15,8 +15,16 @@ from pydantic import Field, model_validator
 
 from policies.autotune import SkoptThresholdTuner
 from policies.base import Decision, Policy, RequestStart, VerifyOutcome
+
+CONTINUE, SEND, VERIFY = Decision.CONTINUE, Decision.SEND, Decision.VERIFY
 from policies.batch_plan import batch_boundaries, plan_batches
-from policies.estimators import MovingAverage, UploadCostEstimator, moved, planning_window
+from policies.estimators import (
+    ExponentialAverage,
+    MovingAverage,
+    UploadCostEstimator,
+    planning_window,
+    tolerance_band,
+)
 from policies.params import PolicyParams
 
 
@@ -122,15 +130,17 @@ class PipeSD(Policy):
     def __init__(self, params: PipeSDParams, seed: int) -> None:
         self.params = params
         self.drafts_while_pending = params.proactive
-        self.r1, self.r2 = params.r1, params.r2
         self._use_sequence = params.trigger in ("dual", "sequence")
         self._use_token = params.trigger in ("dual", "token")
+        self._set_thresholds(params.r1, params.r2)
+        self._max_len = params.max_draft_len
+        self._pipeline = params.pipeline
         self.upload = UploadCostEstimator(params.initial_alpha_s, params.initial_beta_s)
-        self.gamma = MovingAverage(params.initial_gamma_s, window=32)
+        self.gamma = ExponentialAverage(params.initial_gamma_s, weight=1.0 / 32.0)
         self.draft_lengths = MovingAverage(float(params.initial_window), params.window_history)
         self.autotuner = ThresholdAutotuner(params, seed) if params.autotune else None
         if self.autotuner is not None:
-            self.r1, self.r2 = self.autotuner.point
+            self._set_thresholds(*self.autotuner.point)
         self.window = params.initial_window
         self.replans = 0
         self._plan_inputs = (-1.0, -1.0, -1.0)
@@ -144,6 +154,10 @@ class PipeSD(Policy):
         """Recompute batch boundaries for the current N̂ and α, β, γ estimates."""
         alpha, beta, gamma = self.upload.alpha_s, self.upload.beta_s, self.gamma.value
         self._plan_inputs = (alpha, beta, gamma)
+        tol = self.params.replan_tolerance
+        self._bands = (
+            *tolerance_band(alpha, tol), *tolerance_band(beta, tol), *tolerance_band(gamma, tol)
+        )
         if self.params.fixed_batch is not None:
             size = self.params.fixed_batch
             self._boundaries = frozenset(range(size, self.window + 1, size)) | {self.window}
@@ -153,12 +167,12 @@ class PipeSD(Policy):
         self.replans += 1
 
     def _maybe_replan(self) -> None:
-        alpha, beta, gamma = self._plan_inputs
-        tol = self.params.replan_tolerance
-        if (
-            moved(alpha, self.upload.alpha_s, tol)
-            or moved(beta, self.upload.beta_s, tol)
-            or moved(gamma, self.gamma.value, tol)
+        """Re-plan when α, β or γ left the band around the values the plan was made with."""
+        a_lo, a_hi, b_lo, b_hi, g_lo, g_hi = self._bands
+        if not (
+            a_lo <= self.upload.alpha_s <= a_hi
+            and b_lo <= self.upload.beta_s <= b_hi
+            and g_lo <= self.gamma.value <= g_hi
         ):
             self._replan()
 
@@ -175,12 +189,11 @@ class PipeSD(Policy):
         self._c1 = c1
         self._deferred_verify = False
 
-    def _triggered(self, confidence: float) -> bool:
-        return (
-            (self._use_sequence and self._c1 < self.r1)
-            or (self._use_token and confidence < self.r2)
-            or len(self._confidences) >= self.params.max_draft_len
-        )
+    def _set_thresholds(self, r1: float, r2: float) -> None:
+        """Use new thresholds; a disabled trigger gets a threshold nothing falls below."""
+        self.r1, self.r2 = r1, r2
+        self._r1_active = r1 if self._use_sequence else -1.0
+        self._r2_active = r2 if self._use_token else -1.0
 
     # -- executor callbacks -------------------------------------------------------------------
     def startup_probe_sizes(self) -> tuple[int, ...]:
@@ -196,26 +209,27 @@ class PipeSD(Policy):
 
     def on_draft(self, confidence: float, draft_time_s: float, pending: bool) -> Decision:
         self.gamma.observe(draft_time_s)
-        self._confidences.append(confidence)
+        confidences = self._confidences
+        confidences.append(confidence)
         self._c1 *= confidence
-        k = len(self._confidences)
-        if self._triggered(confidence):
+        k = len(confidences)
+        if self._c1 < self._r1_active or confidence < self._r2_active or k >= self._max_len:
             if pending:
                 self._deferred_verify = True
             else:
                 self.draft_lengths.observe(float(k))
                 self._confidences, self._c1 = [], 1.0
-            return Decision.VERIFY
+            return VERIFY
         if pending:
-            return Decision.SEND if k % self.window == 0 else Decision.CONTINUE
-        if self.params.pipeline and self._is_boundary(k):
-            return Decision.SEND
-        return Decision.CONTINUE
+            return SEND if k % self.window == 0 else CONTINUE
+        if self._pipeline and ((k - 1) % self.window) + 1 in self._boundaries:
+            return SEND
+        return CONTINUE
 
     def on_result(self, outcome: VerifyOutcome) -> Decision:
         if self.autotuner is not None and self._last_result_s is not None:
             elapsed = outcome.now_s - self._last_result_s
-            self.r1, self.r2 = self.autotuner.observe(elapsed, outcome.accepted + 1)
+            self._set_thresholds(*self.autotuner.observe(elapsed, outcome.accepted + 1))
         self._last_result_s = outcome.now_s
         window = planning_window(self.draft_lengths.value, self.params.max_draft_len)
         if window != self.window:

@@ -12,6 +12,8 @@ arrives (a draft step is not interruptible, as in llama.cpp).
 
 from __future__ import annotations
 
+import heapq
+import math
 import zlib
 from collections import deque
 from collections.abc import Generator
@@ -51,6 +53,14 @@ class Span(NamedTuple):
     ready_s: float = 0.0
 
 
+def succeed_at(event: simpy.Event, delay_s: float) -> None:
+    """Trigger `event` `delay_s` from now: one scheduled event instead of a timeout plus a
+    callback (this is what `Event.succeed` does, with a delay)."""
+    event._ok = True
+    event._value = None
+    event.env.schedule(event, delay=delay_s)
+
+
 class _Job:
     """Work for the cloud; `service_s` is known on arrival, `begin` runs when service starts."""
 
@@ -68,7 +78,7 @@ class _PendingNav(_Job):
     """A NAV on its way: covers positions [start, end); `eta` known once the cloud starts it."""
 
     __slots__ = (
-        "start", "end", "eta", "lower_bound", "started", "downlink", "result_bytes", "timeline"
+        "start", "end", "eta", "lower_bound", "arrived", "downlink", "result_bytes", "timeline"
     )
 
     def __init__(
@@ -79,7 +89,8 @@ class _PendingNav(_Job):
         self.start, self.end = start, end
         self.eta: float | None = None
         self.lower_bound = lower_bound
-        self.started: simpy.Event | None = None
+        self.arrived: simpy.Event | None = None
+        """Created by an edge that waits before the cloud starts: fires when the answer arrives."""
         self.downlink = downlink
         self.result_bytes = result_bytes
         self.timeline = timeline
@@ -97,8 +108,8 @@ class _PendingNav(_Job):
             self.timeline.append(
                 Span("downlink", tx.start_s, tx.finish_s, "answer", request, ready_s=done)
             )
-        if self.started is not None:
-            self.started.succeed()
+        if self.arrived is not None:
+            succeed_at(self.arrived, self.eta - now_s)
 
 
 class _GenerateJob(_Job):
@@ -131,42 +142,80 @@ class _GenerateJob(_Job):
 
 
 class Cloud:
-    """One verifier serving jobs first come, first served, in order of arrival."""
+    """One verifier serving jobs first come, first served, in order of arrival.
+
+    Jobs are announced with their arrival time and wait in a heap until then. A job's whole
+    effect (its answer's arrival time) is computed when its service starts, so the cloud only
+    needs to wake when it could start the next job: at max(next arrival, end of current
+    service). That is one SimPy event per job. Should a job be announced that could start
+    before the planned wake-up (several edges), a doorbell interrupts the sleep then.
+    """
 
     def __init__(self, env: simpy.Environment, timeline: list[Span] | None) -> None:
         self.env = env
         self.queue: deque[_Job] = deque()
         self.busy_s = 0.0
+        self.free_at = 0.0
+        self._arrivals: list[tuple[float, int, _Job]] = []
+        self._announced = 0
         self._wake: simpy.Event | None = None
+        self._wake_at = math.inf
+        self._ringing = False
         self._timeline = timeline
-        env.process(self._serve())
+        self.process = env.process(self._serve())
 
     def arrive(self, job: _Job, at_s: float) -> None:
-        """Schedule `job` to join the queue at time `at_s`."""
-        event = self.env.timeout(at_s - self.env.now, job)
-        event.callbacks.append(self._enqueue)
+        """Announce that `job` joins the queue at time `at_s` (not earlier than now)."""
+        heapq.heappush(self._arrivals, (at_s, self._announced, job))
+        self._announced += 1
+        wake = self._wake
+        if wake is None:
+            return
+        start = at_s if at_s > self.free_at else self.free_at
+        if not wake.triggered:
+            succeed_at(wake, start - self.env.now)
+            self._wake_at = start
+        elif start < self._wake_at:
+            self.env.timeout(start - self.env.now).callbacks.append(self._ring)
 
-    def _enqueue(self, event: simpy.Event) -> None:
-        self.queue.append(event.value)
-        if self._wake is not None:
-            wake, self._wake = self._wake, None
-            wake.succeed()
+    def _ring(self, _event: simpy.Event) -> None:
+        if self._wake is not None and not self._ringing:
+            self._ringing = True
+            self.process.interrupt()
+
+    def _start(self, job: _Job, now: float) -> None:
+        job.begin(now)
+        job.record.cloud_busy_s += job.service_s
+        self.busy_s += job.service_s
+        self.free_at = now + job.service_s
+        if self._timeline is not None and type(job) is not _PendingNav:
+            label = "generate" if type(job) is _GenerateJob else "prefill"
+            self._timeline.append(Span("cloud", now, self.free_at, label, job.record.request))
 
     def _serve(self) -> Generator[simpy.Event, Any, None]:
-        env = self.env
+        env, queue, arrivals = self.env, self.queue, self._arrivals
         while True:
-            if not self.queue:
-                self._wake = env.event()
-                yield self._wake
-            job = self.queue.popleft()
-            job.begin(env.now)
-            job.record.cloud_busy_s += job.service_s
-            self.busy_s += job.service_s
-            if self._timeline is not None and type(job) is not _PendingNav:
-                label = "generate" if type(job) is _GenerateJob else "prefill"
-                end = env.now + job.service_s
-                self._timeline.append(Span("cloud", env.now, end, label, job.record.request))
-            yield env.timeout(job.service_s)
+            now = env.now
+            while arrivals and arrivals[0][0] <= now:
+                queue.append(heapq.heappop(arrivals)[2])
+            if queue and self.free_at <= now:
+                self._start(queue.popleft(), now)
+                continue
+            wake = self._wake = env.event()
+            if queue:
+                self._wake_at = self.free_at
+            elif arrivals:
+                self._wake_at = max(arrivals[0][0], self.free_at)
+            else:
+                self._wake_at = math.inf
+            if self._wake_at < math.inf:
+                succeed_at(wake, self._wake_at - now)
+            try:
+                yield wake
+            except simpy.Interrupt:
+                pass
+            self._wake = None
+            self._ringing = False
 
 
 @dataclass
@@ -359,15 +408,14 @@ class Edge:
                 else:
                     wait = True
                 if wait is not None:
+                    if wait and nav.eta is None:
+                        nav.arrived = env.event()
+                        yield nav.arrived
+                    elif wait and nav.eta > t:
+                        t = nav.eta
                     if t > env.now:
                         yield env.timeout(t - env.now)
-                    if wait:
-                        if nav.eta is None:
-                            nav.started = env.event()
-                            yield nav.started
-                        if nav.eta > env.now:  # type: ignore[operator]
-                            yield env.timeout(nav.eta - env.now)  # type: ignore[operator]
-                        t = env.now
+                    t = env.now
                     # -- the answer is processed at local time t ----------------------------
                     start, end = nav.start, nav.end
                     m = end - start

@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import csv
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 from simulator.errors import ConfigError
@@ -122,8 +122,7 @@ class TraceBandwidth:
 Bandwidth = ConstantBandwidth | TraceBandwidth
 
 
-@dataclass(slots=True)
-class Transmission:
+class Transmission(NamedTuple):
     """When a message started occupying the channel, finished sending, and arrived."""
 
     start_s: float
