@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
@@ -17,17 +18,58 @@ class ConfigError(Exception):
         super().__init__(where + problem)
 
 
-def _allowed_fields(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str] | None:
-    """Walk a pydantic model along `loc` (minus its last item) and list the fields found there."""
-    current: Any = model
-    for part in loc[:-1]:
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation admits (through Annotated, Optional and unions)."""
+    if get_origin(annotation) is Annotated:
+        return _models_in(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, UnionType):
+        return [model for arg in get_args(annotation) for model in _models_in(arg)]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return []
+
+
+def _tagged_member(
+    members: list[type[BaseModel]], discriminator: str, tag: Any
+) -> type[BaseModel] | None:
+    """The member of a discriminated union whose `discriminator` literal is `tag`."""
+    for member in members:
+        info = member.model_fields.get(discriminator)
+        if info is not None and tag in get_args(info.annotation):
+            return member
+    return None
+
+
+def _walk(
+    model: type[BaseModel] | None, loc: tuple[Any, ...]
+) -> tuple[tuple[Any, ...], type[BaseModel] | None]:
+    """Follow pydantic's `loc` through `model`.
+
+    Returns the location without the tags pydantic inserts after a discriminated union (so it
+    reads like the input file) and the model that holds its last item (None when lost).
+    """
+    kept: list[Any] = []
+    current = model
+    index = 0
+    while index < len(loc):
+        part = loc[index]
+        kept.append(part)
+        index += 1
+        if index == len(loc):
+            break
         fields = getattr(current, "model_fields", None)
-        if fields is None or not isinstance(part, str) or part not in fields:
-            return None
-        annotation = fields[part].annotation
-        current = annotation if isinstance(annotation, type) else None
-    fields = getattr(current, "model_fields", None)
-    return sorted(fields) if fields else None
+        if not fields or not isinstance(part, str) or part not in fields:
+            return (*kept, *loc[index:]), None
+        info = fields[part]
+        members = _models_in(info.annotation)
+        if len(members) > 1 and isinstance(info.discriminator, str):
+            current = _tagged_member(members, info.discriminator, loc[index])
+            if current is None:
+                return (*kept, *loc[index:]), None
+            index += 1
+        else:
+            current = members[0] if len(members) == 1 else None
+    return tuple(kept), current
 
 
 def render_value(value: Any) -> str:
@@ -42,21 +84,37 @@ def from_validation_error(
     model: type[BaseModel] | None = None,
     prefix: str = "",
 ) -> ConfigError:
-    """Turn pydantic's first complaint into a ConfigError with a one-line message."""
-    first = error.errors()[0]
-    loc = tuple(first["loc"])
+    """Turn pydantic's first complaint into a ConfigError with a one-line message.
+
+    An unknown field is reported before anything else: a misspelt key usually also leaves a
+    required one missing, and the misspelling is the useful news.
+    """
+    errors = error.errors()
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    loc, holder = _walk(model, tuple(first["loc"]))
     field = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc)
     field = field.replace(".[", "[")
     if prefix:
         field = f"{prefix}.{field}" if field else prefix
-    message = first["msg"]
-    if first["type"] == "extra_forbidden":
-        allowed = _allowed_fields(model, loc)
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        allowed = sorted(holder.model_fields) if holder is not None else None
         problem = "unknown field"
         if allowed:
             problem += f" (allowed: {', '.join(allowed)})"
         return ConfigError(source, field, problem)
-    if first["type"] == "missing":
+    if kind == "missing":
         return ConfigError(source, field, "required field is missing")
+    ctx = first.get("ctx") or {}
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        field = f"{field}.{ctx['discriminator'].strip(chr(39))}"
+        if kind == "union_tag_not_found":
+            return ConfigError(source, field, "required field is missing")
+        return ConfigError(
+            source, field, f"unknown value {ctx['tag']!r} (allowed: {ctx['expected_tags']})"
+        )
+    message = str(ctx["error"]) if kind == "value_error" else first["msg"]
     got = first.get("input")
+    if isinstance(got, dict):
+        return ConfigError(source, field, message)
     return ConfigError(source, field, f"{message} (got {render_value(got)})")
