@@ -107,7 +107,7 @@ def from_validation_error(
         return ConfigError(source, field, "required field is missing")
     ctx = first.get("ctx") or {}
     if kind in ("union_tag_invalid", "union_tag_not_found"):
-        field = f"{field}.{ctx['discriminator'].strip(chr(39))}"
+        field = field + "." + ctx["discriminator"].strip("'")
         if kind == "union_tag_not_found":
             return ConfigError(source, field, "required field is missing")
         return ConfigError(

@@ -19,14 +19,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from policies.params import PolicyParams
 from policies.registry import params_model, policy_names
+from simulator.acceptance import ReplayTraces
 from simulator.errors import ConfigError, from_validation_error, render_value
-from simulator.profile import Acceptance, LoadedProfile, load_profile
+from simulator.link import TraceBandwidth
+from simulator.profile import Acceptance, LoadedProfile, ReplayAcceptance, load_profile
 
 
 class Strict(BaseModel):
-    """Unknown keys are errors; instances are immutable."""
+    """Unknown keys are errors, types are not coerced ("20" is no number); instances are
+    immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class EdgeSection(Strict):
@@ -39,11 +42,11 @@ class EdgeSection(Strict):
 class LinkSection(Strict):
     """Overrides of the profile's link; traces are `t_s, mbps` CSV files (step functions)."""
 
-    uplink_mbps: float | None = Field(None, gt=0.0)
-    downlink_mbps: float | None = Field(None, gt=0.0)
-    one_way_latency_s: float | None = Field(None, ge=0.0)
-    uplink_overhead_s: float | None = Field(None, ge=0.0)
-    downlink_overhead_s: float | None = Field(None, ge=0.0)
+    uplink_mbps: float | None = Field(None, gt=0.0, allow_inf_nan=False)
+    downlink_mbps: float | None = Field(None, gt=0.0, allow_inf_nan=False)
+    one_way_latency_s: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    uplink_overhead_s: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    downlink_overhead_s: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     uplink_trace: str | None = None
     downlink_trace: str | None = None
     trace_repeat: bool = Field(True, description="loop a trace past its end (else hold last)")
@@ -78,7 +81,7 @@ class ScenarioModel(Strict):
     name: str
     description: str = ""
     profile: str
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
     reference_policy: str = "vanilla"
     edge: EdgeSection = EdgeSection()
     link: LinkSection = LinkSection()
@@ -172,11 +175,10 @@ def _validate_policies(source: Path, entries: list[dict[str, Any]]) -> tuple[Pol
             raise ConfigError(source, where, "each [[policies]] entry must be a table")
         name = entry.get("name")
         if name not in known:
-            raise ConfigError(
-                source,
-                f"{where}.name",
-                f"unknown policy {render_value(name)} (allowed: {', '.join(known)})",
-            )
+            problem = "required field is missing" if name is None else "unknown policy"
+            if name is not None:
+                problem += f" {render_value(name)}"
+            raise ConfigError(source, f"{where}.name", f"{problem} (allowed: {', '.join(known)})")
         label = entry.get("label", name)
         if not isinstance(label, str) or not label:
             raise ConfigError(source, f"{where}.label", "must be a non-empty string")
@@ -207,12 +209,29 @@ def validate_scenario(raw: dict[str, Any], path: Path) -> Scenario:
             "reference_policy",
             f"{model.reference_policy!r} is not a policy label here (allowed: {', '.join(labels)})",
         )
-    profile = load_profile((path.parent / model.profile).resolve())
+    profile = load_profile(_named_file(path, "profile", model.profile, "profile"))
+    # traces are read here as well as by the engine, so a bad one fails before anything runs
     for field in ("uplink_trace", "downlink_trace"):
         trace = getattr(model.link, field)
-        if trace is not None and not (path.parent / trace).is_file():
-            raise ConfigError(path, f"link.{field}", f"trace file {trace!r} not found")
+        if trace is not None:
+            trace_path = _named_file(path, f"link.{field}", trace, "trace")
+            TraceBandwidth.from_csv(trace_path, model.link.trace_repeat)
+    owner, acceptance = (
+        (path, model.acceptance)
+        if model.acceptance is not None
+        else (profile.path, profile.profile.acceptance)
+    )
+    if isinstance(acceptance, ReplayAcceptance):
+        ReplayTraces.load(_named_file(owner, "acceptance.trace", acceptance.trace, "trace"))
     return Scenario(model=model, policies=policies, profile=profile, path=path, raw=raw)
+
+
+def _named_file(owner: Path, field: str, relative: str, what: str) -> Path:
+    """A file named by `field` of `owner`, resolved against owner's folder; it must exist."""
+    target = (owner.parent / relative).resolve()
+    if not target.is_file():
+        raise ConfigError(owner, field, f"{what} file {relative!r} not found")
+    return target
 
 
 def read_scenario_file(path: str | Path) -> dict[str, Any]:
@@ -223,16 +242,21 @@ def read_scenario_file(path: str | Path) -> dict[str, Any]:
             return tomllib.load(handle)
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read scenario ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(path, "", f"not valid TOML ({exc})") from None
 
 
-def parse_assignment(text: str, source: Path, flag: str) -> tuple[str, str]:
-    """Split `key=value` from the command line."""
+def parse_assignment(text: str, flag: str) -> tuple[str, str]:
+    """Split `key=value` given to a command-line flag."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(source, flag, f"expected key=value, got {text!r}")
+        raise ConfigError(flag, text.strip(), "expected key=value")
     return key.strip(), value.strip()
+
+
+def _covers(key: str, field: str) -> bool:
+    """Whether an error at dotted `field` lies at or inside the dotted path `key`."""
+    return field == key or field.startswith((key + ".", key + "["))
 
 
 def expand_sweep(
@@ -250,25 +274,40 @@ def expand_sweep(
     axes_raw = raw.pop("sweep", {})
     if not isinstance(axes_raw, dict):
         raise ConfigError(path, "sweep", "must be a table of axis = [values]")
+    # where each overridden field's value comes from, so errors blame the flag or the axis
+    origins: dict[str, tuple[Path, str]] = {}
+    for text in overrides or []:
+        key, value = parse_assignment(text, "--set")
+        set_path(raw, key, parse_value(value), Path("--set"))
+        origins[key] = (Path("--set"), key)
     axes: dict[str, list[Any]] = {}
     for axis, values in axes_raw.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(path, f"sweep.{axis}", "must be a non-empty list of values")
         axes[axis] = values
-    for text in overrides or []:
-        key, value = parse_assignment(text, path, "--set")
-        set_path(raw, key, parse_value(value), Path("--set"))
+        origins[axis] = (path, f"sweep.{axis}")
     for text in sweeps or []:
-        key, value = parse_assignment(text, path, "--sweep")
+        key, value = parse_assignment(text, "--sweep")
         axes[key] = [parse_value(v.strip()) for v in value.split(",") if v.strip()]
         if not axes[key]:
             raise ConfigError(Path("--sweep"), key, "give at least one value")
+        origins[key] = (Path("--sweep"), key)
     points: list[SweepPoint] = []
     names = list(axes)
     for index, combo in enumerate(itertools.product(*(axes[a] for a in names))):
         point_raw = copy.deepcopy(raw)
         for axis, value in zip(names, combo, strict=True):
-            set_path(point_raw, axis, value, path)
-        scenario = validate_scenario(point_raw, path)
-        points.append(SweepPoint(index=index, axes=dict(zip(names, combo, strict=True)), scenario=scenario))
+            set_path(point_raw, axis, value, origins[axis][0])
+        try:
+            scenario = validate_scenario(point_raw, path)
+        except ConfigError as exc:
+            key = next(
+                (k for k in origins if exc.source == str(path) and _covers(k, exc.field)), ""
+            )
+            if not key:
+                raise
+            source, field = origins[key]
+            raise ConfigError(source, field + exc.field[len(key) :], exc.problem) from None
+        axes_here = dict(zip(names, combo, strict=True))
+        points.append(SweepPoint(index=index, axes=axes_here, scenario=scenario))
     return points

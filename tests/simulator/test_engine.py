@@ -197,3 +197,16 @@ def test_timeline_spans_are_well_formed(write_scenario) -> None:
     assert result.timeline
     assert {s.lane for s in result.timeline} >= {"draft", "uplink", "cloud", "downlink", "result"}
     assert all(isinstance(s, Span) and s.end_s >= s.start_s for s in result.timeline)
+
+
+@pytest.mark.parametrize("policy", POLICY_CONFIGS, ids=lambda c: c["name"])
+def test_exclusive_cloud_fast_path_changes_nothing(write_scenario, policy) -> None:
+    path = write_scenario(
+        policies=[policy], link={"uplink_mbps": 8.0}, prompts={"count": 3, "prompt_len": 16, "max_new_tokens": 64}
+    )
+    scenario = expand_sweep(path)[0].scenario
+    fast = simulate(scenario, scenario.policies[0], 7, record_timeline=True, exclusive_cloud=True)
+    queued = simulate(scenario, scenario.policies[0], 7, record_timeline=True, exclusive_cloud=False)
+    assert fast.records == queued.records
+    assert sorted(fast.timeline or []) == sorted(queued.timeline or [])
+    assert fast.policy_state == queued.policy_state
