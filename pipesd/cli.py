@@ -8,7 +8,7 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -35,9 +35,17 @@ SHOWN_COLUMNS = (
 )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print `<prog>: error: <message>` and a pointer to --help; exit with code 2."""
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="pipesd", description="Digital twin for cloud-edge speculative decoding."
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -51,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
             "and print the summary."
         ),
     )
-    run.add_argument("scenario", type=Path, help="scenario TOML file, e.g. scenarios/pipesd_s1.toml")
+    run.add_argument(
+        "scenario", type=Path, help="scenario TOML file, e.g. scenarios/pipesd_s1.toml"
+    )
     run.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     run.add_argument(
         "--set",
@@ -91,6 +101,8 @@ def _select_policies(points: list[Any], wanted: str | None) -> list[Any]:
     from dataclasses import replace
 
     labels = {w.strip() for w in wanted.split(",") if w.strip()}
+    if not labels:
+        raise ConfigError("--policies", "", f"no label given (got {wanted!r})")
     selected = []
     for point in points:
         scenario = point.scenario
@@ -98,7 +110,9 @@ def _select_policies(points: list[Any], wanted: str | None) -> list[Any]:
         unknown = labels - known
         if unknown:
             raise ConfigError(
-                "--policies", "", f"unknown label {sorted(unknown)[0]!r} (allowed: {', '.join(sorted(known))})"
+                "--policies",
+                "",
+                f"unknown label {sorted(unknown)[0]!r} (allowed: {', '.join(sorted(known))})",
             )
         keep = labels | {scenario.model.reference_policy}
         policies = tuple(p for p in scenario.policies if p.label in keep)
@@ -119,7 +133,9 @@ def _print_summary(console: Console, rows: list[dict[str, Any]], axes: list[str]
             value = row[key]
             if key == "uplink_bytes":
                 value = value / 1e6
-            cells.append("-" if isinstance(value, float) and math.isnan(value) else fmt.format(value))
+            cells.append(
+                "-" if isinstance(value, float) and math.isnan(value) else fmt.format(value)
+            )
         table.add_row(*cells)
     console.print(table)
 
@@ -131,6 +147,11 @@ def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     points = expand_sweep(args.scenario, args.overrides, args.sweep)
     points = _select_policies(points, args.policies)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        problem = f"cannot create folder {str(args.out)!r} ({exc.strerror})"
+        raise ConfigError("--out", "", problem) from None
     console = Console(stderr=False)
     tasks = plan_tasks(points)
     progress = Progress(

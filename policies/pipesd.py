@@ -55,15 +55,10 @@ class PipeSDParams(PolicyParams):
     drift_windows: int = Field(3, ge=1, description="consecutive drifted windows to re-tune")
 
     @model_validator(mode="after")
-    def _ranges_hold_start_values(self) -> PipeSDParams:
-        for name, value, (low, high) in (
-            ("r1", self.r1, self.tune_r1_range),
-            ("r2", self.r2, self.tune_r2_range),
-        ):
+    def _tune_ranges_are_intervals(self) -> PipeSDParams:
+        for name, (low, high) in (("r1", self.tune_r1_range), ("r2", self.tune_r2_range)):
             if not 0.0 < low < high <= 1.0:
                 raise ValueError(f"tune_{name}_range must satisfy 0 < low < high <= 1")
-            if self.autotune is False and not 0.0 < value <= 1.0:
-                raise ValueError(f"{name} must be in (0, 1]")
         return self
 
 

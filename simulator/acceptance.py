@@ -29,6 +29,16 @@ from simulator.profile import (
     TableCurve,
 )
 
+ACCEPTED_VALUES = {
+    "1": True,
+    "true": True,
+    "True": True,
+    "0": False,
+    "false": False,
+    "False": False,
+}
+"""How the `accepted` column of a replay trace may spell its verdict."""
+
 
 @dataclass(frozen=True, slots=True)
 class AcceptanceStream:
@@ -96,15 +106,26 @@ class ReplayTraces:
                     raise ConfigError(path, "header", f"missing columns {sorted(missing)}")
                 for line, row in enumerate(reader, start=2):
                     try:
-                        conf = float(row["confidence"])
-                        item = (int(row["position"]), conf, row["accepted"] in ("1", "true", "True"))
-                    except ValueError:
-                        raise ConfigError(path, f"line {line}", "position/confidence not numbers") from None
+                        position, conf = int(row["position"]), float(row["confidence"])
+                    except (TypeError, ValueError):
+                        raise ConfigError(
+                            path, f"line {line}", "position/confidence not numbers"
+                        ) from None
                     if not 0.0 <= conf <= 1.0:
                         raise ConfigError(path, f"line {line}", f"confidence {conf} not in [0, 1]")
+                    if row["accepted"] not in ACCEPTED_VALUES:
+                        raise ConfigError(
+                            path,
+                            f"line {line}",
+                            f"accepted must be one of {', '.join(ACCEPTED_VALUES)} "
+                            f"(got {row['accepted']!r})",
+                        )
+                    item = (position, conf, ACCEPTED_VALUES[row["accepted"]])
                     rows.setdefault(row["sequence"], []).append(item)
         except OSError as exc:
             raise ConfigError(path, "", f"cannot read acceptance trace ({exc.strerror})") from None
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise ConfigError(path, "", f"not a CSV text file ({exc})") from None
         if not rows:
             raise ConfigError(path, "", "acceptance trace holds no rows")
         sequences = []
@@ -141,9 +162,9 @@ class AcceptanceModel:
             else None
         )
 
-    def stream(self, seed: int, request: int, n_positions: int) -> AcceptanceStream:
-        """The outcomes of request `request` under `seed` for `n_positions` positions."""
-        rng = np.random.default_rng(np.random.SeedSequence([seed, request, 0x5EED]))
+    def stream(self, seed: int, edge: int, request: int, n_positions: int) -> AcceptanceStream:
+        """The outcomes of request `request` of edge `edge` under `seed`, `n_positions` long."""
+        rng = np.random.default_rng(np.random.SeedSequence([seed, edge, request, 0x5EED]))
         spec = self.spec
         if isinstance(spec, IIDAcceptance):
             confidence = sample_confidence(spec.confidence, rng, n_positions)

@@ -25,7 +25,8 @@ import simpy
 from policies.base import CostHints, Decision, Mode, Policy, RequestStart, VerifyOutcome
 from policies.registry import make_policy
 from simulator.acceptance import AcceptanceModel
-from simulator.link import Bandwidth, Channel, ConstantBandwidth, TraceBandwidth
+from simulator.fleet import edge_specs
+from simulator.link import Channel
 from simulator.payload import Payload, payload_for
 from simulator.profile import DraftLatency, PowerProfile, TargetLatency
 from simulator.records import RequestRecord
@@ -51,6 +52,7 @@ class Span(NamedTuple):
     first: int = 0
     last: int = 0
     ready_s: float = 0.0
+    edge: int = 0
 
 
 def succeed_at(event: simpy.Event, delay_s: float) -> None:
@@ -62,31 +64,37 @@ def succeed_at(event: simpy.Event, delay_s: float) -> None:
 
 
 class _Job:
-    """Work for the cloud; `service_s` is known on arrival, `begin` runs when service starts."""
+    """Work for the cloud; `service_s` (served alone) is known on arrival; `begin` runs when
+    service starts, with the time it will end (later if batched with other jobs)."""
 
-    __slots__ = ("service_s", "record")
+    __slots__ = ("service_s", "record", "arrived_s")
 
     def __init__(self, service_s: float, record: RequestRecord) -> None:
         self.service_s = service_s
         self.record = record
+        self.arrived_s = 0.0
 
-    def begin(self, now_s: float) -> None:
-        """Service starts now."""
+    def begin(self, now_s: float, done_s: float) -> None:
+        """Service starts at `now_s` and ends at `done_s`."""
 
 
 class _PendingNav(_Job):
     """A NAV on its way: covers positions [start, end); `eta` known once the cloud starts it."""
 
     __slots__ = (
-        "start", "end", "eta", "lower_bound", "arrived", "downlink", "result_bytes", "timeline"
+        "start", "end", "eta", "lower_bound", "arrived", "downlink", "result_bytes", "timeline",
+        "positions", "context",
     )
 
     def __init__(
         self, start: int, end: int, service_s: float, record: RequestRecord, downlink: Channel,
-        result_bytes: int, lower_bound: float, timeline: list[Span] | None,
+        result_bytes: int, lower_bound: float, timeline: list[Span] | None, positions: int,
+        context: int,
     ) -> None:
         self.service_s = service_s
         self.record = record
+        self.arrived_s = 0.0
+        self.positions, self.context = positions, context
         self.start, self.end = start, end
         self.eta: float | None = None
         self.lower_bound = lower_bound
@@ -96,18 +104,18 @@ class _PendingNav(_Job):
         self.result_bytes = result_bytes
         self.timeline = timeline
 
-    def begin(self, now_s: float) -> None:
-        done = now_s + self.service_s
+    def begin(self, now_s: float, done_s: float) -> None:
+        done = done_s
         tx = self.downlink.transmit(done, self.result_bytes)
         self.eta = tx.arrive_s
         self.record.downlink_bytes += self.result_bytes
         if self.timeline is not None:
-            request = self.record.request
+            request, edge = self.record.request, self.record.edge
             self.timeline.append(
-                Span("cloud", now_s, done, "NAV", request, self.start, self.end)
+                Span("cloud", now_s, done, "NAV", request, self.start, self.end, edge=edge)
             )
             self.timeline.append(
-                Span("downlink", tx.start_s, tx.finish_s, "answer", request, ready_s=done)
+                Span("downlink", tx.start_s, tx.finish_s, "answer", request, 0, 0, done, edge)
             )
         if self.arrived is not None:
             succeed_at(self.arrived, self.eta - now_s)
@@ -131,7 +139,7 @@ class _GenerateJob(_Job):
         self._target, self._downlink, self._bytes = target, downlink, token_bytes
         self._prompt_len, self._n = prompt_len, n_tokens
 
-    def begin(self, now_s: float) -> None:
+    def begin(self, now_s: float, done_s: float) -> None:
         t = now_s + self._target.prefill_s(self._prompt_len)
         for i in range(self._n):
             if i:
@@ -143,40 +151,57 @@ class _GenerateJob(_Job):
 
 
 class Cloud:
-    """One verifier serving jobs first come, first served, in order of arrival.
+    """One verifier serving jobs in order of arrival, alone or in batches of NAVs.
 
     Jobs are announced with their arrival time and wait in a heap until then. A job's whole
     effect (its answer's arrival time) is computed when its service starts, so the cloud only
-    needs to wake when it could start the next job: at max(next arrival, end of current
-    service). That is one SimPy event per job. Should a job be announced that could start
-    before the planned wake-up (several edges), a doorbell interrupts the sleep then.
+    wakes when it could start the next job: at max(next arrival, end of current service). That
+    is one SimPy event per job. Should a job be announced that could start before the planned
+    wake-up (several edges), a doorbell interrupts the sleep then.
 
-    With a single source of jobs (`exclusive`, one edge), announcement order is arrival order,
-    so FCFS needs no waiting at all: each job starts at max(arrival, end of the previous job)
-    the moment it is announced, and the cloud costs no SimPy event. Both paths give identical
-    results (tested).
+    Batching (`max_batch` > 1): when free, the cloud takes the NAVs at the head of the queue
+    (up to `max_batch`) and verifies them in one forward pass, whose time the target latency
+    model gives for the summed positions and context and the batch size. With a window, it
+    waits until the oldest queued NAV has waited `batch_window_s` or the batch is full.
+    Prefills and cloud-only generations are served alone.
+
+    With a single source of jobs (`exclusive`, one edge and no batching), announcement order is
+    arrival order, so each job starts at max(arrival, end of the previous job) the moment it is
+    announced, and the cloud costs no SimPy event. Both paths give identical results (tested).
     """
 
     def __init__(
-        self, env: simpy.Environment, timeline: list[Span] | None, exclusive: bool = False
+        self,
+        env: simpy.Environment,
+        timeline: list[Span] | None,
+        target: TargetLatency,
+        exclusive: bool = False,
+        max_batch: int = 1,
+        batch_window_s: float = 0.0,
     ) -> None:
         self.env = env
-        self.exclusive = exclusive
+        self.target = target
+        self.exclusive = exclusive and max_batch == 1
+        self.max_batch = max_batch
+        self.batch_window_s = batch_window_s
         self.queue: deque[_Job] = deque()
         self.busy_s = 0.0
         self.free_at = 0.0
+        self.jobs = 0
+        self.batches = 0
         self._arrivals: list[tuple[float, int, _Job]] = []
         self._announced = 0
         self._wake: simpy.Event | None = None
         self._wake_at = math.inf
         self._ringing = False
         self._timeline = timeline
-        self.process = None if exclusive else env.process(self._serve())
+        self.process = None if self.exclusive else env.process(self._serve())
 
     def arrive(self, job: _Job, at_s: float) -> None:
         """Announce that `job` joins the queue at time `at_s` (not earlier than now)."""
         if self.exclusive:
-            self._start(job, at_s if at_s > self.free_at else self.free_at)
+            job.arrived_s = at_s
+            self._start([job], at_s if at_s > self.free_at else self.free_at)
             return
         heapq.heappush(self._arrivals, (at_s, self._announced, job))
         self._announced += 1
@@ -195,34 +220,69 @@ class Cloud:
             self._ringing = True
             self.process.interrupt()
 
-    def _start(self, job: _Job, now: float) -> None:
-        """Begin serving `job` at time `now` (which may lie ahead of SimPy's clock)."""
-        job.begin(now)
-        job.record.cloud_busy_s += job.service_s
-        self.busy_s += job.service_s
-        self.free_at = now + job.service_s
-        if self._timeline is not None and type(job) is not _PendingNav:
-            label = "generate" if type(job) is _GenerateJob else "prefill"
-            self._timeline.append(Span("cloud", now, self.free_at, label, job.record.request))
+    def _start(self, jobs: list[_Job], now: float) -> None:
+        """Begin serving `jobs` together at `now` (which may lie ahead of SimPy's clock)."""
+        if len(jobs) == 1:
+            service = jobs[0].service_s
+        else:
+            navs: list[_PendingNav] = jobs  # type: ignore[assignment]
+            service = self.target.forward_s(
+                sum(j.positions for j in navs), sum(j.context for j in navs), len(navs)
+            )
+        done = now + service
+        share = service / len(jobs)
+        for job in jobs:
+            job.begin(now, done)
+            job.record.cloud_busy_s += share
+            if self._timeline is not None and type(job) is not _PendingNav:
+                label = "generate" if type(job) is _GenerateJob else "prefill"
+                record = job.record
+                self._timeline.append(
+                    Span("cloud", now, done, label, record.request, edge=record.edge)
+                )
+        self.busy_s += service
+        self.free_at = done
+        self.jobs += len(jobs)
+        self.batches += 1
+
+    def _take_batch(self, now: float) -> list[_Job] | float:
+        """The jobs to start now, or the time to wait for (a batching window still open)."""
+        queue = self.queue
+        if self.max_batch == 1 or type(queue[0]) is not _PendingNav:
+            return [queue.popleft()]
+        count = 0
+        for job in queue:
+            if type(job) is not _PendingNav or count == self.max_batch:
+                break
+            count += 1
+        deadline = queue[0].arrived_s + self.batch_window_s
+        if count < self.max_batch and count == len(queue) and now < deadline:
+            return deadline
+        return [queue.popleft() for _ in range(count)]
 
     def _serve(self) -> Generator[simpy.Event, Any, None]:
         env, queue, arrivals = self.env, self.queue, self._arrivals
         while True:
             now = env.now
             while arrivals and arrivals[0][0] <= now:
-                queue.append(heapq.heappop(arrivals)[2])
+                at, _, job = heapq.heappop(arrivals)
+                job.arrived_s = at
+                queue.append(job)
+            wait_until = math.inf
             if queue and self.free_at <= now:
-                self._start(queue.popleft(), now)
-                continue
+                batch = self._take_batch(now)
+                if isinstance(batch, list):
+                    self._start(batch, now)
+                    continue
+                wait_until = batch
+            elif queue:
+                wait_until = self.free_at
+            if arrivals:
+                wait_until = min(wait_until, max(arrivals[0][0], self.free_at))
             wake = self._wake = env.event()
-            if queue:
-                self._wake_at = self.free_at
-            elif arrivals:
-                self._wake_at = max(arrivals[0][0], self.free_at)
-            else:
-                self._wake_at = math.inf
-            if self._wake_at < math.inf:
-                succeed_at(wake, self._wake_at - now)
+            self._wake_at = wait_until
+            if wait_until < math.inf:
+                succeed_at(wake, wait_until - now)
             try:
                 yield wake
             except simpy.Interrupt:
@@ -245,6 +305,9 @@ class EdgeConfig:
     max_new_tokens: int
     requests: int
     seed: int
+    edge: int = 0
+    start_s: float = 0.0
+    arrivals: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -266,6 +329,9 @@ class SimResult:
     cloud_busy_s: float
     end_s: float
     timeline: list[Span] | None = field(default=None)
+    edges: int = 1
+    cloud_batches: int = 0
+    cloud_jobs: int = 0
 
 
 class Edge:
@@ -284,12 +350,20 @@ class Edge:
         self.process = env.process(self._run())
 
     def _run(self) -> Generator[simpy.Event, Any, None]:
+        env, cfg = self.env, self.config
+        if cfg.start_s > env.now:
+            yield env.timeout(cfg.start_s - env.now)
         yield from self._probe()
-        for index in range(self.config.requests):
+        for index in range(cfg.requests):
+            arrived = env.now
+            if cfg.arrivals is not None:
+                arrived = cfg.arrivals[index]
+                if arrived > env.now:
+                    yield env.timeout(arrived - env.now)
             if self.policy.mode == Mode.CLOUD_AUTOREGRESSIVE:
-                yield from self._cloud_request(index)
+                yield from self._cloud_request(index, arrived)
             else:
-                yield from self._speculative_request(index)
+                yield from self._speculative_request(index, arrived)
 
     def _probe(self) -> Generator[simpy.Event, Any, None]:
         """PipeSD-style start-up probes: uploads of a few token sizes, one after another."""
@@ -316,9 +390,11 @@ class Edge:
         )
         self.records.append(record)
 
-    def _cloud_request(self, index: int) -> Generator[simpy.Event, Any, None]:
+    def _cloud_request(self, index: int, arrived: float) -> Generator[simpy.Event, Any, None]:
         env, cfg = self.env, self.config
-        record = RequestRecord(request=index, prompt_len=cfg.prompt_len, start_s=env.now)
+        record = RequestRecord(
+            request=index, edge=cfg.edge, prompt_len=cfg.prompt_len, start_s=arrived
+        )
         prompt = cfg.payload.prompt_bytes(cfg.prompt_len)
         tx = self.up.transmit(env.now, prompt)
         record.uplink_bytes += prompt
@@ -335,13 +411,15 @@ class Edge:
         record.first_token_s, record.end_s = job.arrivals[0], job.arrivals[-1]
         self._finish(record)
 
-    def _speculative_request(self, index: int) -> Generator[simpy.Event, Any, None]:
+    def _speculative_request(
+        self, index: int, arrived: float
+    ) -> Generator[simpy.Event, Any, None]:
         """One request under a speculative policy (see the module docstring for the clock)."""
         env, cfg, policy, up, down = self.env, self.config, self.policy, self.up, self.down
         payload, timeline = cfg.payload, self.timeline
         n_new, prompt_len = cfg.max_new_tokens, cfg.prompt_len
-        record = RequestRecord(request=index, prompt_len=prompt_len, start_s=env.now)
-        stream = self.acceptance.stream(cfg.seed, index, n_new)
+        record = RequestRecord(request=index, edge=cfg.edge, prompt_len=prompt_len, start_s=arrived)
+        stream = self.acceptance.stream(cfg.seed, cfg.edge, index, n_new)
         confidence, off_path = stream.confidence, stream.off_path_confidence
         next_reject = stream.next_reject
         n_off = len(off_path)
@@ -388,7 +466,10 @@ class Edge:
             if timeline is not None:
                 kind = "NAV" if nav_request else "batch"
                 timeline.append(
-                    Span("uplink", tx.start_s, tx.finish_s, kind, index, sent_end, drafted_end, now)
+                    Span(
+                        "uplink", tx.start_s, tx.finish_s, kind, index, sent_end, drafted_end,
+                        now, cfg.edge,
+                    )
                 )
             sent_end = drafted_end
             if not nav_request:
@@ -397,7 +478,7 @@ class Edge:
             service = target.forward_s(m + 1, prompt_len + committed + m)
             pending = _PendingNav(
                 committed, drafted_end, service, record, down, result_bytes,
-                tx.arrive_s + service + min_down, timeline,
+                tx.arrive_s + service + min_down, timeline, m + 1, prompt_len + committed + m,
             )
             self.cloud.arrive(pending, tx.arrive_s)
             return pending
@@ -457,7 +538,9 @@ class Edge:
                     record.accepted += accepted
                     if timeline is not None:
                         label = f"{accepted}/{m} accepted"
-                        timeline.append(Span("result", nav.eta, t, label, index, start, end))  # type: ignore[arg-type]
+                        timeline.append(
+                            Span("result", nav.eta, t, label, index, start, end, edge=cfg.edge)  # type: ignore[arg-type]
+                        )
                     nav = None
                     deferred = False
                     decision = policy.on_result(VerifyOutcome(m, accepted, surviving, surviving_sent, t))
@@ -491,7 +574,9 @@ class Edge:
                 off_index += 1
             dt = decode_base + decode_ctx * (prompt_len + position)
             if timeline is not None:
-                timeline.append(Span("draft", t, t + dt, "draft", index, position, position + 1))
+                timeline.append(
+                    Span("draft", t, t + dt, "draft", index, position, position + 1, edge=cfg.edge)
+                )
             t += dt
             record.edge_busy_s += dt
             record.drafted += 1
@@ -522,26 +607,10 @@ class Edge:
         self._finish(record)
 
 
-def policy_seed(seed: int, label: str) -> int:
-    """A policy's own seed: stable across runs, different per label."""
-    return (seed * 1_000_003 + zlib.crc32(label.encode())) % (2**31)
-
-
-def bandwidth_for(scenario: Scenario, direction: str) -> Bandwidth:
-    """The scenario's bandwidth for 'uplink' or 'downlink': trace, override, or profile."""
-    link = scenario.model.link
-    trace = getattr(link, f"{direction}_trace")
-    if trace is not None:
-        return TraceBandwidth.from_csv(scenario.resolve(trace), link.trace_repeat)
-    mbps = getattr(link, f"{direction}_mbps")
-    if mbps is None:
-        mbps = getattr(scenario.profile.profile.link, f"{direction}_mbps")
-    return ConstantBandwidth(mbps)
-
-
-def _link_value(scenario: Scenario, name: str) -> float:
-    value = getattr(scenario.model.link, name)
-    return getattr(scenario.profile.profile.link, name) if value is None else value
+def policy_seed(seed: int, label: str, edge: int = 0) -> int:
+    """A policy's own seed: stable across runs, different per label and per edge."""
+    key = label if edge == 0 else f"{label}/{edge}"
+    return (seed * 1_000_003 + zlib.crc32(key.encode())) % (2**31)
 
 
 def simulate(
@@ -551,44 +620,67 @@ def simulate(
     record_timeline: bool = False,
     exclusive_cloud: bool = True,
 ) -> SimResult:
-    """Simulate one policy on one scenario point with one seed.
+    """Simulate one policy on every edge of one scenario point with one seed.
 
-    `exclusive_cloud=False` forces the cloud's general queueing process even for one edge
-    (the tests use it to check that the fast path changes nothing).
+    Each edge runs its own instance of the policy. `exclusive_cloud=False` forces the cloud's
+    general queueing process even for one edge (the tests check the fast path changes nothing).
     """
     profile = scenario.profile.profile
     model = scenario.model
     env = simpy.Environment()
     timeline: list[Span] | None = [] if record_timeline else None
-    latency = _link_value(scenario, "one_way_latency_s")
-    uplink = Channel(bandwidth_for(scenario, "uplink"), _link_value(scenario, "uplink_overhead_s"), latency)
-    downlink = Channel(
-        bandwidth_for(scenario, "downlink"), _link_value(scenario, "downlink_overhead_s"), latency
-    )
     acceptance_spec = model.acceptance or profile.acceptance
     acceptance_dir = scenario.base_dir if model.acceptance else scenario.profile.path.parent
     acceptance = AcceptanceModel(acceptance_spec, acceptance_dir)
-    config = EdgeConfig(
-        draft=profile.draft_latency,
-        target=profile.target_latency,
-        power=profile.power,
-        payload=payload_for(profile.payload, model.payload),
-        compute_factor=model.edge.compute_factor,
-        max_draft_tokens=model.edge.max_draft_tokens,
-        prompt_len=model.prompts.prompt_len,
-        max_new_tokens=model.prompts.max_new_tokens,
-        requests=model.prompts.count,
-        seed=seed,
+    specs = edge_specs(scenario, seed)
+    cloud = Cloud(
+        env,
+        timeline,
+        profile.target_latency,
+        exclusive=exclusive_cloud and len(specs) == 1,
+        max_batch=model.cloud.max_batch,
+        batch_window_s=model.cloud.batch_window_s,
     )
-    policy = make_policy(entry.name, entry.params, policy_seed(seed, entry.label))
-    cloud = Cloud(env, timeline, exclusive=exclusive_cloud)
-    edge = Edge(env, config, policy, cloud, uplink, downlink, acceptance, timeline)
-    env.run(until=edge.process)
+    payload = payload_for(profile.payload, model.payload)
+    edges = []
+    policy_states = []
+    for spec in specs:
+        config = EdgeConfig(
+            draft=profile.draft_latency,
+            target=profile.target_latency,
+            power=profile.power,
+            payload=payload,
+            compute_factor=spec.compute_factor,
+            max_draft_tokens=model.edge.max_draft_tokens,
+            prompt_len=model.prompts.prompt_len,
+            max_new_tokens=model.prompts.max_new_tokens,
+            requests=spec.requests,
+            seed=seed,
+            edge=spec.index,
+            start_s=spec.start_s,
+            arrivals=spec.arrivals,
+        )
+        policy = make_policy(entry.name, entry.params, policy_seed(seed, entry.label, spec.index))
+        policy_states.append(policy)
+        uplink = Channel(spec.uplink, spec.uplink_overhead_s, spec.one_way_latency_s)
+        downlink = Channel(spec.downlink, spec.downlink_overhead_s, spec.one_way_latency_s)
+        edges.append(
+            Edge(env, config, policy, cloud, uplink, downlink, acceptance, timeline)
+        )
+    env.run(until=env.all_of([edge.process for edge in edges]))
+    session = SessionStats()
+    for edge in edges:
+        session.probe_messages += edge.session.probe_messages
+        session.probe_bytes += edge.session.probe_bytes
+        session.probe_time_s = max(session.probe_time_s, edge.session.probe_time_s)
     return SimResult(
-        records=edge.records,
-        session=edge.session,
-        policy_state=policy.state(),
+        records=[r for edge in edges for r in edge.records],
+        session=session,
+        policy_state=policy_states[0].state(),
         cloud_busy_s=cloud.busy_s,
         end_s=env.now,
         timeline=timeline,
+        edges=len(edges),
+        cloud_batches=cloud.batches,
+        cloud_jobs=cloud.jobs,
     )

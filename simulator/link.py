@@ -9,8 +9,8 @@ from __future__ import annotations
 import bisect
 import csv
 import math
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 from simulator.errors import ConfigError
 
@@ -55,9 +55,13 @@ class TraceBandwidth:
         # cumulative bytes at each step start within one period
         self.cumulative = [0.0]
         for i in range(1, steps):
-            self.cumulative.append(self.cumulative[-1] + self.rates[i - 1] * (times_s[i] - times_s[i - 1]))
+            self.cumulative.append(
+                self.cumulative[-1] + self.rates[i - 1] * (times_s[i] - times_s[i - 1])
+            )
         self.period_bytes = (
-            self.cumulative[-1] + self.rates[-1] * (self.period - times_s[-1]) if self.repeat else math.inf
+            self.cumulative[-1] + self.rates[-1] * (self.period - times_s[-1])
+            if self.repeat
+            else math.inf
         )
 
     @classmethod
@@ -73,15 +77,23 @@ class TraceBandwidth:
                     try:
                         t, rate = float(row["t_s"]), float(row["mbps"])
                     except (TypeError, ValueError):
-                        raise ConfigError(path, f"line {line}", "t_s and mbps must be numbers") from None
-                    if not (math.isfinite(t) and math.isfinite(rate)) or rate <= 0:
-                        raise ConfigError(path, f"line {line}", f"mbps must be > 0 (got {rate})")
+                        raise ConfigError(
+                            path, f"line {line}", "t_s and mbps must be numbers"
+                        ) from None
+                    if not math.isfinite(t):
+                        raise ConfigError(path, f"line {line}", f"t_s must be finite (got {t})")
+                    if not math.isfinite(rate) or rate <= 0:
+                        raise ConfigError(
+                            path, f"line {line}", f"mbps must be finite and > 0 (got {rate})"
+                        )
                     if times and t <= times[-1]:
                         raise ConfigError(path, f"line {line}", "t_s must increase strictly")
                     times.append(t)
                     rates.append(rate)
         except OSError as exc:
             raise ConfigError(path, "", f"cannot read trace ({exc.strerror})") from None
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise ConfigError(path, "", f"not a CSV text file ({exc})") from None
         if not times:
             raise ConfigError(path, "", "trace holds no rows")
         if times[0] != 0.0:
@@ -133,7 +145,7 @@ class Transmission(NamedTuple):
 class Channel:
     """A serialised one-way channel: messages queue behind each other in send order."""
 
-    __slots__ = ("bandwidth", "overhead_s", "latency_s", "free_at", "bytes_sent", "messages")
+    __slots__ = ("bandwidth", "bytes_sent", "free_at", "latency_s", "messages", "overhead_s")
 
     def __init__(self, bandwidth: Bandwidth, overhead_s: float, latency_s: float) -> None:
         self.bandwidth = bandwidth

@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
+from simulator.engine import SimResult
 from simulator.records import RequestRecord
 
 SUMMARY_METRICS = (
@@ -28,6 +31,13 @@ SUMMARY_METRICS = (
     "discarded_tokens",
     "promoted_tokens",
     "rollbacks",
+    "edges",
+    "throughput_tokens_per_s",
+    "tpt_p50_ms",
+    "tpt_p90_ms",
+    "tpt_p99_ms",
+    "cloud_utilisation",
+    "mean_batch_size",
 )
 
 
@@ -35,8 +45,38 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else math.nan
 
 
+def fleet_metrics(runs: Sequence[SimResult]) -> dict[str, float]:
+    """Whole-system metrics, averaged over runs: aggregate throughput over the span from the
+    first request's start to the last token, per-request TPT percentiles, cloud utilisation
+    (busy time over that span) and the mean number of jobs per cloud service."""
+    throughput, utilisation, batch = [], [], []
+    tpts: list[float] = []
+    for run in runs:
+        if not run.records:
+            continue
+        span = max(r.end_s for r in run.records) - min(r.start_s for r in run.records)
+        tokens = sum(r.new_tokens for r in run.records)
+        throughput.append(_ratio(tokens, span))
+        utilisation.append(_ratio(run.cloud_busy_s, span))
+        batch.append(_ratio(run.cloud_jobs, run.cloud_batches))
+        tpts.extend(r.tpt_s for r in run.records)
+    p50, p90, p99 = (
+        np.percentile(tpts, [50, 90, 99]) * 1e3 if tpts else (math.nan, math.nan, math.nan)
+    )
+    mean = lambda values: float(np.mean(values)) if values else math.nan  # noqa: E731
+    return {
+        "edges": float(runs[0].edges) if runs else math.nan,
+        "throughput_tokens_per_s": mean(throughput),
+        "tpt_p50_ms": float(p50),
+        "tpt_p90_ms": float(p90),
+        "tpt_p99_ms": float(p99),
+        "cloud_utilisation": mean(utilisation),
+        "mean_batch_size": mean(batch),
+    }
+
+
 def summarise(records: Sequence[RequestRecord], runs: int) -> dict[str, float]:
-    """Metrics over all requests of `runs` seeds (totals are per seed, i.e. divided by runs).
+    """Per-request metrics over all requests of `runs` seeds (totals are per seed).
 
     TPT is token-weighted: total decode time / total tokens after the first of each request.
     `speedup` is filled in later, relative to the reference policy.

@@ -16,6 +16,7 @@ class RequestRecord:
 
     request: int
     prompt_len: int
+    edge: int = 0
     new_tokens: int = 0
     start_s: float = 0.0
     first_token_s: float = 0.0

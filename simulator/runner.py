@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from simulator.engine import SimResult, Span, simulate
-from simulator.metrics import SUMMARY_METRICS, summarise
+from simulator.metrics import SUMMARY_METRICS, fleet_metrics, summarise
 from simulator.records import RECORD_FIELDS, RequestRecord
 from simulator.results import RowAppender, write_json, write_table
 from simulator.scenario import SweepPoint
@@ -76,6 +76,7 @@ def summary_rows(
         runs = results.get(index, [])
         records: list[RequestRecord] = [r for run in runs for r in run.records]
         metrics = summarise(records, max(len(runs), 1))
+        metrics.update(fleet_metrics(runs))
         state = runs[-1].policy_state if runs else {}
         row: dict[str, Any] = {"point": point.index, **point.axes}
         row.update(policy=entry.label, policy_name=entry.name, seeds=len(runs))

@@ -67,6 +67,38 @@ class PayloadSection(Strict):
     top_k: int = Field(8, ge=1, description="entries per token for kind = topk")
 
 
+class CloudSection(Strict):
+    """How the cloud schedules work from many edges."""
+
+    max_batch: int = Field(1, ge=1, le=4096, description="NAVs verified together (1: FCFS)")
+    batch_window_s: float = Field(
+        0.0, ge=0.0, allow_inf_nan=False, description="wait this long to fill a batch"
+    )
+
+
+class EdgeGroup(Strict):
+    """`count` edges alike; unset fields fall back to [edge], [link] and [prompts].
+
+    `compute_spread` draws each edge's compute factor uniformly in factor x (1 +- spread);
+    `arrival = "poisson"` makes requests arrive at `rate_per_s` per edge (open loop) instead of
+    back to back; `start_spread_s` staggers the edges' first requests uniformly over that span.
+    """
+
+    label: str = ""
+    count: int = Field(1, ge=1, le=100_000)
+    compute_factor: float | None = Field(None, gt=0.0, le=100.0, allow_inf_nan=False)
+    compute_spread: float = Field(0.0, ge=0.0, lt=1.0)
+    uplink_mbps: float | None = Field(None, gt=0.0, allow_inf_nan=False)
+    downlink_mbps: float | None = Field(None, gt=0.0, allow_inf_nan=False)
+    one_way_latency_s: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    uplink_trace: str | None = None
+    downlink_trace: str | None = None
+    requests: int | None = Field(None, ge=1, le=1_000_000)
+    arrival: Literal["closed", "poisson"] = "closed"
+    rate_per_s: float | None = Field(None, gt=0.0, allow_inf_nan=False)
+    start_spread_s: float = Field(0.0, ge=0.0, allow_inf_nan=False)
+
+
 class PolicyEntry(Strict):
     """One policy to run: registry name, a unique label, validated parameters."""
 
@@ -88,6 +120,8 @@ class ScenarioModel(Strict):
     prompts: PromptsSection
     payload: PayloadSection = PayloadSection()
     acceptance: Annotated[Acceptance | None, Field(discriminator="kind")] = None
+    cloud: CloudSection = CloudSection()
+    edge_groups: list[EdgeGroup] = Field(default_factory=list)
     policies: list[dict[str, Any]] = Field(min_length=1)
 
 
@@ -216,6 +250,18 @@ def validate_scenario(raw: dict[str, Any], path: Path) -> Scenario:
         if trace is not None:
             trace_path = _named_file(path, f"link.{field}", trace, "trace")
             TraceBandwidth.from_csv(trace_path, model.link.trace_repeat)
+        for i, group in enumerate(model.edge_groups):
+            trace = getattr(group, field)
+            if trace is not None:
+                trace_path = _named_file(path, f"edge_groups[{i}].{field}", trace, "trace")
+                TraceBandwidth.from_csv(trace_path, model.link.trace_repeat)
+    group_labels: set[str] = set()
+    for i, group in enumerate(model.edge_groups):
+        if group.arrival == "poisson" and group.rate_per_s is None:
+            raise ConfigError(path, f"edge_groups[{i}].rate_per_s", "required when arrival = 'poisson'")
+        if group.label and group.label in group_labels:
+            raise ConfigError(path, f"edge_groups[{i}].label", f"duplicate label {group.label!r}")
+        group_labels.add(group.label)
     owner, acceptance = (
         (path, model.acceptance)
         if model.acceptance is not None
@@ -301,11 +347,10 @@ def expand_sweep(
         try:
             scenario = validate_scenario(point_raw, path)
         except ConfigError as exc:
-            key = next(
-                (k for k in origins if exc.source == str(path) and _covers(k, exc.field)), ""
-            )
-            if not key:
+            keys = [k for k in origins if _covers(k, exc.field)]
+            if exc.source != str(path) or not keys:
                 raise
+            key = keys[0]
             source, field = origins[key]
             raise ConfigError(source, field + exc.field[len(key) :], exc.problem) from None
         axes_here = dict(zip(names, combo, strict=True))

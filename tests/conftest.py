@@ -25,15 +25,28 @@ def toml_value(value: Any) -> str:
 
 
 def toml_text(data: dict[str, Any]) -> str:
-    """Serialise a scenario dict: scalars first, then tables, then [[policies]]."""
-    lines = [f"{k} = {toml_value(v)}" for k, v in data.items() if not isinstance(v, (dict, list)) or (isinstance(v, list) and k != "policies")]
-    for key, value in data.items():
+    """Serialise a scenario dict: scalars first, then tables, then arrays of tables."""
+
+    def is_table_list(value: Any) -> bool:
+        return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+    def key(name: str) -> str:
+        return f'"{name}"' if "." in name else name
+
+    lines = [
+        f"{k} = {toml_value(v)}"
+        for k, v in data.items()
+        if not isinstance(v, dict) and not is_table_list(v)
+    ]
+    for name, value in data.items():
         if isinstance(value, dict):
-            lines.append(f"\n[{key}]")
-            lines.extend(f'"{k}" = {toml_value(v)}' if "." in k else f"{k} = {toml_value(v)}" for k, v in value.items())
-    for policy in data.get("policies", []):
-        lines.append("\n[[policies]]")
-        lines.extend(f"{k} = {toml_value(v)}" for k, v in policy.items())
+            lines.append(f"\n[{name}]")
+            lines.extend(f"{key(k)} = {toml_value(v)}" for k, v in value.items())
+    for name, value in data.items():
+        if is_table_list(value):
+            for table in value:
+                lines.append(f"\n[[{name}]]")
+                lines.extend(f"{key(k)} = {toml_value(v)}" for k, v in table.items())
     return "\n".join(lines) + "\n"
 
 

@@ -18,10 +18,12 @@ CONSTANT_COSTS = {
 }
 
 
-def run_one(path: Path, label: str | None = None, seed: int = 1, timeline: bool = False) -> SimResult:
+def run_one(
+    path: Path, label: str | None = None, seed: int = 1, timeline: bool = False, exclusive: bool = True
+) -> SimResult:
     scenario = expand_sweep(path)[0].scenario
     entry = scenario.policies[0] if label is None else next(p for p in scenario.policies if p.label == label)
-    return simulate(scenario, entry, seed, record_timeline=timeline)
+    return simulate(scenario, entry, seed, record_timeline=timeline, exclusive_cloud=exclusive)
 
 
 @pytest.mark.parametrize(("rate", "draft_len", "payload"), [(0.7, 4, "full"), (0.9, 6, "token_prob"), (0.5, 2, "topk")])
@@ -80,7 +82,7 @@ def check_invariants(result: SimResult, latency_s: float, max_new: int) -> None:
         assert record.drafted == record.verified + record.discarded + record.bonus_matches
         assert 0 <= record.accepted <= record.verified
         assert record.start_s <= record.first_token_s <= record.end_s
-        mine = [s for s in spans if s.request == record.request]
+        mine = [s for s in spans if (s.edge, s.request) == (record.edge, record.request)]
         drafts = [s for s in mine if s.lane == "draft"]
         uploads = [s for s in mine if s.lane == "uplink"]
         navs_up = [s for s in uploads if s.label == "NAV"]
@@ -91,6 +93,11 @@ def check_invariants(result: SimResult, latency_s: float, max_new: int) -> None:
             assert later.start_s >= earlier.end_s - eps, "the drafter does one token at a time"
         for earlier, later in zip(uploads, uploads[1:], strict=False):
             assert later.start_s >= earlier.end_s - eps, "the uplink is serialised"
+    cloud = sorted((s for s in spans if s.lane == "cloud"), key=lambda s: s.start_s)
+    for earlier, later in zip(cloud, cloud[1:], strict=False):
+        # one verifier: services never overlap (a batch shares one interval exactly)
+        same_batch = (earlier.start_s, earlier.end_s) == (later.start_s, later.end_s)
+        assert same_batch or later.start_s >= earlier.end_s - eps, "the cloud is one machine"
         for span in uploads:
             assert span.start_s >= span.ready_s - eps, "no message leaves before it is sent"
             for position in range(span.first, span.last):
@@ -115,7 +122,7 @@ def check_invariants(result: SimResult, latency_s: float, max_new: int) -> None:
             assert committed >= max_new
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     policy=st.sampled_from(POLICY_CONFIGS),
     uplink=st.sampled_from([1.0, 5.0, 20.0, 200.0]),
@@ -125,9 +132,10 @@ def check_invariants(result: SimResult, latency_s: float, max_new: int) -> None:
     max_new=st.integers(2, 40),
     seed=st.integers(0, 10_000),
     calibrated=st.booleans(),
+    exclusive=st.booleans(),
 )
 def test_causality_conservation_and_determinism(
-    write_scenario, policy, uplink, factor, rate, payload, max_new, seed, calibrated
+    write_scenario, policy, uplink, factor, rate, payload, max_new, seed, calibrated, exclusive
 ) -> None:
     acceptance = (
         {"kind": "calibrated", "confidence": {"kind": "beta", "a": 2.0, "b": 1.0}, "p_accept": {"kind": "power", "exponent": 1.0}}
@@ -142,10 +150,10 @@ def test_causality_conservation_and_determinism(
         payload={"kind": payload},
         prompts={"count": 2, "prompt_len": 16, "max_new_tokens": max_new},
     )
-    first = run_one(path, seed=seed, timeline=True)
+    first = run_one(path, seed=seed, timeline=True, exclusive=exclusive)
     latency = expand_sweep(path)[0].scenario.profile.profile.link.one_way_latency_s
     check_invariants(first, latency, max_new)
-    second = run_one(path, seed=seed, timeline=True)
+    second = run_one(path, seed=seed, timeline=True, exclusive=exclusive)
     assert first.records == second.records
     assert first.timeline == second.timeline
 
@@ -210,3 +218,32 @@ def test_exclusive_cloud_fast_path_changes_nothing(write_scenario, policy) -> No
     assert fast.records == queued.records
     assert sorted(fast.timeline or []) == sorted(queued.timeline or [])
     assert fast.policy_state == queued.policy_state
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    policy=st.sampled_from(POLICY_CONFIGS),
+    edges=st.integers(2, 6),
+    max_batch=st.sampled_from([1, 2, 8]),
+    window=st.sampled_from([0.0, 0.01]),
+    poisson=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_many_edges_keep_every_invariant(
+    write_scenario, policy, edges, max_batch, window, poisson, seed
+) -> None:
+    group = {"count": edges, "compute_spread": 0.5, "start_spread_s": 0.5}
+    if poisson:
+        group.update(arrival="poisson", rate_per_s=2.0)
+    path = write_scenario(
+        policies=[policy],
+        payload={"kind": "token_prob"},
+        cloud={"max_batch": max_batch, "batch_window_s": window},
+        edge_groups=[group],
+        prompts={"count": 2, "prompt_len": 16, "max_new_tokens": 24},
+    )
+    first = run_one(path, seed=seed, timeline=True)
+    assert len({r.edge for r in first.records}) == edges
+    latency = expand_sweep(path)[0].scenario.profile.profile.link.one_way_latency_s
+    check_invariants(first, latency, 24)
+    assert first.records == run_one(path, seed=seed, timeline=True).records

@@ -1,0 +1,112 @@
+"""The edges of a scenario: one default edge, or `[[edge_groups]]` of many heterogeneous ones.
+
+Each edge gets its compute factor, link (bandwidth model, latency, overheads), request count,
+start offset and, for open-loop groups, its request arrival times. Random draws (spreads,
+offsets, Poisson arrivals) come from the run's seed, so a fleet is reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simulator.link import Bandwidth, ConstantBandwidth, TraceBandwidth
+from simulator.scenario import EdgeGroup, Scenario
+
+
+@dataclass(frozen=True)
+class EdgeSpec:
+    """One edge's hardware, link and request stream."""
+
+    index: int
+    group: str
+    compute_factor: float
+    uplink: Bandwidth
+    downlink: Bandwidth
+    one_way_latency_s: float
+    uplink_overhead_s: float
+    downlink_overhead_s: float
+    requests: int
+    start_s: float
+    arrivals: tuple[float, ...] | None
+    """Request arrival times for open-loop edges; None: requests run back to back."""
+
+
+class _Links:
+    """Resolves bandwidths (caching traces) and link constants for a scenario."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self._traces: dict[str, TraceBandwidth] = {}
+
+    def bandwidth(self, direction: str, group: EdgeGroup | None) -> Bandwidth:
+        link = self.scenario.model.link
+        trace = getattr(group, f"{direction}_trace", None) or getattr(link, f"{direction}_trace")
+        if trace is not None:
+            if trace not in self._traces:
+                path = self.scenario.resolve(trace)
+                self._traces[trace] = TraceBandwidth.from_csv(path, link.trace_repeat)
+            return self._traces[trace]
+        mbps = getattr(group, f"{direction}_mbps", None) or getattr(link, f"{direction}_mbps")
+        if mbps is None:
+            mbps = getattr(self.scenario.profile.profile.link, f"{direction}_mbps")
+        return ConstantBandwidth(mbps)
+
+    def value(self, name: str, group: EdgeGroup | None = None) -> float:
+        grouped = getattr(group, name, None) if group is not None else None
+        if grouped is not None:
+            return grouped
+        value = getattr(self.scenario.model.link, name)
+        return getattr(self.scenario.profile.profile.link, name) if value is None else value
+
+
+def edge_specs(scenario: Scenario, seed: int) -> list[EdgeSpec]:
+    """Every edge of the scenario, in index order."""
+    model = scenario.model
+    links = _Links(scenario)
+    if not model.edge_groups:
+        return [
+            EdgeSpec(
+                index=0,
+                group="",
+                compute_factor=model.edge.compute_factor,
+                uplink=links.bandwidth("uplink", None),
+                downlink=links.bandwidth("downlink", None),
+                one_way_latency_s=links.value("one_way_latency_s"),
+                uplink_overhead_s=links.value("uplink_overhead_s"),
+                downlink_overhead_s=links.value("downlink_overhead_s"),
+                requests=model.prompts.count,
+                start_s=0.0,
+                arrivals=None,
+            )
+        ]
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xED6E]))
+    specs: list[EdgeSpec] = []
+    for number, group in enumerate(model.edge_groups):
+        base_factor = group.compute_factor or model.edge.compute_factor
+        requests = group.requests or model.prompts.count
+        for _ in range(group.count):
+            factor = base_factor * rng.uniform(1 - group.compute_spread, 1 + group.compute_spread)
+            start = float(rng.uniform(0.0, group.start_spread_s)) if group.start_spread_s else 0.0
+            arrivals = None
+            if group.arrival == "poisson":
+                assert group.rate_per_s is not None
+                gaps = rng.exponential(1.0 / group.rate_per_s, size=requests)
+                arrivals = tuple(float(t) for t in start + np.cumsum(gaps))
+            specs.append(
+                EdgeSpec(
+                    index=len(specs),
+                    group=group.label or f"group{number}",
+                    compute_factor=float(factor),
+                    uplink=links.bandwidth("uplink", group),
+                    downlink=links.bandwidth("downlink", group),
+                    one_way_latency_s=links.value("one_way_latency_s", group),
+                    uplink_overhead_s=links.value("uplink_overhead_s"),
+                    downlink_overhead_s=links.value("downlink_overhead_s"),
+                    requests=requests,
+                    start_s=start,
+                    arrivals=arrivals,
+                )
+            )
+    return specs
