@@ -81,6 +81,7 @@ MAX_DINKELBACH = 50
 """Cap on Dinkelbach iterations per length step (it converges in a handful)."""
 IMPROVEMENT_TOLERANCE = 1e-12
 """A step must improve R by more than this fraction to replace the incumbent."""
+TIE_BREAK = True
 MILP_OPTIONS = {"mip_rel_gap": 1e-9, "presolve": True, "disp": False}
 
 
@@ -378,12 +379,13 @@ def _assign(
     )
     f_max = float(pair_cost.max()) if len(pairs) else 0.0
     n_pairs = len(pairs)
-    # Variable layout: x (M·N), z (N·P), w (M·N), V (N), T (1).
+    # Variable layout: x (M·N), z (N·P), w (M·N), V (N), B (N), T (1).
     x0 = 0
     z0 = x0 + n_users * n_batches
     w0 = z0 + n_batches * n_pairs
     v0 = w0 + n_users * n_batches
-    t0 = v0 + n_batches
+    b0 = v0 + n_batches
+    t0 = b0 + n_batches
     n_vars = t0 + 1
 
     def x(m: int, n: int) -> int:
@@ -424,7 +426,8 @@ def _assign(
             for p in range(n_pairs):
                 coeffs[z(n, p)] = -float(pair_cost[p])
             add(coeffs, -f_max, np.inf)
-            add({t0: 1.0, v0 + n: -1.0, x(m, n): -draft_plus_comm[m]}, 0.0, np.inf)
+            add({b0 + n: 1.0, v0 + n: -1.0, x(m, n): -draft_plus_comm[m]}, 0.0, np.inf)
+        add({t0: 1.0, b0 + n: -1.0}, 0.0, np.inf)
     add({t0: 1.0, **{v0 + n: -1.0 for n in range(n_batches)}}, 0.0, np.inf)
 
     lb = np.zeros(n_vars)
@@ -446,6 +449,20 @@ def _assign(
     )
     if result.x is None:
         return None
+    if TIE_BREAK:
+        span = float(result.x[t0])
+        add({t0: 1.0}, -np.inf, span * (1 + 1e-9) + 1e-12)
+        cost = np.zeros(n_vars)
+        cost[b0:t0] = 1.0
+        second = milp(
+            cost,
+            constraints=LinearConstraint(np.array(rows), np.array(lower), np.array(upper)),
+            integrality=integrality,
+            bounds=Bounds(lb, ub),
+            options=MILP_OPTIONS,
+        )
+        if second.x is not None:
+            result = second
     chosen = np.asarray(result.x[x0:z0]).reshape(n_users, n_batches)
     assignment = tuple(int(np.argmax(chosen[m])) for m in range(n_users))
     if len(set(assignment)) != n_batches or not fits_memory(system, assignment, lengths):

@@ -19,6 +19,7 @@ from policies.baselines import (
 )
 from policies.oracle import Oracle, OracleParams
 from policies.params import PolicyParams
+from policies.picospec import PicoSpec, PicoSpecParams
 from policies.pipesd import PipeSD, PipeSDParams
 
 PolicyFactory = Callable[[Any, int], Policy]
@@ -31,6 +32,7 @@ POLICIES: Mapping[str, tuple[type[PolicyParams], PolicyFactory]] = {
     "pipesd": (PipeSDParams, PipeSD),
     "pmin": (PMinParams, PMin),
     "hf_heuristic": (HFHeuristicParams, HFHeuristic),
+    "picospec": (PicoSpecParams, PicoSpec),
     "oracle": (OracleParams, Oracle),
 }
 

@@ -438,7 +438,7 @@ class Edge:
         decode_base = cfg.draft.decode_base_s * inv_factor
         decode_ctx = cfg.draft.decode_per_context_token_s * inv_factor
         per_token_bytes, header = payload.per_draft_token, payload.message_header
-        result_bytes = payload.result_bytes()
+        result_bytes = payload.result_bytes
         target = cfg.target
         min_down = down.min_delivery_s()
         drafts_while_pending = policy.drafts_while_pending
@@ -477,7 +477,7 @@ class Edge:
             m = drafted_end - committed
             service = target.forward_s(m + 1, prompt_len + committed + m)
             pending = _PendingNav(
-                committed, drafted_end, service, record, down, result_bytes,
+                committed, drafted_end, service, record, down, result_bytes(m),
                 tx.arrive_s + service + min_down, timeline, m + 1, prompt_len + committed + m,
             )
             self.cloud.arrive(pending, tx.arrive_s)

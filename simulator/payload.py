@@ -17,6 +17,8 @@ class Payload:
     per_draft_token: int
     message_header: int
     token_id: int
+    per_answer_position: int = 0
+    """Bytes per verified position in an answer (the target's top-K, PicoSpec); 0: none."""
 
     def batch_bytes(self, n_tokens: int) -> int:
         """An uplink message carrying `n_tokens` draft tokens."""
@@ -26,9 +28,12 @@ class Payload:
         """The prompt upload (token ids)."""
         return self.message_header + prompt_len * self.token_id
 
-    def result_bytes(self) -> int:
-        """A verification answer: accepted count and the correction/bonus token."""
-        return self.message_header + 2 * self.token_id
+    def result_bytes(self, verified: int = 0) -> int:
+        """A verification answer: accepted count and correction/bonus token, plus the target's
+        top-K for each verified position and the bonus position when configured."""
+        return (
+            self.message_header + 2 * self.token_id + (verified + 1) * self.per_answer_position
+        )
 
     def stream_token_bytes(self) -> int:
         """One token streamed down by cloud-only generation."""
@@ -49,4 +54,9 @@ def payload_for(profile: PayloadProfile, section: PayloadSection) -> Payload:
         "topk": ident + MSGPACK_ARRAY_HEADER_BYTES + section.top_k * (profile.index_bytes + prob),
         "full": ident + MSGPACK_ARRAY_HEADER_BYTES + profile.vocab_size * prob,
     }[section.kind]
-    return Payload(per_token, profile.message_header_bytes, ident)
+    per_answer = (
+        MSGPACK_ARRAY_HEADER_BYTES + section.downlink_top_k * (profile.index_bytes + prob)
+        if section.downlink_top_k
+        else 0
+    )
+    return Payload(per_token, profile.message_header_bytes, ident, per_answer)

@@ -61,10 +61,13 @@ class PromptsSection(Strict):
 
 
 class PayloadSection(Strict):
-    """What each draft token carries uplink."""
+    """What each draft token carries uplink, and what the cloud's answer carries down."""
 
     kind: Literal["token_id", "token_prob", "topk", "full"] = "full"
     top_k: int = Field(8, ge=1, description="entries per token for kind = topk")
+    downlink_top_k: int = Field(
+        0, ge=0, description="target top-K sent down per verified position (PicoSpec); 0: none"
+    )
 
 
 class CloudSection(Strict):

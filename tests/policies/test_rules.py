@@ -211,11 +211,12 @@ def test_edgellm_drafts_while_pending_and_defers_verify_until_the_answer() -> No
 
 
 def test_edgellm_deferred_trigger_without_survivors_continues() -> None:
-    policy = build("edgellm", threshold=0.5)
+    policy = build("edgellm", threshold=0.5, cap=0.55)
     policy.on_draft(0.4, 0.03, False)
     assert policy.on_draft(0.3, 0.03, True) == VERIFY
     assert policy.on_result(outcome(1, 0)) == CONTINUE
-    # Nothing carried over: a fresh draft starts with product 1.
+    assert policy.state()["threshold"] == pytest.approx(0.55)
+    # Nothing carried over: a fresh draft starts with product 1 (0.3 * 0.6 would be < 0.55).
     assert policy.on_draft(0.6, 0.03, False) == CONTINUE
 
 

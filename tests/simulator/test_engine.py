@@ -68,6 +68,8 @@ POLICY_CONFIGS = [
     {"name": "pipesd", "autotune": False, "pipeline": False},
     {"name": "pipesd", "autotune": False, "proactive": False, "fixed_batch": 2},
     {"name": "pipesd", "autotune": True, "tune_calls": 6, "tune_initial_points": 3, "tune_window_tokens": 10},
+    {"name": "picospec"},
+    {"name": "picospec", "truncate": False, "draft_len": 6},
     {"name": "oracle"},
     {"name": "cloud_ar"},
 ]

@@ -90,7 +90,10 @@ def test_policies_filter_keeps_the_reference(write_scenario, tmp_path: Path) -> 
 
 @pytest.mark.parametrize(
     "name",
-    ["pipesd_s1", "pipesd_s2", "pipesd_s3", "pipesd_s4", "bandwidth_sweep", "edge_compute_sweep"],
+    [
+        "pipesd_s1", "pipesd_s2", "pipesd_s3", "pipesd_s4", "bandwidth_sweep",
+        "edge_compute_sweep", "many_edges", "picospec_qwen", "picospec_llama",
+    ],
 )
 def test_shipped_scenarios_validate(name: str) -> None:
     points = expand_sweep(REPO / "scenarios" / f"{name}.toml")
