@@ -35,13 +35,17 @@ def main() -> None:
         f"uplink_mbps=20.0}}]"
     )
     overrides = ["prompts.count=1", f"prompts.max_new_tokens={args.tokens}", fleet]
-    overrides.append('policies=[{name="vanilla"}, {name="edgellm"}, '
-                     '{name="pipesd", label="pipesd-no-autotune", autotune=false}, '
-                     '{name="oracle"}, {name="pipesd"}]')
+    overrides.append(
+        'policies=[{name="vanilla"}, {name="edgellm"}, '
+        '{name="pipesd", label="pipesd-no-autotune", autotune=false}, '
+        '{name="oracle"}, {name="pipesd"}]'
+    )
     scenario = expand_sweep(SCENARIO, overrides)[0].scenario
     print(f"{args.edges} edges x {args.tokens} tokens, one cloud (batches <= 32), one core")
-    print(f"{'policy':20s} {'wall s':>7s} {'sim tokens/s':>12s} {'sim span s':>10s} "
-          f"{'agg tok/s':>9s} {'batch':>6s}")
+    print(
+        f"{'policy':20s} {'wall s':>7s} {'sim tokens/s':>12s} {'sim span s':>10s} "
+        f"{'agg tok/s':>9s} {'batch':>6s}"
+    )
     with threadpool_limits(limits=1):
         for entry in scenario.policies:
             start = time.perf_counter()
@@ -51,8 +55,10 @@ def main() -> None:
             span = max(r.end_s for r in result.records) - min(r.start_s for r in result.records)
             batch = result.cloud_jobs / max(result.cloud_batches, 1)
             verdict = "ok" if wall < GOAL_S else "over goal"
-            print(f"{entry.label:20s} {wall:7.1f} {tokens / wall:12.0f} {span:10.1f} "
-                  f"{tokens / span:9.0f} {batch:6.1f}  {verdict}")
+            print(
+                f"{entry.label:20s} {wall:7.1f} {tokens / wall:12.0f} {span:10.1f} "
+                f"{tokens / span:9.0f} {batch:6.1f}  {verdict}"
+            )
     print(f"goal: < {GOAL_S:.0f} s wall per run")
 
 

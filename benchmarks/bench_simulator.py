@@ -44,14 +44,20 @@ def main() -> None:
             rows.append((entry.label, tokens, drafted, navs, wall, tokens / wall))
     reference = next(r for r in rows if r[0] == "vanilla")[5]
     print(f"one edge, one core, S1, {args.requests} requests x 128 tokens per policy")
-    print(f"{'policy':22s} {'tokens':>8s} {'drafted':>8s} {'NAVs':>7s} {'wall s':>7s} "
-          f"{'tokens/s':>10s} {'vs vanilla':>10s}")
+    print(
+        f"{'policy':22s} {'tokens':>8s} {'drafted':>8s} {'NAVs':>7s} {'wall s':>7s} "
+        f"{'tokens/s':>10s} {'vs vanilla':>10s}"
+    )
     for label, tokens, drafted, navs, wall, rate in rows:
-        print(f"{label:22s} {tokens:8d} {drafted:8d} {navs:7d} {wall:7.2f} {rate:10.0f} "
-              f"{rate / reference:10.2f}")
+        print(
+            f"{label:22s} {tokens:8d} {drafted:8d} {navs:7d} {wall:7.2f} {rate:10.0f} "
+            f"{rate / reference:10.2f}"
+        )
     pipesd = next(r for r in rows if r[0] == "pipesd")[5]
-    print(f"goal: >= {GOAL_TOKENS_PER_S} simulated tokens/s; PipeSD (all features) "
-          f"{pipesd:.0f}, slowest policy {min(r[5] for r in rows):.0f}")
+    print(
+        f"goal: >= {GOAL_TOKENS_PER_S} simulated tokens/s; PipeSD (all features) "
+        f"{pipesd:.0f}, slowest policy {min(r[5] for r in rows):.0f}"
+    )
 
 
 if __name__ == "__main__":

@@ -78,7 +78,9 @@ class HFHeuristic(Policy):
 
     def on_result(self, outcome: VerifyOutcome) -> Decision:
         if outcome.accepted >= self.num_assistant_tokens:
-            self.num_assistant_tokens = min(self.params.max_draft_len, self.num_assistant_tokens + 2)
+            self.num_assistant_tokens = min(
+                self.params.max_draft_len, self.num_assistant_tokens + 2
+            )
         else:
             self.num_assistant_tokens = max(1, self.num_assistant_tokens - 1)
         self._drafted = 0

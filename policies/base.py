@@ -9,8 +9,8 @@ drive the very same object.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import NamedTuple
 from enum import IntEnum
+from typing import NamedTuple
 
 
 class Decision(IntEnum):
@@ -80,7 +80,7 @@ class Policy(ABC):
     is_oracle: bool = False
     """Oracles are told the future acceptance run through `on_round_start`."""
 
-    def start_request(self, event: RequestStart) -> None:
+    def start_request(self, event: RequestStart) -> None:  # noqa: B027 - optional hook
         """A request starts; reset per-request state (keep what is learned across requests)."""
 
     @abstractmethod
@@ -92,7 +92,7 @@ class Policy(ABC):
         allows" and the executor waits for that answer.
         """
 
-    def on_upload(self, n_tokens: int, duration_s: float) -> None:
+    def on_upload(self, n_tokens: int, duration_s: float) -> None:  # noqa: B027 - optional hook
         """A batch of `n_tokens` draft tokens finished uploading in `duration_s` seconds."""
 
     def startup_probe_sizes(self) -> tuple[int, ...]:

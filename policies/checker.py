@@ -21,10 +21,16 @@ class PolicyCheckError(AssertionError):
 
 
 def _drive(policy: Policy, seed: int, requests: int, tokens: int) -> list[tuple[str, int]]:
-    """Run a synthetic session; return the sequence of (event, decision) pairs."""
+    """Run a synthetic session like a miniature executor; return (event, decision) pairs.
+
+    A NAV stays pending while 0-4 more tokens are drafted (when the policy drafts while
+    pending), answers accept a random prefix, and proactive tokens survive when the whole draft
+    was accepted and a coin says the bonus guess was right.
+    """
     rng = np.random.default_rng(seed)
     trace: list[tuple[str, int]] = []
     now = 0.0
+    hint = CostHints(0.05, 0.1, 0.03)
     for size in policy.startup_probe_sizes():
         if size < 1:
             raise PolicyCheckError(f"probe size {size} must be >= 1")
@@ -33,47 +39,73 @@ def _drive(policy: Policy, seed: int, requests: int, tokens: int) -> list[tuple[
         policy.start_request(RequestStart(prompt_len=64, max_new_tokens=tokens, now_s=now))
         if policy.mode == Mode.CLOUD_AUTOREGRESSIVE:
             continue
-        committed, drafted, pending, steps = 0, 0, False, 0
+        committed, drafted, steps = 0, 0, 0
+        verifying: int | None = None  # draft tokens of the pending NAV
+        ahead = deferred = 0  # tokens drafted while pending; a VERIFY is waiting
+        budget = 0  # tokens the edge can still draft before the answer arrives
         if policy.is_oracle:
-            trace.append(("round", int(policy.on_round_start(int(rng.integers(0, 8)), CostHints(0.05, 0.1, 0.03)))))
+            trace.append(("round", _checked(policy.on_round_start(int(rng.integers(0, 8)), hint))))
         while committed < tokens:
             steps += 1
             if steps > 50 * tokens:
                 raise PolicyCheckError("policy never asked for verification")
-            now += 0.03
-            decision = policy.on_draft(float(rng.uniform(0.05, 1.0)), 0.03, pending)
-            if not isinstance(decision, Decision):
-                raise PolicyCheckError(f"on_draft returned {decision!r}, not a Decision")
-            if pending and decision == Decision.VERIFY_DROP_LAST and not policy.drafts_while_pending:
-                raise PolicyCheckError("drafted while pending without drafts_while_pending")
-            trace.append(("draft", int(decision)))
-            drafted += 1
-            if decision == Decision.SEND:
-                policy.on_upload(1, 0.05 + 0.1 * float(rng.random()))
-            if decision in (Decision.VERIFY, Decision.VERIFY_DROP_LAST) or drafted >= 64:
-                verified = drafted - (decision == Decision.VERIFY_DROP_LAST)
-                accepted = int(rng.integers(0, verified + 1))
-                survivors = int(rng.integers(0, 3)) if policy.drafts_while_pending and accepted == verified else 0
+            if verifying is not None and (
+                not policy.drafts_while_pending or deferred or budget == 0
+            ):
+                accepted = int(rng.integers(0, verifying + 1))
+                survivors = (
+                    ahead - 1 if accepted == verifying and ahead and rng.random() < 0.5 else 0
+                )
                 now += 0.2
-                answer = policy.on_result(VerifyOutcome(verified, accepted, survivors, 0, now))
-                if not isinstance(answer, Decision) or answer == Decision.VERIFY_DROP_LAST:
-                    raise PolicyCheckError(f"on_result returned {answer!r}")
+                outcome = VerifyOutcome(verifying, accepted, survivors, 0, now)
+                answer = _checked(policy.on_result(outcome))
+                if answer == Decision.VERIFY_DROP_LAST:
+                    raise PolicyCheckError("on_result may not answer VERIFY_DROP_LAST")
                 trace.append(("result", int(answer)))
                 committed += accepted + 1
-                drafted = survivors
-                if policy.is_oracle:
-                    hint = CostHints(0.05, 0.1, 0.03)
-                    trace.append(("round", int(policy.on_round_start(int(rng.integers(0, 8)), hint))))
+                drafted, verifying, ahead, deferred = survivors, None, 0, 0
+                if survivors and answer == Decision.VERIFY:
+                    verifying, drafted, budget = survivors, 0, int(rng.integers(0, 5))
+                elif not survivors and policy.is_oracle:
+                    trace.append(
+                        ("round", _checked(policy.on_round_start(int(rng.integers(0, 8)), hint)))
+                    )
+                continue
+            pending = verifying is not None
+            now += 0.03
+            decision = _checked(policy.on_draft(float(rng.uniform(0.05, 1.0)), 0.03, pending))
+            trace.append(("draft", int(decision)))
+            if decision == Decision.SEND:
+                policy.on_upload(1, 0.05 + 0.1 * float(rng.random()))
+            if pending:
+                ahead += 1
+                budget -= 1
+                deferred = decision in (Decision.VERIFY, Decision.VERIFY_DROP_LAST)
+                continue
+            drafted += 1
+            if decision in (Decision.VERIFY, Decision.VERIFY_DROP_LAST) or drafted >= 64:
+                verifying = drafted - (decision == Decision.VERIFY_DROP_LAST)
+                drafted, budget = 0, int(rng.integers(0, 5))
         state = policy.state()
         if not all(isinstance(k, str) and isinstance(v, float) for k, v in state.items()):
             raise PolicyCheckError("state() must map names to floats")
     return trace
 
 
-def check_policy(factory: PolicyFactory, seed: int = 0, requests: int = 3, tokens: int = 48) -> None:
+def _checked(decision: object) -> Decision:
+    if not isinstance(decision, Decision):
+        raise PolicyCheckError(f"a callback returned {decision!r}, not a Decision")
+    return decision
+
+
+def check_policy(
+    factory: PolicyFactory, seed: int = 0, requests: int = 3, tokens: int = 48
+) -> None:
     """Raise PolicyCheckError unless two fresh instances behave identically and validly."""
     first = _drive(factory(), seed, requests, tokens)
     second = _drive(factory(), seed, requests, tokens)
     if first != second:
         index = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)
-        raise PolicyCheckError(f"not deterministic under seed {seed}: first difference at step {index}")
+        raise PolicyCheckError(
+            f"not deterministic under seed {seed}: first difference at step {index}"
+        )

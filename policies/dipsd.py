@@ -81,7 +81,7 @@ MAX_DINKELBACH = 50
 """Cap on Dinkelbach iterations per length step (it converges in a handful)."""
 IMPROVEMENT_TOLERANCE = 1e-12
 """A step must improve R by more than this fraction to replace the incumbent."""
-TIE_BREAK = True
+TIE_BREAK = False
 MILP_OPTIONS = {"mip_rel_gap": 1e-9, "presolve": True, "disp": False}
 
 

@@ -15,8 +15,6 @@ from pydantic import Field, model_validator
 
 from policies.autotune import SkoptThresholdTuner
 from policies.base import Decision, Policy, RequestStart, VerifyOutcome
-
-CONTINUE, SEND, VERIFY = Decision.CONTINUE, Decision.SEND, Decision.VERIFY
 from policies.batch_plan import batch_boundaries, plan_batches
 from policies.estimators import (
     ExponentialAverage,
@@ -26,6 +24,8 @@ from policies.estimators import (
     tolerance_band,
 )
 from policies.params import PolicyParams
+
+CONTINUE, SEND, VERIFY = Decision.CONTINUE, Decision.SEND, Decision.VERIFY
 
 
 class PipeSDParams(PolicyParams):
@@ -82,7 +82,15 @@ class ThresholdAutotuner:
             n_initial_points=params.tune_initial_points,
             seed=seed,
         )
-        self.point = self.tuner.ask()
+        start = (params.r1, params.r2)
+        in_range = all(
+            low <= value <= high
+            for value, (low, high) in zip(
+                start, (params.tune_r1_range, params.tune_r2_range), strict=True
+            )
+        )
+        # the configured (R1, R2) are the first point evaluated when they lie in the ranges
+        self.point = start if in_range else self.tuner.ask()
         self._elapsed_s = 0.0
         self._tokens = 0
         self._baseline: float | None = None
@@ -151,7 +159,9 @@ class PipeSD(Policy):
         self._plan_inputs = (alpha, beta, gamma)
         tol = self.params.replan_tolerance
         self._bands = (
-            *tolerance_band(alpha, tol), *tolerance_band(beta, tol), *tolerance_band(gamma, tol)
+            *tolerance_band(alpha, tol),
+            *tolerance_band(beta, tol),
+            *tolerance_band(gamma, tol),
         )
         if self.params.fixed_batch is not None:
             size = self.params.fixed_batch
@@ -216,7 +226,7 @@ class PipeSD(Policy):
                 self._confidences, self._c1 = [], 1.0
             return VERIFY
         if pending:
-            return SEND if k % self.window == 0 else CONTINUE
+            return SEND if self._pipeline and k % self.window == 0 else CONTINUE
         if self._pipeline and ((k - 1) % self.window) + 1 in self._boundaries:
             return SEND
         return CONTINUE

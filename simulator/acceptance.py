@@ -86,6 +86,11 @@ def _next_reject(accepted: np.ndarray) -> list[int]:
     return np.minimum.accumulate(positions[::-1])[::-1].tolist()
 
 
+def _natural(name: str) -> tuple[int, int | str]:
+    """Sort key: numeric sequence names in numeric order (2 before 10), others after, as text."""
+    return (0, int(name)) if name.isdigit() else (1, name)
+
+
 @dataclass(frozen=True)
 class ReplayTraces:
     """Recorded sequences of (confidence, accepted) from a real draft/target pair."""
@@ -129,7 +134,7 @@ class ReplayTraces:
         if not rows:
             raise ConfigError(path, "", "acceptance trace holds no rows")
         sequences = []
-        for key in sorted(rows):
+        for key in sorted(rows, key=_natural):
             ordered = sorted(rows[key])
             sequences.append(
                 (

@@ -12,6 +12,7 @@ arrives (a draft step is not interruptible, as in llama.cpp).
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 import zlib
@@ -33,7 +34,6 @@ from simulator.records import RequestRecord
 from simulator.scenario import PolicyEntry, Scenario
 
 CONTINUE, SEND, VERIFY, VERIFY_DROP_LAST = (int(d) for d in Decision)
-
 
 
 class Span(NamedTuple):
@@ -67,7 +67,7 @@ class _Job:
     """Work for the cloud; `service_s` (served alone) is known on arrival; `begin` runs when
     service starts, with the time it will end (later if batched with other jobs)."""
 
-    __slots__ = ("service_s", "record", "arrived_s")
+    __slots__ = ("arrived_s", "record", "service_s")
 
     def __init__(self, service_s: float, record: RequestRecord) -> None:
         self.service_s = service_s
@@ -82,13 +82,29 @@ class _PendingNav(_Job):
     """A NAV on its way: covers positions [start, end); `eta` known once the cloud starts it."""
 
     __slots__ = (
-        "start", "end", "eta", "lower_bound", "arrived", "downlink", "result_bytes", "timeline",
-        "positions", "context",
+        "arrived",
+        "context",
+        "downlink",
+        "end",
+        "eta",
+        "lower_bound",
+        "positions",
+        "result_bytes",
+        "start",
+        "timeline",
     )
 
     def __init__(
-        self, start: int, end: int, service_s: float, record: RequestRecord, downlink: Channel,
-        result_bytes: int, lower_bound: float, timeline: list[Span] | None, positions: int,
+        self,
+        start: int,
+        end: int,
+        service_s: float,
+        record: RequestRecord,
+        downlink: Channel,
+        result_bytes: int,
+        lower_bound: float,
+        timeline: list[Span] | None,
+        positions: int,
         context: int,
     ) -> None:
         self.service_s = service_s
@@ -124,11 +140,16 @@ class _PendingNav(_Job):
 class _GenerateJob(_Job):
     """Cloud-only generation: prefill, then one forward per token, each token streamed down."""
 
-    __slots__ = ("arrivals", "started", "_target", "_downlink", "_bytes", "_prompt_len", "_n")
+    __slots__ = ("_bytes", "_downlink", "_n", "_prompt_len", "_target", "arrivals", "started")
 
     def __init__(
-        self, target: TargetLatency, prompt_len: int, n_tokens: int, record: RequestRecord,
-        downlink: Channel, token_bytes: int,
+        self,
+        target: TargetLatency,
+        prompt_len: int,
+        n_tokens: int,
+        record: RequestRecord,
+        downlink: Channel,
+        token_bytes: int,
     ) -> None:
         service = target.prefill_s(prompt_len) + sum(
             target.forward_s(1, prompt_len + i) for i in range(1, n_tokens)
@@ -283,10 +304,8 @@ class Cloud:
             self._wake_at = wait_until
             if wait_until < math.inf:
                 succeed_at(wake, wait_until - now)
-            try:
+            with contextlib.suppress(simpy.Interrupt):
                 yield wake
-            except simpy.Interrupt:
-                pass
             self._wake = None
             self._ringing = False
 
@@ -338,8 +357,14 @@ class Edge:
     """An edge device running one policy over its request stream."""
 
     def __init__(
-        self, env: simpy.Environment, config: EdgeConfig, policy: Policy, cloud: Cloud,
-        uplink: Channel, downlink: Channel, acceptance: AcceptanceModel,
+        self,
+        env: simpy.Environment,
+        config: EdgeConfig,
+        policy: Policy,
+        cloud: Cloud,
+        uplink: Channel,
+        downlink: Channel,
+        acceptance: AcceptanceModel,
         timeline: list[Span] | None,
     ) -> None:
         self.env, self.config, self.policy, self.cloud = env, config, policy, cloud
@@ -400,7 +425,11 @@ class Edge:
         record.uplink_bytes += prompt
         record.uplink_messages += 1
         job = _GenerateJob(
-            cfg.target, cfg.prompt_len, cfg.max_new_tokens, record, self.down,
+            cfg.target,
+            cfg.prompt_len,
+            cfg.max_new_tokens,
+            record,
+            self.down,
             cfg.payload.stream_token_bytes(),
         )
         job.started = env.event()
@@ -411,9 +440,7 @@ class Edge:
         record.first_token_s, record.end_s = job.arrivals[0], job.arrivals[-1]
         self._finish(record)
 
-    def _speculative_request(
-        self, index: int, arrived: float
-    ) -> Generator[simpy.Event, Any, None]:
+    def _speculative_request(self, index: int, arrived: float) -> Generator[simpy.Event, Any, None]:
         """One request under a speculative policy (see the module docstring for the clock)."""
         env, cfg, policy, up, down = self.env, self.config, self.policy, self.up, self.down
         payload, timeline = cfg.payload, self.timeline
@@ -467,8 +494,15 @@ class Edge:
                 kind = "NAV" if nav_request else "batch"
                 timeline.append(
                     Span(
-                        "uplink", tx.start_s, tx.finish_s, kind, index, sent_end, drafted_end,
-                        now, cfg.edge,
+                        "uplink",
+                        tx.start_s,
+                        tx.finish_s,
+                        kind,
+                        index,
+                        sent_end,
+                        drafted_end,
+                        now,
+                        cfg.edge,
                     )
                 )
             sent_end = drafted_end
@@ -477,8 +511,16 @@ class Edge:
             m = drafted_end - committed
             service = target.forward_s(m + 1, prompt_len + committed + m)
             pending = _PendingNav(
-                committed, drafted_end, service, record, down, result_bytes(m),
-                tx.arrive_s + service + min_down, timeline, m + 1, prompt_len + committed + m,
+                committed,
+                drafted_end,
+                service,
+                record,
+                down,
+                result_bytes(m),
+                tx.arrive_s + service + min_down,
+                timeline,
+                m + 1,
+                prompt_len + committed + m,
             )
             self.cloud.arrive(pending, tx.arrive_s)
             return pending
@@ -543,7 +585,9 @@ class Edge:
                         )
                     nav = None
                     deferred = False
-                    decision = policy.on_result(VerifyOutcome(m, accepted, surviving, surviving_sent, t))
+                    decision = policy.on_result(
+                        VerifyOutcome(m, accepted, surviving, surviving_sent, t)
+                    )
                     round_start = surviving == 0
                     if surviving and committed < n_new:
                         if decision == VERIFY:
@@ -664,9 +708,7 @@ def simulate(
         policy_states.append(policy)
         uplink = Channel(spec.uplink, spec.uplink_overhead_s, spec.one_way_latency_s)
         downlink = Channel(spec.downlink, spec.downlink_overhead_s, spec.one_way_latency_s)
-        edges.append(
-            Edge(env, config, policy, cloud, uplink, downlink, acceptance, timeline)
-        )
+        edges.append(Edge(env, config, policy, cloud, uplink, downlink, acceptance, timeline))
     env.run(until=env.all_of([edge.process for edge in edges]))
     session = SessionStats()
     for edge in edges:

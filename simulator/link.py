@@ -128,7 +128,7 @@ class TraceBandwidth:
         index = bisect.bisect_right(self.cumulative, target) - 1
         index = min(index, len(self.times) - 1)
         t = self.times[index] + (target - self.cumulative[index]) / self.rates[index]
-        return t + cycles * self.period
+        return t + cycles * self.period if cycles else t
 
 
 Bandwidth = ConstantBandwidth | TraceBandwidth

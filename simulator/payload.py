@@ -31,9 +31,7 @@ class Payload:
     def result_bytes(self, verified: int = 0) -> int:
         """A verification answer: accepted count and correction/bonus token, plus the target's
         top-K for each verified position and the bonus position when configured."""
-        return (
-            self.message_header + 2 * self.token_id + (verified + 1) * self.per_answer_position
-        )
+        return self.message_header + 2 * self.token_id + (verified + 1) * self.per_answer_position
 
     def stream_token_bytes(self) -> int:
         """One token streamed down by cloud-only generation."""

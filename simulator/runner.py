@@ -66,9 +66,7 @@ def request_rows(task: Task, result: SimResult) -> list[dict[str, Any]]:
     return rows
 
 
-def summary_rows(
-    point: SweepPoint, results: dict[int, list[SimResult]]
-) -> list[dict[str, Any]]:
+def summary_rows(point: SweepPoint, results: dict[int, list[SimResult]]) -> list[dict[str, Any]]:
     """One summary row per policy at a sweep point, with speedup vs the reference policy."""
     scenario = point.scenario
     rows = []
@@ -83,9 +81,7 @@ def summary_rows(
         row.update(metrics)
         row["policy_state"] = json.dumps(state, sort_keys=True) if state else ""
         rows.append(row)
-    reference = next(
-        (r for r in rows if r["policy"] == scenario.model.reference_policy), None
-    )
+    reference = next((r for r in rows if r["policy"] == scenario.model.reference_policy), None)
     for row in rows:
         ref_tpt = reference["tpt_ms"] if reference else math.nan
         row["speedup"] = ref_tpt / row["tpt_ms"] if row["tpt_ms"] else math.nan
@@ -99,15 +95,16 @@ def summary_columns(points: Sequence[SweepPoint]) -> list[str]:
 
 
 def manifest(
-    scenario_path: Path, points: Sequence[SweepPoint], command: Sequence[str], status: str,
+    scenario_path: Path,
+    points: Sequence[SweepPoint],
+    command: Sequence[str],
+    status: str,
     started: str,
 ) -> dict[str, Any]:
     """Everything needed to reproduce a run: scenario, profile and hash, seeds, versions."""
     first = points[0].scenario
     scenario_bytes = scenario_path.read_bytes()
-    profiles = {
-        str(p.scenario.profile.path): p.scenario.profile.sha256 for p in points
-    }
+    profiles = {str(p.scenario.profile.path): p.scenario.profile.sha256 for p in points}
     return {
         "status": status,
         "started": started,
@@ -121,7 +118,9 @@ def manifest(
         "profiles": profiles,
         "profile_provenance": first.profile.profile.provenance.source,
         "seeds": first.model.seeds,
-        "sweep_axes": {axis: sorted({str(p.axes[axis]) for p in points}) for axis in points[0].axes},
+        "sweep_axes": {
+            axis: sorted({str(p.axes[axis]) for p in points}) for axis in points[0].axes
+        },
         "points": [{"point": p.index, **p.axes} for p in points],
         "policies": [
             {"label": e.label, "name": e.name, "params": e.params.model_dump(mode="json")}
@@ -143,7 +142,9 @@ def run_scenario(
     """Run every task, writing results.csv as it goes; returns the summary rows."""
     out_dir.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    write_json(out_dir / "manifest.json", manifest(scenario_path, points, command, "running", started))
+    write_json(
+        out_dir / "manifest.json", manifest(scenario_path, points, command, "running", started)
+    )
     axes = list(points[0].axes)
     columns = ["point", *axes, "policy", "policy_name", "seed", *RECORD_FIELDS, "ttft_ms", "tpt_ms"]
     appender = RowAppender(out_dir / "results.csv", columns)
@@ -166,7 +167,9 @@ def run_scenario(
             write_table(summary_path, sum_columns, all_rows)
     finally:
         appender.close()
-    write_json(out_dir / "manifest.json", manifest(scenario_path, points, command, "complete", started))
+    write_json(
+        out_dir / "manifest.json", manifest(scenario_path, points, command, "complete", started)
+    )
     return all_rows
 
 

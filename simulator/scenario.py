@@ -261,7 +261,9 @@ def validate_scenario(raw: dict[str, Any], path: Path) -> Scenario:
     group_labels: set[str] = set()
     for i, group in enumerate(model.edge_groups):
         if group.arrival == "poisson" and group.rate_per_s is None:
-            raise ConfigError(path, f"edge_groups[{i}].rate_per_s", "required when arrival = 'poisson'")
+            raise ConfigError(
+                path, f"edge_groups[{i}].rate_per_s", "required when arrival = 'poisson'"
+            )
         if group.label and group.label in group_labels:
             raise ConfigError(path, f"edge_groups[{i}].label", f"duplicate label {group.label!r}")
         group_labels.add(group.label)

@@ -118,7 +118,7 @@ class SharedCounterVanilla(Vanilla):
 BROKEN = {
     "global_random": (GlobalRandomVanilla, "not deterministic"),
     "returns_int": (IntVanilla, "not a Decision"),
-    "result_drop_last": (DropLastResultVanilla, "on_result returned"),
+    "result_drop_last": (DropLastResultVanilla, "VERIFY_DROP_LAST"),
     "int_state": (IntStateVanilla, "state"),
     "zero_probe": (ZeroProbeVanilla, "probe size"),
     "shared_state": (SharedCounterVanilla, "not deterministic"),
@@ -157,14 +157,6 @@ class BadWhilePending(Policy):
         return Decision.CONTINUE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "checker._drive never calls on_draft with pending=True (the local `pending` is never "
-        "set), so proactive drafting is not exercised and a policy that misbehaves only while "
-        "a NAV is pending passes check_policy"
-    ),
-)
 def test_misbehaviour_while_pending_is_caught() -> None:
     with pytest.raises(PolicyCheckError):
         check_policy(BadWhilePending, seed=0)

@@ -35,7 +35,9 @@ def outcome(verified: int, accepted: int, surviving: int = 0, sent: int = 0, now
     return VerifyOutcome(verified, accepted, surviving, sent, now)
 
 
-def draft_until_verify(policy: Policy, confidences: list[float], dt: float = 0.03) -> list[Decision]:
+def draft_until_verify(
+    policy: Policy, confidences: list[float], dt: float = 0.03
+) -> list[Decision]:
     """Feed confidences until the policy asks for verification; return every decision."""
     decisions = []
     for confidence in confidences:
@@ -265,9 +267,7 @@ def test_pipesd_sends_exactly_at_plan_boundaries(window: int, priors: dict[str, 
 
 
 def test_pipesd_plan_follows_the_window_after_answers() -> None:
-    policy = build(
-        "pipesd", **FIXED, initial_alpha_s=0.01, initial_beta_s=0.02, initial_window=20
-    )
+    policy = build("pipesd", **FIXED, initial_alpha_s=0.01, initial_beta_s=0.02, initial_window=20)
     for _ in range(3):  # drafts of 8 tokens (the 8th falls below r2)
         decisions = draft_until_verify(policy, [1.0] * 7 + [0.5], dt=0.036)
         assert decisions[-1] == VERIFY and len(decisions) == 8

@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 
 from pipesd.cli import main
+from policies.registry import policy_names
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_PROFILE = REPO / "scenarios" / "profiles" / "default.json"
-POLICY_NAMES = "cloud_ar, vanilla, hsl, edgellm, pipesd, pmin, hf_heuristic, oracle"
+POLICY_NAMES = ", ".join(policy_names())
 
 BASE = """\
 name = "small"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -19,27 +20,45 @@ CONSTANT_COSTS = {
 
 
 def run_one(
-    path: Path, label: str | None = None, seed: int = 1, timeline: bool = False, exclusive: bool = True
+    path: Path,
+    label: str | None = None,
+    seed: int = 1,
+    timeline: bool = False,
+    exclusive: bool = True,
 ) -> SimResult:
     scenario = expand_sweep(path)[0].scenario
-    entry = scenario.policies[0] if label is None else next(p for p in scenario.policies if p.label == label)
+    entry = (
+        scenario.policies[0]
+        if label is None
+        else next(p for p in scenario.policies if p.label == label)
+    )
     return simulate(scenario, entry, seed, record_timeline=timeline, exclusive_cloud=exclusive)
 
 
-@pytest.mark.parametrize(("rate", "draft_len", "payload"), [(0.7, 4, "full"), (0.9, 6, "token_prob"), (0.5, 2, "topk")])
-def test_vanilla_tpt_matches_closed_form(write_scenario, rate: float, draft_len: int, payload: str) -> None:
+@pytest.mark.parametrize(
+    ("rate", "draft_len", "payload"), [(0.7, 4, "full"), (0.9, 6, "token_prob"), (0.5, 2, "topk")]
+)
+def test_vanilla_tpt_matches_closed_form(
+    write_scenario, rate: float, draft_len: int, payload: str
+) -> None:
     path = write_scenario(
         policies=[{"name": "vanilla", "draft_len": draft_len}],
         profile_changes={
             **CONSTANT_COSTS,
-            "acceptance": {"kind": "iid", "rate": rate, "confidence": {"kind": "constant", "value": 0.9}},
+            "acceptance": {
+                "kind": "iid",
+                "rate": rate,
+                "confidence": {"kind": "constant", "value": 0.9},
+            },
         },
         prompts={"count": 8, "prompt_len": 64, "max_new_tokens": 3000},
         payload={"kind": payload, "top_k": 8},
     )
     scenario = expand_sweep(path)[0].scenario
     profile = scenario.profile.profile
-    payload_bytes = {"full": 5 + 5 + 32000 * 9, "token_prob": 5 + 9, "topk": 5 + 5 + 8 * (5 + 9)}[payload]
+    payload_bytes = {"full": 5 + 5 + 32000 * 9, "token_prob": 5 + 9, "topk": 5 + 5 + 8 * (5 + 9)}[
+        payload
+    ]
     link = profile.link
     up_s = link.uplink_overhead_s + (64 + draft_len * payload_bytes) * 8 / (link.uplink_mbps * 1e6)
     down_s = link.downlink_overhead_s + (64 + 2 * 5) * 8 / (link.downlink_mbps * 1e6)
@@ -67,7 +86,13 @@ POLICY_CONFIGS = [
     {"name": "pipesd", "autotune": False},
     {"name": "pipesd", "autotune": False, "pipeline": False},
     {"name": "pipesd", "autotune": False, "proactive": False, "fixed_batch": 2},
-    {"name": "pipesd", "autotune": True, "tune_calls": 6, "tune_initial_points": 3, "tune_window_tokens": 10},
+    {
+        "name": "pipesd",
+        "autotune": True,
+        "tune_calls": 6,
+        "tune_initial_points": 3,
+        "tune_window_tokens": 10,
+    },
     {"name": "picospec"},
     {"name": "picospec", "truncate": False, "draft_len": 6},
     {"name": "oracle"},
@@ -91,21 +116,21 @@ def check_invariants(result: SimResult, latency_s: float, max_new: int) -> None:
         navs_cloud = [s for s in mine if s.lane == "cloud" and s.label == "NAV"]
         results = [s for s in mine if s.lane == "result"]
         assert len(navs_up) == len(navs_cloud) == len(results) == record.navs
-        for earlier, later in zip(drafts, drafts[1:], strict=False):
+        for earlier, later in itertools.pairwise(drafts):
             assert later.start_s >= earlier.end_s - eps, "the drafter does one token at a time"
-        for earlier, later in zip(uploads, uploads[1:], strict=False):
+        for earlier, later in itertools.pairwise(uploads):
             assert later.start_s >= earlier.end_s - eps, "the uplink is serialised"
     cloud = sorted((s for s in spans if s.lane == "cloud"), key=lambda s: s.start_s)
-    for earlier, later in zip(cloud, cloud[1:], strict=False):
+    for earlier, later in itertools.pairwise(cloud):
         # one verifier: services never overlap (a batch shares one interval exactly)
         same_batch = (earlier.start_s, earlier.end_s) == (later.start_s, later.end_s)
         assert same_batch or later.start_s >= earlier.end_s - eps, "the cloud is one machine"
         for span in uploads:
             assert span.start_s >= span.ready_s - eps, "no message leaves before it is sent"
             for position in range(span.first, span.last):
-                assert any(
-                    d.first == position and d.end_s <= span.ready_s + eps for d in drafts
-                ), "no token is sent before it is drafted"
+                assert any(d.first == position and d.end_s <= span.ready_s + eps for d in drafts), (
+                    "no token is sent before it is drafted"
+                )
         committed = 0
         for up, cloud, answer in zip(navs_up, navs_cloud, results, strict=True):
             assert (cloud.first, cloud.last) == (committed, up.last)
@@ -124,7 +149,9 @@ def check_invariants(result: SimResult, latency_s: float, max_new: int) -> None:
             assert committed >= max_new
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     policy=st.sampled_from(POLICY_CONFIGS),
     uplink=st.sampled_from([1.0, 5.0, 20.0, 200.0]),
@@ -140,7 +167,11 @@ def test_causality_conservation_and_determinism(
     write_scenario, policy, uplink, factor, rate, payload, max_new, seed, calibrated, exclusive
 ) -> None:
     acceptance = (
-        {"kind": "calibrated", "confidence": {"kind": "beta", "a": 2.0, "b": 1.0}, "p_accept": {"kind": "power", "exponent": 1.0}}
+        {
+            "kind": "calibrated",
+            "confidence": {"kind": "beta", "a": 2.0, "b": 1.0},
+            "p_accept": {"kind": "power", "exponent": 1.0},
+        }
         if calibrated
         else {"kind": "iid", "rate": rate, "confidence": {"kind": "beta", "a": 2.0, "b": 1.0}}
     )
@@ -212,17 +243,23 @@ def test_timeline_spans_are_well_formed(write_scenario) -> None:
 @pytest.mark.parametrize("policy", POLICY_CONFIGS, ids=lambda c: c["name"])
 def test_exclusive_cloud_fast_path_changes_nothing(write_scenario, policy) -> None:
     path = write_scenario(
-        policies=[policy], link={"uplink_mbps": 8.0}, prompts={"count": 3, "prompt_len": 16, "max_new_tokens": 64}
+        policies=[policy],
+        link={"uplink_mbps": 8.0},
+        prompts={"count": 3, "prompt_len": 16, "max_new_tokens": 64},
     )
     scenario = expand_sweep(path)[0].scenario
     fast = simulate(scenario, scenario.policies[0], 7, record_timeline=True, exclusive_cloud=True)
-    queued = simulate(scenario, scenario.policies[0], 7, record_timeline=True, exclusive_cloud=False)
+    queued = simulate(
+        scenario, scenario.policies[0], 7, record_timeline=True, exclusive_cloud=False
+    )
     assert fast.records == queued.records
     assert sorted(fast.timeline or []) == sorted(queued.timeline or [])
     assert fast.policy_state == queued.policy_state
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     policy=st.sampled_from(POLICY_CONFIGS),
     edges=st.integers(2, 6),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -52,8 +53,8 @@ def steps_between(
 
 
 @st.composite
-def step_traces(draw: st.DrawFn) -> tuple[list[float], list[float]]:
-    count = draw(st.integers(1, 6))
+def step_traces(draw: st.DrawFn, min_steps: int = 2) -> tuple[list[float], list[float]]:
+    count = draw(st.integers(min_steps, 6))
     gaps = draw(st.lists(st.floats(0.05, 5.0), min_size=count - 1, max_size=count - 1))
     times = [0.0]
     for gap in gaps:
@@ -109,14 +110,17 @@ def test_trace_finish_time_inverts_cumulative_bytes(
     amounts=st.lists(st.floats(0.0, 5e7), min_size=2, max_size=8),
 )
 def test_trace_finish_time_is_monotone_in_bytes(
-    trace: tuple[list[float], list[float]], repeat: bool, start_fraction: float, amounts: list[float]
+    trace: tuple[list[float], list[float]],
+    repeat: bool,
+    start_fraction: float,
+    amounts: list[float],
 ) -> None:
     times, rates = trace
     link = TraceBandwidth(times, rates, repeat, "test")
     period = trace_period(times)
     start = start_fraction * (period if math.isfinite(period) else 10.0)
     finishes = [link.finish_time(start, amount) for amount in sorted(amounts)]
-    assert all(a <= b for a, b in zip(finishes, finishes[1:], strict=False))
+    assert all(a <= b for a, b in pairwise(finishes))
     assert link.finish_time(start, 0.0) == pytest.approx(start, abs=1e-9)
 
 
@@ -157,6 +161,21 @@ def test_trace_finish_at_exact_period_boundaries(repeat: bool) -> None:
             assert steps_between(times, rates, repeat, start, finish) == pytest.approx(
                 n_bytes, rel=1e-6
             )
+
+
+def test_single_row_trace_rate_and_flags() -> None:
+    """What does work for a one-row trace: it never loops and reads as its only value."""
+    trace = TraceBandwidth([0.0], [4.0], True, "one row")
+    assert trace.repeat is False
+    assert trace.period == math.inf
+    assert trace.at(0.0) == trace.at(1e6) == 4.0
+
+
+def test_single_row_csv_trace_finishes(tmp_path: Path) -> None:
+    path = tmp_path / "flat.csv"
+    path.write_text("t_s,mbps\n0,8\n")
+    link = TraceBandwidth.from_csv(path, repeat=True)
+    assert link.finish_time(0.0, 1_000_000) == pytest.approx(1.0)
 
 
 def test_from_csv_reads_a_trace(tmp_path: Path) -> None:

@@ -13,10 +13,22 @@ from simulator.metrics import SUMMARY_METRICS
 from simulator.runner import plan_tasks
 from simulator.scenario import expand_sweep
 
-REQUIRED = (
-    "policy tpt_ms ttft_ms tokens_per_s speedup acceptance_rate mean_accepted_len mean_draft_len "
-    "nav_count uplink_bytes downlink_bytes cloud_energy_j edge_energy_j radio_energy_j"
-).split()
+REQUIRED = [
+    "policy",
+    "tpt_ms",
+    "ttft_ms",
+    "tokens_per_s",
+    "speedup",
+    "acceptance_rate",
+    "mean_accepted_len",
+    "mean_draft_len",
+    "nav_count",
+    "uplink_bytes",
+    "downlink_bytes",
+    "cloud_energy_j",
+    "edge_energy_j",
+    "radio_energy_j",
+]
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -91,8 +103,15 @@ def test_policies_filter_keeps_the_reference(write_scenario, tmp_path: Path) -> 
 @pytest.mark.parametrize(
     "name",
     [
-        "pipesd_s1", "pipesd_s2", "pipesd_s3", "pipesd_s4", "bandwidth_sweep",
-        "edge_compute_sweep", "many_edges", "picospec_qwen", "picospec_llama",
+        "pipesd_s1",
+        "pipesd_s2",
+        "pipesd_s3",
+        "pipesd_s4",
+        "bandwidth_sweep",
+        "edge_compute_sweep",
+        "many_edges",
+        "picospec_qwen",
+        "picospec_llama",
     ],
 )
 def test_shipped_scenarios_validate(name: str) -> None:
@@ -103,8 +122,19 @@ def test_shipped_scenarios_validate(name: str) -> None:
 def test_shipped_s4_runs_with_traces(tmp_path: Path) -> None:
     path = REPO / "scenarios" / "pipesd_s4.toml"
     out = tmp_path / "s4"
-    argv = ["run", str(path), "--out", str(out), "--quiet", "--set", "prompts.count=2",
-            "--set", "seeds=[1]", "--policies", "pipesd"]
+    argv = [
+        "run",
+        str(path),
+        "--out",
+        str(out),
+        "--quiet",
+        "--set",
+        "prompts.count=2",
+        "--set",
+        "seeds=[1]",
+        "--policies",
+        "pipesd",
+    ]
     assert main(argv) == 0
     rows = read_csv(out / "summary.csv")
     assert [r["policy"] for r in rows] == ["vanilla", "pipesd"]
@@ -114,5 +144,14 @@ def test_shipped_s4_runs_with_traces(tmp_path: Path) -> None:
 def test_policies_command_lists_every_policy(capsys) -> None:
     assert main(["policies"]) == 0
     text = capsys.readouterr().out
-    for name in ("vanilla", "hsl", "edgellm", "pipesd", "pmin", "hf_heuristic", "oracle", "cloud_ar"):
+    for name in (
+        "vanilla",
+        "hsl",
+        "edgellm",
+        "pipesd",
+        "pmin",
+        "hf_heuristic",
+        "oracle",
+        "cloud_ar",
+    ):
         assert name in text
