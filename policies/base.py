@@ -65,6 +65,9 @@ class CostHints(NamedTuple):
     alpha_s: float
     beta_s: float
     gamma_s: float
+    round_trip_s: float = 0.0
+    """From a NAV's last byte leaving the edge to its answer arriving: latency both ways,
+    verification and the answer's transmission."""
 
 
 class Policy(ABC):

@@ -598,10 +598,15 @@ class Edge:
             else:
                 if is_oracle and round_start:
                     round_start = False
+                    context = prompt_len + committed
                     hints = CostHints(
                         up.overhead_s,
                         per_token_bytes * 8.0 / (up.bandwidth.at(t) * 1e6),
                         decode_base + decode_ctx * (prompt_len + drafted_end),
+                        2 * up.latency_s
+                        + target.forward_s(2, context)
+                        + down.bandwidth.finish_time(t, result_bytes(1)) - t
+                        + down.overhead_s,
                     )
                     if policy.on_round_start(next_reject[committed] - committed, hints) == VERIFY:
                         nav = send(t, True)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from policies.base import CostHints, Decision, Policy, RequestStart, VerifyOutcome
 from policies.batch_plan import batch_boundaries, plan_batches
+from policies.oracle import first_chunk, nav_cost
 from policies.registry import make_policy, params_model
 
 CONTINUE, SEND, VERIFY, DROP = (
@@ -19,7 +20,7 @@ CONTINUE, SEND, VERIFY, DROP = (
     Decision.VERIFY,
     Decision.VERIFY_DROP_LAST,
 )
-HINTS = CostHints(alpha_s=0.05, beta_s=0.1, gamma_s=0.03)
+HINTS = CostHints(alpha_s=0.05, beta_s=0.1, gamma_s=0.03, round_trip_s=0.2)
 START = RequestStart(prompt_len=32, max_new_tokens=256, now_s=0.0)
 FIXED = {"autotune": False}
 """PipeSD with its configured thresholds (the autotuner would pick its own start point)."""
@@ -419,20 +420,47 @@ def test_pipesd_without_proactive_does_not_draft_while_pending() -> None:
 
 
 @given(accept_run=st.integers(1, 80), pipeline=st.booleans())
-def test_oracle_verifies_exactly_after_the_accepted_run(accept_run: int, pipeline: bool) -> None:
+def test_oracle_verifies_exactly_after_its_first_chunk(accept_run: int, pipeline: bool) -> None:
     policy = build("oracle", pipeline=pipeline)
     assert policy.is_oracle
+    chunk = first_chunk(accept_run, HINTS)
+    assert 0 <= chunk <= accept_run
     for _ in range(2):
-        assert policy.on_round_start(accept_run, HINTS) == CONTINUE
+        decision = policy.on_round_start(accept_run, HINTS)
+        if chunk == 0:
+            assert decision == VERIFY
+            continue
+        assert decision == CONTINUE
         decisions = draft_until_verify(policy, [0.5] * (accept_run + 5))
-        assert len(decisions) == accept_run and decisions[-1] == VERIFY
+        assert len(decisions) == chunk and decisions[-1] == VERIFY
         sends = {k for k, d in enumerate(decisions, start=1) if d == SEND}
         if pipeline:
-            plan = plan_batches(accept_run, HINTS.alpha_s, HINTS.beta_s, HINTS.gamma_s)
-            assert sends == set(batch_boundaries(plan)) - {accept_run}
+            plan = plan_batches(chunk, HINTS.alpha_s, HINTS.beta_s, HINTS.gamma_s)
+            assert sends == set(batch_boundaries(plan)) - {chunk}
         else:
             assert sends == set()
-        policy.on_result(outcome(accept_run, accept_run))
+        policy.on_result(outcome(chunk, chunk))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    accept_run=st.integers(0, 9),
+    alpha=st.floats(0.0, 0.2),
+    beta=st.floats(0.0, 0.5),
+    gamma=st.floats(0.001, 0.1),
+    round_trip=st.floats(0.0, 0.5),
+)
+def test_oracle_split_matches_brute_force(accept_run, alpha, beta, gamma, round_trip) -> None:
+    hints = CostHints(alpha, beta, gamma, round_trip)
+
+    def best(positions: int) -> float:
+        if positions == 0:
+            return 0.0
+        return min(nav_cost(k, hints) + best(positions - k - 1) for k in range(positions))
+
+    chunk = first_chunk(accept_run, hints)
+    optimum = best(accept_run + 1)
+    assert nav_cost(chunk, hints) + best(accept_run - chunk) == pytest.approx(optimum, rel=1e-9)
 
 
 def test_oracle_verifies_at_once_when_nothing_will_be_accepted() -> None:
