@@ -54,13 +54,15 @@ period, so R = Σ_m u_m(l_m) / S.
 Optimiser
 ---------
 `optimise` scans N = 1..M (the paper scans 2..M; N = 1 is the unpipelined case). For each N
-it alternates (a) the assignment minimising S for fixed lengths (a MILP, below) and (b) the
+it alternates (a) the assignment minimising S for fixed lengths (a MILP, `_assign`) and (b) the
 lengths maximising U/S for the fixed assignment (Dinkelbach, each inner problem solved exactly
-as a MILP over one-hot length choices), until the lengths and the assignment stop changing
-(at most `max_rounds` rounds). Both steps never decrease R, so the loop is monotone; it can
-still stop in a local optimum of the joint problem. Every N starts from the paper's initial
-length 7 (clipped to l_max) for all users; if that assignment problem is infeasible under the
-memory cap it restarts from length 1 [?]. The best N wins; ties go to the smallest N.
+as a MILP over one-hot length choices, `_dinkelbach`), until the assignment, and so the
+lengths, stop changing (at most `max_rounds` rounds). Both steps never decrease R, so the loop
+is monotone; it can still stop in a local optimum of the joint problem. Every N starts from
+the paper's initial length 7 (clipped to l_max) for all users; if that assignment problem is
+infeasible under the memory cap it restarts from length 1 [?]. The best N wins (ties: the
+smallest). Then, unless `polish=False`, a local search over single-user moves and swaps with
+re-optimised lengths (`_polish`) escapes the alternation's fixed points [?].
 """
 
 from __future__ import annotations
@@ -440,13 +442,12 @@ def _assign(
     )
     f_max = float(pair_cost.max()) if len(pairs) else 0.0
     n_pairs = len(pairs)
-    # Variable layout: x (M·N), z (N·P), w (M·N), V (N), B (N), T (1).
+    # Variable layout: x (M·N), z (N·P), w (M·N), V (N), T (1).
     x0 = 0
     z0 = x0 + n_users * n_batches
     w0 = z0 + n_batches * n_pairs
     v0 = w0 + n_users * n_batches
-    b0 = v0 + n_batches
-    t0 = b0 + n_batches
+    t0 = v0 + n_batches
     n_vars = t0 + 1
 
     def x(m: int, n: int) -> int:
@@ -487,8 +488,7 @@ def _assign(
             for p in range(n_pairs):
                 coeffs[z(n, p)] = -float(pair_cost[p])
             add(coeffs, -f_max, np.inf)
-            add({b0 + n: 1.0, v0 + n: -1.0, x(m, n): -draft_plus_comm[m]}, 0.0, np.inf)
-        add({t0: 1.0, b0 + n: -1.0}, 0.0, np.inf)
+            add({t0: 1.0, v0 + n: -1.0, x(m, n): -draft_plus_comm[m]}, 0.0, np.inf)
     add({t0: 1.0, **{v0 + n: -1.0 for n in range(n_batches)}}, 0.0, np.inf)
 
     lb = np.zeros(n_vars)
