@@ -152,7 +152,8 @@ def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except OSError as exc:
         problem = f"cannot create folder {str(args.out)!r} ({exc.strerror})"
         raise ConfigError("--out", "", problem) from None
-    console = Console(stderr=False)
+    # a pipe or a log gets the whole table rather than rich's 80-column default
+    console = Console(width=None if sys.stdout.isatty() else 200)
     tasks = plan_tasks(points)
     progress = Progress(
         TextColumn("[bold]{task.description}"),

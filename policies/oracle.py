@@ -14,6 +14,8 @@ cost more than round trips; the README's tables show by how much.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from pydantic import Field
 
 from policies.base import CostHints, Decision, Policy, VerifyOutcome
@@ -21,6 +23,7 @@ from policies.batch_plan import batch_boundaries, plan_batches, plan_finish_time
 from policies.params import PolicyParams
 
 
+@lru_cache(maxsize=65536)
 def nav_cost(k: int, hints: CostHints) -> float:
     """Time from the start of drafting to the answer of a NAV carrying k draft tokens."""
     if k == 0:
@@ -29,6 +32,7 @@ def nav_cost(k: int, hints: CostHints) -> float:
     return plan_finish_time(sizes, hints.alpha_s, hints.beta_s, hints.gamma_s) + hints.round_trip_s
 
 
+@lru_cache(maxsize=65536)
 def first_chunk(accept_run: int, hints: CostHints) -> int:
     """Draft tokens in the first NAV of the cheapest split of a run.
 
