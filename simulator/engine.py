@@ -605,7 +605,8 @@ class Edge:
                         decode_base + decode_ctx * (prompt_len + drafted_end),
                         2 * up.latency_s
                         + target.forward_s(2, context)
-                        + down.bandwidth.finish_time(t, result_bytes(1)) - t
+                        + down.bandwidth.finish_time(t, result_bytes(1))
+                        - t
                         + down.overhead_s,
                     )
                     if policy.on_round_start(next_reject[committed] - committed, hints) == VERIFY:
