@@ -1,0 +1,1 @@
+"""The discrete-event twin: schemas, acceptance/link/payload models, SimPy engine, results."""
