@@ -12,21 +12,17 @@ memory cap that binds).
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import random
 import statistics
 import time
 
 from policies.dipsd import (
-    DipsdSystem,
-    DipsdUser,
     Plan,
     autoregressive,
     autoregressive_greedy_batching,
     brute_force,
-    kv_bytes,
     optimise,
     paper_system,
+    sample_system,
 )
 
 
@@ -42,41 +38,12 @@ def timed(repeats: int, polish: bool) -> tuple[Plan, float]:
     return plan, statistics.median(times)
 
 
-def random_system(seed: int) -> DipsdSystem:
-    """2-4 users around the paper's constants, l_max = 6; every third seed caps the memory."""
-    paper = paper_system()
-    rng = random.Random(seed)
-    n_users = rng.choice([2, 3, 4])
-    users = tuple(
-        DipsdUser(
-            acceptance=rng.uniform(0.5, 0.9),
-            prefix_len=rng.choice([128, 512, 1024, 2048]),
-            c_s_per_flop=paper.users[0].c_s_per_flop * rng.uniform(0.5, 2.0),
-            beta_s=paper.users[0].beta_s * rng.uniform(0.5, 2.0),
-        )
-        for _ in range(n_users)
-    )
-    system = dataclasses.replace(
-        paper,
-        users=users,
-        c_v=paper.c_v * rng.uniform(0.5, 2.0),
-        beta_v=paper.beta_v * rng.uniform(0.5, 2.0),
-        comm_s=rng.uniform(0.001, 0.02),
-        l_max=6,
-    )
-    if seed % 3 == 0:
-        kv = [kv_bytes(system, m, 6) for m in range(n_users)]
-        cap = system.weight_bytes + rng.uniform(1.05 * max(kv), sum(kv))
-        system = dataclasses.replace(system, memory_bytes=cap)
-    return system
-
-
 def agreement(count: int) -> None:
     """Print gap statistics of the optimiser (with and without polish) against brute force."""
     for polish in (False, True):
         gaps, optimiser_s, brute_s = [], 0.0, 0.0
         for seed in range(count):
-            system = random_system(seed)
+            system = sample_system(seed)
             start = time.perf_counter()
             plan = optimise(system, polish=polish)
             optimiser_s += time.perf_counter() - start

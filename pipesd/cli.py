@@ -7,6 +7,7 @@ import argparse
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -98,8 +99,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _select_policies(points: list[Any], wanted: str | None) -> list[Any]:
     if not wanted:
         return points
-    from dataclasses import replace
-
     labels = {w.strip() for w in wanted.split(",") if w.strip()}
     if not labels:
         raise ConfigError("--policies", "", f"no label given (got {wanted!r})")

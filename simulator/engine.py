@@ -440,6 +440,21 @@ class Edge:
         record.first_token_s, record.end_s = job.arrivals[0], job.arrivals[-1]
         self._finish(record)
 
+    def _true_costs(self, t: float, context: int) -> CostHints:
+        """α, β, γ and the NAV round trip at time t, as an oracle is allowed to know them."""
+        cfg, up, down = self.config, self.up, self.down
+        answer_bytes = cfg.payload.result_bytes(1)
+        return CostHints(
+            up.overhead_s,
+            cfg.payload.per_draft_token * 8.0 / (up.bandwidth.at(t) * 1e6),
+            cfg.draft.decode_s(context) / cfg.compute_factor,
+            2 * up.latency_s
+            + cfg.target.forward_s(2, context)
+            + down.overhead_s
+            + down.bandwidth.finish_time(t, answer_bytes)
+            - t,
+        )
+
     def _speculative_request(self, index: int, arrived: float) -> Generator[simpy.Event, Any, None]:
         """One request under a speculative policy (see the module docstring for the clock)."""
         env, cfg, policy, up, down = self.env, self.config, self.policy, self.up, self.down
@@ -509,7 +524,8 @@ class Edge:
             if not nav_request:
                 return None
             m = drafted_end - committed
-            service = target.forward_s(m + 1, prompt_len + committed + m)
+            context = prompt_len + drafted_end
+            service = target.forward_s(m + 1, context)
             pending = _PendingNav(
                 committed,
                 drafted_end,
@@ -520,7 +536,7 @@ class Edge:
                 tx.arrive_s + service + min_down,
                 timeline,
                 m + 1,
-                prompt_len + committed + m,
+                context,
             )
             self.cloud.arrive(pending, tx.arrive_s)
             return pending
@@ -598,17 +614,7 @@ class Edge:
             else:
                 if is_oracle and round_start:
                     round_start = False
-                    context = prompt_len + committed
-                    hints = CostHints(
-                        up.overhead_s,
-                        per_token_bytes * 8.0 / (up.bandwidth.at(t) * 1e6),
-                        decode_base + decode_ctx * (prompt_len + drafted_end),
-                        2 * up.latency_s
-                        + target.forward_s(2, context)
-                        + down.bandwidth.finish_time(t, result_bytes(1))
-                        - t
-                        + down.overhead_s,
-                    )
+                    hints = self._true_costs(t, prompt_len + committed)
                     if policy.on_round_start(next_reject[committed] - committed, hints) == VERIFY:
                         nav = send(t, True)
                         continue

@@ -23,6 +23,7 @@ from policies.dipsd import (
     optimise,
     paper_system,
     round_timing,
+    sample_system,
     throughput,
     verify_flops,
 )
@@ -33,35 +34,8 @@ AGREEMENT_SEEDS = range(15)
 
 
 def random_system(seed: int, tight_memory: bool | None = None) -> DipsdSystem:
-    """2-4 users around the paper's constants, l_max = 6; every third seed caps the memory.
-
-    With a capped memory the server holds the weights plus between 1.05x the largest user's
-    KV (at l_max) and all users' KV together, so some plans are infeasible.
-    """
-    rng = random.Random(seed)
-    n_users = rng.choice([2, 3, 4])
-    users = tuple(
-        DipsdUser(
-            acceptance=rng.uniform(0.5, 0.9),
-            prefix_len=rng.choice([128, 512, 1024, 2048]),
-            c_s_per_flop=PAPER.users[0].c_s_per_flop * rng.uniform(0.5, 2.0),
-            beta_s=PAPER.users[0].beta_s * rng.uniform(0.5, 2.0),
-        )
-        for _ in range(n_users)
-    )
-    system = dataclasses.replace(
-        PAPER,
-        users=users,
-        c_v=PAPER.c_v * rng.uniform(0.5, 2.0),
-        beta_v=PAPER.beta_v * rng.uniform(0.5, 2.0),
-        comm_s=rng.uniform(0.001, 0.02),
-        l_max=SMALL_L_MAX,
-    )
-    if tight_memory if tight_memory is not None else seed % 3 == 0:
-        kv = [kv_bytes(system, m, SMALL_L_MAX) for m in range(n_users)]
-        cap = system.weight_bytes + rng.uniform(1.05 * max(kv), sum(kv))
-        system = dataclasses.replace(system, memory_bytes=cap)
-    return system
+    """The shared sampler with this file's l_max."""
+    return sample_system(seed, tight_memory, SMALL_L_MAX)
 
 
 def random_plan(rng: random.Random, n_users: int, l_max: int) -> tuple[tuple[int, ...], ...]:
