@@ -82,6 +82,8 @@ class Policy(ABC):
     """Whether the edge keeps drafting while a NAV is outstanding (proactive drafting)."""
     is_oracle: bool = False
     """Oracles are told the future acceptance run through `on_round_start`."""
+    uses_fleet_plan: bool = False
+    """DiP-SD: the executor plans draft lengths and cloud batches for the whole fleet."""
 
     def start_request(self, event: RequestStart) -> None:  # noqa: B027 - optional hook
         """A request starts; reset per-request state (keep what is learned across requests)."""

@@ -17,6 +17,7 @@ from policies.baselines import (
     Vanilla,
     VanillaParams,
 )
+from policies.dipsd_edge import DipSD, DipSDParams
 from policies.oracle import Oracle, OracleParams
 from policies.params import PolicyParams
 from policies.picospec import PicoSpec, PicoSpecParams
@@ -33,6 +34,7 @@ POLICIES: Mapping[str, tuple[type[PolicyParams], PolicyFactory]] = {
     "pmin": (PMinParams, PMin),
     "hf_heuristic": (HFHeuristicParams, HFHeuristic),
     "picospec": (PicoSpecParams, PicoSpec),
+    "dipsd": (DipSDParams, DipSD),
     "oracle": (OracleParams, Oracle),
 }
 

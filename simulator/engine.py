@@ -24,8 +24,9 @@ from typing import Any, NamedTuple
 import simpy
 
 from policies.base import CostHints, Decision, Mode, Policy, RequestStart, VerifyOutcome
-from policies.registry import make_policy
+from policies.registry import POLICIES, make_policy
 from simulator.acceptance import AcceptanceModel
+from simulator.dipsd_plan import fleet_plan, plan_batches
 from simulator.fleet import edge_specs
 from simulator.link import Channel
 from simulator.payload import Payload, payload_for
@@ -171,6 +172,80 @@ class _GenerateJob(_Job):
             self.started.succeed()
 
 
+class _ARStream:
+    """One cloud-only generation served step by step (so steps of many edges batch together)."""
+
+    __slots__ = (
+        "arrivals",
+        "cloud",
+        "done",
+        "downlink",
+        "n_tokens",
+        "prompt_len",
+        "record",
+        "target",
+        "token_bytes",
+    )
+
+    def __init__(
+        self,
+        cloud: Cloud,
+        record: RequestRecord,
+        target: TargetLatency,
+        downlink: Channel,
+        prompt_len: int,
+        n_tokens: int,
+        token_bytes: int,
+        done: simpy.Event,
+    ) -> None:
+        self.cloud, self.record, self.target, self.downlink = cloud, record, target, downlink
+        self.prompt_len, self.n_tokens, self.token_bytes = prompt_len, n_tokens, token_bytes
+        self.arrivals: list[float] = []
+        self.done = done
+
+    def emit(self, now_s: float, done_s: float) -> None:
+        """A token was produced at `done_s`: stream it down, schedule the next step or finish."""
+        arrival = self.downlink.transmit(done_s, self.token_bytes).arrive_s
+        self.arrivals.append(arrival)
+        self.record.downlink_bytes += self.token_bytes
+        produced = len(self.arrivals)
+        if produced < self.n_tokens:
+            context = self.prompt_len + produced
+            self.cloud.arrive(_ARStep(self, self.target.forward_s(1, context), context), done_s)
+        else:
+            succeed_at(self.done, arrival - self.cloud.env.now)
+
+
+class _ARPrefill(_Job):
+    """The prefill of a step-by-step cloud generation: it produces the first token."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: _ARStream) -> None:
+        super().__init__(stream.target.prefill_s(stream.prompt_len), stream.record)
+        self.stream = stream
+
+    def begin(self, now_s: float, done_s: float) -> None:
+        self.stream.emit(now_s, done_s)
+
+
+class _ARStep(_Job):
+    """One decoding step of a cloud generation: one new position, batchable with NAVs."""
+
+    __slots__ = ("context", "positions", "stream")
+
+    def __init__(self, stream: _ARStream, service_s: float, context: int) -> None:
+        super().__init__(service_s, stream.record)
+        self.stream = stream
+        self.positions, self.context = 1, context
+
+    def begin(self, now_s: float, done_s: float) -> None:
+        self.stream.emit(now_s, done_s)
+
+
+BATCHABLE = (_PendingNav, _ARStep)
+
+
 class Cloud:
     """One verifier serving jobs in order of arrival, alone or in batches of NAVs.
 
@@ -189,6 +264,10 @@ class Cloud:
     With a single source of jobs (`exclusive`, one edge and no batching), announcement order is
     arrival order, so each job starts at max(arrival, end of the previous job) the moment it is
     announced, and the cloud costs no SimPy event. Both paths give identical results (tested).
+
+    With a DiP-SD `plan` (edge indices per batch, in order), NAVs are verified batch by batch:
+    the cloud waits until every still-active edge of the current batch has a NAV queued, then
+    verifies them together and moves to the next batch. Other jobs are served as they come.
     """
 
     def __init__(
@@ -199,10 +278,14 @@ class Cloud:
         exclusive: bool = False,
         max_batch: int = 1,
         batch_window_s: float = 0.0,
+        plan: tuple[tuple[int, ...], ...] | None = None,
     ) -> None:
         self.env = env
         self.target = target
-        self.exclusive = exclusive and max_batch == 1
+        self.plan = plan
+        self._active = {edge for batch in plan for edge in batch} if plan else set()
+        self._turn = 0
+        self.exclusive = exclusive and max_batch == 1 and plan is None
         self.max_batch = max_batch
         self.batch_window_s = batch_window_s
         self.queue: deque[_Job] = deque()
@@ -236,6 +319,14 @@ class Cloud:
         elif start < self._wake_at:
             self.env.timeout(start - self.env.now).callbacks.append(self._ring)
 
+    def retire(self, edge: int) -> None:
+        """An edge has finished all its requests: plan batches stop waiting for it."""
+        self._active.discard(edge)
+        wake = self._wake
+        if self.plan is not None and wake is not None and not wake.triggered:
+            succeed_at(wake, 0.0)
+            self._wake_at = self.env.now
+
     def _ring(self, _event: simpy.Event) -> None:
         if self._wake is not None and not self._ringing and self.process is not None:
             self._ringing = True
@@ -246,9 +337,9 @@ class Cloud:
         if len(jobs) == 1:
             service = jobs[0].service_s
         else:
-            navs: list[_PendingNav] = jobs  # type: ignore[assignment]
+            batch: list[_PendingNav | _ARStep] = jobs  # type: ignore[assignment]
             service = self.target.forward_s(
-                sum(j.positions for j in navs), sum(j.context for j in navs), len(navs)
+                sum(j.positions for j in batch), sum(j.context for j in batch), len(batch)
             )
         done = now + service
         share = service / len(jobs)
@@ -256,7 +347,7 @@ class Cloud:
             job.begin(now, done)
             job.record.cloud_busy_s += share
             if self._timeline is not None and type(job) is not _PendingNav:
-                label = "generate" if type(job) is _GenerateJob else "prefill"
+                label = {_GenerateJob: "generate", _ARStep: "step"}.get(type(job), "prefill")
                 record = job.record
                 self._timeline.append(
                     Span("cloud", now, done, label, record.request, edge=record.edge)
@@ -266,14 +357,40 @@ class Cloud:
         self.jobs += len(jobs)
         self.batches += 1
 
+    def _take_plan_batch(self) -> list[_Job] | float:
+        """Under a DiP-SD plan: a non-NAV job, or the current batch once complete, else wait."""
+        queue, plan = self.queue, self.plan
+        assert plan is not None
+        for job in queue:
+            if type(job) is not _PendingNav:
+                queue.remove(job)
+                return [job]
+        for _ in range(len(plan)):
+            members = [edge for edge in plan[self._turn] if edge in self._active]
+            if members:
+                break
+            self._turn = (self._turn + 1) % len(plan)
+        else:
+            return math.inf
+        waiting = {job.record.edge: job for job in queue}
+        if any(edge not in waiting for edge in members):
+            return math.inf
+        batch = [waiting[edge] for edge in members]
+        for job in batch:
+            queue.remove(job)
+        self._turn = (self._turn + 1) % len(plan)
+        return batch
+
     def _take_batch(self, now: float) -> list[_Job] | float:
         """The jobs to start now, or the time to wait for (a batching window still open)."""
         queue = self.queue
-        if self.max_batch == 1 or type(queue[0]) is not _PendingNav:
+        if self.plan is not None:
+            return self._take_plan_batch()
+        if self.max_batch == 1 or type(queue[0]) not in BATCHABLE:
             return [queue.popleft()]
         count = 0
         for job in queue:
-            if type(job) is not _PendingNav or count == self.max_batch:
+            if type(job) not in BATCHABLE or count == self.max_batch:
                 break
             count += 1
         deadline = queue[0].arrived_s + self.batch_window_s
@@ -351,6 +468,8 @@ class SimResult:
     edges: int = 1
     cloud_batches: int = 0
     cloud_jobs: int = 0
+    plan_throughput_tokens_per_s: float = math.nan
+    """DiP-SD: the optimiser's closed-form throughput for the plan the run executed."""
 
 
 class Edge:
@@ -389,6 +508,7 @@ class Edge:
                 yield from self._cloud_request(index, arrived)
             else:
                 yield from self._speculative_request(index, arrived)
+        self.cloud.retire(cfg.edge)
 
     def _probe(self) -> Generator[simpy.Event, Any, None]:
         """PipeSD-style start-up probes: uploads of a few token sizes, one after another."""
@@ -424,6 +544,24 @@ class Edge:
         tx = self.up.transmit(env.now, prompt)
         record.uplink_bytes += prompt
         record.uplink_messages += 1
+        if not self.cloud.exclusive:
+            done = env.event()
+            stream = _ARStream(
+                self.cloud,
+                record,
+                cfg.target,
+                self.down,
+                cfg.prompt_len,
+                cfg.max_new_tokens,
+                cfg.payload.stream_token_bytes(),
+                done,
+            )
+            self.cloud.arrive(_ARPrefill(stream), tx.arrive_s)
+            yield done
+            record.new_tokens = cfg.max_new_tokens
+            record.first_token_s, record.end_s = stream.arrivals[0], stream.arrivals[-1]
+            self._finish(record)
+            return
         job = _GenerateJob(
             cfg.target,
             cfg.prompt_len,
@@ -689,6 +827,8 @@ def simulate(
     acceptance_dir = scenario.base_dir if model.acceptance else scenario.profile.path.parent
     acceptance = AcceptanceModel(acceptance_spec, acceptance_dir)
     specs = edge_specs(scenario, seed)
+    policy_class = POLICIES[entry.name][1]
+    plan = fleet_plan(scenario, specs) if getattr(policy_class, "uses_fleet_plan", False) else None
     cloud = Cloud(
         env,
         timeline,
@@ -696,6 +836,7 @@ def simulate(
         exclusive=exclusive_cloud and len(specs) == 1,
         max_batch=model.cloud.max_batch,
         batch_window_s=model.cloud.batch_window_s,
+        plan=plan_batches(plan) if plan else None,
     )
     payload = payload_for(profile.payload, model.payload)
     edges = []
@@ -716,7 +857,10 @@ def simulate(
             start_s=spec.start_s,
             arrivals=spec.arrivals,
         )
-        policy = make_policy(entry.name, entry.params, policy_seed(seed, entry.label, spec.index))
+        params = entry.params
+        if plan is not None:
+            params = params.model_copy(update={"draft_len": plan.lengths[spec.index]})
+        policy = make_policy(entry.name, params, policy_seed(seed, entry.label, spec.index))
         policy_states.append(policy)
         uplink = Channel(spec.uplink, spec.uplink_overhead_s, spec.one_way_latency_s)
         downlink = Channel(spec.downlink, spec.downlink_overhead_s, spec.one_way_latency_s)
@@ -737,4 +881,5 @@ def simulate(
         edges=len(edges),
         cloud_batches=cloud.batches,
         cloud_jobs=cloud.jobs,
+        plan_throughput_tokens_per_s=plan.throughput_tokens_per_s if plan else math.nan,
     )

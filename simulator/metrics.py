@@ -38,6 +38,7 @@ SUMMARY_METRICS = (
     "tpt_p99_ms",
     "cloud_utilisation",
     "mean_batch_size",
+    "plan_tokens_per_s",
 )
 
 
@@ -72,6 +73,13 @@ def fleet_metrics(runs: Sequence[SimResult]) -> dict[str, float]:
         "tpt_p99_ms": float(p99),
         "cloud_utilisation": mean(utilisation),
         "mean_batch_size": mean(batch),
+        "plan_tokens_per_s": mean(
+            [
+                r.plan_throughput_tokens_per_s
+                for r in runs
+                if not math.isnan(r.plan_throughput_tokens_per_s)
+            ]
+        ),
     }
 
 

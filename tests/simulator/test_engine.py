@@ -253,7 +253,14 @@ def test_exclusive_cloud_fast_path_changes_nothing(write_scenario, policy) -> No
         scenario, scenario.policies[0], 7, record_timeline=True, exclusive_cloud=False
     )
     assert fast.records == queued.records
-    assert sorted(fast.timeline or []) == sorted(queued.timeline or [])
+
+    def comparable(spans: list[Span] | None) -> list[Span]:
+        # the queueing path serves cloud-only generation step by step (batchable), the fast
+        # path as one job: same token times (the records), different cloud spans
+        steps = policy["name"] == "cloud_ar"
+        return sorted(s for s in spans or [] if not (steps and s.lane == "cloud"))
+
+    assert comparable(fast.timeline) == comparable(queued.timeline)
     assert fast.policy_state == queued.policy_state
 
 
