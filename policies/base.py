@@ -33,6 +33,8 @@ class Mode(IntEnum):
     """The edge drafts, the cloud verifies (every speculative-decoding policy)."""
     CLOUD_AUTOREGRESSIVE = 1
     """The cloud generates every token itself and streams them down (the reference)."""
+    SPLIT_INFERENCE = 2
+    """The edge runs the target's first layers, the cloud the rest, one token at a time."""
 
 
 class RequestStart(NamedTuple):

@@ -38,6 +38,27 @@ class CloudAutoregressive(Policy):
         return Decision.VERIFY
 
 
+class SplitParams(PolicyParams):
+    """Split inference; the split point comes from the profile's `split` section."""
+
+    edge_fraction: float | None = Field(
+        None, gt=0.0, lt=1.0, description="override the profile's share of layers on the edge"
+    )
+
+
+class SplitInference(Policy):
+    """PicoSpec's split-inference baseline: no drafting, every token crosses the link once."""
+
+    mode = Mode.SPLIT_INFERENCE
+
+    def __init__(self, params: SplitParams, seed: int) -> None:
+        self.params = params
+
+    def on_draft(self, confidence: float, draft_time_s: float, pending: bool) -> Decision:
+        """Never called in split mode; verifying at once is the safe answer."""
+        return Decision.VERIFY
+
+
 class VanillaParams(PolicyParams):
     """Vanilla (BiLD-style) stop-and-wait speculative decoding."""
 

@@ -37,7 +37,7 @@ def _drive(policy: Policy, seed: int, requests: int, tokens: int) -> list[tuple[
         policy.on_upload(size, 0.05 + 0.1 * size)
     for _ in range(requests):
         policy.start_request(RequestStart(prompt_len=64, max_new_tokens=tokens, now_s=now))
-        if policy.mode == Mode.CLOUD_AUTOREGRESSIVE:
+        if policy.mode != Mode.SPECULATIVE:
             continue
         committed, drafted, steps = 0, 0, 0
         verifying: int | None = None  # draft tokens of the pending NAV

@@ -14,6 +14,8 @@ from policies.baselines import (
     EdgeLLM,
     EdgeLLMParams,
     HSLParams,
+    SplitInference,
+    SplitParams,
     Vanilla,
     VanillaParams,
 )
@@ -27,6 +29,7 @@ PolicyFactory = Callable[[Any, int], Policy]
 
 POLICIES: Mapping[str, tuple[type[PolicyParams], PolicyFactory]] = {
     "cloud_ar": (CloudARParams, CloudAutoregressive),
+    "split": (SplitParams, SplitInference),
     "vanilla": (VanillaParams, Vanilla),
     "hsl": (HSLParams, HSL),
     "edgellm": (EdgeLLMParams, EdgeLLM),

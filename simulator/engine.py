@@ -30,7 +30,7 @@ from simulator.dipsd_plan import fleet_plan, plan_batches
 from simulator.fleet import edge_specs
 from simulator.link import Channel
 from simulator.payload import Payload, payload_for
-from simulator.profile import DraftLatency, PowerProfile, TargetLatency
+from simulator.profile import DraftLatency, PowerProfile, SplitProfile, TargetLatency
 from simulator.records import RequestRecord
 from simulator.scenario import PolicyEntry, Scenario
 
@@ -243,6 +243,28 @@ class _ARStep(_Job):
         self.stream.emit(now_s, done_s)
 
 
+class _SplitStep(_Job):
+    """The cloud's share of one split-inference forward; its token goes down when done."""
+
+    __slots__ = ("arrived", "downlink", "token_bytes")
+
+    def __init__(
+        self,
+        service_s: float,
+        record: RequestRecord,
+        downlink: Channel,
+        token_bytes: int,
+        arrived: simpy.Event,
+    ) -> None:
+        super().__init__(service_s, record)
+        self.downlink, self.token_bytes, self.arrived = downlink, token_bytes, arrived
+
+    def begin(self, now_s: float, done_s: float) -> None:
+        arrival = self.downlink.transmit(done_s, self.token_bytes).arrive_s
+        self.record.downlink_bytes += self.token_bytes
+        succeed_at(self.arrived, arrival - self.arrived.env.now)
+
+
 BATCHABLE = (_PendingNav, _ARStep)
 
 
@@ -444,6 +466,7 @@ class EdgeConfig:
     edge: int = 0
     start_s: float = 0.0
     arrivals: tuple[float, ...] | None = None
+    split: SplitProfile | None = None
 
 
 @dataclass
@@ -506,6 +529,8 @@ class Edge:
                     yield env.timeout(arrived - env.now)
             if self.policy.mode == Mode.CLOUD_AUTOREGRESSIVE:
                 yield from self._cloud_request(index, arrived)
+            elif self.policy.mode == Mode.SPLIT_INFERENCE:
+                yield from self._split_request(index, arrived)
             else:
                 yield from self._speculative_request(index, arrived)
         self.cloud.retire(cfg.edge)
@@ -576,6 +601,42 @@ class Edge:
         yield env.timeout(job.arrivals[-1] - env.now)
         record.new_tokens = cfg.max_new_tokens
         record.first_token_s, record.end_s = job.arrivals[0], job.arrivals[-1]
+        self._finish(record)
+
+    def _split_request(self, index: int, arrived: float) -> Generator[simpy.Event, Any, None]:
+        """Split inference: per token, the edge's layers, a hidden state up, the cloud's rest."""
+        env, cfg, split = self.env, self.config, self.config.split
+        assert split is not None
+        fraction = self.policy.params.edge_fraction or split.edge_fraction
+        record = RequestRecord(
+            request=index, edge=cfg.edge, prompt_len=cfg.prompt_len, start_s=arrived
+        )
+        token_bytes = cfg.payload.stream_token_bytes()
+        header = cfg.payload.message_header
+        edge_step = fraction * split.edge_forward_s / cfg.compute_factor
+        t = (
+            env.now
+            + fraction * split.edge_prefill_per_token_s * cfg.prompt_len / cfg.compute_factor
+        )
+        record.edge_busy_s += t - env.now
+        n_bytes = header + cfg.prompt_len * split.hidden_state_bytes
+        service = (1.0 - fraction) * cfg.target.prefill_s(cfg.prompt_len)
+        for produced in range(cfg.max_new_tokens):
+            tx = self.up.transmit(t, n_bytes)
+            record.uplink_bytes += n_bytes
+            record.uplink_messages += 1
+            arrived_event = env.event()
+            step = _SplitStep(service, record, self.down, token_bytes, arrived_event)
+            self.cloud.arrive(step, tx.arrive_s)
+            yield arrived_event
+            if produced == 0:
+                record.first_token_s = env.now
+            t = env.now + edge_step
+            record.edge_busy_s += edge_step
+            n_bytes = header + split.hidden_state_bytes
+            service = (1.0 - fraction) * cfg.target.forward_s(1, cfg.prompt_len + produced + 1)
+        record.new_tokens = cfg.max_new_tokens
+        record.end_s = env.now
         self._finish(record)
 
     def _true_costs(self, t: float, context: int) -> CostHints:
@@ -856,6 +917,7 @@ def simulate(
             edge=spec.index,
             start_s=spec.start_s,
             arrivals=spec.arrivals,
+            split=profile.split,
         )
         params = entry.params
         if plan is not None:

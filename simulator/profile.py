@@ -231,6 +231,20 @@ class Provenance(Strict):
     notes: dict[str, str] = Field(default_factory=dict)
 
 
+class SplitProfile(Strict):
+    """Split inference: the first `edge_fraction` of the target's layers run on the edge.
+
+    Per generated token the edge runs its share of one forward (`edge_forward_s` is the whole
+    target's forward for one position on the reference edge), sends that position's hidden
+    state (`hidden_state_bytes`) up, and the cloud runs the remaining layers.
+    """
+
+    edge_fraction: Annotated[float, Field(gt=0.0, lt=1.0)]
+    edge_forward_s: Positive
+    edge_prefill_per_token_s: NonNeg
+    hidden_state_bytes: int = Field(ge=1)
+
+
 class Profile(Strict):
     """A complete, validated profile."""
 
@@ -244,6 +258,7 @@ class Profile(Strict):
     acceptance: Acceptance
     payload: PayloadProfile
     provenance: Provenance
+    split: SplitProfile | None = None
 
 
 class LoadedProfile(BaseModel):

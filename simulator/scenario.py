@@ -22,7 +22,13 @@ from policies.registry import params_model, policy_names
 from simulator.acceptance import ReplayTraces
 from simulator.errors import ConfigError, from_validation_error, render_value
 from simulator.link import TraceBandwidth
-from simulator.profile import Acceptance, LoadedProfile, ReplayAcceptance, load_profile
+from simulator.profile import (
+    Acceptance,
+    IIDAcceptance,
+    LoadedProfile,
+    ReplayAcceptance,
+    load_profile,
+)
 
 
 class Strict(BaseModel):
@@ -274,7 +280,25 @@ def validate_scenario(raw: dict[str, Any], path: Path) -> Scenario:
     )
     if isinstance(acceptance, ReplayAcceptance):
         ReplayTraces.load(_named_file(owner, "acceptance.trace", acceptance.trace, "trace"))
+    _check_policy_needs(path, policies, model, profile)
     return Scenario(model=model, policies=policies, profile=profile, path=path, raw=raw)
+
+
+def _check_policy_needs(
+    path: Path, policies: tuple[PolicyEntry, ...], model: ScenarioModel, profile: LoadedProfile
+) -> None:
+    """Policies that need more than the basics: split inference a profile `split` section,
+    DiP-SD an i.i.d. acceptance model (its optimiser's assumption)."""
+    acceptance = model.acceptance or profile.profile.acceptance
+    for entry in policies:
+        if entry.name == "split" and profile.profile.split is None:
+            raise ConfigError(
+                profile.path, "split", f"policy {entry.label!r} needs this section in the profile"
+            )
+        if entry.name == "dipsd" and not isinstance(acceptance, IIDAcceptance):
+            raise ConfigError(
+                path, "acceptance.kind", f"policy {entry.label!r} needs the 'iid' acceptance model"
+            )
 
 
 def _named_file(owner: Path, field: str, relative: str, what: str) -> Path:

@@ -75,6 +75,5 @@ def test_dipsd_needs_iid_acceptance(write_scenario) -> None:
         edge_groups=[{"count": 2}],
         prompts={"count": 1, "prompt_len": 16, "max_new_tokens": 16},
     )
-    scenario = expand_sweep(path)[0].scenario
     with pytest.raises(ConfigError, match=r"acceptance\.kind"):
-        simulate(scenario, scenario.policies[0], seed=1)
+        expand_sweep(path)

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simulator.engine import SimResult, Span, simulate
+from simulator.errors import ConfigError
 from simulator.scenario import expand_sweep
 
 CONSTANT_COSTS = {
@@ -293,3 +294,41 @@ def test_many_edges_keep_every_invariant(
     latency = expand_sweep(path)[0].scenario.profile.profile.link.one_way_latency_s
     check_invariants(first, latency, 24)
     assert first.records == run_one(path, seed=seed, timeline=True).records
+
+
+def test_split_inference_matches_its_closed_form(write_scenario) -> None:
+    split = {
+        "edge_fraction": 0.25,
+        "edge_forward_s": 0.2,
+        "edge_prefill_per_token_s": 0.001,
+        "hidden_state_bytes": 8192,
+    }
+    path = write_scenario(
+        policies=[{"name": "split"}],
+        profile_changes={**CONSTANT_COSTS, "split": split},
+        edge={"compute_factor": 0.5},
+        prompts={"count": 2, "prompt_len": 32, "max_new_tokens": 50},
+    )
+    scenario = expand_sweep(path)[0].scenario
+    profile = scenario.profile.profile
+    link = profile.link
+    per_token = (
+        0.25 * 0.2 / 0.5
+        + link.uplink_overhead_s
+        + (64 + 8192) * 8 / (link.uplink_mbps * 1e6)
+        + 2 * link.one_way_latency_s
+        + 0.75 * profile.target_latency.forward_base_s
+        + link.downlink_overhead_s
+        + (64 + 5) * 8 / (link.downlink_mbps * 1e6)
+    )
+    result = simulate(scenario, scenario.policies[0], seed=1)
+    for record in result.records:
+        assert record.tpt_s == pytest.approx(per_token, rel=1e-9)
+        assert record.drafted == record.navs == 0
+        assert record.uplink_messages == 50
+
+
+def test_split_inference_needs_the_profile_section(write_scenario) -> None:
+    path = write_scenario(policies=[{"name": "split"}])
+    with pytest.raises(ConfigError, match="split"):
+        expand_sweep(path)
