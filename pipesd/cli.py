@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -91,6 +92,27 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write OUT/timelines/*.csv: every draft, upload and cloud job (for Gantt plots)",
     )
+    run.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="simulations in parallel: local worker processes, or Ray CPUs (default: all cores)",
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in OUT: finished tasks are kept, not recomputed",
+    )
+    run.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="where simulations run: local processes, or a Ray cluster (extra 'ray')",
+    )
+    run.add_argument(
+        "--address", metavar="HOST:PORT", help="Ray cluster to join (default: start a local one)"
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar and no table")
     sub.add_parser("policies", help="list the policies and their parameters with defaults")
     return parser
@@ -141,8 +163,12 @@ def _print_summary(console: Console, rows: list[dict[str, Any]], axes: list[str]
 
 def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """`pipesd run`: expand, validate, simulate, write, print."""
+    from simulator.backends import make_backend
     from simulator.runner import plan_tasks, run_scenario
     from simulator.scenario import expand_sweep
+
+    if args.jobs < 1:
+        raise ConfigError("--jobs", "", f"must be at least 1 (got {args.jobs})")
 
     points = expand_sweep(args.scenario, args.overrides, args.sweep)
     points = _select_policies(points, args.policies)
@@ -167,14 +193,24 @@ def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     with progress:
         bar = progress.add_task("simulating", total=len(tasks), current="")
 
-        def done(task: Any, result: Any) -> None:
+        def done(task: Any) -> None:
             label = task.point.scenario.policies[task.policy_index].label
             progress.update(bar, advance=1, current=f"{label} seed {task.seed}")
 
-        rows = run_scenario(args.scenario, points, args.out, ["pipesd", *argv], done, args.timeline)
+        backend = make_backend(args.backend, min(args.jobs, len(tasks)), args.address)
+        rows = run_scenario(
+            args.scenario,
+            points,
+            args.out,
+            ["pipesd", *argv],
+            done,
+            args.timeline,
+            backend,
+            args.resume,
+        )
     if not args.quiet:
         _print_summary(console, rows, list(points[0].axes))
-        console.print(f"wrote {args.out}/summary.csv, results.csv, manifest.json")
+        console.print(f"wrote {args.out}/summary.csv, results.csv, edges.csv, manifest.json")
     return 0
 
 
@@ -204,7 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pipesd: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("pipesd: interrupted; rows already written are kept", file=sys.stderr)
+        print(
+            "pipesd: interrupted; finished simulations are kept: rerun with --resume",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
-from simulator.engine import SimResult
 from simulator.records import RequestRecord
 
 SUMMARY_METRICS = (
@@ -46,7 +46,18 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else math.nan
 
 
-def fleet_metrics(runs: Sequence[SimResult]) -> dict[str, float]:
+class RunFigures(Protocol):
+    """What whole-system metrics read from a finished run (a SimResult or a saved outcome)."""
+
+    records: list[RequestRecord]
+    cloud_busy_s: float
+    cloud_jobs: int
+    cloud_batches: int
+    edges: int
+    plan_throughput_tokens_per_s: float
+
+
+def fleet_metrics(runs: Sequence[RunFigures]) -> dict[str, float]:
     """Whole-system metrics, averaged over runs: aggregate throughput over the span from the
     first request's start to the last token, per-request TPT percentiles, cloud utilisation
     (busy time over that span) and the mean number of jobs per cloud service."""

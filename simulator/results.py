@@ -1,12 +1,11 @@
 """Result files: per-request rows, the summary table and the run manifest, written safely.
 
-Rows are appended and flushed as each simulation finishes, and the summary and manifest are
-replaced atomically, so an interrupted run keeps everything it had finished.
+Every file is replaced atomically (written beside, then renamed), so an interrupted run never
+leaves a half-written table.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -61,27 +60,3 @@ def write_table(path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any
 
 def _quote(text: str) -> str:
     return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\n') else text
-
-
-class RowAppender:
-    """Appends CSV rows to a file, writing the header once and flushing every batch."""
-
-    def __init__(self, path: Path, columns: Sequence[str]) -> None:
-        self.path = path
-        self.columns = list(columns)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = path.open("w", newline="")
-        self._writer = csv.writer(self._handle)
-        self._writer.writerow(self.columns)
-        self._handle.flush()
-
-    def append(self, rows: Iterable[dict[str, Any]]) -> None:
-        """Write rows and push them to disk."""
-        for row in rows:
-            self._writer.writerow([format_cell(row.get(c, "")) for c in self.columns])
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-
-    def close(self) -> None:
-        """Close the file."""
-        self._handle.close()

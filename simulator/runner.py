@@ -8,16 +8,19 @@ import importlib.metadata
 import json
 import math
 import platform
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from simulator.backends import Backend, InlineBackend
 from simulator.engine import SimResult, Span, simulate
+from simulator.errors import ConfigError
 from simulator.metrics import SUMMARY_METRICS, fleet_metrics, summarise
 from simulator.records import RECORD_FIELDS, RequestRecord
-from simulator.results import RowAppender, write_json, write_table
+from simulator.results import write_json, write_table
 from simulator.scenario import SweepPoint
 
 PACKAGES = ("pipesd-kit", "simpy", "numpy", "scipy", "scikit-optimize", "scikit-learn", "pydantic")
@@ -53,7 +56,7 @@ def plan_tasks(points: Sequence[SweepPoint]) -> list[Task]:
     ]
 
 
-def request_rows(task: Task, result: SimResult) -> list[dict[str, Any]]:
+def request_rows(task: Task, result: SimResult | TaskOutcome) -> list[dict[str, Any]]:
     """One results.csv row per request."""
     entry = task.point.scenario.policies[task.policy_index]
     rows = []
@@ -66,7 +69,7 @@ def request_rows(task: Task, result: SimResult) -> list[dict[str, Any]]:
     return rows
 
 
-def summary_rows(point: SweepPoint, results: dict[int, list[SimResult]]) -> list[dict[str, Any]]:
+def summary_rows(point: SweepPoint, results: dict[int, list[TaskOutcome]]) -> list[dict[str, Any]]:
     """One summary row per policy at a sweep point, with speedup vs the reference policy."""
     scenario = point.scenario
     rows = []
@@ -131,50 +134,225 @@ def manifest(
     }
 
 
+@dataclass
+class TaskOutcome:
+    """What a finished task leaves behind: its requests and whole-run figures (the fields
+    `fleet_metrics` reads), saved as one JSON part file so a sweep can resume."""
+
+    point: int
+    policy_index: int
+    seed: int
+    records: list[RequestRecord]
+    policy_state: dict[str, float]
+    cloud_busy_s: float
+    cloud_jobs: int
+    cloud_batches: int
+    edges: int
+    plan_throughput_tokens_per_s: float
+    timeline: list[Span] | None = None
+
+    @classmethod
+    def of(cls, task: Task, result: SimResult) -> TaskOutcome:
+        """The outcome of a simulation."""
+        return cls(
+            point=task.point.index,
+            policy_index=task.policy_index,
+            seed=task.seed,
+            records=result.records,
+            policy_state=result.policy_state,
+            cloud_busy_s=result.cloud_busy_s,
+            cloud_jobs=result.cloud_jobs,
+            cloud_batches=result.cloud_batches,
+            edges=result.edges,
+            plan_throughput_tokens_per_s=result.plan_throughput_tokens_per_s,
+            timeline=result.timeline,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data (the timeline is written separately)."""
+        data = asdict(self)
+        data.pop("timeline")
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TaskOutcome:
+        """Read back what `to_json` wrote."""
+        records = [RequestRecord(**r) for r in data.pop("records")]
+        return cls(records=records, **data)
+
+
+def task_id(task: Task) -> str:
+    """A file-name-safe identifier of a task."""
+    label = task.point.scenario.policies[task.policy_index].label
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
+    return f"p{task.point.index}_{task.policy_index}_{safe}_s{task.seed}"
+
+
+def execute(job: tuple[Task, bool]) -> TaskOutcome:
+    """Run one task (a top-level function, so worker processes and Ray can call it)."""
+    task, record_timeline = job
+    entry = task.point.scenario.policies[task.policy_index]
+    result = simulate(task.point.scenario, entry, task.seed, record_timeline)
+    return TaskOutcome.of(task, result)
+
+
+def fingerprint(points: Sequence[SweepPoint]) -> str:
+    """A hash of everything that decides a run's results: points, policies, seeds, profiles."""
+    content = [
+        {
+            "axes": {k: str(v) for k, v in p.axes.items()},
+            "raw": p.scenario.raw,
+            "profile": p.scenario.profile.sha256,
+        }
+        for p in points
+    ]
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class RunFolder:
+    """The output folder: part files per finished task, tables rebuilt from them atomically."""
+
+    def __init__(self, out_dir: Path, points: Sequence[SweepPoint]) -> None:
+        self.out_dir = out_dir
+        self.parts = out_dir / "parts"
+        self.points = points
+        self.axes = list(points[0].axes)
+
+    def prepare(self, resume: bool, run_fingerprint: str) -> None:
+        """Start afresh (clearing parts of an earlier run) or check a resumed run matches."""
+        manifest_path = self.out_dir / "manifest.json"
+        if resume:
+            try:
+                previous = json.loads(manifest_path.read_text())
+            except (OSError, json.JSONDecodeError):
+                raise ConfigError(
+                    "--resume", "", f"no readable {manifest_path} to resume from"
+                ) from None
+            if previous.get("fingerprint") != run_fingerprint:
+                raise ConfigError(
+                    "--resume",
+                    "",
+                    f"{self.out_dir} holds a run of a different scenario, profile or overrides "
+                    "(start a new --out)",
+                )
+        else:
+            shutil.rmtree(self.parts, ignore_errors=True)
+            shutil.rmtree(self.out_dir / "timelines", ignore_errors=True)
+        self.parts.mkdir(parents=True, exist_ok=True)
+
+    def done(self) -> set[str]:
+        """Identifiers of the tasks whose part files exist."""
+        return {p.stem for p in self.parts.glob("*.json")}
+
+    def save(self, task: Task, outcome: TaskOutcome) -> None:
+        """Write a finished task's part (and timeline) atomically."""
+        if outcome.timeline is not None:
+            rows = (span._asdict() for span in outcome.timeline)
+            name = f"timeline_{task_id(task)}.csv"
+            write_table(self.out_dir / "timelines" / name, list(Span._fields), rows)
+        write_json(self.parts / f"{task_id(task)}.json", outcome.to_json())
+
+    def load(self, task: Task) -> TaskOutcome:
+        """Read a finished task's part."""
+        return TaskOutcome.from_json(json.loads((self.parts / f"{task_id(task)}.json").read_text()))
+
+    def rebuild(self) -> list[dict[str, Any]]:
+        """Rewrite results.csv, edges.csv and summary.csv from the finished points."""
+        done = self.done()
+        request_table: list[dict[str, Any]] = []
+        edge_table: list[dict[str, Any]] = []
+        summary: list[dict[str, Any]] = []
+        for point in self.points:
+            tasks = plan_tasks([point])
+            if not all(task_id(t) in done for t in tasks):
+                continue
+            outcomes: dict[int, list[TaskOutcome]] = {}
+            for task in tasks:
+                outcome = self.load(task)
+                outcomes.setdefault(task.policy_index, []).append(outcome)
+                request_table.extend(request_rows(task, outcome))
+                edge_table.extend(edge_rows(task, outcome))
+            summary.extend(summary_rows(point, outcomes))
+        columns = ["point", *self.axes, "policy", "policy_name", "seed"]
+        write_table(
+            self.out_dir / "results.csv",
+            [*columns, *RECORD_FIELDS, "ttft_ms", "tpt_ms"],
+            request_table,
+        )
+        write_table(self.out_dir / "edges.csv", [*columns, *EDGE_COLUMNS], edge_table)
+        write_table(self.out_dir / "summary.csv", summary_columns(self.points), summary)
+        return summary
+
+
+EDGE_COLUMNS = ("edge", "requests", "new_tokens", "tpt_ms", "ttft_ms", "tokens_per_s", "navs")
+
+
+def edge_rows(task: Task, outcome: TaskOutcome) -> list[dict[str, Any]]:
+    """One edges.csv row per edge: its requests' tokens, token-weighted TPT, mean TTFT."""
+    entry = task.point.scenario.policies[task.policy_index]
+    by_edge: dict[int, list[RequestRecord]] = {}
+    for record in outcome.records:
+        by_edge.setdefault(record.edge, []).append(record)
+    rows = []
+    for edge, records in sorted(by_edge.items()):
+        metrics = summarise(records, 1)
+        row: dict[str, Any] = {"point": task.point.index, **task.point.axes}
+        row.update(policy=entry.label, policy_name=entry.name, seed=task.seed, edge=edge)
+        row.update(
+            requests=len(records),
+            new_tokens=sum(r.new_tokens for r in records),
+            tpt_ms=metrics["tpt_ms"],
+            ttft_ms=metrics["ttft_ms"],
+            tokens_per_s=metrics["tokens_per_s"],
+            navs=sum(r.navs for r in records),
+        )
+        rows.append(row)
+    return rows
+
+
 def run_scenario(
     scenario_path: Path,
     points: Sequence[SweepPoint],
     out_dir: Path,
     command: Sequence[str] = tuple(sys.argv),
-    on_task_done: Callable[[Task, SimResult], None] | None = None,
+    on_task_done: Callable[[Task], None] | None = None,
     record_timeline: bool = False,
+    backend: Backend | None = None,
+    resume: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run every task, writing results.csv as it goes; returns the summary rows."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Run every task not yet done, saving each as it finishes; returns the summary rows.
+
+    Tables are rebuilt whenever a sweep point completes, so an interrupted run keeps every
+    finished point and `resume=True` recomputes only the missing tasks.
+    """
+    folder = RunFolder(out_dir, points)
+    run_fingerprint = fingerprint(points)
+    folder.prepare(resume, run_fingerprint)
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    write_json(
-        out_dir / "manifest.json", manifest(scenario_path, points, command, "running", started)
-    )
-    axes = list(points[0].axes)
-    columns = ["point", *axes, "policy", "policy_name", "seed", *RECORD_FIELDS, "ttft_ms", "tpt_ms"]
-    appender = RowAppender(out_dir / "results.csv", columns)
-    summary_path = out_dir / "summary.csv"
-    sum_columns = summary_columns(points)
-    all_rows: list[dict[str, Any]] = []
-    try:
-        for point in points:
-            results: dict[int, list[SimResult]] = {}
-            for task in plan_tasks([point]):
-                entry = point.scenario.policies[task.policy_index]
-                result = simulate(point.scenario, entry, task.seed, record_timeline)
-                results.setdefault(task.policy_index, []).append(result)
-                appender.append(request_rows(task, result))
-                if record_timeline and result.timeline is not None:
-                    _write_timeline(out_dir, task, result)
-                if on_task_done is not None:
-                    on_task_done(task, result)
-            all_rows.extend(summary_rows(point, results))
-            write_table(summary_path, sum_columns, all_rows)
-    finally:
-        appender.close()
-    write_json(
-        out_dir / "manifest.json", manifest(scenario_path, points, command, "complete", started)
-    )
-    return all_rows
 
+    def write_manifest(status: str) -> None:
+        data = manifest(scenario_path, points, command, status, started)
+        data["fingerprint"] = run_fingerprint
+        write_json(out_dir / "manifest.json", data)
 
-def _write_timeline(out_dir: Path, task: Task, result: SimResult) -> None:
-    entry = task.point.scenario.policies[task.policy_index]
-    name = f"timeline_p{task.point.index}_{entry.label}_s{task.seed}.csv"
-    rows = (span._asdict() for span in result.timeline or [])
-    write_table(out_dir / "timelines" / name, list(Span._fields), rows)
+    write_manifest("running")
+    tasks = plan_tasks(points)
+    done = folder.done()
+    todo = [t for t in tasks if task_id(t) not in done]
+    if on_task_done is not None:
+        for task in tasks:
+            if task_id(task) in done:
+                on_task_done(task)
+    remaining = {p.index: sum(1 for t in todo if t.point.index == p.index) for p in points}
+    runner = backend or InlineBackend()
+    jobs = [(task, record_timeline) for task in todo]
+    for (task, _), outcome in runner.map_unordered(execute, jobs):
+        folder.save(task, outcome)
+        remaining[task.point.index] -= 1
+        if remaining[task.point.index] == 0:
+            folder.rebuild()
+        if on_task_done is not None:
+            on_task_done(task)
+    rows = folder.rebuild()
+    write_manifest("complete")
+    return rows
