@@ -1,0 +1,688 @@
+"""Fitters that turn calibration samples into the profile's latency, link and acceptance models.
+
+One shape throughout, after scikit-learn: a model is configured at construction (arguments
+checked there, messages naming the argument and its allowed values), `fit(X, y)` returns the
+fitted model, `predict(X)` answers. Every fit comes with a `FitReport` whose headline number is
+the held-out MAPE from deterministic k-fold cross-validation (goal: <= 5%).
+
+Latency and link models are affine with non-negative coefficients and intercept (a latency
+cannot shrink as work grows, nor start below zero): non-negative least squares on [1, x]
+columns (`scipy.optimize.nnls`). By default each sample's residual is divided by its measured
+value ("relative" weighting), so the fit minimises squared relative error: the quantity MAPE
+measures, and the right weighting for timing noise that scales with the time measured.
+
+Every failure raises ValueError (TypeError for a sample of the wrong kind) with a one-line
+message saying what is wrong: too few samples (and how many are needed), a feature that never
+varies (so its slope cannot be identified), features that vary together, a fitted value the
+profile schema forbids.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.optimize import nnls
+
+from calibrate.samples import (
+    AcceptanceSample,
+    DecodeSample,
+    ForwardSample,
+    PrefillSample,
+    TransferSample,
+)
+from simulator.profile import (
+    CalibratedAcceptance,
+    DraftLatency,
+    HistogramConfidence,
+    TableCurve,
+    TargetLatency,
+)
+
+DEFAULT_FOLDS = 5
+"""k of k-fold cross-validation (k = min(DEFAULT_FOLDS, n) for n samples)."""
+
+MAPE_GOAL = 0.05
+"""Fit-quality goal from the calibration issue: held-out MAPE <= 5%."""
+
+WEIGHTINGS = ("relative", "absolute")
+"""How AffineModel weighs residuals: divided by the measured y, or as they are."""
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics and reports
+# --------------------------------------------------------------------------------------------
+
+
+def mape(y_true: Sequence[float] | np.ndarray, y_pred: Sequence[float] | np.ndarray) -> float:
+    """Mean absolute percentage error, as a fraction: mean(|y_pred - y_true| / |y_true|).
+
+    0.05 means 5%. Every y_true must be non-zero (ValueError otherwise).
+    """
+    truth = np.asarray(y_true, dtype=float)
+    pred = np.asarray(y_pred, dtype=float)
+    if truth.shape != pred.shape or truth.ndim != 1 or truth.size == 0:
+        raise ValueError(
+            f"mape: y_true and y_pred must be equal-length, non-empty 1-D arrays "
+            f"(got shapes {truth.shape} and {pred.shape})"
+        )
+    zero = np.flatnonzero(truth == 0.0)
+    if zero.size:
+        raise ValueError(f"mape: y_true must be non-zero (sample {int(zero[0])} is 0)")
+    return float(np.mean(np.abs(pred - truth) / np.abs(truth)))
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """How well a fitted model predicts data it was not fitted on.
+
+    `mape_holdout` is the held-out mean absolute percentage error, as a fraction (0.05 = 5%):
+    the n samples are split into k = min(5, n) folds deterministically (sorted by their
+    features, sample of rank r goes to fold r mod k, so the folds do not depend on the order the
+    samples were given in and each spans the measured range); each fold is predicted by the
+    model refitted on the other k - 1 folds, and the mean of |predicted - measured| / measured
+    is taken over all n samples (pooled, not a mean of per-fold means). `mape_train` is the same
+    error of the model fitted on all samples, predicting those samples.
+
+    Acceptance models predict a probability of a binary outcome, for which MAPE means nothing:
+    their reports hold NaN in the MAPE fields and fill `brier_holdout` / `brier_train` (mean
+    squared difference between predicted probability and outcome 0/1; lower is better, 0.25
+    is a coin flip's score on balanced outcomes) and `calibration_error_holdout` (held-out
+    expected calibration error, an absolute probability: for each fold and each confidence
+    bin, |P(accept) of the table fitted on the other folds - acceptance rate observed in the
+    fold|, averaged with weights = the fold's samples in the bin, over all n samples). The
+    calibration error includes the sampling noise of the held-out folds, so it overstates the
+    table's error on few samples and shrinks as samples grow (about 0.03 at 5k samples and 0.01
+    at 50k with 10 bins).
+    """
+
+    n_samples: int
+    mape_holdout: float
+    mape_train: float
+    method: str
+    brier_holdout: float = math.nan
+    brier_train: float = math.nan
+    calibration_error_holdout: float = math.nan
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n_samples, bool) or not isinstance(self.n_samples, int | np.integer):
+            raise ValueError(
+                f"FitReport.n_samples must be an integer >= 1 (got {self.n_samples!r})"
+            )
+        if self.n_samples < 1:
+            raise ValueError(f"FitReport.n_samples must be an integer >= 1 (got {self.n_samples})")
+        for name in (
+            "mape_holdout",
+            "mape_train",
+            "brier_holdout",
+            "brier_train",
+            "calibration_error_holdout",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int | float | np.floating) or not (
+                math.isnan(value) or 0.0 <= value < math.inf
+            ):
+                raise ValueError(
+                    f"FitReport.{name} must be a finite number >= 0 or NaN (got {value!r})"
+                )
+        if not isinstance(self.method, str) or not self.method:
+            raise ValueError(f"FitReport.method must be a non-empty string (got {self.method!r})")
+
+    def passes(self, goal: float = MAPE_GOAL) -> bool:
+        """Whether the fit meets `goal`: held-out MAPE <= goal for latency and link models;
+        for acceptance models (MAPE NaN), held-out calibration error <= goal (absolute
+        probability). False when neither was measured."""
+        if isinstance(goal, bool) or not isinstance(goal, int | float) or not 0.0 < goal < math.inf:
+            raise ValueError(f"passes: goal must be a finite number > 0 (got {goal!r})")
+        if not math.isnan(self.mape_holdout):
+            return self.mape_holdout <= goal
+        if not math.isnan(self.calibration_error_holdout):
+            return self.calibration_error_holdout <= goal
+        return False
+
+    def note(self) -> str:
+        """One line for a profile's provenance notes."""
+        if not math.isnan(self.mape_holdout):
+            return (
+                f"held-out MAPE {100 * self.mape_holdout:.2f}% (train {100 * self.mape_train:.2f}%,"
+                f" {self.n_samples} samples; {self.method})"
+            )
+        return (
+            f"held-out Brier {self.brier_holdout:.4f}, calibration error "
+            f"{self.calibration_error_holdout:.4f} (train Brier {self.brier_train:.4f}, "
+            f"{self.n_samples} samples; {self.method})"
+        )
+
+
+def _folds(keys: np.ndarray, folds: int) -> tuple[np.ndarray, int]:
+    """Fold index per sample: samples sorted by the columns of `keys` (first column first),
+    rank r goes to fold r mod k, k = min(folds, n)."""
+    n = keys.shape[0]
+    k = min(folds, n)
+    order = np.lexsort(keys.T[::-1]) if keys.shape[1] else np.arange(n)
+    fold_of = np.empty(n, dtype=int)
+    fold_of[order] = np.arange(n) % k
+    return fold_of, k
+
+
+def _check_folds(folds: Any) -> int:
+    if isinstance(folds, bool) or not isinstance(folds, int | np.integer) or folds < 2:
+        raise ValueError(f"folds must be an integer >= 2 (got {folds!r})")
+    return int(folds)
+
+
+# --------------------------------------------------------------------------------------------
+# The affine model
+# --------------------------------------------------------------------------------------------
+
+
+class AffineModel:
+    """y = intercept_ + coef_ · x, fitted by (non-negative) weighted least squares.
+
+    Arguments (checked here, ValueError naming the argument otherwise):
+    - `feature_names`: one non-empty, distinct name per column of X (used in messages);
+      default a single feature "x".
+    - `weighting`: "relative" (default: residuals divided by y, i.e. least squared relative
+      error; every y must be > 0) or "absolute" (ordinary least squares).
+    - `nonnegative`: True (default) constrains intercept and coefficients to >= 0
+      (`scipy.optimize.nnls`); False fits them unconstrained (`numpy.linalg.lstsq`).
+
+    `fit` needs at least as many samples as parameters (features + 1), every feature must take
+    at least two distinct values, and no feature may be an affine combination of the others;
+    otherwise its slope is not identified and `fit` says which. After `fit`: `intercept_`
+    (float) and `coef_` (array, one per feature).
+    """
+
+    def __init__(
+        self,
+        feature_names: Sequence[str] = ("x",),
+        *,
+        weighting: str = "relative",
+        nonnegative: bool = True,
+    ) -> None:
+        if isinstance(feature_names, str) or not isinstance(feature_names, Sequence):
+            raise ValueError(
+                f"AffineModel: feature_names must be a sequence of strings (got {feature_names!r})"
+            )
+        names = tuple(feature_names)
+        if not names or not all(isinstance(n, str) and n for n in names):
+            raise ValueError(
+                f"AffineModel: feature_names must hold at least one non-empty string "
+                f"(got {feature_names!r})"
+            )
+        if len(set(names)) != len(names):
+            raise ValueError(f"AffineModel: feature_names must be distinct (got {names!r})")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(
+                f"AffineModel: weighting must be one of {', '.join(WEIGHTINGS)} (got {weighting!r})"
+            )
+        if not isinstance(nonnegative, bool | np.bool_):
+            raise ValueError(
+                f"AffineModel: nonnegative must be True or False (got {nonnegative!r})"
+            )
+        self.feature_names = names
+        self.weighting = weighting
+        self.nonnegative = bool(nonnegative)
+        self.intercept_: float | None = None
+        self.coef_: np.ndarray | None = None
+
+    def __repr__(self) -> str:
+        state = (
+            f", intercept_={self.intercept_!r}, coef_={self.coef_.tolist()!r}"
+            if self.coef_ is not None
+            else ""
+        )
+        return (
+            f"AffineModel(feature_names={self.feature_names!r}, weighting={self.weighting!r}, "
+            f"nonnegative={self.nonnegative!r}{state})"
+        )
+
+    @property
+    def n_features(self) -> int:
+        """Number of columns of X."""
+        return len(self.feature_names)
+
+    @property
+    def n_params(self) -> int:
+        """Number of fitted parameters: one slope per feature plus the intercept."""
+        return self.n_features + 1
+
+    def get_params(self) -> dict[str, Any]:
+        """The construction arguments."""
+        return {
+            "feature_names": self.feature_names,
+            "weighting": self.weighting,
+            "nonnegative": self.nonnegative,
+        }
+
+    def clone(self) -> AffineModel:
+        """An unfitted model with the same arguments."""
+        return AffineModel(**self.get_params())
+
+    @property
+    def method(self) -> str:
+        """How the model is fitted, in words (for reports)."""
+        solver = "nnls" if self.nonnegative else "lstsq"
+        return f"affine {solver}, {self.weighting} weights"
+
+    def _design(self, X: Any) -> np.ndarray:
+        """X as a finite (n, n_features) float array."""
+        array = np.asarray(X, dtype=float)
+        if array.ndim == 1 and self.n_features == 1:
+            array = array.reshape(-1, 1)
+        if array.ndim != 2 or array.shape[1] != self.n_features:
+            raise ValueError(
+                f"X must have shape (n, {self.n_features}) for features "
+                f"{', '.join(self.feature_names)} (got shape {array.shape})"
+            )
+        bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
+        if bad.size:
+            raise ValueError(f"X must be finite (sample {int(bad[0])} is not)")
+        return array
+
+    def _target(self, y: Any, n: int) -> np.ndarray:
+        """y as a finite length-n float array (> 0 under relative weighting)."""
+        values = np.asarray(y, dtype=float)
+        if values.shape != (n,):
+            raise ValueError(f"y must have shape ({n},) to match X (got shape {values.shape})")
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            raise ValueError(f"y must be finite (sample {int(bad[0])} is {values[bad[0]]})")
+        if self.weighting == "relative":
+            bad = np.flatnonzero(values <= 0.0)
+            if bad.size:
+                raise ValueError(
+                    f"y must be > 0 with relative weighting (sample {int(bad[0])} is "
+                    f"{values[bad[0]]})"
+                )
+        return values
+
+    def _check_identifiable(self, X: np.ndarray) -> None:
+        """ValueError naming a feature whose slope the samples cannot determine."""
+        n = X.shape[0]
+        if n < self.n_params:
+            raise ValueError(
+                f"needs at least {self.n_params} samples to fit {self.n_params} parameters "
+                f"(intercept and a slope for {', '.join(self.feature_names)}) (got {n})"
+            )
+        for j, name in enumerate(self.feature_names):
+            if np.all(X[:, j] == X[0, j]):
+                raise ValueError(
+                    f"every sample has {name} = {X[0, j]:g}: its slope cannot be identified "
+                    f"(needs at least 2 distinct {name} values)"
+                )
+        design = _scaled(np.column_stack([np.ones(n), X]))
+        rank = np.linalg.matrix_rank(design)
+        if rank < self.n_params:
+            involved = [
+                name
+                for j, name in enumerate(self.feature_names)
+                if np.linalg.matrix_rank(np.delete(design, j + 1, axis=1)) == rank
+            ]
+            raise ValueError(
+                f"{', '.join(involved)} vary together (an affine combination of one another "
+                f"across the samples): their slopes cannot be separated; vary them independently"
+            )
+
+    def _solve(self, X: np.ndarray, y: np.ndarray) -> AffineModel:
+        """Fit without the identifiability checks (used on cross-validation folds)."""
+        design = np.column_stack([np.ones(X.shape[0]), X])
+        weights = 1.0 / y if self.weighting == "relative" else np.ones_like(y)
+        design = design * weights[:, None]
+        target = y * weights
+        scale = np.max(np.abs(design), axis=0)
+        scale[scale == 0.0] = 1.0
+        if self.nonnegative:
+            solution, _ = nnls(design / scale, target)
+        else:
+            solution = np.linalg.lstsq(design / scale, target, rcond=None)[0]
+        params = solution / scale
+        self.intercept_ = float(params[0])
+        self.coef_ = params[1:].astype(float)
+        return self
+
+    def fit(self, X: Any, y: Any) -> AffineModel:
+        """Fit to samples X (n, n_features; 1-D allowed for one feature) and y (n,); returns
+        self, fitted."""
+        design = self._design(X)
+        target = self._target(y, design.shape[0])
+        self._check_identifiable(design)
+        return self._solve(design, target)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """intercept_ + X @ coef_ for X of shape (n, n_features) (1-D for one feature)."""
+        if self.coef_ is None or self.intercept_ is None:
+            raise ValueError("AffineModel is not fitted: call fit(X, y) first")
+        return self.intercept_ + self._design(X) @ self.coef_
+
+
+def _scaled(design: np.ndarray) -> np.ndarray:
+    """Columns divided by their largest magnitude (for rank decisions independent of units)."""
+    scale = np.max(np.abs(design), axis=0)
+    scale[scale == 0.0] = 1.0
+    return design / scale
+
+
+def cross_validate(model: AffineModel, X: Any, y: Any, folds: int = DEFAULT_FOLDS) -> FitReport:
+    """The FitReport of `model`'s arguments on (X, y): held-out MAPE from k-fold
+    cross-validation, k = min(folds, n), and training MAPE of the fit on all samples.
+
+    `model` is used as a template (its arguments); it is not modified. Folds are fitted
+    without identifiability checks: a training fold that happens not to identify a slope still
+    gets NNLS's solution, and the held-out error shows what that costs.
+    """
+    folds = _check_folds(folds)
+    template = model.clone()
+    design = template._design(X)
+    target = template._target(y, design.shape[0])
+    n = design.shape[0]
+    if n < 2:
+        raise ValueError(f"cross-validation needs at least 2 samples (got {n})")
+    full = template.clone().fit(design, target)
+    fold_of, k = _folds(design, folds)
+    held_out = np.empty(n)
+    for fold in range(k):
+        test = fold_of == fold
+        part = template.clone()._solve(design[~test], target[~test])
+        held_out[test] = part.predict(design[test])
+    return FitReport(
+        n_samples=n,
+        mape_holdout=mape(target, held_out),
+        mape_train=mape(target, full.predict(design)),
+        method=f"{template.method}, {k}-fold CV",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Profile fitters
+# --------------------------------------------------------------------------------------------
+
+
+def _samples(what: str, samples: Any, kind: type) -> list:
+    """`samples` as a list, every item a `kind` (TypeError otherwise)."""
+    if isinstance(samples, str | bytes) or not isinstance(samples, Sequence):
+        raise TypeError(
+            f"{what}: expected a sequence of {kind.__name__} (got {type(samples).__name__})"
+        )
+    items = list(samples)
+    for i, item in enumerate(items):
+        if not isinstance(item, kind):
+            raise TypeError(
+                f"{what}: sample {i} is a {type(item).__name__}, expected {kind.__name__}"
+            )
+    return items
+
+
+def _require(what: str, n: int, need: int, params: str) -> None:
+    if n < need:
+        raise ValueError(
+            f"{what}: needs at least {need} samples (got {n}): {need - 1} parameters "
+            f"({params}) plus one so that every cross-validation fold can be fitted"
+        )
+
+
+def _require_spread(what: str, values: np.ndarray, field: str, param: str) -> None:
+    if np.all(values == values[0]):
+        raise ValueError(
+            f"{what}: every sample has {field} = {values[0]:g}, so {param} cannot be "
+            f"identified (needs at least 2 distinct {field} values)"
+        )
+
+
+def _affine(
+    what: str,
+    intercept: str,
+    features: Sequence[tuple[str, np.ndarray, np.ndarray, str]],
+    y: np.ndarray,
+) -> tuple[AffineModel, FitReport]:
+    """Fit `intercept` + one slope per feature, with the checks and messages of the profile
+    fitters. Each feature is (sample field, its values, the model column, slope parameter)."""
+    params = [intercept, *(param for *_, param in features)]
+    _require(what, y.size, len(params) + 1, ", ".join(params))
+    for field, values, _, param in features:
+        _require_spread(what, values, field, param)
+    bad = np.flatnonzero(y <= 0.0)
+    if bad.size:
+        raise ValueError(f"{what}: seconds must be > 0 to fit (sample {int(bad[0])} has 0)")
+    X = np.column_stack([column for _, _, column, _ in features])
+    model = AffineModel(tuple(field for field, *_ in features))
+    try:
+        model.fit(X, y)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
+    return model, cross_validate(model, X, y)
+
+
+def _feature(field: str, values: Sequence[float], param: str, offset: float = 0.0) -> tuple:
+    """A feature for `_affine`: the model column is values - offset."""
+    raw = np.asarray(values, dtype=float)
+    return (field, raw, raw - offset, param)
+
+
+ZERO_RELATIVE = 1e-9
+"""A fitted base time below this fraction of the largest measured time counts as 0."""
+
+
+def _positive(what: str, name: str, value: float | None, y: np.ndarray, hint: str) -> float:
+    """`value`, or ValueError if it is 0 (to numerical precision) where the schema needs > 0."""
+    value = value or 0.0
+    if value <= ZERO_RELATIVE * float(np.max(y)):
+        raise ValueError(
+            f"{what}: the fit gives {name} = {value:.3g}, i.e. 0, but the profile schema needs "
+            f"> 0 ({hint})"
+        )
+    return value
+
+
+def fit_draft_latency(
+    prefill: Sequence[PrefillSample], decode: Sequence[DecodeSample]
+) -> tuple[DraftLatency, dict[str, FitReport]]:
+    """The draft latency model and the report of each part ("prefill", "decode").
+
+    prefill(L) = prefill_base_s + prefill_per_token_s * L from the prefill samples;
+    decode(ctx) = decode_base_s + decode_per_context_token_s * ctx from the decode samples.
+    Each part needs >= 3 samples with at least 2 distinct lengths; decode_base_s must come out
+    > 0 (the schema's rule).
+    """
+    pre = _samples("fit_draft_latency: prefill", prefill, PrefillSample)
+    dec = _samples("fit_draft_latency: decode", decode, DecodeSample)
+    pre_model, pre_report = _affine(
+        "fit_draft_latency: prefill",
+        "prefill_base_s",
+        [_feature("prompt_len", [s.prompt_len for s in pre], "prefill_per_token_s")],
+        np.array([s.seconds for s in pre], dtype=float),
+    )
+    dec_y = np.array([s.seconds for s in dec], dtype=float)
+    dec_model, dec_report = _affine(
+        "fit_draft_latency: decode",
+        "decode_base_s",
+        [_feature("context_len", [s.context_len for s in dec], "decode_per_context_token_s")],
+        dec_y,
+    )
+    assert pre_model.coef_ is not None and dec_model.coef_ is not None
+    latency = DraftLatency(
+        prefill_base_s=pre_model.intercept_,
+        prefill_per_token_s=float(pre_model.coef_[0]),
+        decode_base_s=_positive(
+            "fit_draft_latency: decode",
+            "decode_base_s",
+            dec_model.intercept_,
+            dec_y,
+            "decode time extrapolates to <= 0 at context 0; measure shorter contexts or check "
+            "the samples",
+        ),
+        decode_per_context_token_s=float(dec_model.coef_[0]),
+    )
+    return latency, {"prefill": pre_report, "decode": dec_report}
+
+
+def fit_target_latency(
+    prefill: Sequence[PrefillSample], forward: Sequence[ForwardSample]
+) -> tuple[TargetLatency, dict[str, FitReport]]:
+    """The target latency model and the report of each part ("prefill", "forward").
+
+    prefill(L) = prefill_base_s + prefill_per_token_s * L from the prefill samples;
+    forward = forward_base_s + forward_per_token_s * new_positions
+    + forward_per_context_token_s * context_len + forward_per_extra_sequence_s * (batch - 1)
+    from the forward samples (positions and context summed over the batch). The forward part
+    needs >= 5 samples in which positions, context and batch each take 2+ values and vary
+    independently; forward_base_s must come out > 0 (the schema's rule).
+    """
+    pre = _samples("fit_target_latency: prefill", prefill, PrefillSample)
+    fwd = _samples("fit_target_latency: forward", forward, ForwardSample)
+    pre_model, pre_report = _affine(
+        "fit_target_latency: prefill",
+        "prefill_base_s",
+        [_feature("prompt_len", [s.prompt_len for s in pre], "prefill_per_token_s")],
+        np.array([s.seconds for s in pre], dtype=float),
+    )
+    fwd_y = np.array([s.seconds for s in fwd], dtype=float)
+    fwd_model, fwd_report = _affine(
+        "fit_target_latency: forward",
+        "forward_base_s",
+        [
+            _feature("new_positions", [s.new_positions for s in fwd], "forward_per_token_s"),
+            _feature("context_len", [s.context_len for s in fwd], "forward_per_context_token_s"),
+            _feature("batch", [s.batch for s in fwd], "forward_per_extra_sequence_s", offset=1.0),
+        ],
+        fwd_y,
+    )
+    assert pre_model.coef_ is not None and fwd_model.coef_ is not None
+    latency = TargetLatency(
+        prefill_base_s=pre_model.intercept_,
+        prefill_per_token_s=float(pre_model.coef_[0]),
+        forward_base_s=_positive(
+            "fit_target_latency: forward",
+            "forward_base_s",
+            fwd_model.intercept_,
+            fwd_y,
+            "forward time extrapolates to <= 0 for an empty pass; check the samples",
+        ),
+        forward_per_token_s=float(fwd_model.coef_[0]),
+        forward_per_context_token_s=float(fwd_model.coef_[1]),
+        forward_per_extra_sequence_s=float(fwd_model.coef_[2]),
+    )
+    return latency, {"prefill": pre_report, "forward": fwd_report}
+
+
+def fit_link(samples: Sequence[TransferSample]) -> tuple[float, float, FitReport]:
+    """(overhead_s, megabits_per_s, report) of one link direction.
+
+    time = overhead_s + n_bytes * 8 / (megabits_per_s * 1e6): the intercept is the per-message
+    overhead, the slope the per-byte cost. Needs >= 3 samples with at least 2 distinct sizes;
+    transfer time must grow with size (else the bandwidth is unbounded and ValueError says so).
+    """
+    items = _samples("fit_link", samples, TransferSample)
+    sizes = np.array([s.n_bytes for s in items], dtype=float)
+    times = np.array([s.seconds for s in items], dtype=float)
+    model, report = _affine(
+        "fit_link", "overhead_s", [_feature("n_bytes", sizes, "seconds_per_byte")], times
+    )
+    assert model.coef_ is not None and model.intercept_ is not None
+    per_byte = float(model.coef_[0])
+    if per_byte * np.max(sizes) <= ZERO_RELATIVE * np.max(times):
+        raise ValueError(
+            "fit_link: transfer time does not grow with n_bytes (fitted per-byte cost 0), so "
+            "the bandwidth cannot be estimated; measure larger transfers"
+        )
+    return model.intercept_, 8.0 / (per_byte * 1e6), report
+
+
+# --------------------------------------------------------------------------------------------
+# Acceptance
+# --------------------------------------------------------------------------------------------
+
+
+def _bin_index(edges: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    """Bin of each confidence, the rule `simulator.acceptance.accept_probability` uses
+    (left-closed bins; 1.0 falls in the last)."""
+    return np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, len(edges) - 2)
+
+
+def _table(index: np.ndarray, accepted: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """(counts per bin, P(accept) per bin); an empty bin gets the overall acceptance rate."""
+    counts = np.bincount(index, minlength=bins).astype(float)
+    hits = np.bincount(index, weights=accepted.astype(float), minlength=bins)
+    overall = float(accepted.mean())
+    rates = np.divide(hits, counts, out=np.full(bins, overall), where=counts > 0)
+    return counts, rates
+
+
+def fit_acceptance(
+    samples: Sequence[AcceptanceSample], bins: int = 10
+) -> tuple[CalibratedAcceptance, FitReport]:
+    """A calibrated acceptance model from (confidence, accepted) samples, and its report.
+
+    `bins` equal-width bins over [0, 1] (edges i / bins; left-closed, 1.0 in the last bin, as
+    the simulator looks them up). The confidence distribution is a histogram whose weights are
+    the sample counts per bin (the simulator draws uniformly within a bin). P(accept | c) is a
+    table: the observed acceptance rate of each bin; a bin without samples gets the overall
+    acceptance rate (the best guess with no local evidence; its histogram weight is 0, so the
+    simulator never draws from it).
+
+    The report's MAPE fields are NaN (meaningless for binary outcomes): it holds the held-out
+    and training Brier scores and the held-out expected calibration error (see FitReport),
+    from k = min(5, n) deterministic folds over the samples sorted by confidence; `passes()`
+    compares the calibration error with its goal. Needs >= 2 samples; `bins` an integer >= 1.
+    """
+    if isinstance(bins, bool) or not isinstance(bins, int | np.integer) or bins < 1:
+        raise ValueError(f"fit_acceptance: bins must be an integer >= 1 (got {bins!r})")
+    bins = int(bins)
+    items = _samples("fit_acceptance", samples, AcceptanceSample)
+    n = len(items)
+    if n < 2:
+        raise ValueError(
+            f"fit_acceptance: needs at least 2 samples (got {n}) so that the fit can be "
+            f"checked on held-out samples"
+        )
+    confidence = np.array([s.confidence for s in items], dtype=float)
+    accepted = np.array([s.accepted for s in items], dtype=bool)
+    edges = np.array([i / bins for i in range(bins + 1)])
+    index = _bin_index(edges, confidence)
+    counts, rates = _table(index, accepted, bins)
+
+    outcome = accepted.astype(float)
+    fold_of, k = _folds(confidence.reshape(-1, 1), DEFAULT_FOLDS)
+    held_out = np.empty(n)
+    calibration = 0.0
+    for fold in range(k):
+        test = fold_of == fold
+        _, fold_rates = _table(index[~test], accepted[~test], bins)
+        held_out[test] = fold_rates[index[test]]
+        test_counts, test_rates = _table(index[test], accepted[test], bins)
+        calibration += float(np.sum(test_counts * np.abs(fold_rates - test_rates)))
+    report = FitReport(
+        n_samples=n,
+        mape_holdout=math.nan,
+        mape_train=math.nan,
+        method=f"binned P(accept | confidence), {bins} bins, {k}-fold CV",
+        brier_holdout=float(np.mean((held_out - outcome) ** 2)),
+        brier_train=float(np.mean((rates[index] - outcome) ** 2)),
+        calibration_error_holdout=calibration / n,
+    )
+    model = CalibratedAcceptance(
+        kind="calibrated",
+        confidence=HistogramConfidence(
+            kind="histogram", edges=edges.tolist(), weights=counts.tolist()
+        ),
+        p_accept=TableCurve(kind="table", edges=edges.tolist(), values=rates.tolist()),
+    )
+    return model, report
+
+
+__all__ = [
+    "DEFAULT_FOLDS",
+    "MAPE_GOAL",
+    "WEIGHTINGS",
+    "AffineModel",
+    "FitReport",
+    "cross_validate",
+    "fit_acceptance",
+    "fit_draft_latency",
+    "fit_link",
+    "fit_target_latency",
+    "mape",
+]
