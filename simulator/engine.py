@@ -902,12 +902,20 @@ def simulate(
     payload = payload_for(profile.payload, model.payload)
     edges = []
     policy_states = []
+    acceptance_models: dict[int, AcceptanceModel] = {}
     for spec in specs:
+        own = spec.profile.profile
+        if own is not profile and id(own) not in acceptance_models:
+            spec_dir = spec.profile.path.parent
+            acceptance_models[id(own)] = AcceptanceModel(
+                model.acceptance or own.acceptance,
+                scenario.base_dir if model.acceptance else spec_dir,
+            )
         config = EdgeConfig(
-            draft=profile.draft_latency,
+            draft=own.draft_latency,
             target=profile.target_latency,
-            power=profile.power,
-            payload=payload,
+            power=own.power,
+            payload=payload if own is profile else payload_for(own.payload, model.payload),
             compute_factor=spec.compute_factor,
             max_draft_tokens=model.edge.max_draft_tokens,
             prompt_len=model.prompts.prompt_len,
@@ -917,7 +925,7 @@ def simulate(
             edge=spec.index,
             start_s=spec.start_s,
             arrivals=spec.arrivals,
-            split=profile.split,
+            split=own.split,
         )
         params = entry.params
         if plan is not None:
@@ -926,7 +934,8 @@ def simulate(
         policy_states.append(policy)
         uplink = Channel(spec.uplink, spec.uplink_overhead_s, spec.one_way_latency_s)
         downlink = Channel(spec.downlink, spec.downlink_overhead_s, spec.one_way_latency_s)
-        edges.append(Edge(env, config, policy, cloud, uplink, downlink, acceptance, timeline))
+        edge_acceptance = acceptance if own is profile else acceptance_models[id(own)]
+        edges.append(Edge(env, config, policy, cloud, uplink, downlink, edge_acceptance, timeline))
     env.run(until=env.all_of([edge.process for edge in edges]))
     session = SessionStats()
     for edge in edges:

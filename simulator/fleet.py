@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from simulator.link import Bandwidth, ConstantBandwidth, TraceBandwidth
+from simulator.profile import LoadedProfile
 from simulator.scenario import EdgeGroup, Scenario
 
 
@@ -21,6 +22,7 @@ class EdgeSpec:
 
     index: int
     group: str
+    profile: LoadedProfile
     compute_factor: float
     uplink: Bandwidth
     downlink: Bandwidth
@@ -40,7 +42,9 @@ class _Links:
         self.scenario = scenario
         self._traces: dict[str, TraceBandwidth] = {}
 
-    def bandwidth(self, direction: str, group: EdgeGroup | None) -> Bandwidth:
+    def bandwidth(
+        self, direction: str, group: EdgeGroup | None, profile: LoadedProfile
+    ) -> Bandwidth:
         link = self.scenario.model.link
         trace = getattr(group, f"{direction}_trace", None) or getattr(link, f"{direction}_trace")
         if trace is not None:
@@ -50,15 +54,15 @@ class _Links:
             return self._traces[trace]
         mbps = getattr(group, f"{direction}_mbps", None) or getattr(link, f"{direction}_mbps")
         if mbps is None:
-            mbps = getattr(self.scenario.profile.profile.link, f"{direction}_mbps")
+            mbps = getattr(profile.profile.link, f"{direction}_mbps")
         return ConstantBandwidth(mbps)
 
-    def value(self, name: str, group: EdgeGroup | None = None) -> float:
+    def value(self, name: str, profile: LoadedProfile, group: EdgeGroup | None = None) -> float:
         grouped = getattr(group, name, None) if group is not None else None
         if grouped is not None:
             return grouped
         value = getattr(self.scenario.model.link, name)
-        return getattr(self.scenario.profile.profile.link, name) if value is None else value
+        return getattr(profile.profile.link, name) if value is None else value
 
 
 def edge_specs(scenario: Scenario, seed: int) -> list[EdgeSpec]:
@@ -66,16 +70,18 @@ def edge_specs(scenario: Scenario, seed: int) -> list[EdgeSpec]:
     model = scenario.model
     links = _Links(scenario)
     if not model.edge_groups:
+        profile = scenario.profile
         return [
             EdgeSpec(
                 index=0,
                 group="",
+                profile=profile,
                 compute_factor=model.edge.compute_factor,
-                uplink=links.bandwidth("uplink", None),
-                downlink=links.bandwidth("downlink", None),
-                one_way_latency_s=links.value("one_way_latency_s"),
-                uplink_overhead_s=links.value("uplink_overhead_s"),
-                downlink_overhead_s=links.value("downlink_overhead_s"),
+                uplink=links.bandwidth("uplink", None, profile),
+                downlink=links.bandwidth("downlink", None, profile),
+                one_way_latency_s=links.value("one_way_latency_s", profile),
+                uplink_overhead_s=links.value("uplink_overhead_s", profile),
+                downlink_overhead_s=links.value("downlink_overhead_s", profile),
                 requests=model.prompts.count,
                 start_s=0.0,
                 arrivals=None,
@@ -84,6 +90,7 @@ def edge_specs(scenario: Scenario, seed: int) -> list[EdgeSpec]:
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xED6E]))
     specs: list[EdgeSpec] = []
     for number, group in enumerate(model.edge_groups):
+        profile = scenario.edge_profile(number)
         base_factor = group.compute_factor or model.edge.compute_factor
         requests = group.requests or model.prompts.count
         for _ in range(group.count):
@@ -98,12 +105,13 @@ def edge_specs(scenario: Scenario, seed: int) -> list[EdgeSpec]:
                 EdgeSpec(
                     index=len(specs),
                     group=group.label or f"group{number}",
+                    profile=profile,
                     compute_factor=float(factor),
-                    uplink=links.bandwidth("uplink", group),
-                    downlink=links.bandwidth("downlink", group),
-                    one_way_latency_s=links.value("one_way_latency_s", group),
-                    uplink_overhead_s=links.value("uplink_overhead_s"),
-                    downlink_overhead_s=links.value("downlink_overhead_s"),
+                    uplink=links.bandwidth("uplink", group, profile),
+                    downlink=links.bandwidth("downlink", group, profile),
+                    one_way_latency_s=links.value("one_way_latency_s", profile, group),
+                    uplink_overhead_s=links.value("uplink_overhead_s", profile),
+                    downlink_overhead_s=links.value("downlink_overhead_s", profile),
                     requests=requests,
                     start_s=start,
                     arrivals=arrivals,

@@ -107,7 +107,12 @@ def manifest(
     """Everything needed to reproduce a run: scenario, profile and hash, seeds, versions."""
     first = points[0].scenario
     scenario_bytes = scenario_path.read_bytes()
-    profiles = {str(p.scenario.profile.path): p.scenario.profile.sha256 for p in points}
+    profiles = {
+        str(loaded.path): loaded.sha256
+        for p in points
+        for loaded in (p.scenario.profile, *p.scenario.group_profiles)
+        if loaded is not None
+    }
     return {
         "status": status,
         "started": started,
@@ -203,6 +208,7 @@ def fingerprint(points: Sequence[SweepPoint]) -> str:
             "axes": {k: str(v) for k, v in p.axes.items()},
             "raw": p.scenario.raw,
             "profile": p.scenario.profile.sha256,
+            "group_profiles": [g.sha256 if g else None for g in p.scenario.group_profiles],
         }
         for p in points
     ]

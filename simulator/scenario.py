@@ -88,13 +88,16 @@ class CloudSection(Strict):
 class EdgeGroup(Strict):
     """`count` edges alike; unset fields fall back to [edge], [link] and [prompts].
 
-    `compute_spread` draws each edge's compute factor uniformly in factor x (1 +- spread);
+    `profile` gives the group its own draft model, power, payload sizes, acceptance and link
+    defaults (the cloud keeps the scenario's target model); `compute_spread` draws each edge's
+    compute factor uniformly in factor x (1 +- spread);
     `arrival = "poisson"` makes requests arrive at `rate_per_s` per edge (open loop) instead of
     back to back; `start_spread_s` staggers the edges' first requests uniformly over that span.
     """
 
     label: str = ""
     count: int = Field(1, ge=1, le=100_000)
+    profile: str | None = Field(None, description="this group's own profile (draft, power, link)")
     compute_factor: float | None = Field(None, gt=0.0, le=100.0, allow_inf_nan=False)
     compute_spread: float = Field(0.0, ge=0.0, lt=1.0)
     uplink_mbps: float | None = Field(None, gt=0.0, allow_inf_nan=False)
@@ -143,6 +146,13 @@ class Scenario:
     profile: LoadedProfile
     path: Path
     raw: dict[str, Any]
+    group_profiles: tuple[LoadedProfile | None, ...] = ()
+    """Each `[[edge_groups]]` entry's own profile, or None where it uses the scenario's."""
+
+    def edge_profile(self, group: int | None) -> LoadedProfile:
+        """The profile of an edge group (None: the single default edge)."""
+        own = self.group_profiles[group] if group is not None else None
+        return own or self.profile
 
     @property
     def base_dir(self) -> Path:
@@ -253,6 +263,12 @@ def validate_scenario(raw: dict[str, Any], path: Path) -> Scenario:
             f"{model.reference_policy!r} is not a policy label here (allowed: {', '.join(labels)})",
         )
     profile = load_profile(_named_file(path, "profile", model.profile, "profile"))
+    group_profiles = tuple(
+        load_profile(_named_file(path, f"edge_groups[{i}].profile", g.profile, "profile"))
+        if g.profile
+        else None
+        for i, g in enumerate(model.edge_groups)
+    )
     # traces are read here as well as by the engine, so a bad one fails before anything runs
     for field in ("uplink_trace", "downlink_trace"):
         trace = getattr(model.link, field)
@@ -280,25 +296,42 @@ def validate_scenario(raw: dict[str, Any], path: Path) -> Scenario:
     )
     if isinstance(acceptance, ReplayAcceptance):
         ReplayTraces.load(_named_file(owner, "acceptance.trace", acceptance.trace, "trace"))
-    _check_policy_needs(path, policies, model, profile)
-    return Scenario(model=model, policies=policies, profile=profile, path=path, raw=raw)
+    for i, own in enumerate(group_profiles):
+        own_acceptance = own.profile.acceptance if own else None
+        if model.acceptance is None and isinstance(own_acceptance, ReplayAcceptance):
+            assert own is not None
+            field = f"edge_groups[{i}].profile: acceptance.trace"
+            ReplayTraces.load(_named_file(own.path, field, own_acceptance.trace, "trace"))
+    _check_policy_needs(path, policies, model, profile, group_profiles)
+    return Scenario(
+        model=model,
+        policies=policies,
+        profile=profile,
+        path=path,
+        raw=raw,
+        group_profiles=group_profiles,
+    )
 
 
 def _check_policy_needs(
-    path: Path, policies: tuple[PolicyEntry, ...], model: ScenarioModel, profile: LoadedProfile
+    path: Path,
+    policies: tuple[PolicyEntry, ...],
+    model: ScenarioModel,
+    profile: LoadedProfile,
+    group_profiles: tuple[LoadedProfile | None, ...],
 ) -> None:
     """Policies that need more than the basics: split inference a profile `split` section,
     DiP-SD an i.i.d. acceptance model (its optimiser's assumption)."""
-    acceptance = model.acceptance or profile.profile.acceptance
+    used = [profile, *(p for p in group_profiles if p is not None)]
     for entry in policies:
-        if entry.name == "split" and profile.profile.split is None:
-            raise ConfigError(
-                profile.path, "split", f"policy {entry.label!r} needs this section in the profile"
-            )
-        if entry.name == "dipsd" and not isinstance(acceptance, IIDAcceptance):
-            raise ConfigError(
-                path, "acceptance.kind", f"policy {entry.label!r} needs the 'iid' acceptance model"
-            )
+        for loaded in used:
+            acceptance = model.acceptance or loaded.profile.acceptance
+            if entry.name == "split" and loaded.profile.split is None:
+                problem = f"policy {entry.label!r} needs this section in the profile"
+                raise ConfigError(loaded.path, "split", problem)
+            if entry.name == "dipsd" and not isinstance(acceptance, IIDAcceptance):
+                problem = f"policy {entry.label!r} needs the 'iid' acceptance model"
+                raise ConfigError(path, "acceptance.kind", problem)
 
 
 def _named_file(owner: Path, field: str, relative: str, what: str) -> Path:

@@ -38,6 +38,11 @@ EXPECTED_MAPE = NOISE * math.sqrt(2 / math.pi)
 """Mean |relative error| of 2% Gaussian noise: what a correct model's held-out MAPE is near."""
 
 LENGTHS = np.unique(np.geomspace(1, 4096, 60).round().astype(int))
+"""Prompt/context lengths of the noise-free samples."""
+NOISY_LENGTHS = np.geomspace(16, 4096, 200).round().astype(int)
+"""Lengths of the noisy samples: more of them, repeats allowed (measurements repeat)."""
+MAPE_REL = 0.3
+"""A correct fit's held-out MAPE lies within 30% of EXPECTED_MAPE (checked over 200 seeds)."""
 FAST = settings(max_examples=40, deadline=None)
 
 
@@ -271,13 +276,14 @@ def test_fit_report_checks_and_passes() -> None:
 
 
 def draft_samples(lat: DraftLatency, seed: int | None = None):
-    pre = np.array([lat.prefill_s(n) for n in LENGTHS])
-    dec = np.array([lat.decode_s(n) for n in LENGTHS])
+    lengths = LENGTHS if seed is None else NOISY_LENGTHS
+    pre = np.array([lat.prefill_s(n) for n in lengths])
+    dec = np.array([lat.decode_s(n) for n in lengths])
     if seed is not None:
         pre, dec = noisy(pre, seed), noisy(dec, seed + 1)
     return (
-        [PrefillSample(n, t) for n, t in zip(LENGTHS, pre, strict=True)],
-        [DecodeSample(n, t) for n, t in zip(LENGTHS, dec, strict=True)],
+        [PrefillSample(n, t) for n, t in zip(lengths, pre, strict=True)],
+        [DecodeSample(n, t) for n, t in zip(lengths, dec, strict=True)],
     )
 
 
@@ -300,14 +306,14 @@ def test_draft_latency_from_noisy_samples() -> None:
         prefill_base_s=0.02,
         prefill_per_token_s=2e-4,
         decode_base_s=0.03,
-        decode_per_context_token_s=2e-6,
+        decode_per_context_token_s=1e-5,
     )
     latency, reports = fit_draft_latency(*draft_samples(truth, seed=11))
     assert_close(latency.model_dump(), truth.model_dump(), rel=0.05)
     for report in reports.values():
         assert report.passes()
-        assert report.mape_holdout == pytest.approx(EXPECTED_MAPE, rel=0.35)
-        assert report.n_samples == LENGTHS.size
+        assert report.mape_holdout == pytest.approx(EXPECTED_MAPE, rel=MAPE_REL)
+        assert report.n_samples == NOISY_LENGTHS.size
 
 
 def test_draft_latency_says_what_is_wrong() -> None:
@@ -354,20 +360,23 @@ def test_target_latency_from_noisy_samples() -> None:
         prefill_per_token_s=5e-5,
         forward_base_s=0.015,
         forward_per_token_s=1e-4,
-        forward_per_context_token_s=2e-7,
-        forward_per_extra_sequence_s=5e-4,
+        forward_per_context_token_s=1e-6,
+        forward_per_extra_sequence_s=1e-3,
     )
     prefill = [
         PrefillSample(n, t)
         for n, t in zip(
-            LENGTHS, noisy(np.array([truth.prefill_s(n) for n in LENGTHS]), 5), strict=True
+            NOISY_LENGTHS,
+            noisy(np.array([truth.prefill_s(n) for n in NOISY_LENGTHS]), 5),
+            strict=True,
         )
     ]
-    latency, reports = fit_target_latency(prefill, forward_samples(truth, seed=7))
+    forward = forward_samples(truth, seed=7) + forward_samples(truth, seed=8)  # two repeats
+    latency, reports = fit_target_latency(prefill, forward)
     assert_close(latency.model_dump(), truth.model_dump(), rel=0.05)
     for report in reports.values():
         assert report.passes()
-        assert report.mape_holdout == pytest.approx(EXPECTED_MAPE, rel=0.35)
+        assert report.mape_holdout == pytest.approx(EXPECTED_MAPE, rel=MAPE_REL)
 
 
 def test_target_latency_says_what_is_wrong() -> None:
@@ -391,6 +400,7 @@ def test_target_latency_says_what_is_wrong() -> None:
 # --------------------------------------------------------------------------------------------
 
 SIZES = np.unique(np.geomspace(16, 4e6, 40).round().astype(int))
+NOISY_SIZES = np.geomspace(100, 4e6, 200).round().astype(int)
 
 
 @FAST
@@ -404,14 +414,14 @@ def test_link_recovers_noise_free_parameters(overhead_s: float, megabits_per_s: 
 
 
 def test_link_from_noisy_samples() -> None:
-    times = noisy(0.004 + SIZES * 8 / (80e6), seed=21)
+    times = noisy(0.004 + NOISY_SIZES * 8 / (80e6), seed=21)
     overhead, mbps, report = fit_link(
-        [TransferSample(n, t) for n, t in zip(SIZES, times, strict=True)]
+        [TransferSample(n, t) for n, t in zip(NOISY_SIZES, times, strict=True)]
     )
     assert overhead == pytest.approx(0.004, rel=0.05)
     assert mbps == pytest.approx(80.0, rel=0.05)
     assert report.passes()
-    assert report.mape_holdout == pytest.approx(EXPECTED_MAPE, rel=0.35)
+    assert report.mape_holdout == pytest.approx(EXPECTED_MAPE, rel=MAPE_REL)
 
 
 def test_link_says_what_is_wrong() -> None:

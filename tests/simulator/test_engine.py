@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import pytest
@@ -332,3 +333,24 @@ def test_split_inference_needs_the_profile_section(write_scenario) -> None:
     path = write_scenario(policies=[{"name": "split"}])
     with pytest.raises(ConfigError, match="split"):
         expand_sweep(path)
+
+
+def test_an_edge_group_can_bring_its_own_profile(write_scenario, tmp_path: Path) -> None:
+    path = write_scenario(
+        policies=[{"name": "vanilla"}],
+        edge_groups=[
+            {"count": 2, "label": "fast"},
+            {"count": 2, "label": "slow", "profile": "slow.json"},
+        ],
+        prompts={"count": 2, "prompt_len": 16, "max_new_tokens": 32},
+    )
+    profile = json.loads((tmp_path / "profile.json").read_text())
+    profile["draft_latency"]["decode_base_s"] *= 4
+    (tmp_path / "slow.json").write_text(json.dumps(profile))
+    scenario = expand_sweep(path)[0].scenario
+    result = simulate(scenario, scenario.policies[0], seed=1)
+    drafting = {"fast": 0.0, "slow": 0.0}
+    for record in result.records:
+        group = "fast" if record.edge < 2 else "slow"
+        drafting[group] += record.edge_busy_s / max(record.drafted, 1)
+    assert drafting["slow"] > 2.5 * drafting["fast"]
