@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from calibrate.cli import add_parser as add_calibrate_parser
+from calibrate.cli import run as run_calibrate
 from figures.cli import add_parser as add_figures_parser
 from figures.cli import run as run_figures
 from simulator.errors import ConfigError
@@ -118,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar and no table")
     sub.add_parser("policies", help="list the policies and their parameters with defaults")
     add_figures_parser(sub)
+    add_calibrate_parser(sub)
     return parser
 
 
@@ -240,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return command_run(args, argv)
         if args.command == "figures":
             return run_figures(args)
+        if args.command == "calibrate":
+            return run_calibrate(args, argv)
         return command_policies()
     except ConfigError as exc:
         print(f"pipesd: error: {exc}", file=sys.stderr)

