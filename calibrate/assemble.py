@@ -143,9 +143,11 @@ def assemble(name: str, parts: list[Part], base: LoadedProfile, command: str) ->
     sections = {m.split(".")[0] for m in measured}
     for field in ("draft_latency", "target_latency", "power", "link", "acceptance", "payload"):
         if field not in sections:
-            inherited = {k: v for k, v in base_notes.items() if k.split(".")[0] == field}
             notes[field] = f"NOT MEASURED: taken from base profile {base.path.name}"
-            notes.update({k: f"from {base.path.name}: {v}" for k, v in inherited.items()})
+    for key, note in base_notes.items():
+        covered = any(key == m or key.startswith(m + ".") for m in measured)
+        if not covered and key not in notes:
+            notes[key] = f"NOT MEASURED, from {base.path.name}: {note}"
     data["name"] = name
     data["schema_version"] = SCHEMA_VERSION
     data["provenance"] = {

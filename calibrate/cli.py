@@ -53,6 +53,31 @@ def add_parser(subparsers: Any) -> None:
     draft = sub.add_parser("draft", help="edge draft model on the CPU (llama.cpp)")
     _draft_arguments(draft)
     draft.add_argument("--out", type=Path, required=True, help="part file to write (JSON)")
+    target = sub.add_parser("target", help="cloud target model (PyTorch, cuda or cpu)")
+    target.add_argument(
+        "--model",
+        required=True,
+        help="a named shape with random weights (see calibrate/shapes.py, e.g. Llama-2-7B), "
+        "or a local Hugging Face model folder",
+    )
+    target.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
+    target.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
+    target.add_argument("--token-counts", type=_ints, default=[1, 2, 4, 8, 16, 32, 64])
+    target.add_argument("--batch-sizes", type=_ints, default=[1, 2, 4, 8, 16, 32])
+    target.add_argument("--context-lengths", type=_ints, default=[128, 512, 1024])
+    target.add_argument("--prompt-lengths", type=_ints, default=[64, 256, 1024])
+    target.add_argument("--repetitions", type=int, default=5)
+    target.add_argument("--warmup", type=int, default=2)
+    target.add_argument("--out", type=Path, required=True, help="part file to write (JSON)")
+    power = sub.add_parser("power", help="edge CPU package power: RAPL, else a declared model")
+    power.add_argument(
+        "--package-watts",
+        type=float,
+        help="the CPU package's rated power, used (with measured utilisation) without RAPL",
+    )
+    power.add_argument("--seconds", type=float, default=2.0, help="length of each window")
+    power.add_argument("--threads", type=int, help="busy threads while measuring (default all)")
+    power.add_argument("--out", type=Path, required=True, help="part file to write (JSON)")
     profile = sub.add_parser("profile", help="assemble a profile from part files")
     profile.add_argument("parts", nargs="+", type=Path, help="part files (calibrate draft, ...)")
     profile.add_argument("--name", required=True, help="the profile's name")
@@ -152,5 +177,100 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
-MEASURE = {"draft": measure_draft}
+def _target_model(args: argparse.Namespace) -> tuple[Any, str]:
+    """A local Hugging Face folder, or a named shape with random weights."""
+    import torch
+
+    from calibrate.shapes import SHAPES, build_random_model, get_shape
+
+    dtype = getattr(torch, args.dtype)
+    folder = Path(args.model)
+    if folder.is_dir():
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        return model.to(args.device).eval(), folder.name
+    try:
+        name = next(key for key, shape in SHAPES.items() if shape is get_shape(args.model))
+        return build_random_model(name, dtype, args.device), name
+    except (ValueError, MemoryError) as exc:
+        raise ConfigError("--model", "", str(exc)) from None
+
+
+def measure_target(args: argparse.Namespace, say: Callable[[str], None], command: str) -> Any:
+    """Profile the target model; GPU energy and idle power when a meter is present."""
+    from calibrate.assemble import new_part
+    from calibrate.target import fit_measurements, profile_target
+
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--device", "cuda", "no CUDA device here (use --device cpu)")
+    model, name = _target_model(args)
+    try:
+        measured = profile_target(
+            model,
+            args.device,
+            token_counts=args.token_counts,
+            batch_sizes=args.batch_sizes,
+            context_lengths=args.context_lengths,
+            prompt_lengths=args.prompt_lengths,
+            repetitions=args.repetitions,
+            warmup=args.warmup,
+            progress=say,
+            model_name=name,
+        )
+        latency, reports = fit_measurements(measured)
+    except ValueError as exc:
+        raise ConfigError("calibrate target", "", str(exc)) from None
+    values: dict[str, Any] = {
+        "target_latency": latency.model_dump(),
+        "models.target": {"name": name, "parameters_b": 0.0, "quantisation": measured.dtype},
+    }
+    notes = {
+        "target_latency": (
+            f"measured on {measured.device_name} ({measured.device}, {measured.dtype}, "
+            f"torch {measured.torch_version}), tokens {args.token_counts}, batches "
+            f"{args.batch_sizes}, contexts {args.context_lengths}, {args.repetitions} repetitions"
+        ),
+    }
+    active_w = measured.mean_active_w()
+    if active_w is not None:
+        values["power.gpu_active_w"] = active_w
+        notes["power.gpu_active_w"] = f"energy over verification windows: {measured.energy_method}"
+    else:
+        notes["power.gpu_active_w"] = f"not measured: {measured.energy_unavailable}"
+    if measured.idle_w is not None:
+        values["power.gpu_idle_w"] = measured.idle_w
+        notes["power.gpu_idle_w"] = f"measured: {measured.idle_method}"
+    samples = {
+        "prefill": [s.to_row() for s in measured.prefill],
+        "forward": [s.to_row() for s in measured.forward],
+    }
+    versions = {
+        "torch": measured.torch_version,
+        "transformers": measured.transformers_version,
+        "nvidia-ml-py": _version("nvidia-ml-py"),
+    }
+    return new_part("target", values, notes, reports, samples, versions, command)
+
+
+def measure_power(args: argparse.Namespace, say: Callable[[str], None], command: str) -> Any:
+    """Edge busy and idle package power."""
+    from calibrate.assemble import new_part
+    from calibrate.power import PowerUnavailable, edge_power
+
+    try:
+        power = edge_power(args.package_watts, args.seconds, args.threads)
+    except PowerUnavailable as exc:
+        raise ConfigError("calibrate power", "", str(exc)) from None
+    except ValueError as exc:
+        raise ConfigError("--package-watts", "", str(exc)) from None
+    values = {"power.edge_busy_w": power.busy_w, "power.edge_idle_w": power.idle_w}
+    notes = {"power.edge_busy_w": power.method, "power.edge_idle_w": power.method}
+    return new_part("power", values, notes, {}, {}, {}, command)
+
+
+MEASURE = {"draft": measure_draft, "target": measure_target, "power": measure_power}
 """Subcommands that measure one part."""

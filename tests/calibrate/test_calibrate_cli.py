@@ -52,3 +52,34 @@ def test_bad_draft_arguments_exit_2(argv: list[str], expected: str, tmp_path: Pa
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert expected in err and len(err.splitlines()) == 1
+
+
+def test_target_and_power_parts_assemble(tmp_path: Path) -> None:
+    pytest.importorskip("torch", reason="torch (extra 'models') is not installed")
+    target, power = tmp_path / "target.json", tmp_path / "power.json"
+    argv = ["calibrate", "target", "--model", "tiny", "--device", "cpu", "--dtype", "float32",
+            "--token-counts", "1,4", "--batch-sizes", "1,2", "--context-lengths", "16,32",
+            "--prompt-lengths", "8,16,32", "--repetitions", "2", "--warmup", "1",
+            "--out", str(target)]  # fmt: skip
+    assert main(argv) == 0
+    assert main(["calibrate", "power", "--package-watts", "28", "--seconds", "0.2",
+                 "--out", str(power)]) == 0  # fmt: skip
+    out = tmp_path / "profile.json"
+    argv = ["calibrate", "profile", str(target), str(power), "--name", "cpu", "--base", str(BASE),
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    profile = load_profile(out).profile
+    assert profile.target_latency.forward_base_s > 0
+    assert profile.power.edge_busy_w == 28.0
+    assert profile.provenance.notes["draft_latency"].startswith("NOT MEASURED")
+
+
+def test_cuda_or_missing_meters_give_one_line_errors(tmp_path: Path, capsys) -> None:
+    torch = pytest.importorskip("torch", reason="torch (extra 'models') is not installed")
+    if not torch.cuda.is_available():
+        code = main(["calibrate", "target", "--model", "tiny", "--device", "cuda",
+                     "--out", str(tmp_path / "t.json")])  # fmt: skip
+        assert code == 2 and "no CUDA device" in capsys.readouterr().err
+    if not Path("/sys/class/powercap").exists():
+        assert main(["calibrate", "power", "--out", str(tmp_path / "p.json")]) == 2
+        assert "--package-watts" in capsys.readouterr().err

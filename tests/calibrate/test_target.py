@@ -1,0 +1,244 @@
+"""Target profiler on the "tiny" random model (CPU), and the papers' model shapes."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from calibrate.fit import fit_target_latency  # noqa: E402
+from calibrate.power import NvmlEnergyMeter, PowerUnavailable  # noqa: E402
+from calibrate.samples import ForwardSample, PrefillSample  # noqa: E402
+from calibrate.shapes import (  # noqa: E402
+    SHAPES,
+    build_config,
+    build_random_model,
+    get_shape,
+    has_qwen3,
+)
+from calibrate.target import TargetMeasurements, profile_target  # noqa: E402
+from simulator.profile import TargetLatency  # noqa: E402
+
+TOKENS = (1, 4)
+BATCHES = (1, 2)
+CONTEXTS = (16, 32)
+PROMPTS = (8, 16, 32)
+REPETITIONS = 2
+
+PUBLISHED_BILLIONS = {
+    "TinyLlama-1.1B": 1.10,
+    "DeepSeek-Coder-1.3B": 1.35,
+    "DeepSeek-Coder-6.7B": 6.74,
+    "Llama-2-7B": 6.74,
+    "Qwen3-0.6B": 0.60,
+    "Qwen3-1.7B": 1.72,
+    "Qwen3-32B": 32.8,
+    "Llama-3.1-70B": 70.6,
+}
+"""Published parameter counts (billions), which the shapes must reproduce to 1%."""
+
+
+class FakeMeter:
+    """A meter whose counter advances by a fixed amount per reading (for the energy window)."""
+
+    def __init__(self, joules_per_read: float) -> None:
+        self.step = joules_per_read
+        self.total = 0.0
+
+    def read_j(self) -> float:
+        self.total += self.step
+        return self.total
+
+    def name(self) -> str:
+        return "fake meter"
+
+
+@pytest.fixture(scope="module")
+def tiny() -> object:
+    return build_random_model("tiny", torch.float32, "cpu", seed=0)
+
+
+@pytest.fixture(scope="module")
+def measured(tiny: object) -> TargetMeasurements:
+    return profile_target(
+        tiny,
+        "cpu",
+        token_counts=TOKENS,
+        batch_sizes=BATCHES,
+        context_lengths=CONTEXTS,
+        prompt_lengths=PROMPTS,
+        repetitions=REPETITIONS,
+        warmup=1,
+        energy_meter=NvmlEnergyMeter,
+    )
+
+
+def test_tiny_profile_has_every_configuration(measured: TargetMeasurements) -> None:
+    assert len(measured.prefill) == len(PROMPTS) * REPETITIONS
+    assert len(measured.forward) == len(TOKENS) * len(BATCHES) * len(CONTEXTS) * REPETITIONS
+    assert all(isinstance(s, PrefillSample) and s.seconds > 0 for s in measured.prefill)
+    assert all(isinstance(s, ForwardSample) and s.seconds > 0 for s in measured.forward)
+    assert len(measured.runs) == len(TOKENS) * len(BATCHES) * len(CONTEXTS)
+    assert set(measured.prefill_stats) == set(PROMPTS)
+
+
+def test_forward_samples_sum_positions_and_context_over_the_batch(
+    measured: TargetMeasurements,
+) -> None:
+    expected = {(n * b, c * b, b) for n in TOKENS for b in BATCHES for c in CONTEXTS}
+    seen = {(s.new_positions, s.context_len, s.batch) for s in measured.forward}
+    assert seen == expected
+
+
+def test_fit_on_tiny_gives_a_valid_target_latency(measured: TargetMeasurements) -> None:
+    latency, reports = fit_target_latency(measured.prefill, measured.forward)
+    assert isinstance(latency, TargetLatency)
+    assert latency.forward_base_s > 0
+    TargetLatency.model_validate(latency.model_dump())
+    assert set(reports) == {"prefill", "forward"}
+    assert reports["forward"].n_samples == len(measured.forward)
+    assert measured.fit()[0] == latency
+
+
+def test_nvml_absent_leaves_energy_none_with_the_reason(measured: TargetMeasurements) -> None:
+    try:
+        NvmlEnergyMeter().close()
+    except PowerUnavailable:
+        pass
+    else:
+        pytest.skip("NVML works here (a GPU machine)")
+    assert measured.energy_method is None
+    assert measured.energy_unavailable is not None
+    assert measured.energy_unavailable.startswith("NVML: ")
+    assert measured.idle_w is None
+    assert measured.idle_unavailable == measured.energy_unavailable
+    assert all(r.energy_j is None for r in measured.runs)
+    assert any("energy: not measured (NVML: " in line for line in measured.lines())
+
+
+def test_provenance_fields(measured: TargetMeasurements) -> None:
+    assert measured.device == "cpu"
+    assert measured.device_name
+    assert measured.dtype == "float32"
+    assert measured.model_name == "random:tiny"
+    assert measured.shape["layers"] == 2
+    assert measured.shape["hidden"] == 64
+    assert measured.torch_version == torch.__version__
+    assert measured.transformers_version
+
+
+def test_energy_is_integrated_over_a_window(tiny: object) -> None:
+    meter = FakeMeter(joules_per_read=0.5)
+    result = profile_target(
+        tiny,
+        "cpu",
+        token_counts=(1,),
+        batch_sizes=(1,),
+        context_lengths=(8,),
+        prompt_lengths=(8,),
+        repetitions=1,
+        warmup=0,
+        energy_meter=meter,
+        min_window_s=0.02,
+        idle_window_s=0.01,
+    )
+    (run,) = result.runs
+    assert result.energy_method is not None and "fake meter" in result.energy_method
+    assert run.window_s is not None and run.window_s >= 0.02
+    assert run.window_count is not None and run.window_count >= 1
+    assert run.energy_j == pytest.approx(0.5 / run.window_count)  # one step over the window
+    assert result.idle_w is not None and result.idle_w > 0
+    assert result.energy_per_verification() == [(1, 1, 8, run.energy_j)]
+
+
+def test_energy_meter_none_switches_energy_off(tiny: object) -> None:
+    result = profile_target(
+        tiny,
+        "cpu",
+        token_counts=(1,),
+        batch_sizes=(1,),
+        context_lengths=(8,),
+        prompt_lengths=(8,),
+        repetitions=1,
+        warmup=0,
+        energy_meter=None,
+    )
+    assert result.energy_method is None
+    assert "switched off" in (result.energy_unavailable or "")
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "match"),
+    [
+        ("token_counts", (), "must not be empty"),
+        ("batch_sizes", (0,), "integer >= 1"),
+        ("context_lengths", (8, 8), "repeated"),
+        ("repetitions", 0, "repetitions"),
+        ("context_lengths", (100_000,), "max_position_embeddings"),
+    ],
+)
+def test_bad_arguments_are_named(tiny: object, argument: str, value: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        profile_target(tiny, "cpu", **{argument: value})
+
+
+def test_random_model_is_seeded_and_in_eval_mode() -> None:
+    a = build_random_model("tiny", torch.float32, "cpu", seed=3)
+    b = build_random_model("tiny", torch.float32, "cpu", seed=3)
+    c = build_random_model("tiny", torch.float32, "cpu", seed=4)
+    pairs_ab = zip(a.parameters(), b.parameters(), strict=True)
+    pairs_ac = zip(a.parameters(), c.parameters(), strict=True)
+    assert all(torch.equal(x, y) for x, y in pairs_ab)
+    assert not all(torch.equal(x, y) for x, y in pairs_ac)
+    assert not a.training
+    assert {p.dtype for p in a.parameters()} == {torch.float32}
+    bf16 = build_random_model("tiny", torch.bfloat16, "cpu", seed=3)
+    assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+
+
+def test_building_does_not_touch_the_global_random_state() -> None:
+    torch.manual_seed(99)
+    expected = torch.rand(3)
+    torch.manual_seed(99)
+    build_random_model("tiny", torch.float32, "cpu", seed=0)
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_every_shape_builds_its_config(name: str) -> None:
+    shape = SHAPES[name]
+    config = build_config(name)
+    assert config.num_hidden_layers == shape.layers
+    assert config.hidden_size == shape.hidden
+    assert config.intermediate_size == shape.intermediate
+    assert config.num_attention_heads == shape.heads
+    assert config.num_key_value_heads == shape.kv_heads
+    assert config.head_dim == shape.attention_head_dim
+    assert config.vocab_size == shape.vocab
+    assert config.tie_word_embeddings == shape.tie_word_embeddings
+    expected_type = "qwen3" if shape.family == "qwen3" and has_qwen3() else "llama"
+    assert config.model_type == expected_type
+    if name in PUBLISHED_BILLIONS:
+        billions = shape.parameter_count() / 1e9
+        assert billions == pytest.approx(PUBLISHED_BILLIONS[name], rel=0.01)
+
+
+def test_tiny_shape_parameter_count_matches_the_built_model(tiny: object) -> None:
+    assert sum(p.numel() for p in tiny.parameters()) == get_shape("tiny").parameter_count()
+
+
+def test_unknown_shape_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="known shapes: tiny"):
+        get_shape("GPT-5")
+    assert get_shape("tinyllama-1.1b") is SHAPES["TinyLlama-1.1B"]
+
+
+def test_too_big_a_model_is_refused_before_allocating() -> None:
+    from calibrate.shapes import _available_bytes
+
+    free = _available_bytes(torch.device("cpu"))
+    if free is None or free > 150 * 2**30:
+        pytest.skip("this machine could hold Llama-3.1-70B in bf16 (or its memory is unknown)")
+    with pytest.raises(MemoryError, match=r"Llama-3\.1-70B needs"):
+        build_random_model("Llama-3.1-70B", torch.bfloat16, "cpu")
