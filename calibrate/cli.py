@@ -78,6 +78,28 @@ def add_parser(subparsers: Any) -> None:
     power.add_argument("--seconds", type=float, default=2.0, help="length of each window")
     power.add_argument("--threads", type=int, help="busy threads while measuring (default all)")
     power.add_argument("--out", type=Path, required=True, help="part file to write (JSON)")
+    every = sub.add_parser(
+        "all", help="draft, target and power in one go, assembled into a profile"
+    )
+    every.add_argument("--draft", required=True, help="draft GGUF file, or smollm2-135m")
+    every.add_argument("--threads", type=int, required=True, help="draft CPU threads")
+    every.add_argument("--draft-prompt-lengths", type=_ints, default=[32, 128, 512])
+    every.add_argument("--draft-context-lengths", type=_ints, default=[64, 256, 1024])
+    every.add_argument("--target", required=True, help="named shape or local HF folder")
+    every.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
+    every.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
+    every.add_argument("--token-counts", type=_ints, default=[1, 2, 4, 8, 16, 32, 64])
+    every.add_argument("--batch-sizes", type=_ints, default=[1, 2, 4, 8, 16, 32])
+    every.add_argument("--target-context-lengths", type=_ints, default=[128, 512, 1024])
+    every.add_argument("--target-prompt-lengths", type=_ints, default=[64, 256, 1024])
+    every.add_argument("--package-watts", type=float, help="edge package power without RAPL")
+    every.add_argument("--repetitions", type=int, default=5)
+    every.add_argument("--warmup", type=int, default=2)
+    every.add_argument("--name", required=True, help="the profile's name")
+    every.add_argument("--base", type=Path, default=DEFAULT_BASE, help="profile for the rest")
+    every.add_argument(
+        "--out", type=Path, required=True, help="profile to write; parts go to OUT.parts/"
+    )
     profile = sub.add_parser("profile", help="assemble a profile from part files")
     profile.add_argument("parts", nargs="+", type=Path, help="part files (calibrate draft, ...)")
     profile.add_argument("--name", required=True, help="the profile's name")
@@ -163,6 +185,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     def say(message: str) -> None:
         console.print(f"[dim]{message}[/dim]")
 
+    if args.part == "all":
+        return calibrate_all(args, command, console)
     if args.part == "profile":
         parts = [load_part(p) for p in args.parts]
         profile = assemble(args.name, parts, load_profile(args.base), command)
@@ -273,4 +297,55 @@ def measure_power(args: argparse.Namespace, say: Callable[[str], None], command:
 
 
 MEASURE = {"draft": measure_draft, "target": measure_target, "power": measure_power}
+
+
+def calibrate_all(args: argparse.Namespace, command: str, console: Any) -> int:
+    """Every part with a progress bar, each saved as it finishes, then the profile."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from calibrate.assemble import assemble, save_part, write_profile
+    from simulator.profile import load_profile
+
+    common = {"repetitions": args.repetitions, "warmup": args.warmup}
+    steps = {
+        "draft": argparse.Namespace(
+            model=args.draft,
+            threads=args.threads,
+            prompt_lengths=args.draft_prompt_lengths,
+            context_lengths=args.draft_context_lengths,
+            **common,
+        ),
+        "target": argparse.Namespace(
+            model=args.target,
+            device=args.device,
+            dtype=args.dtype,
+            token_counts=args.token_counts,
+            batch_sizes=args.batch_sizes,
+            context_lengths=args.target_context_lengths,
+            prompt_lengths=args.target_prompt_lengths,
+            **common,
+        ),
+        "power": argparse.Namespace(package_watts=args.package_watts, seconds=2.0, threads=None),
+    }
+    base = load_profile(args.base)
+    parts_dir = args.out.with_suffix(".parts")
+    parts = []
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("calibrating", total=len(steps))
+        for kind, step_args in steps.items():
+            progress.update(bar, description=f"calibrating {kind}")
+
+            def say(message: str, kind: str = kind) -> None:
+                progress.update(bar, description=f"{kind}: {message}")
+
+            part = MEASURE[kind](step_args, say, command)
+            save_part(part, parts_dir / f"{kind}.json")
+            parts.append(part)
+            progress.advance(bar)
+    write_profile(assemble(args.name, parts, base, command), args.out)
+    print(f"wrote {args.out} (parts in {parts_dir})")
+    return 0
+
+
 """Subcommands that measure one part."""

@@ -83,3 +83,25 @@ def test_cuda_or_missing_meters_give_one_line_errors(tmp_path: Path, capsys) -> 
     if not Path("/sys/class/powercap").exists():
         assert main(["calibrate", "power", "--out", str(tmp_path / "p.json")]) == 2
         assert "--package-watts" in capsys.readouterr().err
+
+
+def test_calibrate_all_writes_parts_and_profile(tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python (extra 'models') is not installed")
+    pytest.importorskip("torch", reason="torch (extra 'models') is not installed")
+    out = tmp_path / "all.json"
+    argv = ["calibrate", "all", "--draft", "smollm2-135m", "--threads", "1",
+            "--draft-prompt-lengths", "8,16,32", "--draft-context-lengths", "16,32",
+            "--target", "tiny", "--device", "cpu", "--dtype", "float32", "--token-counts", "1,4",
+            "--batch-sizes", "1,2", "--target-context-lengths", "16,32",
+            "--target-prompt-lengths", "8,16,32", "--package-watts", "15", "--repetitions", "2",
+            "--warmup", "1", "--name", "all", "--base", str(BASE), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert sorted(p.name for p in (tmp_path / "all.parts").iterdir()) == [
+        "draft.json",
+        "power.json",
+        "target.json",
+    ]
+    profile = load_profile(out).profile
+    source = profile.provenance.source
+    assert "draft_latency" in source and "target_latency" in source
+    assert profile.power.edge_busy_w == 15.0
