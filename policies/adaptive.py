@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from policies.base import Decision, Policy, RequestStart, VerifyOutcome
+from policies.base import Decision, VerifyOutcome
+from policies.baselines import StopAndWait
 from policies.params import PolicyParams
 
 
@@ -16,29 +17,21 @@ class PMinParams(PolicyParams):
     draft_max: int = Field(16, ge=1, le=256, description="most tokens per draft")
 
 
-class PMin(Policy):
+class PMin(StopAndWait):
     """llama.cpp: stop drafting when the draft's top-1 probability falls below p_min.
 
     As in llama.cpp, the low-confidence token itself is not kept (VERIFY_DROP_LAST).
     """
 
     def __init__(self, params: PMinParams, seed: int) -> None:
+        super().__init__()
         self.params = params
-        self._drafted = 0
 
-    def start_request(self, event: RequestStart) -> None:
-        self._drafted = 0
-
-    def on_draft(self, confidence: float, draft_time_s: float, pending: bool) -> Decision:
-        self._drafted += 1
+    def decide(self, confidence: float, drafted: int) -> Decision:
         if confidence < self.params.p_min:
             return Decision.VERIFY_DROP_LAST
-        if self._drafted >= self.params.draft_max:
+        if drafted >= self.params.draft_max:
             return Decision.VERIFY
-        return Decision.CONTINUE
-
-    def on_result(self, outcome: VerifyOutcome) -> Decision:
-        self._drafted = 0
         return Decision.CONTINUE
 
 
@@ -52,7 +45,7 @@ class HFHeuristicParams(PolicyParams):
     max_draft_len: int = Field(64, ge=1, le=256, description="cap on the adaptive length")
 
 
-class HFHeuristic(Policy):
+class HFHeuristic(StopAndWait):
     """Draft length +2 when all scheduled tokens were accepted, -1 (not below 1) otherwise.
 
     Drafting also stops after a token whose probability is below the confidence threshold
@@ -61,18 +54,12 @@ class HFHeuristic(Policy):
     """
 
     def __init__(self, params: HFHeuristicParams, seed: int) -> None:
+        super().__init__()
         self.params = params
         self.num_assistant_tokens = params.num_assistant_tokens
-        self._drafted = 0
 
-    def start_request(self, event: RequestStart) -> None:
-        self._drafted = 0
-
-    def on_draft(self, confidence: float, draft_time_s: float, pending: bool) -> Decision:
-        self._drafted += 1
-        if confidence < self.params.confidence_threshold:
-            return Decision.VERIFY
-        if self._drafted >= self.num_assistant_tokens:
+    def decide(self, confidence: float, drafted: int) -> Decision:
+        if confidence < self.params.confidence_threshold or drafted >= self.num_assistant_tokens:
             return Decision.VERIFY
         return Decision.CONTINUE
 
@@ -83,8 +70,7 @@ class HFHeuristic(Policy):
             )
         else:
             self.num_assistant_tokens = max(1, self.num_assistant_tokens - 1)
-        self._drafted = 0
-        return Decision.CONTINUE
+        return super().on_result(outcome)
 
     def state(self) -> dict[str, float]:
         return {"num_assistant_tokens": float(self.num_assistant_tokens)}

@@ -7,6 +7,8 @@ keeps drafting while a verification is pending.
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 from pydantic import Field
 
 from policies.base import Decision, Mode, Policy, RequestStart, VerifyOutcome
@@ -19,6 +21,31 @@ def product(values: list[float]) -> float:
     for value in values:
         result *= value
     return result
+
+
+class StopAndWait(Policy):
+    """Drafts until `decide` says verify, then waits for the answer (no proactive drafting).
+
+    Counts the tokens of the current draft; subclasses only say when a draft ends.
+    """
+
+    def __init__(self) -> None:
+        self._drafted = 0
+
+    def start_request(self, event: RequestStart) -> None:
+        self._drafted = 0
+
+    def on_draft(self, confidence: float, draft_time_s: float, pending: bool) -> Decision:
+        self._drafted += 1
+        return self.decide(confidence, self._drafted)
+
+    @abstractmethod
+    def decide(self, confidence: float, drafted: int) -> Decision:
+        """What to do after the `drafted`-th token of this draft, of top-1 prob `confidence`."""
+
+    def on_result(self, outcome: VerifyOutcome) -> Decision:
+        self._drafted = 0
+        return Decision.CONTINUE
 
 
 class CloudARParams(PolicyParams):
@@ -65,25 +92,15 @@ class VanillaParams(PolicyParams):
     draft_len: int = Field(4, ge=1, le=256, description="draft tokens per NAV (6 code, 4 math)")
 
 
-class Vanilla(Policy):
+class Vanilla(StopAndWait):
     """Draft a fixed number of tokens, upload them in one message, wait for the answer."""
 
     def __init__(self, params: VanillaParams, seed: int) -> None:
+        super().__init__()
         self.params = params
-        self._drafted = 0
 
-    def start_request(self, event: RequestStart) -> None:
-        self._drafted = 0
-
-    def on_draft(self, confidence: float, draft_time_s: float, pending: bool) -> Decision:
-        self._drafted += 1
-        if self._drafted >= self.params.draft_len:
-            return Decision.VERIFY
-        return Decision.CONTINUE
-
-    def on_result(self, outcome: VerifyOutcome) -> Decision:
-        self._drafted = 0
-        return Decision.CONTINUE
+    def decide(self, confidence: float, drafted: int) -> Decision:
+        return Decision.VERIFY if drafted >= self.params.draft_len else Decision.CONTINUE
 
     def state(self) -> dict[str, float]:
         return {"draft_len": float(self.params.draft_len)}
@@ -96,24 +113,16 @@ class HSLParams(PolicyParams):
     max_draft_len: int = Field(16, ge=1, le=256, description="hard cap on draft length")
 
 
-class HSL(Policy):
+class HSL(StopAndWait):
     """Stop drafting after a token whose confidence is below R2, upload the draft, wait."""
 
     def __init__(self, params: HSLParams, seed: int) -> None:
+        super().__init__()
         self.params = params
-        self._drafted = 0
 
-    def start_request(self, event: RequestStart) -> None:
-        self._drafted = 0
-
-    def on_draft(self, confidence: float, draft_time_s: float, pending: bool) -> Decision:
-        self._drafted += 1
-        if confidence < self.params.r2 or self._drafted >= self.params.max_draft_len:
+    def decide(self, confidence: float, drafted: int) -> Decision:
+        if confidence < self.params.r2 or drafted >= self.params.max_draft_len:
             return Decision.VERIFY
-        return Decision.CONTINUE
-
-    def on_result(self, outcome: VerifyOutcome) -> Decision:
-        self._drafted = 0
         return Decision.CONTINUE
 
 
