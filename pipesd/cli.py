@@ -20,6 +20,8 @@ from calibrate.cli import add_parser as add_calibrate_parser
 from calibrate.cli import run as run_calibrate
 from figures.cli import add_parser as add_figures_parser
 from figures.cli import run as run_figures
+from realrun.cli import add_parser as add_realrun_parser
+from realrun.cli import run as run_realrun
 from simulator.errors import ConfigError
 
 EXIT_BAD_INPUT = 2
@@ -121,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("policies", help="list the policies and their parameters with defaults")
     add_figures_parser(sub)
     add_calibrate_parser(sub)
+    add_realrun_parser(sub)
     return parser
 
 
@@ -245,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_figures(args)
         if args.command == "calibrate":
             return run_calibrate(args, argv)
+        if args.command == "realrun":
+            return run_realrun(args)
         return command_policies()
     except ConfigError as exc:
         print(f"pipesd: error: {exc}", file=sys.stderr)

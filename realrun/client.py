@@ -1,0 +1,83 @@
+"""A small synchronous client for the cloud verification server (httpx, msgpack bodies)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import msgpack
+
+from realrun.protocol import CONTENT_TYPE, TOKEN_HEADER, check_verify_result, encode
+
+
+class CloudError(RuntimeError):
+    """The server refused a request (`status` is the HTTP status, `message` its reason)."""
+
+    def __init__(self, status: int, message: str, path: str) -> None:
+        super().__init__(f"{path}: HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+        self.path = path
+
+
+class CloudClient:
+    """`CloudClient("http://127.0.0.1:8600", token)`: open/upload/verify/close return dicts.
+
+    Network failures raise httpx's exceptions (httpx.TransportError); refused requests raise
+    CloudError. Use as a context manager, or call `shutdown()`.
+    """
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0) -> None:
+        headers = {"Content-Type": CONTENT_TYPE, "Accept": CONTENT_TYPE}
+        if token:
+            headers[TOKEN_HEADER] = token
+        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+
+    def __enter__(self) -> CloudClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        self.http.close()
+
+    def _answer(self, response: httpx.Response, path: str) -> dict[str, Any]:
+        try:
+            obj = msgpack.unpackb(response.content, raw=False)
+        except Exception:
+            obj = None
+        if response.status_code != 200:
+            message = obj.get("error") if isinstance(obj, dict) else None
+            raise CloudError(response.status_code, str(message or response.text[:200]), path)
+        if not isinstance(obj, dict):
+            raise CloudError(response.status_code, "response is not a msgpack map", path)
+        return obj
+
+    def _post(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        path = f"/v1/{name}"
+        return self._answer(self.http.post(path, content=encode(body)), path)
+
+    def health(self) -> dict[str, Any]:
+        return self._answer(self.http.get("/v1/health"), "/v1/health")
+
+    def open(self, prompt: Sequence[int]) -> dict[str, Any]:
+        return self._post("open", {"prompt": [int(t) for t in prompt]})
+
+    def upload(
+        self, session: str, tokens: Sequence[int], probs: Sequence[float] | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"session": session, "tokens": [int(t) for t in tokens]}
+        if probs is not None:
+            body["probs"] = [float(p) for p in probs]
+        return self._post("upload", body)
+
+    def verify(self, session: str, n: int) -> dict[str, Any]:
+        return check_verify_result(self._post("verify", {"session": session, "n": int(n)}))
+
+    def close(self, session: str) -> dict[str, Any]:
+        return self._post("close", {"session": session})
+
+
+__all__ = ["CloudClient", "CloudError"]

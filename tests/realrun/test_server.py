@@ -1,0 +1,377 @@
+"""The cloud verification server on SmolLM2-135M (CPU): lossless greedy verification, fuzz.
+
+Reference for "the target's own greedy output": a separate `llama_cpp.Llama` on the same GGUF
+file, driven the way calibrate/draft.py drives a model (prompt `eval`, then one `eval([t])`
+per token, argmax of `get_logits_ith(-1)`). The server evaluates [pending, drafts...] in one
+batch, so equality also shows llama.cpp's batched rows agree with one-token decoding here.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("fastapi", reason="fastapi is not installed (extra 'realrun')")
+pytest.importorskip("httpx", reason="httpx is not installed (extra 'realrun')")
+pytest.importorskip("msgpack", reason="msgpack is not installed (extra 'realrun')")
+pytest.importorskip("uvicorn", reason="uvicorn is not installed (extra 'realrun')")
+llama_cpp = pytest.importorskip(
+    "llama_cpp", reason="llama-cpp-python (extra 'models') is not installed"
+)
+
+import httpx  # noqa: E402
+import msgpack  # noqa: E402
+import numpy as np  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+from calibrate.models import resolve_model  # noqa: E402
+from realrun.client import CloudClient, CloudError  # noqa: E402
+from realrun.protocol import CONTENT_TYPE, TOKEN_HEADER, encode  # noqa: E402
+from realrun.server import create_app  # noqa: E402
+from realrun.target import LlamaTarget  # noqa: E402
+from simulator.errors import ConfigError  # noqa: E402
+
+THREADS = 1  # one thread: llama.cpp spin-waits badly on a loaded 2-core CI machine
+N_NEW = 32
+PROMPT_TEXT = b"The three most important ideas in computer science are"
+HEADERS = {"Content-Type": CONTENT_TYPE}
+
+
+@pytest.fixture(scope="module")
+def model_path():
+    try:
+        return resolve_model("smollm2-135m")
+    except ConfigError as exc:
+        pytest.skip(f"SmolLM2 GGUF not available: {exc}")
+
+
+@pytest.fixture(scope="module")
+def target(model_path):
+    t = LlamaTarget(model_path, threads=THREADS, n_ctx=512)
+    yield t
+    t.close()
+
+
+@pytest.fixture(scope="module")
+def prompt(target):
+    return list(target.llama.tokenize(PROMPT_TEXT, add_bos=False, special=False))
+
+
+@pytest.fixture(scope="module")
+def reference(model_path, prompt):
+    """N_NEW + 8 greedy tokens after the prompt, one `eval` per token (calibrate's path)."""
+    llama = llama_cpp.Llama(
+        model_path=str(model_path),
+        n_threads=THREADS,
+        n_threads_batch=THREADS,
+        n_ctx=512,
+        logits_all=False,
+        verbose=False,
+        seed=0,
+    )
+    try:
+        n_vocab = llama.n_vocab()
+        llama.eval(prompt)
+        out = []
+        for _ in range(N_NEW + 8):
+            logits = np.ctypeslib.as_array(llama._ctx.get_logits_ith(-1), shape=(n_vocab,))
+            out.append(int(np.argmax(logits)))
+            llama.eval([out[-1]])
+        return out
+    finally:
+        llama.close()
+
+
+@pytest.fixture(scope="module")
+def client(model_path, target):
+    app = create_app(model_path, target=target, rate_limit_per_s=None)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def call(c, name, obj, headers=HEADERS):
+    r = c.post(f"/v1/{name}", content=encode(obj), headers=headers)
+    body = msgpack.unpackb(r.content, raw=False)
+    assert r.status_code == 200, (name, r.status_code, body)
+    return body
+
+
+def speculative(api, prompt, n_new, seed, corrupt=0.3, max_k=6, n_vocab=49152):
+    """Greedy speculative decoding against `api` (open/upload/verify/close callables).
+
+    Each round the "draft" proposes k (seeded, 0..max_k) tokens: the target's true next tokens
+    (`api["oracle"](i)`, the reference), each replaced by a random other token with probability
+    `corrupt`. Returns the first n_new generated tokens and the number of rounds.
+    """
+    rng = random.Random(seed)
+    sid = api["open"](prompt)["session"]
+    generated: list[int] = []
+    rounds = 0
+    while len(generated) < n_new:
+        k = rng.randint(0, max_k)
+        proposal = [api["oracle"](len(generated) + i) for i in range(k)]
+        proposal = [
+            (t + rng.randint(1, n_vocab - 1)) % n_vocab if rng.random() < corrupt else t
+            for t in proposal
+        ]
+        if k:
+            probs = [rng.random() for _ in proposal]
+            assert api["upload"](sid, proposal, probs)["pending"] == k
+        result = api["verify"](sid, k)
+        n = result["accepted"]
+        assert 0 <= n <= k
+        generated += [*proposal[:n], result["token"]]
+        rounds += 1
+    api["close"](sid)
+    return generated[:n_new], rounds
+
+
+# --------------------------------------------------------------------------------------------
+# Lossless greedy verification
+# --------------------------------------------------------------------------------------------
+
+
+def test_correct_drafts_accepted_and_corruption_corrected(client, prompt, reference):
+    sid = call(client, "open", {"prompt": prompt})["session"]
+    call(client, "upload", {"session": sid, "tokens": reference[:8]})
+    r = call(client, "verify", {"session": sid, "n": 8})
+    assert (r["accepted"], r["token"]) == (8, reference[8])
+    assert r["target_ms"] > 0 and r["energy_j"] is None
+
+    bad = [reference[9], (reference[10] + 1) % 49152, reference[11], reference[12]]
+    call(client, "upload", {"session": sid, "tokens": bad[:2]})
+    call(client, "upload", {"session": sid, "tokens": bad[2:], "probs": [0.5, 1.0]})
+    r = call(client, "verify", {"session": sid, "n": 4})
+    assert (r["accepted"], r["token"]) == (1, reference[10])
+
+    # the rejected tokens' KV entries are gone: the next round continues the reference
+    call(client, "upload", {"session": sid, "tokens": reference[11:15]})
+    r = call(client, "verify", {"session": sid, "n": 4})
+    assert (r["accepted"], r["token"]) == (4, reference[15])
+    r = call(client, "verify", {"session": sid, "n": 0})  # no drafts: one target step
+    assert (r["accepted"], r["token"]) == (0, reference[16])
+    call(client, "close", {"session": sid})
+
+
+def test_speculative_loop_equals_target_greedy(client, prompt, reference):
+    api = {
+        "open": lambda p: call(client, "open", {"prompt": p}),
+        "upload": lambda s, t, p: call(client, "upload", {"session": s, "tokens": t, "probs": p}),
+        "verify": lambda s, n: call(client, "verify", {"session": s, "n": n}),
+        "close": lambda s: call(client, "close", {"session": s}),
+        "oracle": lambda i: reference[i],
+    }
+    for seed in range(3):
+        generated, rounds = speculative(api, prompt, N_NEW, seed)
+        assert generated == reference[:N_NEW], f"seed {seed}"
+        assert rounds < N_NEW  # some drafts were accepted
+
+
+def test_interleaved_sessions_keep_their_own_cache(client, prompt, reference):
+    other = list(client.app.state.target.llama.tokenize(b"Once upon a time", add_bos=False))
+    a = call(client, "open", {"prompt": prompt})["session"]
+    b = call(client, "open", {"prompt": other})["session"]
+    b_tokens = []
+    for i in range(0, 12, 3):
+        call(client, "upload", {"session": a, "tokens": reference[i : i + 2]})
+        r = call(client, "verify", {"session": a, "n": 2})
+        assert (r["accepted"], r["token"]) == (2, reference[i + 2])
+        b_tokens.append(call(client, "verify", {"session": b, "n": 0})["token"])
+    c = call(client, "open", {"prompt": other})["session"]
+    again = [call(client, "verify", {"session": c, "n": 0})["token"] for _ in b_tokens]
+    assert again == b_tokens
+    for s in (a, b, c):
+        call(client, "close", {"session": s})
+
+
+# --------------------------------------------------------------------------------------------
+# Fuzz: only 4xx, and the server still answers correctly afterwards
+# --------------------------------------------------------------------------------------------
+
+
+def _fuzz_requests(rng, sid, vocab, limit):
+    """(path, body bytes, headers) of requests that must all be refused with a 4xx."""
+    valid = {"open": {"prompt": [1, 2, 3]}, "upload": {"session": sid, "tokens": [1]}}
+    valid |= {"verify": {"session": sid, "n": 0}, "close": {"session": sid}}
+    names = ["open", "upload", "verify", "close"]
+    bad_values = [
+        None, True, -1, 2**63 - 1, -(2**63), 1.5, float("nan"), "x", b"\x00", [], {}, [[1]],
+        ["1"], [1.0], [True], [-1], [vocab], [2**64 - 1], [-(2**63)], {"a": 1},
+        list(range(10_000)), "s" * 70, [0] * 65, [float("inf")],
+    ]  # fmt: skip
+    kinds = [
+        "bytes", "truncated", "not_map", "wrong_type", "missing", "unknown_session",
+        "oversized", "bad_header", "bad_ctype", "bad_n", "bad_probs", "too_many", "ext",
+    ]  # fmt: skip
+    good = {"Content-Type": CONTENT_TYPE, TOKEN_HEADER: "s3cret"}
+    for _ in range(1200):
+        kind = rng.choice(kinds)
+        name = rng.choice(names)
+        body_obj = dict(valid[name])
+        headers = dict(good)
+        if kind == "bytes":
+            body = rng.randbytes(rng.randint(0, 300))
+        elif kind == "truncated":
+            full = encode(body_obj)
+            body = full[: rng.randint(0, len(full) - 1)]
+        elif kind == "not_map":
+            body = encode(rng.choice([1, "open", [1, 2], None, 2.5, [{"prompt": [1]}]]))
+        elif kind == "wrong_type":
+            field = rng.choice([*body_obj.keys()])
+            value = rng.choice(bad_values)
+            if field == "n" and value == 0:
+                value = -1
+            body_obj[field] = value
+            body = encode(body_obj)
+        elif kind == "missing":
+            body_obj.pop(rng.choice([*body_obj.keys()]))
+            body = encode(body_obj)
+        elif kind == "unknown_session":
+            if name == "open":
+                name = "verify"
+                body_obj = dict(valid[name])
+            body_obj["session"] = rng.randbytes(16).hex()
+            body = encode(body_obj)
+        elif kind == "oversized":
+            body_obj["pad"] = rng.randbytes(limit + rng.randint(1, 5000))
+            body = encode(body_obj)
+            if rng.random() < 0.3:  # no Content-Length: a chunked body
+                chunks = [body[i : i + 1000] for i in range(0, len(body), 1000)]
+                body = iter(chunks)
+        elif kind == "bad_header":
+            body = encode(body_obj)
+            if rng.random() < 0.5:
+                headers.pop(TOKEN_HEADER)
+            else:
+                headers[TOKEN_HEADER] = rng.choice(["", "s3cre", "s3cret ", "S3CRET", "x" * 300])
+        elif kind == "bad_ctype":
+            body = encode(body_obj)
+            headers["Content-Type"] = rng.choice(["application/json", "text/plain", ""])
+        elif kind == "bad_n":
+            name = "verify"
+            body = encode({"session": sid, "n": rng.choice([1, 2, *range(4, 65)])})  # 3 pending
+        elif kind == "bad_probs":
+            name = "upload"
+            probs = rng.choice([[2.0], [-0.1], [float("nan")], ["p"], [0.1, 0.2], 0.5, [None]])
+            body = encode({"session": sid, "tokens": [1], "probs": probs})
+        elif kind == "too_many":
+            if name in ("upload", "open"):
+                key = "tokens" if name == "upload" else "prompt"
+                body_obj[key] = [1] * (65 if name == "upload" else 600)
+            else:
+                body_obj = {"session": sid, "n": 65}
+                name = "verify"
+            body = encode(body_obj)
+        else:  # ext types and raw bin instead of lists
+            body = msgpack.packb(
+                {"prompt": msgpack.ExtType(5, b"abc"), "session": b"\x01\x02", "n": b"1"}
+            )
+        yield f"/v1/{name}", body, headers
+
+
+def test_fuzz_only_4xx_and_server_keeps_serving(model_path, target, prompt, reference):
+    app = create_app(
+        model_path, target=target, token="s3cret", max_body_bytes=4096, max_sessions=6,
+        rate_limit_per_s=None,
+    )  # fmt: skip
+    good = {"Content-Type": CONTENT_TYPE, TOKEN_HEADER: "s3cret"}
+    rng = random.Random(1234)
+    statuses: dict[int, int] = {}
+    with TestClient(app, raise_server_exceptions=False) as c:
+        sid = call(c, "open", {"prompt": prompt}, good)["session"]
+        # a pending upload that the fuzz must not disturb
+        call(c, "upload", {"session": sid, "tokens": reference[:3]}, good)
+        extra = [call(c, "open", {"prompt": [1, 2]}, good)["session"] for _ in range(5)]
+        n = 0
+        for path, body, headers in _fuzz_requests(rng, sid, 49152, 4096):
+            r = c.post(path, content=body, headers=headers)
+            assert 400 <= r.status_code < 500, (path, r.status_code, r.content[:200])
+            assert "error" in msgpack.unpackb(r.content, raw=False)
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+            n += 1
+        for path in ["/v1/nothing", "/v1/open?x=1"]:
+            assert 400 <= c.get(path).status_code < 500
+            n += 1
+        r = c.post("/v1/open", content=encode({"prompt": [1]}), headers=good)
+        assert r.status_code == 429  # the session limit
+        n += 1
+        assert n >= 1000
+        assert {400, 401, 404, 413, 415, 422} <= set(statuses)
+
+        # the pending upload survived; the session continues the reference exactly
+        r = call(c, "verify", {"session": sid, "n": 3}, good)
+        assert (r["accepted"], r["token"]) == (3, reference[3])
+        call(c, "upload", {"session": sid, "tokens": reference[4:10]}, good)
+        r = call(c, "verify", {"session": sid, "n": 6}, good)
+        assert (r["accepted"], r["token"]) == (6, reference[10])
+        for s in [sid, *extra]:
+            call(c, "close", {"session": s}, good)
+        assert msgpack.unpackb(c.get("/v1/health").content)["sessions"] == 0
+
+
+def test_rate_limit(model_path, target):
+    app = create_app(model_path, target=target, rate_limit_per_s=5.0)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        codes = [
+            c.post("/v1/close", content=encode({"session": "x"}), headers=HEADERS).status_code
+            for _ in range(20)
+        ]
+        assert codes.count(429) >= 10 and set(codes) <= {404, 429}
+        time.sleep(0.5)
+        r = c.post("/v1/close", content=encode({"session": "x"}), headers=HEADERS)
+        assert r.status_code == 404
+
+
+# --------------------------------------------------------------------------------------------
+# The real HTTP path: uvicorn on loopback, CloudClient
+# --------------------------------------------------------------------------------------------
+
+
+def test_uvicorn_and_cloud_client(model_path, target, prompt, reference):
+    import uvicorn
+
+    app = create_app(model_path, target=target, token="tok", rate_limit_per_s=None)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        url = f"http://127.0.0.1:{port}"
+        with CloudClient(url, "tok") as cloud:
+            assert cloud.health()["n_vocab"] == 49152
+            api = {
+                "open": cloud.open,
+                "upload": cloud.upload,
+                "verify": cloud.verify,
+                "close": cloud.close,
+                "oracle": lambda i: reference[i],
+            }
+            generated, _ = speculative(api, prompt, 16, seed=7)
+            assert generated == reference[:16]
+            with pytest.raises(CloudError) as err:
+                cloud.verify("nope", 0)
+            assert err.value.status == 404
+        with CloudClient(url, "wrong") as cloud, pytest.raises(CloudError) as err:
+            cloud.open(prompt)
+        assert err.value.status == 401
+        r = httpx.post(
+            f"{url}/v1/open",
+            content=b"\x00" * 100_000,
+            headers={**HEADERS, TOKEN_HEADER: "tok"},
+        )
+        assert r.status_code == 413
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+    assert not thread.is_alive()
