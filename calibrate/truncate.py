@@ -1,4 +1,4 @@
-"""Layer-truncated copies of a llama-architecture GGUF model: a draft sharing the target's tokenizer.
+"""Layer-truncated copies of a llama GGUF model: a draft sharing the target's tokenizer.
 
 `truncate_gguf(source, out, keep_layers)` writes a copy of `source` that keeps only its first
 `keep_layers` transformer blocks: every key/value of metadata (tokenizer, chat template,
@@ -42,6 +42,11 @@ def truncate_gguf(source: Path, out: Path, keep_layers: int) -> Path:
     import gguf
 
     source, out = Path(source), Path(out)
+    if isinstance(keep_layers, bool) or not isinstance(keep_layers, int) or keep_layers < 1:
+        raise ValueError(
+            f"truncate_gguf: keep_layers must be an integer in [1, block_count - 1] "
+            f"(got {keep_layers!r})"
+        )
     if not source.is_file():
         raise ValueError(f"truncate_gguf: source {source} is not a file")
     if source.resolve() == out.resolve():
@@ -59,11 +64,7 @@ def truncate_gguf(source: Path, out: Path, keep_layers: int) -> Path:
         raise ValueError(
             f"truncate_gguf: {source.name} has {block_key} {block_count!r}; need an integer >= 2"
         )
-    if (
-        isinstance(keep_layers, bool)
-        or not isinstance(keep_layers, int)
-        or not 1 <= keep_layers <= block_count - 1
-    ):
+    if keep_layers > block_count - 1:
         raise ValueError(
             f"truncate_gguf: keep_layers must be an integer in [1, {block_count - 1}] "
             f"({source.name} has {block_count} blocks) (got {keep_layers!r})"
