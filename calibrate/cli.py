@@ -78,6 +78,29 @@ def add_parser(subparsers: Any) -> None:
     power.add_argument("--seconds", type=float, default=2.0, help="length of each window")
     power.add_argument("--threads", type=int, help="busy threads while measuring (default all)")
     power.add_argument("--out", type=Path, required=True, help="part file to write (JSON)")
+    link = sub.add_parser("link", help="the link to a running `pipesd realrun cloud` server")
+    link.add_argument("--server", required=True, help="server URL, e.g. http://127.0.0.1:8600")
+    link.add_argument("--token", help="the server's shared secret, if it has one")
+    link.add_argument(
+        "--sizes", type=_ints, default=[1024, 65536, 262144, 1048576, 4000000], help="bytes"
+    )
+    link.add_argument("--repetitions", type=int, default=10)
+    link.add_argument("--out", type=Path, required=True, help="part file to write (JSON)")
+    accept = sub.add_parser(
+        "acceptance", help="a real draft/target pair's acceptance (llama.cpp, greedy)"
+    )
+    accept.add_argument(
+        "--draft", required=True, help="draft GGUF (sharing the target's tokenizer)"
+    )
+    accept.add_argument("--target", required=True, help="target GGUF, or smollm2-135m")
+    accept.add_argument("--prompts", type=Path, help="one prompt per line (default: built-in)")
+    accept.add_argument("--max-new-tokens", type=int, default=64)
+    accept.add_argument("--draft-len", type=int, default=4)
+    accept.add_argument("--threads", type=int, default=1)
+    accept.add_argument("--bins", type=int, default=10, help="confidence bins of the fit")
+    accept.add_argument(
+        "--out", type=Path, required=True, help="part file; the replay trace goes beside it"
+    )
     every = sub.add_parser(
         "all", help="draft, target and power in one go, assembled into a profile"
     )
@@ -296,7 +319,101 @@ def measure_power(args: argparse.Namespace, say: Callable[[str], None], command:
     return new_part("power", values, notes, {}, {}, {}, command)
 
 
-MEASURE = {"draft": measure_draft, "target": measure_target, "power": measure_power}
+def measure_link(args: argparse.Namespace, say: Callable[[str], None], command: str) -> Any:
+    """Probe the link to a running cloud server; both directions get the fitted values."""
+    import httpx
+
+    from calibrate.assemble import new_part
+    from calibrate.link import probe_link
+
+    try:
+        measured = probe_link(args.server, args.sizes, args.repetitions, args.token, say)
+    except httpx.HTTPStatusError as exc:
+        problem = f"HTTP {exc.response.status_code} from {exc.request.url.path} (wrong --token?)"
+        raise ConfigError("--server", args.server, problem) from None
+    except httpx.HTTPError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError("--server", args.server, f"cannot probe ({reason})") from None
+    except ValueError as exc:
+        raise ConfigError("calibrate link", "", str(exc)) from None
+    how = (
+        f"probed {args.server} with {args.sizes} byte messages x {args.repetitions}; "
+        "the probe times an HTTP request both ways, so both directions get the same values"
+    )
+    values = {
+        "link.uplink_mbps": measured.mbps,
+        "link.downlink_mbps": measured.mbps,
+        "link.one_way_latency_s": measured.one_way_latency_s,
+        "link.uplink_overhead_s": measured.overhead_s,
+        "link.downlink_overhead_s": 0.0,
+    }
+    notes = {
+        "link": how,
+        "link.one_way_latency_s": "half the fastest empty round trip (/v1/health)",
+        "link.uplink_overhead_s": "fit intercept minus the round trip",
+    }
+    samples = {"transfer": [s.to_row() for s in measured.samples]}
+    versions = {"httpx": _version("httpx")}
+    return new_part("link", values, notes, {"link": measured.report}, samples, versions, command)
+
+
+def measure_acceptance(args: argparse.Namespace, say: Callable[[str], None], command: str) -> Any:
+    """Record per-position (confidence, accepted) of a real pair; fit the calibrated model."""
+    from calibrate.acceptance import (
+        default_prompts,
+        read_prompts,
+        record_acceptance,
+        samples,
+        write_trace,
+    )
+    from calibrate.assemble import new_part
+    from calibrate.fit import fit_acceptance
+    from calibrate.models import resolve_model
+
+    prompts = read_prompts(args.prompts) if args.prompts else default_prompts()
+    draft, target = resolve_model(args.draft), resolve_model(args.target)
+    try:
+        recording = record_acceptance(
+            draft,
+            target,
+            prompts,
+            args.max_new_tokens,
+            args.draft_len,
+            threads=args.threads,
+            progress=say,
+        )
+        model, report = fit_acceptance(samples(recording), bins=args.bins)
+    except ValueError as exc:
+        raise ConfigError("calibrate acceptance", "", str(exc)) from None
+    trace = args.out.with_suffix(".trace.csv")
+    write_trace(recording, trace)
+    how = (
+        f"recorded with draft {draft.name} and target {target.name} (llama.cpp, greedy, "
+        f"draft length {args.draft_len}) on {len(prompts)} prompts x {args.max_new_tokens} "
+        f"tokens: acceptance {recording.acceptance_rate:.3f} of drafted tokens, "
+        f"{recording.mean_accepted_per_round:.2f} accepted per round; replay trace {trace.name}"
+    )
+    values = {"acceptance": model.model_dump(mode="json")}
+    rows = [{"confidence": s.confidence, "accepted": int(s.accepted)} for s in samples(recording)]
+    versions = {"llama-cpp-python": _version("llama-cpp-python")}
+    return new_part(
+        "acceptance",
+        values,
+        {"acceptance": how},
+        {"acceptance": report},
+        {"positions": rows},
+        versions,
+        command,
+    )
+
+
+MEASURE = {
+    "acceptance": measure_acceptance,
+    "draft": measure_draft,
+    "target": measure_target,
+    "power": measure_power,
+    "link": measure_link,
+}
 
 
 def calibrate_all(args: argparse.Namespace, command: str, console: Any) -> int:

@@ -58,6 +58,7 @@ def create_app(
     threads: int = 1,
     token: str | None = None,
     max_body_bytes: int = 64 * 1024,
+    max_probe_bytes: int = 4 * 1024 * 1024,
     max_sessions: int = 64,
     rate_limit_per_s: float | None = 200.0,
     n_ctx: int = 2048,
@@ -66,10 +67,11 @@ def create_app(
 ) -> FastAPI:
     """The FastAPI app serving one target model (loaded here unless `target` is given).
 
-    `token`: shared secret required in X-PipeSD-Token (None: none needed). `rate_limit_per_s`:
-    requests per second per client address (None: unlimited). `max_upload`: most draft tokens
-    per verification. The app's `state.target` is the LlamaTarget (closed on shutdown only
-    if loaded here).
+    `token`: shared secret required in X-PipeSD-Token (None: none needed). Bodies are limited
+    to `max_body_bytes`, link probes (`/v1/probe`, padding only) to `max_probe_bytes`.
+    `rate_limit_per_s`: requests per second per client address (None: unlimited).
+    `max_upload`: most draft tokens per verification. The app's `state.target` is the
+    LlamaTarget (closed on shutdown only if loaded here).
     """
     from realrun.target import LlamaTarget
 
@@ -103,7 +105,7 @@ def create_app(
     def reply(obj: dict[str, Any], status: int = 200) -> Response:
         return Response(protocol.encode(obj), status_code=status, media_type=CONTENT_TYPE)
 
-    async def read_request(request: Request) -> dict[str, Any]:
+    async def read_request(request: Request, limit: int) -> dict[str, Any]:
         client = request.client.host if request.client else "?"
         if limiter is not None and not limiter.allow(client):
             raise ProtocolError(429, "rate limit exceeded")
@@ -112,18 +114,18 @@ def create_app(
             if not hmac.compare_digest(given, secret):
                 raise ProtocolError(401, f"missing or wrong {TOKEN_HEADER} header")
         declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > max_body_bytes):
-            raise ProtocolError(413, f"body larger than {max_body_bytes} bytes")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            raise ProtocolError(413, f"body larger than {limit} bytes")
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size > max_body_bytes:
-                raise ProtocolError(413, f"body larger than {max_body_bytes} bytes")
+            if size > limit:
+                raise ProtocolError(413, f"body larger than {limit} bytes")
             chunks.append(chunk)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != CONTENT_TYPE:
             raise ProtocolError(415, f"Content-Type must be {CONTENT_TYPE}")
-        return protocol.decode(b"".join(chunks), max_body_bytes)
+        return protocol.decode(b"".join(chunks), limit)
 
     def session_of(sid: str) -> Any:
         session = target.sessions.get(sid)
@@ -176,10 +178,19 @@ def create_app(
             target.drop(sid)
         return {"closed": True}
 
-    def route(handler: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[..., Any]:
+    def do_probe(obj: dict[str, Any]) -> dict[str, Any]:
+        """Link calibration: a padded message the server only measures (no model work)."""
+        pad = obj.get("pad")
+        if not isinstance(pad, bytes):
+            raise ProtocolError(422, "'pad' must be msgpack binary")
+        return {"bytes": len(pad)}
+
+    def route(
+        handler: Callable[[dict[str, Any]], dict[str, Any]], limit: int
+    ) -> Callable[..., Any]:
         async def endpoint(request: Request) -> Response:
             try:
-                obj = await read_request(request)
+                obj = await read_request(request, limit)
                 return reply(await run_in_threadpool(handler, obj))
             except ProtocolError as exc:
                 headers = {"Retry-After": "1"} if exc.status == 429 else None
@@ -195,8 +206,10 @@ def create_app(
         ("upload", do_upload),
         ("verify", do_verify),
         ("close", do_close),
+        ("probe", do_probe),
     ]:
-        app.add_api_route(f"/v1/{name}", route(handler), methods=["POST"])
+        limit = max_probe_bytes if name == "probe" else max_body_bytes
+        app.add_api_route(f"/v1/{name}", route(handler, limit), methods=["POST"])
 
     @app.get("/v1/health")
     async def health() -> Response:

@@ -105,3 +105,27 @@ def test_calibrate_all_writes_parts_and_profile(tmp_path: Path) -> None:
     source = profile.provenance.source
     assert "draft_latency" in source and "target_latency" in source
     assert profile.power.edge_busy_w == 15.0
+
+
+def test_acceptance_part_from_a_real_pair(tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python (extra 'models') is not installed")
+    pytest.importorskip("gguf", reason="gguf is not installed")
+    from calibrate.models import smollm2_gguf
+    from calibrate.truncate import truncate_gguf
+
+    draft = truncate_gguf(smollm2_gguf(), tmp_path / "draft.gguf", 28)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Name three colours.\nWhat is two plus two?\n")
+    out = tmp_path / "acceptance.json"
+    argv = ["calibrate", "acceptance", "--draft", str(draft), "--target", "smollm2-135m",
+            "--prompts", str(prompts), "--max-new-tokens", "16", "--threads", "1",
+            "--bins", "5", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    part = json.loads(out.read_text())
+    assert part["values"]["acceptance"]["kind"] == "calibrated"
+    assert (tmp_path / "acceptance.trace.csv").is_file()
+    profile_path = tmp_path / "profile.json"
+    argv = ["calibrate", "profile", str(out), "--name", "pair", "--base", str(BASE),
+            "--out", str(profile_path)]  # fmt: skip
+    assert main(argv) == 0
+    assert load_profile(profile_path).profile.acceptance.kind == "calibrated"

@@ -1,0 +1,82 @@
+"""Link calibration against the kit's cloud server: per-message overhead, bandwidth, latency.
+
+PipeSD probes the link at start-up with token batches of 1..8 tokens; here the same idea with
+padded `/v1/probe` messages of chosen sizes (the server reads and counts the bytes, nothing
+more), timed end to end on the client. The round trip of an empty `/v1/health` request gives
+the latency: one-way latency = half the fastest health round trip. A probe of B bytes then
+takes overhead + B / bandwidth + 2 x one-way latency; the fit (`calibrate.fit.fit_link`) gives
+overhead + 2 x latency as its intercept and the bandwidth as its slope, and the message
+overhead is the intercept minus the measured round trip (never below 0).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import msgpack
+
+from calibrate.fit import FitReport, fit_link
+from calibrate.samples import TransferSample
+
+CONTENT_TYPE = "application/msgpack"
+TOKEN_HEADER = "X-PipeSD-Token"
+
+
+@dataclass(frozen=True)
+class LinkMeasurements:
+    """Probe samples, round trips and the fitted link."""
+
+    url: str
+    samples: tuple[TransferSample, ...]
+    round_trips_s: tuple[float, ...]
+    one_way_latency_s: float
+    overhead_s: float
+    mbps: float
+    report: FitReport
+
+
+def probe_link(
+    url: str,
+    sizes: Sequence[int] = (1024, 65536, 262144, 1048576, 4000000),
+    repetitions: int = 10,
+    token: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> LinkMeasurements:
+    """Time padded probes of each size and empty round trips against a running server."""
+    import httpx
+
+    headers = {"Content-Type": CONTENT_TYPE}
+    if token:
+        headers[TOKEN_HEADER] = token
+    base = url.rstrip("/")
+    with httpx.Client(timeout=30.0) as client:
+        client.get(f"{base}/v1/health", headers=headers).raise_for_status()
+        round_trips = []
+        for _ in range(repetitions):
+            start = time.perf_counter()
+            client.get(f"{base}/v1/health", headers=headers).raise_for_status()
+            round_trips.append(time.perf_counter() - start)
+        samples = []
+        for size in sizes:
+            body = msgpack.packb({"pad": b"\0" * size})
+            for _ in range(repetitions):
+                start = time.perf_counter()
+                response = client.post(f"{base}/v1/probe", content=body, headers=headers)
+                elapsed = time.perf_counter() - start
+                response.raise_for_status()
+                samples.append(TransferSample(len(body), elapsed))
+            if progress is not None:
+                progress(f"probe {size} bytes x {repetitions}")
+    overhead_and_rtt, mbps, report = fit_link(samples)
+    rtt = min(round_trips)
+    return LinkMeasurements(
+        url=url,
+        samples=tuple(samples),
+        round_trips_s=tuple(round_trips),
+        one_way_latency_s=rtt / 2,
+        overhead_s=max(overhead_and_rtt - rtt, 0.0),
+        mbps=mbps,
+        report=report,
+    )

@@ -1,0 +1,213 @@
+"""Acceptance recorder on a real pair: SmolLM2-135M and a layer-truncated copy (llama.cpp, CPU)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calibrate.acceptance import (
+    AcceptanceRecording,
+    default_prompts,
+    first_mismatch,
+    read_prompts,
+    record_acceptance,
+    samples,
+    target_greedy,
+    write_rounds,
+    write_trace,
+)
+from calibrate.fit import fit_acceptance
+from calibrate.models import smollm2_gguf
+from calibrate.truncate import truncate_gguf
+from simulator.acceptance import AcceptanceModel, ReplayTraces
+from simulator.errors import ConfigError
+from simulator.profile import CalibratedAcceptance, ReplayAcceptance
+
+PROMPTS = default_prompts(2)
+MAX_NEW = 24
+DRAFT_LEN = 4
+THREADS = 2
+KEEP = 15
+
+
+def _needs() -> Path:
+    pytest.importorskip(
+        "llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[models]')"
+    )
+    pytest.importorskip("gguf", reason="the gguf package is not installed (pip install gguf)")
+    try:
+        return smollm2_gguf()
+    except ConfigError as exc:
+        pytest.skip(f"SmolLM2 GGUF file absent: {exc}")
+
+
+@pytest.fixture(scope="module")
+def target() -> Path:
+    return _needs()
+
+
+@pytest.fixture(scope="module")
+def draft(target: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return truncate_gguf(target, tmp_path_factory.mktemp("draft") / "draft.gguf", KEEP)
+
+
+@pytest.fixture(scope="module")
+def recording(draft: Path, target: Path) -> AcceptanceRecording:
+    lines: list[str] = []
+    rec = record_acceptance(
+        draft, target, PROMPTS, MAX_NEW, DRAFT_LEN, threads=THREADS, progress=lines.append
+    )
+    assert len(lines) == len(PROMPTS)
+    return rec
+
+
+# --- truncation -------------------------------------------------------------------------------
+
+
+def test_truncated_copy_keeps_tokenizer_and_drops_blocks(target: Path, draft: Path) -> None:
+    import gguf
+    import llama_cpp
+
+    source, copy = gguf.GGUFReader(target), gguf.GGUFReader(draft)
+    assert copy.fields["llama.block_count"].contents() == KEEP
+    for name, field in source.fields.items():
+        if name.startswith("GGUF.") or name == "llama.block_count":
+            continue
+        assert copy.fields[name].contents() == field.contents(), name
+    blocks = {int(t.name.split(".")[1]) for t in copy.tensors if t.name.startswith("blk.")}
+    assert blocks == set(range(KEEP))
+    originals = {t.name: t for t in source.tensors}
+    for t in copy.tensors:
+        assert t.tensor_type == originals[t.name].tensor_type
+        assert np.array_equal(np.asarray(t.data), np.asarray(originals[t.name].data))
+    text = b"Hello, world: a shared tokenizer."
+    loaded = [
+        llama_cpp.Llama(model_path=str(path), n_ctx=64, verbose=False, n_threads=1)
+        for path in (draft, target)
+    ]
+    try:
+        small, full = loaded
+        assert llama_cpp.llama_model_n_layer(small._model.model) == KEEP
+        assert small.n_vocab() == full.n_vocab()
+        assert small.tokenize(text) == full.tokenize(text)
+    finally:
+        for llama in loaded:
+            llama.close()
+
+
+@pytest.mark.parametrize("keep", [0, 30, -1, 2.0, True])
+def test_truncate_rejects_bad_layer_counts(target: Path, tmp_path: Path, keep: object) -> None:
+    with pytest.raises(ValueError, match="keep_layers"):
+        truncate_gguf(target, tmp_path / "x.gguf", keep)  # type: ignore[arg-type]
+
+
+# --- recording ----------------------------------------------------------------------------------
+
+
+def test_speculative_output_is_the_targets_greedy_output(
+    recording: AcceptanceRecording, target: Path
+) -> None:
+    for prompt, output in zip(PROMPTS, recording.outputs, strict=True):
+        reference = target_greedy(target, prompt, MAX_NEW, threads=THREADS)
+        assert first_mismatch(reference, output) is None
+        assert list(output) == reference
+
+
+def test_positions_and_rounds_are_consistent(recording: AcceptanceRecording) -> None:
+    rec = recording
+    assert len(rec.outputs) == len(PROMPTS)
+    assert all(1 <= len(o) <= MAX_NEW for o in rec.outputs)
+    assert rec.positions and rec.rounds
+    for p in rec.positions:
+        assert 0.0 < p.confidence <= 1.0 and math.isfinite(p.confidence)
+        assert 0 <= p.sequence < len(PROMPTS)
+        assert 0 <= p.position < len(rec.outputs[p.sequence])
+    for s in range(len(PROMPTS)):
+        seq = [p.position for p in rec.positions if p.sequence == s]
+        assert seq == sorted(set(seq))  # strictly increasing, no duplicates
+    for r in rec.rounds:
+        assert 1 <= r.drafted <= DRAFT_LEN and 0 <= r.accepted <= r.drafted
+        on_path = [
+            p for p in rec.positions if p.sequence == r.sequence and r.position <= p.position
+        ]
+        on_path = [p for p in on_path if p.position < r.position + r.accepted + 1]
+        # the accepted prefix, then the first rejection (unless the whole draft was accepted)
+        assert [p.accepted for p in on_path[: r.accepted]] == [True] * r.accepted
+        if r.accepted < r.drafted:
+            assert on_path[r.accepted].accepted is False
+            assert on_path[r.accepted].position == r.position + r.accepted
+    n_accepted = sum(p.accepted for p in rec.positions)
+    rejected_rounds = sum(r.accepted < r.drafted for r in rec.rounds)
+    assert n_accepted == rec.accepted == sum(r.accepted for r in rec.rounds)
+    assert len(rec.positions) - n_accepted == rejected_rounds
+    # each round adds its accepted tokens plus one target token (unless it filled the output)
+    for s, output in enumerate(rec.outputs):
+        rounds = [r for r in rec.rounds if r.sequence == s]
+        assert sum(r.accepted for r in rounds) + len(rounds) >= len(output)
+    assert 0.0 <= rec.acceptance_rate <= rec.position_acceptance_rate <= 1.0
+    assert rec.mean_accepted_per_round == pytest.approx(rec.accepted / len(rec.rounds))
+    assert len(rec.lines()) == 3
+
+
+def test_trace_replays_in_the_simulator(recording: AcceptanceRecording, tmp_path: Path) -> None:
+    path = write_trace(recording, tmp_path / "trace.csv")
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(recording.positions)
+    traces = ReplayTraces.load(path)
+    assert len(traces.sequences) == len(PROMPTS)
+    confidence = np.concatenate([c for c, _ in traces.sequences])
+    accepted = np.concatenate([a for _, a in traces.sequences])
+    assert np.array_equal(confidence, [p.confidence for p in recording.positions])
+    assert np.array_equal(accepted, [p.accepted for p in recording.positions])
+    model = AcceptanceModel(ReplayAcceptance(kind="replay", trace="trace.csv"), tmp_path)
+    stream = model.stream(seed=1, edge=0, request=0, n_positions=100)
+    assert len(stream.confidence) == 100 and len(stream.accepted) == 100
+    assert write_rounds(recording, tmp_path / "rounds.csv").is_file()
+
+
+def test_samples_fit_a_calibrated_acceptance(recording: AcceptanceRecording) -> None:
+    items = samples(recording)
+    assert len(items) == len(recording.positions)
+    model, report = fit_acceptance(items)
+    assert isinstance(model, CalibratedAcceptance)
+    assert report.n_samples == len(items)
+    CalibratedAcceptance.model_validate(model.model_dump())
+
+
+def test_the_target_as_its_own_draft_accepts_everything(target: Path) -> None:
+    rec = record_acceptance(target, target, PROMPTS[:1], 12, DRAFT_LEN, threads=THREADS)
+    assert rec.position_acceptance_rate == 1.0
+    assert all(p.accepted for p in rec.positions)
+    assert list(rec.outputs[0]) == target_greedy(target, PROMPTS[0], 12, threads=THREADS)
+
+
+# --- arguments and prompts -----------------------------------------------------------------------
+
+
+def test_bad_arguments_are_refused(draft: Path, target: Path) -> None:
+    with pytest.raises(ValueError, match="draft_len"):
+        record_acceptance(draft, target, PROMPTS, 8, 0, threads=1)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        record_acceptance(draft, target, PROMPTS, 0, threads=1)
+    with pytest.raises(ValueError, match="prompts"):
+        record_acceptance(draft, target, [], 8, threads=1)
+    with pytest.raises(ValueError, match="threads"):
+        record_acceptance(draft, target, PROMPTS, 8, threads=0)
+
+
+def test_prompts(tmp_path: Path) -> None:
+    assert len(default_prompts()) == 12 and len(set(default_prompts())) == 12
+    assert default_prompts(3) == default_prompts()[:3]
+    with pytest.raises(ValueError, match="n must be"):
+        default_prompts(13)
+    path = tmp_path / "prompts.txt"
+    path.write_text("first prompt\n\n  second prompt  \n", encoding="utf-8")
+    assert read_prompts(path) == ["first prompt", "second prompt"]
+    path.write_text("\n \n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no prompts"):
+        read_prompts(path)
