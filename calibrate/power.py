@@ -43,11 +43,9 @@ class EnergyMeter(Protocol):
 
     def read_j(self) -> float:
         """A cumulative energy reading in joules (differences are the energy used)."""
-        ...
 
     def name(self) -> str:
         """What is measured, in words (for provenance)."""
-        ...
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ class Backend(Protocol):
 
     def map_unordered(self, fn: Callable[[T], R], tasks: Sequence[T]) -> Iterator[tuple[T, R]]:
         """Yield (task, fn(task)) pairs in completion order."""
-        ...
 
 
 class InlineBackend:
