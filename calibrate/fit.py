@@ -477,6 +477,19 @@ def _positive(what: str, name: str, value: float | None, y: np.ndarray, hint: st
     return value
 
 
+def _fit_prefill(what: str, prefill: Sequence[PrefillSample]) -> tuple[float, float, FitReport]:
+    """(prefill_base_s, prefill_per_token_s, report) from prefill samples."""
+    pre = _samples(f"{what}: prefill", prefill, PrefillSample)
+    model, report = _affine(
+        f"{what}: prefill",
+        "prefill_base_s",
+        [_feature("prompt_len", [s.prompt_len for s in pre], "prefill_per_token_s")],
+        np.array([s.seconds for s in pre], dtype=float),
+    )
+    assert model.coef_ is not None
+    return model.intercept_, float(model.coef_[0]), report
+
+
 def fit_draft_latency(
     prefill: Sequence[PrefillSample], decode: Sequence[DecodeSample]
 ) -> tuple[DraftLatency, dict[str, FitReport]]:
@@ -487,14 +500,8 @@ def fit_draft_latency(
     Each part needs >= 3 samples with at least 2 distinct lengths; decode_base_s must come out
     > 0 (the schema's rule).
     """
-    pre = _samples("fit_draft_latency: prefill", prefill, PrefillSample)
+    prefill_base, prefill_per_token, pre_report = _fit_prefill("fit_draft_latency", prefill)
     dec = _samples("fit_draft_latency: decode", decode, DecodeSample)
-    pre_model, pre_report = _affine(
-        "fit_draft_latency: prefill",
-        "prefill_base_s",
-        [_feature("prompt_len", [s.prompt_len for s in pre], "prefill_per_token_s")],
-        np.array([s.seconds for s in pre], dtype=float),
-    )
     dec_y = np.array([s.seconds for s in dec], dtype=float)
     dec_model, dec_report = _affine(
         "fit_draft_latency: decode",
@@ -502,10 +509,10 @@ def fit_draft_latency(
         [_feature("context_len", [s.context_len for s in dec], "decode_per_context_token_s")],
         dec_y,
     )
-    assert pre_model.coef_ is not None and dec_model.coef_ is not None
+    assert dec_model.coef_ is not None
     latency = DraftLatency(
-        prefill_base_s=pre_model.intercept_,
-        prefill_per_token_s=float(pre_model.coef_[0]),
+        prefill_base_s=prefill_base,
+        prefill_per_token_s=prefill_per_token,
         decode_base_s=_positive(
             "fit_draft_latency: decode",
             "decode_base_s",
@@ -531,14 +538,8 @@ def fit_target_latency(
     needs >= 5 samples in which positions, context and batch each take 2+ values and vary
     independently; forward_base_s must come out > 0 (the schema's rule).
     """
-    pre = _samples("fit_target_latency: prefill", prefill, PrefillSample)
+    prefill_base, prefill_per_token, pre_report = _fit_prefill("fit_target_latency", prefill)
     fwd = _samples("fit_target_latency: forward", forward, ForwardSample)
-    pre_model, pre_report = _affine(
-        "fit_target_latency: prefill",
-        "prefill_base_s",
-        [_feature("prompt_len", [s.prompt_len for s in pre], "prefill_per_token_s")],
-        np.array([s.seconds for s in pre], dtype=float),
-    )
     fwd_y = np.array([s.seconds for s in fwd], dtype=float)
     fwd_model, fwd_report = _affine(
         "fit_target_latency: forward",
@@ -550,10 +551,10 @@ def fit_target_latency(
         ],
         fwd_y,
     )
-    assert pre_model.coef_ is not None and fwd_model.coef_ is not None
+    assert fwd_model.coef_ is not None
     latency = TargetLatency(
-        prefill_base_s=pre_model.intercept_,
-        prefill_per_token_s=float(pre_model.coef_[0]),
+        prefill_base_s=prefill_base,
+        prefill_per_token_s=prefill_per_token,
         forward_base_s=_positive(
             "fit_target_latency: forward",
             "forward_base_s",
