@@ -8,4 +8,4 @@ from pydantic import BaseModel, ConfigDict
 class PolicyParams(BaseModel):
     """Base of every policy's parameters: frozen, and unknown keys are an error."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)

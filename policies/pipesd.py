@@ -42,12 +42,14 @@ class PipeSDParams(PolicyParams):
     window_history: int = Field(100, ge=1, description="draft lengths averaged into N̂")
     max_draft_len: int = Field(64, ge=1, le=256, description="hard cap on draft length")
     replan_tolerance: float = Field(0.2, gt=0.0, description="re-plan when α, β or γ moves more")
-    probe_sizes: tuple[int, ...] = Field((1, 2, 3, 4, 5, 6, 7, 8), description="start-up probes")
+    probe_sizes: tuple[int, ...] = Field(
+        (1, 2, 3, 4, 5, 6, 7, 8), strict=False, description="start-up probes (TOML list)"
+    )
     initial_alpha_s: float = Field(0.05, ge=0.0, description="α prior, s per message")
     initial_beta_s: float = Field(0.1, ge=0.0, description="β prior, s per token")
     initial_gamma_s: float = Field(0.036, ge=0.0, description="γ prior, s per drafted token")
-    tune_r1_range: tuple[float, float] = (0.05, 0.9)
-    tune_r2_range: tuple[float, float] = (0.6, 0.99)
+    tune_r1_range: tuple[float, float] = Field((0.05, 0.9), strict=False)
+    tune_r2_range: tuple[float, float] = Field((0.6, 0.99), strict=False)
     tune_calls: int = Field(16, ge=2, description="BO evaluations per tuning run")
     tune_initial_points: int = Field(5, ge=1, description="random points before the GP")
     tune_window_tokens: int = Field(30, ge=1, description="accepted tokens per evaluation")

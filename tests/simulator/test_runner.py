@@ -155,3 +155,19 @@ def test_policies_command_lists_every_policy(capsys) -> None:
         "cloud_ar",
     ):
         assert name in text
+
+
+@pytest.mark.parametrize(
+    ("entry", "field"),
+    [
+        ({"name": "pipesd", "r1": "0.3"}, "r1"),
+        ({"name": "pipesd", "pipeline": "yes"}, "pipeline"),
+        ({"name": "vanilla", "draft_len": 4.5}, "draft_len"),
+    ],
+)
+def test_policy_parameters_are_not_coerced(write_scenario, entry, field) -> None:
+    from simulator.errors import ConfigError
+
+    path = write_scenario(policies=[entry])
+    with pytest.raises(ConfigError, match=field):
+        expand_sweep(path)
