@@ -49,7 +49,12 @@ class VerifyResult:
 
 
 class LlamaTarget:
-    """A GGUF target model with per-session KV state and greedy verification."""
+    """A GGUF target model with per-session KV state and greedy verification.
+
+    Flash attention is on (as in calibrate.acceptance): with llama.cpp's default CPU attention,
+    a batched verification and one-token-at-a-time decoding give slightly different logits, so
+    the target's greedy output would depend on how it is evaluated.
+    """
 
     def __init__(self, model_path: Path | str, threads: int, n_ctx: int = 2048) -> None:
         import llama_cpp
@@ -61,6 +66,7 @@ class LlamaTarget:
             n_threads_batch=threads,
             n_ctx=n_ctx,
             logits_all=False,
+            flash_attn=True,
             verbose=False,
             seed=0,
         )

@@ -70,6 +70,7 @@ def reference(model_path, prompt):
         n_threads_batch=THREADS,
         n_ctx=512,
         logits_all=False,
+        flash_attn=True,
         verbose=False,
         seed=0,
     )

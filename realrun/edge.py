@@ -1,0 +1,526 @@
+"""The real-time edge executor: a llama.cpp draft model, a policy, and the cloud server.
+
+`run_edge` drives the very same policy objects as the simulator (policies/base.py), with the
+semantics of `simulator.engine.Edge._speculative_request`, but on a real clock
+(`time.perf_counter`, reported to the policy as numbers only) against a real verification
+server (realrun/server.py through `CloudClient`).
+
+Threads. The main thread drafts, one token at a time (greedy: argmax of the draft's logits;
+confidence = its softmax probability). Uploads and verifications run on one background worker
+thread, one request at a time and in order, so drafting goes on while they are in flight. The
+main thread looks at what the worker finished only between draft tokens (never mid-token):
+upload reports become `policy.on_upload`, an answer is processed at that token boundary
+(`VerifyOutcome.now_s` = the run's clock then), exactly as the simulator processes answers.
+
+Bookkeeping (positions count generated tokens, as in the simulator): `committed` tokens are
+final, `drafted_end` tokens exist (committed + speculative), `sent_end` have been handed to the
+worker for upload. At most one NAV is outstanding; a VERIFY while one is pending sets
+`deferred` and the edge waits for the answer. A NAV verifies every token since `committed`.
+
+Server message sequence (see realrun/target.py). The server verifies, on `verify(n)`, all n
+tokens uploaded since its last verify; afterwards its state is committed + accepted prefix,
+its pending token is the answer's token, and its upload list is empty. Tokens the edge drafts
+while a NAV is pending (proactive tokens) start with the edge's guess of the answer's token,
+which must never reach the server as a draft token (the server already holds the answer as its
+pending token), and they are worthless if the NAV is not wholly accepted. So the worker keeps
+its own copy of the server's sequence and filters every upload queued while a NAV was pending
+(*proactive* uploads), once it knows that NAV's answer (it always does: it runs the jobs in
+order, and a proactive upload is queued after its NAV):
+
+- NAV not wholly accepted: the upload is stale and dropped (nothing is sent);
+- a token at a position the server already holds (the guess of the bonus token): skipped if it
+  equals the server's token there, otherwise the guess was wrong and the upload is stale;
+- tokens at the server's next upload position: uploaded (these are the survivors).
+
+Consequences (documented differences from the simulator, correctness first): a proactive
+upload is sent only after the answer to the NAV it follows came back (the worker is busy with
+that verification until then, one HTTP request at a time), never overlapped with the NAV; a
+dropped stale upload sends nothing and is not reported to `on_upload`; an upload report gives
+the number of tokens actually sent (the guessed bonus token is not). A NAV is an `upload` of
+the unsent tokens (if any) followed by a `verify`: two HTTP requests.
+
+Accounting. `uplink_messages` counts HTTP requests sent (open, uploads, verifies; not close),
+`uplink_bytes` the lengths of their msgpack bodies, `downlink_bytes` the lengths of the
+re-encoded msgpack answers (HTTP headers are not counted). `edge_busy_s` is the draft model's
+time (prompt prefill + every draft step), `cloud_busy_s` the server's reported target time.
+Energies stay 0 (no meters here).
+
+Not supported (ValueError): cloud-only and split policies, and oracles (they need to know the
+future acceptance run).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from policies.base import Decision, Mode, Policy, RequestStart, VerifyOutcome
+from realrun.client import CloudClient
+from realrun.protocol import encode
+from simulator.engine import Span
+from simulator.records import RequestRecord
+
+CONTINUE, SEND, VERIFY, VERIFY_DROP_LAST = (
+    Decision.CONTINUE,
+    Decision.SEND,
+    Decision.VERIFY,
+    Decision.VERIFY_DROP_LAST,
+)
+
+_UNSUPPORTED = "realrun edge supports speculative policies only for now"
+
+
+# --------------------------------------------------------------------------------------------
+# The draft model
+# --------------------------------------------------------------------------------------------
+
+
+class _Draft:
+    """Greedy drafting on a llama.cpp model, reusing its KV cache across rollbacks.
+
+    `next(context)` returns (argmax token after `context`, its softmax probability). It reuses
+    the longest cached prefix of `context` (setting `n_tokens` back makes the next `eval`
+    overwrite the rest: that is the KV rollback) and evaluates what is missing; at least one
+    token is always evaluated unless the last evaluation ended exactly at `context`.
+    """
+
+    def __init__(self, llama: Any) -> None:
+        self.llama = llama
+        self.n_vocab = int(llama.n_vocab())
+        self.logits_at = -1  # n_tokens right after the last eval (its logits are current)
+
+    def _sync(self, context: Sequence[int]) -> None:
+        llama = self.llama
+        n = int(llama.n_tokens)
+        length = len(context)
+        limit = min(n, length)
+        same = 0
+        if limit:
+            cached = np.asarray(llama.input_ids[:limit])
+            wanted = np.asarray(context[:limit])
+            diff = np.flatnonzero(cached != wanted)
+            same = int(diff[0]) if diff.size else limit
+        if same == length == n == self.logits_at:
+            return
+        keep = min(same, length - 1)
+        llama.n_tokens = keep
+        llama.eval(list(context[keep:]))
+        self.logits_at = int(llama.n_tokens)
+
+    def prefill(self, context: Sequence[int]) -> None:
+        self._sync(context)
+
+    def next(self, context: Sequence[int]) -> tuple[int, float]:
+        self._sync(context)
+        pointer = self.llama._ctx.get_logits_ith(-1)
+        if not pointer:
+            raise RuntimeError("run_edge: llama.cpp returned no logits for the draft")
+        row = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).astype(np.float64)
+        if not np.all(np.isfinite(row)):
+            raise RuntimeError("run_edge: the draft produced non-finite logits")
+        token = int(np.argmax(row))
+        return token, 1.0 / float(np.sum(np.exp(row - row[token])))
+
+
+# --------------------------------------------------------------------------------------------
+# The uplink worker
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    kind: str  # "open", "upload", "verify", "close", "stop"
+    tokens: list[tuple[int, int]] = field(default_factory=list)  # (absolute position, id)
+    probs: list[float] = field(default_factory=list)
+    after_nav: int | None = None  # proactive: queued while this NAV was pending
+    nav: int = 0
+    m: int = 0
+    ready_s: float = 0.0
+
+
+class _Worker(threading.Thread):
+    """Runs cloud requests one at a time, in order; reports to the main thread by a queue."""
+
+    def __init__(self, cloud: CloudClient, prompt: list[int], clock: Any, request: int) -> None:
+        super().__init__(name="pipesd-edge-uplink", daemon=True)
+        self.cloud, self.clock, self.request = cloud, clock, request
+        self.jobs: queue.Queue[_Job] = queue.Queue()
+        self.events: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self.prompt = prompt
+        self.session: str | None = None
+        self.server_seq: list[int] = list(prompt)  # committed + pending + uploaded
+        self.server_base = len(prompt)  # committed + pending
+        self.results: dict[int, tuple[int, int]] = {}  # nav -> (accepted, m)
+        self.stale: set[int] = set()
+        self.messages = 0
+        self.up_bytes = 0
+        self.down_bytes = 0
+        self.spans: list[Span] = []
+
+    def put(self, job: _Job) -> None:
+        self.jobs.put(job)
+
+    def run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job.kind == "stop":
+                return
+            try:
+                self._do(job)
+            except BaseException as exc:  # handed to the main thread, which raises it
+                self.events.put(("error", exc))
+                return
+
+    def _count(self, body: dict[str, Any], answer: dict[str, Any]) -> None:
+        self.messages += 1
+        self.up_bytes += len(encode(body))
+        self.down_bytes += len(encode(answer))
+
+    def _filter(self, job: _Job) -> tuple[list[int], list[float]]:
+        """The tokens of `job` the server must receive now (see the module docstring)."""
+        tag = job.after_nav
+        if tag is not None:
+            if tag in self.stale:
+                return [], []
+            accepted, m = self.results[tag]
+            if accepted < m:
+                self.stale.add(tag)
+                return [], []
+        seq = self.server_seq
+        out: list[int] = []
+        probs: list[float] = []
+        for (pos, tok), p in zip(job.tokens, job.probs, strict=True):
+            if pos < len(seq) and seq[pos] == tok:
+                continue
+            if pos != len(seq):
+                if tag is None:
+                    raise RuntimeError(
+                        f"run_edge: upload of position {pos} does not follow the server's "
+                        f"sequence (length {len(seq)})"
+                    )
+                self.stale.add(tag)
+                return [], []
+            seq.append(tok)
+            out.append(tok)
+            probs.append(p)
+        return out, probs
+
+    def _upload(self, job: _Job, label: str) -> None:
+        tokens, probs = self._filter(job)
+        if not tokens:
+            return
+        assert self.session is not None
+        start = self.clock()
+        body = {"session": self.session, "tokens": tokens, "probs": probs}
+        answer = self.cloud.upload(self.session, tokens, probs)
+        end = self.clock()
+        self._count(body, answer)
+        first = job.tokens[0][0] - len(self.prompt)
+        self.spans.append(
+            Span(
+                "uplink",
+                start,
+                end,
+                label,
+                self.request,
+                first,
+                first + len(job.tokens),
+                job.ready_s,
+            )
+        )
+        self.events.put(("upload", len(tokens), end - start))
+
+    def _do(self, job: _Job) -> None:
+        cloud = self.cloud
+        if job.kind == "open":
+            body = {"prompt": self.prompt}
+            answer = cloud.open(self.prompt)
+            self._count(body, answer)
+            self.session = str(answer["session"])
+        elif job.kind == "upload":
+            self._upload(job, "batch")
+        elif job.kind == "verify":
+            self._upload(job, "NAV")
+            assert self.session is not None
+            n = len(self.server_seq) - self.server_base
+            if n != job.m:
+                raise RuntimeError(f"run_edge: NAV of {job.m} tokens but {n} on the server")
+            start = self.clock()
+            body = {"session": self.session, "n": n}
+            answer = cloud.verify(self.session, n)
+            arrived = self.clock()
+            self._count(body, answer)
+            accepted, token = int(answer["accepted"]), int(answer["token"])
+            if not 0 <= accepted <= n:
+                raise RuntimeError(f"run_edge: the server accepted {accepted} of {n}")
+            base = self.server_base
+            self.server_seq = [*self.server_seq[: base + accepted], token]
+            self.server_base = len(self.server_seq)
+            self.results[job.nav] = (accepted, n)
+            first = base - len(self.prompt)
+            self.spans.append(
+                Span("cloud", start, arrived, "verify", self.request, first, first + n, start)
+            )
+            target_s = float(answer.get("target_ms") or 0.0) / 1e3
+            self.events.put(("answer", job.nav, accepted, token, target_s, arrived))
+        elif job.kind == "close":
+            if self.session is not None:
+                cloud.close(self.session)
+        else:  # pragma: no cover - internal misuse
+            raise RuntimeError(f"unknown job {job.kind!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# The executor
+# --------------------------------------------------------------------------------------------
+
+
+def run_edge(
+    policy: Policy,
+    draft_llama: Any,
+    cloud: CloudClient,
+    prompt_tokens: Sequence[int],
+    max_new_tokens: int,
+    request_index: int = 0,
+    max_draft_tokens: int = 32,
+    clock_origin: float | None = None,
+) -> tuple[RequestRecord, list[int], list[Span]]:
+    """One request under a speculative `policy`: (record, output tokens, timeline).
+
+    `draft_llama`: a llama_cpp.Llama (logits_all=False is enough; its cache is reused when the
+    prompt shares a prefix with what it holds). `max_draft_tokens`: safety cap per NAV (keep
+    it at most the server's max_upload). Times are seconds since `clock_origin` (a
+    `time.perf_counter()` value; default: the call's start). The output is the committed
+    tokens, `max_new_tokens` of them (no stop at end-of-generation tokens).
+    """
+    if policy.mode != Mode.SPECULATIVE:
+        raise ValueError(_UNSUPPORTED)
+    if policy.is_oracle:
+        raise ValueError("realrun edge cannot run oracle policies (they need the future)")
+    n_new = int(max_new_tokens)
+    if n_new < 1:
+        raise ValueError("run_edge: max_new_tokens must be >= 1")
+    prompt = [int(t) for t in prompt_tokens]
+    if not prompt:
+        raise ValueError("run_edge: empty prompt")
+    if max_draft_tokens < 1:
+        raise ValueError("run_edge: max_draft_tokens must be >= 1")
+
+    origin = time.perf_counter() if clock_origin is None else clock_origin
+
+    def clock() -> float:
+        return time.perf_counter() - origin
+
+    prompt_len = len(prompt)
+    record = RequestRecord(request=request_index, prompt_len=prompt_len, start_s=clock())
+    timeline: list[Span] = []
+    draft = _Draft(draft_llama)
+    worker = _Worker(cloud, prompt, clock, request_index)
+    worker.start()
+    worker.put(_Job("open", ready_s=record.start_s))
+    try:
+        t = clock()
+        draft.prefill(prompt)
+        dt = clock() - t
+        record.edge_busy_s += dt
+        timeline.append(Span("draft", t, t + dt, "prefill", request_index, 0, 0))
+        policy.start_request(RequestStart(prompt_len, n_new, record.start_s))
+        output = _loop(
+            policy, draft, worker, record, timeline, prompt, n_new, max_draft_tokens, clock
+        )
+        worker.put(_Job("close"))
+    finally:
+        worker.put(_Job("stop"))
+        worker.join(timeout=60)
+    while not worker.events.empty():
+        event = worker.events.get_nowait()
+        if event[0] == "error":
+            raise event[1]
+    record.uplink_messages = worker.messages
+    record.uplink_bytes = worker.up_bytes
+    record.downlink_bytes = worker.down_bytes
+    timeline.extend(worker.spans)
+    timeline.sort(key=lambda s: (s.start_s, s.end_s))
+    return record, output, timeline
+
+
+def _loop(
+    policy: Policy,
+    draft: _Draft,
+    worker: _Worker,
+    record: RequestRecord,
+    timeline: list[Span],
+    prompt: list[int],
+    n_new: int,
+    max_draft: int,
+    clock: Any,
+) -> list[int]:
+    index = record.request
+    drafts_while_pending = policy.drafts_while_pending
+    limit = n_new - 1
+    toks: list[int] = []  # committed + speculative tokens; len(toks) == drafted_end
+    confs: list[float] = []
+    committed = drafted_end = sent_end = 0
+    nav: tuple[int, int, int] | None = None  # (start, end, id)
+    nav_count = 0
+    answer: tuple[Any, ...] | None = None
+    deferred = False
+    first_token_s = -1.0
+
+    def handle(event: tuple[Any, ...]) -> None:
+        nonlocal answer
+        kind = event[0]
+        if kind == "error":
+            raise event[1]
+        if kind == "upload":
+            policy.on_upload(event[1], event[2])
+        elif kind == "answer":
+            if nav is None or event[1] != nav[2]:
+                raise RuntimeError("run_edge: an answer for no pending NAV")
+            answer = event
+
+    def drain() -> None:
+        while True:
+            try:
+                event = worker.events.get_nowait()
+            except queue.Empty:
+                return
+            handle(event)
+
+    def send(nav_request: bool) -> tuple[int, int, int] | None:
+        nonlocal sent_end, nav_count
+        base = len(prompt)
+        job = _Job(
+            "verify" if nav_request else "upload",
+            tokens=[(base + i, toks[i]) for i in range(sent_end, drafted_end)],
+            probs=[min(max(c, 0.0), 1.0) for c in confs[sent_end:drafted_end]],
+            after_nav=nav[2] if nav is not None else None,
+            ready_s=clock(),
+        )
+        sent_end = drafted_end
+        if not nav_request:
+            worker.put(job)
+            return None
+        nav_count += 1
+        job.nav, job.m = nav_count, drafted_end - committed
+        worker.put(job)
+        return (committed, drafted_end, nav_count)
+
+    while committed < n_new:
+        drain()
+        if nav is not None:
+            if answer is not None:
+                wait: bool | None = False
+            elif drafts_while_pending and not deferred and drafted_end < limit:
+                wait = None  # keep drafting
+            else:
+                wait = True
+            if wait is not None:
+                while answer is None:
+                    handle(worker.events.get())
+                drain()  # upload reports that came with it
+                # -- the answer is processed now, at a token boundary -------------------------
+                t = clock()
+                _, _, accepted, token, target_s, arrived = answer
+                answer = None
+                start, end, _ = nav
+                m = end - start
+                new_committed = start + accepted + 1
+                surviving = surviving_sent = 0
+                if drafted_end > end:
+                    if accepted == m and toks[end] == token:
+                        surviving = drafted_end - end - 1
+                        surviving_sent = max(0, sent_end - end - 1)
+                        record.promoted += surviving
+                        record.bonus_matches += 1
+                    else:
+                        record.discarded += drafted_end - end
+                        record.rollbacks += 1
+                if surviving:
+                    sent_end = max(sent_end, new_committed)
+                else:
+                    del toks[start + accepted :]
+                    del confs[start + accepted :]
+                    toks.append(token)
+                    confs.append(1.0)
+                    drafted_end = sent_end = new_committed
+                committed = min(new_committed, n_new)
+                if first_token_s < 0:
+                    first_token_s = t
+                record.navs += 1
+                record.verified += m
+                record.accepted += accepted
+                record.cloud_busy_s += target_s
+                timeline.append(
+                    Span("result", arrived, t, f"{accepted}/{m} accepted", index, start, end)
+                )
+                nav = None
+                deferred = False
+                decision = policy.on_result(
+                    VerifyOutcome(m, accepted, surviving, surviving_sent, t)
+                )
+                if surviving and committed < n_new:
+                    if decision == VERIFY:
+                        nav = send(True)
+                    elif decision == SEND and drafted_end > sent_end:
+                        send(False)
+                continue
+        elif drafted_end >= limit:
+            nav = send(True)
+            continue
+        # -- draft one token ------------------------------------------------------------------
+        position = drafted_end
+        t = clock()
+        token, conf = draft.next(prompt + toks)
+        dt = clock() - t
+        timeline.append(Span("draft", t, t + dt, "draft", index, position, position + 1))
+        record.edge_busy_s += dt
+        record.drafted += 1
+        toks.append(token)
+        confs.append(conf)
+        drafted_end = position + 1
+        pending = nav is not None
+        decision = policy.on_draft(conf, dt, pending)
+        if decision <= SEND and (
+            drafted_end - committed >= max_draft or (not pending and drafted_end >= limit)
+        ):
+            decision = VERIFY
+        if decision == SEND:
+            if drafted_end > sent_end:
+                send(False)
+        elif decision != CONTINUE:
+            if decision == VERIFY_DROP_LAST:
+                drafted_end -= 1
+                toks.pop()
+                confs.pop()
+                record.discarded += 1
+            if pending:
+                deferred = True
+            else:
+                nav = send(True)
+
+    record.new_tokens = n_new
+    record.first_token_s = first_token_s
+    record.end_s = clock()
+    return toks[:n_new]
+
+
+def startup_probes(policy: Policy, cloud: CloudClient, bytes_per_token: int = 5) -> int:
+    """PipeSD-style start-up probes, once per edge session: padded `/v1/probe` messages of
+    `policy.startup_probe_sizes()` token sizes, timed and reported to `on_upload`. Returns the
+    number of probes sent."""
+    sizes = policy.startup_probe_sizes()
+    for size in sizes:
+        start = time.perf_counter()
+        cloud._post("probe", {"pad": b"\0" * (bytes_per_token * int(size))})
+        policy.on_upload(int(size), time.perf_counter() - start)
+    return len(sizes)
+
+
+__all__ = ["run_edge", "startup_probes"]
