@@ -251,7 +251,7 @@ def _load(path: Path, threads: int, n_ctx: int, logits_all: bool) -> Any:
     )
 
 
-def _format(llama: Any, prompt: str) -> list[int]:
+def format_prompt(llama: Any, prompt: str) -> list[int]:
     """The prompt's tokens: one user message through the model's chat template, if any."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"record_acceptance: prompts must be non-empty strings (got {prompt!r})")
@@ -428,7 +428,7 @@ def record_acceptance(
     # Tokenise with the target first, to size both contexts the same.
     probe = _load(target_path, threads, CTX_ROUND, logits_all=False)
     try:
-        tokenised = [_format(probe, p) for p in prompts]
+        tokenised = [format_prompt(probe, p) for p in prompts]
         target_vocab = int(probe.n_vocab())
     finally:
         probe.close()
@@ -443,7 +443,7 @@ def record_acceptance(
                 f"sizes {int(draft.n_vocab())} and {target_vocab})"
             )
         for text, tokens in zip(prompts, tokenised, strict=True):
-            if _format(draft, text) != tokens:
+            if format_prompt(draft, text) != tokens:
                 raise ValueError(
                     f"record_acceptance: draft and target tokenise prompt {text[:40]!r} "
                     f"differently: they do not share a tokenizer"
@@ -512,7 +512,7 @@ def target_greedy(
     threads = _count("threads", threads, 1)
     probe = _load(target_path, threads, CTX_ROUND, logits_all=False)
     try:
-        tokens = _format(probe, prompt)
+        tokens = format_prompt(probe, prompt)
     finally:
         probe.close()
     target = _load(target_path, threads, _n_ctx(len(tokens), n, draft_len), logits_all=True)

@@ -249,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "calibrate":
             return run_calibrate(args, argv)
         if args.command == "realrun":
-            return run_realrun(args)
+            return run_realrun(args, argv)
         return command_policies()
     except ConfigError as exc:
         print(f"pipesd: error: {exc}", file=sys.stderr)

@@ -23,7 +23,7 @@ llama_cpp = pytest.importorskip(
     "llama_cpp", reason="llama-cpp-python (extra 'models') is not installed"
 )
 
-from calibrate.acceptance import _format, default_prompts, target_greedy  # noqa: E402
+from calibrate.acceptance import default_prompts, format_prompt, target_greedy  # noqa: E402
 from calibrate.models import resolve_model  # noqa: E402
 from calibrate.truncate import truncate_gguf  # noqa: E402
 from policies.base import Decision, Policy  # noqa: E402
@@ -67,8 +67,13 @@ def reference(model_path, prompt_text):
 
 
 @pytest.fixture(scope="module")
-def draft(model_path, tmp_path_factory):
-    path = truncate_gguf(model_path, tmp_path_factory.mktemp("draft") / "draft.gguf", KEEP_LAYERS)
+def draft_path(model_path, tmp_path_factory):
+    return truncate_gguf(model_path, tmp_path_factory.mktemp("draft") / "draft.gguf", KEEP_LAYERS)
+
+
+@pytest.fixture(scope="module")
+def draft(draft_path):
+    path = draft_path
     llama = llama_cpp.Llama(
         model_path=str(path),
         n_threads=THREADS,
@@ -85,7 +90,7 @@ def draft(model_path, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prompt(draft, prompt_text):
-    return _format(draft, prompt_text)
+    return format_prompt(draft, prompt_text)
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +202,27 @@ def test_unsupported_modes(draft, prompt):
         policy = make_policy(name, params_model(name)(), 0)
         with pytest.raises(ValueError, match="speculative policies only"):
             run_edge(policy, draft, None, prompt, 4)  # type: ignore[arg-type]
+
+
+def test_realrun_edge_writes_the_simulators_schema(url, draft_path, tmp_path, write_scenario):
+    import csv
+    import json
+
+    from pipesd.cli import main
+
+    scenario = write_scenario(
+        policies=[{"name": "vanilla"}, {"name": "pipesd", "autotune": False}, {"name": "oracle"}],
+        prompts={"count": 1, "prompt_len": 16, "max_new_tokens": 12},
+    )
+    out = tmp_path / "testbed"
+    argv = ["realrun", "edge", str(scenario), "--server", url, "--draft", str(draft_path),
+            "--threads", str(THREADS), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    summary = list(csv.DictReader((out / "summary.csv").open()))
+    assert [r["policy"] for r in summary] == ["vanilla", "pipesd"]
+    assert all(float(r["tpt_ms"]) > 0 for r in summary)
+    results = list(csv.DictReader((out / "results.csv").open()))
+    assert len(results) == 2 and all(r["new_tokens"] == "12" for r in results)
+    testbed = json.loads((out / "manifest.json").read_text())["testbed"]
+    assert testbed["skipped"] == {"oracle": "needs future acceptance outcomes"}
+    assert len(list((out / "timelines").glob("*.csv"))) == 2
