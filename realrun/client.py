@@ -25,14 +25,23 @@ class CloudClient:
     """`CloudClient("http://127.0.0.1:8600", token)`: open/upload/verify/close return dicts.
 
     Network failures raise httpx's exceptions (httpx.TransportError); refused requests raise
-    CloudError. Use as a context manager, or call `shutdown()`.
+    CloudError. `transport` replaces httpx's own (realrun.shaping's software shaper is one).
+    Use as a context manager, or call `shutdown()`.
     """
 
-    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         headers = {"Content-Type": CONTENT_TYPE, "Accept": CONTENT_TYPE}
         if token:
             headers[TOKEN_HEADER] = token
-        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+        self.http = httpx.Client(
+            base_url=url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+        )
 
     def __enter__(self) -> CloudClient:
         return self
