@@ -1,5 +1,6 @@
 """The `pipesd` command line: `run` simulates a scenario, `policies` lists policies and their
-parameters. Bad input exits with code 2 and one line on stderr; never a traceback."""
+parameters, `validate` compares the testbed with the simulator. Bad input exits with code 2
+and one line on stderr; never a traceback."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from calibrate.cli import run as run_calibrate
 from figures.cli import add_parser as add_figures_parser
 from figures.cli import run as run_figures
 from realrun.cli import add_parser as add_realrun_parser
+from realrun.cli import add_validate_parser, run_validate
 from realrun.cli import run as run_realrun
 from simulator.errors import ConfigError
 
@@ -124,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_figures_parser(sub)
     add_calibrate_parser(sub)
     add_realrun_parser(sub)
+    add_validate_parser(sub)
     return parser
 
 
@@ -250,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_calibrate(args, argv)
         if args.command == "realrun":
             return run_realrun(args, argv)
+        if args.command == "validate":
+            return run_validate(args, argv)
         return command_policies()
     except ConfigError as exc:
         print(f"pipesd: error: {exc}", file=sys.stderr)

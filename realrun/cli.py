@@ -5,11 +5,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from simulator.errors import ConfigError
+
+if TYPE_CHECKING:
+    from realrun.local import LocalOptions
+
+EXIT_INTERRUPTED = 130
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,11 +31,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-ctx", type=int, default=2048)
     parser.add_argument("--max-sessions", type=int, default=64)
     parser.add_argument("--rate-limit", type=float, default=200.0, help="requests/s/client")
+    parser.add_argument("--backend", choices=("llama", "torch"), default="llama")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--batch-window-ms", type=float, default=0.0)
+    parser.add_argument("--max-batch", type=int, default=8, help="verifies per batch")
+    parser.add_argument("--kv-slots", type=int, default=8, help="llama: sessions kept in KV")
+
+
+def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `pipesd realrun local` and `pipesd validate`."""
+    from realrun.local import ACCEPTANCE_MODES, SHAPING_MODES
+
+    parser.add_argument("scenario", type=Path, help="scenario TOML file")
+    parser.add_argument("--target", required=True, help="target GGUF path or known name")
+    parser.add_argument("--draft", required=True, help="draft GGUF sharing the target tokenizer")
+    parser.add_argument("--target-threads", type=int, default=1, help="server CPU threads")
+    parser.add_argument("--draft-threads", type=int, default=1, help="draft CPU threads")
+    parser.add_argument(
+        "--shaping",
+        choices=SHAPING_MODES,
+        default="auto",
+        help="link shaping: tbf in network namespaces, the software shaper, none, or auto "
+        "(tbf where possible, else software)",
+    )
+    parser.add_argument(
+        "--acceptance",
+        choices=ACCEPTANCE_MODES,
+        default="real",
+        help="real: the target's own verification; synthetic: the scenario's acceptance model",
+    )
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    parser.add_argument(
+        "--sweep", action="append", default=[], metavar="K=V1,V2", help="add a sweep axis"
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar, no table (validate still prints its verdict)",
+    )
 
 
 def add_parser(subparsers: Any) -> None:
     """Register `pipesd realrun` and its subcommands."""
-    realrun = subparsers.add_parser("realrun", help="the real testbed (cloud server so far)")
+    realrun = subparsers.add_parser(
+        "realrun", help="the real testbed: cloud server, edge, local runs"
+    )
     roles = realrun.add_subparsers(dest="role", required=True)
     cloud = roles.add_parser(
         "cloud", help="serve a target model for verification over HTTP (msgpack bodies)"
@@ -49,6 +98,224 @@ def add_parser(subparsers: Any) -> None:
     edge.add_argument("--token", help="the server's shared secret, if it has one")
     edge.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
     edge.add_argument("--out", type=Path, required=True, help="output folder")
+    local = roles.add_parser(
+        "local",
+        help="run a scenario's sweep points here: a cloud server per point behind a shaped link",
+        description=(
+            "For every sweep point of SCENARIO: shape the point's link, start the cloud server "
+            "(--target) as a subprocess behind it, run the edge-drafting policies with the "
+            "draft (--draft), then stop the server. Writes OUT/summary.csv, results.csv, "
+            "manifest.json and timelines/ in the simulator's layout (sweep axes as columns), "
+            "and each point's own files under OUT/points/, as each point finishes."
+        ),
+    )
+    add_testbed_arguments(local)
+    local.add_argument("--out", type=Path, required=True, help="output folder")
+
+
+def add_validate_parser(subparsers: Any) -> None:
+    """Register `pipesd validate`."""
+    validate = subparsers.add_parser(
+        "validate",
+        help="run a scenario on the testbed and in the simulator; compare them",
+        description=(
+            "Run SCENARIO on the testbed (as `pipesd realrun local`) and in the simulator with "
+            "its profile replaced by --profile; write OUT/validation.csv (real, simulated and "
+            "(sim - real) / real per sweep point and policy), OUT/real/, OUT/sim/ and "
+            "OUT/manifest.json; print the median and p90 |TPT error| and whether the TPT "
+            "ranking agrees, next to the goals (median <= 3%, p90 <= 8%, same ranking)."
+        ),
+    )
+    add_testbed_arguments(validate)
+    validate.add_argument("--profile", type=Path, required=True, help="profile JSON to validate")
+    validate.add_argument("--out", type=Path, required=True, help="output folder")
+
+
+def _options(args: argparse.Namespace) -> LocalOptions:
+    """LocalOptions from the shared testbed flags (models resolved, threads checked)."""
+    from calibrate.models import resolve_model
+    from realrun.local import LocalOptions
+
+    models = {}
+    for flag, value in (("--target", args.target), ("--draft", args.draft)):
+        try:
+            models[flag] = resolve_model(value)
+        except ConfigError as exc:
+            raise ConfigError(flag, "", exc.problem) from None
+    for flag, value in (
+        ("--target-threads", args.target_threads),
+        ("--draft-threads", args.draft_threads),
+    ):
+        if value < 1:
+            raise ConfigError(flag, "", f"must be at least 1 (got {value})")
+    return LocalOptions(
+        target=models["--target"],
+        draft=models["--draft"],
+        target_threads=args.target_threads,
+        draft_threads=args.draft_threads,
+        shaping=args.shaping,
+        acceptance=args.acceptance,
+    )
+
+
+def _make_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        problem = f"cannot create folder {str(out)!r} ({exc.strerror})"
+        raise ConfigError("--out", "", problem) from None
+
+
+@contextlib.contextmanager
+def _progress(quiet: bool, total: int) -> Iterator[Callable[[str], None]]:
+    """A progress bar on stderr advanced once per finished request (silent with --quiet)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    bar = Progress(
+        TextColumn("[bold]testbed"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[current]}"),
+        console=Console(stderr=True),
+        disable=quiet,
+    )
+    with bar:
+        task = bar.add_task("testbed", total=total, current="")
+        yield lambda message: bar.update(task, advance=1, current=message)
+
+
+def _requests(points: list[Any]) -> int:
+    """Requests the testbed runs over all points (for the progress bar)."""
+    from realrun.testbed import skip_reason
+
+    scenario = points[0].scenario
+    runnable = sum(1 for e in scenario.policies if skip_reason(e.name) is None)
+    return len(points) * runnable * len(scenario.model.seeds) * scenario.model.prompts.count
+
+
+def run_local_command(args: argparse.Namespace, argv: list[str]) -> int:
+    """Execute `pipesd realrun local`."""
+    from realrun.local import run_local
+    from simulator.scenario import expand_sweep
+
+    points = expand_sweep(args.scenario, args.overrides, args.sweep)
+    options = _options(args)
+    _make_out(args.out)
+    with _progress(args.quiet, _requests(points)) as progress:
+        rows = run_local(args.scenario, points, options, args.out, ["pipesd", *argv], progress)
+    if not args.quiet:
+        axes = list(points[0].axes)
+        for row in rows:
+            where = " ".join(f"{a}={row[a]}" for a in axes)
+            print(
+                f"{where + '  ' if where else ''}{row['policy']:24s} TPT {row['tpt_ms']:8.1f} ms"
+                f"  accept {row['acceptance_rate']:.2f}"
+            )
+    print(f"wrote {args.out}/summary.csv, results.csv, manifest.json, timelines/, points/")
+    return 0
+
+
+def _interrupted(out: Path) -> int:
+    """Say what an interrupted testbed run kept; the exit code of an interruption."""
+    print(
+        f"pipesd: interrupted; the server is stopped and finished points are kept in {out} "
+        "(manifest status 'interrupted')",
+        file=sys.stderr,
+    )
+    return EXIT_INTERRUPTED
+
+
+def _percent(value: float) -> str:
+    return "-" if math.isnan(value) else f"{100 * value:+.1f}%"
+
+
+def print_validation(
+    rows: list[dict[str, Any]],
+    axes: list[str],
+    headline: dict[str, Any],
+    skipped: dict[str, str],
+    table_too: bool = True,
+) -> None:
+    """The validation table (unless `table_too` is False), the |TPT error| statistics and the
+    ranking, beside the goals, and the skipped policies."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from realrun.validate import GOAL_MEDIAN, GOAL_P90, verdict
+
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    table = Table(header_style="bold")
+    for title in [*axes, "policy", "TPT real", "TPT sim", "TPT err", "tok/s err", "NAVs real",
+                  "NAVs sim", "acc len err", "up bytes err", "J/token err"]:  # fmt: skip
+        table.add_column(title, justify="left" if title == "policy" else "right")
+    for row in rows:
+        table.add_row(
+            *(str(row[a]) for a in axes),
+            row["policy"],
+            f"{row['tpt_ms_real']:.1f}",
+            f"{row['tpt_ms_sim']:.1f}",
+            _percent(row["tpt_ms_err"]),
+            _percent(row["tokens_per_s_err"]),
+            f"{row['nav_count_real']:.0f}",
+            f"{row['nav_count_sim']:.0f}",
+            _percent(row["mean_accepted_len_err"]),
+            _percent(row["uplink_bytes_err"]),
+            _percent(row["energy_per_token_j_err"]),
+        )
+    if table_too:
+        console.print(table)
+    median, p90 = headline["tpt_abs_error_median"], headline["tpt_abs_error_p90"]
+    met = headline["goals_met"]
+    console.print(
+        f"|TPT error| over {headline['rows']} rows: median {_percent(median).lstrip('+')} "
+        f"(goal <= {100 * GOAL_MEDIAN:.0f}%: {verdict(met['median'])}), "
+        f"p90 {_percent(p90).lstrip('+')} (goal <= {100 * GOAL_P90:.0f}%: {verdict(met['p90'])})",
+        highlight=False,
+    )
+    if headline["ranking_identical"]:
+        console.print("TPT ranking: identical at every sweep point (goal: identical: met)")
+    else:
+        console.print("TPT ranking differs (goal: identical: missed):", highlight=False)
+        for mismatch in headline["ranking_mismatches"]:
+            console.print(
+                f"  point {mismatch['point']}: real {' < '.join(mismatch['real'])}; "
+                f"sim {' < '.join(mismatch['sim'])}",
+                highlight=False,
+            )
+    if skipped:
+        listed = ", ".join(f"{label} ({reason})" for label, reason in skipped.items())
+        console.print(f"skipped (the testbed cannot run them): {listed}", highlight=False)
+
+
+def run_validate(args: argparse.Namespace, argv: list[str]) -> int:
+    """Execute `pipesd validate` (exit 0 whether or not the goals are met: it is a measurement)."""
+    try:
+        import realrun.testbed  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(
+            "validate", "", f"{exc.name} is not installed (pip install -e '.[realrun]')"
+        ) from None
+    from realrun.local import ServerError
+    from realrun.validate import run_validation, validation_points
+
+    points = validation_points(args.scenario, args.profile, args.overrides, args.sweep)
+    options = _options(args)
+    _make_out(args.out)
+    try:
+        with _progress(args.quiet, _requests(points)) as progress:
+            rows, headline, skipped = run_validation(
+                args.scenario, args.profile, points, options, args.out, ["pipesd", *argv],
+                progress,
+            )  # fmt: skip
+    except ServerError as exc:
+        print(f"pipesd: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return _interrupted(args.out / "real")
+    print_validation(rows, list(points[0].axes), headline, skipped, not args.quiet)
+    print(f"wrote {args.out}/validation.csv, manifest.json, real/, sim/")
+    return 0
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
@@ -62,6 +329,16 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         ) from None
     if args.role == "cloud":
         return serve(args)
+    if args.role == "local":
+        from realrun.local import ServerError
+
+        try:
+            return run_local_command(args, argv)
+        except ServerError as exc:
+            print(f"pipesd: error: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return _interrupted(args.out)
     import httpx
 
     from calibrate.models import resolve_model

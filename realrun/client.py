@@ -10,6 +10,20 @@ import msgpack
 
 from realrun.protocol import CONTENT_TYPE, TOKEN_HEADER, check_verify_result, encode
 
+Dist = tuple[Sequence[int], Sequence[float]]
+"""A draft distribution: (token ids, their probabilities)."""
+
+
+def _drafts(
+    tokens: Sequence[int], probs: Sequence[float] | None, dists: Sequence[Dist] | None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"tokens": [int(t) for t in tokens]}
+    if probs is not None:
+        body["probs"] = [float(p) for p in probs]
+    if dists is not None:
+        body["dists"] = [[[int(i) for i in ids], [float(p) for p in ps]] for ids, ps in dists]
+    return body
+
 
 class CloudError(RuntimeError):
     """The server refused a request (`status` is the HTTP status, `message` its reason)."""
@@ -71,19 +85,44 @@ class CloudClient:
     def health(self) -> dict[str, Any]:
         return self._answer(self.http.get("/v1/health"), "/v1/health")
 
-    def open(self, prompt: Sequence[int]) -> dict[str, Any]:
-        return self._post("open", {"prompt": [int(t) for t in prompt]})
+    def open(
+        self,
+        prompt: Sequence[int],
+        synthetic_accepted: Sequence[bool | int] | None = None,
+        sampling: tuple[float, int] | None = None,
+    ) -> dict[str, Any]:
+        """Open a session: greedy, or `synthetic_accepted` verdicts per output position, or
+        `sampling` = (temperature, seed)."""
+        body: dict[str, Any] = {"prompt": [int(t) for t in prompt]}
+        if synthetic_accepted is not None:
+            body["synthetic"] = {"accepted": [int(bool(v)) for v in synthetic_accepted]}
+        if sampling is not None:
+            body["sampling"] = {"temperature": float(sampling[0]), "seed": int(sampling[1])}
+        return self._post("open", body)
 
     def upload(
-        self, session: str, tokens: Sequence[int], probs: Sequence[float] | None = None
+        self,
+        session: str,
+        tokens: Sequence[int],
+        probs: Sequence[float] | None = None,
+        dists: Sequence[Dist] | None = None,
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"session": session, "tokens": [int(t) for t in tokens]}
-        if probs is not None:
-            body["probs"] = [float(p) for p in probs]
+        body = {"session": session, **_drafts(tokens, probs, dists)}
         return self._post("upload", body)
 
-    def verify(self, session: str, n: int) -> dict[str, Any]:
-        return check_verify_result(self._post("verify", {"session": session, "n": int(n)}))
+    def verify(
+        self,
+        session: str,
+        n: int,
+        tokens: Sequence[int] | None = None,
+        probs: Sequence[float] | None = None,
+        dists: Sequence[Dist] | None = None,
+    ) -> dict[str, Any]:
+        """Verify the `n` tokens uploaded since the last verify, `tokens` (sent along) included."""
+        body: dict[str, Any] = {"session": session, "n": int(n)}
+        if tokens is not None:
+            body |= _drafts(tokens, probs, dists)
+        return check_verify_result(self._post("verify", body))
 
     def close(self, session: str) -> dict[str, Any]:
         return self._post("close", {"session": session})

@@ -15,38 +15,69 @@ upload reports become `policy.on_upload`, an answer is processed at that token b
 Bookkeeping (positions count generated tokens, as in the simulator): `committed` tokens are
 final, `drafted_end` tokens exist (committed + speculative), `sent_end` have been handed to the
 worker for upload. At most one NAV is outstanding; a VERIFY while one is pending sets
-`deferred` and the edge waits for the answer. A NAV verifies every token since `committed`.
+`deferred` and the edge waits for the answer. A NAV verifies every token since `committed`,
+and is ONE HTTP request: `verify` carrying the tokens not uploaded yet (if any).
 
 Server message sequence (see realrun/target.py). The server verifies, on `verify(n)`, all n
-tokens uploaded since its last verify; afterwards its state is committed + accepted prefix,
-its pending token is the answer's token, and its upload list is empty. Tokens the edge drafts
-while a NAV is pending (proactive tokens) start with the edge's guess of the answer's token,
-which must never reach the server as a draft token (the server already holds the answer as its
-pending token), and they are worthless if the NAV is not wholly accepted. So the worker keeps
-its own copy of the server's sequence and filters every upload queued while a NAV was pending
-(*proactive* uploads), once it knows that NAV's answer (it always does: it runs the jobs in
-order, and a proactive upload is queued after its NAV):
+tokens uploaded since its last verify (those in the verify request included); afterwards its
+state is committed + accepted prefix, its pending token is the answer's token, and its upload
+list is empty. Tokens the edge drafts while a NAV is pending (proactive tokens) start with the
+edge's guess of the answer's token, which must never reach the server as a draft token (the
+server already holds the answer as its pending token), and they are worthless if the NAV is
+not wholly accepted. So the worker keeps its own copy of the server's sequence and filters
+every upload queued while a NAV was pending (*proactive* uploads), once it knows that NAV's
+answer (it always does: it runs the jobs in order, and a proactive upload is queued after its
+NAV):
 
 - NAV not wholly accepted: the upload is stale and dropped (nothing is sent);
 - a token at a position the server already holds (the guess of the bonus token): skipped if it
-  equals the server's token there, otherwise the guess was wrong and the upload is stale;
+  equals the server's token there (synthetic mode: if the stream accepts that position),
+  otherwise the guess was wrong and the upload is stale;
 - tokens at the server's next upload position: uploaded (these are the survivors).
 
-Consequences (documented differences from the simulator, correctness first): a proactive
-upload is sent only after the answer to the NAV it follows came back (the worker is busy with
-that verification until then, one HTTP request at a time), never overlapped with the NAV; a
-dropped stale upload sends nothing and is not reported to `on_upload`; an upload report gives
-the number of tokens actually sent (the guessed bonus token is not). A NAV is an `upload` of
-the unsent tokens (if any) followed by a `verify`: two HTTP requests.
+Differences from the simulator (correctness first):
+- a proactive upload is sent only after the answer to the NAV it follows came back (the worker
+  is busy with that NAV until then), never overlapped with it. Overlapping would need the
+  protocol to carry positions: an upload sent before the answer is known cannot be filtered,
+  and the server would take the bonus guess as a draft token or append a stale upload;
+- a dropped stale upload sends nothing and is not reported to `on_upload`; an upload report
+  gives the number of tokens actually sent (the guessed bonus token is not);
+- a NAV's upload and its verification are one HTTP request, so its `on_upload` report comes
+  with the answer and its duration is the request's round trip minus the server's target time
+  (the simulator reports the uplink transmission alone, when it ends).
 
-Accounting. `uplink_messages` counts HTTP requests sent (open, uploads, verifies; not close),
+Synthetic acceptance (`acceptance_stream`, the simulator's `AcceptanceStream` of the same
+seed, edge and request). The session is opened with the stream's accepted flags; the server
+accepts a NAV's leading drafts whose positions are accepted (still running the real target
+pass, for its timing) and answers the target's token at the first rejected position (or the
+bonus). The real draft still runs every step and its tokens are uploaded, but the policy is
+told the stream's confidence for on-path positions and the off-path confidences past a
+rejected position, exactly as the simulator does, and a proactive guess of the bonus token
+matches when the stream accepts its position. A matched guess stays in the edge's output (the
+server holds its own token there; only positions matter in this mode), so the output is not
+the target's and the draft's cache stays valid. The edge checks that every answer accepts what
+the stream says.
+
+Cloud lost (offline fallback). A transport error (connection refused or reset, a timeout: the
+client's `timeout`), an HTTP 5xx, or a 404 (the session vanished: the server restarted) ends
+the cloud's part of the request. The edge keeps everything committed and its speculative
+tokens, and finishes with the draft alone, greedily, one token at a time. Keeping the
+speculative tokens is the same as drafting them again: they are the draft's own greedy tokens
+after the committed prefix (a matched bonus guess equals the target's token, or, in synthetic
+mode, stays in the output anyway). `RequestRecord.local_tokens` counts the output tokens the
+cloud never verified (kept speculative + drafted after the loss); an `offline` span covers the
+local part. Local tokens count as `drafted` and as edge time, but are not shown to the policy.
+The next `run_edge` opens a new session, so it uses the cloud again when it is back. Other
+failures (4xx, malformed answers, protocol mismatches) are bugs and raise.
+
+Accounting. `uplink_messages` counts HTTP requests sent (open, uploads, NAVs; not close),
 `uplink_bytes` the lengths of their msgpack bodies, `downlink_bytes` the lengths of the
 re-encoded msgpack answers (HTTP headers are not counted). `edge_busy_s` is the draft model's
 time (prompt prefill + every draft step), `cloud_busy_s` the server's reported target time.
 Energies stay 0 (no meters here).
 
-Not supported (ValueError): cloud-only and split policies, and oracles (they need to know the
-future acceptance run).
+Not supported (ValueError): cloud-only and split policies, and oracles (they need the true
+link and cloud costs, not only the future acceptance run).
 """
 
 from __future__ import annotations
@@ -54,15 +85,17 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import numpy as np
 
 from policies.base import Decision, Mode, Policy, RequestStart, VerifyOutcome
-from realrun.client import CloudClient
+from realrun.client import CloudClient, CloudError
 from realrun.protocol import encode
+from simulator.acceptance import AcceptanceStream
 from simulator.engine import Span
 from simulator.records import RequestRecord
 
@@ -74,6 +107,20 @@ CONTINUE, SEND, VERIFY, VERIFY_DROP_LAST = (
 )
 
 _UNSUPPORTED = "realrun edge supports speculative policies only for now"
+
+Clock = Callable[[], float]
+
+
+def cloud_lost(exc: BaseException) -> bool:
+    """Whether a failed cloud request means the cloud is gone (finish the request locally)
+    rather than a bug: transport errors and timeouts, HTTP 5xx, 404 (session lost)."""
+    if isinstance(exc, httpx.TransportError):
+        return True
+    return isinstance(exc, CloudError) and (exc.status >= 500 or exc.status == 404)
+
+
+class _CloudLost(Exception):
+    """Raised in the main thread when the worker reports the cloud lost."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,11 +192,22 @@ class _Job:
 
 
 class _Worker(threading.Thread):
-    """Runs cloud requests one at a time, in order; reports to the main thread by a queue."""
+    """Runs cloud requests one at a time, in order; reports to the main thread by a queue.
 
-    def __init__(self, cloud: CloudClient, prompt: list[int], clock: Any, request: int) -> None:
+    The first failed request ends it: ("offline", exc) when the cloud is lost, else
+    ("error", exc); later jobs are never run.
+    """
+
+    def __init__(
+        self,
+        cloud: CloudClient,
+        prompt: list[int],
+        clock: Clock,
+        request: int,
+        stream: AcceptanceStream | None,
+    ) -> None:
         super().__init__(name="pipesd-edge-uplink", daemon=True)
-        self.cloud, self.clock, self.request = cloud, clock, request
+        self.cloud, self.clock, self.request, self.stream = cloud, clock, request, stream
         self.jobs: queue.Queue[_Job] = queue.Queue()
         self.events: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.prompt = prompt
@@ -173,14 +231,20 @@ class _Worker(threading.Thread):
                 return
             try:
                 self._do(job)
-            except BaseException as exc:  # handed to the main thread, which raises it
-                self.events.put(("error", exc))
+            except BaseException as exc:  # handed to the main thread
+                self.events.put(("offline" if cloud_lost(exc) else "error", exc))
                 return
 
     def _count(self, body: dict[str, Any], answer: dict[str, Any]) -> None:
         self.messages += 1
         self.up_bytes += len(encode(body))
         self.down_bytes += len(encode(answer))
+
+    def _matches(self, pos: int, token: int) -> bool:
+        """Whether the edge's token at a position the server holds counts as the server's."""
+        if self.stream is not None:
+            return bool(self.stream.accepted[pos - len(self.prompt)])
+        return self.server_seq[pos] == token
 
     def _filter(self, job: _Job) -> tuple[list[int], list[float]]:
         """The tokens of `job` the server must receive now (see the module docstring)."""
@@ -196,7 +260,7 @@ class _Worker(threading.Thread):
         out: list[int] = []
         probs: list[float] = []
         for (pos, tok), p in zip(job.tokens, job.probs, strict=True):
-            if pos < len(seq) and seq[pos] == tok:
+            if pos < len(seq) and self._matches(pos, tok):
                 continue
             if pos != len(seq):
                 if tag is None:
@@ -211,7 +275,23 @@ class _Worker(threading.Thread):
             probs.append(p)
         return out, probs
 
-    def _upload(self, job: _Job, label: str) -> None:
+    def _span(self, lane: str, start: float, end: float, label: str, job: _Job) -> None:
+        first = job.tokens[0][0] - len(self.prompt) if job.tokens else 0
+        last = first + len(job.tokens)
+        self.spans.append(Span(lane, start, end, label, self.request, first, last, job.ready_s))
+
+    def _open(self) -> None:
+        body: dict[str, Any] = {"prompt": self.prompt}
+        if self.stream is None:
+            answer = self.cloud.open(self.prompt)
+        else:
+            verdicts = [int(a) for a in self.stream.accepted]
+            body["synthetic"] = {"accepted": verdicts}
+            answer = self.cloud.open(self.prompt, synthetic_accepted=verdicts)
+        self._count(body, answer)
+        self.session = str(answer["session"])
+
+    def _upload(self, job: _Job) -> None:
         tokens, probs = self._filter(job)
         if not tokens:
             return
@@ -221,57 +301,49 @@ class _Worker(threading.Thread):
         answer = self.cloud.upload(self.session, tokens, probs)
         end = self.clock()
         self._count(body, answer)
-        first = job.tokens[0][0] - len(self.prompt)
-        self.spans.append(
-            Span(
-                "uplink",
-                start,
-                end,
-                label,
-                self.request,
-                first,
-                first + len(job.tokens),
-                job.ready_s,
-            )
-        )
+        self._span("uplink", start, end, "batch", job)
         self.events.put(("upload", len(tokens), end - start))
 
+    def _verify(self, job: _Job) -> None:
+        """A NAV: the unsent tokens and the verification in one request."""
+        assert self.session is not None
+        tokens, probs = self._filter(job)
+        n = len(self.server_seq) - self.server_base
+        if n != job.m:
+            raise RuntimeError(f"run_edge: NAV of {job.m} tokens but {n} on the server")
+        body: dict[str, Any] = {"session": self.session, "n": n}
+        if tokens:
+            body.update(tokens=tokens, probs=probs)
+        start = self.clock()
+        answer = self.cloud.verify(self.session, n, tokens or None, probs or None)
+        arrived = self.clock()
+        self._count(body, answer)
+        accepted, token = int(answer["accepted"]), int(answer["token"])
+        if not 0 <= accepted <= n:
+            raise RuntimeError(f"run_edge: the server accepted {accepted} of {n}")
+        base = self.server_base
+        self.server_seq = [*self.server_seq[: base + accepted], token]
+        self.server_base = len(self.server_seq)
+        self.results[job.nav] = (accepted, n)
+        first = base - len(self.prompt)
+        self.spans.append(
+            Span("cloud", start, arrived, "NAV", self.request, first, first + n, job.ready_s)
+        )
+        target_s = float(answer.get("target_ms") or 0.0) / 1e3
+        if tokens:
+            self.events.put(("upload", len(tokens), max(arrived - start - target_s, 0.0)))
+        self.events.put(("answer", job.nav, accepted, token, target_s, arrived))
+
     def _do(self, job: _Job) -> None:
-        cloud = self.cloud
         if job.kind == "open":
-            body = {"prompt": self.prompt}
-            answer = cloud.open(self.prompt)
-            self._count(body, answer)
-            self.session = str(answer["session"])
+            self._open()
         elif job.kind == "upload":
-            self._upload(job, "batch")
+            self._upload(job)
         elif job.kind == "verify":
-            self._upload(job, "NAV")
-            assert self.session is not None
-            n = len(self.server_seq) - self.server_base
-            if n != job.m:
-                raise RuntimeError(f"run_edge: NAV of {job.m} tokens but {n} on the server")
-            start = self.clock()
-            body = {"session": self.session, "n": n}
-            answer = cloud.verify(self.session, n)
-            arrived = self.clock()
-            self._count(body, answer)
-            accepted, token = int(answer["accepted"]), int(answer["token"])
-            if not 0 <= accepted <= n:
-                raise RuntimeError(f"run_edge: the server accepted {accepted} of {n}")
-            base = self.server_base
-            self.server_seq = [*self.server_seq[: base + accepted], token]
-            self.server_base = len(self.server_seq)
-            self.results[job.nav] = (accepted, n)
-            first = base - len(self.prompt)
-            self.spans.append(
-                Span("cloud", start, arrived, "verify", self.request, first, first + n, start)
-            )
-            target_s = float(answer.get("target_ms") or 0.0) / 1e3
-            self.events.put(("answer", job.nav, accepted, token, target_s, arrived))
+            self._verify(job)
         elif job.kind == "close":
             if self.session is not None:
-                cloud.close(self.session)
+                self.cloud.close(self.session)
         else:  # pragma: no cover - internal misuse
             raise RuntimeError(f"unknown job {job.kind!r}")
 
@@ -290,19 +362,22 @@ def run_edge(
     request_index: int = 0,
     max_draft_tokens: int = 32,
     clock_origin: float | None = None,
+    acceptance_stream: AcceptanceStream | None = None,
 ) -> tuple[RequestRecord, list[int], list[Span]]:
     """One request under a speculative `policy`: (record, output tokens, timeline).
 
     `draft_llama`: a llama_cpp.Llama (logits_all=False is enough; its cache is reused when the
     prompt shares a prefix with what it holds). `max_draft_tokens`: safety cap per NAV (keep
     it at most the server's max_upload). Times are seconds since `clock_origin` (a
-    `time.perf_counter()` value; default: the call's start). The output is the committed
-    tokens, `max_new_tokens` of them (no stop at end-of-generation tokens).
+    `time.perf_counter()` value; default: the call's start). `acceptance_stream`: synthetic
+    acceptance (module docstring), at least `max_new_tokens` positions long. The output is the
+    committed tokens, `max_new_tokens` of them (no stop at end-of-generation tokens); when the
+    cloud is lost the draft finishes them alone (module docstring).
     """
     if policy.mode != Mode.SPECULATIVE:
         raise ValueError(_UNSUPPORTED)
     if policy.is_oracle:
-        raise ValueError("realrun edge cannot run oracle policies (they need the future)")
+        raise ValueError("realrun edge cannot run oracle policies (they need the true costs)")
     n_new = int(max_new_tokens)
     if n_new < 1:
         raise ValueError("run_edge: max_new_tokens must be >= 1")
@@ -311,6 +386,9 @@ def run_edge(
         raise ValueError("run_edge: empty prompt")
     if max_draft_tokens < 1:
         raise ValueError("run_edge: max_draft_tokens must be >= 1")
+    stream = acceptance_stream
+    if stream is not None and (len(stream.accepted) < n_new or len(stream.next_reject) < n_new):
+        raise ValueError(f"run_edge: the acceptance stream covers fewer than {n_new} positions")
 
     origin = time.perf_counter() if clock_origin is None else clock_origin
 
@@ -321,7 +399,7 @@ def run_edge(
     record = RequestRecord(request=request_index, prompt_len=prompt_len, start_s=clock())
     timeline: list[Span] = []
     draft = _Draft(draft_llama)
-    worker = _Worker(cloud, prompt, clock, request_index)
+    worker = _Worker(cloud, prompt, clock, request_index, stream)
     worker.start()
     worker.put(_Job("open", ready_s=record.start_s))
     try:
@@ -332,7 +410,7 @@ def run_edge(
         timeline.append(Span("draft", t, t + dt, "prefill", request_index, 0, 0))
         policy.start_request(RequestStart(prompt_len, n_new, record.start_s))
         output = _loop(
-            policy, draft, worker, record, timeline, prompt, n_new, max_draft_tokens, clock
+            policy, draft, worker, record, timeline, prompt, n_new, max_draft_tokens, clock, stream
         )
         worker.put(_Job("close"))
     finally:
@@ -350,6 +428,32 @@ def run_edge(
     return record, output, timeline
 
 
+def _finish_locally(
+    draft: _Draft,
+    prompt: list[int],
+    toks: list[int],
+    n_new: int,
+    record: RequestRecord,
+    timeline: list[Span],
+    clock: Clock,
+) -> float:
+    """Greedy draft decoding until `toks` holds `n_new` tokens; returns when the first new
+    token was ready (-1 if none was needed)."""
+    first = -1.0
+    while len(toks) < n_new:
+        position = len(toks)
+        t = clock()
+        token, _ = draft.next(prompt + toks)
+        dt = clock() - t
+        timeline.append(Span("draft", t, t + dt, "local", record.request, position, position + 1))
+        record.edge_busy_s += dt
+        record.drafted += 1
+        toks.append(token)
+        if first < 0:
+            first = t + dt
+    return first
+
+
 def _loop(
     policy: Policy,
     draft: _Draft,
@@ -359,7 +463,8 @@ def _loop(
     prompt: list[int],
     n_new: int,
     max_draft: int,
-    clock: Any,
+    clock: Clock,
+    stream: AcceptanceStream | None,
 ) -> list[int]:
     index = record.request
     drafts_while_pending = policy.drafts_while_pending
@@ -372,12 +477,16 @@ def _loop(
     answer: tuple[Any, ...] | None = None
     deferred = False
     first_token_s = -1.0
+    off_index = 0
+    lost: list[BaseException] = []  # the worker's report that the cloud is gone
 
     def handle(event: tuple[Any, ...]) -> None:
         nonlocal answer
         kind = event[0]
         if kind == "error":
             raise event[1]
+        if kind == "offline":  # acted on once no answer is left to process
+            lost.append(event[1])
         if kind == "upload":
             policy.on_upload(event[1], event[2])
         elif kind == "answer":
@@ -412,98 +521,133 @@ def _loop(
         worker.put(job)
         return (committed, drafted_end, nav_count)
 
-    while committed < n_new:
-        drain()
-        if nav is not None:
-            if answer is not None:
-                wait: bool | None = False
-            elif drafts_while_pending and not deferred and drafted_end < limit:
-                wait = None  # keep drafting
-            else:
-                wait = True
-            if wait is not None:
-                while answer is None:
-                    handle(worker.events.get())
-                drain()  # upload reports that came with it
-                # -- the answer is processed now, at a token boundary -------------------------
-                t = clock()
-                _, _, accepted, token, target_s, arrived = answer
-                answer = None
-                start, end, _ = nav
-                m = end - start
-                new_committed = start + accepted + 1
-                surviving = surviving_sent = 0
-                if drafted_end > end:
-                    if accepted == m and toks[end] == token:
-                        surviving = drafted_end - end - 1
-                        surviving_sent = max(0, sent_end - end - 1)
-                        record.promoted += surviving
-                        record.bonus_matches += 1
-                    else:
-                        record.discarded += drafted_end - end
-                        record.rollbacks += 1
-                if surviving:
-                    sent_end = max(sent_end, new_committed)
+    try:
+        while committed < n_new:
+            drain()
+            if lost and answer is None:
+                raise _CloudLost(lost[0])
+            if nav is not None:
+                if answer is not None:
+                    wait: bool | None = False
+                elif drafts_while_pending and not deferred and drafted_end < limit:
+                    wait = None  # keep drafting
                 else:
-                    del toks[start + accepted :]
-                    del confs[start + accepted :]
-                    toks.append(token)
-                    confs.append(1.0)
-                    drafted_end = sent_end = new_committed
-                committed = min(new_committed, n_new)
-                if first_token_s < 0:
-                    first_token_s = t
-                record.navs += 1
-                record.verified += m
-                record.accepted += accepted
-                record.cloud_busy_s += target_s
-                timeline.append(
-                    Span("result", arrived, t, f"{accepted}/{m} accepted", index, start, end)
-                )
-                nav = None
-                deferred = False
-                decision = policy.on_result(
-                    VerifyOutcome(m, accepted, surviving, surviving_sent, t)
-                )
-                if surviving and committed < n_new:
-                    if decision == VERIFY:
-                        nav = send(True)
-                    elif decision == SEND and drafted_end > sent_end:
-                        send(False)
-                continue
-        elif drafted_end >= limit:
-            nav = send(True)
-            continue
-        # -- draft one token ------------------------------------------------------------------
-        position = drafted_end
-        t = clock()
-        token, conf = draft.next(prompt + toks)
-        dt = clock() - t
-        timeline.append(Span("draft", t, t + dt, "draft", index, position, position + 1))
-        record.edge_busy_s += dt
-        record.drafted += 1
-        toks.append(token)
-        confs.append(conf)
-        drafted_end = position + 1
-        pending = nav is not None
-        decision = policy.on_draft(conf, dt, pending)
-        if decision <= SEND and (
-            drafted_end - committed >= max_draft or (not pending and drafted_end >= limit)
-        ):
-            decision = VERIFY
-        if decision == SEND:
-            if drafted_end > sent_end:
-                send(False)
-        elif decision != CONTINUE:
-            if decision == VERIFY_DROP_LAST:
-                drafted_end -= 1
-                toks.pop()
-                confs.pop()
-                record.discarded += 1
-            if pending:
-                deferred = True
-            else:
+                    wait = True
+                if wait is not None:
+                    while answer is None:
+                        if lost:
+                            raise _CloudLost(lost[0])
+                        handle(worker.events.get())
+                    drain()  # upload reports that came with it
+                    # -- the answer is processed now, at a token boundary ---------------------
+                    t = clock()
+                    _, _, accepted, token, target_s, arrived = answer
+                    answer = None
+                    start, end, _ = nav
+                    m = end - start
+                    if stream is not None:
+                        expected = min(stream.next_reject[start] - start, m)
+                        if accepted != expected:
+                            raise RuntimeError(
+                                f"run_edge: the server accepted {accepted} of {m} at position "
+                                f"{start}, the acceptance stream {expected}"
+                            )
+                    new_committed = start + accepted + 1
+                    surviving = surviving_sent = 0
+                    if drafted_end > end:
+                        guessed = (
+                            stream.next_reject[start] > end
+                            if stream is not None
+                            else toks[end] == token
+                        )
+                        if accepted == m and guessed:
+                            surviving = drafted_end - end - 1
+                            surviving_sent = max(0, sent_end - end - 1)
+                            record.promoted += surviving
+                            record.bonus_matches += 1
+                        else:
+                            record.discarded += drafted_end - end
+                            record.rollbacks += 1
+                    if surviving:
+                        sent_end = max(sent_end, new_committed)
+                    else:
+                        del toks[start + accepted :]
+                        del confs[start + accepted :]
+                        toks.append(token)
+                        confs.append(1.0)
+                        drafted_end = sent_end = new_committed
+                    committed = min(new_committed, n_new)
+                    if first_token_s < 0:
+                        first_token_s = t
+                    record.navs += 1
+                    record.verified += m
+                    record.accepted += accepted
+                    record.cloud_busy_s += target_s
+                    timeline.append(
+                        Span("result", arrived, t, f"{accepted}/{m} accepted", index, start, end)
+                    )
+                    nav = None
+                    deferred = False
+                    decision = policy.on_result(
+                        VerifyOutcome(m, accepted, surviving, surviving_sent, t)
+                    )
+                    if surviving and committed < n_new:
+                        if decision == VERIFY:
+                            nav = send(True)
+                        elif decision == SEND and drafted_end > sent_end:
+                            send(False)
+                    continue
+            elif drafted_end >= limit:
                 nav = send(True)
+                continue
+            # -- draft one token --------------------------------------------------------------
+            position = drafted_end
+            t = clock()
+            token, conf = draft.next(prompt + toks)
+            dt = clock() - t
+            if stream is not None:  # the simulator's confidences (engine.py)
+                if position <= stream.next_reject[committed]:
+                    conf = stream.confidence[position]
+                else:
+                    off_path = stream.off_path_confidence
+                    conf = off_path[off_index % len(off_path)]
+                    off_index += 1
+            timeline.append(Span("draft", t, t + dt, "draft", index, position, position + 1))
+            record.edge_busy_s += dt
+            record.drafted += 1
+            toks.append(token)
+            confs.append(conf)
+            drafted_end = position + 1
+            pending = nav is not None
+            decision = policy.on_draft(conf, dt, pending)
+            if decision <= SEND and (
+                drafted_end - committed >= max_draft or (not pending and drafted_end >= limit)
+            ):
+                decision = VERIFY
+            if decision == SEND:
+                if drafted_end > sent_end:
+                    send(False)
+            elif decision != CONTINUE:
+                if decision == VERIFY_DROP_LAST:
+                    drafted_end -= 1
+                    toks.pop()
+                    confs.pop()
+                    record.discarded += 1
+                if pending:
+                    deferred = True
+                else:
+                    nav = send(True)
+    except _CloudLost as lost:
+        t = clock()
+        record.local_tokens = n_new - committed
+        if first_token_s < 0 and drafted_end > committed:
+            first_token_s = t
+        first_local = _finish_locally(draft, prompt, toks, n_new, record, timeline, clock)
+        if first_token_s < 0:
+            first_token_s = first_local
+        reason = str(lost.args[0]).splitlines()[0] if str(lost.args[0]) else ""
+        label = f"local: {type(lost.args[0]).__name__} {reason}".strip()
+        timeline.append(Span("offline", t, clock(), label, index, committed, n_new))
 
     record.new_tokens = n_new
     record.first_token_s = first_token_s
@@ -514,13 +658,19 @@ def _loop(
 def startup_probes(policy: Policy, cloud: CloudClient, bytes_per_token: int = 5) -> int:
     """PipeSD-style start-up probes, once per edge session: padded `/v1/probe` messages of
     `policy.startup_probe_sizes()` token sizes, timed and reported to `on_upload`. Returns the
-    number of probes sent."""
-    sizes = policy.startup_probe_sizes()
-    for size in sizes:
+    number of probes answered: probing stops when the cloud is lost (`cloud_lost`)."""
+    sent = 0
+    for size in policy.startup_probe_sizes():
         start = time.perf_counter()
-        cloud._post("probe", {"pad": b"\0" * (bytes_per_token * int(size))})
+        try:
+            cloud._post("probe", {"pad": b"\0" * (bytes_per_token * int(size))})
+        except Exception as exc:
+            if cloud_lost(exc):
+                break
+            raise
         policy.on_upload(int(size), time.perf_counter() - start)
-    return len(sizes)
+        sent += 1
+    return sent
 
 
-__all__ = ["run_edge", "startup_probes"]
+__all__ = ["cloud_lost", "run_edge", "startup_probes"]

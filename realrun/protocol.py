@@ -10,19 +10,34 @@ returns only the session id (no first token: the edge drafts it, and the first `
 it; `verify` with nothing uploaded is one plain target decode step). Each `verify` evaluates
 [pending, d1..dk] in one batch, so row j of the logits predicts the token after input j.
 
-- ``open``   ``{"prompt": [int, ...]}`` (1..max_prompt tokens)
-  -> ``{"session": str, "n_prompt": int, "prefill_ms": float}``
-- ``upload`` ``{"session": str, "tokens": [int, ...], "probs": [float, ...] | None}``
-  (probs optional, one per token in [0, 1]: the draft's probability of each token, stored for
-  sampling verification; greedy verification ignores them) -> ``{"pending": int}``, the number
-  of tokens uploaded since the last verify.
-- ``verify`` ``{"session": str, "n": int}``; `n` must equal the number uploaded since the last
-  verify (a check that no upload was lost) -> ``{"accepted": int, "token": int,
-  "target_ms": float, "energy_j": float | None}``. Greedy: `accepted` is the longest prefix of
-  the draft tokens equal to the target's greedy tokens; `token` is the target's greedy token at
-  the first mismatch (the correction), or after the last draft token when all were accepted
-  (the bonus). `target_ms` is the wall time of the target's batch evaluation plus the argmax;
-  `energy_j` is None on the CPU (no energy meter).
+- ``open``   ``{"prompt": [int, ...], "synthetic"?: {"accepted": [0|1, ...]},
+  "sampling"?: {"temperature": float, "seed": int}}`` (1..max_prompt tokens; at most one of
+  the two options) -> ``{"session": str, "n_prompt": int, "prefill_ms": float}``. The options
+  choose the session's verification rule (realrun.verifier): greedy by default; `synthetic`
+  gives the acceptance verdict of each output position (0 = first generated token, positions
+  past the list are rejections; at most max_session_len entries); `sampling` asks for
+  speculative sampling at `temperature` in (0, 100] with a session Generator seeded by `seed`
+  in [0, 2**63).
+- ``upload`` ``{"session": str, "tokens": [int, ...], "probs"?: [float, ...],
+  "dists"?: [[[int, ...], [float, ...]], ...]}`` -> ``{"pending": int}``, the number of tokens
+  uploaded since the last verify. `probs` (one per token in [0, 1]): the draft's probability of
+  each token, stored (no rule uses it: sampling takes q(d) from `dists`). `dists` (one per
+  token): the draft distribution the token was drawn from, as [ids, probs] (distinct ids, 1..V
+  of them, probabilities in [0, 1], renormalised over the ids by the server; the token must
+  be among the ids with p > 0); required by a sampling session for every token, refused by
+  the others.
+- ``verify`` ``{"session": str, "n": int, "tokens"?: [...], "probs"?: [...],
+  "dists"?: [...]}``: the optional fields (same rules as upload, 0..max_upload tokens) are
+  appended to the session's uploads first, so one request can carry a whole NAV. `n` must
+  equal the number of tokens uploaded since the last verify, these included (a check that no
+  upload was lost); the max_upload limit applies to that total. -> ``{"accepted": int,
+  "token": int, "target_ms": float, "energy_j": float | None, "batch_size": int}``. `accepted`
+  is the number of leading drafts the rule keeps; `token` is the rule's next token: the
+  correction at the first rejection, or the bonus after the last draft (greedy: the target's
+  argmax). Concurrent verifies of different sessions may be evaluated in one batch:
+  `batch_size` says how many were, and `target_ms` is that batch's wall time (forward pass
+  plus acceptance rules). `energy_j` is the target GPU's energy over the batch (NVML counter
+  delta) divided by `batch_size`, None where no meter exists (the CPU).
 - ``close``  ``{"session": str}`` -> ``{"closed": true}``
 
 Errors come back as ``{"error": str}`` with a 4xx status: 400 undecodable body, 401 missing or
@@ -37,9 +52,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+import numpy as np
+
+from realrun.verifier import Rule, Sampling, SparseDist, Synthetic
 
 CONTENT_TYPE = "application/msgpack"
 TOKEN_HEADER = "X-PipeSD-Token"
+MAX_TEMPERATURE = 100.0
+"""Highest sampling temperature accepted (any finite value works; this bounds nonsense)."""
 
 
 class ProtocolError(Exception):
@@ -121,38 +141,116 @@ def token_list(value: Any, name: str, limits: Limits, min_len: int, max_len: int
     return list(value)
 
 
-def parse_open(obj: dict[str, Any], limits: Limits) -> list[int]:
-    """The prompt token ids of an `open` request."""
-    return token_list(_field(obj, "prompt"), "prompt", limits, 1, limits.max_prompt)
+def parse_open(obj: dict[str, Any], limits: Limits) -> tuple[list[int], Rule | None]:
+    """(prompt token ids, verification rule or None for greedy) of an `open` request."""
+    prompt = token_list(_field(obj, "prompt"), "prompt", limits, 1, limits.max_prompt)
+    synthetic, sampling = obj.get("synthetic"), obj.get("sampling")
+    if synthetic is not None and sampling is not None:
+        raise ProtocolError(422, "'synthetic' and 'sampling' cannot be combined")
+    if synthetic is not None:
+        return prompt, _synthetic(synthetic, limits)
+    if sampling is not None:
+        return prompt, _sampling(sampling)
+    return prompt, None
 
 
-def parse_upload(obj: dict[str, Any], limits: Limits) -> tuple[str, list[int], list[float] | None]:
-    """(session, draft token ids, draft probabilities or None) of an `upload` request."""
-    sid = session_id(obj)
-    tokens = token_list(_field(obj, "tokens"), "tokens", limits, 1, limits.max_upload)
-    probs = obj.get("probs")
-    if probs is None:
-        return sid, tokens, None
-    if not isinstance(probs, list) or len(probs) != len(tokens):
-        raise ProtocolError(422, "'probs' must be a list with one probability per token")
-    out = []
-    for p in probs:
-        if isinstance(p, bool) or not isinstance(p, int | float):
-            raise ProtocolError(422, "'probs' must hold numbers")
-        p = float(p)
-        if not (math.isfinite(p) and 0.0 <= p <= 1.0):
-            raise ProtocolError(422, "'probs' must hold probabilities in [0, 1]")
-        out.append(p)
-    return sid, tokens, out
+def _synthetic(value: Any, limits: Limits) -> Synthetic:
+    if not isinstance(value, dict) or set(value) != {"accepted"}:
+        raise ProtocolError(422, "'synthetic' must be a map {'accepted': [0|1, ...]}")
+    verdicts = value["accepted"]
+    if not isinstance(verdicts, list) or len(verdicts) > limits.max_session_len:
+        raise ProtocolError(
+            422, f"'synthetic.accepted' must be a list of at most {limits.max_session_len} verdicts"
+        )
+    if not all(v in (0, 1) and (_int(v) or isinstance(v, bool)) for v in verdicts):
+        raise ProtocolError(422, "'synthetic.accepted' must hold 0 or 1 (or booleans)")
+    return Synthetic(tuple(bool(v) for v in verdicts))
 
 
-def parse_verify(obj: dict[str, Any], limits: Limits) -> tuple[str, int]:
-    """(session, number of uploaded tokens to verify) of a `verify` request."""
+def _sampling(value: Any) -> Sampling:
+    if not isinstance(value, dict) or set(value) != {"temperature", "seed"}:
+        raise ProtocolError(422, "'sampling' must be a map {'temperature': float, 'seed': int}")
+    temperature, seed = value["temperature"], value["seed"]
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+        raise ProtocolError(422, "'sampling.temperature' must be a number")
+    if not (math.isfinite(temperature) and 0 < temperature <= MAX_TEMPERATURE):
+        raise ProtocolError(422, f"'sampling.temperature' must be in (0, {MAX_TEMPERATURE}]")
+    if not _int(seed) or not 0 <= seed < 2**63:
+        raise ProtocolError(422, "'sampling.seed' must be an integer in [0, 2**63)")
+    return Sampling(float(temperature), int(seed))
+
+
+@dataclass(frozen=True)
+class Drafts:
+    """Draft tokens of an `upload` (or of a `verify` carrying them) and what comes with them."""
+
+    tokens: list[int]
+    probs: list[float] | None
+    dists: list[SparseDist] | None
+
+
+def _probability(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProtocolError(422, f"{name!r} must hold numbers")
+    p = float(value)
+    if not (math.isfinite(p) and 0.0 <= p <= 1.0):
+        raise ProtocolError(422, f"{name!r} must hold probabilities in [0, 1]")
+    return p
+
+
+def _dist(value: Any, token: int, limits: Limits) -> SparseDist:
+    """One `[[ids...], [probs...]]` draft distribution, renormalised over its ids."""
+    if not isinstance(value, list) or len(value) != 2:
+        raise ProtocolError(422, "'dists' entries must be [[ids...], [probs...]]")
+    ids = token_list(value[0], "dists ids", limits, 1, limits.n_vocab)
+    probs = value[1]
+    if not isinstance(probs, list) or len(probs) != len(ids):
+        raise ProtocolError(422, "'dists': one probability per id")
+    if len(set(ids)) != len(ids):
+        raise ProtocolError(422, "'dists': ids must be distinct")
+    values = np.array([_probability(p, "dists probs") for p in probs])
+    total = float(values.sum())
+    if total <= 0:
+        raise ProtocolError(422, "'dists': probabilities must not all be 0")
+    where = np.flatnonzero(np.asarray(ids) == token)
+    if where.size == 0 or values[where[0]] <= 0:
+        raise ProtocolError(
+            422, "'dists': each draft token must be among its distribution's ids with p > 0"
+        )
+    return SparseDist(np.asarray(ids, dtype=np.int64), values / total)
+
+
+def parse_drafts(obj: dict[str, Any], limits: Limits, min_len: int = 1) -> Drafts:
+    """The `tokens` and optional `probs` and `dists` of a request (see the module docstring)."""
+    tokens = token_list(_field(obj, "tokens"), "tokens", limits, min_len, limits.max_upload)
+    probs, dists = obj.get("probs"), obj.get("dists")
+    if probs is not None:
+        if not isinstance(probs, list) or len(probs) != len(tokens):
+            raise ProtocolError(422, "'probs' must be a list with one probability per token")
+        probs = [_probability(p, "probs") for p in probs]
+    if dists is not None:
+        if not isinstance(dists, list) or len(dists) != len(tokens):
+            raise ProtocolError(422, "'dists' must be a list with one distribution per token")
+        dists = [_dist(d, t, limits) for d, t in zip(dists, tokens, strict=True)]
+    return Drafts(tokens, probs, dists)
+
+
+def parse_upload(obj: dict[str, Any], limits: Limits) -> tuple[str, Drafts]:
+    """(session, draft tokens with their probabilities / distributions) of an `upload`."""
+    return session_id(obj), parse_drafts(obj, limits)
+
+
+def parse_verify(obj: dict[str, Any], limits: Limits) -> tuple[str, int, Drafts | None]:
+    """(session, tokens to verify, draft tokens carried by this request or None)."""
     sid = session_id(obj)
     n = _field(obj, "n")
     if not _int(n) or not 0 <= n <= limits.max_upload:
         raise ProtocolError(422, f"'n' must be an integer in [0, {limits.max_upload}]")
-    return sid, n
+    if "tokens" not in obj:
+        if "probs" in obj or "dists" in obj:
+            raise ProtocolError(422, "'probs'/'dists' need 'tokens'")
+        return sid, n, None
+    return sid, n, parse_drafts(obj, limits, min_len=0)
 
 
 def parse_close(obj: dict[str, Any], limits: Limits) -> str:
@@ -166,18 +264,22 @@ def check_verify_result(obj: Any) -> dict[str, Any]:
         raise ValueError("verify response is not a map")
     if not _int(obj.get("accepted")) or obj["accepted"] < 0 or not _int(obj.get("token")):
         raise ValueError(f"verify response lacks integer 'accepted'/'token': {obj!r}")
+    if not _int(obj.get("batch_size", 1)) or obj.get("batch_size", 1) < 1:
+        raise ValueError(f"verify response has a bad 'batch_size': {obj!r}")
     return obj
 
 
 __all__ = [
     "CONTENT_TYPE",
     "TOKEN_HEADER",
+    "Drafts",
     "Limits",
     "ProtocolError",
     "check_verify_result",
     "decode",
     "encode",
     "parse_close",
+    "parse_drafts",
     "parse_open",
     "parse_upload",
     "parse_verify",

@@ -1,26 +1,41 @@
-"""The cloud verification server: FastAPI + uvicorn around one llama.cpp target model.
+"""The cloud verification server: FastAPI + uvicorn around one target model (any backend).
 
 Routes (msgpack bodies, see realrun.protocol): POST /v1/open, /v1/upload, /v1/verify,
-/v1/close; GET /v1/health (no secret needed; says only that the server is up, the model file
-name, vocabulary and context sizes, and the number of sessions).
+/v1/close, /v1/probe; GET /v1/health (no secret needed; says only that the server is up, the
+model file name, vocabulary and context sizes, the number of sessions and the batch limit).
 
 Checks, in order, for every POST: per-client rate limit (token bucket on the peer address,
 429), shared secret in the X-PipeSD-Token header when the server has one (401), body size
 (413, the body is read in chunks and abandoned past the limit), content type (415), msgpack
-(400), fields (422), session (404). A refused request changes no state. Model work runs in a
-worker thread under one lock: one evaluation at a time, sessions serialised.
+(400), fields (422), session (404). A refused request changes no state. Model work runs in
+worker threads under one lock. Verifies go through a realrun.batching.Batcher: those waiting
+when the model frees up (plus those arriving within --batch-window-ms, default 0) are
+evaluated in one batch of at most --max-batch, each answered with its own result, the batch's
+time and its size. The default adds no wait, so one session's latency is unchanged.
 
-    python -m realrun.server --model smollm2-135m --threads 4 --port 8600
+Backends: `--backend llama` (realrun.target.LlamaTarget, GGUF; `--device cuda` offloads all
+layers where llama-cpp-python was built with GPU support) or `--backend torch`
+(realrun.torch_target.TorchTarget(model, device), imported only then). Greedy, synthetic and
+sampling verification need the backend's `supports_rules`; batching needs `verify_batch`
+(otherwise verifies run one at a time). On a CUDA device the GPU's NVML energy counter gives
+each answer's `energy_j`: the counter's delta over the batch / batch size. The counter moves
+in steps of tens of milliseconds, so a single value is coarse (often 0 or one step); sums
+over many verifications are right. On the CPU energy_j is None.
+
+    python -m realrun.server --model smollm2-135m --threads 4 --port 8600 [--max-batch 8]
 """
 
 from __future__ import annotations
 
 import argparse
 import hmac
+import re
+import sys
 import threading
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +43,13 @@ from fastapi import FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from realrun import protocol
-from realrun.protocol import CONTENT_TYPE, TOKEN_HEADER, Limits, ProtocolError
+from realrun.batching import Batcher
+from realrun.protocol import CONTENT_TYPE, TOKEN_HEADER, Drafts, Limits, ProtocolError
+from realrun.verifier import Sampling
+from simulator.errors import ConfigError
+
+BACKENDS = ("llama", "torch")
+"""Target backends: realrun.target.LlamaTarget, realrun.torch_target.TorchTarget."""
 
 
 class RateLimiter:
@@ -53,6 +74,15 @@ class RateLimiter:
             return ok
 
 
+@dataclass(frozen=True)
+class VerifyRequest:
+    """One parsed `verify`, waiting for a batch."""
+
+    sid: str
+    n: int
+    drafts: Drafts | None
+
+
 def create_app(
     target_model_path: Path | str,
     threads: int = 1,
@@ -64,21 +94,29 @@ def create_app(
     n_ctx: int = 2048,
     max_upload: int = 64,
     target: Any = None,
+    batch_window_ms: float = 0.0,
+    max_batch: int = 8,
+    kv_slots: int = 8,
+    energy_meter: Any = None,
 ) -> FastAPI:
-    """The FastAPI app serving one target model (loaded here unless `target` is given).
+    """The FastAPI app serving one target model (a LlamaTarget loaded here unless `target`).
 
-    `token`: shared secret required in X-PipeSD-Token (None: none needed). Bodies are limited
-    to `max_body_bytes`, link probes (`/v1/probe`, padding only) to `max_probe_bytes`.
-    `rate_limit_per_s`: requests per second per client address (None: unlimited).
-    `max_upload`: most draft tokens per verification. The app's `state.target` is the
-    LlamaTarget (closed on shutdown only if loaded here).
+    `target`: any backend with LlamaTarget's interface (realrun.torch_target's TorchTarget);
+    closed on shutdown only if loaded here. `token`: shared secret required in X-PipeSD-Token
+    (None: none needed). Bodies are limited to `max_body_bytes`, link probes (`/v1/probe`,
+    padding only) to `max_probe_bytes`. `rate_limit_per_s`: requests per second per client
+    address (None: unlimited). `max_upload`: most draft tokens per verification. Verifies
+    waiting together (plus those arriving within `batch_window_ms`) run as one batch of at most
+    `max_batch` when the backend has `verify_batch` (else one at a time); a loaded LlamaTarget
+    gets `kv_slots` KV sequences. `energy_meter` (`read_j()`, e.g. calibrate.power's
+    NvmlEnergyMeter; default: the target's `energy_meter` attribute, if any) gives energy_j.
     """
     from realrun.target import LlamaTarget
 
     owned = target is None
     if owned:
-        target = LlamaTarget(target_model_path, threads=threads, n_ctx=n_ctx)
-    if max_upload + 1 > target.n_batch:
+        target = LlamaTarget(target_model_path, threads=threads, n_ctx=n_ctx, kv_slots=kv_slots)
+    if max_upload + 1 > getattr(target, "n_batch", max_upload + 1):
         raise ValueError(f"max_upload must be < n_batch ({target.n_batch})")
     limits = Limits(
         n_vocab=target.n_vocab,
@@ -90,6 +128,10 @@ def create_app(
     limiter = RateLimiter(rate_limit_per_s) if rate_limit_per_s else None
     lock = threading.Lock()
     secret = token.encode() if token else None
+    meter = energy_meter if energy_meter is not None else getattr(target, "energy_meter", None)
+    batched = hasattr(target, "verify_batch")
+    model_path = getattr(target, "model_path", None)
+    model_name = Path(model_path).name if model_path else str(getattr(target, "model_name", "?"))
 
     @asynccontextmanager
     async def lifespan(_app: Any):
@@ -133,43 +175,91 @@ def create_app(
             raise ProtocolError(404, "unknown session")
         return session
 
+    def check_drafts(session: Any, drafts: Drafts, total: int) -> None:
+        """Refuse drafts that do not fit the session (its rule, its limits)."""
+        sampling = isinstance(getattr(session, "rule", None), Sampling)
+        if drafts.dists is not None and not sampling:
+            raise ProtocolError(422, "'dists' needs a session opened with 'sampling'")
+        if sampling and drafts.tokens and drafts.dists is None:
+            raise ProtocolError(422, "a 'sampling' session needs 'dists' for every token")
+        if total > limits.max_upload:
+            raise ProtocolError(
+                422, f"more than {limits.max_upload} tokens uploaded before a verify"
+            )
+        if session.length + total > limits.max_session_len:
+            raise ProtocolError(422, "session would exceed the target's context size")
+
+    def store(sid: str, drafts: Drafts) -> int:
+        if drafts.dists is None:
+            return target.upload(sid, drafts.tokens, drafts.probs)
+        return target.upload(sid, drafts.tokens, drafts.probs, drafts.dists)
+
     def do_open(obj: dict[str, Any]) -> dict[str, Any]:
-        prompt = protocol.parse_open(obj, limits)
+        prompt, rule = protocol.parse_open(obj, limits)
+        if rule is not None and not getattr(target, "supports_rules", False):
+            raise ProtocolError(422, "this server's backend verifies greedily only")
         with lock:
             if len(target.sessions) >= max_sessions:
                 raise ProtocolError(429, f"session limit ({max_sessions}) reached")
-            sid, ms = target.open(prompt)
+            sid, ms = target.open(prompt) if rule is None else target.open(prompt, rule)
         return {"session": sid, "n_prompt": len(prompt), "prefill_ms": ms}
 
     def do_upload(obj: dict[str, Any]) -> dict[str, Any]:
-        sid, tokens, probs = protocol.parse_upload(obj, limits)
+        sid, drafts = protocol.parse_upload(obj, limits)
         with lock:
             session = session_of(sid)
-            if len(session.uploaded) + len(tokens) > limits.max_upload:
-                raise ProtocolError(
-                    422, f"more than {limits.max_upload} tokens uploaded before a verify"
-                )
-            if session.length + len(session.uploaded) + len(tokens) > limits.max_session_len:
-                raise ProtocolError(422, "session would exceed the target's context size")
-            return {"pending": target.upload(sid, tokens, probs)}
+            check_drafts(session, drafts, len(session.uploaded) + len(drafts.tokens))
+            return {"pending": store(sid, drafts)}
+
+    def admit(request: VerifyRequest) -> None:
+        """Check one verify against its session and store the tokens it carries."""
+        session = session_of(request.sid)
+        drafts = request.drafts or Drafts([], None, None)
+        total = len(session.uploaded) + len(drafts.tokens)
+        if request.n != total:
+            raise ProtocolError(422, f"'n' is {request.n} but {total} tokens were uploaded")
+        check_drafts(session, drafts, total)
+        if drafts.tokens:
+            store(request.sid, drafts)
+
+    def run_batch(requests: list[VerifyRequest]) -> list[dict[str, Any] | BaseException]:
+        """Verify a batch (the Batcher holds the model lock): one answer or error each."""
+        answers: list[dict[str, Any] | BaseException] = []
+        admitted = []
+        for request in requests:
+            try:
+                admit(request)
+                admitted.append(request.sid)
+                answers.append({})
+            except ProtocolError as exc:
+                answers.append(exc)
+        if not admitted:
+            return answers
+        before = meter.read_j() if meter is not None else None
+        if batched:
+            results = iter(target.verify_batch(admitted))
+        else:
+            results = iter([target.verify(sid) for sid in admitted])
+        energy = None if before is None else (meter.read_j() - before) / len(admitted)
+        for answer in answers:
+            if isinstance(answer, dict):
+                result = next(results)
+                answer |= {
+                    "accepted": result.accepted,
+                    "token": result.token,
+                    "target_ms": result.target_ms,
+                    "energy_j": energy,
+                    "batch_size": getattr(result, "batch_size", 1),
+                }
+        return answers
+
+    batcher: Batcher[VerifyRequest, dict[str, Any]] = Batcher(
+        run_batch, batch_window_ms / 1e3, max_batch if batched else 1, lock
+    )
 
     def do_verify(obj: dict[str, Any]) -> dict[str, Any]:
-        sid, n = protocol.parse_verify(obj, limits)
-        with lock:
-            session = session_of(sid)
-            if n != len(session.uploaded):
-                raise ProtocolError(
-                    422, f"'n' is {n} but {len(session.uploaded)} tokens were uploaded"
-                )
-            if session.length + n > limits.max_session_len:
-                raise ProtocolError(422, "session is at the target's context size")
-            result = target.verify(sid)
-        return {
-            "accepted": result.accepted,
-            "token": result.token,
-            "target_ms": result.target_ms,
-            "energy_j": None,
-        }
+        sid, n, drafts = protocol.parse_verify(obj, limits)
+        return batcher.submit(sid, VerifyRequest(sid, n, drafts))
 
     def do_close(obj: dict[str, Any]) -> dict[str, Any]:
         sid = protocol.parse_close(obj, limits)
@@ -216,38 +306,100 @@ def create_app(
         return reply(
             {
                 "ok": True,
-                "model": target.model_path.name,
+                "model": model_name,
                 "n_vocab": target.n_vocab,
                 "n_ctx": target.n_ctx,
                 "sessions": len(target.sessions),
+                "max_batch": batcher.max_batch,
             }
         )
 
     return app
 
 
-def serve(args: argparse.Namespace) -> int:
-    """Load the target and serve until interrupted; a bad model raises ConfigError."""
-    import uvicorn
-
+def load_target(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(target, energy meter or None) for the CLI's options; ConfigError on bad ones."""
     from calibrate.models import resolve_model
 
+    backend = getattr(args, "backend", "llama")
+    device = getattr(args, "device", "cpu")
+    kv_slots = getattr(args, "kv_slots", 8)
+    if backend not in BACKENDS:
+        raise ConfigError("--backend", backend, f"allowed: {', '.join(BACKENDS)}")
+    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise ConfigError("--device", device, "allowed: cpu, cuda, cuda:N")
+    if kv_slots < 1:
+        raise ConfigError("--kv-slots", str(kv_slots), "must be >= 1")
+    if backend == "torch":
+        try:
+            from realrun.torch_target import TorchTarget
+        except ImportError as exc:
+            raise ConfigError("--backend", "torch", f"cannot import it ({exc})") from None
+        target = TorchTarget(args.model, device, n_ctx=args.n_ctx, threads=args.threads)
+    else:
+        import llama_cpp
+
+        from realrun.target import LlamaTarget
+
+        if device != "cpu" and not llama_cpp.llama_supports_gpu_offload():
+            raise ConfigError("--device", device, "this llama-cpp-python build is CPU-only")
+        target = LlamaTarget(
+            resolve_model(args.model),
+            threads=args.threads,
+            n_ctx=args.n_ctx,
+            kv_slots=kv_slots,
+            gpu_layers=0 if device == "cpu" else -1,
+        )
+    return target, gpu_meter(device)
+
+
+def gpu_meter(device: str) -> Any:
+    """NVML's energy counter of the CUDA device `device` (None on the CPU or without NVML)."""
+    if device == "cpu":
+        return None
+    from calibrate.power import NvmlEnergyMeter, PowerUnavailable, nvml_index_for_cuda
+
+    index = int(device.partition(":")[2] or 0)
+    try:
+        return NvmlEnergyMeter(nvml_index_for_cuda(index))
+    except PowerUnavailable as exc:
+        print(f"realrun-cloud: energy_j will be None ({exc})", file=sys.stderr)
+        return None
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Load the target and serve until interrupted; bad options raise ConfigError."""
+    import uvicorn
+
+    window = getattr(args, "batch_window_ms", 0.0)
+    max_batch = getattr(args, "max_batch", 8)
+    if not (window >= 0 and window <= 1000):
+        raise ConfigError("--batch-window-ms", str(window), "must be in [0, 1000]")
+    if max_batch < 1:
+        raise ConfigError("--max-batch", str(max_batch), "must be >= 1")
+    target, meter = load_target(args)
     app = create_app(
-        resolve_model(args.model),
-        threads=args.threads,
+        args.model,
         token=args.token,
         max_sessions=args.max_sessions,
         rate_limit_per_s=args.rate_limit or None,
-        n_ctx=args.n_ctx,
+        target=target,
+        batch_window_ms=window,
+        max_batch=max_batch,
+        energy_meter=meter,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        target.close()
+        if meter is not None:
+            meter.close()
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m realrun.server`: the same as `pipesd realrun cloud`."""
     from realrun.cli import add_arguments
-    from simulator.errors import ConfigError
 
     parser = argparse.ArgumentParser(prog="realrun-cloud", description=__doc__.splitlines()[0])
     add_arguments(parser)

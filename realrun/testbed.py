@@ -2,9 +2,16 @@
 verifies over HTTP, and results are written in the simulator's schema (summary.csv,
 results.csv, manifest.json) plus every request's timeline.
 
-What the testbed cannot take from the scenario yet: link shaping (the link is whatever lies
-between edge and server), many edges, and policies that are not edge-drafting (cloud-only,
-split inference) or need the future (oracle); those are listed as skipped in the manifest.
+Each (policy, seed) run is one edge session, as one simulation is in the simulator: its clock
+(and the caller's trace replay, `on_start`) starts at 0, the policy's start-up probes go first,
+then the scenario's requests run back to back. With `acceptance="synthetic"` every request
+faces the simulator's acceptance outcomes for the same (seed, edge 0, request).
+
+One sweep point per call (the caller loops over points, each with its own output folder).
+What the testbed cannot take from the scenario: many edges, and policies that are not
+edge-drafting (cloud-only, split inference), need the true costs (oracle) or a fleet plan;
+those are listed as skipped in the manifest. The link is whatever lies between edge and
+server (`transport` and `link_info` say how the caller shaped it).
 """
 
 from __future__ import annotations
@@ -13,11 +20,13 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from policies.base import Mode
 from policies.registry import POLICIES, make_policy
+from simulator.acceptance import AcceptanceModel
 from simulator.engine import Span, policy_seed
+from simulator.errors import ConfigError
 from simulator.records import RECORD_FIELDS
 from simulator.results import write_json, write_table
 from simulator.runner import (
@@ -28,7 +37,13 @@ from simulator.runner import (
     summary_columns,
     summary_rows,
 )
-from simulator.scenario import SweepPoint
+from simulator.scenario import Scenario, SweepPoint
+
+if TYPE_CHECKING:
+    import httpx
+
+ACCEPTANCE = ("real", "synthetic")
+"""Where acceptance comes from: the target's own verification, or the scenario's model."""
 
 
 def skip_reason(name: str) -> str | None:
@@ -43,6 +58,14 @@ def skip_reason(name: str) -> str | None:
     return None
 
 
+def acceptance_model(scenario: Scenario) -> AcceptanceModel:
+    """The single edge's acceptance model, built as simulator.engine.simulate builds it."""
+    model, profile = scenario.model, scenario.profile.profile
+    spec = model.acceptance or profile.acceptance
+    base_dir = scenario.base_dir if model.acceptance else scenario.profile.path.parent
+    return AcceptanceModel(spec, base_dir)
+
+
 def run_testbed(
     scenario_path: Path,
     point: SweepPoint,
@@ -53,16 +76,37 @@ def run_testbed(
     command: list[str],
     token: str | None = None,
     progress: Callable[[str], None] | None = None,
+    transport: httpx.BaseTransport | None = None,
+    link_info: dict[str, Any] | None = None,
+    acceptance: str = "real",
+    on_start: Callable[[], None] | None = None,
+    cloud_timeout_s: float = 10.0,
 ) -> list[dict[str, Any]]:
-    """Run every runnable policy of `point` on the testbed; returns the summary rows."""
+    """Run every runnable policy of `point` on the testbed; returns the summary rows.
+
+    `transport`: the httpx transport of the edge's client (a software link shaper), closed
+    with it. `link_info`: the manifest's `testbed.link` entry. `acceptance`: "real" or
+    "synthetic" (ConfigError otherwise). `on_start`: called at the start of each (policy,
+    seed) session, before its probes and first request. `cloud_timeout_s`: the client's
+    timeout. The server must answer `/v1/health` at the start (httpx.HTTPError otherwise);
+    later, a request that fails (a dead server, a timeout) is finished by the draft alone
+    (realrun.edge, `local_tokens` in results.csv), and the next request tries the cloud again.
+    """
+    if acceptance not in ACCEPTANCE:
+        raise ConfigError("acceptance", "", f"must be one of {', '.join(ACCEPTANCE)} "
+                          f"(got {acceptance!r})")  # fmt: skip
     import llama_cpp
 
     from calibrate.acceptance import default_prompts, format_prompt
     from realrun.client import CloudClient
-    from realrun.edge import run_edge
+    from realrun.edge import run_edge, startup_probes
+    from realrun.protocol import Limits
 
     scenario = point.scenario
     model = scenario.model
+    n_new = model.prompts.max_new_tokens
+    max_draft = min(model.edge.max_draft_tokens, Limits(n_vocab=1).max_upload)
+    synthetic = acceptance_model(scenario) if acceptance == "synthetic" else None
     prompts = default_prompts()
     draft = llama_cpp.Llama(
         model_path=str(draft_path),
@@ -78,52 +122,61 @@ def run_testbed(
     rows: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
-    with CloudClient(server, token) as cloud:
-        for index, entry in enumerate(scenario.policies):
-            reason = skip_reason(entry.name)
-            if reason:
-                skipped[entry.label] = reason
-                continue
-            for seed in model.seeds:
-                policy = make_policy(entry.name, entry.params, policy_seed(seed, entry.label))
-                origin = time.perf_counter()
-                records, spans = [], []
-                for request in range(model.prompts.count):
-                    tokens = format_prompt(draft, prompts[request % len(prompts)])
-                    record, _, timeline = run_edge(
-                        policy,
-                        draft,
-                        cloud,
-                        tokens,
-                        model.prompts.max_new_tokens,
-                        request_index=request,
-                        clock_origin=origin,
+    try:
+        with CloudClient(server, token, timeout=cloud_timeout_s, transport=transport) as cloud:
+            cloud.health()  # an unreachable server at the start is the caller's error
+            for index, entry in enumerate(scenario.policies):
+                reason = skip_reason(entry.name)
+                if reason:
+                    skipped[entry.label] = reason
+                    continue
+                for seed in model.seeds:
+                    policy = make_policy(entry.name, entry.params, policy_seed(seed, entry.label))
+                    if on_start is not None:
+                        on_start()
+                    origin = time.perf_counter()
+                    startup_probes(policy, cloud)
+                    records, spans = [], []
+                    for request in range(model.prompts.count):
+                        tokens = format_prompt(draft, prompts[request % len(prompts)])
+                        stream = synthetic.stream(seed, 0, request, n_new) if synthetic else None
+                        record, _, timeline = run_edge(
+                            policy,
+                            draft,
+                            cloud,
+                            tokens,
+                            n_new,
+                            request_index=request,
+                            max_draft_tokens=max_draft,
+                            clock_origin=origin,
+                            acceptance_stream=stream,
+                        )
+                        records.append(record)
+                        spans.extend(timeline)
+                        if progress is not None:
+                            progress(f"{entry.label} seed {seed} request {request}")
+                    outcome = TaskOutcome(
+                        point=point.index,
+                        policy_index=index,
+                        seed=seed,
+                        records=records,
+                        policy_state=policy.state(),
+                        cloud_busy_s=sum(r.cloud_busy_s for r in records),
+                        cloud_jobs=sum(r.navs for r in records),
+                        cloud_batches=sum(r.navs for r in records),
+                        edges=1,
+                        plan_throughput_tokens_per_s=math.nan,
                     )
-                    records.append(record)
-                    spans.extend(timeline)
-                    if progress is not None:
-                        progress(f"{entry.label} seed {seed} request {request}")
-                outcome = TaskOutcome(
-                    point=point.index,
-                    policy_index=index,
-                    seed=seed,
-                    records=records,
-                    policy_state=policy.state(),
-                    cloud_busy_s=sum(r.cloud_busy_s for r in records),
-                    cloud_jobs=sum(r.navs for r in records),
-                    cloud_batches=sum(r.navs for r in records),
-                    edges=1,
-                    plan_throughput_tokens_per_s=math.nan,
-                )
-                outcomes.setdefault(index, []).append(outcome)
-                task = Task(point, index, seed)
-                rows.extend(request_rows(task, outcome))
-                name = f"timeline_p{point.index}_{index}_{entry.label}_s{seed}.csv"
-                write_table(
-                    out_dir / "timelines" / name,
-                    list(Span._fields),
-                    (s._asdict() for s in spans),
-                )
+                    outcomes.setdefault(index, []).append(outcome)
+                    rows.extend(request_rows(Task(point, index, seed), outcome))
+                    name = f"timeline_p{point.index}_{index}_{entry.label}_s{seed}.csv"
+                    write_table(
+                        out_dir / "timelines" / name,
+                        list(Span._fields),
+                        (s._asdict() for s in spans),
+                    )
+    finally:
+        draft.close()
     axes = list(point.axes)
     columns = ["point", *axes, "policy", "policy_name", "seed", *RECORD_FIELDS, "ttft_ms", "tpt_ms"]
     write_table(out_dir / "results.csv", columns, rows)
@@ -134,8 +187,10 @@ def run_testbed(
         "server": server,
         "draft": str(draft_path),
         "threads": threads,
+        "acceptance": acceptance,
+        "cloud_timeout_s": cloud_timeout_s,
         "skipped": skipped,
-        "link": "not shaped: whatever lies between this edge and the server",
+        "link": link_info or "not shaped: whatever lies between this edge and the server",
     }
     write_json(out_dir / "manifest.json", data)
     return summary

@@ -11,7 +11,8 @@ class RequestRecord:
 
     Token accounting: every drafted token is verified in a NAV, discarded (rollback, dropped,
     or stale), or is a proactive guess that matched the cloud's bonus token (bonus_matches);
-    `promoted` counts proactive tokens after such a guess that stayed speculative.
+    `promoted` counts proactive tokens after such a guess that stayed speculative. On the
+    testbed, tokens kept or drafted after the cloud was lost are `local_tokens` instead.
     """
 
     request: int
@@ -37,6 +38,9 @@ class RequestRecord:
     edge_energy_j: float = 0.0
     cloud_energy_j: float = 0.0
     radio_energy_j: float = 0.0
+    local_tokens: int = 0
+    """Output tokens the cloud never verified: the edge finished alone after losing the cloud
+    (realrun's offline fallback; these also count as drafted). Always 0 in the simulator."""
 
     @property
     def ttft_s(self) -> float:

@@ -9,8 +9,8 @@ record's token accounting must balance.
 
 from __future__ import annotations
 
-import socket
-import threading
+import csv
+import json
 import time
 
 import pytest
@@ -19,25 +19,21 @@ pytest.importorskip("fastapi", reason="fastapi is not installed (extra 'realrun'
 pytest.importorskip("httpx", reason="httpx is not installed (extra 'realrun')")
 pytest.importorskip("msgpack", reason="msgpack is not installed (extra 'realrun')")
 pytest.importorskip("uvicorn", reason="uvicorn is not installed (extra 'realrun')")
-llama_cpp = pytest.importorskip(
-    "llama_cpp", reason="llama-cpp-python (extra 'models') is not installed"
-)
+pytest.importorskip("llama_cpp", reason="llama-cpp-python (extra 'models') is not installed")
 
-from calibrate.acceptance import default_prompts, format_prompt, target_greedy  # noqa: E402
-from calibrate.models import resolve_model  # noqa: E402
-from calibrate.truncate import truncate_gguf  # noqa: E402
-from policies.base import Decision, Policy  # noqa: E402
-from policies.checker import check_policy  # noqa: E402
-from policies.registry import make_policy, params_model  # noqa: E402
-from realrun.client import CloudClient  # noqa: E402
-from realrun.edge import run_edge, startup_probes  # noqa: E402
-from realrun.server import create_app  # noqa: E402
-from realrun.target import LlamaTarget  # noqa: E402
-from simulator.errors import ConfigError  # noqa: E402
+from edge_support import THREADS, model_or_skip, open_draft, shared_draft, thread_server
 
-THREADS = 1
+from calibrate.acceptance import default_prompts, format_prompt, target_greedy
+from policies.base import Decision, Policy
+from policies.checker import check_policy
+from policies.registry import make_policy, params_model
+from realrun.client import CloudClient
+from realrun.edge import run_edge, startup_probes
+from realrun.testbed import acceptance_model, run_testbed
+from simulator.engine import simulate
+from simulator.scenario import expand_sweep
+
 N_NEW = 24
-KEEP_LAYERS = 28
 POLICIES = {
     "vanilla": {},
     "hsl": {},
@@ -46,14 +42,14 @@ POLICIES = {
     "pmin": {},
     "hf_heuristic": {},
 }
+TIMING_FREE = ["vanilla", "hsl", "pmin"]
+"""Stop-and-wait policies whose decisions depend on confidences and answers only (a fixed
+length, a confidence threshold, and p_min, which drops its last token)."""
 
 
 @pytest.fixture(scope="module")
 def model_path():
-    try:
-        return resolve_model("smollm2-135m")
-    except ConfigError as exc:
-        pytest.skip(f"SmolLM2 GGUF not available: {exc}")
+    return model_or_skip()
 
 
 @pytest.fixture(scope="module")
@@ -68,22 +64,12 @@ def reference(model_path, prompt_text):
 
 @pytest.fixture(scope="module")
 def draft_path(model_path, tmp_path_factory):
-    return truncate_gguf(model_path, tmp_path_factory.mktemp("draft") / "draft.gguf", KEEP_LAYERS)
+    return shared_draft(model_path, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def draft(draft_path):
-    path = draft_path
-    llama = llama_cpp.Llama(
-        model_path=str(path),
-        n_threads=THREADS,
-        n_threads_batch=THREADS,
-        n_ctx=512,
-        logits_all=False,
-        flash_attn=True,
-        verbose=False,
-        seed=0,
-    )
+    llama = open_draft(draft_path)
     yield llama
     llama.close()
 
@@ -95,27 +81,8 @@ def prompt(draft, prompt_text):
 
 @pytest.fixture(scope="module")
 def url(model_path):
-    import uvicorn
-
-    target = LlamaTarget(model_path, threads=THREADS, n_ctx=512)
-    app = create_app(model_path, target=target, rate_limit_per_s=None)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-        target.close()
+    with thread_server(model_path) as address:
+        yield address
 
 
 class Recorder(Policy):
@@ -137,7 +104,7 @@ class Recorder(Policy):
         assert 0.0 <= confidence <= 1.0 + 1e-9 and draft_time_s >= 0.0
         decision = self.inner.on_draft(confidence, draft_time_s, pending)
         assert isinstance(decision, Decision)
-        self.log.append(("draft", pending, decision))
+        self.log.append(("draft", pending, decision, confidence))
         return decision
 
     def on_upload(self, n_tokens, duration_s):
@@ -193,6 +160,12 @@ def test_policy_lossless_and_accounting(name, url, draft, prompt, reference):
             assert record.downlink_bytes > 0 and record.cloud_busy_s > 0.0
             assert sum(1 for s in timeline if s.lane == "result") == record.navs
             assert sum(1 for s in timeline if s.lane == "draft") == record.drafted + 1
+            # a NAV is one HTTP request (its unsent tokens ride on the verify)
+            navs = [s for s in timeline if s.lane == "cloud" and s.label == "NAV"]
+            batches = [s for s in timeline if s.lane == "uplink" and s.label == "batch"]
+            assert len(navs) == record.navs
+            assert record.uplink_messages == 1 + record.navs + len(batches)
+            assert record.local_tokens == 0 and not any(s.lane == "offline" for s in timeline)
     results = [e for e in policy.log if e[0] == "result"]
     assert len(results) >= 2
 
@@ -205,9 +178,6 @@ def test_unsupported_modes(draft, prompt):
 
 
 def test_realrun_edge_writes_the_simulators_schema(url, draft_path, tmp_path, write_scenario):
-    import csv
-    import json
-
     from pipesd.cli import main
 
     scenario = write_scenario(
@@ -226,3 +196,65 @@ def test_realrun_edge_writes_the_simulators_schema(url, draft_path, tmp_path, wr
     testbed = json.loads((out / "manifest.json").read_text())["testbed"]
     assert testbed["skipped"] == {"oracle": "needs future acceptance outcomes"}
     assert len(list((out / "timelines").glob("*.csv"))) == 2
+
+
+def _result_labels(spans) -> dict[int, list[str]]:
+    """Per request, the "a/m accepted" label of every NAV answer, in time order."""
+    out: dict[int, list[str]] = {}
+    for span in sorted(spans, key=lambda s: float(s["start_s"])):
+        if span["lane"] == "result":
+            out.setdefault(int(span["request"]), []).append(span["label"])
+    return out
+
+
+def test_synthetic_acceptance_replays_the_simulators_outcomes(
+    url, draft_path, tmp_path, write_scenario
+):
+    """Same seed, same acceptance stream: every timing-free policy makes the very same NAVs
+    (accepted / verified, in order) on the testbed as in the simulator, and the testbed's
+    run_testbed plumbing (on_start, link_info, acceptance) reaches the manifest."""
+    seed, count = 3, 2
+    scenario = write_scenario(
+        policies=[{"name": name} for name in TIMING_FREE],
+        prompts={"count": count, "prompt_len": 16, "max_new_tokens": N_NEW},
+        seeds=[seed],
+    )
+    point = expand_sweep(scenario)[0]
+    out = tmp_path / "synthetic"
+    starts: list[float] = []
+    link = {"kind": "loopback", "note": "test"}
+    run_testbed(scenario, point, url, draft_path, THREADS, out, ["test"], link_info=link,
+                acceptance="synthetic", on_start=lambda: starts.append(1.0))  # fmt: skip
+    assert len(starts) == len(TIMING_FREE)  # one edge session per (policy, seed)
+    testbed = json.loads((out / "manifest.json").read_text())["testbed"]
+    assert testbed["acceptance"] == "synthetic" and testbed["link"] == link
+    results = list(csv.DictReader((out / "results.csv").open()))
+    counts = ("navs", "verified", "accepted", "drafted", "discarded")
+    rejections = 0
+    for index, entry in enumerate(point.scenario.policies):
+        sim = simulate(point.scenario, entry, seed, record_timeline=True)
+        expected = _result_labels(s._asdict() for s in sim.timeline)
+        name = f"timeline_p0_{index}_{entry.label}_s{seed}.csv"
+        real = _result_labels(csv.DictReader((out / "timelines" / name).open()))
+        assert real == expected, entry.label
+        rows = [r for r in results if r["policy"] == entry.label]
+        for record, row in zip(sim.records, rows, strict=True):
+            assert [int(row[c]) for c in counts] == [getattr(record, c) for c in counts]
+            assert row["local_tokens"] == "0" and row["new_tokens"] == str(N_NEW)
+        rejections += sum(r.verified - r.accepted for r in sim.records)
+    assert rejections > 0  # the stream rejects some drafts: the comparison is not trivial
+
+
+def test_synthetic_confidences_come_from_the_stream(url, draft, prompt, write_scenario):
+    scenario = expand_sweep(write_scenario())[0].scenario
+    stream = acceptance_model(scenario).stream(5, 0, 0, N_NEW)
+    allowed = set(stream.confidence) | set(stream.off_path_confidence)
+    policy = Recorder(_make("edgellm"))  # drafts while pending: on- and off-path positions
+    with CloudClient(url) as cloud:
+        record, output, _ = run_edge(policy, draft, cloud, prompt, N_NEW, acceptance_stream=stream)
+    assert len(output) == N_NEW and record.local_tokens == 0
+    confidences = [e[3] for e in policy.log if e[0] == "draft"]
+    assert len(confidences) == record.drafted and set(confidences) <= allowed
+    assert confidences[0] == stream.confidence[0]
+    with pytest.raises(ValueError, match="fewer than"):
+        run_edge(_make("vanilla"), draft, None, prompt, N_NEW + 1, acceptance_stream=stream)  # type: ignore[arg-type]

@@ -194,7 +194,7 @@ def test_interleaved_sessions_keep_their_own_cache(client, prompt, reference):
 # --------------------------------------------------------------------------------------------
 
 
-def _fuzz_requests(rng, sid, vocab, limit):
+def _fuzz_requests(rng, sid, vocab, limit, sampling_sid):
     """(path, body bytes, headers) of requests that must all be refused with a 4xx."""
     valid = {"open": {"prompt": [1, 2, 3]}, "upload": {"session": sid, "tokens": [1]}}
     valid |= {"verify": {"session": sid, "n": 0}, "close": {"session": sid}}
@@ -207,6 +207,7 @@ def _fuzz_requests(rng, sid, vocab, limit):
     kinds = [
         "bytes", "truncated", "not_map", "wrong_type", "missing", "unknown_session",
         "oversized", "bad_header", "bad_ctype", "bad_n", "bad_probs", "too_many", "ext",
+        "bad_synthetic", "bad_sampling", "verify_tokens", "bad_dists", "sampling_dists",
     ]  # fmt: skip
     good = {"Content-Type": CONTENT_TYPE, TOKEN_HEADER: "s3cret"}
     for _ in range(1200):
@@ -267,6 +268,50 @@ def _fuzz_requests(rng, sid, vocab, limit):
                 body_obj = {"session": sid, "n": 65}
                 name = "verify"
             body = encode(body_obj)
+        elif kind == "bad_synthetic":
+            name = "open"
+            value = rng.choice([[2], [0.5], ["1"], [None], 1, {"x": [1]}, [1] * 600, [[1]]])
+            body_obj = {"prompt": [1, 2], "synthetic": {"accepted": value}}
+            if rng.random() < 0.2:
+                body_obj = {"prompt": [1], "synthetic": [1], "sampling": None}
+            if rng.random() < 0.2:
+                body_obj = {"prompt": [1], "synthetic": {"accepted": [1]}, "sampling": {}}
+            body = encode(body_obj)
+        elif kind == "bad_sampling":
+            name = "open"
+            sampling = rng.choice([
+                {"temperature": 0, "seed": 1}, {"temperature": -1.0, "seed": 1},
+                {"temperature": float("nan"), "seed": 1}, {"temperature": 1e9, "seed": 1},
+                {"temperature": True, "seed": 1}, {"temperature": 1.0, "seed": -1},
+                {"temperature": 1.0, "seed": 2**63}, {"temperature": 1.0, "seed": 1.5},
+                {"temperature": 1.0}, {"seed": 1}, [1.0, 1], "greedy",
+            ])  # fmt: skip
+            body = encode({"prompt": [1, 2], "sampling": sampling})
+        elif kind == "verify_tokens":
+            name = "verify"
+            body_obj = {"session": sid, "n": rng.choice([0, 3, 4, 5]), "tokens": [1, 2]}
+            if body_obj["n"] == 5:  # the right count, wrong extras
+                body_obj |= rng.choice([{"tokens": [vocab]}, {"probs": [0.5]}, {"dists": []},
+                                        {"tokens": [1] * 62}, {"probs": [2.0, 0.1]}])  # fmt: skip
+            elif rng.random() < 0.3:
+                body_obj = {"session": sid, "n": 3, rng.choice(["probs", "dists"]): []}
+            body = encode(body_obj)
+        elif kind == "bad_dists":
+            name = rng.choice(["upload", "verify"])
+            dist = [[1, 2], [0.5, 0.5]]
+            body_obj = {"session": sid, "tokens": [1], "dists": [dist], "n": 4}
+            if rng.random() < 0.5:  # malformed, on the sampling session
+                body_obj["session"] = sampling_sid
+                body_obj["n"] = 1
+                body_obj["dists"] = rng.choice([
+                    [[[1, 1], [0.5, 0.5]]], [[[2, 3], [0.5, 0.5]]], [[[1], [0.0]]],
+                    [[[1], [1.5]]], [[[1], [0.5, 0.5]]], [[[vocab], [1.0]]], [[1, 2]],
+                    [[[1], [1.0]], [[1], [1.0]]], [[[1.0], [1.0]]], [[[1], ["x"]]], [dist, 3],
+                ])  # fmt: skip
+            body = encode(body_obj)
+        elif kind == "sampling_dists":  # a sampling session needs dists
+            name = rng.choice(["upload", "verify"])
+            body = encode({"session": sampling_sid, "tokens": [1, 2], "n": 2})
         else:  # ext types and raw bin instead of lists
             body = msgpack.packb(
                 {"prompt": msgpack.ExtType(5, b"abc"), "session": b"\x01\x02", "n": b"1"}
@@ -286,9 +331,11 @@ def test_fuzz_only_4xx_and_server_keeps_serving(model_path, target, prompt, refe
         sid = call(c, "open", {"prompt": prompt}, good)["session"]
         # a pending upload that the fuzz must not disturb
         call(c, "upload", {"session": sid, "tokens": reference[:3]}, good)
-        extra = [call(c, "open", {"prompt": [1, 2]}, good)["session"] for _ in range(5)]
+        sampling = {"temperature": 0.7, "seed": 5}
+        sampled = call(c, "open", {"prompt": prompt, "sampling": sampling}, good)["session"]
+        extra = [call(c, "open", {"prompt": [1, 2]}, good)["session"] for _ in range(4)]
         n = 0
-        for path, body, headers in _fuzz_requests(rng, sid, 49152, 4096):
+        for path, body, headers in _fuzz_requests(rng, sid, 49152, 4096, sampled):
             r = c.post(path, content=body, headers=headers)
             assert 400 <= r.status_code < 500, (path, r.status_code, r.content[:200])
             assert "error" in msgpack.unpackb(r.content, raw=False)
@@ -309,7 +356,11 @@ def test_fuzz_only_4xx_and_server_keeps_serving(model_path, target, prompt, refe
         call(c, "upload", {"session": sid, "tokens": reference[4:10]}, good)
         r = call(c, "verify", {"session": sid, "n": 6}, good)
         assert (r["accepted"], r["token"]) == (6, reference[10])
-        for s in [sid, *extra]:
+        dist = [[reference[0], 7], [0.75, 0.25]]
+        r = call(c, "verify", {"session": sampled, "n": 1, "tokens": [reference[0]],
+                               "dists": [dist]}, good)  # fmt: skip
+        assert r["accepted"] in (0, 1) and 0 <= r["token"] < 49152
+        for s in [sid, sampled, *extra]:
             call(c, "close", {"session": s}, good)
         assert msgpack.unpackb(c.get("/v1/health").content)["sessions"] == 0
 
@@ -376,3 +427,205 @@ def test_uvicorn_and_cloud_client(model_path, target, prompt, reference):
         thread.join(timeout=10)
         sock.close()
     assert not thread.is_alive()
+
+
+# --------------------------------------------------------------------------------------------
+# One request per NAV, synthetic acceptance, batching, energy, command line
+# --------------------------------------------------------------------------------------------
+
+
+def test_verify_carries_the_drafts(client, prompt, reference):
+    sid = call(client, "open", {"prompt": prompt})["session"]
+    r = call(client, "verify", {"session": sid, "n": 5, "tokens": reference[:5]})
+    assert (r["accepted"], r["token"], r["batch_size"]) == (5, reference[5], 1)
+    call(client, "upload", {"session": sid, "tokens": reference[6:8]})  # plus 2 carried: n=4
+    bad = {"session": sid, "n": 3, "tokens": reference[8:10], "probs": [0.5, 0.5]}
+    assert client.post("/v1/verify", content=encode(bad), headers=HEADERS).status_code == 422
+    r = call(client, "verify", {**bad, "n": 4})  # the refused request stored nothing
+    assert (r["accepted"], r["token"]) == (4, reference[10])
+    call(client, "close", {"session": sid})
+
+
+def test_synthetic_verdicts_decide_acceptance(client, prompt, target):
+    verdicts = [1, 1, 0, 1, 1, 1, 1, 0]
+    sid = call(client, "open", {"prompt": prompt, "synthetic": {"accepted": verdicts}})["session"]
+    generated: list[int] = []
+
+    def greedy_next() -> int:
+        """The target's argmax after prompt + generated (a separate greedy session)."""
+        other, _ = target.open(prompt + generated)
+        token = target.verify(other).token
+        target.drop(other)
+        return token
+
+    # (draft count, expected accepted): d1 of round 1 is output position 0, and so on
+    for k, expected in [(4, 2), (3, 3), (2, 0), (2, 0)]:
+        drafts = [(100 + 7 * len(generated) + j) % 49152 for j in range(k)]
+        r = call(client, "verify", {"session": sid, "n": k, "tokens": drafts})
+        assert r["accepted"] == expected, (len(generated), k)
+        generated += drafts[: r["accepted"]]
+        assert r["token"] == greedy_next()  # target argmax at row `accepted`
+        generated.append(r["token"])
+        assert r["target_ms"] > 0
+    assert len(generated) == 3 + 4 + 1 + 1  # positions 8+ are past the list: rejected
+    call(client, "close", {"session": sid})
+    refused = {"prompt": prompt, "synthetic": {"accepted": [1]}, "sampling": {}}
+    assert client.post("/v1/open", content=encode(refused), headers=HEADERS).status_code == 422
+
+
+@pytest.fixture(scope="module")
+def prompts(target, prompt):
+    texts = [b"Once upon a time", b"def fibonacci(n):"]
+    return [prompt] + [list(target.llama.tokenize(t, add_bos=False)) for t in texts]
+
+
+def test_verify_batch_equals_sequential_with_eviction(model_path, prompts):
+    """Three sessions, two KV slots: batched rounds equal one-session-at-a-time rounds."""
+    multi = LlamaTarget(model_path, threads=THREADS, n_ctx=256, kv_slots=2)
+    try:
+        rounds = [[3, 0, 5], [1, 4, 0], [2, 2, 2]]
+        outcomes = {}
+        for batched in (False, True):
+            sids = [multi.open(p)[0] for p in prompts]
+            got = []
+            for counts in rounds:
+                for sid, k in zip(sids, counts, strict=True):
+                    multi.upload(sid, [(13 * i + k) % 49152 for i in range(k)], None)
+                if batched:
+                    results = multi.verify_batch(sids)
+                    assert {r.batch_size for r in results} == {2, 1}  # slots bound a batch
+                else:
+                    results = [multi.verify(sid) for sid in sids]
+                got.append([(r.accepted, r.token) for r in results])
+            outcomes[batched] = got + [multi.sessions[s].committed for s in sids]
+            for sid in sids:
+                multi.drop(sid)
+        assert outcomes[True] == outcomes[False]
+    finally:
+        multi.close()
+
+
+def _serve(app):
+    """Run `app` under uvicorn on a free loopback port; returns (url, stop)."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+
+    def stop():
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+        assert not thread.is_alive()
+
+    return f"http://127.0.0.1:{sock.getsockname()[1]}", stop
+
+
+def test_concurrent_clients_are_batched_and_lossless(model_path, prompts):
+    multi = LlamaTarget(model_path, threads=THREADS, n_ctx=256, kv_slots=3)
+    app = create_app(
+        model_path, target=multi, rate_limit_per_s=None, batch_window_ms=60, max_batch=3
+    )
+    url, stop = _serve(app)
+    try:
+        with CloudClient(url) as cloud:  # the sequential greedy reference, one token a round
+            refs = []
+            for p in prompts:
+                sid = cloud.open(p)["session"]
+                refs.append([cloud.verify(sid, 0)["token"] for _ in range(16)])
+                cloud.close(sid)
+        sizes: list[int] = []
+        outputs: list[list[int] | None] = [None] * len(prompts)
+
+        def edge(i: int) -> None:
+            with CloudClient(url) as cloud:
+
+                def verify(s, n):
+                    answer = cloud.verify(s, n)
+                    sizes.append(answer["batch_size"])
+                    return answer
+
+                api = {"open": cloud.open, "upload": cloud.upload, "verify": verify,
+                       "close": cloud.close, "oracle": lambda j: refs[i][j]}  # fmt: skip
+                outputs[i] = speculative(api, prompts[i], 12, seed=i, max_k=3)[0]
+
+        threads = [threading.Thread(target=edge, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert outputs == [r[:12] for r in refs]
+        assert max(sizes) > 1 and set(sizes) <= {1, 2, 3}
+    finally:
+        stop()
+        multi.close()
+
+
+class CountingMeter:
+    """An energy counter that advances 0.6 J per reading (stands in for NVML's)."""
+
+    def __init__(self) -> None:
+        self.j = 0.0
+
+    def read_j(self) -> float:
+        self.j += 0.6
+        return self.j
+
+
+def test_energy_is_the_meter_delta_over_the_batch(model_path, target, prompt):
+    app = create_app(model_path, target=target, rate_limit_per_s=None, energy_meter=CountingMeter())
+    with TestClient(app, raise_server_exceptions=False) as c:
+        sid = call(c, "open", {"prompt": prompt})["session"]
+        r = call(c, "verify", {"session": sid, "n": 0})
+        assert r["energy_j"] == pytest.approx(0.6)
+        call(c, "close", {"session": sid})
+
+
+def _nvml_available() -> bool:
+    try:
+        from calibrate.power import NvmlEnergyMeter, PowerUnavailable
+
+        NvmlEnergyMeter(0).close()
+        return True
+    except (ImportError, PowerUnavailable):
+        return False
+
+
+@pytest.mark.skipif(not _nvml_available(), reason="no NVIDIA GPU / NVML energy counter here")
+def test_nvml_energy_reaches_the_answer(model_path, target, prompt):
+    from realrun.server import gpu_meter
+
+    meter = gpu_meter("cuda:0")
+    app = create_app(model_path, target=target, rate_limit_per_s=None, energy_meter=meter)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        sid = call(c, "open", {"prompt": prompt})["session"]
+        energies = [call(c, "verify", {"session": sid, "n": 0})["energy_j"] for _ in range(20)]
+        assert all(isinstance(e, float) and e >= 0 for e in energies)
+    meter.close()
+
+
+@pytest.mark.parametrize(
+    "argv, field",
+    [
+        (["--device", "tpu"], "--device"),
+        (["--kv-slots", "0"], "--kv-slots"),
+        (["--max-batch", "0"], "--max-batch"),
+        (["--batch-window-ms", "-1"], "--batch-window-ms"),
+        (["--model", "/nonexistent.gguf"], "/nonexistent.gguf"),
+    ],
+)
+def test_bad_server_options_are_one_line(argv, field, capsys):
+    from realrun.server import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert field in err and len(err.splitlines()) == 1

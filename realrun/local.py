@@ -1,0 +1,341 @@
+"""`pipesd realrun local`: every sweep point of a scenario on this machine, each against its own
+cloud server subprocess behind the point's shaped link, results in the simulator's layout.
+
+Per point: open the shaped link (realrun.shaping), start `python -m realrun.server` through the
+link's command prefix on a free port, wait for /v1/health, run the testbed through the link,
+then always stop the server (terminate, then kill) and close the link, also on Ctrl-C. Each
+point's files land in `OUT/points/p<i>/` as it finishes; `OUT/summary.csv` and `results.csv`
+(all finished points, sweep axes as columns), `OUT/timelines/` and `OUT/manifest.json` are
+rewritten after every point, so an interruption loses only the point in progress.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as dt
+import importlib.metadata
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from simulator.errors import ConfigError
+from simulator.results import write_json, write_table
+
+if TYPE_CHECKING:
+    from simulator.scenario import SweepPoint
+
+SHAPING_MODES = ("auto", "tbf", "software", "none")
+"""Values of --shaping (see realrun.shaping.open_link)."""
+
+ACCEPTANCE_MODES = ("real", "synthetic")
+"""Values of --acceptance (see realrun.testbed.run_testbed)."""
+
+REALRUN_PACKAGES = ("llama_cpp_python", "fastapi", "uvicorn", "httpx", "msgpack")
+"""Packages whose versions a testbed result also depends on."""
+
+STARTUP_TIMEOUT_S = 300.0
+"""How long a server may take to load its model and answer /v1/health."""
+
+STOP_GRACE_S = 10.0
+"""How long a terminated server may take to exit before it is killed."""
+
+LOG_TAIL_LINES = 12
+"""Lines of a dead server's stderr quoted in the error."""
+
+
+class ServerError(RuntimeError):
+    """The cloud server subprocess died or never became healthy (the message quotes its log)."""
+
+
+class RunningServer(NamedTuple):
+    """A healthy cloud server subprocess: the process, its command line, its /v1/health."""
+
+    process: subprocess.Popen[bytes]
+    command: list[str]
+    health: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    """What `realrun local` needs beyond the scenario: models, threads, shaping, acceptance."""
+
+    target: Path
+    draft: Path
+    target_threads: int = 1
+    draft_threads: int = 1
+    shaping: str = "auto"
+    acceptance: str = "real"
+    startup_timeout_s: float = STARTUP_TIMEOUT_S
+
+
+def check_points(scenario_path: Path, points: Sequence[SweepPoint]) -> dict[str, str]:
+    """Refuse what the testbed cannot run (fleets, no runnable policy); returns the skipped
+    policies (label -> reason)."""
+    from realrun.testbed import skip_reason
+
+    scenario = points[0].scenario
+    if scenario.model.edge_groups:
+        raise ConfigError(
+            scenario_path, "edge_groups", "the testbed runs one edge (remove [[edge_groups]])"
+        )
+    skipped = {e.label: r for e in scenario.policies if (r := skip_reason(e.name))}
+    if len(skipped) == len(scenario.policies):
+        raise ConfigError(
+            scenario_path,
+            "policies",
+            f"no policy the testbed can run (skipped: {', '.join(skipped)}); "
+            "it runs edge-drafting policies",
+        )
+    return skipped
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port the OS reports free on `host` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last `lines` non-empty lines of a log file (empty if unreadable)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    kept = [line for line in text.splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
+
+
+def stop_server(process: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> None:
+    """Terminate the server's process group, kill it if it outlives `grace_s`, reap it."""
+
+    def signal_group(sig: signal.Signals) -> None:
+        try:
+            os.killpg(process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(sig)
+
+    if process.poll() is None:
+        signal_group(signal.SIGTERM)
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            signal_group(signal.SIGKILL)
+            process.wait()
+
+
+def wait_healthy(
+    process: subprocess.Popen[bytes], url: str, log_path: Path, timeout_s: float
+) -> dict[str, Any]:
+    """Poll `url`/v1/health until the server answers; ServerError if it dies or times out."""
+    import httpx
+    import msgpack
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        code = process.poll()
+        if code is not None:
+            raise ServerError(
+                f"the cloud server exited with code {code} before answering /v1/health; "
+                f"last lines of {log_path}:\n{log_tail(log_path)}"
+            )
+        try:
+            response = httpx.get(f"{url}/v1/health", timeout=2.0)
+            if response.status_code == 200:
+                return dict(msgpack.unpackb(response.content, raw=False))
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise ServerError(
+                f"the cloud server did not answer {url}/v1/health within {timeout_s:.0f} s; "
+                f"last lines of {log_path}:\n{log_tail(log_path)}"
+            )
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def cloud_server(
+    link: Any, port: int, options: LocalOptions, log_path: Path
+) -> Iterator[RunningServer]:
+    """Run the cloud server behind `link` on `port` while the block runs."""
+    command = [
+        *link.server_command_prefix,
+        sys.executable,
+        "-m",
+        "realrun.server",
+        "--model",
+        str(options.target),
+        "--threads",
+        str(options.target_threads),
+        "--host",
+        link.server_host,
+        "--port",
+        str(port),
+        "--rate-limit",
+        "0",
+    ]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        # a session of its own: Ctrl-C reaches only this process, which then stops the server
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
+    try:
+        health = wait_healthy(process, link.client_url(port), log_path, options.startup_timeout_s)
+        yield RunningServer(process, command, health)
+    finally:
+        stop_server(process)
+
+
+def realrun_versions() -> dict[str, str]:
+    """Versions of the testbed's own packages."""
+    versions = {}
+    for name in REALRUN_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """A CSV file's header and rows, as text (so rewriting them changes nothing)."""
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def merge_points(out_dir: Path, finished: Sequence[int]) -> None:
+    """Rewrite OUT/summary.csv and results.csv from the finished points' own tables."""
+    for name in ("summary.csv", "results.csv"):
+        columns: list[str] = []
+        rows: list[dict[str, str]] = []
+        for index in finished:
+            header, part = read_table(out_dir / "points" / f"p{index}" / name)
+            columns = columns or header
+            rows.extend(part)
+        write_table(out_dir / name, columns, rows)
+
+
+def move_timelines(point_dir: Path, out_dir: Path) -> None:
+    """Move a point's timelines into OUT/timelines (named by point, as the simulator's)."""
+    source = point_dir / "timelines"
+    if not source.is_dir():
+        return
+    target = out_dir / "timelines"
+    target.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.glob("*.csv")):
+        os.replace(path, target / path.name)
+    source.rmdir()
+
+
+def run_point(
+    scenario_path: Path,
+    point: SweepPoint,
+    options: LocalOptions,
+    point_dir: Path,
+    command: Sequence[str],
+    progress: Callable[[str], None] | None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One sweep point: shaped link, server, testbed, teardown; returns the summary rows and
+    what was used (the link's description, the server's command and health)."""
+    from realrun.shaping import LinkSpec, open_link
+    from realrun.testbed import run_testbed
+
+    port = free_port()
+    spec = LinkSpec.from_point(point)
+    with (
+        open_link(spec, mode=options.shaping, server_port=port) as link,
+        cloud_server(link, port, options, point_dir / "server.log") as server,
+    ):
+        rows = run_testbed(
+            scenario_path,
+            point,
+            link.client_url(port),
+            options.draft,
+            options.draft_threads,
+            point_dir,
+            list(command),
+            progress=progress,
+            transport=link.transport(),
+            link_info=link.describe(),
+            acceptance=options.acceptance,
+            on_start=link.start_clock,
+        )
+        used = {"link": link.describe(), "server": server.command, "health": server.health}
+    return rows, used
+
+
+def run_local(
+    scenario_path: Path,
+    points: Sequence[SweepPoint],
+    options: LocalOptions,
+    out_dir: Path,
+    command: Sequence[str],
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every point on the testbed (see the module docstring); returns all summary rows."""
+    from simulator.runner import manifest
+
+    skipped = check_points(scenario_path, points)
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    used: dict[int, dict[str, Any]] = {}
+    finished: list[int] = []
+
+    def write_manifest(status: str) -> None:
+        data = manifest(scenario_path, points, command, status, started)
+        data["testbed"] = {
+            "target": str(options.target),
+            "draft": str(options.draft),
+            "target_threads": options.target_threads,
+            "draft_threads": options.draft_threads,
+            "shaping": options.shaping,
+            "acceptance": options.acceptance,
+            "points": {str(i): used[i] for i in finished},
+            "finished_points": finished,
+            "skipped": skipped,
+            "versions": realrun_versions(),
+        }
+        write_json(out_dir / "manifest.json", data)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("summary.csv", "results.csv"):  # an earlier run's tables, never mixed in
+        (out_dir / stale).unlink(missing_ok=True)
+    for folder in ("points", "timelines"):
+        shutil.rmtree(out_dir / folder, ignore_errors=True)
+    write_manifest("running")
+    rows: list[dict[str, Any]] = []
+    try:
+        for point in points:
+            point_dir = out_dir / "points" / f"p{point.index}"
+
+            def report(message: str, index: int = point.index) -> None:
+                if progress is not None:
+                    progress(f"point {index}: {message}")
+
+            point_rows, used[point.index] = run_point(
+                scenario_path, point, options, point_dir, command, report
+            )
+            rows.extend(point_rows)
+            move_timelines(point_dir, out_dir)
+            finished.append(point.index)
+            merge_points(out_dir, finished)
+            write_manifest("running")
+    except KeyboardInterrupt:
+        write_manifest("interrupted")
+        raise
+    except BaseException:
+        write_manifest("failed")
+        raise
+    write_manifest("complete")
+    return rows

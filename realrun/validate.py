@@ -1,0 +1,212 @@
+"""`pipesd validate`: a scenario on the real testbed and in the simulator (with a given
+profile), compared row by row: relative errors, their median and p90, and the TPT ranking.
+
+Both sides run the very same sweep points (the scenario with `profile` replaced by PROFILE, so
+the seeds, prompts, token budgets, policies and link are shared); the comparison reads both
+sides' summary.csv back, so `validation.csv` can be recomputed from `real/` and `sim/`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from simulator.errors import ConfigError
+from simulator.results import write_json, write_table
+from simulator.scenario import SweepPoint, expand_sweep
+
+if TYPE_CHECKING:
+    from realrun.local import LocalOptions
+
+METRICS = (
+    "tpt_ms",
+    "tokens_per_s",
+    "nav_count",
+    "mean_accepted_len",
+    "uplink_bytes",
+    "energy_per_token_j",
+)
+"""Summary columns compared: each gives `<metric>_real`, `<metric>_sim`, `<metric>_err`."""
+
+GOAL_MEDIAN = 0.03
+"""Goal for the median |TPT error| over rows."""
+
+GOAL_P90 = 0.08
+"""Goal for the 90th percentile of |TPT error| over rows."""
+
+
+def validation_points(
+    scenario_path: Path, profile_path: Path, overrides: Sequence[str], sweeps: Sequence[str]
+) -> list[SweepPoint]:
+    """The scenario's sweep points with its profile replaced by `profile_path`."""
+    if not profile_path.is_file():
+        raise ConfigError("--profile", "", f"profile file {str(profile_path)!r} not found")
+    replaced = f"profile={json.dumps(str(profile_path.resolve()))}"
+    return expand_sweep(scenario_path, [*overrides, replaced], list(sweeps))
+
+
+def number(text: str | None) -> float:
+    """A CSV cell as a float (empty or missing: NaN)."""
+    return float(text) if text not in (None, "") else math.nan
+
+
+def relative_error(sim: float, real: float) -> float:
+    """(sim - real) / real; NaN where real is zero or either side is not finite."""
+    if not (math.isfinite(sim) and math.isfinite(real)) or real == 0.0:
+        return math.nan
+    return (sim - real) / real
+
+
+def compare(
+    real_rows: Sequence[dict[str, str]], sim_rows: Sequence[dict[str, str]], axes: Sequence[str]
+) -> list[dict[str, Any]]:
+    """One row per (point, policy) the real run has: both sides' metrics and their errors."""
+    sim_by_key = {(r["point"], r["policy"]): r for r in sim_rows}
+    table = []
+    for real in real_rows:
+        key = (real["point"], real["policy"])
+        if key not in sim_by_key:
+            raise ValueError(f"no simulated row for point {key[0]}, policy {key[1]}")
+        sim = sim_by_key[key]
+        row: dict[str, Any] = {"point": int(real["point"])}
+        row.update({axis: real[axis] for axis in axes})
+        row.update(policy=real["policy"], policy_name=real["policy_name"])
+        for metric in METRICS:
+            real_value, sim_value = number(real[metric]), number(sim[metric])
+            row[f"{metric}_real"] = real_value
+            row[f"{metric}_sim"] = sim_value
+            row[f"{metric}_err"] = relative_error(sim_value, real_value)
+        table.append(row)
+    return table
+
+
+def error_stats(errors: Sequence[float]) -> tuple[float, float]:
+    """Median and 90th percentile (linear interpolation) of |error| over the finite errors."""
+    values = np.abs(np.array([e for e in errors if math.isfinite(e)], dtype=float))
+    if values.size == 0:
+        return math.nan, math.nan
+    return float(np.median(values)), float(np.percentile(values, 90))
+
+
+def rankings(rows: Sequence[dict[str, Any]], side: str) -> dict[int, list[str]]:
+    """Per sweep point, the policy labels from fastest to slowest by `tpt_ms_<side>`."""
+    by_point: dict[int, list[tuple[float, str]]] = {}
+    for row in rows:
+        tpt = row[f"tpt_ms_{side}"]
+        by_point.setdefault(row["point"], []).append(
+            (tpt if math.isfinite(tpt) else math.inf, row["policy"])
+        )
+    return {point: [label for _, label in sorted(pairs)] for point, pairs in by_point.items()}
+
+
+def ranking_mismatches(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Sweep points where the real and simulated TPT rankings differ, with both orders."""
+    real, sim = rankings(rows, "real"), rankings(rows, "sim")
+    return [
+        {"point": point, "real": real[point], "sim": sim[point]}
+        for point in sorted(real)
+        if real[point] != sim[point]
+    ]
+
+
+def validation_columns(axes: Sequence[str]) -> list[str]:
+    """validation.csv's columns: point, axes, policy, then real/sim/err for each metric."""
+    metrics = [f"{m}_{side}" for m in METRICS for side in ("real", "sim", "err")]
+    return ["point", *axes, "policy", "policy_name", *metrics]
+
+
+def read_summary(path: Path) -> list[dict[str, str]]:
+    """A summary.csv as rows of text."""
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def verdict(met: bool) -> str:
+    """'met' or 'missed'."""
+    return "met" if met else "missed"
+
+
+def summarise_validation(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The headline figures: |TPT error| median and p90, ranking mismatches, goals."""
+    median, p90 = error_stats([r["tpt_ms_err"] for r in rows])
+    mismatches = ranking_mismatches(rows)
+    return {
+        "rows": len(rows),
+        "tpt_abs_error_median": median,
+        "tpt_abs_error_p90": p90,
+        "ranking_identical": not mismatches,
+        "ranking_mismatches": mismatches,
+        "goals": {
+            "tpt_abs_error_median_max": GOAL_MEDIAN,
+            "tpt_abs_error_p90_max": GOAL_P90,
+            "ranking_identical": True,
+        },
+        "goals_met": {
+            "median": bool(median <= GOAL_MEDIAN),
+            "p90": bool(p90 <= GOAL_P90),
+            "ranking": not mismatches,
+        },
+    }
+
+
+def write_validation(
+    out_dir: Path,
+    axes: Sequence[str],
+    extra_manifest: dict[str, Any],
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Compare OUT/real and OUT/sim; write OUT/validation.csv and OUT/manifest.json."""
+    rows = compare(
+        read_summary(out_dir / "real" / "summary.csv"),
+        read_summary(out_dir / "sim" / "summary.csv"),
+        axes,
+    )
+    write_table(out_dir / "validation.csv", validation_columns(axes), rows)
+    headline = summarise_validation(rows)
+    write_json(out_dir / "manifest.json", {**extra_manifest, **headline, "status": "complete"})
+    return rows, headline
+
+
+def run_validation(
+    scenario_path: Path,
+    profile_path: Path,
+    points: Sequence[SweepPoint],
+    options: LocalOptions,
+    out_dir: Path,
+    command: Sequence[str],
+    progress: Callable[[str], None] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, str]]:
+    """Run the testbed into OUT/real and the simulator into OUT/sim, then compare them.
+
+    Returns the validation rows, the headline figures and the skipped policies.
+    """
+    from realrun.local import check_points, run_local
+    from simulator.runner import run_scenario
+
+    skipped = check_points(scenario_path, points)
+    (out_dir / "validation.csv").unlink(missing_ok=True)
+    run_local(scenario_path, points, options, out_dir / "real", command, progress)
+    run_scenario(scenario_path, points, out_dir / "sim", command, record_timeline=True)
+    extra = {
+        "command": list(command),
+        "scenario": {"path": str(scenario_path), "sha256": sha256(scenario_path)},
+        "profile": {"path": str(profile_path), "sha256": sha256(profile_path)},
+        "real": str(out_dir / "real"),
+        "sim": str(out_dir / "sim"),
+        "metrics": list(METRICS),
+        "error": "(sim - real) / real",
+        "skipped": skipped,
+    }
+    rows, headline = write_validation(out_dir, list(points[0].axes), extra)
+    return rows, headline, skipped

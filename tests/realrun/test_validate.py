@@ -1,0 +1,169 @@
+"""`pipesd validate` (realrun/validate.py): the error statistics and the TPT ranking on
+synthetic rows, bad input, and an end-to-end run on SmolLM2 whose validation.csv must equal
+(sim - real) / real recomputed from OUT/real/summary.csv and OUT/sim/summary.csv."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from pipesd.cli import main
+from realrun.validate import (
+    METRICS,
+    compare,
+    error_stats,
+    ranking_mismatches,
+    rankings,
+    relative_error,
+    summarise_validation,
+)
+
+
+def summary_row(point: int, policy: str, tpt: float, **metrics: float) -> dict[str, str]:
+    """A summary.csv row as text, as csv.DictReader gives it."""
+    row = {"point": str(point), "uplink_mbps": "10", "policy": policy, "policy_name": policy}
+    row.update({m: "1" for m in METRICS})
+    row["tpt_ms"] = f"{tpt}"
+    row.update({k: ("" if math.isnan(v) else f"{v}") for k, v in metrics.items()})
+    return row
+
+
+def test_relative_error_is_sim_minus_real_over_real():
+    assert relative_error(110.0, 100.0) == pytest.approx(0.1)
+    assert relative_error(90.0, 100.0) == pytest.approx(-0.1)
+    assert math.isnan(relative_error(1.0, 0.0))
+    assert math.isnan(relative_error(math.nan, 1.0))
+    assert math.isnan(relative_error(1.0, math.inf))
+
+
+def test_error_stats_are_median_and_p90_of_absolute_finite_errors():
+    errors = [0.01, -0.02, 0.03, -0.04, 0.05, 0.06, -0.07, 0.08, 0.09, -0.10, math.nan]
+    median, p90 = error_stats(errors)
+    assert median == pytest.approx(0.055)
+    assert p90 == pytest.approx(0.091)  # linear interpolation between 0.09 and 0.10
+    assert all(math.isnan(v) for v in error_stats([math.nan]))
+
+
+def test_compare_recomputes_every_error_and_keeps_only_real_rows():
+    real = [summary_row(0, "vanilla", 40.0, nav_count=10), summary_row(0, "pipesd", 30.0)]
+    sim = [
+        summary_row(0, "vanilla", 44.0, nav_count=9),
+        summary_row(0, "pipesd", 27.0),
+        summary_row(0, "oracle", 10.0),
+    ]
+    rows = compare(real, sim, ["uplink_mbps"])
+    assert [r["policy"] for r in rows] == ["vanilla", "pipesd"]
+    assert rows[0]["uplink_mbps"] == "10"
+    assert rows[0]["tpt_ms_err"] == pytest.approx(0.1)
+    assert rows[0]["nav_count_err"] == pytest.approx(-0.1)
+    assert rows[1]["tpt_ms_err"] == pytest.approx(-0.1)
+    with pytest.raises(ValueError, match="no simulated row"):
+        compare(real, sim[:1], ["uplink_mbps"])
+
+
+def test_rankings_and_mismatches_per_point():
+    real = [
+        summary_row(0, "a", 10.0),
+        summary_row(0, "b", 20.0),
+        summary_row(1, "a", 30.0),
+        summary_row(1, "b", 20.0),
+    ]
+    same = compare(real, real, [])
+    assert rankings(same, "real") == {0: ["a", "b"], 1: ["b", "a"]}
+    assert ranking_mismatches(same) == []
+    swapped = [summary_row(0, "a", 10.0), summary_row(0, "b", 20.0)]
+    swapped += [summary_row(1, "a", 10.0), summary_row(1, "b", 20.0)]
+    rows = compare(real, swapped, [])
+    assert ranking_mismatches(rows) == [{"point": 1, "real": ["b", "a"], "sim": ["a", "b"]}]
+    headline = summarise_validation(rows)
+    assert headline["ranking_identical"] is False
+    assert headline["tpt_abs_error_median"] == pytest.approx(0.0)  # 0, 0, 2/3, 0
+    assert headline["goals_met"] == {"median": True, "p90": False, "ranking": False}
+
+
+def test_missing_profile_is_one_line_exit_2(write_scenario, tmp_path, capsys):
+    scenario = write_scenario()
+    argv = ["validate", str(scenario), "--profile", str(tmp_path / "nope.json"), "--target",
+            "smollm2-135m", "--draft", "smollm2-135m", "--out", str(tmp_path / "v")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--profile" in err and "not found" in err
+
+
+def test_bad_shaping_is_one_line_exit_2(write_scenario, tmp_path, capsys):
+    scenario = write_scenario()
+    argv = ["validate", str(scenario), "--profile", str(scenario), "--shaping", "netem",
+            "--target", "a", "--draft", "b", "--out", str(tmp_path / "v")]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--shaping" in err and "'software'" in err
+
+
+def test_bad_profile_content_is_one_line_exit_2(write_scenario, tmp_path, capsys):
+    scenario = write_scenario()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"schema_version": 1}))
+    argv = ["validate", str(scenario), "--profile", str(bad), "--target", "smollm2-135m",
+            "--draft", "smollm2-135m", "--out", str(tmp_path / "v")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.json" in err
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_validate_end_to_end_errors_recompute_from_both_sides(write_scenario, tmp_path, capsys):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python (extra 'models') is not installed")
+    pytest.importorskip("fastapi", reason="fastapi is not installed (extra 'realrun')")
+    from calibrate.models import resolve_model
+    from calibrate.truncate import truncate_gguf
+    from simulator.errors import ConfigError
+
+    try:
+        target = resolve_model("smollm2-135m")
+    except ConfigError as exc:
+        pytest.skip(f"SmolLM2 GGUF not available: {exc}")
+    draft = truncate_gguf(target, tmp_path / "draft.gguf", 28)
+    scenario = write_scenario(
+        policies=[{"name": "vanilla"}, {"name": "pipesd", "autotune": False}, {"name": "cloud_ar"}],
+        prompts={"count": 1, "prompt_len": 16, "max_new_tokens": 8},
+        link={"uplink_mbps": 50.0, "downlink_mbps": 100.0, "one_way_latency_s": 0.002},
+    )
+    profile = tmp_path / "profile.json"  # the scenario's own profile, named explicitly
+    out = tmp_path / "validation"
+    argv = ["validate", str(scenario), "--profile", str(profile), "--target", str(target),
+            "--draft", str(draft), "--shaping", "software", "--quiet",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "median" in printed and "goal <= 3%" in printed and "cloud_ar" in printed
+    real = {r["policy"]: r for r in read_rows(out / "real" / "summary.csv")}
+    sim = {r["policy"]: r for r in read_rows(out / "sim" / "summary.csv")}
+    assert set(real) == {"vanilla", "pipesd"} and "cloud_ar" in sim
+    rows = read_rows(out / "validation.csv")
+    assert [r["policy"] for r in rows] == ["vanilla", "pipesd"]
+    for row in rows:
+        for metric in METRICS:
+            r, s = float(real[row["policy"]][metric]), float(sim[row["policy"]][metric])
+            assert float(row[f"{metric}_real"]) == r and float(row[f"{metric}_sim"]) == s
+            if r != 0:
+                assert float(row[f"{metric}_err"]) == pytest.approx((s - r) / r, rel=1e-5)
+            else:
+                assert row[f"{metric}_err"] == ""
+    manifest = json.loads((out / "manifest.json").read_text())
+    errors = [float(r["tpt_ms_err"]) for r in rows]
+    assert manifest["tpt_abs_error_median"] == pytest.approx(error_stats(errors)[0], rel=1e-5)
+    assert manifest["skipped"] == {"cloud_ar": "not an edge-drafting policy"}
+    assert manifest["profile"]["path"] == str(profile)
+    assert json.loads((out / "sim" / "manifest.json").read_text())["profiles"] == {
+        str(profile.resolve()): manifest["profile"]["sha256"]
+    }
