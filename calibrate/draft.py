@@ -1,7 +1,8 @@
 """Profile the edge draft model on the CPU with llama-cpp-python, thread-limited.
 
 `profile_draft` loads a GGUF model with `n_threads` (and `n_threads_batch`) limited to the
-given number, then measures, with `time.perf_counter` around `Llama.eval` only:
+given number and flash attention on (as realrun's edge loads its draft), then measures with
+`time.perf_counter`:
 
 - prefill time vs prompt length: for each length L, the KV cache is cleared and a prompt of L
   tokens is evaluated in one `eval` call (llama.cpp splits it into batches of `n_batch` = 512
@@ -9,11 +10,12 @@ given number, then measures, with `time.perf_counter` around `Llama.eval` only:
   and are discarded; then `repetitions` rounds, each over all lengths in turn (interleaved, so
   a slow drift of the machine spreads over every length instead of biasing one);
 - per-token decode time vs context length: for each context length C, C prompt tokens are
-  prefilled (not timed), then single-token `eval([token])` steps are timed, each token the
-  greedy (argmax) continuation of the previous step's logits. The first `warmup` steps are
-  discarded; each of the next `repetitions` steps is one `DecodeSample` whose `context_len` is
-  the number of tokens already in context (C + warmup, C + warmup + 1, ...). The argmax and
-  softmax run outside the timed window (they cost microseconds; a decode step milliseconds).
+  prefilled (not timed), then draft steps are timed, each one `eval([token])` plus choosing
+  the next token from the logits (argmax and its softmax probability), as the edge executor
+  (realrun/edge.py) drafts: with a 49k vocabulary the choice costs about 0.3 ms, a tenth of a
+  small draft's step. The first `warmup` steps are discarded; each of the next `repetitions`
+  steps is one `DecodeSample` whose `context_len` is the number of tokens already in context
+  (C + warmup, C + warmup + 1, ...).
   The top-1 probability of each recorded step (max of the softmax of its logits) is the
   draft's confidence in the token it drafted.
 
@@ -249,6 +251,7 @@ def _load(model_path: Path, threads: int, n_ctx: int) -> Any:
             n_threads_batch=threads,
             n_ctx=n_ctx,
             logits_all=False,
+            flash_attn=True,
             verbose=False,
             seed=0,
         )
@@ -321,8 +324,10 @@ def profile_draft(
             kept: list[float] = []
             for step in range(steps):
                 position = int(llama.n_tokens)
-                seconds = _timed_eval(llama, [token])
+                start = time.perf_counter()
+                llama.eval([token])
                 token, confidence = _greedy(_last_logits(llama, n_vocab))
+                seconds = time.perf_counter() - start
                 if step >= warmup:
                     kept.append(seconds)
                     decode.append(DecodeSample(context_len=position, seconds=seconds))

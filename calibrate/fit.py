@@ -534,6 +534,7 @@ def fit_target_latency(
     prefill(L) = prefill_base_s + prefill_per_token_s * L from the prefill samples;
     forward = forward_base_s + forward_per_token_s * new_positions
     + forward_per_context_token_s * context_len + forward_per_extra_sequence_s * (batch - 1)
+    + forward_per_position_context_s * new_positions * context_len / batch
     from the forward samples (positions and context summed over the batch). The forward part
     needs >= 5 samples in which positions, context and batch each take 2+ values and vary
     independently; forward_base_s must come out > 0 (the schema's rule).
@@ -548,6 +549,7 @@ def fit_target_latency(
             _feature("new_positions", [s.new_positions for s in fwd], "forward_per_token_s"),
             _feature("context_len", [s.context_len for s in fwd], "forward_per_context_token_s"),
             _feature("batch", [s.batch for s in fwd], "forward_per_extra_sequence_s", offset=1.0),
+            _position_context(fwd),
         ],
         fwd_y,
     )
@@ -565,8 +567,18 @@ def fit_target_latency(
         forward_per_token_s=float(fwd_model.coef_[0]),
         forward_per_context_token_s=float(fwd_model.coef_[1]),
         forward_per_extra_sequence_s=float(fwd_model.coef_[2]),
+        forward_per_position_context_s=float(fwd_model.coef_[3]),
     )
     return latency, {"prefill": pre_report, "forward": fwd_report}
+
+
+def _position_context(samples: Sequence[ForwardSample]) -> tuple:
+    """The attention feature: sum over the batch of positions x context (sequences alike)."""
+    return _feature(
+        "position_context",
+        [s.new_positions * s.context_len / s.batch for s in samples],
+        "forward_per_position_context_s",
+    )
 
 
 def fit_link(samples: Sequence[TransferSample]) -> tuple[float, float, FitReport]:

@@ -7,8 +7,9 @@ replay thread changes the rates at a trace's time stamps. Needs root, `ip` and `
 tbf parameters, for any rate from 1 to 1000 Mbit/s:
 - rate: the link's rate x 1514/1448, so that TCP payload (1448 bytes in a 1514-byte frame with
   timestamps, MTU 1500) flows at the link's rate, as the simulator's messages do;
-- burst: max(2 frames, 1 ms at the rate): bytes may pass at line speed after an idle spell, so
-  a message can finish at most 1 ms early;
+- burst: the link's token bucket (`burst_bytes` of payload, framed like the rate), but at least
+  2 frames and 1 ms at the rate (tbf needs a frame's worth, and its timers ~1 ms): bytes may
+  pass at line speed after an idle spell. `payload_burst` says what the simulator should model;
 - limit: 8 MiB of queue, above Linux's per-socket cap on queued bytes (tcp_limit_output_bytes,
   4 MiB by default), so one TCP flow is shaped by queueing, never by drops and retransmits.
 """
@@ -56,10 +57,19 @@ class TbfParams:
     limit_bytes: int
 
     @classmethod
-    def for_rate(cls, mbps: float) -> TbfParams:
+    def for_rate(cls, mbps: float, burst_payload_bytes: float = 0.0) -> TbfParams:
         rate_bit = max(1, round(mbps * 1e6 * FRAMING))
-        burst = max(2 * FRAME_BYTES, math.ceil(rate_bit / 8 * BURST_S))
+        burst = max(
+            2 * FRAME_BYTES,
+            math.ceil(rate_bit / 8 * BURST_S),
+            math.ceil(burst_payload_bytes * FRAMING),
+        )
         return cls(mbps, rate_bit, burst, max(LIMIT_BYTES, burst))
+
+    @property
+    def payload_burst(self) -> float:
+        """The burst in payload bytes: the `burst_bytes` a simulation of this link uses."""
+        return self.burst_bytes / FRAMING
 
     def args(self) -> list[str]:
         """The tc arguments after `qdisc add|change dev X root`."""
@@ -158,15 +168,16 @@ def _free_subnet() -> ipaddress.IPv4Network:
 class Namespace:
     """The cloud's namespace, the veth pair and the two tbf qdiscs; `delete()` undoes all."""
 
-    def __init__(self, uplink_mbps: float, downlink_mbps: float) -> None:
+    def __init__(self, uplink_mbps: float, downlink_mbps: float, burst_bytes: float = 0.0) -> None:
         tag = secrets.token_hex(3)
         self.name = f"{PREFIX}{os.getpid()}-{tag}"
         self.edge_dev, self.cloud_dev = f"pse{tag}", f"psc{tag}"
         subnet = _free_subnet()
         edge, cloud = list(subnet.hosts())
         self.edge_address, self.cloud_address = str(edge), str(cloud)
-        self.uplink = TbfParams.for_rate(uplink_mbps)
-        self.downlink = TbfParams.for_rate(downlink_mbps)
+        self.burst_request = burst_bytes
+        self.uplink = TbfParams.for_rate(uplink_mbps, burst_bytes)
+        self.downlink = TbfParams.for_rate(downlink_mbps, burst_bytes)
         self._lock = threading.Lock()
         try:
             self._create(subnet.prefixlen)
@@ -189,7 +200,7 @@ class Namespace:
 
     def set_rate(self, direction: str, mbps: float) -> None:
         """Change one direction's tbf to `mbps` (`direction`: uplink or downlink)."""
-        params = TbfParams.for_rate(mbps)
+        params = TbfParams.for_rate(mbps, self.burst_request)
         with self._lock:
             if direction == "uplink":
                 run("tc", "qdisc", "change", "dev", self.edge_dev, "root", *params.args())
@@ -214,9 +225,16 @@ class Namespace:
             "cloud_address": self.cloud_address,
             "uplink_tbf": uplink,
             "downlink_tbf": downlink,
+            "payload_burst_bytes": {
+                "uplink": self.uplink.payload_burst,
+                "downlink": self.downlink.payload_burst,
+                "requested": self.burst_request,
+                "note": "a simulation of this link should use link.burst_bytes = these values",
+            },
             "tbf_rules": (
                 f"rate = link rate x {FRAME_BYTES}/{PAYLOAD_PER_FRAME} (TCP payload at the link "
-                f"rate); burst = max({2 * FRAME_BYTES} B, {BURST_S * 1e3:g} ms at the rate); "
+                f"rate); burst = max({2 * FRAME_BYTES} B, {BURST_S * 1e3:g} ms at the rate, "
+                f"link burst_bytes x {FRAME_BYTES}/{PAYLOAD_PER_FRAME}); "
                 f"limit = {LIMIT_BYTES} B"
             ),
         }

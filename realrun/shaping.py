@@ -54,6 +54,8 @@ class LinkSpec:
     one_way_latency_s: float
     uplink_overhead_s: float = 0.0
     downlink_overhead_s: float = 0.0
+    burst_bytes: float = 0.0
+    """Token bucket per direction (payload bytes), as in simulator.link.Channel."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.one_way_latency_s) and self.one_way_latency_s >= 0):
@@ -72,6 +74,7 @@ class LinkSpec:
             one_way_latency_s=edge.one_way_latency_s,
             uplink_overhead_s=edge.uplink_overhead_s,
             downlink_overhead_s=edge.downlink_overhead_s,
+            burst_bytes=edge.burst_bytes,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -79,6 +82,7 @@ class LinkSpec:
             "uplink": describe_bandwidth(self.uplink),
             "downlink": describe_bandwidth(self.downlink),
             "one_way_latency_s": self.one_way_latency_s,
+            "burst_bytes": self.burst_bytes,
             "overheads_not_emulated": {
                 "uplink_overhead_s": self.uplink_overhead_s,
                 "downlink_overhead_s": self.downlink_overhead_s,
@@ -144,7 +148,7 @@ class SoftwareLink(ShapedLink):
     def __init__(self, spec: LinkSpec, server_port: int, fallback_reason: str | None) -> None:
         super().__init__(spec, server_port)
         self.fallback_reason = fallback_reason
-        self.clock = LinkClock(spec.uplink, spec.downlink, spec.one_way_latency_s)
+        self.clock = LinkClock(spec.uplink, spec.downlink, spec.one_way_latency_s, spec.burst_bytes)
 
     def transport(self) -> httpx.BaseTransport:
         """A new transport on the link's shared channels (each client closes its own)."""
@@ -171,7 +175,7 @@ class NetnsLink(ShapedLink):
 
     def __init__(self, spec: LinkSpec, server_port: int) -> None:
         self.stale_removed = cleanup_stale_namespaces()
-        self.namespace = Namespace(spec.uplink.at(0.0), spec.downlink.at(0.0))
+        self.namespace = Namespace(spec.uplink.at(0.0), spec.downlink.at(0.0), spec.burst_bytes)
         self.relay: DelayRelay | None = None
         self.replay: RateReplay | None = None
         try:

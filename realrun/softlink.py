@@ -21,8 +21,11 @@ from simulator.link import Bandwidth, Channel
 class LinkClock:
     """The two serialised channels of one link and its t = 0, shared by every transport."""
 
-    def __init__(self, uplink: Bandwidth, downlink: Bandwidth, latency_s: float) -> None:
+    def __init__(
+        self, uplink: Bandwidth, downlink: Bandwidth, latency_s: float, burst_bytes: float = 0.0
+    ) -> None:
         self.uplink, self.downlink, self.latency_s = uplink, downlink, latency_s
+        self.burst_bytes = burst_bytes
         self._lock = threading.Lock()
         self.start()
 
@@ -31,8 +34,8 @@ class LinkClock:
         with self._lock:
             self._t0 = time.monotonic()
             self._channels = {
-                "uplink": Channel(self.uplink, 0.0, self.latency_s),
-                "downlink": Channel(self.downlink, 0.0, self.latency_s),
+                "uplink": Channel(self.uplink, 0.0, self.latency_s, self.burst_bytes),
+                "downlink": Channel(self.downlink, 0.0, self.latency_s, self.burst_bytes),
             }
 
     def arrival(self, direction: str, n_bytes: int, sent: float) -> float:

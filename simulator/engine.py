@@ -361,7 +361,10 @@ class Cloud:
         else:
             batch: list[_PendingNav | _ARStep] = jobs  # type: ignore[assignment]
             service = self.target.forward_s(
-                sum(j.positions for j in batch), sum(j.context for j in batch), len(batch)
+                sum(j.positions for j in batch),
+                sum(j.context for j in batch),
+                len(batch),
+                sum(j.positions * j.context for j in batch),
             )
         done = now + service
         share = service / len(jobs)
@@ -723,7 +726,7 @@ class Edge:
             if not nav_request:
                 return None
             m = drafted_end - committed
-            context = prompt_len + drafted_end
+            context = prompt_len + committed  # KV held before the pass, as profiled
             service = target.forward_s(m + 1, context)
             pending = _PendingNav(
                 committed,
@@ -932,8 +935,12 @@ def simulate(
             params = params.model_copy(update={"draft_len": plan.lengths[spec.index]})
         policy = make_policy(entry.name, params, policy_seed(seed, entry.label, spec.index))
         policy_states.append(policy)
-        uplink = Channel(spec.uplink, spec.uplink_overhead_s, spec.one_way_latency_s)
-        downlink = Channel(spec.downlink, spec.downlink_overhead_s, spec.one_way_latency_s)
+        uplink = Channel(
+            spec.uplink, spec.uplink_overhead_s, spec.one_way_latency_s, spec.burst_bytes
+        )
+        downlink = Channel(
+            spec.downlink, spec.downlink_overhead_s, spec.one_way_latency_s, spec.burst_bytes
+        )
         edge_acceptance = acceptance if own is profile else acceptance_models[id(own)]
         edges.append(Edge(env, config, policy, cloud, uplink, downlink, edge_acceptance, timeline))
     env.run(until=env.all_of([edge.process for edge in edges]))

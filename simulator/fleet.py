@@ -29,6 +29,7 @@ class EdgeSpec:
     one_way_latency_s: float
     uplink_overhead_s: float
     downlink_overhead_s: float
+    burst_bytes: float
     requests: int
     start_s: float
     arrivals: tuple[float, ...] | None
@@ -82,6 +83,7 @@ def edge_specs(scenario: Scenario, seed: int) -> list[EdgeSpec]:
                 one_way_latency_s=links.value("one_way_latency_s", profile),
                 uplink_overhead_s=links.value("uplink_overhead_s", profile),
                 downlink_overhead_s=links.value("downlink_overhead_s", profile),
+                burst_bytes=links.value("burst_bytes", profile),
                 requests=model.prompts.count,
                 start_s=0.0,
                 arrivals=None,
@@ -112,6 +114,7 @@ def edge_specs(scenario: Scenario, seed: int) -> list[EdgeSpec]:
                     one_way_latency_s=links.value("one_way_latency_s", profile, group),
                     uplink_overhead_s=links.value("uplink_overhead_s", profile),
                     downlink_overhead_s=links.value("downlink_overhead_s", profile),
+                    burst_bytes=links.value("burst_bytes", profile),
                     requests=requests,
                     start_s=start,
                     arrivals=arrivals,

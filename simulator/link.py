@@ -2,6 +2,10 @@
 one-way channels. A message of B bytes sent at t occupies the channel from max(t, free) for
 overhead + B / bandwidth(t) (the bandwidth read from the trace as time passes), then arrives
 one-way latency later.
+
+A channel may have a token bucket of `burst_bytes` (as Linux's tbf shaper and most real access
+links do): credit accrues at the bandwidth while the channel is idle, up to the burst, and that
+many bytes of a message pass at once; the rest goes at the bandwidth. Burst 0 is a pure rate.
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ class ConstantBandwidth:
     def finish_time(self, start_s: float, n_bytes: float) -> float:
         """When `n_bytes` that start transmitting at `start_s` have all been sent."""
         return start_s + n_bytes / self._bytes_per_s
+
+    def bytes_between(self, t0_s: float, t1_s: float) -> float:
+        """Bytes the link can carry from t0 to t1."""
+        return (t1_s - t0_s) * self._bytes_per_s
 
     def at(self, t_s: float) -> float:
         """Bandwidth in Mbit/s at time t."""
@@ -118,6 +126,10 @@ class TraceBandwidth:
         within = self.cumulative[index] + self.rates[index] * (offset - self.times[index])
         return cycles * self.period_bytes + within if cycles else within
 
+    def bytes_between(self, t0_s: float, t1_s: float) -> float:
+        """Bytes the link can carry from t0 to t1."""
+        return self._bytes_until(t1_s) - self._bytes_until(t0_s)
+
     def finish_time(self, start_s: float, n_bytes: float) -> float:
         """Invert cumulative bytes: when `n_bytes` starting at `start_s` are through."""
         target = self._bytes_until(start_s) + n_bytes
@@ -143,14 +155,31 @@ class Transmission(NamedTuple):
 
 
 class Channel:
-    """A serialised one-way channel: messages queue behind each other in send order."""
+    """A serialised one-way channel: messages queue behind each other in send order.
 
-    __slots__ = ("bandwidth", "bytes_sent", "free_at", "latency_s", "messages", "overhead_s")
+    With `burst_bytes` > 0 a token bucket (full at t = 0) lets up to that many bytes of a
+    message pass at once after an idle spell; the bucket refills at the bandwidth.
+    """
 
-    def __init__(self, bandwidth: Bandwidth, overhead_s: float, latency_s: float) -> None:
+    __slots__ = (
+        "bandwidth",
+        "burst_bytes",
+        "bytes_sent",
+        "credit",
+        "free_at",
+        "latency_s",
+        "messages",
+        "overhead_s",
+    )
+
+    def __init__(
+        self, bandwidth: Bandwidth, overhead_s: float, latency_s: float, burst_bytes: float = 0.0
+    ) -> None:
         self.bandwidth = bandwidth
         self.overhead_s = overhead_s
         self.latency_s = latency_s
+        self.burst_bytes = float(burst_bytes)
+        self.credit = self.burst_bytes
         self.free_at = 0.0
         self.bytes_sent = 0
         self.messages = 0
@@ -158,7 +187,15 @@ class Channel:
     def transmit(self, send_s: float, n_bytes: int) -> Transmission:
         """Send a message at `send_s` (callers send in non-decreasing time order)."""
         start = send_s if send_s > self.free_at else self.free_at
-        finish = self.bandwidth.finish_time(start + self.overhead_s, n_bytes)
+        begin = start + self.overhead_s
+        if self.burst_bytes > 0.0:
+            refill = self.bandwidth.bytes_between(self.free_at, begin)
+            credit = min(self.burst_bytes, self.credit + refill)
+            paid = min(credit, float(n_bytes))
+            self.credit = credit - paid
+            finish = self.bandwidth.finish_time(begin, n_bytes - paid) if n_bytes > paid else begin
+        else:
+            finish = self.bandwidth.finish_time(begin, n_bytes)
         self.free_at = finish
         self.bytes_sent += n_bytes
         self.messages += 1

@@ -53,7 +53,10 @@ class TargetLatency(Strict):
     """Cloud target model: one forward pass over new positions of one or more sequences.
 
     forward = forward_base_s + forward_per_token_s * sum(new positions)
-            + forward_per_context_token_s * sum(context) + forward_per_extra_sequence_s * (b - 1).
+            + forward_per_context_token_s * sum(context) + forward_per_extra_sequence_s * (b - 1)
+            + forward_per_position_context_s * sum(new positions x context, per sequence).
+    The last term is attention's cost where it is compute-bound (a CPU target): every new
+    position attends over the whole context.
     A NAV of m draft tokens is a forward over m + 1 positions (last committed token + draft);
     an autoregressive step is a forward over one position; prefill is its own affine model.
     """
@@ -64,18 +67,32 @@ class TargetLatency(Strict):
     forward_per_token_s: NonNeg = 0.0
     forward_per_context_token_s: NonNeg = 0.0
     forward_per_extra_sequence_s: NonNeg = 0.0
+    forward_per_position_context_s: NonNeg = 0.0
 
     def prefill_s(self, prompt_len: int) -> float:
         """Time to prefill a prompt of `prompt_len` tokens."""
         return self.prefill_base_s + self.prefill_per_token_s * prompt_len
 
-    def forward_s(self, new_positions: int, context_len: int, batch: int = 1) -> float:
-        """Time of one forward pass (summed positions and context over the batch)."""
+    def forward_s(
+        self,
+        new_positions: int,
+        context_len: int,
+        batch: int = 1,
+        position_context: float | None = None,
+    ) -> float:
+        """Time of one forward pass (summed positions and context over the batch).
+
+        `position_context`: the sum over sequences of positions x context (default: one
+        sequence's, new_positions x context_len).
+        """
+        if position_context is None:
+            position_context = new_positions * context_len
         return (
             self.forward_base_s
             + self.forward_per_token_s * new_positions
             + self.forward_per_context_token_s * context_len
             + self.forward_per_extra_sequence_s * (batch - 1)
+            + self.forward_per_position_context_s * position_context
         )
 
 
@@ -87,6 +104,9 @@ class LinkProfile(Strict):
     one_way_latency_s: NonNeg
     uplink_overhead_s: NonNeg = Field(description="α: per-message start-up cost, edge to cloud")
     downlink_overhead_s: NonNeg
+    burst_bytes: NonNeg = Field(
+        0.0, description="token bucket per direction: bytes passing at once after idling"
+    )
 
 
 class PowerProfile(Strict):

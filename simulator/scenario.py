@@ -53,6 +53,7 @@ class LinkSection(Strict):
     one_way_latency_s: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     uplink_overhead_s: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     downlink_overhead_s: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    burst_bytes: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     uplink_trace: str | None = None
     downlink_trace: str | None = None
     trace_repeat: bool = Field(True, description="loop a trace past its end (else hold last)")

@@ -69,7 +69,7 @@ def forward_grid() -> list[tuple[int, int, int]]:
 
 def forward_samples(lat: TargetLatency, seed: int | None = None) -> list[ForwardSample]:
     grid = forward_grid()
-    times = np.array([lat.forward_s(p, c, b) for p, c, b in grid])
+    times = np.array([lat.forward_s(p, c, b, p * c / b) for p, c, b in grid])
     if seed is not None:
         times = noisy(times, seed)
     return [ForwardSample(p, c, b, t) for (p, c, b), t in zip(grid, times, strict=True)]
@@ -345,6 +345,7 @@ def test_draft_latency_says_what_is_wrong() -> None:
     forward_per_token_s=log_uniform(1e-6, 1e-3),
     forward_per_context_token_s=log_uniform(1e-9, 1e-6),
     forward_per_extra_sequence_s=log_uniform(1e-5, 1e-2),
+    forward_per_position_context_s=log_uniform(1e-10, 1e-6),
 )
 def test_target_latency_recovers_noise_free_parameters(**truth: float) -> None:
     lat = TargetLatency(**truth)
@@ -383,7 +384,7 @@ def test_target_latency_says_what_is_wrong() -> None:
     lat = TargetLatency(prefill_base_s=0.01, prefill_per_token_s=1e-4, forward_base_s=0.02)
     prefill = [PrefillSample(n, lat.prefill_s(n)) for n in LENGTHS]
     forward = forward_samples(lat)
-    with pytest.raises(ValueError, match=r"forward: needs at least 5 samples \(got 4\)"):
+    with pytest.raises(ValueError, match=r"forward: needs at least 6 samples \(got 4\)"):
         fit_target_latency(prefill, forward[:4])
     with pytest.raises(
         ValueError,

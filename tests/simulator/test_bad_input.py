@@ -119,7 +119,7 @@ CASES: dict[str, Case] = {
     ),
     "unknown-link-field": Case(
         edit("downlink_mbps = 200.0", "downlink_mbps = 200.0\nuplnk_mbps = 3.0"),
-        expect=("link.uplnk_mbps: unknown field", "allowed: downlink_mbps", "uplink_mbps"),
+        expect=("link.uplnk_mbps: unknown field", "allowed: burst_bytes", "uplink_mbps"),
     ),
     "string-for-number": Case(
         edit("uplink_mbps = 20.0", 'uplink_mbps = "fast"'),
@@ -275,7 +275,7 @@ CASES: dict[str, Case] = {
     ),
     "set-unknown-field": Case(
         args=("--set", "link.foo=3"),
-        expect=("--set", "link.foo: unknown field", "allowed: downlink_mbps"),
+        expect=("--set", "link.foo: unknown field", "allowed: burst_bytes"),
     ),
     "sweep-flag-empty": Case(
         args=("--sweep", "link.uplink_mbps="),

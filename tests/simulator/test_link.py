@@ -266,3 +266,45 @@ def test_channel_over_a_trace_reads_bandwidth_as_time_passes() -> None:
     tx = channel.transmit(0.0, 1_000_000)
     # starts sending at 0.5 at 1 MB/s: 0.5 MB by t=1, the rest at 2 MB/s by t=1.25
     assert tx.finish_s == pytest.approx(1.25)
+
+
+def test_burst_channel_lets_a_burst_through_after_idling() -> None:
+    # 8 Mbit/s = 1e6 B/s; bucket 3000 B, full at t = 0
+    channel = Channel(ConstantBandwidth(8.0), overhead_s=0.0, latency_s=0.01, burst_bytes=3000)
+    first = channel.transmit(0.0, 1000)
+    assert first.finish_s == 0.0 and first.arrive_s == pytest.approx(0.01)
+    second = channel.transmit(0.0, 5000)  # 2000 B of credit left, 3000 B at the rate
+    assert second.finish_s == pytest.approx(0.003)
+    third = channel.transmit(0.004, 2000)  # 1 ms idle refilled 1000 B
+    assert third.finish_s == pytest.approx(0.005)
+    fourth = channel.transmit(1.0, 10_000)  # refilled to the cap (3000 B), not beyond
+    assert fourth.finish_s == pytest.approx(1.007)
+
+
+def test_burst_channel_refills_over_a_trace() -> None:
+    trace = TraceBandwidth([0.0, 1.0], [8.0, 0.8], repeat=False, source="t")
+    channel = Channel(trace, overhead_s=0.0, latency_s=0.0, burst_bytes=200_000)
+    assert channel.transmit(1.0, 200_000).finish_s == 1.0
+    # from t = 1 s the link carries 1e5 B/s: 0.5 s refills 50 kB, the rest at the rate
+    assert channel.transmit(1.5, 60_000).finish_s == pytest.approx(1.6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 50_000), min_size=1, max_size=20),
+    gaps=st.lists(st.floats(0.0, 0.05), min_size=20, max_size=20),
+    burst=st.floats(0.0, 20_000),
+)
+def test_burst_never_beats_the_bucket(sizes: list[int], gaps: list[float], burst: float) -> None:
+    """Token-bucket conservation: by any finish time, bytes sent <= burst + rate x time."""
+    rate = 1e6
+    channel = Channel(ConstantBandwidth(8.0), 0.0, 0.0, burst_bytes=burst)
+    plain = Channel(ConstantBandwidth(8.0), 0.0, 0.0)
+    t, sent = 0.0, 0
+    for size, gap in zip(sizes, gaps, strict=False):
+        t += gap
+        done = channel.transmit(t, size)
+        reference = plain.transmit(t, size)
+        sent += size
+        assert done.finish_s <= reference.finish_s + 1e-9
+        assert sent <= burst + rate * done.finish_s + 1e-6
