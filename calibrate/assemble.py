@@ -23,7 +23,7 @@ from simulator.errors import ConfigError, from_validation_error
 from simulator.profile import SCHEMA_VERSION, LoadedProfile, Profile, dump_profile
 from simulator.results import write_atomic, write_json
 
-PART_KINDS = ("draft", "target", "power", "link", "acceptance")
+PART_KINDS = ("draft", "target", "power", "link", "acceptance", "payload")
 """The parts a profile is calibrated from."""
 
 

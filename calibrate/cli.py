@@ -2,9 +2,11 @@
 
     pipesd calibrate draft  --model PATH|smollm2-135m --threads N --out draft.json
     pipesd calibrate target --model SHAPE|DIR --device cpu|cuda --out target.json
+    pipesd calibrate target --backend llama --model PATH.gguf|smollm2-135m --threads N --out ...
     pipesd calibrate power  [--package-watts W] --out power.json
     pipesd calibrate profile PART.json ... --name NAME --out scenarios/profiles/NAME.json
     pipesd calibrate all    --draft ... --target ... --out scenarios/profiles/NAME.json
+    pipesd calibrate distill --target smollm2-135m [--layers 0,10,20,29 --steps N --out D.gguf]
 
 Heavy libraries (llama.cpp, torch) load only when their subcommand runs.
 """
@@ -20,6 +22,18 @@ from typing import Any
 from simulator.errors import ConfigError
 
 DEFAULT_BASE = Path("scenarios/profiles/default.json")
+
+TORCH_TARGET_DEFAULTS: dict[str, Any] = {
+    "device": "cuda",
+    "dtype": "bfloat16",
+    "token_counts": [1, 2, 4, 8, 16, 32, 64],
+    "batch_sizes": [1, 2, 4, 8, 16, 32],
+    "context_lengths": [128, 512, 1024],
+    "prompt_lengths": [64, 256, 1024],
+}
+"""`calibrate target` settings left unset, torch backend (llama: calibrate.target_llama)."""
+
+BY_BACKEND = "default per backend (calibrate/cli.py, calibrate/target_llama.py)"
 
 
 def _ints(text: str) -> list[int]:
@@ -53,19 +67,30 @@ def add_parser(subparsers: Any) -> None:
     draft = sub.add_parser("draft", help="edge draft model on the CPU (llama.cpp)")
     _draft_arguments(draft)
     draft.add_argument("--out", type=Path, required=True, help="part file to write (JSON)")
-    target = sub.add_parser("target", help="cloud target model (PyTorch, cuda or cpu)")
+    target = sub.add_parser(
+        "target", help="cloud target model (PyTorch cuda/cpu, or the testbed's llama.cpp CPU)"
+    )
+    target.add_argument(
+        "--backend",
+        choices=("torch", "llama"),
+        default="torch",
+        help="torch (transformers model) or llama (the testbed server's llama.cpp target)",
+    )
     target.add_argument(
         "--model",
         required=True,
-        help="a named shape with random weights (see calibrate/shapes.py, e.g. Llama-2-7B), "
-        "or a local Hugging Face model folder",
+        help="torch: a named shape with random weights (see calibrate/shapes.py, e.g. "
+        "Llama-2-7B) or a local Hugging Face model folder; llama: a GGUF file or smollm2-135m",
     )
-    target.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
-    target.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
-    target.add_argument("--token-counts", type=_ints, default=[1, 2, 4, 8, 16, 32, 64])
-    target.add_argument("--batch-sizes", type=_ints, default=[1, 2, 4, 8, 16, 32])
-    target.add_argument("--context-lengths", type=_ints, default=[128, 512, 1024])
-    target.add_argument("--prompt-lengths", type=_ints, default=[64, 256, 1024])
+    target.add_argument("--threads", type=int, help="llama.cpp threads (--backend llama)")
+    target.add_argument("--device", choices=("cpu", "cuda"), help="torch (default cuda)")
+    target.add_argument(
+        "--dtype", choices=("bfloat16", "float16", "float32"), help="torch (default bfloat16)"
+    )
+    target.add_argument("--token-counts", type=_ints, help=BY_BACKEND)
+    target.add_argument("--batch-sizes", type=_ints, help="llama: 1 only; " + BY_BACKEND)
+    target.add_argument("--context-lengths", type=_ints, help=BY_BACKEND)
+    target.add_argument("--prompt-lengths", type=_ints, help=BY_BACKEND)
     target.add_argument("--repetitions", type=int, default=5)
     target.add_argument("--warmup", type=int, default=2)
     target.add_argument("--out", type=Path, required=True, help="part file to write (JSON)")
@@ -86,6 +111,15 @@ def add_parser(subparsers: Any) -> None:
     )
     link.add_argument("--repetitions", type=int, default=10)
     link.add_argument("--out", type=Path, required=True, help="part file to write (JSON)")
+    wire = sub.add_parser(
+        "wire",
+        help="bytes per testbed message on the wire (tbf counters; needs root, ip and tc)",
+    )
+    wire.add_argument("--model", default="smollm2-135m", help="the server's target GGUF")
+    wire.add_argument("--threads", type=int, default=1, help="the server's CPU threads")
+    wire.add_argument("--tokens", type=int, default=4, help="draft tokens per NAV")
+    wire.add_argument("--messages", type=int, default=40, help="NAVs counted")
+    wire.add_argument("--out", type=Path, required=True, help="part file to write (JSON)")
     accept = sub.add_parser(
         "acceptance", help="a real draft/target pair's acceptance (llama.cpp, greedy)"
     )
@@ -108,13 +142,17 @@ def add_parser(subparsers: Any) -> None:
     every.add_argument("--threads", type=int, required=True, help="draft CPU threads")
     every.add_argument("--draft-prompt-lengths", type=_ints, default=[32, 128, 512])
     every.add_argument("--draft-context-lengths", type=_ints, default=[64, 256, 1024])
-    every.add_argument("--target", required=True, help="named shape or local HF folder")
-    every.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
-    every.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
-    every.add_argument("--token-counts", type=_ints, default=[1, 2, 4, 8, 16, 32, 64])
-    every.add_argument("--batch-sizes", type=_ints, default=[1, 2, 4, 8, 16, 32])
-    every.add_argument("--target-context-lengths", type=_ints, default=[128, 512, 1024])
-    every.add_argument("--target-prompt-lengths", type=_ints, default=[64, 256, 1024])
+    every.add_argument(
+        "--target", required=True, help="torch: named shape or local HF folder; llama: GGUF"
+    )
+    every.add_argument("--target-backend", choices=("torch", "llama"), default="torch")
+    every.add_argument("--target-threads", type=int, help="llama target (default --threads)")
+    every.add_argument("--device", choices=("cpu", "cuda"), help="torch (default cuda)")
+    every.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), help="torch")
+    every.add_argument("--token-counts", type=_ints, help=BY_BACKEND)
+    every.add_argument("--batch-sizes", type=_ints, help=BY_BACKEND)
+    every.add_argument("--target-context-lengths", type=_ints, help=BY_BACKEND)
+    every.add_argument("--target-prompt-lengths", type=_ints, help=BY_BACKEND)
     every.add_argument("--package-watts", type=float, help="edge package power without RAPL")
     every.add_argument("--repetitions", type=int, default=5)
     every.add_argument("--warmup", type=int, default=2)
@@ -123,6 +161,7 @@ def add_parser(subparsers: Any) -> None:
     every.add_argument(
         "--out", type=Path, required=True, help="profile to write; parts go to OUT.parts/"
     )
+    _distill_arguments(sub)
     profile = sub.add_parser("profile", help="assemble a profile from part files")
     profile.add_argument("parts", nargs="+", type=Path, help="part files (calibrate draft, ...)")
     profile.add_argument("--name", required=True, help="the profile's name")
@@ -133,6 +172,96 @@ def add_parser(subparsers: Any) -> None:
         help=f"profile giving every section no part measured (default {DEFAULT_BASE})",
     )
     profile.add_argument("--out", type=Path, required=True, help="profile file to write")
+
+
+def _indices(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected block indices like 0,1,28,29 (got {text!r})"
+        ) from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative integers (got {text!r})")
+    return values
+
+
+def _distill_arguments(sub: Any) -> None:
+    from calibrate.distill import QUANTS, DistillConfig
+    from calibrate.models import DRAFT_FILE
+
+    d = DistillConfig(layers=(0,), steps=1)
+    distill = sub.add_parser(
+        "distill", help="distil a shallow draft GGUF for a llama GGUF target (torch, CPU)"
+    )
+    distill.add_argument("--target", default="smollm2-135m", help="target GGUF, or smollm2-135m")
+    distill.add_argument(
+        "--layers",
+        type=_indices,
+        default=list(DISTILL_LAYERS),
+        help="target blocks the student starts from, in order (default %(default)s)",
+    )
+    distill.add_argument("--steps", type=int, default=DISTILL_STEPS, help="optimiser steps")
+    distill.add_argument("--seed", type=int, default=d.seed)
+    distill.add_argument("--prompts", type=int, default=d.n_prompts, help="training prompts")
+    distill.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    distill.add_argument("--top-k", type=int, default=d.top_k, help="target logits kept")
+    distill.add_argument("--lr", type=float, default=d.lr)
+    distill.add_argument("--batch-tokens", type=int, default=d.batch_tokens)
+    distill.add_argument(
+        "--negatives",
+        type=int,
+        default=d.negatives,
+        help="random tokens added to each step's softmax (0: whole vocabulary)",
+    )
+    distill.add_argument("--threads", type=int, default=d.threads)
+    distill.add_argument("--quant", choices=QUANTS, default=d.quant, help="blocks' type")
+    distill.add_argument(
+        "--out",
+        type=Path,
+        help=f"GGUF to write (default: MODELS/{DRAFT_FILE}, MODELS = $PIPESD_MODELS or "
+        "~/.cache/pipesd/models); OUT.recipe.json and OUT.labels.npz go beside it",
+    )
+
+
+DISTILL_LAYERS = (0, 10, 20, 29)
+"""Default student: four of the target's blocks, evenly spread, first and last included."""
+
+DISTILL_STEPS = 250
+"""Default optimiser steps."""
+
+
+def run_distill(args: argparse.Namespace, command: str, say: Callable[[str], None]) -> int:
+    """`pipesd calibrate distill`: build the draft GGUF and its recipe."""
+    from calibrate.distill import DistillConfig, distill
+    from calibrate.models import DRAFT_FILE, models_dir, resolve_model
+
+    target = resolve_model(args.target)
+    out = args.out if args.out is not None else models_dir() / DRAFT_FILE
+    if out.suffix.lower() != ".gguf":
+        raise ConfigError("--out", str(out), "must end in .gguf")
+    if out.resolve() == target.resolve():
+        raise ConfigError("--out", str(out), "must differ from the target")
+    config = DistillConfig(
+        layers=tuple(args.layers),
+        steps=args.steps,
+        seed=args.seed,
+        n_prompts=args.prompts,
+        max_new_tokens=args.max_new_tokens,
+        top_k=args.top_k,
+        lr=args.lr,
+        batch_tokens=args.batch_tokens,
+        negatives=args.negatives,
+        threads=args.threads,
+        quant=args.quant,
+    )
+    try:
+        recipe = distill(target, out, config, command, progress=say)
+    except ValueError as exc:
+        raise ConfigError("calibrate distill", "", str(exc)) from None
+    agreement = recipe["heldout"]["after"]["top1_agreement"]
+    print(f"wrote {out} (held-out top-1 agreement {agreement:.3f}) and its recipe")
+    return 0
 
 
 def _draft_arguments(parser: argparse.ArgumentParser) -> None:
@@ -216,6 +345,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         write_profile(profile, args.out)
         print(f"wrote {args.out}")
         return 0
+    if args.part == "distill":
+        return run_distill(args, command, say)
     part = MEASURE[args.part](args, say, command)
     save_part(part, args.out)
     for line in part.notes.values():
@@ -249,6 +380,15 @@ def measure_target(args: argparse.Namespace, say: Callable[[str], None], command
     from calibrate.assemble import new_part
     from calibrate.target import fit_measurements, profile_target
 
+    if args.backend == "llama":
+        from calibrate.target_llama import measure_part
+
+        return measure_part(args, say, command)
+    if args.threads is not None:
+        raise ConfigError("--threads", "", "only for --backend llama (torch sets its own)")
+    for key, value in TORCH_TARGET_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.device == "cuda":
         import torch
 
@@ -301,6 +441,34 @@ def measure_target(args: argparse.Namespace, say: Callable[[str], None], command
         "nvidia-ml-py": _version("nvidia-ml-py"),
     }
     return new_part("target", values, notes, reports, samples, versions, command)
+
+
+def measure_wire(args: argparse.Namespace, say: Callable[[str], None], command: str) -> Any:
+    """The payload section's message header and token sizes, as the testbed sends them."""
+    import llama_cpp
+
+    from calibrate.assemble import new_part
+    from calibrate.models import resolve_model
+    from calibrate.wire import measure_wire as measure
+    from calibrate.wire import payload_values
+
+    if args.tokens < 1 or args.messages < 1:
+        raise ConfigError("calibrate wire", "--tokens/--messages", "must be >= 1")
+    model = resolve_model(args.model)
+    vocab = llama_cpp.Llama(model_path=str(model), vocab_only=True, verbose=False).n_vocab()
+    m = measure(str(model), args.threads, args.tokens, args.messages, say=say)
+    values = payload_values(m, int(vocab))
+    notes = {
+        "payload.message_header_bytes": (
+            f"tbf counters over {m.messages} NAVs of {m.n_tokens} tokens: "
+            f"{m.uplink_wire_bytes:.1f} wire bytes ({m.uplink_packets:.2f} packets) per uplink "
+            f"message = {m.uplink_payload_bytes:.1f} payload bytes, minus the tokens; downlink "
+            f"answers {m.downlink_payload_bytes:.1f} payload bytes "
+            f"({m.downlink_body_bytes:.1f} of msgpack body)"
+        ),
+        "payload.token_id_bytes": "msgpack size of the vocabulary's largest id",
+    }
+    return new_part("payload", values, notes, {}, {}, {}, command)
 
 
 def measure_power(args: argparse.Namespace, say: Callable[[str], None], command: str) -> Any:
@@ -413,6 +581,7 @@ MEASURE = {
     "target": measure_target,
     "power": measure_power,
     "link": measure_link,
+    "wire": measure_wire,
 }
 
 
@@ -424,6 +593,9 @@ def calibrate_all(args: argparse.Namespace, command: str, console: Any) -> int:
     from simulator.profile import load_profile
 
     common = {"repetitions": args.repetitions, "warmup": args.warmup}
+    target_threads = args.target_threads
+    if target_threads is None and args.target_backend == "llama":
+        target_threads = args.threads
     steps = {
         "draft": argparse.Namespace(
             model=args.draft,
@@ -434,6 +606,8 @@ def calibrate_all(args: argparse.Namespace, command: str, console: Any) -> int:
         ),
         "target": argparse.Namespace(
             model=args.target,
+            backend=args.target_backend,
+            threads=target_threads,
             device=args.device,
             dtype=args.dtype,
             token_counts=args.token_counts,

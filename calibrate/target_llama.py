@@ -1,0 +1,455 @@
+"""Profile the testbed's cloud target: a llama.cpp GGUF model on the CPU, evaluated as served.
+
+`profile_llama_target` drives `realrun.target.LlamaTarget` (the object the cloud server holds:
+flash attention, KV cache kept between verifications, rollback with seq_rm) through its public
+methods only, so every time is the server's own measurement of its own calls:
+
+- prefill time vs prompt length P: `open(prompt of P tokens)` prefills P - 1 tokens (the last
+  one stays pending, as the server does) and returns its time; then `drop`. The sample's
+  prompt_len is P, the length the simulator's `prefill_s` is given. `warmup` runs per length
+  are discarded, then `repetitions` rounds over all lengths in turn (interleaved);
+- verification time vs tokens verified n (positions evaluated: the pending token and n - 1
+  drafts, so n = 1 is an autoregressive step) and context c: a session is opened on a prompt
+  of c + 1 tokens (untimed setup), then one `upload(n - 1 drafts)` + `verify` per token count
+  in turn; the sample is `verify`'s `target_ms` at the context the cache held before it (each
+  verification commits the pending token and the accepted drafts, so the next one starts a
+  little later: c, c + 1, ...; the samples carry the actual context). One round is one fresh
+  session per context; the first `warmup` rounds are discarded, then `repetitions` rounds are
+  kept (interleaved over contexts and token counts, so a drift of the machine spreads over all).
+
+Batch size is 1 only: the server verifies one sequence at a time, and llama-cpp-python's `Llama`
+exposes no multi-sequence context. `fit_single_sequence` therefore fits the forward model
+without the batch term (forward_per_extra_sequence_s = 0, not measured) from the same pieces
+`calibrate.fit.fit_target_latency` is made of (that fitter needs 2+ batch sizes).
+
+Token ids are random (seeded): latency does not depend on them, and random drafts are almost
+never accepted, so each verification does one argmax after its forward, as a rejected NAV does.
+
+Energy: the CPU packages' RAPL counters (`calibrate.power.RaplMeter`) read around every kept
+verification (RAPL updates about every millisecond, fine enough for one forward); they count
+the whole package, other processes included. Without RAPL (e.g. no /sys/class/powercap) the
+energy fields are None and say why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calibrate.fit import (
+    FitReport,
+    _affine,
+    _feature,
+    _fit_prefill,
+    _position_context,
+    _positive,
+    _samples,
+)
+from calibrate.samples import ForwardSample, PrefillSample
+from calibrate.target import (
+    AUTO,
+    SEED,
+    TargetMeasurements,
+    TimingStats,
+    VerificationRun,
+    _count,
+    _grid,
+    _open_meter,
+)
+from simulator.errors import ConfigError
+from simulator.profile import TargetLatency
+
+DEFAULT_TOKEN_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16)
+"""Tokens verified per forward (positions evaluated) measured by default."""
+
+DEFAULT_CONTEXT_LENGTHS = (128, 256, 512, 1024)
+"""Context lengths (KV positions before a verification) measured by default."""
+
+DEFAULT_PROMPT_LENGTHS = (64, 256, 1024)
+"""Prompt lengths prefilled by default."""
+
+NOT_USED = "not used (llama.cpp backend)"
+"""What the torch-only fields of TargetMeasurements hold for this backend."""
+
+BATCH_NOTE = (
+    "batch 1 only (the server verifies one sequence at a time): "
+    "forward_per_extra_sequence_s not measured, set to 0"
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Results and fit
+# --------------------------------------------------------------------------------------------
+
+
+def fit_single_sequence(
+    prefill: Sequence[PrefillSample], forward: Sequence[ForwardSample]
+) -> tuple[TargetLatency, dict[str, FitReport]]:
+    """The target latency model from batch-1 samples, and its reports ("prefill", "forward").
+
+    As `fit_target_latency`, without the batch term: forward = forward_base_s +
+    forward_per_token_s * new_positions + forward_per_context_token_s * context_len +
+    forward_per_position_context_s * new_positions * context_len, and
+    forward_per_extra_sequence_s = 0 (the forward report's method says so). ValueError if a
+    forward sample has batch != 1 (use `fit_target_latency` then) or the fit is not identified.
+    """
+    what = "fit_single_sequence: forward"
+    prefill_base, prefill_per_token, pre_report = _fit_prefill("fit_single_sequence", prefill)
+    fwd = _samples(what, forward, ForwardSample)
+    batched = [s for s in fwd if s.batch != 1]
+    if batched:
+        raise ValueError(
+            f"{what}: every sample must have batch 1 (got batch {batched[0].batch}); "
+            "fit batched samples with calibrate.fit.fit_target_latency"
+        )
+    y = np.array([s.seconds for s in fwd], dtype=float)
+    model, report = _affine(
+        what,
+        "forward_base_s",
+        [
+            _feature("new_positions", [s.new_positions for s in fwd], "forward_per_token_s"),
+            _feature("context_len", [s.context_len for s in fwd], "forward_per_context_token_s"),
+            _position_context(fwd),
+        ],
+        y,
+    )
+    assert model.coef_ is not None
+    hint = (
+        "forward time extrapolates to <= 0; if it grows with positions x context (attention on "
+        "a CPU), the profile's affine model cannot hold it: measure a narrower context range"
+    )
+    base = _positive(what, "forward_base_s", model.intercept_, y, hint)
+    latency = TargetLatency(
+        prefill_base_s=prefill_base,
+        prefill_per_token_s=prefill_per_token,
+        forward_base_s=base,
+        forward_per_token_s=float(model.coef_[0]),
+        forward_per_context_token_s=float(model.coef_[1]),
+        forward_per_extra_sequence_s=0.0,
+        forward_per_position_context_s=float(model.coef_[2]),
+    )
+    report = dataclasses.replace(report, method=f"{report.method}; {BATCH_NOTE}")
+    return latency, {"prefill": pre_report, "forward": report}
+
+
+@dataclass(frozen=True)
+class LlamaTargetMeasurements(TargetMeasurements):
+    """`TargetMeasurements` of the llama.cpp target (torch fields hold NOT_USED).
+
+    `fit` is `fit_single_sequence` (batch 1 only); `model_description` is llama.cpp's
+    description of the model (architecture, size, file type), `n_params` its parameter count.
+    """
+
+    llama_cpp_version: str = ""
+    n_ctx: int = 0
+    n_params: int = 0
+    model_description: str = ""
+    system_info: str = ""
+
+    def fit(self) -> tuple[TargetLatency, dict[str, FitReport]]:
+        return fit_single_sequence(self.prefill, self.forward)
+
+    def lines(self) -> list[str]:
+        head = (
+            f"{self.model_name} ({self.model_description}) on {self.device_name}, llama.cpp "
+            f"(llama-cpp-python {self.llama_cpp_version}) as realrun.target.LlamaTarget, "
+            f"{self.threads} thread(s), n_ctx {self.n_ctx}, {self.repetitions} repetitions "
+            f"after {self.warmup} warm-up"
+        )
+        return [head, *super().lines()[1:]]
+
+
+# --------------------------------------------------------------------------------------------
+# Profiler
+# --------------------------------------------------------------------------------------------
+
+
+def _shape_of(metadata: dict[str, str], n_vocab: int) -> dict[str, Any]:
+    """The model's dimensions from its GGUF metadata (the keys `calibrate.target` reports)."""
+    arch = metadata.get("general.architecture", "")
+
+    def number(key: str) -> int | None:
+        value = metadata.get(f"{arch}.{key}")
+        return int(float(value)) if value is not None else None
+
+    hidden, heads = number("embedding_length"), number("attention.head_count")
+    head_dim = number("attention.key_length") or (hidden // heads if hidden and heads else None)
+    return {
+        "model_type": arch or None,
+        "layers": number("block_count"),
+        "hidden": hidden,
+        "intermediate": number("feed_forward_length"),
+        "heads": heads,
+        "kv_heads": number("attention.head_count_kv"),
+        "head_dim": head_dim,
+        "vocab": n_vocab,
+        "rope": {"freq_base": metadata.get(f"{arch}.rope.freq_base")},
+    }
+
+
+def _cpu_name() -> str:
+    from calibrate.assemble import machine_info
+
+    return machine_info()["cpu"]
+
+
+def profile_llama_target(
+    model_path: Path | str,
+    threads: int,
+    token_counts: Sequence[int] = DEFAULT_TOKEN_COUNTS,
+    context_lengths: Sequence[int] = DEFAULT_CONTEXT_LENGTHS,
+    prompt_lengths: Sequence[int] = DEFAULT_PROMPT_LENGTHS,
+    repetitions: int = 5,
+    warmup: int = 2,
+    energy_meter: Any = AUTO,
+    idle_window_s: float = 2.0,
+    progress: Callable[[str], None] | None = None,
+    n_ctx: int | None = None,
+    seed: int = SEED,
+) -> LlamaTargetMeasurements:
+    """Measure the llama.cpp target's prefill and verification times (see module doc).
+
+    `threads` >= 1 are llama.cpp's compute threads; grids are distinct integers >= 1 (prompt
+    lengths >= 2: a one-token prompt prefills nothing). `n_ctx` defaults to LlamaTarget's (the
+    server's) default; every context + the summed token counts and every prompt must fit it.
+    `energy_meter`: "auto" (RAPL), None, a meter (`read_j()`, `name()`) or a callable making one.
+    `progress`, if given, receives one line per round. Needs llama-cpp-python.
+    """
+    import llama_cpp
+
+    from realrun.target import LlamaTarget
+
+    threads = _count("threads", threads, 1)
+    tokens = _grid("token_counts", token_counts)
+    contexts = _grid("context_lengths", context_lengths)
+    prompts = _grid("prompt_lengths", prompt_lengths)
+    if min(prompts) < 2:
+        raise ValueError(
+            f"profile_llama_target: prompt lengths must be >= 2 (the server prefills all but the "
+            f"last prompt token; got {min(prompts)})"
+        )
+    repetitions = _count("repetitions", repetitions, 1)
+    warmup = _count("warmup", warmup, 0)
+    if not isinstance(idle_window_s, int | float) or not idle_window_s > 0:
+        raise ValueError(f"profile_llama_target: idle_window_s must be > 0 (got {idle_window_s!r})")
+    path = Path(model_path)
+    say = progress or (lambda _line: None)
+    options = {} if n_ctx is None else {"n_ctx": _count("n_ctx", n_ctx, 1)}
+    target = LlamaTarget(path, threads, **options)
+    try:
+        needed = max(max(contexts) + sum(tokens), max(prompts))
+        train = int(target.llama._model.n_ctx_train())
+        for limit, what in ((target.n_ctx, "n_ctx"), (train, "training context")):
+            if 0 < limit < needed:
+                raise ValueError(
+                    f"profile_llama_target: needs {needed} positions (largest context + summed "
+                    f"token counts, or largest prompt) but {what} is {limit}; measure less"
+                )
+        # calibrate.target's meter choice: "auto" on a CPU device is RAPL
+        meter, energy_reason = _open_meter(energy_meter, types.SimpleNamespace(type="cpu"))
+        rng = np.random.default_rng(seed)
+
+        def ids(n: int) -> list[int]:
+            return [int(t) for t in rng.integers(0, target.n_vocab, n)]
+
+        idle_w = idle_method = None
+        idle_reason = energy_reason
+        if meter is not None:
+            start_j, start_t = meter.read_j(), time.perf_counter()
+            time.sleep(idle_window_s)
+            idle_j, idle_t = meter.read_j() - start_j, time.perf_counter() - start_t
+            idle_reason = f"{meter.name()} did not advance over {idle_t:.2f} s"
+            if idle_j > 0:
+                idle_w, idle_reason = idle_j / idle_t, None
+                idle_method = f"{meter.name()} over a {idle_t:.2f} s quiet window"
+
+        def prefill_once(length: int) -> float:
+            sid, ms = target.open(ids(length))
+            target.drop(sid)
+            return ms / 1e3
+
+        for length in prompts:
+            for _ in range(warmup):
+                prefill_once(length)
+        by_prompt: dict[int, list[float]] = {length: [] for length in prompts}
+        prefill: list[PrefillSample] = []
+        for rep in range(repetitions):
+            for length in prompts:
+                seconds = prefill_once(length)
+                by_prompt[length].append(seconds)
+                prefill.append(PrefillSample(prompt_len=length, seconds=seconds))
+            say(f"prefill: round {rep + 1}/{repetitions} over {len(prompts)} prompt lengths")
+
+        forward: list[ForwardSample] = []
+        kept: dict[tuple[int, int], list[float]] = {(n, c): [] for c in contexts for n in tokens}
+        energy: dict[tuple[int, int], list[tuple[float, float]]] = {key: [] for key in kept}
+        for rnd in range(warmup + repetitions):
+            keep = rnd >= warmup
+            for context in contexts:
+                sid, _ = target.open(ids(context + 1))
+                position = context
+                for n in tokens:
+                    target.upload(sid, ids(n - 1), None)
+                    read = meter is not None and keep
+                    before_j, before_t = (meter.read_j(), time.perf_counter()) if read else (0, 0)
+                    result = target.verify(sid)
+                    if read:
+                        used_j = meter.read_j() - before_j
+                        energy[(n, context)].append((used_j, time.perf_counter() - before_t))
+                    if keep:
+                        seconds = result.target_ms / 1e3
+                        kept[(n, context)].append(seconds)
+                        forward.append(ForwardSample(n, position, 1, seconds))
+                    position += 1 + result.accepted
+                target.drop(sid)
+            label = f"kept {rnd - warmup + 1}/{repetitions}" if keep else f"warm-up {rnd + 1}"
+            say(f"verify: round {label} over {len(contexts)} contexts x {len(tokens)} counts")
+
+        runs = []
+        for (n, context), seconds in kept.items():
+            used = energy[(n, context)]
+            total_j, total_s = sum(j for j, _ in used), sum(s for _, s in used)
+            has = meter is not None and total_j > 0
+            runs.append(
+                VerificationRun(
+                    tokens=n,
+                    batch=1,
+                    context=context,
+                    stats=TimingStats.of(seconds),
+                    energy_j=total_j / len(used) if has else None,
+                    mean_w=total_j / total_s if has else None,
+                    window_s=total_s if has else None,
+                    window_count=len(used) if has else None,
+                )
+            )
+        energy_method = None
+        if meter is not None:
+            energy_method = (
+                f"{meter.name()}: read around every kept verification (whole package, other "
+                f"processes included)"
+            )
+        description = str(target.llama._model.desc())
+        return LlamaTargetMeasurements(
+            device="cpu",
+            device_name=_cpu_name(),
+            dtype=description.split()[-1] if description else "gguf",
+            model_name=path.name,
+            shape=_shape_of(dict(target.llama.metadata), target.n_vocab),
+            prefill=tuple(prefill),
+            forward=tuple(forward),
+            prefill_stats={length: TimingStats.of(by_prompt[length]) for length in prompts},
+            runs=tuple(sorted(runs, key=lambda r: (r.context, r.tokens))),
+            torch_version=NOT_USED,
+            transformers_version=NOT_USED,
+            repetitions=repetitions,
+            warmup=warmup,
+            threads=threads,
+            energy_method=energy_method,
+            energy_unavailable=None if meter is not None else energy_reason,
+            idle_w=idle_w,
+            idle_method=idle_method,
+            idle_unavailable=idle_reason,
+            llama_cpp_version=str(llama_cpp.__version__),
+            n_ctx=target.n_ctx,
+            n_params=int(target.llama._model.n_params()),
+            model_description=description,
+            system_info=llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip(),
+        )
+    finally:
+        target.close()
+
+
+# --------------------------------------------------------------------------------------------
+# `pipesd calibrate target --backend llama`
+# --------------------------------------------------------------------------------------------
+
+
+def measure_part(args: argparse.Namespace, say: Callable[[str], None], command: str) -> Any:
+    """The target part of the llama.cpp backend from the CLI's arguments (see calibrate.cli).
+
+    Unset grids take this module's defaults; a batch size other than 1, a cuda device, a dtype
+    or a missing thread count is a one-line ConfigError.
+    """
+    from calibrate.assemble import new_part
+    from calibrate.cli import _version
+    from calibrate.models import resolve_model
+
+    if args.threads is None:
+        raise ConfigError("--threads", "", "required with --backend llama (llama.cpp threads)")
+    if args.threads < 1:
+        raise ConfigError("--threads", "", f"must be at least 1 (got {args.threads})")
+    if args.batch_sizes not in (None, [1]):
+        raise ConfigError(
+            "--batch-sizes",
+            "",
+            f"--backend llama verifies one sequence at a time: allowed 1 "
+            f"(got {','.join(map(str, args.batch_sizes))})",
+        )
+    if args.device not in (None, "cpu"):
+        raise ConfigError("--device", args.device, "--backend llama runs on the CPU: allowed cpu")
+    if args.dtype is not None:
+        raise ConfigError("--dtype", args.dtype, "not for --backend llama (the GGUF sets it)")
+    path = resolve_model(args.model)
+    tokens = args.token_counts or list(DEFAULT_TOKEN_COUNTS)
+    contexts = args.context_lengths or list(DEFAULT_CONTEXT_LENGTHS)
+    prompts = args.prompt_lengths or list(DEFAULT_PROMPT_LENGTHS)
+    try:
+        measured = profile_llama_target(
+            path,
+            args.threads,
+            tokens,
+            contexts,
+            prompts,
+            args.repetitions,
+            args.warmup,
+            progress=say,
+        )
+        for line in measured.lines():
+            say(line)
+        latency, reports = measured.fit()
+    except ValueError as exc:
+        raise ConfigError("calibrate target", "", str(exc)) from None
+    forward = reports["forward"]
+    values: dict[str, Any] = {
+        "target_latency": latency.model_dump(),
+        "models.target": {
+            "name": path.name,
+            "parameters_b": measured.n_params / 1e9,
+            "quantisation": measured.dtype,
+        },
+    }
+    notes = {
+        "target_latency": (
+            f"measured through realrun.target.LlamaTarget (the testbed server's target: "
+            f"llama.cpp, flash attention, KV kept, seq_rm rollback) on {measured.device_name}, "
+            f"{measured.threads} thread(s), llama-cpp-python {measured.llama_cpp_version}, "
+            f"{measured.model_description}, n_ctx {measured.n_ctx}; tokens verified {tokens}, "
+            f"contexts {contexts}, prompts {prompts}, {args.repetitions} repetitions after "
+            f"{args.warmup} warm-up; {BATCH_NOTE}; held-out MAPE forward "
+            f"{100 * forward.mape_holdout:.2f}%"
+        ),
+        "target.llama_system_info": measured.system_info,
+    }
+    active_w = measured.mean_active_w()
+    if active_w is not None:
+        values["power.gpu_active_w"] = active_w
+        notes["power.gpu_active_w"] = f"CPU target during verification: {measured.energy_method}"
+    else:
+        notes["power.gpu_active_w"] = f"not measured: {measured.energy_unavailable}"
+    if measured.idle_w is not None:
+        values["power.gpu_idle_w"] = measured.idle_w
+        notes["power.gpu_idle_w"] = f"CPU target idle: {measured.idle_method}"
+    samples = {
+        "prefill": [s.to_row() for s in measured.prefill],
+        "forward": [s.to_row() for s in measured.forward],
+    }
+    versions = {"llama-cpp-python": _version("llama-cpp-python")}
+    return new_part("target", values, notes, reports, samples, versions, command)

@@ -1,0 +1,46 @@
+"""calibrate.wire: bytes per testbed message from tbf's counters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from calibrate.wire import (
+    PROBABILITY_BYTES,
+    WireMeasurement,
+    measure_wire,
+    msgpack_int_bytes,
+    payload_values,
+)
+from realrun import netns
+
+msgpack = pytest.importorskip("msgpack")
+
+
+@pytest.mark.parametrize("vocab", [2, 100, 128, 129, 256, 257, 49152, 65536, 65537, 262144])
+def test_msgpack_int_bytes_is_msgpacks_own_size(vocab: int) -> None:
+    assert msgpack_int_bytes(vocab) == len(msgpack.packb(vocab - 1))
+
+
+def test_payload_values_subtract_the_tokens() -> None:
+    m = WireMeasurement(40, 4, 1045.0, 3.0, 109.0, 523.0, 3.0, 60.0, framing=1.045)
+    values = payload_values(m, 49152)
+    assert values["payload.token_id_bytes"] == 3
+    assert values["payload.probability_bytes"] == PROBABILITY_BYTES
+    assert values["payload.message_header_bytes"] == round(1000.0 - 4 * 12)
+
+
+@pytest.mark.skipif(netns.unavailable_reason() is not None, reason="needs root, ip and tc")
+def test_measure_wire_through_tbf(tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp")
+    from calibrate.models import resolve_model
+    from calibrate.truncate import truncate_gguf
+
+    model = truncate_gguf(resolve_model("smollm2-135m"), tmp_path / "tiny.gguf", 2)
+    m = measure_wire(str(model), messages=10, say=lambda _: None)
+    # a request and its answer, with headers: more than the msgpack bodies, a few packets
+    assert m.uplink_wire_bytes > m.uplink_body_bytes + 200
+    assert m.downlink_wire_bytes > m.downlink_body_bytes + 150
+    assert 1.0 <= m.uplink_packets <= 6.0
+    assert payload_values(m, 49152)["payload.message_header_bytes"] > 200
