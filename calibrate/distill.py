@@ -142,10 +142,13 @@ def _shared_prefix(tokens: tuple[np.ndarray, ...]) -> int:
 
 
 class _Batches:
-    """Padded training batches of whole sequences, drawn in a seeded order."""
+    """Padded training batches of whole sequences, drawn in a seeded order; a budget beyond
+    the data's size takes every sequence once (never the same sequence twice in a batch)."""
 
     def __init__(self, labels: Labels, indices: list[int], start: int, budget: int, seed: int):
-        self.labels, self.indices, self.start, self.budget = labels, indices, start, budget
+        total = sum(len(labels.tokens[i]) - 1 for i in indices)
+        self.labels, self.indices, self.start = labels, indices, start
+        self.budget = min(budget, total)
         self.rng = random.Random(seed)
         self.queue: list[int] = []
 
