@@ -104,12 +104,32 @@ def add_parser(subparsers: Any) -> None:
     power.add_argument("--threads", type=int, help="busy threads while measuring (default all)")
     power.add_argument("--out", type=Path, required=True, help="part file to write (JSON)")
     link = sub.add_parser("link", help="the link to a running `pipesd realrun cloud` server")
-    link.add_argument("--server", required=True, help="server URL, e.g. http://127.0.0.1:8600")
+    where = link.add_mutually_exclusive_group(required=True)
+    where.add_argument("--server", help="a running server's URL, e.g. http://127.0.0.1:8600")
+    where.add_argument(
+        "--testbed",
+        type=Path,
+        help="scenario TOML: probe the testbed's own path (its tbf link and delay relay, a "
+        "server started behind them); its one-way latency is the relay's, the rest overhead",
+    )
+    link.add_argument("--model", default="smollm2-135m", help="with --testbed: the server's model")
+    link.add_argument(
+        "--testbed-mbps",
+        type=float,
+        default=1000.0,
+        help="with --testbed: the tbf rate both ways while probing (high: overhead, not bytes)",
+    )
     link.add_argument("--token", help="the server's shared secret, if it has one")
     link.add_argument(
         "--sizes", type=_ints, default=[1024, 65536, 262144, 1048576, 4000000], help="bytes"
     )
     link.add_argument("--repetitions", type=int, default=10)
+    link.add_argument(
+        "--emulated-latency-s",
+        type=float,
+        help="the one-way delay a relay on the path emulates: the rest of the round trip "
+        "becomes per-message overhead",
+    )
     link.add_argument("--out", type=Path, required=True, help="part file to write (JSON)")
     wire = sub.add_parser(
         "wire",
@@ -487,6 +507,39 @@ def measure_power(args: argparse.Namespace, say: Callable[[str], None], command:
     return new_part("power", values, notes, {}, {}, {}, command)
 
 
+def _probe_testbed(args: argparse.Namespace, say: Callable[[str], None]) -> Any:
+    """Probe a server started behind the scenario's tbf link (first sweep point)."""
+    import dataclasses
+    import tempfile
+
+    from calibrate.link import probe_link
+    from calibrate.models import resolve_model
+    from realrun.local import LocalOptions, cloud_server, free_port
+    from realrun.shaping import LinkSpec, open_link
+    from simulator.link import ConstantBandwidth
+    from simulator.scenario import expand_sweep
+
+    if not args.testbed_mbps > 0:
+        raise ValueError("--testbed-mbps must be > 0")
+    rate = ConstantBandwidth(args.testbed_mbps)
+    spec = LinkSpec.from_point(expand_sweep(args.testbed, [])[0])
+    spec = dataclasses.replace(spec, uplink=rate, downlink=rate)
+    model = resolve_model(args.model)
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp, open_link(spec, "tbf", server_port=port) as link:
+        options = LocalOptions(target=model, draft=model)
+        with cloud_server(link, port, options, Path(tmp) / "server.log"):
+            say(f"testbed link: {link.describe()['kind']}, server at {link.client_url(port)}")
+            return probe_link(
+                link.client_url(port),
+                args.sizes,
+                args.repetitions,
+                None,
+                say,
+                emulated_latency_s=spec.one_way_latency_s,
+            )
+
+
 def measure_link(args: argparse.Namespace, say: Callable[[str], None], command: str) -> Any:
     """Probe the link to a running cloud server; both directions get the fitted values."""
     import httpx
@@ -495,17 +548,32 @@ def measure_link(args: argparse.Namespace, say: Callable[[str], None], command: 
     from calibrate.link import probe_link
 
     try:
-        measured = probe_link(args.server, args.sizes, args.repetitions, args.token, say)
+        if args.emulated_latency_s is not None and args.emulated_latency_s < 0:
+            raise ValueError("--emulated-latency-s must be >= 0")
+        if args.testbed is not None:
+            measured = _probe_testbed(args, say)
+        else:
+            measured = probe_link(
+                args.server,
+                args.sizes,
+                args.repetitions,
+                args.token,
+                say,
+                emulated_latency_s=args.emulated_latency_s,
+            )
     except httpx.HTTPStatusError as exc:
         problem = f"HTTP {exc.response.status_code} from {exc.request.url.path} (wrong --token?)"
         raise ConfigError("--server", args.server, problem) from None
     except httpx.HTTPError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError("--server", args.server, f"cannot probe ({reason})") from None
+    except RuntimeError as exc:  # the testbed's link or server could not be set up
+        raise ConfigError("--testbed", str(args.testbed), str(exc).splitlines()[0]) from None
     except ValueError as exc:
         raise ConfigError("calibrate link", "", str(exc)) from None
+    target = args.server or f"the testbed link of {args.testbed} at {args.testbed_mbps} Mbit/s"
     how = (
-        f"probed {args.server} with {args.sizes} byte messages x {args.repetitions}; "
+        f"probed {target} with {args.sizes} byte messages x {args.repetitions}; "
         "the probe times an HTTP request both ways, so both directions get the same values"
     )
     values = {
@@ -517,7 +585,11 @@ def measure_link(args: argparse.Namespace, say: Callable[[str], None], command: 
     }
     notes = {
         "link": how,
-        "link.one_way_latency_s": "half the fastest empty round trip (/v1/health)",
+        "link.one_way_latency_s": (
+            "half the fastest empty round trip (/v1/health)"
+            if measured.round_trips_s and args.testbed is None and args.emulated_latency_s is None
+            else "the relay's emulated one-way delay; the rest of the round trip is overhead"
+        ),
         "link.uplink_overhead_s": "fit intercept minus the round trip",
     }
     samples = {"transfer": [s.to_row() for s in measured.samples]}

@@ -7,6 +7,11 @@ the latency: one-way latency = half the fastest health round trip. A probe of B 
 takes overhead + B / bandwidth + 2 x one-way latency; the fit (`calibrate.fit.fit_link`) gives
 overhead + 2 x latency as its intercept and the bandwidth as its slope, and the message
 overhead is the intercept minus the measured round trip (never below 0).
+
+Through an emulated link (a relay adding a known one-way delay, realrun.shaping), pass that
+delay as `emulated_latency_s`: the profile's latency is then that delay, and everything else
+the real path adds to a message (HTTP, the relay's hops, the veth) becomes the per-message
+overhead: overhead = intercept - 2 x emulated latency.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ def probe_link(
     repetitions: int = 10,
     token: str | None = None,
     progress: Callable[[str], None] | None = None,
+    emulated_latency_s: float | None = None,
 ) -> LinkMeasurements:
     """Time padded probes of each size and empty round trips against a running server."""
     import httpx
@@ -70,7 +76,7 @@ def probe_link(
             if progress is not None:
                 progress(f"probe {size} bytes x {repetitions}")
     overhead_and_rtt, mbps, report = fit_link(samples)
-    rtt = min(round_trips)
+    rtt = min(round_trips) if emulated_latency_s is None else 2 * emulated_latency_s
     return LinkMeasurements(
         url=url,
         samples=tuple(samples),
