@@ -267,6 +267,13 @@ def print_validation(
         console.print(table)
     median, p90 = headline["tpt_abs_error_median"], headline["tpt_abs_error_p90"]
     met = headline["goals_met"]
+    diagnostic = headline.get("at_run_speed_diagnostic")
+    if diagnostic:
+        console.print(
+            "diagnostic, simulator at the draft/target speeds measured during the run: |TPT "
+            f"error| median {_percent(diagnostic['tpt_abs_error_median']).lstrip('+')}, p90 "
+            f"{_percent(diagnostic['tpt_abs_error_p90']).lstrip('+')}"
+        )
     console.print(
         f"|TPT error| over {headline['rows']} rows: median {_percent(median).lstrip('+')} "
         f"(goal <= {100 * GOAL_MEDIAN:.0f}%: {verdict(met['median'])}), "

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -119,7 +120,30 @@ def ranking_mismatches(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def validation_columns(axes: Sequence[str]) -> list[str]:
     """validation.csv's columns: point, axes, policy, then real/sim/err for each metric."""
     metrics = [f"{m}_{side}" for m in METRICS for side in ("real", "sim", "err")]
-    return ["point", *axes, "policy", "policy_name", *metrics]
+    return ["point", *axes, "policy", "policy_name", *metrics, *AT_RUN_SPEED]
+
+
+AT_RUN_SPEED = ("edge_speed", "cloud_speed", "tpt_ms_sim_at_run_speed", "tpt_ms_err_at_run_speed")
+"""Diagnostic columns: the testbed's draft and target speed during the run relative to the
+profile, and the simulator's TPT at those speeds (`resimulate_at_measured_speeds`)."""
+
+
+def add_run_speed(
+    rows: Sequence[dict[str, Any]],
+    speeds: dict[tuple[int, str], tuple[float, float]],
+    predicted: dict[tuple[int, str], float],
+) -> None:
+    """Fill the AT_RUN_SPEED columns of validation rows (NaN where a side lacks the data)."""
+    for row in rows:
+        key = (int(row["point"]), row["policy"])
+        edge, cloud = speeds.get(key, (math.nan, math.nan))
+        tpt = predicted.get(key, math.nan)
+        row.update(
+            edge_speed=edge,
+            cloud_speed=cloud,
+            tpt_ms_sim_at_run_speed=tpt,
+            tpt_ms_err_at_run_speed=relative_error(tpt, row["tpt_ms_real"]),
+        )
 
 
 def read_summary(path: Path) -> list[dict[str, str]]:
@@ -161,10 +185,78 @@ def summarise_validation(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _work(results: Path) -> dict[tuple[int, str], list[float]]:
+    """Per (point, policy) from a results.csv: [edge busy s, drafted, cloud busy s, NAVs,
+    requests]."""
+    work: dict[tuple[int, str], list[float]] = {}
+    with results.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            acc = work.setdefault((int(row["point"]), row["policy"]), [0.0] * 5)
+            for i, name in enumerate(("edge_busy_s", "drafted", "cloud_busy_s", "navs")):
+                acc[i] += float(row[name])
+            acc[4] += 1
+    return work
+
+
+def measured_speeds(
+    out_dir: Path, points: Sequence[SweepPoint]
+) -> dict[tuple[int, str], tuple[float, float]]:
+    """(edge factor, cloud factor) per (point, policy): how much faster the testbed's draft
+    step and target time per NAV were during the real run than the profile predicts for the
+    same work (the simulator's; < 1: slower). The simulator's cloud busy time includes each
+    request's prompt prefill, the testbed's does not (the server reports verifications only)."""
+    real, sim = _work(out_dir / "real" / "results.csv"), _work(out_dir / "sim" / "results.csv")
+    speeds = {}
+    for (point, policy), r in real.items():
+        s = sim.get((point, policy))
+        if s is None or min(r[1], r[3], s[1], s[3]) <= 0 or min(r[0], r[2]) <= 0:
+            continue
+        scenario = points[point].scenario
+        prefill = scenario.profile.profile.target_latency.prefill_s(
+            scenario.model.prompts.prompt_len
+        )
+        sim_verify = s[2] - s[4] * prefill
+        edge = (s[0] / s[1]) / (r[0] / r[1])
+        speeds[(point, policy)] = (edge, (sim_verify / s[3]) / (r[2] / r[3]))
+    return speeds
+
+
+def resimulate_at_measured_speeds(
+    out_dir: Path, points: Sequence[SweepPoint]
+) -> dict[tuple[int, str], float]:
+    """TPT (ms) the simulator predicts per (point, policy) with the draft and the target at the
+    speeds the testbed showed during the real run (`measured_speeds`): a diagnostic that
+    separates the model's error from the machine's drift since calibration. It uses the real
+    run's timings, so it is not a prediction."""
+    from simulator.runner import Task, execute, summary_rows
+
+    predicted = {}
+    for (index, policy), (edge, cloud) in measured_speeds(out_dir, points).items():
+        point = points[index]
+        scenario = point.scenario
+        model = scenario.model
+        position = next(i for i, p in enumerate(scenario.policies) if p.label == policy)
+        faster = model.model_copy(
+            update={
+                "edge": model.edge.model_copy(
+                    update={"compute_factor": model.edge.compute_factor * edge}
+                ),
+                "cloud": model.cloud.model_copy(update={"compute_factor": cloud}),
+            }
+        )
+        moved = replace(point, scenario=replace(scenario, model=faster))
+        outcomes = [execute((Task(moved, position, seed), False)) for seed in model.seeds]
+        row = next(r for r in summary_rows(moved, {position: outcomes}) if r["policy"] == policy)
+        predicted[(index, policy)] = float(row["tpt_ms"])
+    return predicted
+
+
 def write_validation(
     out_dir: Path,
     axes: Sequence[str],
     extra_manifest: dict[str, Any],
+    speeds: dict[tuple[int, str], tuple[float, float]] | None = None,
+    predicted: dict[tuple[int, str], float] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Compare OUT/real and OUT/sim; write OUT/validation.csv and OUT/manifest.json."""
     rows = compare(
@@ -172,8 +264,16 @@ def write_validation(
         read_summary(out_dir / "sim" / "summary.csv"),
         axes,
     )
+    add_run_speed(rows, speeds or {}, predicted or {})
     write_table(out_dir / "validation.csv", validation_columns(axes), rows)
     headline = summarise_validation(rows)
+    at_speed = error_stats([r["tpt_ms_err_at_run_speed"] for r in rows])
+    headline["at_run_speed_diagnostic"] = {
+        "tpt_abs_error_median": at_speed[0],
+        "tpt_abs_error_p90": at_speed[1],
+        "meaning": "simulator with the draft and target at the speeds measured during the "
+        "real run: separates the model's error from the machine's drift; not a prediction",
+    }
     write_json(out_dir / "manifest.json", {**extra_manifest, **headline, "status": "complete"})
     return rows, headline
 
@@ -208,5 +308,7 @@ def run_validation(
         "error": "(sim - real) / real",
         "skipped": skipped,
     }
-    rows, headline = write_validation(out_dir, list(points[0].axes), extra)
+    speeds = measured_speeds(out_dir, points)
+    predicted = resimulate_at_measured_speeds(out_dir, points)
+    rows, headline = write_validation(out_dir, list(points[0].axes), extra, speeds, predicted)
     return rows, headline, skipped

@@ -893,10 +893,11 @@ def simulate(
     specs = edge_specs(scenario, seed)
     policy_class = POLICIES[entry.name][1]
     plan = fleet_plan(scenario, specs) if getattr(policy_class, "uses_fleet_plan", False) else None
+    target_latency = profile.target_latency.faster(model.cloud.compute_factor)
     cloud = Cloud(
         env,
         timeline,
-        profile.target_latency,
+        target_latency,
         exclusive=exclusive_cloud and len(specs) == 1,
         max_batch=model.cloud.max_batch,
         batch_window_s=model.cloud.batch_window_s,
@@ -916,7 +917,7 @@ def simulate(
             )
         config = EdgeConfig(
             draft=own.draft_latency,
-            target=profile.target_latency,
+            target=target_latency,
             power=own.power,
             payload=payload if own is profile else payload_for(own.payload, model.payload),
             compute_factor=spec.compute_factor,

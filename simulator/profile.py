@@ -73,6 +73,12 @@ class TargetLatency(Strict):
         """Time to prefill a prompt of `prompt_len` tokens."""
         return self.prefill_base_s + self.prefill_per_token_s * prompt_len
 
+    def faster(self, factor: float) -> TargetLatency:
+        """The same model on hardware `factor` times as fast (every time divided by it)."""
+        if factor == 1.0:
+            return self
+        return self.model_copy(update={k: v / factor for k, v in self.model_dump().items()})
+
     def forward_s(
         self,
         new_positions: int,

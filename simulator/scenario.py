@@ -81,6 +81,9 @@ class CloudSection(Strict):
     """How the cloud schedules work from many edges."""
 
     max_batch: int = Field(1, ge=1, le=4096, description="NAVs verified together (1: FCFS)")
+    compute_factor: float = Field(
+        1.0, gt=0.0, allow_inf_nan=False, description="target speed relative to the profile"
+    )
     batch_window_s: float = Field(
         0.0, ge=0.0, allow_inf_nan=False, description="wait this long to fill a batch"
     )

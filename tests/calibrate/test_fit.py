@@ -491,3 +491,17 @@ def test_acceptance_says_what_is_wrong() -> None:
         fit_acceptance([AcceptanceSample(0.5, True)])
     with pytest.raises(ValueError, match="bins must be an integer >= 1"):
         fit_acceptance([AcceptanceSample(0.5, True)] * 3, bins=0)
+
+
+def test_target_latency_faster_divides_every_coefficient() -> None:
+    lat = TargetLatency(
+        prefill_base_s=0.01,
+        prefill_per_token_s=1e-4,
+        forward_base_s=0.02,
+        forward_per_token_s=1e-3,
+        forward_per_position_context_s=2e-8,
+    )
+    fast = lat.faster(4.0)
+    assert fast.forward_s(5, 100) == pytest.approx(lat.forward_s(5, 100) / 4)
+    assert fast.prefill_s(64) == pytest.approx(lat.prefill_s(64) / 4)
+    assert lat.faster(1.0) is lat

@@ -159,7 +159,13 @@ def test_validate_end_to_end_errors_recompute_from_both_sides(write_scenario, tm
                 assert float(row[f"{metric}_err"]) == pytest.approx((s - r) / r, rel=1e-5)
             else:
                 assert row[f"{metric}_err"] == ""
+        # the diagnostic: speeds from both sides' results, the re-simulation's error
+        speed = float(row["edge_speed"])
+        assert 0.2 < speed < 5 and 0.2 < float(row["cloud_speed"]) < 5
+        at_speed, r = float(row["tpt_ms_sim_at_run_speed"]), float(row["tpt_ms_real"])
+        assert float(row["tpt_ms_err_at_run_speed"]) == pytest.approx((at_speed - r) / r, rel=1e-5)
     manifest = json.loads((out / "manifest.json").read_text())
+    assert "at_run_speed_diagnostic" in manifest and "draft/target speeds" in printed
     errors = [float(r["tpt_ms_err"]) for r in rows]
     assert manifest["tpt_abs_error_median"] == pytest.approx(error_stats(errors)[0], rel=1e-5)
     assert manifest["skipped"] == {"cloud_ar": "not an edge-drafting policy"}

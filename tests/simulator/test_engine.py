@@ -354,3 +354,16 @@ def test_an_edge_group_can_bring_its_own_profile(write_scenario, tmp_path: Path)
         group = "fast" if record.edge < 2 else "slow"
         drafting[group] += record.edge_busy_s / max(record.drafted, 1)
     assert drafting["slow"] > 2.5 * drafting["fast"]
+
+
+def test_cloud_compute_factor_divides_every_target_time(write_scenario) -> None:
+    """cloud.compute_factor = 2: the same NAVs, each verified in half the profile's time."""
+    path = write_scenario(policies=[{"name": "vanilla", "draft_len": 4}])
+    base = simulate(expand_sweep(path)[0].scenario, expand_sweep(path)[0].scenario.policies[0], 1)
+    fast_point = expand_sweep(path, ["cloud.compute_factor=2.0"])[0]
+    fast = simulate(fast_point.scenario, fast_point.scenario.policies[0], 1)
+    assert [r.navs for r in fast.records] == [r.navs for r in base.records]
+    assert fast.cloud_busy_s == pytest.approx(base.cloud_busy_s / 2, rel=1e-12)
+    assert sum(r.end_s - r.start_s for r in fast.records) < sum(
+        r.end_s - r.start_s for r in base.records
+    )
