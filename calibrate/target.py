@@ -307,6 +307,29 @@ def _logits_kwargs(model: Any, keep: int) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------
 
 
+def time_prefills(
+    prefill_once: Callable[[int], float],
+    prompts: Sequence[int],
+    warmup: int,
+    repetitions: int,
+    say: Callable[[str], None],
+) -> tuple[list[PrefillSample], dict[int, TimingStats]]:
+    """Prefill samples and per-length timing: `warmup` discarded runs per length, then
+    `repetitions` rounds over every length in turn (interleaved, so drift spreads evenly)."""
+    for length in prompts:
+        for _ in range(warmup):
+            prefill_once(length)
+    by_prompt: dict[int, list[float]] = {length: [] for length in prompts}
+    prefill: list[PrefillSample] = []
+    for rep in range(repetitions):
+        for length in prompts:
+            seconds = prefill_once(length)
+            by_prompt[length].append(seconds)
+            prefill.append(PrefillSample(prompt_len=length, seconds=seconds))
+        say(f"prefill: round {rep + 1}/{repetitions} over {len(prompts)} prompt lengths")
+    return prefill, {length: TimingStats.of(by_prompt[length]) for length in prompts}
+
+
 def profile_target(
     model: Any,
     device: Any = "cpu",
@@ -401,18 +424,7 @@ def profile_target(
             sync()
             return time.perf_counter() - start
 
-        for length in prompts:
-            for _ in range(warmup):
-                prefill_once(length)
-        by_prompt: dict[int, list[float]] = {length: [] for length in prompts}
-        prefill: list[PrefillSample] = []
-        for rep in range(repetitions):
-            for length in prompts:
-                seconds = prefill_once(length)
-                by_prompt[length].append(seconds)
-                prefill.append(PrefillSample(prompt_len=length, seconds=seconds))
-            say(f"prefill: round {rep + 1}/{repetitions} over {len(prompts)} prompt lengths")
-        prefill_stats = {length: TimingStats.of(by_prompt[length]) for length in prompts}
+        prefill, prefill_stats = time_prefills(prefill_once, prompts, warmup, repetitions, say)
 
         # Verification: n new positions per sequence on a cache of c tokens per sequence.
         forward: list[ForwardSample] = []

@@ -63,6 +63,7 @@ from calibrate.target import (
     _count,
     _grid,
     _open_meter,
+    time_prefills,
 )
 from simulator.errors import ConfigError
 from simulator.profile import TargetLatency
@@ -276,17 +277,7 @@ def profile_llama_target(
             target.drop(sid)
             return ms / 1e3
 
-        for length in prompts:
-            for _ in range(warmup):
-                prefill_once(length)
-        by_prompt: dict[int, list[float]] = {length: [] for length in prompts}
-        prefill: list[PrefillSample] = []
-        for rep in range(repetitions):
-            for length in prompts:
-                seconds = prefill_once(length)
-                by_prompt[length].append(seconds)
-                prefill.append(PrefillSample(prompt_len=length, seconds=seconds))
-            say(f"prefill: round {rep + 1}/{repetitions} over {len(prompts)} prompt lengths")
+        prefill, prefill_stats = time_prefills(prefill_once, prompts, warmup, repetitions, say)
 
         forward: list[ForwardSample] = []
         kept: dict[tuple[int, int], list[float]] = {(n, c): [] for c in contexts for n in tokens}
@@ -345,7 +336,7 @@ def profile_llama_target(
             shape=_shape_of(dict(target.llama.metadata), target.n_vocab),
             prefill=tuple(prefill),
             forward=tuple(forward),
-            prefill_stats={length: TimingStats.of(by_prompt[length]) for length in prompts},
+            prefill_stats=prefill_stats,
             runs=tuple(sorted(runs, key=lambda r: (r.context, r.tokens))),
             torch_version=NOT_USED,
             transformers_version=NOT_USED,
