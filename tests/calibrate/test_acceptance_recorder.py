@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from model_marks import needs_smollm2, smollm2_path
 
 from calibrate.acceptance import (
     AcceptanceRecording,
@@ -21,11 +22,11 @@ from calibrate.acceptance import (
     write_trace,
 )
 from calibrate.fit import fit_acceptance
-from calibrate.models import smollm2_gguf
 from calibrate.truncate import truncate_gguf
 from simulator.acceptance import AcceptanceModel, ReplayTraces
-from simulator.errors import ConfigError
 from simulator.profile import CalibratedAcceptance, ReplayAcceptance
+
+pytestmark = needs_smollm2
 
 PROMPTS = default_prompts(2)
 MAX_NEW = 24
@@ -39,10 +40,7 @@ def _needs() -> Path:
         "llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[models]')"
     )
     pytest.importorskip("gguf", reason="the gguf package is not installed (pip install gguf)")
-    try:
-        return smollm2_gguf()
-    except ConfigError as exc:
-        pytest.skip(f"SmolLM2 GGUF file absent: {exc}")
+    return smollm2_path()
 
 
 @pytest.fixture(scope="module")

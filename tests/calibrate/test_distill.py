@@ -16,7 +16,7 @@ import pytest
 
 from calibrate.acceptance import DEFAULT_PROMPTS
 from calibrate.distill_data import stdlib_prompts
-from calibrate.models import DRAFT_FILE, resolve_model, smollm2_gguf
+from calibrate.models import DRAFT_FILE, resolve_model
 from pipesd.cli import main
 from simulator.errors import ConfigError
 
@@ -24,9 +24,13 @@ llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not ins
 torch = pytest.importorskip("torch", reason="torch is not installed")
 pytest.importorskip("gguf", reason="the gguf package is not installed")
 
+from model_marks import needs_smollm2, smollm2_path  # noqa: E402
+
 from calibrate.distill import DistillConfig, distill  # noqa: E402
 from calibrate.distill_data import Labels  # noqa: E402
 from calibrate.distill_model import Student, export_gguf, read_llama  # noqa: E402
+
+pytestmark = needs_smollm2
 
 TEXT = "The quick brown fox jumps over the lazy dog. Python lets you work quickly"
 CONFIG = DistillConfig(
@@ -44,10 +48,7 @@ CONFIG = DistillConfig(
 
 @pytest.fixture(scope="module")
 def target() -> Path:
-    try:
-        return smollm2_gguf()
-    except ConfigError as exc:
-        pytest.skip(f"SmolLM2 GGUF not available: {exc}")
+    return smollm2_path()
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from model_marks import needs_smollm2, smollm2_path
 
 from calibrate import models
 from calibrate.draft import DraftMeasurements, fit_measurements, profile_draft
@@ -16,6 +17,8 @@ from calibrate.samples import DecodeSample, PrefillSample
 from simulator.errors import ConfigError
 from simulator.profile import DraftLatency
 
+pytestmark = needs_smollm2
+
 PROMPTS = (16, 64)
 CONTEXTS = (16, 48)
 REPETITIONS = 2
@@ -23,10 +26,7 @@ WARMUP = 1
 
 
 def _smollm2_or_skip() -> Path:
-    try:
-        return smollm2_gguf()
-    except ConfigError as exc:
-        pytest.skip(f"SmolLM2 GGUF file absent: {exc}")
+    return smollm2_path()
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+from model_marks import needs_smollm2, smollm2_path
 
 from calibrate.samples import ForwardSample, PrefillSample
 from calibrate.target_llama import fit_single_sequence
 from pipesd.cli import main
 from simulator.profile import load_profile
+
+pytestmark = needs_smollm2
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = REPO / "scenarios" / "profiles" / "default.json"
@@ -42,14 +45,9 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SmolLM2-135M cut to its first 2 layers (shares the real tokenizer and head)."""
     pytest.importorskip("llama_cpp", reason="llama-cpp-python (extra 'models') is not installed")
     pytest.importorskip("gguf", reason="gguf is not installed")
-    from calibrate.models import smollm2_gguf
     from calibrate.truncate import truncate_gguf
-    from simulator.errors import ConfigError
 
-    try:
-        source = smollm2_gguf()
-    except ConfigError as exc:
-        pytest.skip(f"SmolLM2 GGUF not available: {exc}")
+    source = smollm2_path()
     return truncate_gguf(source, tmp_path_factory.mktemp("tiny") / "tiny.gguf", 2)
 
 
@@ -80,11 +78,13 @@ def test_profiler_measures_every_configuration_with_energy(tiny_gguf: Path) -> N
     assert "llama-cpp-python" in measured.lines()[0]
 
 
+@pytest.mark.skipif(
+    Path("/sys/class/powercap").exists(),
+    reason="this machine has /sys/class/powercap (RAPL may be readable)",
+)
 def test_without_rapl_energy_is_none_with_the_reason(tiny_gguf: Path) -> None:
     from calibrate.target_llama import profile_llama_target
 
-    if Path("/sys/class/powercap").exists():
-        pytest.skip("this machine has /sys/class/powercap (RAPL may be readable)")
     measured = profile_llama_target(tiny_gguf, 1, (1, 2), (4, 8), (4, 8), 1, 0)
     assert measured.energy_method is None and measured.mean_active_w() is None
     assert measured.energy_unavailable.startswith("RAPL:")

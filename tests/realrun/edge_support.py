@@ -16,10 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
+from model_marks import smollm2_path
 
-from calibrate.models import resolve_model
 from calibrate.truncate import truncate_gguf
-from simulator.errors import ConfigError
 
 THREADS = 1  # one thread: llama.cpp spin-waits badly on a loaded 2-core CI machine
 KEEP_LAYERS = 28
@@ -28,10 +27,7 @@ SERVER_START_S = 120.0
 
 def model_or_skip() -> Path:
     """SmolLM2-135M's GGUF file, or skip the test."""
-    try:
-        return resolve_model("smollm2-135m")
-    except ConfigError as exc:
-        pytest.skip(f"SmolLM2 GGUF not available: {exc}")
+    return smollm2_path()
 
 
 def shared_draft(model_path: Path, factory: pytest.TempPathFactory) -> Path:

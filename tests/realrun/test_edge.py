@@ -22,6 +22,7 @@ pytest.importorskip("uvicorn", reason="uvicorn is not installed (extra 'realrun'
 pytest.importorskip("llama_cpp", reason="llama-cpp-python (extra 'models') is not installed")
 
 from edge_support import THREADS, model_or_skip, open_draft, shared_draft, thread_server
+from model_marks import needs_smollm2
 
 from calibrate.acceptance import default_prompts, format_prompt, target_greedy
 from policies.base import Decision, Policy
@@ -32,6 +33,8 @@ from realrun.edge import run_edge, startup_probes
 from realrun.testbed import acceptance_model, run_testbed
 from simulator.engine import simulate
 from simulator.scenario import expand_sweep
+
+pytestmark = needs_smollm2
 
 N_NEW = 24
 POLICIES = {

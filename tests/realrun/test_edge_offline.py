@@ -30,6 +30,7 @@ from edge_support import (
     open_draft,
     shared_draft,
 )
+from model_marks import needs_smollm2
 
 from calibrate.acceptance import default_prompts, format_prompt, target_greedy
 from policies.base import Policy
@@ -37,6 +38,8 @@ from policies.registry import make_policy, params_model
 from realrun.client import CloudClient, CloudError
 from realrun.edge import _Draft, run_edge, startup_probes
 from realrun.protocol import encode
+
+pytestmark = needs_smollm2
 
 N_NEW = 24
 

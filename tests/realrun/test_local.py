@@ -17,8 +17,8 @@ pytest.importorskip("uvicorn", reason="uvicorn is not installed (extra 'realrun'
 pytest.importorskip("llama_cpp", reason="llama-cpp-python (extra 'models') is not installed")
 
 import httpx
+from model_marks import needs_smollm2, smollm2_path
 
-from calibrate.models import resolve_model
 from calibrate.truncate import truncate_gguf
 from realrun import local, netns, shaping
 from realrun.local import (
@@ -30,9 +30,10 @@ from realrun.local import (
     free_port,
     run_local,
 )
-from simulator.errors import ConfigError
 from simulator.runner import summary_columns
 from simulator.scenario import expand_sweep
+
+pytestmark = needs_smollm2
 
 KEEP_LAYERS = 28
 POLICIES = [{"name": "vanilla"}, {"name": "pipesd", "autotune": False}, {"name": "oracle"}]
@@ -42,10 +43,7 @@ LINK = {"uplink_mbps": 50.0, "downlink_mbps": 100.0, "one_way_latency_s": 0.002}
 
 @pytest.fixture(scope="module")
 def target_path() -> Path:
-    try:
-        return resolve_model("smollm2-135m")
-    except ConfigError as exc:
-        pytest.skip(f"SmolLM2 GGUF not available: {exc}")
+    return smollm2_path()
 
 
 @pytest.fixture(scope="module")

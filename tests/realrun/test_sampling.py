@@ -22,11 +22,13 @@ llama_cpp = pytest.importorskip(
 )
 stats = pytest.importorskip("scipy.stats", reason="scipy is not installed")
 
-from calibrate.models import resolve_model  # noqa: E402
+from model_marks import needs_smollm2, smollm2_path  # noqa: E402
+
 from calibrate.truncate import truncate_gguf  # noqa: E402
 from realrun.target import LlamaTarget  # noqa: E402
 from realrun.verifier import Sampling, SparseDist, softmax  # noqa: E402
-from simulator.errors import ConfigError  # noqa: E402
+
+pytestmark = needs_smollm2
 
 N = 640
 BATCH = 32
@@ -37,10 +39,7 @@ TOP_K = 64
 
 @pytest.fixture(scope="module")
 def model_path():
-    try:
-        return resolve_model("smollm2-135m")
-    except ConfigError as exc:
-        pytest.skip(f"SmolLM2 GGUF not available: {exc}")
+    return smollm2_path()
 
 
 def _logits(path, tokens: list[int]) -> np.ndarray:

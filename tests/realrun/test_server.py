@@ -27,13 +27,14 @@ import httpx  # noqa: E402
 import msgpack  # noqa: E402
 import numpy as np  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
+from model_marks import needs_smollm2, smollm2_path  # noqa: E402
 
-from calibrate.models import resolve_model  # noqa: E402
 from realrun.client import CloudClient, CloudError  # noqa: E402
 from realrun.protocol import CONTENT_TYPE, TOKEN_HEADER, encode  # noqa: E402
 from realrun.server import create_app  # noqa: E402
 from realrun.target import LlamaTarget  # noqa: E402
-from simulator.errors import ConfigError  # noqa: E402
+
+pytestmark = needs_smollm2
 
 THREADS = 1  # one thread: llama.cpp spin-waits badly on a loaded 2-core CI machine
 N_NEW = 32
@@ -43,10 +44,7 @@ HEADERS = {"Content-Type": CONTENT_TYPE}
 
 @pytest.fixture(scope="module")
 def model_path():
-    try:
-        return resolve_model("smollm2-135m")
-    except ConfigError as exc:
-        pytest.skip(f"SmolLM2 GGUF not available: {exc}")
+    return smollm2_path()
 
 
 @pytest.fixture(scope="module")

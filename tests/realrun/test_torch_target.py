@@ -19,6 +19,8 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch (extra 'models') is not installed")
 pytest.importorskip("transformers", reason="transformers (extra 'models') is not installed")
 
+from model_marks import needs_smollm2, smollm2_path  # noqa: E402
+
 from realrun.torch_target import TorchTarget, verify_buckets  # noqa: E402
 from simulator.errors import ConfigError  # noqa: E402
 
@@ -250,17 +252,14 @@ def test_cuda_without_a_gpu_is_refused():
 
 
 def _smollm2():
-    from calibrate.models import resolve_model
 
-    try:
-        return resolve_model("smollm2-135m")
-    except ConfigError as exc:
-        pytest.skip(f"SmolLM2 GGUF not available: {exc}")
+    return smollm2_path()
 
 
 @pytest.mark.skipif(
     importlib.util.find_spec("accelerate") is not None, reason="accelerate is installed"
 )
+@needs_smollm2
 def test_gguf_without_accelerate_says_so():
     path = _smollm2()
     with pytest.raises(ConfigError, match="accelerate"):
@@ -271,6 +270,7 @@ def test_gguf_without_accelerate_says_so():
     importlib.util.find_spec("accelerate") is None,
     reason="transformers loads GGUF files only with accelerate, which is not installed",
 )
+@needs_smollm2
 def test_gguf_loads_smollm2():
     target = TorchTarget(_smollm2(), mode="eager", n_ctx=64)
     assert target.n_vocab == 49152

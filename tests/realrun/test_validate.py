@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 import pytest
+from model_marks import needs_smollm2, smollm2_path
 
 from pipesd.cli import main
 from realrun.validate import (
@@ -121,17 +122,13 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+@needs_smollm2
 def test_validate_end_to_end_errors_recompute_from_both_sides(write_scenario, tmp_path, capsys):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python (extra 'models') is not installed")
     pytest.importorskip("fastapi", reason="fastapi is not installed (extra 'realrun')")
-    from calibrate.models import resolve_model
     from calibrate.truncate import truncate_gguf
-    from simulator.errors import ConfigError
 
-    try:
-        target = resolve_model("smollm2-135m")
-    except ConfigError as exc:
-        pytest.skip(f"SmolLM2 GGUF not available: {exc}")
+    target = smollm2_path()
     draft = truncate_gguf(target, tmp_path / "draft.gguf", 28)
     scenario = write_scenario(
         policies=[{"name": "vanilla"}, {"name": "pipesd", "autotune": False}, {"name": "cloud_ar"}],
