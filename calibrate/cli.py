@@ -442,19 +442,10 @@ def measure_target(args: argparse.Namespace, say: Callable[[str], None], command
             f"{args.batch_sizes}, contexts {args.context_lengths}, {args.repetitions} repetitions"
         ),
     }
-    active_w = measured.mean_active_w()
-    if active_w is not None:
-        values["power.gpu_active_w"] = active_w
-        notes["power.gpu_active_w"] = f"energy over verification windows: {measured.energy_method}"
-    else:
-        notes["power.gpu_active_w"] = f"not measured: {measured.energy_unavailable}"
-    if measured.idle_w is not None:
-        values["power.gpu_idle_w"] = measured.idle_w
-        notes["power.gpu_idle_w"] = f"measured: {measured.idle_method}"
-    samples = {
-        "prefill": [s.to_row() for s in measured.prefill],
-        "forward": [s.to_row() for s in measured.forward],
-    }
+    power, power_notes = measured.power_fields("energy over verification windows", "measured")
+    values.update(power)
+    notes.update(power_notes)
+    samples = measured.sample_rows()
     versions = {
         "torch": measured.torch_version,
         "transformers": measured.transformers_version,

@@ -164,6 +164,29 @@ class TargetMeasurements:
         energy = sum(r.energy_j * r.window_count for r in windows)  # type: ignore[operator]
         return energy / sum(r.window_s for r in windows)  # type: ignore[misc]
 
+    def power_fields(self, busy: str, idle: str) -> tuple[dict[str, float], dict[str, str]]:
+        """The profile's power.gpu_active_w / gpu_idle_w values and their notes (`busy` and
+        `idle` say what was measured); an absent meter gives a note saying why."""
+        values: dict[str, float] = {}
+        notes: dict[str, str] = {}
+        active_w = self.mean_active_w()
+        if active_w is not None:
+            values["power.gpu_active_w"] = active_w
+            notes["power.gpu_active_w"] = f"{busy}: {self.energy_method}"
+        else:
+            notes["power.gpu_active_w"] = f"not measured: {self.energy_unavailable}"
+        if self.idle_w is not None:
+            values["power.gpu_idle_w"] = self.idle_w
+            notes["power.gpu_idle_w"] = f"{idle}: {self.idle_method}"
+        return values, notes
+
+    def sample_rows(self) -> dict[str, list[dict[str, Any]]]:
+        """Every prefill and forward sample, as a part file keeps them."""
+        return {
+            "prefill": [s.to_row() for s in self.prefill],
+            "forward": [s.to_row() for s in self.forward],
+        }
+
     def fit(self) -> tuple[TargetLatency, dict[str, FitReport]]:
         """The profile's target latency model and its fit reports ("prefill", "forward")."""
         return fit_target_latency(self.prefill, self.forward)

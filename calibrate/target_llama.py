@@ -429,18 +429,9 @@ def measure_part(args: argparse.Namespace, say: Callable[[str], None], command: 
         ),
         "target.llama_system_info": measured.system_info,
     }
-    active_w = measured.mean_active_w()
-    if active_w is not None:
-        values["power.gpu_active_w"] = active_w
-        notes["power.gpu_active_w"] = f"CPU target during verification: {measured.energy_method}"
-    else:
-        notes["power.gpu_active_w"] = f"not measured: {measured.energy_unavailable}"
-    if measured.idle_w is not None:
-        values["power.gpu_idle_w"] = measured.idle_w
-        notes["power.gpu_idle_w"] = f"CPU target idle: {measured.idle_method}"
-    samples = {
-        "prefill": [s.to_row() for s in measured.prefill],
-        "forward": [s.to_row() for s in measured.forward],
-    }
+    power, power_notes = measured.power_fields("CPU target during verification", "CPU target idle")
+    values.update(power)
+    notes.update(power_notes)
+    samples = measured.sample_rows()
     versions = {"llama-cpp-python": _version("llama-cpp-python")}
     return new_part("target", values, notes, reports, samples, versions, command)
