@@ -5,6 +5,7 @@
     pipesd calibrate target --backend llama --model PATH.gguf|smollm2-135m --threads N --out ...
     pipesd calibrate power  [--package-watts W] --out power.json
     pipesd calibrate profile PART.json ... --name NAME --out scenarios/profiles/NAME.json
+    pipesd calibrate refit  PART.json [--out PART.json]    (fits the stored samples again)
     pipesd calibrate all    --draft ... --target ... --out scenarios/profiles/NAME.json
     pipesd calibrate distill --target smollm2-135m [--layers 0,10,20,29 --steps N --out D.gguf]
 
@@ -192,6 +193,15 @@ def add_parser(subparsers: Any) -> None:
         help=f"profile giving every section no part measured (default {DEFAULT_BASE})",
     )
     profile.add_argument("--out", type=Path, required=True, help="profile file to write")
+    refit = sub.add_parser(
+        "refit",
+        help="fit a part's stored samples again (draft, target, link, acceptance); measures "
+        "nothing",
+    )
+    refit.add_argument("part_file", metavar="PART", type=Path, help="part file to refit")
+    refit.add_argument(
+        "--out", type=Path, help="part file to write (default: PART itself, rewritten)"
+    )
 
 
 def _indices(text: str) -> list[int]:
@@ -367,11 +377,34 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         return 0
     if args.part == "distill":
         return run_distill(args, command, say)
+    if args.part == "refit":
+        return run_refit(args, command, say)
     part = MEASURE[args.part](args, say, command)
     save_part(part, args.out)
     for line in part.notes.values():
         say(line)
     print(f"wrote {args.out}")
+    return 0
+
+
+def run_refit(args: argparse.Namespace, command: str, say: Callable[[str], None]) -> int:
+    """`pipesd calibrate refit`: the part's fits run again on its samples, the part rewritten."""
+    from calibrate.assemble import load_part, save_part
+    from calibrate.refit import refit_part
+
+    part = load_part(args.part_file)
+    try:
+        refitted, changes = refit_part(part, command)
+    except ValueError as exc:
+        raise ConfigError(args.part_file, "samples", str(exc)) from None
+    out = args.out if args.out is not None else args.part_file
+    save_part(refitted, out)
+    for key, note in refitted.notes.items():
+        if key.startswith(f"{part.kind}.fit."):
+            say(f"{key}: {note}")
+    for line in changes or ["fitted values unchanged"]:
+        say(line)
+    print(f"wrote {out}")
     return 0
 
 

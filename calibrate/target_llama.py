@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import time
 import types
 from collections.abc import Callable, Sequence
@@ -139,6 +140,22 @@ def fit_single_sequence(
     )
     report = dataclasses.replace(report, method=f"{report.method}; {BATCH_NOTE}")
     return latency, {"prefill": pre_report, "forward": report}
+
+
+FORWARD_MAPE_PREFIX = "held-out MAPE forward "
+"""How the part's target_latency note ends: `forward_mape_note` (`calibrate refit` rewrites it)."""
+
+
+def forward_mape_note(forward: FitReport) -> str:
+    """The forward fit's held-out MAPE for the part's target_latency note: per configuration
+    and per sample where both were measured, else per sample."""
+    per_sample = f"{100 * forward.mape_holdout:.2f}%"
+    if math.isnan(forward.mape_holdout_config):
+        return f"{FORWARD_MAPE_PREFIX}{per_sample}"
+    return (
+        f"{FORWARD_MAPE_PREFIX}{100 * forward.mape_holdout_config:.2f}% per configuration "
+        f"({per_sample} per sample)"
+    )
 
 
 @dataclass(frozen=True)
@@ -424,8 +441,7 @@ def measure_part(args: argparse.Namespace, say: Callable[[str], None], command: 
             f"{measured.threads} thread(s), llama-cpp-python {measured.llama_cpp_version}, "
             f"{measured.model_description}, n_ctx {measured.n_ctx}; tokens verified {tokens}, "
             f"contexts {contexts}, prompts {prompts}, {args.repetitions} repetitions after "
-            f"{args.warmup} warm-up; {BATCH_NOTE}; held-out MAPE forward "
-            f"{100 * forward.mape_holdout:.2f}%"
+            f"{args.warmup} warm-up; {BATCH_NOTE}; {forward_mape_note(forward)}"
         ),
         "target.llama_system_info": measured.system_info,
     }

@@ -38,6 +38,7 @@ def test_measured_parts_replace_the_base_and_the_rest_is_marked(tmp_path: Path) 
     notes = profile.provenance.notes
     assert notes["target_latency"].startswith("NOT MEASURED")
     assert "draft.fit.decode" in notes and "MAPE" in notes["draft.fit.decode"]
+    assert "per configuration" in notes["draft.fit.decode"]
     assert "draft_latency" in profile.provenance.source
 
 
@@ -52,6 +53,9 @@ def test_profile_written_then_loaded_is_identical(tmp_path: Path) -> None:
 
 def test_part_round_trip_and_bad_parts(tmp_path: Path) -> None:
     part = draft_part()
+    for report in part.reports.values():  # the per-configuration fields travel with the part
+        assert {"mape_holdout", "mape_holdout_config", "noise_spread", "n_configs"} <= set(report)
+        assert report["n_configs"] == 6
     save_part(part, tmp_path / "draft.json")
     assert load_part(tmp_path / "draft.json") == part
     (tmp_path / "bad.json").write_text("{")

@@ -254,8 +254,10 @@ def test_cross_validation_does_not_depend_on_sample_order() -> None:
     shuffled = cross_validate(AffineModel(), x[order], y[order])
     assert shuffled.mape_holdout == pytest.approx(report.mape_holdout, rel=1e-9)
     assert shuffled.mape_train == pytest.approx(report.mape_train, rel=1e-9)
-    assert report.method.endswith("5-fold CV")
-    assert cross_validate(AffineModel(), x[:3], y[:3]).method.endswith("3-fold CV")
+    assert report.method.endswith("5-fold CV, 5-fold by configuration")
+    assert cross_validate(AffineModel(), x[:3], y[:3]).method.endswith(
+        "3-fold CV, 3-fold by configuration"
+    )
 
 
 def test_fit_report_checks_and_passes() -> None:
@@ -266,8 +268,143 @@ def test_fit_report_checks_and_passes() -> None:
         FitReport(n_samples=10, mape_holdout=-1.0, mape_train=0.01, method="m")
     with pytest.raises(ValueError, match=r"FitReport\.n_samples"):
         FitReport(n_samples=0, mape_holdout=0.1, mape_train=0.01, method="m")
+    with pytest.raises(ValueError, match=r"FitReport\.noise_spread"):
+        FitReport(n_samples=10, mape_holdout=0.1, mape_train=0.01, method="m", noise_spread=-0.1)
+    with pytest.raises(ValueError, match=r"FitReport\.n_configs must be an integer in \[0, n_sam"):
+        FitReport(n_samples=10, mape_holdout=0.1, mape_train=0.01, method="m", n_configs=11)
     with pytest.raises(ValueError, match="goal must be a finite number > 0"):
         good.passes(goal=0.0)
+
+
+def test_fit_report_passes_on_the_per_configuration_error_and_notes_both() -> None:
+    noisy_machine = FitReport(
+        n_samples=175,
+        mape_holdout=0.098,
+        mape_train=0.093,
+        method="m",
+        mape_holdout_config=0.021,
+        noise_spread=0.075,
+        n_configs=35,
+    )
+    assert noisy_machine.passes()  # the model is right; single timings are noisy
+    assert noisy_machine.note() == (
+        "held-out MAPE 2.10% per configuration (9.80% per sample, timing noise 7.50%; "
+        "train 9.30%, 175 samples in 35 configurations; m)"
+    )
+    wrong_model = FitReport(
+        n_samples=175,
+        mape_holdout=0.04,
+        mape_train=0.03,
+        method="m",
+        mape_holdout_config=0.06,
+        noise_spread=0.01,
+        n_configs=35,
+    )
+    assert not wrong_model.passes()
+    once = FitReport(
+        n_samples=30, mape_holdout=0.02, mape_train=0.01, method="m", mape_holdout_config=0.02,
+        n_configs=30,
+    )  # fmt: skip
+    assert "timing noise not measured: no configuration repeated" in once.note()
+
+
+# --------------------------------------------------------------------------------------------
+# Per-configuration cross-validation and timing noise
+# --------------------------------------------------------------------------------------------
+
+CONFIG_NOISE = 0.10
+"""Relative noise of single timings in the configuration tests (10% Gaussian, as on a busy VM)."""
+CONFIG_LENGTHS = np.array([16, 32, 64, 128, 256, 512, 1024, 2048, 4096])
+"""The configurations: distinct lengths, each measured CONFIG_REPEATS times."""
+CONFIG_REPEATS = 80
+GAUSSIAN_MAD = 0.6745
+"""Median absolute deviation of a standard normal variable."""
+
+
+def repeated_timings(
+    base_s: float, per_unit_s: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x, y, injected relative noise): every length CONFIG_REPEATS times, times noisy."""
+    x = np.repeat(CONFIG_LENGTHS, CONFIG_REPEATS).astype(float)
+    noise = CONFIG_NOISE * np.random.default_rng(seed).standard_normal(x.size)
+    return x, (base_s + per_unit_s * x) * (1.0 + noise), noise
+
+
+@FAST
+@given(base_s=log_uniform(1e-4, 1e-1), per_unit_s=log_uniform(1e-7, 1e-3), seed=st.integers(0, 99))
+def test_per_configuration_cv_recovers_an_affine_model_under_timing_noise(
+    base_s: float, per_unit_s: float, seed: int
+) -> None:
+    x, y, noise = repeated_timings(base_s, per_unit_s, seed)
+    report = cross_validate(AffineModel(), x, y)
+    model = AffineModel().fit(x, y)
+    truth = base_s + per_unit_s * CONFIG_LENGTHS
+    # relative weighting leans about 2 sigma^2 low under 10% noise: within 8% of the truth
+    assert model.predict(CONFIG_LENGTHS) == pytest.approx(truth, rel=0.08)
+    assert report.n_configs == CONFIG_LENGTHS.size and report.n_samples == x.size
+    assert report.mape_holdout > 0.06  # single samples: the noise dominates, the goal fails
+    assert report.mape_holdout_config < 0.04  # the model error the simulator sees: small
+    assert report.passes()
+    injected = np.median(
+        [np.median(np.abs(n - np.median(n))) for n in noise.reshape(-1, CONFIG_REPEATS)]
+    )
+    assert report.noise_spread == pytest.approx(injected, rel=0.05)
+    assert report.noise_spread == pytest.approx(GAUSSIAN_MAD * CONFIG_NOISE, rel=0.25)
+    assert "per configuration" in report.note() and "timing noise" in report.note()
+
+
+def test_per_configuration_folds_leave_whole_configurations_out() -> None:
+    x, y, _ = repeated_timings(0.01, 1e-5, seed=4)
+    x, y = x[: 5 * CONFIG_REPEATS], y[: 5 * CONFIG_REPEATS]  # 5 configurations: 5 folds of 1
+    report = cross_validate(AffineModel(), x, y)
+    lengths = np.unique(x)
+    held = [AffineModel().fit(x[x != c], y[x != c]).predict([c])[0] for c in lengths]
+    medians = [np.median(y[x == c]) for c in lengths]
+    assert report.mape_holdout_config == pytest.approx(mape(medians, held), rel=1e-9)
+    assert report.method.endswith("5-fold CV, 5-fold by configuration")
+
+
+@FAST
+@given(order_seed=st.integers(0, 2**32 - 1))
+def test_per_configuration_cv_does_not_depend_on_sample_order(order_seed: int) -> None:
+    rng = np.random.default_rng(5)
+    x = rng.choice(CONFIG_LENGTHS[:7], size=90).astype(float)  # unequal repeats
+    y = (0.01 + 1e-4 * x) * (1.0 + 0.2 * rng.random(x.size))
+    report = cross_validate(AffineModel(), x, y)
+    order = np.random.default_rng(order_seed).permutation(x.size)
+    shuffled = cross_validate(AffineModel(), x[order], y[order])
+    assert shuffled.n_configs == report.n_configs == 7
+    assert shuffled.mape_holdout_config == pytest.approx(report.mape_holdout_config, rel=1e-9)
+    assert shuffled.noise_spread == report.noise_spread
+    again = cross_validate(AffineModel(), x, y)  # deterministic: the same numbers again
+    assert (again.mape_holdout_config, again.noise_spread, again.method) == (
+        report.mape_holdout_config,
+        report.noise_spread,
+        report.method,
+    )
+
+
+def test_fewer_than_three_configurations_give_nan_and_say_so() -> None:
+    x = np.repeat([100.0, 400.0], 5)
+    y = (0.01 + 1e-4 * x) * (1.0 + 0.01 * np.tile([-2, -1, 0, 1, 2], 2))
+    report = cross_validate(AffineModel(), x, y)
+    assert report.n_configs == 2
+    assert math.isnan(report.mape_holdout_config)
+    assert report.noise_spread == pytest.approx(0.01, rel=1e-6)  # repeats still show the noise
+    assert report.method.endswith("5-fold CV")
+    assert report.passes() == (report.mape_holdout <= 0.05)  # judged per sample then
+    assert "per sample (per configuration not computed: 2 configurations, needs 3;" in (
+        report.note()
+    )
+    _, _, link = fit_link([TransferSample(n, 0.001 + n * 1e-8) for n in (10, 10, 5000, 5000)])
+    assert link.n_configs == 2 and math.isnan(link.mape_holdout_config)
+
+
+def test_acceptance_reports_have_no_configuration_metrics(acceptance_samples) -> None:
+    _, report = fit_acceptance(acceptance_samples[:500])
+    assert report.n_configs == 0
+    assert math.isnan(report.mape_holdout_config) and math.isnan(report.noise_spread)
+    assert "configuration" not in report.note()
 
 
 # --------------------------------------------------------------------------------------------
