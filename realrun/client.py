@@ -25,6 +25,11 @@ def _drafts(
     return body
 
 
+def _extra(**fields: int | None) -> dict[str, int]:
+    """The optional integer fields that are set."""
+    return {name: int(value) for name, value in fields.items() if value is not None}
+
+
 class CloudError(RuntimeError):
     """The server refused a request (`status` is the HTTP status, `message` its reason)."""
 
@@ -106,8 +111,14 @@ class CloudClient:
         tokens: Sequence[int],
         probs: Sequence[float] | None = None,
         dists: Sequence[Dist] | None = None,
+        seq: int | None = None,
+        at: int | None = None,
+        after: int | None = None,
     ) -> dict[str, Any]:
+        """Upload drafts; `seq` orders the request, `at` + `after` make it conditional on the
+        session's `after`-th verify (realrun.protocol, realrun.ordering)."""
         body = {"session": session, **_drafts(tokens, probs, dists)}
+        body |= _extra(seq=seq, at=at, after=after)
         return self._post("upload", body)
 
     def verify(
@@ -117,15 +128,16 @@ class CloudClient:
         tokens: Sequence[int] | None = None,
         probs: Sequence[float] | None = None,
         dists: Sequence[Dist] | None = None,
+        seq: int | None = None,
     ) -> dict[str, Any]:
         """Verify the `n` tokens uploaded since the last verify, `tokens` (sent along) included."""
-        body: dict[str, Any] = {"session": session, "n": int(n)}
+        body: dict[str, Any] = {"session": session, "n": int(n), **_extra(seq=seq)}
         if tokens is not None:
             body |= _drafts(tokens, probs, dists)
         return check_verify_result(self._post("verify", body))
 
-    def close(self, session: str) -> dict[str, Any]:
-        return self._post("close", {"session": session})
+    def close(self, session: str, seq: int | None = None) -> dict[str, Any]:
+        return self._post("close", {"session": session, **_extra(seq=seq)})
 
 
 __all__ = ["CloudClient", "CloudError"]

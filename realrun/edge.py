@@ -6,45 +6,39 @@ semantics of `simulator.engine.Edge._speculative_request`, but on a real clock
 server (realrun/server.py through `CloudClient`).
 
 Threads. The main thread drafts, one token at a time (greedy: argmax of the draft's logits;
-confidence = its softmax probability). Uploads and verifications run on one background worker
-thread, one request at a time and in order, so drafting goes on while they are in flight. The
-main thread looks at what the worker finished only between draft tokens (never mid-token):
-upload reports become `policy.on_upload`, an answer is processed at that token boundary
-(`VerifyOutcome.now_s` = the run's clock then), exactly as the simulator processes answers.
+confidence = its softmax probability). Uploads and verifications are sent by a few uplink
+threads (`_Worker`), so drafting goes on while they are in flight, and an upload need not wait
+for a pending NAV's answer. Every message but the open carries an order number (`seq`) and
+the server applies them in that order (realrun.ordering), whatever connection brought them.
+The main thread looks at what the uplink finished only between draft tokens (never
+mid-token): upload reports become `policy.on_upload`, an answer is processed at that token
+boundary (`VerifyOutcome.now_s` = the run's clock then), exactly as the simulator processes
+answers.
 
 Bookkeeping (positions count generated tokens, as in the simulator): `committed` tokens are
 final, `drafted_end` tokens exist (committed + speculative), `sent_end` have been handed to the
-worker for upload. At most one NAV is outstanding; a VERIFY while one is pending sets
-`deferred` and the edge waits for the answer. A NAV verifies every token since `committed`,
-and is ONE HTTP request: `verify` carrying the tokens not uploaded yet (if any).
+uplink. At most one NAV is outstanding; a VERIFY while one is pending sets `deferred` and the
+edge waits for the answer. A NAV verifies every token since `committed`, and is ONE HTTP
+request: `verify` carrying the tokens not uploaded yet (if any).
 
-Server message sequence (see realrun/target.py). The server verifies, on `verify(n)`, all n
-tokens uploaded since its last verify (those in the verify request included); afterwards its
-state is committed + accepted prefix, its pending token is the answer's token, and its upload
-list is empty. Tokens the edge drafts while a NAV is pending (proactive tokens) start with the
-edge's guess of the answer's token, which must never reach the server as a draft token (the
-server already holds the answer as its pending token), and they are worthless if the NAV is
-not wholly accepted. So the worker keeps its own copy of the server's sequence and filters
-every upload queued while a NAV was pending (*proactive* uploads), once it knows that NAV's
-answer (it always does: it runs the jobs in order, and a proactive upload is queued after its
-NAV):
+Proactive uploads. Tokens the edge drafts while a NAV is pending start with the edge's guess
+of the answer's token, and are worthless unless the NAV is wholly accepted and the guess is
+right. They are uploaded at once, overlapping the NAV as in the simulator, as *conditional*
+uploads (`at` = output position, `after` = the NAV's number): the server keeps them only if
+that NAV accepted all its tokens and the guess matches its answer (synthetic mode: the
+stream accepts the guess's position), skipping the guess (it holds the answer there) and
+appending the rest; otherwise the upload is stale and dropped, and so are later ones behind
+the same NAV. The main thread applies the same rule when it processes the answer, so both
+sides agree on what the server holds. As in the simulator, a stale upload still costs its
+bytes and is reported to `on_upload`.
 
-- NAV not wholly accepted: the upload is stale and dropped (nothing is sent);
-- a token at a position the server already holds (the guess of the bonus token): skipped if it
-  equals the server's token there (synthetic mode: if the stream accepts that position),
-  otherwise the guess was wrong and the upload is stale;
-- tokens at the server's next upload position: uploaded (these are the survivors).
-
-Differences from the simulator (correctness first):
-- a proactive upload is sent only after the answer to the NAV it follows came back (the worker
-  is busy with that NAV until then), never overlapped with it. Overlapping would need the
-  protocol to carry positions: an upload sent before the answer is known cannot be filtered,
-  and the server would take the bonus guess as a draft token or append a stale upload;
-- a dropped stale upload sends nothing and is not reported to `on_upload`; an upload report
-  gives the number of tokens actually sent (the guessed bonus token is not);
+Differences from the simulator:
 - a NAV's upload and its verification are one HTTP request, so its `on_upload` report comes
-  with the answer and its duration is the request's round trip minus the server's target time
-  (the simulator reports the uplink transmission alone, when it ends).
+  with the answer and its duration is the request's round trip minus the server's target and
+  queueing time (the simulator reports the uplink transmission alone, when it ends); an
+  upload's report is its round trip minus the server's queueing time;
+- concurrent messages share the link as TCP connections do (the simulator's uplink sends them
+  one after the other).
 
 Synthetic acceptance (`acceptance_stream`, the simulator's `AcceptanceStream` of the same
 seed, edge and request). The session is opened with the stream's accepted flags; the server
@@ -188,14 +182,19 @@ class _Job:
     after_nav: int | None = None  # proactive: queued while this NAV was pending
     nav: int = 0
     m: int = 0
+    first: int = 0  # a NAV's first output position
     ready_s: float = 0.0
+    seq: int | None = None  # the server's order number (all but open and stop)
 
 
-class _Worker(threading.Thread):
-    """Runs cloud requests one at a time, in order; reports to the main thread by a queue.
+class _Worker:
+    """Sends the request's cloud messages on `lanes` threads; reports by a queue.
 
-    The first failed request ends it: ("offline", exc) when the cloud is lost, else
-    ("error", exc); later jobs are never run.
+    The open goes first; the others are numbered (`seq`) in the order they were queued and
+    the server applies them in that order (realrun.ordering), so an upload queued while a NAV
+    is in flight is sent at once, overlapping it, as the simulator's uplink does. The first
+    failed request ends the work: ("offline", exc) when the cloud is lost, else ("error", exc);
+    jobs not yet started are skipped.
     """
 
     def __init__(
@@ -205,80 +204,75 @@ class _Worker(threading.Thread):
         clock: Clock,
         request: int,
         stream: AcceptanceStream | None,
+        lanes: int = 4,
     ) -> None:
-        super().__init__(name="pipesd-edge-uplink", daemon=True)
         self.cloud, self.clock, self.request, self.stream = cloud, clock, request, stream
         self.jobs: queue.Queue[_Job] = queue.Queue()
         self.events: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.prompt = prompt
         self.session: str | None = None
-        self.server_seq: list[int] = list(prompt)  # committed + pending + uploaded
-        self.server_base = len(prompt)  # committed + pending
-        self.results: dict[int, tuple[int, int]] = {}  # nav -> (accepted, m)
-        self.stale: set[int] = set()
+        self.opened = threading.Event()
+        self.failed = threading.Event()
+        self.lock = threading.Lock()
+        self.next_seq = 0
         self.messages = 0
         self.up_bytes = 0
         self.down_bytes = 0
         self.spans: list[Span] = []
+        self.threads = [
+            threading.Thread(target=self._run, name=f"pipesd-edge-uplink-{i}", daemon=True)
+            for i in range(lanes)
+        ]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
 
     def put(self, job: _Job) -> None:
+        """Queue a job (from the main thread only: the order of calls is the server's)."""
+        if job.kind not in ("open", "stop"):
+            job.seq = self.next_seq
+            self.next_seq += 1
         self.jobs.put(job)
 
-    def run(self) -> None:
+    def stop(self, timeout_s: float) -> None:
+        """Let every lane finish its queued work, then end them."""
+        for _ in self.threads:
+            self.jobs.put(_Job("stop"))
+        for thread in self.threads:
+            thread.join(timeout=timeout_s)
+
+    def _run(self) -> None:
         while True:
             job = self.jobs.get()
             if job.kind == "stop":
                 return
+            if job.kind != "open":
+                self.opened.wait()
+            if self.failed.is_set():
+                continue
             try:
                 self._do(job)
-            except BaseException as exc:  # handed to the main thread
-                self.events.put(("offline" if cloud_lost(exc) else "error", exc))
-                return
+            except BaseException as exc:  # handed to the main thread, once
+                with self.lock:
+                    if not self.failed.is_set():
+                        self.failed.set()
+                        self.events.put(("offline" if cloud_lost(exc) else "error", exc))
+            finally:
+                if job.kind == "open":
+                    self.opened.set()
 
     def _count(self, body: dict[str, Any], answer: dict[str, Any]) -> None:
-        self.messages += 1
-        self.up_bytes += len(encode(body))
-        self.down_bytes += len(encode(answer))
-
-    def _matches(self, pos: int, token: int) -> bool:
-        """Whether the edge's token at a position the server holds counts as the server's."""
-        if self.stream is not None:
-            return bool(self.stream.accepted[pos - len(self.prompt)])
-        return self.server_seq[pos] == token
-
-    def _filter(self, job: _Job) -> tuple[list[int], list[float]]:
-        """The tokens of `job` the server must receive now (see the module docstring)."""
-        tag = job.after_nav
-        if tag is not None:
-            if tag in self.stale:
-                return [], []
-            accepted, m = self.results[tag]
-            if accepted < m:
-                self.stale.add(tag)
-                return [], []
-        seq = self.server_seq
-        out: list[int] = []
-        probs: list[float] = []
-        for (pos, tok), p in zip(job.tokens, job.probs, strict=True):
-            if pos < len(seq) and self._matches(pos, tok):
-                continue
-            if pos != len(seq):
-                if tag is None:
-                    raise RuntimeError(
-                        f"run_edge: upload of position {pos} does not follow the server's "
-                        f"sequence (length {len(seq)})"
-                    )
-                self.stale.add(tag)
-                return [], []
-            seq.append(tok)
-            out.append(tok)
-            probs.append(p)
-        return out, probs
+        with self.lock:
+            self.messages += 1
+            self.up_bytes += len(encode(body))
+            self.down_bytes += len(encode(answer))
 
     def _span(self, lane: str, start: float, end: float, label: str, job: _Job) -> None:
         first = job.tokens[0][0] - len(self.prompt) if job.tokens else 0
         last = first + len(job.tokens)
-        self.spans.append(Span(lane, start, end, label, self.request, first, last, job.ready_s))
+        with self.lock:
+            self.spans.append(Span(lane, start, end, label, self.request, first, last, job.ready_s))
 
     def _open(self) -> None:
         body: dict[str, Any] = {"prompt": self.prompt}
@@ -292,46 +286,53 @@ class _Worker(threading.Thread):
         self.session = str(answer["session"])
 
     def _upload(self, job: _Job) -> None:
-        tokens, probs = self._filter(job)
-        if not tokens:
-            return
+        """Upload a token batch; a proactive one is conditional on its NAV (the server drops
+        it if the NAV's answer refutes it: the same rule as the main thread's)."""
         assert self.session is not None
+        tokens = [tok for _, tok in job.tokens]
+        body: dict[str, Any] = {
+            "session": self.session,
+            "tokens": tokens,
+            "probs": job.probs,
+            "seq": job.seq,
+        }
+        condition: dict[str, int] = {}
+        if job.after_nav is not None:
+            condition = {"at": job.tokens[0][0] - len(self.prompt), "after": job.after_nav}
+            body |= condition
         start = self.clock()
-        body = {"session": self.session, "tokens": tokens, "probs": probs}
-        answer = self.cloud.upload(self.session, tokens, probs)
+        answer = self.cloud.upload(self.session, tokens, job.probs, seq=job.seq, **condition)
         end = self.clock()
         self._count(body, answer)
-        self._span("uplink", start, end, "batch", job)
-        self.events.put(("upload", len(tokens), end - start))
+        self._span("uplink", start, end, "stale batch" if answer.get("stale") else "batch", job)
+        queued_s = float(answer.get("queued_ms") or 0.0) / 1e3
+        self.events.put(("upload", len(tokens), max(end - start - queued_s, 0.0)))
 
     def _verify(self, job: _Job) -> None:
         """A NAV: the unsent tokens and the verification in one request."""
         assert self.session is not None
-        tokens, probs = self._filter(job)
-        n = len(self.server_seq) - self.server_base
-        if n != job.m:
-            raise RuntimeError(f"run_edge: NAV of {job.m} tokens but {n} on the server")
-        body: dict[str, Any] = {"session": self.session, "n": n}
+        tokens = [tok for _, tok in job.tokens]
+        body: dict[str, Any] = {"session": self.session, "n": job.m, "seq": job.seq}
         if tokens:
-            body.update(tokens=tokens, probs=probs)
+            body.update(tokens=tokens, probs=job.probs)
         start = self.clock()
-        answer = self.cloud.verify(self.session, n, tokens or None, probs or None)
+        answer = self.cloud.verify(
+            self.session, job.m, tokens or None, job.probs or None, seq=job.seq
+        )
         arrived = self.clock()
         self._count(body, answer)
         accepted, token = int(answer["accepted"]), int(answer["token"])
-        if not 0 <= accepted <= n:
-            raise RuntimeError(f"run_edge: the server accepted {accepted} of {n}")
-        base = self.server_base
-        self.server_seq = [*self.server_seq[: base + accepted], token]
-        self.server_base = len(self.server_seq)
-        self.results[job.nav] = (accepted, n)
-        first = base - len(self.prompt)
-        self.spans.append(
-            Span("cloud", start, arrived, "NAV", self.request, first, first + n, job.ready_s)
-        )
+        if not 0 <= accepted <= job.m:
+            raise RuntimeError(f"run_edge: the server accepted {accepted} of {job.m}")
+        last = job.first + job.m
+        nav_span = Span("cloud", start, arrived, "NAV", self.request, job.first, last, job.ready_s)
+        with self.lock:
+            self.spans.append(nav_span)
         target_s = float(answer.get("target_ms") or 0.0) / 1e3
+        queued_s = float(answer.get("queued_ms") or 0.0) / 1e3
         if tokens:
-            self.events.put(("upload", len(tokens), max(arrived - start - target_s, 0.0)))
+            link_s = max(arrived - start - target_s - queued_s, 0.0)
+            self.events.put(("upload", len(tokens), link_s))
         self.events.put(("answer", job.nav, accepted, token, target_s, arrived))
 
     def _do(self, job: _Job) -> None:
@@ -343,7 +344,7 @@ class _Worker(threading.Thread):
             self._verify(job)
         elif job.kind == "close":
             if self.session is not None:
-                self.cloud.close(self.session)
+                self.cloud.close(self.session, seq=job.seq)
         else:  # pragma: no cover - internal misuse
             raise RuntimeError(f"unknown job {job.kind!r}")
 
@@ -414,8 +415,7 @@ def run_edge(
         )
         worker.put(_Job("close"))
     finally:
-        worker.put(_Job("stop"))
-        worker.join(timeout=60)
+        worker.stop(timeout_s=60)
     while not worker.events.empty():
         event = worker.events.get_nowait()
         if event[0] == "error":
@@ -517,7 +517,7 @@ def _loop(
             worker.put(job)
             return None
         nav_count += 1
-        job.nav, job.m = nav_count, drafted_end - committed
+        job.nav, job.m, job.first = nav_count, drafted_end - committed, committed
         worker.put(job)
         return (committed, drafted_end, nav_count)
 

@@ -40,6 +40,20 @@ it; `verify` with nothing uploaded is one plain target decode step). Each `verif
   delta) divided by `batch_size`, None where no meter exists (the CPU).
 - ``close``  ``{"session": str}`` -> ``{"closed": true}``
 
+Ordering and speculative uploads (realrun.ordering). `upload`, `verify` and `close` may carry
+``"seq": int`` (0, 1, 2, ... per session, in [0, 2**31)): numbered requests are applied in
+that order whatever connection brought them (a request waits for its turn, 409 after the
+server's timeout or for a number already used), so an edge can upload while its verify is in
+flight. An `upload` may be *conditional*: ``"at": int`` (output position of its first token)
+and ``"after": int`` (the session's verify count it was drafted behind, >= 1; needs `at`).
+It is kept only if that verify accepted all its tokens and every position the server already
+holds (the pending answer token first: greedy and sampling compare ids, synthetic sessions the
+position's verdict) holds the same token; the held positions are skipped and the rest
+appended. Otherwise it is *stale*: nothing is appended, nor from later uploads behind the same
+verify. The upload answer is ``{"pending": int, "kept": int, "stale": bool, "queued_ms":
+float}`` (`kept`: tokens appended; `queued_ms`: time the request waited for its turn and the
+model); a verify answer has `queued_ms` too.
+
 Errors come back as ``{"error": str}`` with a 4xx status: 400 undecodable body, 401 missing or
 wrong shared secret, 404 unknown session, 413 body too large, 415 wrong content type, 422 a
 field missing, of the wrong type or out of range, 429 rate or session limit.
@@ -235,9 +249,43 @@ def parse_drafts(obj: dict[str, Any], limits: Limits, min_len: int = 1) -> Draft
     return Drafts(tokens, probs, dists)
 
 
-def parse_upload(obj: dict[str, Any], limits: Limits) -> tuple[str, Drafts]:
-    """(session, draft tokens with their probabilities / distributions) of an `upload`."""
-    return session_id(obj), parse_drafts(obj, limits)
+MAX_SEQ = 2**31
+"""Bound of `seq` and `after` (any session ends long before)."""
+
+
+def _optional_int(obj: dict[str, Any], name: str, low: int, high: int) -> int | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if not _int(value) or not low <= value < high:
+        raise ProtocolError(422, f"{name!r} must be an integer in [{low}, {high})")
+    return int(value)
+
+
+def parse_seq(obj: dict[str, Any]) -> int | None:
+    """The optional `seq` of an upload, verify or close (None: not ordered)."""
+    return _optional_int(obj, "seq", 0, MAX_SEQ)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A parsed `upload`: its drafts, order number, and condition (`after`, `at`) if any."""
+
+    sid: str
+    drafts: Drafts
+    seq: int | None
+    at: int | None
+    after: int | None
+
+
+def parse_upload(obj: dict[str, Any], limits: Limits) -> Upload:
+    """An `upload` request, checked (see the module docstring)."""
+    sid, drafts = session_id(obj), parse_drafts(obj, limits)
+    at = _optional_int(obj, "at", 0, limits.max_session_len)
+    after = _optional_int(obj, "after", 1, MAX_SEQ)
+    if (at is None) != (after is None):
+        raise ProtocolError(422, "'at' and 'after' come together (a conditional upload)")
+    return Upload(sid, drafts, parse_seq(obj), at, after)
 
 
 def parse_verify(obj: dict[str, Any], limits: Limits) -> tuple[str, int, Drafts | None]:
@@ -275,12 +323,14 @@ __all__ = [
     "Drafts",
     "Limits",
     "ProtocolError",
+    "Upload",
     "check_verify_result",
     "decode",
     "encode",
     "parse_close",
     "parse_drafts",
     "parse_open",
+    "parse_seq",
     "parse_upload",
     "parse_verify",
 ]

@@ -44,8 +44,9 @@ from starlette.concurrency import run_in_threadpool
 
 from realrun import protocol
 from realrun.batching import Batcher
+from realrun.ordering import Chain, Sequencer, follow_up
 from realrun.protocol import CONTENT_TYPE, TOKEN_HEADER, Drafts, Limits, ProtocolError
-from realrun.verifier import Sampling
+from realrun.verifier import Sampling, Synthetic
 from simulator.errors import ConfigError
 
 BACKENDS = ("llama", "torch")
@@ -98,6 +99,7 @@ def create_app(
     max_batch: int = 8,
     kv_slots: int = 8,
     energy_meter: Any = None,
+    order_timeout_s: float = 30.0,
 ) -> FastAPI:
     """The FastAPI app serving one target model (a LlamaTarget loaded here unless `target`).
 
@@ -110,6 +112,7 @@ def create_app(
     `max_batch` when the backend has `verify_batch` (else one at a time); a loaded LlamaTarget
     gets `kv_slots` KV sequences. `energy_meter` (`read_j()`, e.g. calibrate.power's
     NvmlEnergyMeter; default: the target's `energy_meter` attribute, if any) gives energy_j.
+    Numbered requests (`seq`) wait at most `order_timeout_s` for their turn (realrun.ordering).
     """
     from realrun.target import LlamaTarget
 
@@ -130,6 +133,8 @@ def create_app(
     secret = token.encode() if token else None
     meter = energy_meter if energy_meter is not None else getattr(target, "energy_meter", None)
     batched = hasattr(target, "verify_batch")
+    sequencer = Sequencer(order_timeout_s)
+    chains: dict[str, Chain] = {}
     model_path = getattr(target, "model_path", None)
     model_name = Path(model_path).name if model_path else str(getattr(target, "model_name", "?"))
 
@@ -202,14 +207,59 @@ def create_app(
             if len(target.sessions) >= max_sessions:
                 raise ProtocolError(429, f"session limit ({max_sessions}) reached")
             sid, ms = target.open(prompt) if rule is None else target.open(prompt, rule)
+            chains[sid] = Chain()
+            sequencer.begin(sid)
         return {"session": sid, "n_prompt": len(prompt), "prefill_ms": ms}
 
+    def matcher(session: Any) -> Callable[[int, int], bool]:
+        """Whether an edge's guess at the pending token's position counts as that token."""
+        rule = getattr(session, "rule", None)
+        if isinstance(rule, Synthetic):
+            return lambda pos, _tok: pos < len(rule.verdicts) and rule.verdicts[pos]
+        return lambda _pos, tok: tok == session.pending
+
+    def trimmed(session: Any, upload: protocol.Upload) -> Drafts | None:
+        """The drafts of `upload` to append (a conditional one loses its held prefix); None
+        if it is stale (realrun.ordering.follow_up)."""
+        drafts = upload.drafts
+        if upload.after is None or upload.at is None:
+            return drafts
+        held = [session.pending, *session.uploaded]
+        plan = follow_up(
+            chains[upload.sid],
+            upload.after,
+            upload.at,
+            drafts.tokens,
+            held,
+            session.generated - 1,
+            matcher(session),
+        )
+        if plan is None:
+            return None
+        skip = plan[0]
+        return Drafts(
+            drafts.tokens[skip:],
+            drafts.probs[skip:] if drafts.probs is not None else None,
+            drafts.dists[skip:] if drafts.dists is not None else None,
+        )
+
     def do_upload(obj: dict[str, Any]) -> dict[str, Any]:
-        sid, drafts = protocol.parse_upload(obj, limits)
-        with lock:
-            session = session_of(sid)
-            check_drafts(session, drafts, len(session.uploaded) + len(drafts.tokens))
-            return {"pending": store(sid, drafts)}
+        upload = protocol.parse_upload(obj, limits)
+        start = time.perf_counter()
+        with sequencer.turn(upload.sid, upload.seq), lock:
+            session = session_of(upload.sid)
+            check_drafts(session, upload.drafts, len(session.uploaded))
+            drafts = trimmed(session, upload)
+            kept = len(drafts.tokens) if drafts is not None else 0
+            if drafts is not None and kept:
+                check_drafts(session, drafts, len(session.uploaded) + kept)
+                store(upload.sid, drafts)
+            return {
+                "pending": len(session.uploaded),
+                "kept": kept,
+                "stale": drafts is None,
+                "queued_ms": 1e3 * (time.perf_counter() - start),
+            }
 
     def admit(request: VerifyRequest) -> None:
         """Check one verify against its session and store the tokens it carries."""
@@ -241,9 +291,10 @@ def create_app(
         else:
             results = iter([target.verify(sid) for sid in admitted])
         energy = None if before is None else (meter.read_j() - before) / len(admitted)
-        for answer in answers:
+        for request, answer in zip(requests, answers, strict=True):
             if isinstance(answer, dict):
                 result = next(results)
+                chains[request.sid].verified(result.accepted, request.n)
                 answer |= {
                     "accepted": result.accepted,
                     "token": result.token,
@@ -259,13 +310,19 @@ def create_app(
 
     def do_verify(obj: dict[str, Any]) -> dict[str, Any]:
         sid, n, drafts = protocol.parse_verify(obj, limits)
-        return batcher.submit(sid, VerifyRequest(sid, n, drafts))
+        start = time.perf_counter()
+        with sequencer.turn(sid, protocol.parse_seq(obj)):
+            answer = batcher.submit(sid, VerifyRequest(sid, n, drafts))
+        waited_ms = 1e3 * (time.perf_counter() - start) - answer["target_ms"]
+        return answer | {"queued_ms": max(waited_ms, 0.0)}
 
     def do_close(obj: dict[str, Any]) -> dict[str, Any]:
         sid = protocol.parse_close(obj, limits)
-        with lock:
+        with sequencer.turn(sid, protocol.parse_seq(obj)), lock:
             session_of(sid)
             target.drop(sid)
+            chains.pop(sid, None)
+        sequencer.forget(sid)
         return {"closed": True}
 
     def do_probe(obj: dict[str, Any]) -> dict[str, Any]:

@@ -341,7 +341,9 @@ class TorchTarget:
         if not prompt or len(prompt) > self.n_ctx:
             raise ValueError(f"prompt must hold 1..{self.n_ctx} tokens (got {len(prompt)})")
         sid = secrets.token_hex(16)
-        self.sessions[sid] = Session(committed=list(prompt[:-1]), pending=int(prompt[-1]))
+        self.sessions[sid] = Session(
+            committed=list(prompt[:-1]), pending=int(prompt[-1]), n_prompt=len(prompt)
+        )
         self._sync()
         start = time.perf_counter()
         try:

@@ -165,7 +165,7 @@ def test_policy_lossless_and_accounting(name, url, draft, prompt, reference):
             assert sum(1 for s in timeline if s.lane == "draft") == record.drafted + 1
             # a NAV is one HTTP request (its unsent tokens ride on the verify)
             navs = [s for s in timeline if s.lane == "cloud" and s.label == "NAV"]
-            batches = [s for s in timeline if s.lane == "uplink" and s.label == "batch"]
+            batches = [s for s in timeline if s.lane == "uplink" and s.label.endswith("batch")]
             assert len(navs) == record.navs
             assert record.uplink_messages == 1 + record.navs + len(batches)
             assert record.local_tokens == 0 and not any(s.lane == "offline" for s in timeline)

@@ -206,6 +206,7 @@ def _fuzz_requests(rng, sid, vocab, limit, sampling_sid):
         "bytes", "truncated", "not_map", "wrong_type", "missing", "unknown_session",
         "oversized", "bad_header", "bad_ctype", "bad_n", "bad_probs", "too_many", "ext",
         "bad_synthetic", "bad_sampling", "verify_tokens", "bad_dists", "sampling_dists",
+        "bad_order",
     ]  # fmt: skip
     good = {"Content-Type": CONTENT_TYPE, TOKEN_HEADER: "s3cret"}
     for _ in range(1200):
@@ -307,6 +308,17 @@ def _fuzz_requests(rng, sid, vocab, limit, sampling_sid):
                     [[[1], [1.0]], [[1], [1.0]]], [[[1.0], [1.0]]], [[[1], ["x"]]], [dist, 3],
                 ])  # fmt: skip
             body = encode(body_obj)
+        elif kind == "bad_order":  # order numbers and conditions (none waits for a turn)
+            name = rng.choice(["upload", "verify", "close"])
+            extra = rng.choice([
+                {"seq": -1}, {"seq": 2**31}, {"seq": 1.5}, {"seq": "0"}, {"seq": True},
+                {"seq": rng.randint(65, 10_000)}, {"at": 0}, {"after": 1}, {"at": -1, "after": 1},
+                {"at": 0, "after": 0}, {"at": 4096, "after": 1}, {"at": 0, "after": 1},
+                {"at": 3, "after": 1, "seq": 2**40},
+            ])  # fmt: skip
+            if name != "upload":
+                extra = {"seq": extra.get("seq", -1)}
+            body = encode(body_obj | extra)
         elif kind == "sampling_dists":  # a sampling session needs dists
             name = rng.choice(["upload", "verify"])
             body = encode({"session": sampling_sid, "tokens": [1, 2], "n": 2})
@@ -346,7 +358,7 @@ def test_fuzz_only_4xx_and_server_keeps_serving(model_path, target, prompt, refe
         assert r.status_code == 429  # the session limit
         n += 1
         assert n >= 1000
-        assert {400, 401, 404, 413, 415, 422} <= set(statuses)
+        assert {400, 401, 404, 409, 413, 415, 422} <= set(statuses)
 
         # the pending upload survived; the session continues the reference exactly
         r = call(c, "verify", {"session": sid, "n": 3}, good)
@@ -627,3 +639,76 @@ def test_bad_server_options_are_one_line(argv, field, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert field in err and len(err.splitlines()) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Ordered requests and conditional (proactive) uploads
+# --------------------------------------------------------------------------------------------
+
+
+def test_conditional_uploads_follow_their_verify(client, prompt, reference):
+    """Kept after a wholly accepted verify with the right guess (the guess skipped), stale
+    otherwise and behind a stale one; the session stays the target's greedy output."""
+    ref = reference
+    sid = call(client, "open", {"prompt": prompt})["session"]
+
+    def upload(at, tokens, after):
+        return call(client, "upload", {"session": sid, "tokens": tokens, "at": at, "after": after})
+
+    def refused(body):
+        r = client.post("/v1/upload", content=encode({"session": sid, **body}), headers=HEADERS)
+        return r.status_code
+
+    r = call(client, "verify", {"session": sid, "n": 3, "tokens": ref[:3]})  # verify 1
+    assert (r["accepted"], r["token"]) == (3, ref[3])
+    assert refused({"tokens": ref[3:5], "at": 3, "after": 2}) == 422  # not the latest verify
+    assert refused({"tokens": ref[4:5], "at": 5, "after": 1}) == 422  # a gap
+    r = upload(3, ref[3:6], 1)  # the guess of position 3 is right: skipped, 2 kept
+    assert (r["kept"], r["stale"], r["pending"]) == (2, False, 2)
+    r = upload(6, ref[6:7], 1)  # continues the kept ones
+    assert (r["kept"], r["stale"], r["pending"]) == (1, False, 3)
+    r = call(client, "verify", {"session": sid, "n": 3})  # verify 2: positions 4..6
+    assert (r["accepted"], r["token"]) == (3, ref[7])
+    wrong = (ref[7] + 1) % 49152
+    r = upload(7, [wrong, ref[8]], 2)  # a wrong guess: stale
+    assert (r["kept"], r["stale"], r["pending"]) == (0, True, 0)
+    r = upload(9, ref[9:10], 2)  # behind a stale upload: stale as well
+    assert (r["kept"], r["stale"]) == (0, True)
+    r = call(client, "verify", {"session": sid, "n": 2, "tokens": [ref[8], wrong]})  # verify 3
+    assert (r["accepted"], r["token"]) == (1, ref[9])
+    r = upload(10, ref[10:12], 3)  # verify 3 was not wholly accepted: stale
+    assert (r["kept"], r["stale"]) == (0, True)
+    r = call(client, "verify", {"session": sid, "n": 2, "tokens": ref[10:12]})
+    assert (r["accepted"], r["token"]) == (2, ref[12])
+    call(client, "close", {"session": sid})
+
+
+def test_numbered_requests_apply_in_order_across_connections(client, prompt, reference):
+    """An upload numbered after a verify but sent before it waits for it (as the edge's
+    proactive uploads do when they overtake their NAV), then applies."""
+    ref = reference
+    sid = call(client, "open", {"prompt": prompt})["session"]
+    early: dict[str, object] = {}
+
+    def send_early() -> None:
+        body = {"session": sid, "tokens": ref[3:6], "at": 3, "after": 1, "seq": 1}
+        early["answer"] = call(client, "upload", body)
+
+    thread = threading.Thread(target=send_early)
+    thread.start()
+    time.sleep(0.3)  # the upload is in and waiting for seq 0
+    assert thread.is_alive()
+    r = call(client, "verify", {"session": sid, "n": 3, "tokens": ref[:3], "seq": 0})
+    assert (r["accepted"], r["token"]) == (3, ref[3]) and r["queued_ms"] >= 0
+    thread.join(timeout=30)
+    answer = early["answer"]
+    assert isinstance(answer, dict)
+    assert (answer["kept"], answer["stale"]) == (2, False) and answer["queued_ms"] >= 300
+    r = call(client, "verify", {"session": sid, "n": 2, "seq": 2})
+    assert (r["accepted"], r["token"]) == (2, ref[6])
+    for seq, status in [(2, 409), (100, 409)]:  # used, or too far ahead
+        body = encode({"session": sid, "n": 0, "seq": seq})
+        assert client.post("/v1/verify", content=body, headers=HEADERS).status_code == status
+    unknown = encode({"session": "0" * 32, "n": 0, "seq": 1})  # no wait for a lost session
+    assert client.post("/v1/verify", content=unknown, headers=HEADERS).status_code == 404
+    call(client, "close", {"session": sid, "seq": 3})
