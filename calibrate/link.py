@@ -8,6 +8,13 @@ takes overhead + B / bandwidth + 2 x one-way latency; the fit (`calibrate.fit.fi
 overhead + 2 x latency as its intercept and the bandwidth as its slope, and the message
 overhead is the intercept minus the measured round trip (never below 0).
 
+A NAV costs more than a probe of its size: the server's verify path (ordering, batching, the
+session's KV bookkeeping) and the client's handling of the answer add to HTTP's own cost.
+`nav_overhead` measures it the way the edge sends NAVs: verifies of 1..8 tokens in one
+request, each round trip minus the target time and queueing the server reports, minus the
+latency; its median is the per-message overhead a simulation of that testbed should use
+(`calibrate link --testbed` does).
+
 Through an emulated link (a relay adding a known one-way delay, realrun.shaping), pass that
 delay as `emulated_latency_s`: the profile's latency is then that delay, and everything else
 the real path adds to a message (HTTP, the relay's hops, the veth) becomes the per-message
@@ -21,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import msgpack
+import numpy as np
 
 from calibrate.fit import FitReport, fit_link
 from calibrate.samples import TransferSample
@@ -86,3 +94,49 @@ def probe_link(
         mbps=mbps,
         report=report,
     )
+
+
+@dataclass(frozen=True)
+class NavOverhead:
+    """Per-NAV overhead of the verify path: one sample per verify (seconds)."""
+
+    samples: tuple[tuple[int, float], ...]
+    """(tokens carried, round trip - target time - queueing - 2 x latency)."""
+    overhead_s: float
+    """The samples' median."""
+
+
+def nav_overhead(
+    url: str,
+    latency_s: float,
+    token_counts: Sequence[int] = (1, 2, 4, 8),
+    repetitions: int = 10,
+    token: str | None = None,
+) -> NavOverhead:
+    """Time `repetitions` NAVs (verify carrying n tokens, numbered as the edge numbers them)
+    per n in `token_counts` on a fresh session of a running server; see the module docstring.
+    `latency_s`: the one-way latency to subtract twice."""
+    from realrun.client import CloudClient
+
+    rows: list[tuple[int, float]] = []
+    with CloudClient(url, token) as cloud:
+        session = cloud.open(list(range(1000, 1032)))["session"]
+        seq = 0
+        for _ in range(repetitions):
+            for n in token_counts:
+                tokens = [1000 + (7 * seq + j) % 4096 for j in range(n)]
+                start = time.perf_counter()
+                answer = cloud.verify(session, n, tokens, [0.5] * n, seq=seq)
+                elapsed = time.perf_counter() - start
+                server_s = (answer["target_ms"] + answer.get("queued_ms", 0.0)) / 1e3
+                rows.append((n, elapsed - server_s - 2 * latency_s))
+                seq += 1
+        cloud.close(session, seq=seq)
+    return NavOverhead(tuple(rows), median_overhead([v for _, v in rows]))
+
+
+def median_overhead(values: Sequence[float]) -> float:
+    """The per-NAV overhead from NAV samples: their median, never below 0."""
+    if not values:
+        raise ValueError("no NAV samples")
+    return max(float(np.median(np.asarray(values, dtype=float))), 0.0)

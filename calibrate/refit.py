@@ -26,6 +26,7 @@ from calibrate.fit import (
     fit_link,
     fit_target_latency,
 )
+from calibrate.link import median_overhead
 from calibrate.samples import (
     AcceptanceSample,
     DecodeSample,
@@ -91,6 +92,12 @@ def _link(part: Part) -> tuple[dict[str, Any], dict[str, FitReport], dict[str, s
         "link.downlink_mbps": mbps,
         "link.uplink_overhead_s": max(intercept - 2 * one_way, 0.0),
     }
+    if "nav" in part.samples:  # a testbed link: the NAVs' own overhead (calibrate.link)
+        try:
+            overheads = [float(row["overhead_s"]) for row in part.samples["nav"]]
+        except (KeyError, TypeError, ValueError):
+            raise ValueError("samples.nav: each row needs a number 'overhead_s'") from None
+        values["link.uplink_overhead_s"] = median_overhead(overheads)
     return values, {"link": report}, {}
 
 

@@ -17,7 +17,6 @@ Needs root with `ip` and `tc` (ConfigError saying why otherwise).
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import time
@@ -67,14 +66,6 @@ class WireMeasurement:
         return self.downlink_wire_bytes / self.framing
 
 
-def _sent(command: list[str]) -> tuple[int, int]:
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    match = re.search(r"Sent (\d+) bytes (\d+) pkt", out)
-    if match is None:
-        raise RuntimeError(f"no tbf counters in `{' '.join(command)}`")
-    return int(match.group(1)), int(match.group(2))
-
-
 def measure_wire(
     model: str,
     threads: int = 1,
@@ -112,12 +103,9 @@ def measure_wire(
                     if server.poll() is not None or time.monotonic() > deadline:
                         raise ConfigError("--model", model, "the server did not start") from None
                     time.sleep(0.2)
-            up_cmd = ["tc", "-s", "qdisc", "show", "dev", namespace.edge_dev]
-            down_cmd = ["tc", "-n", namespace.name, "-s", "qdisc", "show", "dev"]
-            down_cmd.append(namespace.cloud_dev)
             with CloudClient(url) as cloud:
                 session = cloud.open(list(range(1000, 1016)))["session"]
-                up0, down0 = _sent(up_cmd), _sent(down_cmd)
+                up0, down0 = namespace.uplink_sent(), namespace.downlink_sent()
                 body_up = body_down = 0
                 for i in range(messages):
                     tokens = [1000 + 7 * i + j for j in range(n_tokens)]
@@ -125,7 +113,7 @@ def measure_wire(
                     request = {"session": session, "n": n_tokens, "tokens": tokens}
                     body_up += len(encode({**request, "probs": probs}))
                     body_down += len(encode(cloud.verify(session, n_tokens, tokens, probs)))
-                up1, down1 = _sent(up_cmd), _sent(down_cmd)
+                up1, down1 = namespace.uplink_sent(), namespace.downlink_sent()
             say(f"wire: {messages} NAVs of {n_tokens} tokens through tbf")
         finally:
             server.terminate()

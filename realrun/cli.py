@@ -128,6 +128,13 @@ def add_validate_parser(subparsers: Any) -> None:
     )
     add_testbed_arguments(validate)
     validate.add_argument("--profile", type=Path, required=True, help="profile JSON to validate")
+    validate.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="re-measure the draft's and the target's latency just before the real run and "
+        "simulate with PROFILE's copy holding them (OUT/calibration/): this machine's speed "
+        "drifts, see README",
+    )
     validate.add_argument("--out", type=Path, required=True, help="output folder")
 
 
@@ -309,11 +316,22 @@ def run_validate(args: argparse.Namespace, argv: list[str]) -> int:
     points = validation_points(args.scenario, args.profile, args.overrides, args.sweep)
     options = _options(args)
     _make_out(args.out)
+    profile = args.profile
+    command = ["pipesd", *argv]
+    if args.recalibrate:
+        from realrun.recalibrate import recalibrated_profile
+
+        say = (lambda _line: None) if args.quiet else print
+        profile = recalibrated_profile(
+            args.profile, options.draft, options.draft_threads, options.target,
+            options.target_threads, args.out / "calibration", say, " ".join(command),
+        )  # fmt: skip
+        points = validation_points(args.scenario, profile, args.overrides, args.sweep)
     try:
         with _progress(args.quiet, _requests(points)) as progress:
             rows, headline, skipped = run_validation(
-                args.scenario, args.profile, points, options, args.out, ["pipesd", *argv],
-                progress,
+                args.scenario, profile, points, options, args.out, command, progress,
+                recalibrated_from=args.profile if args.recalibrate else None,
             )  # fmt: skip
     except ServerError as exc:
         print(f"pipesd: error: {exc}", file=sys.stderr)

@@ -271,6 +271,7 @@ def run_point(
             link_info=link.describe(),
             acceptance=options.acceptance,
             on_start=link.start_clock,
+            uplink_meter=link.uplink_payload_bytes,
         )
         used = {"link": link.describe(), "server": server.command, "health": server.health}
     return rows, used

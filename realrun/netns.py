@@ -22,6 +22,7 @@ import ipaddress
 import math
 import os
 import random
+import re
 import secrets
 import shutil
 import subprocess
@@ -210,6 +211,15 @@ class Namespace:
                 run("tc", *netns, "qdisc", "change", "dev", self.cloud_dev, "root", *params.args())
                 self.downlink = params
 
+    def uplink_sent(self) -> tuple[int, int]:
+        """(bytes, packets) the uplink tbf has sent so far: every frame the edge put on the
+        link (requests, TCP/IP headers, ACKs), as tc's counters say."""
+        return qdisc_sent(["tc", "-s", "qdisc", "show", "dev", self.edge_dev])
+
+    def downlink_sent(self) -> tuple[int, int]:
+        """(bytes, packets) the downlink tbf has sent so far."""
+        return qdisc_sent(["tc", "-n", self.name, "-s", "qdisc", "show", "dev", self.cloud_dev])
+
     def exec_prefix(self) -> list[str]:
         """Command prefix that runs a process inside the namespace."""
         return ["ip", "netns", "exec", self.name]
@@ -245,6 +255,15 @@ class Namespace:
             run("ip", "link", "delete", self.edge_dev)
         with contextlib.suppress(LinkSetupError):
             run("ip", "netns", "delete", self.name)
+
+
+def qdisc_sent(command: list[str]) -> tuple[int, int]:
+    """(bytes, packets) from the "Sent B bytes P pkt" line of a `tc -s qdisc show` command."""
+    out = run(*command)
+    match = re.search(r"Sent (\d+) bytes (\d+) pkt", out)
+    if match is None:
+        raise LinkSetupError(f"no qdisc counters in `{' '.join(command)}`")
+    return int(match.group(1)), int(match.group(2))
 
 
 def rate_changes(bandwidth: Bandwidth, direction: str) -> Iterator[tuple[float, str, float]]:

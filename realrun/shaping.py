@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 
 from realrun.netns import (
+    FRAMING,
     LinkSetupError,
     Namespace,
     RateReplay,
@@ -126,6 +127,12 @@ class ShapedLink:
     def start_clock(self) -> None:
         """t = 0 of trace replay (call when the run starts)."""
 
+    def uplink_payload_bytes(self) -> float | None:
+        """Bytes the edge has put on the uplink so far, in the simulator's units (payload
+        bytes: what a `message_header_bytes` + per-token model charges); None where the link
+        cannot count them."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """What was used, for the run's manifest."""
         return {"kind": self.kind, **self.spec.describe(), "server_port": self.server_port}
@@ -206,6 +213,10 @@ class NetnsLink(ShapedLink):
         ):
             self.replay = RateReplay(self.spec.uplink, self.spec.downlink, self.namespace.set_rate)
             self.replay.start()
+
+    def uplink_payload_bytes(self) -> float | None:
+        """tbf's counter of the uplink (frames, ACKs included) / FRAMING (realrun.netns)."""
+        return self.namespace.uplink_sent()[0] / FRAMING
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

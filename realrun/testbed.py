@@ -81,6 +81,7 @@ def run_testbed(
     acceptance: str = "real",
     on_start: Callable[[], None] | None = None,
     cloud_timeout_s: float = 10.0,
+    uplink_meter: Callable[[], float | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every runnable policy of `point` on the testbed; returns the summary rows.
 
@@ -88,9 +89,13 @@ def run_testbed(
     with it. `link_info`: the manifest's `testbed.link` entry. `acceptance`: "real" or
     "synthetic" (ConfigError otherwise). `on_start`: called at the start of each (policy,
     seed) session, before its probes and first request. `cloud_timeout_s`: the client's
-    timeout. The server must answer `/v1/health` at the start (httpx.HTTPError otherwise);
-    later, a request that fails (a dead server, a timeout) is finished by the draft alone
-    (realrun.edge, `local_tokens` in results.csv), and the next request tries the cloud again.
+    timeout. `uplink_meter`: the link's count of uplink bytes so far in the simulator's units
+    (ShapedLink.uplink_payload_bytes); where it gives one, each request's `uplink_bytes` is
+    its difference over the request (bytes on the wire, as the simulator counts them) instead
+    of the msgpack bodies' lengths. The server must answer `/v1/health` at the start
+    (httpx.HTTPError otherwise); later, a request that fails (a dead server, a timeout) is
+    finished by the draft alone (realrun.edge, `local_tokens` in results.csv), and the next
+    request tries the cloud again.
     """
     if acceptance not in ACCEPTANCE:
         raise ConfigError("acceptance", "", f"must be one of {', '.join(ACCEPTANCE)} "
@@ -140,6 +145,7 @@ def run_testbed(
                     for request in range(model.prompts.count):
                         tokens = format_prompt(draft, prompts[request % len(prompts)])
                         stream = synthetic.stream(seed, 0, request, n_new) if synthetic else None
+                        before = uplink_meter() if uplink_meter is not None else None
                         record, _, timeline = run_edge(
                             policy,
                             draft,
@@ -151,6 +157,9 @@ def run_testbed(
                             clock_origin=origin,
                             acceptance_stream=stream,
                         )
+                        after = uplink_meter() if before is not None else None
+                        if before is not None and after is not None:
+                            record.uplink_bytes = round(after - before)
                         records.append(record)
                         spans.extend(timeline)
                         if progress is not None:
@@ -189,6 +198,11 @@ def run_testbed(
         "threads": threads,
         "acceptance": acceptance,
         "cloud_timeout_s": cloud_timeout_s,
+        "uplink_bytes": (
+            "the link's counter over each request (wire bytes in payload units)"
+            if uplink_meter is not None and uplink_meter() is not None
+            else "msgpack request bodies (HTTP and TCP/IP headers not counted)"
+        ),
         "skipped": skipped,
         "link": link_info or "not shaped: whatever lies between this edge and the server",
     }

@@ -286,10 +286,13 @@ def run_validation(
     out_dir: Path,
     command: Sequence[str],
     progress: Callable[[str], None] | None = None,
+    recalibrated_from: Path | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, str]]:
     """Run the testbed into OUT/real and the simulator into OUT/sim, then compare them.
 
-    Returns the validation rows, the headline figures and the skipped policies.
+    `recalibrated_from`: the profile `profile_path` was derived from just before this run
+    (realrun.recalibrate), recorded in the manifest. Returns the validation rows, the headline
+    figures and the skipped policies.
     """
     from realrun.local import check_points, run_local
     from simulator.runner import run_scenario
@@ -302,6 +305,11 @@ def run_validation(
         "command": list(command),
         "scenario": {"path": str(scenario_path), "sha256": sha256(scenario_path)},
         "profile": {"path": str(profile_path), "sha256": sha256(profile_path)},
+        "recalibrated_from": (
+            {"path": str(recalibrated_from), "sha256": sha256(recalibrated_from)}
+            if recalibrated_from is not None
+            else None
+        ),
         "real": str(out_dir / "real"),
         "sim": str(out_dir / "sim"),
         "metrics": list(METRICS),

@@ -17,6 +17,7 @@ pytest.importorskip("uvicorn", reason="uvicorn (extra 'realrun') is not installe
 
 from pipesd.cli import main
 from realrun.server import create_app
+from realrun.target import Session, VerifyResult
 
 FAKE_TARGET = SimpleNamespace(
     n_batch=512, n_vocab=100, n_ctx=128, sessions={}, model_path=Path("fake.gguf")
@@ -63,3 +64,65 @@ def test_link_errors_are_one_line(server_url: str, tmp_path: Path, capsys) -> No
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     argv = ["calibrate", "link", "--server", "http://127.0.0.1:9", "--out", str(tmp_path / "y")]
     assert main(argv) == 2
+
+
+class BusyTarget:
+    """A stand-in target: each verification busy-waits BUSY_S, accepts every draft and
+    answers token 1 (no model needed to time the verify path around it)."""
+
+    BUSY_S = 0.2
+    n_batch, n_vocab, n_ctx, model_path = 512, 5000, 2048, Path("busy.gguf")
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, Session] = {}
+
+    def open(self, prompt: list[int]) -> tuple[str, float]:
+        sid = f"s{len(self.sessions)}"
+        self.sessions[sid] = Session(list(prompt[:-1]), prompt[-1], n_prompt=len(prompt))
+        return sid, 0.0
+
+    def upload(self, sid: str, tokens: list[int], probs: object, dists: object = None) -> int:
+        self.sessions[sid].uploaded.extend(tokens)
+        return len(self.sessions[sid].uploaded)
+
+    def verify_batch(self, sids: list[str]) -> list[VerifyResult]:
+        results = []
+        for sid in sids:
+            start = time.perf_counter()
+            while time.perf_counter() - start < self.BUSY_S:
+                pass
+            s = self.sessions[sid]
+            s.committed += [s.pending, *s.uploaded]
+            s.pending, s.uploaded = 1, []
+            results.append(VerifyResult(len(s.committed), 1, 1e3 * (time.perf_counter() - start)))
+        return results
+
+    def drop(self, sid: str) -> None:
+        del self.sessions[sid]
+
+
+def test_nav_overhead_excludes_the_target_time() -> None:
+    import uvicorn
+
+    from calibrate.link import nav_overhead
+
+    target = BusyTarget()
+    app = create_app("unused", target=target, rate_limit_per_s=None)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.02)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        navs = nav_overhead(url, latency_s=0.0, token_counts=(1, 4), repetitions=3)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert [n for n, _ in navs.samples] == [1, 4] * 3
+    # the target's 200 ms are out (what is left: HTTP, here ~45 ms with client and uvicorn in
+    # one process, ~2 ms between processes)
+    assert 0.0 <= navs.overhead_s < BusyTarget.BUSY_S / 2
+    assert target.sessions == {}  # the session was closed

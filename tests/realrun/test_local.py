@@ -210,5 +210,12 @@ def test_realrun_local_through_tbf_runs_the_server_in_its_namespace(
     namespace = used["link"]["tbf"]["namespace"]
     assert used["link"]["kind"] == "tbf-netns"
     assert used["server"][:4] == ["ip", "netns", "exec", namespace]
+    # uplink bytes are tbf's count over each request: HTTP and TCP/IP headers included
+    point = json.loads((tmp_path / "tbf" / "points" / "p0" / "manifest.json").read_text())
+    assert point["testbed"]["uplink_bytes"].startswith("the link's counter")
+    with (tmp_path / "tbf" / "results.csv").open() as f:
+        results = list(csv.DictReader(f))
+    for r in results:
+        assert int(r["uplink_bytes"]) > 200 * int(r["uplink_messages"])
     assert namespace not in netns.namespaces()  # the link was closed
     assert server_processes(used["link"]["server_port"]) == []

@@ -1,0 +1,117 @@
+"""Re-measure the draft's and the target's latency just before a validation run.
+
+Why: this machine's speed drifts by 10-35% over an hour (docs/validation), so a profile
+calibrated earlier predicts a testbed that no longer exists. `recalibrated_profile` measures
+both models now, on this machine, with the testbed's own code paths (`pipesd calibrate draft`
+and `pipesd calibrate target --backend llama`, the grids below, the same threads as the run),
+and writes a copy of the given profile with `draft_latency` and `target_latency` replaced,
+recording where each value came from. The link, payload, power and acceptance sections stay
+as in the given profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from calibrate.assemble import save_part, write_profile
+from simulator.errors import ConfigError
+from simulator.profile import Profile, load_profile
+
+PROMPT_LENGTHS = [16, 32, 64, 128]
+"""Prefill grid for both models (tokens), that of scenarios/profiles/parts/cpu-testbed.*."""
+
+DRAFT_CONTEXTS = [32, 64, 96, 128, 192, 256]
+TARGET_CONTEXTS = [32, 64, 96, 128, 192]
+TARGET_TOKEN_COUNTS = [1, 2, 3, 4, 5, 6, 8]
+REPETITIONS = 5
+WARMUP = 2
+
+
+def measure_parts(
+    draft: Path,
+    draft_threads: int,
+    target: Path,
+    target_threads: int,
+    say: Callable[[str], None],
+    command: str,
+) -> tuple[Any, Any]:
+    """(draft part, target part), measured now (about a minute for the CPU testbed's pair)."""
+    from calibrate.cli import measure_draft
+    from calibrate.target_llama import measure_part
+
+    draft_args = argparse.Namespace(
+        model=str(draft),
+        threads=draft_threads,
+        prompt_lengths=PROMPT_LENGTHS,
+        context_lengths=DRAFT_CONTEXTS,
+        repetitions=REPETITIONS,
+        warmup=WARMUP,
+    )
+    target_args = argparse.Namespace(
+        model=str(target),
+        threads=target_threads,
+        token_counts=TARGET_TOKEN_COUNTS,
+        batch_sizes=None,
+        context_lengths=TARGET_CONTEXTS,
+        prompt_lengths=PROMPT_LENGTHS,
+        repetitions=REPETITIONS,
+        warmup=WARMUP,
+        device=None,
+        dtype=None,
+    )
+    return measure_draft(draft_args, say, command), measure_part(target_args, say, command)
+
+
+def replace_latencies(base_path: Path, draft_part: Any, target_part: Any, command: str) -> Profile:
+    """The profile at `base_path` with both latency models taken from the parts."""
+    base = load_profile(base_path)
+    data = base.profile.model_dump(mode="json")
+    data["draft_latency"] = draft_part.values["draft_latency"]
+    data["target_latency"] = target_part.values["target_latency"]
+    provenance = data["provenance"]
+    notes = dict(provenance["notes"])
+    for part in (draft_part, target_part):
+        notes.update({key: note for key, note in part.notes.items() if "latency" in key})
+        notes.update({key: note for key, note in part.notes.items() if ".fit." in key})
+    created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    notes["recalibrated"] = (
+        f"draft_latency and target_latency re-measured at {created} just before the real run "
+        f"({command}); everything else as in {base_path} (sha256 {base.sha256[:12]})"
+    )
+    provenance.update(created=created, command=command, notes=notes)
+    for part in (draft_part, target_part):
+        provenance["machine"].update({f"{part.kind}.{k}": v for k, v in part.machine.items()})
+    return Profile.model_validate(data)
+
+
+def recalibrated_profile(
+    base_path: Path,
+    draft: Path,
+    draft_threads: int,
+    target: Path,
+    target_threads: int,
+    out_dir: Path,
+    say: Callable[[str], None],
+    command: str,
+) -> Path:
+    """Measure both models now and write OUT/draft.json, OUT/target.json (the parts) and
+    OUT/profile.json (see the module docstring); returns the profile's path."""
+    if not base_path.is_file():
+        raise ConfigError("--profile", "", f"profile file {str(base_path)!r} not found")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    draft_part, target_part = measure_parts(
+        draft, draft_threads, target, target_threads, say, command
+    )
+    save_part(draft_part, out_dir / "draft.json")
+    save_part(target_part, out_dir / "target.json")
+    profile = replace_latencies(base_path, draft_part, target_part, command)
+    path = out_dir / "profile.json"
+    write_profile(profile, path)
+    return path
+
+
+__all__ = ["recalibrated_profile", "replace_latencies"]
