@@ -281,6 +281,15 @@ def print_validation(
             f"error| median {_percent(diagnostic['tpt_abs_error_median']).lstrip('+')}, p90 "
             f"{_percent(diagnostic['tpt_abs_error_p90']).lstrip('+')}"
         )
+    probed = headline.get("probed_prediction")
+    if probed:
+        console.print(
+            "second prediction, each session at the speeds its reference showed just before "
+            f"it: |TPT error| median {_percent(probed['tpt_abs_error_median']).lstrip('+')}, "
+            f"p90 {_percent(probed['tpt_abs_error_p90']).lstrip('+')}, ranking "
+            f"{'identical' if probed['ranking_identical'] else 'differs'}",
+            highlight=False,
+        )
     console.print(
         f"|TPT error| over {headline['rows']} rows: median {_percent(median).lstrip('+')} "
         f"(goal <= {100 * GOAL_MEDIAN:.0f}%: {verdict(met['median'])}), "

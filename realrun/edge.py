@@ -122,7 +122,7 @@ class _CloudLost(Exception):
 # --------------------------------------------------------------------------------------------
 
 
-class _Draft:
+class GreedyDraft:
     """Greedy drafting on a llama.cpp model, reusing its KV cache across rollbacks.
 
     `next(context)` returns (argmax token after `context`, its softmax probability). It reuses
@@ -399,7 +399,7 @@ def run_edge(
     prompt_len = len(prompt)
     record = RequestRecord(request=request_index, prompt_len=prompt_len, start_s=clock())
     timeline: list[Span] = []
-    draft = _Draft(draft_llama)
+    draft = GreedyDraft(draft_llama)
     worker = _Worker(cloud, prompt, clock, request_index, stream)
     worker.start()
     worker.put(_Job("open", ready_s=record.start_s))
@@ -429,7 +429,7 @@ def run_edge(
 
 
 def _finish_locally(
-    draft: _Draft,
+    draft: GreedyDraft,
     prompt: list[int],
     toks: list[int],
     n_new: int,
@@ -456,7 +456,7 @@ def _finish_locally(
 
 def _loop(
     policy: Policy,
-    draft: _Draft,
+    draft: GreedyDraft,
     worker: _Worker,
     record: RequestRecord,
     timeline: list[Span],
@@ -673,4 +673,4 @@ def startup_probes(policy: Policy, cloud: CloudClient, bytes_per_token: int = 5)
     return sent
 
 
-__all__ = ["cloud_lost", "run_edge", "startup_probes"]
+__all__ = ["GreedyDraft", "cloud_lost", "run_edge", "startup_probes"]

@@ -75,6 +75,8 @@ class LocalOptions:
     shaping: str = "auto"
     acceptance: str = "real"
     startup_timeout_s: float = STARTUP_TIMEOUT_S
+    speed_probe: bool = False
+    """Time realrun.speed_probe's reference before each session (OUT/speeds.csv)."""
 
 
 def check_points(scenario_path: Path, points: Sequence[SweepPoint]) -> dict[str, str]:
@@ -216,15 +218,20 @@ def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def merge_points(out_dir: Path, finished: Sequence[int]) -> None:
-    """Rewrite OUT/summary.csv and results.csv from the finished points' own tables."""
-    for name in ("summary.csv", "results.csv"):
+    """Rewrite OUT/summary.csv and results.csv (and speeds.csv, where the points have one)
+    from the finished points' own tables."""
+    for name in ("summary.csv", "results.csv", "speeds.csv"):
         columns: list[str] = []
         rows: list[dict[str, str]] = []
         for index in finished:
-            header, part = read_table(out_dir / "points" / f"p{index}" / name)
+            path = out_dir / "points" / f"p{index}" / name
+            if name == "speeds.csv" and not path.is_file():
+                continue
+            header, part = read_table(path)
             columns = columns or header
             rows.extend(part)
-        write_table(out_dir / name, columns, rows)
+        if columns:
+            write_table(out_dir / name, columns, rows)
 
 
 def move_timelines(point_dir: Path, out_dir: Path) -> None:
@@ -272,6 +279,7 @@ def run_point(
             acceptance=options.acceptance,
             on_start=link.start_clock,
             uplink_meter=link.uplink_payload_bytes,
+            speed_probe=options.speed_probe,
         )
         used = {"link": link.describe(), "server": server.command, "health": server.health}
     return rows, used

@@ -58,6 +58,17 @@ def skip_reason(name: str) -> str | None:
     return None
 
 
+def refill_s(point: SweepPoint) -> float:
+    """How long the point's link needs to refill its token buckets after a burst of use (the
+    slower direction, at its rate at t = 0), so a session starts on an idle link as the
+    simulator's does."""
+    from realrun.shaping import LinkSpec
+
+    spec = LinkSpec.from_point(point)
+    rate = min(spec.uplink.at(0.0), spec.downlink.at(0.0)) * 1e6 / 8
+    return spec.burst_bytes / rate + 2 * spec.one_way_latency_s
+
+
 def acceptance_model(scenario: Scenario) -> AcceptanceModel:
     """The single edge's acceptance model, built as simulator.engine.simulate builds it."""
     model, profile = scenario.model, scenario.profile.profile
@@ -82,6 +93,7 @@ def run_testbed(
     on_start: Callable[[], None] | None = None,
     cloud_timeout_s: float = 10.0,
     uplink_meter: Callable[[], float | None] | None = None,
+    speed_probe: bool = False,
 ) -> list[dict[str, Any]]:
     """Run every runnable policy of `point` on the testbed; returns the summary rows.
 
@@ -92,7 +104,9 @@ def run_testbed(
     timeout. `uplink_meter`: the link's count of uplink bytes so far in the simulator's units
     (ShapedLink.uplink_payload_bytes); where it gives one, each request's `uplink_bytes` is
     its difference over the request (bytes on the wire, as the simulator counts them) instead
-    of the msgpack bodies' lengths. The server must answer `/v1/health` at the start
+    of the msgpack bodies' lengths. `speed_probe`: before each (policy, seed) session, time
+    realrun.speed_probe's reference workload, write OUT/speeds.csv and wait for the link's
+    buckets to refill. The server must answer `/v1/health` at the start
     (httpx.HTTPError otherwise); later, a request that fails (a dead server, a timeout) is
     finished by the draft alone (realrun.edge, `local_tokens` in results.csv), and the next
     request tries the cloud again.
@@ -106,6 +120,7 @@ def run_testbed(
     from realrun.client import CloudClient
     from realrun.edge import run_edge, startup_probes
     from realrun.protocol import Limits
+    from realrun.speed_probe import SpeedProbe, probe_speeds
 
     scenario = point.scenario
     model = scenario.model
@@ -125,6 +140,7 @@ def run_testbed(
     )
     outcomes: dict[int, list[TaskOutcome]] = {}
     rows: list[dict[str, Any]] = []
+    speeds: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -137,6 +153,17 @@ def run_testbed(
                     continue
                 for seed in model.seeds:
                     policy = make_policy(entry.name, entry.params, policy_seed(seed, entry.label))
+                    if speed_probe:
+                        probe = probe_speeds(
+                            draft,
+                            cloud,
+                            format_prompt(draft, prompts[0]),
+                            scenario.profile.profile.draft_latency,
+                            scenario.profile.profile.target_latency,
+                        )
+                        row = {"point": point.index, **point.axes}
+                        speeds.append(row | {"policy": entry.label, "seed": seed, **probe.row()})
+                        time.sleep(refill_s(point))
                     if on_start is not None:
                         on_start()
                     origin = time.perf_counter()
@@ -189,6 +216,9 @@ def run_testbed(
     axes = list(point.axes)
     columns = ["point", *axes, "policy", "policy_name", "seed", *RECORD_FIELDS, "ttft_ms", "tpt_ms"]
     write_table(out_dir / "results.csv", columns, rows)
+    if speed_probe:
+        speed_columns = ["point", *axes, "policy", "seed", *SpeedProbe.columns()]
+        write_table(out_dir / "speeds.csv", speed_columns, speeds)
     summary = [r for r in summary_rows(point, outcomes) if r["seeds"]]
     write_table(out_dir / "summary.csv", summary_columns([point]), summary)
     data = manifest(scenario_path, [point], command, "complete", "")

@@ -120,12 +120,16 @@ def ranking_mismatches(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def validation_columns(axes: Sequence[str]) -> list[str]:
     """validation.csv's columns: point, axes, policy, then real/sim/err for each metric."""
     metrics = [f"{m}_{side}" for m in METRICS for side in ("real", "sim", "err")]
-    return ["point", *axes, "policy", "policy_name", *metrics, *AT_RUN_SPEED]
+    return ["point", *axes, "policy", "policy_name", *metrics, *AT_RUN_SPEED, *PROBED]
 
 
 AT_RUN_SPEED = ("edge_speed", "cloud_speed", "tpt_ms_sim_at_run_speed", "tpt_ms_err_at_run_speed")
 """Diagnostic columns: the testbed's draft and target speed during the run relative to the
 profile, and the simulator's TPT at those speeds (`resimulate_at_measured_speeds`)."""
+
+PROBED = ("edge_speed_probe", "cloud_speed_probe", "tpt_ms_sim_probed", "tpt_ms_err_probed")
+"""A second prediction: the speeds the reference before each session showed (mean over the
+seeds; realrun.speed_probe), and the simulator's TPT with each session at its own."""
 
 
 def add_run_speed(
@@ -221,6 +225,42 @@ def measured_speeds(
     return speeds
 
 
+def resimulate(
+    points: Sequence[SweepPoint], factors: dict[tuple[int, str, int], tuple[float, float]]
+) -> dict[tuple[int, str], float]:
+    """TPT (ms) per (point, policy) the simulator predicts when each (point, policy, seed) of
+    `factors` runs with the draft and the target at its own (edge, cloud) speed factors
+    (relative to the profile; > 1: faster)."""
+    from simulator.runner import Task, execute, summary_rows
+
+    sessions: dict[tuple[int, str], list[tuple[int, float, float]]] = {}
+    for (index, policy, seed), (edge, cloud) in sorted(factors.items()):
+        sessions.setdefault((index, policy), []).append((seed, edge, cloud))
+    predicted = {}
+    for (index, policy), runs in sessions.items():
+        point = points[index]
+        scenario = point.scenario
+        model = scenario.model
+        position = next(i for i, p in enumerate(scenario.policies) if p.label == policy)
+        outcomes = []
+        for seed, edge, cloud in runs:
+            faster = model.model_copy(
+                update={
+                    "edge": model.edge.model_copy(
+                        update={"compute_factor": model.edge.compute_factor * edge}
+                    ),
+                    "cloud": model.cloud.model_copy(
+                        update={"compute_factor": model.cloud.compute_factor * cloud}
+                    ),
+                }
+            )
+            moved = replace(point, scenario=replace(scenario, model=faster))
+            outcomes.append(execute((Task(moved, position, seed), False)))
+        row = next(r for r in summary_rows(point, {position: outcomes}) if r["policy"] == policy)
+        predicted[(index, policy)] = float(row["tpt_ms"])
+    return predicted
+
+
 def resimulate_at_measured_speeds(
     out_dir: Path, points: Sequence[SweepPoint]
 ) -> dict[tuple[int, str], float]:
@@ -228,27 +268,47 @@ def resimulate_at_measured_speeds(
     speeds the testbed showed during the real run (`measured_speeds`): a diagnostic that
     separates the model's error from the machine's drift since calibration. It uses the real
     run's timings, so it is not a prediction."""
-    from simulator.runner import Task, execute, summary_rows
+    factors = {
+        (index, policy, seed): speeds
+        for (index, policy), speeds in measured_speeds(out_dir, points).items()
+        for seed in points[index].scenario.model.seeds
+    }
+    return resimulate(points, factors)
 
-    predicted = {}
-    for (index, policy), (edge, cloud) in measured_speeds(out_dir, points).items():
-        point = points[index]
-        scenario = point.scenario
-        model = scenario.model
-        position = next(i for i, p in enumerate(scenario.policies) if p.label == policy)
-        faster = model.model_copy(
-            update={
-                "edge": model.edge.model_copy(
-                    update={"compute_factor": model.edge.compute_factor * edge}
-                ),
-                "cloud": model.cloud.model_copy(update={"compute_factor": cloud}),
-            }
+
+def probed_speeds(path: Path) -> dict[tuple[int, str, int], tuple[float, float]]:
+    """(edge, cloud) speed factors per (point, policy, seed) from a testbed's speeds.csv (the
+    reference each session timed just before it ran, realrun.speed_probe); {} without one."""
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as handle:
+        return {
+            (int(r["point"]), r["policy"], int(r["seed"])): (
+                float(r["edge_speed"]),
+                float(r["cloud_speed"]),
+            )
+            for r in csv.DictReader(handle)
+        }
+
+
+def add_probed(
+    rows: Sequence[dict[str, Any]],
+    probes: dict[tuple[int, str, int], tuple[float, float]],
+    predicted: dict[tuple[int, str], float],
+) -> None:
+    """Fill the PROBED columns of validation rows (speeds: the mean over the seeds)."""
+    for row in rows:
+        key = (int(row["point"]), row["policy"])
+        factors = [v for (i, p, _), v in probes.items() if (i, p) == key]
+        edge = float(np.mean([f[0] for f in factors])) if factors else math.nan
+        cloud = float(np.mean([f[1] for f in factors])) if factors else math.nan
+        tpt = predicted.get(key, math.nan)
+        row.update(
+            edge_speed_probe=edge,
+            cloud_speed_probe=cloud,
+            tpt_ms_sim_probed=tpt,
+            tpt_ms_err_probed=relative_error(tpt, row["tpt_ms_real"]),
         )
-        moved = replace(point, scenario=replace(scenario, model=faster))
-        outcomes = [execute((Task(moved, position, seed), False)) for seed in model.seeds]
-        row = next(r for r in summary_rows(moved, {position: outcomes}) if r["policy"] == policy)
-        predicted[(index, policy)] = float(row["tpt_ms"])
-    return predicted
 
 
 def write_validation(
@@ -257,6 +317,8 @@ def write_validation(
     extra_manifest: dict[str, Any],
     speeds: dict[tuple[int, str], tuple[float, float]] | None = None,
     predicted: dict[tuple[int, str], float] | None = None,
+    probes: dict[tuple[int, str, int], tuple[float, float]] | None = None,
+    probed: dict[tuple[int, str], float] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Compare OUT/real and OUT/sim; write OUT/validation.csv and OUT/manifest.json."""
     rows = compare(
@@ -265,6 +327,7 @@ def write_validation(
         axes,
     )
     add_run_speed(rows, speeds or {}, predicted or {})
+    add_probed(rows, probes or {}, probed or {})
     write_table(out_dir / "validation.csv", validation_columns(axes), rows)
     headline = summarise_validation(rows)
     at_speed = error_stats([r["tpt_ms_err_at_run_speed"] for r in rows])
@@ -274,6 +337,15 @@ def write_validation(
         "meaning": "simulator with the draft and target at the speeds measured during the "
         "real run: separates the model's error from the machine's drift; not a prediction",
     }
+    if probed:
+        with_probe = [{**r, "tpt_ms_err": r["tpt_ms_err_probed"],
+                       "tpt_ms_sim": r["tpt_ms_sim_probed"]} for r in rows]  # fmt: skip
+        headline["probed_prediction"] = {
+            **summarise_validation(with_probe),
+            "meaning": "simulator with each session at the draft and target speeds of the "
+            "reference timed just before it (realrun.speed_probe): a prediction that uses no "
+            "timing of the validated sessions",
+        }
     write_json(out_dir / "manifest.json", {**extra_manifest, **headline, "status": "complete"})
     return rows, headline
 
@@ -299,7 +371,8 @@ def run_validation(
 
     skipped = check_points(scenario_path, points)
     (out_dir / "validation.csv").unlink(missing_ok=True)
-    run_local(scenario_path, points, options, out_dir / "real", command, progress)
+    probing = replace(options, speed_probe=True)  # the second prediction's reference
+    run_local(scenario_path, points, probing, out_dir / "real", command, progress)
     run_scenario(scenario_path, points, out_dir / "sim", command, record_timeline=True)
     extra = {
         "command": list(command),
@@ -318,5 +391,8 @@ def run_validation(
     }
     speeds = measured_speeds(out_dir, points)
     predicted = resimulate_at_measured_speeds(out_dir, points)
-    rows, headline = write_validation(out_dir, list(points[0].axes), extra, speeds, predicted)
+    probes = probed_speeds(out_dir / "real" / "speeds.csv")
+    probed = resimulate(points, probes)
+    axes = list(points[0].axes)
+    rows, headline = write_validation(out_dir, axes, extra, speeds, predicted, probes, probed)
     return rows, headline, skipped

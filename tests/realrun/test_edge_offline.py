@@ -36,7 +36,7 @@ from calibrate.acceptance import default_prompts, format_prompt, target_greedy
 from policies.base import Policy
 from policies.registry import make_policy, params_model
 from realrun.client import CloudClient, CloudError
-from realrun.edge import _Draft, run_edge, startup_probes
+from realrun.edge import GreedyDraft, run_edge, startup_probes
 from realrun.protocol import encode
 
 pytestmark = needs_smollm2
@@ -77,7 +77,7 @@ def server(model_path):
 
 def greedy(draft, context: list[int], n: int) -> list[int]:
     """The draft's own greedy continuation of `context`, one token at a time."""
-    runner, out = _Draft(draft), []
+    runner, out = GreedyDraft(draft), []
     for _ in range(n):
         out.append(runner.next(context + out)[0])
     return out

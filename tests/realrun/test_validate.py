@@ -20,7 +20,9 @@ from realrun.validate import (
     ranking_mismatches,
     rankings,
     relative_error,
+    resimulate,
     summarise_validation,
+    validation_points,
 )
 
 
@@ -161,8 +163,26 @@ def test_validate_end_to_end_errors_recompute_from_both_sides(write_scenario, tm
         assert 0.2 < speed < 5 and 0.2 < float(row["cloud_speed"]) < 5
         at_speed, r = float(row["tpt_ms_sim_at_run_speed"]), float(row["tpt_ms_real"])
         assert float(row["tpt_ms_err_at_run_speed"]) == pytest.approx((at_speed - r) / r, rel=1e-5)
+        # the second prediction: each session at the speeds its reference showed before it
+        assert 0.2 < float(row["edge_speed_probe"]) < 5
+        assert 0.2 < float(row["cloud_speed_probe"]) < 5
+        probed, r = float(row["tpt_ms_sim_probed"]), float(row["tpt_ms_real"])
+        assert float(row["tpt_ms_err_probed"]) == pytest.approx((probed - r) / r, rel=1e-5)
+    probes = read_rows(out / "real" / "speeds.csv")
+    assert sorted((p["policy"], p["seed"]) for p in probes) == sorted(
+        (policy, str(seed)) for policy in ("vanilla", "pipesd") for seed in (1,)
+    )
+    for probe in probes:
+        assert float(probe["draft_s"]) > 0 and float(probe["verify_s"]) > 0
+        predicted = float(probe["draft_predicted_s"]) / float(probe["draft_s"])
+        assert float(probe["edge_speed"]) == pytest.approx(predicted, rel=1e-5)
+    # at the profile's own speeds, the re-simulation is the simulation
+    points = validation_points(scenario, profile, [], [])
+    same = resimulate(points, {(0, "vanilla", 1): (1.0, 1.0)})
+    assert same[(0, "vanilla")] == pytest.approx(float(sim["vanilla"]["tpt_ms"]), rel=1e-5)
     manifest = json.loads((out / "manifest.json").read_text())
     assert "at_run_speed_diagnostic" in manifest and "draft/target speeds" in printed
+    assert "probed_prediction" in manifest and "second prediction" in printed
     errors = [float(r["tpt_ms_err"]) for r in rows]
     assert manifest["tpt_abs_error_median"] == pytest.approx(error_stats(errors)[0], rel=1e-5)
     assert manifest["skipped"] == {"cloud_ar": "not an edge-drafting policy"}
