@@ -307,6 +307,14 @@ def _draft_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--repetitions", type=int, default=5, help="measurements per point")
     parser.add_argument("--warmup", type=int, default=2, help="discarded runs per point")
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=0,
+        help="time decode steps in bursts of N with --pause-ms idle between them, the edge's "
+        "duty cycle (0: back to back)",
+    )
+    parser.add_argument("--pause-ms", type=float, default=0.0, help="idle time between bursts (ms)")
 
 
 def measure_draft(args: argparse.Namespace, say: Callable[[str], None], command: str) -> Any:
@@ -327,6 +335,8 @@ def measure_draft(args: argparse.Namespace, say: Callable[[str], None], command:
             args.repetitions,
             args.warmup,
             progress=say,
+            burst=args.burst,
+            pause_s=args.pause_ms / 1e3,
         )
         latency, reports = fit_measurements(measured)
     except ValueError as exc:
@@ -335,6 +345,12 @@ def measure_draft(args: argparse.Namespace, say: Callable[[str], None], command:
         f"measured with llama.cpp {measured.llama_cpp_version}, {args.threads} threads, "
         f"prompts {args.prompt_lengths}, contexts {args.context_lengths}, "
         f"{args.repetitions} repetitions after {args.warmup} warm-up"
+        + (
+            f"; decode steps in bursts of {args.burst} with {args.pause_ms:g} ms idle between "
+            "them (the edge's duty cycle)"
+            if args.burst
+            else "; decode steps back to back"
+        )
     )
     values = {
         "draft_latency": latency.model_dump(),

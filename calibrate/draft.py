@@ -18,6 +18,11 @@ given number and flash attention on (as realrun's edge loads its draft), then me
   (C + warmup, C + warmup + 1, ...).
   The top-1 probability of each recorded step (max of the softmax of its logits) is the
   draft's confidence in the token it drafted.
+  `burst` > 0 times the steps in the edge's duty cycle instead of back to back: after every
+  `burst` steps the process sleeps `pause_s` (an edge drafts a few tokens, then waits for the
+  verification). It matters on this VM: a step right after 60 ms of anything else (sleep,
+  another model, a busy loop) takes ~16% longer than in a tight loop, and a testbed's draft
+  runs at the former speed (README, validation).
 
 Prompt tokens are deterministic: the tokenised text of Python's `this` module (the Zen of
 Python), repeated to the length needed. Nothing is made up or slept on: every number is a
@@ -121,6 +126,8 @@ class DraftMeasurements:
     decode_stats: tuple[LengthStats, ...] = ()
     repetitions: int = 0
     warmup: int = 0
+    burst: int = 0
+    pause_s: float = 0.0
     model_description: str = ""
     system_info: str = ""
     prompt_source: str = PROMPT_SOURCE
@@ -267,13 +274,16 @@ def profile_draft(
     repetitions: int = 5,
     warmup: int = 2,
     progress: Callable[[str], None] | None = None,
+    burst: int = 0,
+    pause_s: float = 0.0,
 ) -> DraftMeasurements:
     """Measure the draft model's prefill and per-token decode time on the CPU (see module doc).
 
     `threads` limits llama.cpp's compute threads (decode and batch); `prompt_lengths` and
     `context_lengths` are distinct integers >= 1; `repetitions` >= 1 kept measurements per
     length, after `warmup` >= 0 discarded ones. `progress`, if given, receives one line per
-    measured length. Needs llama-cpp-python (the `models` extra).
+    measured length. `burst` >= 0 and `pause_s` >= 0: the duty cycle of decode steps (0: back
+    to back; module docstring). Needs llama-cpp-python (the `models` extra).
     """
     path = Path(model_path)
     threads = _count("threads", threads, 1)
@@ -281,6 +291,9 @@ def profile_draft(
     contexts = _lengths("context_lengths", context_lengths)
     repetitions = _count("repetitions", repetitions, 1)
     warmup = _count("warmup", warmup, 0)
+    burst = _count("burst", burst, 0)
+    if not (math.isfinite(pause_s) and pause_s >= 0):
+        raise ValueError(f"profile_draft: pause_s must be a number >= 0 (got {pause_s!r})")
     say = progress or (lambda _line: None)
 
     import llama_cpp
@@ -323,6 +336,8 @@ def profile_draft(
             token, _ = _greedy(_last_logits(llama, n_vocab))
             kept: list[float] = []
             for step in range(steps):
+                if burst and step % burst == 0:
+                    time.sleep(pause_s)  # the edge waits for its verification
                 position = int(llama.n_tokens)
                 start = time.perf_counter()
                 llama.eval([token])
@@ -349,6 +364,8 @@ def profile_draft(
             decode_stats=tuple(decode_stats),
             repetitions=repetitions,
             warmup=warmup,
+            burst=burst,
+            pause_s=pause_s,
             model_description=str(llama._model.desc()),
             system_info=llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip(),
         )

