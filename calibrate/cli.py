@@ -164,6 +164,12 @@ def add_parser(subparsers: Any) -> None:
     every.add_argument("--draft-prompt-lengths", type=_ints, default=[32, 128, 512])
     every.add_argument("--draft-context-lengths", type=_ints, default=[64, 256, 1024])
     every.add_argument(
+        "--draft-burst", type=int, default=0, help="draft decode steps per burst (0: back to back)"
+    )
+    every.add_argument(
+        "--draft-pause-ms", type=float, default=0.0, help="idle between draft bursts (ms)"
+    )
+    every.add_argument(
         "--target", required=True, help="torch: named shape or local HF folder; llama: GGUF"
     )
     every.add_argument("--target-backend", choices=("torch", "llama"), default="torch")
@@ -723,6 +729,8 @@ def calibrate_all(args: argparse.Namespace, command: str, console: Any) -> int:
             threads=args.threads,
             prompt_lengths=args.draft_prompt_lengths,
             context_lengths=args.draft_context_lengths,
+            burst=args.draft_burst,
+            pause_ms=args.draft_pause_ms,
             **common,
         ),
         "target": argparse.Namespace(
