@@ -279,7 +279,8 @@ def print_validation(
         console.print(
             "diagnostic, simulator at the draft/target speeds measured during the run: |TPT "
             f"error| median {_percent(diagnostic['tpt_abs_error_median']).lstrip('+')}, p90 "
-            f"{_percent(diagnostic['tpt_abs_error_p90']).lstrip('+')}"
+            f"{_percent(diagnostic['tpt_abs_error_p90']).lstrip('+')}, ranking "
+            f"{'identical' if diagnostic.get('ranking_identical') else 'differs'}"
         )
     probed = headline.get("probed_prediction")
     if probed:

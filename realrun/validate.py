@@ -331,9 +331,14 @@ def write_validation(
     write_table(out_dir / "validation.csv", validation_columns(axes), rows)
     headline = summarise_validation(rows)
     at_speed = error_stats([r["tpt_ms_err_at_run_speed"] for r in rows])
+    at_speed_mismatches = ranking_mismatches(
+        [{**r, "tpt_ms_sim": r["tpt_ms_sim_at_run_speed"]} for r in rows]
+    )
     headline["at_run_speed_diagnostic"] = {
         "tpt_abs_error_median": at_speed[0],
         "tpt_abs_error_p90": at_speed[1],
+        "ranking_identical": not at_speed_mismatches,
+        "ranking_mismatches": at_speed_mismatches,
         "meaning": "simulator with the draft and target at the speeds measured during the "
         "real run: separates the model's error from the machine's drift; not a prediction",
     }

@@ -183,6 +183,10 @@ def test_validate_end_to_end_errors_recompute_from_both_sides(write_scenario, tm
     manifest = json.loads((out / "manifest.json").read_text())
     assert "at_run_speed_diagnostic" in manifest and "draft/target speeds" in printed
     assert "probed_prediction" in manifest and "second prediction" in printed
+    at_speed = [{**r, "tpt_ms_sim": float(r["tpt_ms_sim_at_run_speed"]), "point": int(r["point"]),
+                 "tpt_ms_real": float(r["tpt_ms_real"])} for r in rows]  # fmt: skip
+    diagnostic = manifest["at_run_speed_diagnostic"]
+    assert diagnostic["ranking_identical"] == (not ranking_mismatches(at_speed))
     errors = [float(r["tpt_ms_err"]) for r in rows]
     assert manifest["tpt_abs_error_median"] == pytest.approx(error_stats(errors)[0], rel=1e-5)
     assert manifest["skipped"] == {"cloud_ar": "not an edge-drafting policy"}
