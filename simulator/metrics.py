@@ -31,6 +31,7 @@ SUMMARY_METRICS = (
     "discarded_tokens",
     "promoted_tokens",
     "rollbacks",
+    "local_tokens",
     "edges",
     "throughput_tokens_per_s",
     "tpt_p50_ms",
@@ -129,4 +130,5 @@ def summarise(records: Sequence[RequestRecord], runs: int) -> dict[str, float]:
         "discarded_tokens": sum(r.discarded for r in records) / runs,
         "promoted_tokens": sum(r.promoted for r in records) / runs,
         "rollbacks": sum(r.rollbacks for r in records) / runs,
+        "local_tokens": sum(r.local_tokens for r in records) / runs,
     }

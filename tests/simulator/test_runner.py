@@ -79,6 +79,18 @@ def test_summary_is_computed_from_the_request_rows(write_scenario, tmp_path: Pat
     )
 
 
+def test_local_tokens_are_summed_per_seed() -> None:
+    """The testbed's offline fallback (tokens the edge generated alone) reaches the summary;
+    the simulator's edges never lose the cloud, so it is 0 there."""
+    from simulator.metrics import summarise
+    from simulator.records import RequestRecord
+
+    records = [RequestRecord(request=i, prompt_len=8, new_tokens=10) for i in range(3)]
+    records[1].local_tokens = 7
+    assert summarise(records, runs=1)["local_tokens"] == 7
+    assert summarise(records, runs=2)["local_tokens"] == 3.5
+
+
 def test_set_override_and_policy_parameter(write_scenario, tmp_path: Path) -> None:
     path = write_scenario(policies=[{"name": "vanilla", "draft_len": 2}])
     fast = expand_sweep(path, ["link.uplink_mbps=100", "policies.vanilla.draft_len=5"])[0]
