@@ -577,6 +577,35 @@ def _fit_prefill(what: str, prefill: Sequence[PrefillSample]) -> tuple[float, fl
     return model.intercept_, float(model.coef_[0]), report
 
 
+QUADRATIC_PREFILL_LENGTHS = 3
+"""Distinct prompt lengths a target prefill fit needs to include its L^2 (attention) term."""
+
+
+def _fit_target_prefill(
+    what: str, prefill: Sequence[PrefillSample]
+) -> tuple[float, float, float, FitReport]:
+    """(prefill_base_s, prefill_per_token_s, prefill_per_token_squared_s, report) from a
+    target's prefill samples: with the L^2 term where the samples have at least
+    QUADRATIC_PREFILL_LENGTHS distinct lengths and one sample more than that (three parameters
+    and cross-validation), else 0 (the affine fit)."""
+    pre = _samples(f"{what}: prefill", prefill, PrefillSample)
+    lengths = [s.prompt_len for s in pre]
+    if len(set(lengths)) < QUADRATIC_PREFILL_LENGTHS or len(lengths) <= QUADRATIC_PREFILL_LENGTHS:
+        base, per_token, report = _fit_prefill(what, prefill)
+        return base, per_token, 0.0, report
+    model, report = _affine(
+        f"{what}: prefill",
+        "prefill_base_s",
+        [
+            _feature("prompt_len", lengths, "prefill_per_token_s"),
+            _feature("prompt_len_squared", [n * n for n in lengths], "prefill_per_token_squared_s"),
+        ],
+        np.array([s.seconds for s in pre], dtype=float),
+    )
+    assert model.coef_ is not None
+    return model.intercept_, float(model.coef_[0]), float(model.coef_[1]), report
+
+
 def fit_draft_latency(
     prefill: Sequence[PrefillSample], decode: Sequence[DecodeSample]
 ) -> tuple[DraftLatency, dict[str, FitReport]]:
@@ -618,7 +647,8 @@ def fit_target_latency(
 ) -> tuple[TargetLatency, dict[str, FitReport]]:
     """The target latency model and the report of each part ("prefill", "forward").
 
-    prefill(L) = prefill_base_s + prefill_per_token_s * L from the prefill samples;
+    prefill(L) = prefill_base_s + prefill_per_token_s * L + prefill_per_token_squared_s * L^2
+    from the prefill samples (the L^2 term needs 3+ prompt lengths, else it is 0);
     forward = forward_base_s + forward_per_token_s * new_positions
     + forward_per_context_token_s * context_len + forward_per_extra_sequence_s * (batch - 1)
     + forward_per_position_context_s * new_positions * context_len / batch
@@ -626,7 +656,9 @@ def fit_target_latency(
     needs >= 5 samples in which positions, context and batch each take 2+ values and vary
     independently; forward_base_s must come out > 0 (the schema's rule).
     """
-    prefill_base, prefill_per_token, pre_report = _fit_prefill("fit_target_latency", prefill)
+    prefill_base, prefill_per_token, prefill_squared, pre_report = _fit_target_prefill(
+        "fit_target_latency", prefill
+    )
     fwd = _samples("fit_target_latency: forward", forward, ForwardSample)
     fwd_y = np.array([s.seconds for s in fwd], dtype=float)
     fwd_model, fwd_report = _affine(
@@ -644,6 +676,7 @@ def fit_target_latency(
     latency = TargetLatency(
         prefill_base_s=prefill_base,
         prefill_per_token_s=prefill_per_token,
+        prefill_per_token_squared_s=prefill_squared,
         forward_base_s=_positive(
             "fit_target_latency: forward",
             "forward_base_s",

@@ -49,7 +49,7 @@ from calibrate.fit import (
     FitReport,
     _affine,
     _feature,
-    _fit_prefill,
+    _fit_target_prefill,
     _position_context,
     _positive,
     _samples,
@@ -104,7 +104,9 @@ def fit_single_sequence(
     forward sample has batch != 1 (use `fit_target_latency` then) or the fit is not identified.
     """
     what = "fit_single_sequence: forward"
-    prefill_base, prefill_per_token, pre_report = _fit_prefill("fit_single_sequence", prefill)
+    prefill_base, prefill_per_token, prefill_squared, pre_report = _fit_target_prefill(
+        "fit_single_sequence", prefill
+    )
     fwd = _samples(what, forward, ForwardSample)
     batched = [s for s in fwd if s.batch != 1]
     if batched:
@@ -132,6 +134,7 @@ def fit_single_sequence(
     latency = TargetLatency(
         prefill_base_s=prefill_base,
         prefill_per_token_s=prefill_per_token,
+        prefill_per_token_squared_s=prefill_squared,
         forward_base_s=base,
         forward_per_token_s=float(model.coef_[0]),
         forward_per_context_token_s=float(model.coef_[1]),

@@ -21,7 +21,7 @@ from calibrate.assemble import save_part, write_profile
 from simulator.errors import ConfigError
 from simulator.profile import Profile, load_profile
 
-PROMPT_LENGTHS = [16, 32, 64, 128]
+PROMPT_LENGTHS = [16, 24, 32, 48, 64, 96, 128]
 """Prefill grid for both models (tokens), that of scenarios/profiles/parts/cpu-testbed.*."""
 
 DRAFT_CONTEXTS = [32, 64, 96, 128, 192, 256]

@@ -58,11 +58,14 @@ class TargetLatency(Strict):
     The last term is attention's cost where it is compute-bound (a CPU target): every new
     position attends over the whole context.
     A NAV of m draft tokens is a forward over m + 1 positions (last committed token + draft);
-    an autoregressive step is a forward over one position; prefill is its own affine model.
+    an autoregressive step is a forward over one position; prefill is its own model,
+    prefill(L) = prefill_base_s + prefill_per_token_s * L + prefill_per_token_squared_s * L^2
+    (the last term: attention over the prompt, where it is compute-bound).
     """
 
     prefill_base_s: NonNeg
     prefill_per_token_s: NonNeg
+    prefill_per_token_squared_s: NonNeg = 0.0
     forward_base_s: Positive
     forward_per_token_s: NonNeg = 0.0
     forward_per_context_token_s: NonNeg = 0.0
@@ -71,7 +74,11 @@ class TargetLatency(Strict):
 
     def prefill_s(self, prompt_len: int) -> float:
         """Time to prefill a prompt of `prompt_len` tokens."""
-        return self.prefill_base_s + self.prefill_per_token_s * prompt_len
+        return (
+            self.prefill_base_s
+            + self.prefill_per_token_s * prompt_len
+            + self.prefill_per_token_squared_s * prompt_len * prompt_len
+        )
 
     def faster(self, factor: float) -> TargetLatency:
         """The same model on hardware `factor` times as fast (every time divided by it)."""

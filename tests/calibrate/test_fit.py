@@ -496,6 +496,7 @@ def test_target_latency_from_noisy_samples() -> None:
     truth = TargetLatency(
         prefill_base_s=0.01,
         prefill_per_token_s=5e-5,
+        prefill_per_token_squared_s=2e-8,  # attention over the prompt
         forward_base_s=0.015,
         forward_per_token_s=1e-4,
         forward_per_context_token_s=1e-6,
@@ -515,6 +516,18 @@ def test_target_latency_from_noisy_samples() -> None:
     for report in reports.values():
         assert report.passes()
         assert report.mape_holdout == pytest.approx(EXPECTED_MAPE, rel=MAPE_REL)
+
+
+def test_target_prefill_needs_three_lengths_for_its_square_term() -> None:
+    """Two prompt lengths cannot tell L from L^2: the fit is then affine (the term is 0)."""
+    truth = TargetLatency(
+        prefill_base_s=0.01, prefill_per_token_s=5e-5, forward_base_s=0.015,
+        forward_per_token_s=1e-4,
+    )  # fmt: skip
+    prefill = [PrefillSample(n, truth.prefill_s(n)) for n in (64, 512) for _ in range(3)]
+    latency, _ = fit_target_latency(prefill, forward_samples(truth))
+    assert latency.prefill_per_token_squared_s == 0.0
+    assert latency.prefill_s(256) == pytest.approx(truth.prefill_s(256), rel=1e-6)
 
 
 def test_target_latency_says_what_is_wrong() -> None:
