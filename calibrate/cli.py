@@ -37,16 +37,19 @@ TORCH_TARGET_DEFAULTS: dict[str, Any] = {
 BY_BACKEND = "default per backend (calibrate/cli.py, calibrate/target_llama.py)"
 
 
-def _ints(text: str) -> list[int]:
+def _int_list(text: str, minimum: int, example: str, kind: str) -> list[int]:
+    """A comma-separated list of integers >= `minimum` (argparse's error otherwise)."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected integers like 32,128,512 (got {text!r})"
-        ) from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers (got {text!r})")
+        raise argparse.ArgumentTypeError(f"expected {example} (got {text!r})") from None
+    if not values or min(values) < minimum:
+        raise argparse.ArgumentTypeError(f"expected {kind} integers (got {text!r})")
     return values
+
+
+def _ints(text: str) -> list[int]:
+    return _int_list(text, 1, "integers like 32,128,512", "positive")
 
 
 def _version(name: str) -> str:
@@ -211,15 +214,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _indices(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected block indices like 0,1,28,29 (got {text!r})"
-        ) from None
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected non-negative integers (got {text!r})")
-    return values
+    return _int_list(text, 0, "block indices like 0,1,28,29", "non-negative")
 
 
 def _distill_arguments(sub: Any) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from calibrate.distill import QUANTS
+from calibrate.truncate import field_value, metadata_writer
 
 BLOCK_PARTS = (
     "attn_norm",
@@ -64,20 +64,15 @@ class TargetWeights:
     """The dequantised blocks, by index (those `read_llama` was asked for)."""
 
 
-def _field(reader: Any, name: str) -> Any:
-    field = reader.fields.get(name)
-    return None if field is None else field.contents()
-
-
 def block_count(path: Path) -> int:
     """A llama GGUF's `llama.block_count` (ValueError if the file is not a llama GGUF)."""
     import gguf
 
     reader = gguf.GGUFReader(path)
-    arch = _field(reader, gguf.Keys.General.ARCHITECTURE)
+    arch = field_value(reader, gguf.Keys.General.ARCHITECTURE)
     if arch != "llama":
         raise ValueError(f"{Path(path).name}: architecture {arch!r}; distillation needs 'llama'")
-    return int(_field(reader, "llama.block_count"))
+    return int(field_value(reader, "llama.block_count"))
 
 
 def read_llama(path: Path, blocks: list[int] | None = None) -> TargetWeights:
@@ -86,7 +81,7 @@ def read_llama(path: Path, blocks: list[int] | None = None) -> TargetWeights:
     import gguf
 
     reader = gguf.GGUFReader(path)
-    arch = _field(reader, gguf.Keys.General.ARCHITECTURE)
+    arch = field_value(reader, gguf.Keys.General.ARCHITECTURE)
     if arch != "llama":
         raise ValueError(f"{Path(path).name}: architecture {arch!r}; distillation needs 'llama'")
     tensors = {t.name: t for t in reader.tensors}
@@ -98,17 +93,17 @@ def read_llama(path: Path, blocks: list[int] | None = None) -> TargetWeights:
         array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
         return torch.from_numpy(np.array(array, dtype=np.float32))
 
-    n_layer = int(_field(reader, "llama.block_count"))
+    n_layer = int(field_value(reader, "llama.block_count"))
     token_embd = get("token_embd.weight")
     hyper = Hyper(
-        n_embd=int(_field(reader, "llama.embedding_length")),
-        n_head=int(_field(reader, "llama.attention.head_count")),
-        n_head_kv=int(_field(reader, "llama.attention.head_count_kv")),
-        n_ff=int(_field(reader, "llama.feed_forward_length")),
+        n_embd=int(field_value(reader, "llama.embedding_length")),
+        n_head=int(field_value(reader, "llama.attention.head_count")),
+        n_head_kv=int(field_value(reader, "llama.attention.head_count_kv")),
+        n_ff=int(field_value(reader, "llama.feed_forward_length")),
         n_layer=n_layer,
         n_vocab=int(token_embd.shape[0]),
-        eps=float(_field(reader, "llama.attention.layer_norm_rms_epsilon")),
-        rope_base=float(_field(reader, "llama.rope.freq_base") or 10000.0),
+        eps=float(field_value(reader, "llama.attention.layer_norm_rms_epsilon")),
+        rope_base=float(field_value(reader, "llama.rope.freq_base") or 10000.0),
     )
     wanted = range(n_layer) if blocks is None else sorted(set(blocks))
     if any(not 0 <= i < n_layer for i in wanted):
@@ -230,25 +225,13 @@ def export_gguf(student: Student, target_path: Path, out: Path, quant: str = "q8
             kind = gguf.GGMLQuantizationType.F32 if array.ndim == 1 else qtype
             named.append((f"blk.{i}.{part}.weight", array, kind))
 
+    overrides = {
+        "llama.block_count": student.hyper.n_layer,
+        gguf.Keys.General.FILE_TYPE: int(FILE_TYPES[quant]),
+    }
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(out, arch="llama", endianess=reader.endianess)
-    alignment = _field(reader, gguf.Keys.General.ALIGNMENT)
-    if alignment is not None:
-        writer.data_alignment = alignment
+    writer = metadata_writer(reader, out, "llama", overrides)
     try:
-        for field in reader.fields.values():
-            if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
-                continue
-            value_type = field.types[0]
-            sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
-            if field.name == "llama.block_count":
-                value = student.hyper.n_layer
-            elif field.name == gguf.Keys.General.FILE_TYPE:
-                value = int(FILE_TYPES[quant])
-            else:
-                value = field.contents()
-            writer.add_key_value(field.name, value, value_type, sub_type=sub_type)
         writer.add_tensor(
             embd.name, embd.data, raw_shape=embd.data.shape, raw_dtype=embd.tensor_type
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.")
 """Tensor names of transformer block N (llama.cpp naming: blk.N.attn_q.weight, ...)."""
@@ -26,9 +27,35 @@ SUPPORTED_ARCHITECTURES = ("llama",)
 """Architectures `truncate_gguf` handles (their block count key is `<arch>.block_count`)."""
 
 
-def _field_value(reader, name: str):
+def field_value(reader: Any, name: str) -> Any:
+    """A GGUF metadata value (None if the key is absent)."""
     field = reader.fields.get(name)
     return None if field is None else field.contents()
+
+
+def metadata_writer(reader: Any, out: Path, arch: str, overrides: dict[str, Any]) -> Any:
+    """A GGUFWriter for `out` holding `reader`'s metadata (alignment included) with the keys
+    of `overrides` given new values; tensors are the caller's. The caller closes it."""
+    import gguf
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(out, arch=arch, endianess=reader.endianess)
+    try:
+        alignment = field_value(reader, gguf.Keys.General.ALIGNMENT)
+        if alignment is not None:
+            writer.data_alignment = alignment
+        for field in reader.fields.values():
+            # GGUF.* are virtual (header) fields; the writer writes the architecture itself.
+            if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+                continue
+            value_type = field.types[0]
+            sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
+            value = overrides[field.name] if field.name in overrides else field.contents()
+            writer.add_key_value(field.name, value, value_type, sub_type=sub_type)
+    except BaseException:
+        writer.close()
+        raise
+    return writer
 
 
 def truncate_gguf(source: Path, out: Path, keep_layers: int) -> Path:
@@ -52,14 +79,14 @@ def truncate_gguf(source: Path, out: Path, keep_layers: int) -> Path:
     if source.resolve() == out.resolve():
         raise ValueError(f"truncate_gguf: out must differ from source (both {source})")
     reader = gguf.GGUFReader(source)
-    arch = _field_value(reader, gguf.Keys.General.ARCHITECTURE)
+    arch = field_value(reader, gguf.Keys.General.ARCHITECTURE)
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ValueError(
             f"truncate_gguf: {source.name} has architecture {arch!r}; supported: "
             f"{', '.join(SUPPORTED_ARCHITECTURES)}"
         )
     block_key = f"{arch}.block_count"
-    block_count = _field_value(reader, block_key)
+    block_count = field_value(reader, block_key)
     if not isinstance(block_count, int) or block_count < 2:
         raise ValueError(
             f"truncate_gguf: {source.name} has {block_key} {block_count!r}; need an integer >= 2"
@@ -76,20 +103,8 @@ def truncate_gguf(source: Path, out: Path, keep_layers: int) -> Path:
         if match is None or int(match.group(1)) < keep_layers:
             kept.append(tensor)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(out, arch=arch, endianess=reader.endianess)
-    alignment = _field_value(reader, gguf.Keys.General.ALIGNMENT)
-    if alignment is not None:
-        writer.data_alignment = alignment
+    writer = metadata_writer(reader, out, arch, {block_key: keep_layers})
     try:
-        for field in reader.fields.values():
-            # GGUF.* are virtual (header) fields; the writer writes the architecture itself.
-            if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
-                continue
-            value_type = field.types[0]
-            sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
-            value = keep_layers if field.name == block_key else field.contents()
-            writer.add_key_value(field.name, value, value_type, sub_type=sub_type)
         for tensor in kept:
             writer.add_tensor_info(
                 tensor.name,
@@ -108,4 +123,4 @@ def truncate_gguf(source: Path, out: Path, keep_layers: int) -> Path:
     return out
 
 
-__all__ = ["truncate_gguf"]
+__all__ = ["field_value", "metadata_writer", "truncate_gguf"]

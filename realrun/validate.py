@@ -132,22 +132,20 @@ PROBED = ("edge_speed_probe", "cloud_speed_probe", "tpt_ms_sim_probed", "tpt_ms_
 seeds; realrun.speed_probe), and the simulator's TPT with each session at its own."""
 
 
-def add_run_speed(
+def add_speeds(
     rows: Sequence[dict[str, Any]],
+    columns: Sequence[str],
     speeds: dict[tuple[int, str], tuple[float, float]],
     predicted: dict[tuple[int, str], float],
 ) -> None:
-    """Fill the AT_RUN_SPEED columns of validation rows (NaN where a side lacks the data)."""
+    """Fill `columns` (AT_RUN_SPEED or PROBED: edge speed, cloud speed, simulated TPT, its
+    error) of validation rows from per (point, policy) speeds and TPTs (NaN where missing)."""
     for row in rows:
         key = (int(row["point"]), row["policy"])
         edge, cloud = speeds.get(key, (math.nan, math.nan))
         tpt = predicted.get(key, math.nan)
-        row.update(
-            edge_speed=edge,
-            cloud_speed=cloud,
-            tpt_ms_sim_at_run_speed=tpt,
-            tpt_ms_err_at_run_speed=relative_error(tpt, row["tpt_ms_real"]),
-        )
+        values = (edge, cloud, tpt, relative_error(tpt, row["tpt_ms_real"]))
+        row.update(zip(columns, values, strict=True))
 
 
 def read_summary(path: Path) -> list[dict[str, str]]:
@@ -291,24 +289,14 @@ def probed_speeds(path: Path) -> dict[tuple[int, str, int], tuple[float, float]]
         }
 
 
-def add_probed(
-    rows: Sequence[dict[str, Any]],
+def mean_speeds(
     probes: dict[tuple[int, str, int], tuple[float, float]],
-    predicted: dict[tuple[int, str], float],
-) -> None:
-    """Fill the PROBED columns of validation rows (speeds: the mean over the seeds)."""
-    for row in rows:
-        key = (int(row["point"]), row["policy"])
-        factors = [v for (i, p, _), v in probes.items() if (i, p) == key]
-        edge = float(np.mean([f[0] for f in factors])) if factors else math.nan
-        cloud = float(np.mean([f[1] for f in factors])) if factors else math.nan
-        tpt = predicted.get(key, math.nan)
-        row.update(
-            edge_speed_probe=edge,
-            cloud_speed_probe=cloud,
-            tpt_ms_sim_probed=tpt,
-            tpt_ms_err_probed=relative_error(tpt, row["tpt_ms_real"]),
-        )
+) -> dict[tuple[int, str], tuple[float, float]]:
+    """Per (point, policy), the mean over the seeds of per-session speed factors."""
+    by_key: dict[tuple[int, str], list[tuple[float, float]]] = {}
+    for (index, policy, _), factors in probes.items():
+        by_key.setdefault((index, policy), []).append(factors)
+    return {key: tuple(np.mean(values, axis=0).tolist()) for key, values in by_key.items()}
 
 
 def write_validation(
@@ -326,8 +314,8 @@ def write_validation(
         read_summary(out_dir / "sim" / "summary.csv"),
         axes,
     )
-    add_run_speed(rows, speeds or {}, predicted or {})
-    add_probed(rows, probes or {}, probed or {})
+    add_speeds(rows, AT_RUN_SPEED, speeds or {}, predicted or {})
+    add_speeds(rows, PROBED, mean_speeds(probes or {}), probed or {})
     write_table(out_dir / "validation.csv", validation_columns(axes), rows)
     headline = summarise_validation(rows)
     at_speed = error_stats([r["tpt_ms_err_at_run_speed"] for r in rows])
