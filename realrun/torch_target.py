@@ -1,29 +1,35 @@
 """A PyTorch/transformers target for the cloud server: static KV cache + CUDA graphs, or eager.
 
 `TorchTarget` has LlamaTarget's interface and semantics (realrun/target.py, realrun/protocol.py:
-committed tokens in the KV cache, one pending token, greedy verification of [pending, drafts]
-in one forward, rollback past the accepted prefix, one resident session re-prefilled on a
-switch), on any transformers causal LM: a named random-weight shape (calibrate/shapes.py,
-latency only), a local Hugging Face folder, or a GGUF file (transformers' `gguf_file=`, which
-needs the `accelerate` package).
+committed tokens in the KV cache, one pending token, verification of [pending, drafts] in one
+forward under the session's rule (greedy, synthetic or sampling: realrun.verifier.decide),
+rollback past the accepted prefix, one resident session re-prefilled on a switch), on any
+transformers causal LM: a named random-weight shape (calibrate/shapes.py, latency only), a
+local Hugging Face folder, or a GGUF file (transformers' `gguf_file=`, which needs the
+`accelerate` package).
 
 Modes:
 - "eager": plain transformers with a DynamicCache, cropped on rollback (as calibrate/target.py).
 - "static": a StaticCache of n_ctx + the largest bucket positions; every verification forward
   is padded to a fixed bucket size (1, 2, 4, ... tokens) so shapes never change, and on CUDA
-  each bucket's forward (+ argmax) is compiled with `torch.compile(mode="reduce-overhead")`,
-  i.e. replayed as a CUDA graph, all buckets warmed up at load. Rollback only moves the write
-  position back: entries past it are stale but invisible (the causal mask lets position p see
-  cache slots <= p, and every slot below p holds the resident session's own tokens), and the
-  next forward overwrites them. Padding tokens sit after the real ones, so they change nothing.
+  each bucket's forward (logits and their argmax) is compiled with
+  `torch.compile(mode="reduce-overhead")`, i.e. replayed as a CUDA graph, all buckets warmed
+  up at load. Rollback only moves the write position back: entries past it are stale but
+  invisible (the causal mask lets position p see cache slots <= p, and every slot below p holds
+  the resident session's own tokens), and the next forward overwrites them. Padding tokens sit
+  after the real ones, so they change nothing.
 
 transformers internals relied on (the same in 5.17 and 5.23): a StaticCache layer writes at,
 and offsets the mask by, its tensor `cumulative_length` (set in place here to roll back);
 `Cache.crop(-k)` removes the last k positions. Static mode refuses a transformers without them.
 
-Greedy ties: the first maximal index (torch.argmax, as np.argmax in LlamaTarget). Lossless
-means equal to the target's own greedy output *through the same evaluation path*: in bf16 on a
-GPU a padded bucket and a one-token decode may round differently (as llama.cpp's batches do).
+Rules: every forward returns the logits and their argmax per row, both left on the device.
+Greedy and synthetic sessions read only the argmax of the real rows (a few ints to the host,
+handed to `decide` as `argmax`); sampling sessions copy to the host, as float32, just the rows
+`decide` asks for. Greedy ties: the first maximal index (torch.argmax, as np.argmax in
+LlamaTarget). Lossless means equal to the target's own greedy output *through the same
+evaluation path*: in bf16 on a GPU a padded bucket and a one-token decode may round
+differently (as llama.cpp's batches do).
 Not thread-safe: the server serialises calls with a lock.
 """
 
@@ -35,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from realrun.target import Session, VerifyResult
+from realrun.verifier import Greedy, Rule, SparseDist, decide
 from simulator.errors import ConfigError
 
 MODES = ("static", "eager")
@@ -147,7 +154,7 @@ def load_model(model: str | Path, device: Any, dtype: Any, seed: int = 0) -> tup
 
 
 class TorchTarget:
-    """A transformers target model with per-session KV state and greedy verification.
+    """A transformers target model with per-session KV state and rule-based verification.
 
     `model`: a named shape (calibrate.shapes, random weights), a Hugging Face folder, a GGUF
     file or known GGUF name, or an already built causal LM (used as is, on its own device and
@@ -157,8 +164,12 @@ class TorchTarget:
     mode's bucket forwards ("auto": "reduce-overhead" on CUDA, none on the CPU; None: none);
     `compile_backend` its backend: "inductor" (fused kernels; the mode applies), "cudagraphs"
     (CUDA graphs of the traced graph, no kernel generation: compiles in seconds), "eager"
-    (tracing only, a CPU check). `threads`: torch CPU threads.
+    (tracing only, a CPU check). `threads`: torch CPU threads. Each session verifies under
+    its own rule (`open(prompt, rule)`: Greedy by default, Synthetic or Sampling).
     """
+
+    supports_rules = True
+    """Synthetic and sampling sessions work here (realrun.server checks this)."""
 
     def __init__(
         self,
@@ -211,7 +222,7 @@ class TorchTarget:
         if compile_mode is not None and mode != "static":
             raise ConfigError(SOURCE, "compile_mode", "compilation needs mode 'static'")
         self.compile_mode = compile_mode
-        self._step = self._argmax_forward
+        self._step = self._logits_forward
         if mode == "static":
             self._open_static_cache(compile_mode, compile_backend, fullgraph)
         else:
@@ -263,7 +274,7 @@ class TorchTarget:
                 setattr(dynamo, name, max(getattr(dynamo, name), 2 * len(self.buckets)))
                 break
         self._step = torch.compile(
-            self._argmax_forward,
+            self._logits_forward,
             mode=compile_mode if compile_backend == "inductor" else None,
             backend=compile_backend,
             fullgraph=fullgraph,
@@ -276,15 +287,17 @@ class TorchTarget:
                     self._forward([0] * bucket, 0)
         self._set_length(0)
 
-    def _argmax_forward(self, ids: Any, positions: Any) -> Any:
-        """One forward of `ids` at `positions` on the cache: the argmax of every row."""
+    def _logits_forward(self, ids: Any, positions: Any) -> tuple[Any, Any]:
+        """One forward of `ids` at `positions` on the cache: (logits, argmax of every row)."""
         out = self.model(
             input_ids=ids, position_ids=positions, past_key_values=self.cache, use_cache=True
         )
-        return out.logits.argmax(dim=-1)
+        return out.logits, out.logits.argmax(dim=-1)
 
-    def _forward(self, tokens: list[int], start: int) -> list[int]:
-        """Greedy tokens after each of `tokens` (written at cache positions start...)."""
+    def _forward(self, tokens: list[int], start: int) -> tuple[Any, list[int]]:
+        """(logits [1, bucket, vocab] on the device, greedy token after each of `tokens`),
+        `tokens` written at cache positions start... The logits are valid until the next
+        forward (a CUDA graph replay overwrites them)."""
         import torch
 
         size = len(tokens)
@@ -292,8 +305,8 @@ class TorchTarget:
             size = next(b for b in self.buckets if b >= len(tokens))
         ids = torch.tensor([tokens + [0] * (size - len(tokens))], device=self.device)
         positions = torch.arange(start, start + size, device=self.device).unsqueeze(0)
-        greedy = self._step(ids, positions)
-        return greedy[0, : len(tokens)].tolist()
+        logits, greedy = self._step(ids, positions)
+        return logits, greedy[0, : len(tokens)].tolist()
 
     def _prefill(self, tokens: list[int]) -> None:
         """Write `tokens` at positions 0.. (eager code, last row's logits only)."""
@@ -336,13 +349,17 @@ class TorchTarget:
 
     # ---------------------------------------------------------------- sessions
 
-    def open(self, prompt: list[int]) -> tuple[str, float]:
-        """A new session holding `prompt` (all but the last token prefilled): (id, ms)."""
+    def open(self, prompt: list[int], rule: Rule | None = None) -> tuple[str, float]:
+        """A new session holding `prompt` (all but the last token prefilled), verified under
+        `rule` (None: Greedy): (id, ms)."""
         if not prompt or len(prompt) > self.n_ctx:
             raise ValueError(f"prompt must hold 1..{self.n_ctx} tokens (got {len(prompt)})")
         sid = secrets.token_hex(16)
         self.sessions[sid] = Session(
-            committed=list(prompt[:-1]), pending=int(prompt[-1]), n_prompt=len(prompt)
+            committed=list(prompt[:-1]),
+            pending=int(prompt[-1]),
+            n_prompt=len(prompt),
+            rule=rule if rule is not None else Greedy(),
         )
         self._sync()
         start = time.perf_counter()
@@ -355,14 +372,25 @@ class TorchTarget:
             raise
         return sid, 1e3 * (time.perf_counter() - start)
 
-    def upload(self, sid: str, tokens: list[int], probs: list[float] | None) -> int:
+    def upload(
+        self,
+        sid: str,
+        tokens: list[int],
+        probs: list[float] | None,
+        dists: list[SparseDist] | None = None,
+    ) -> int:
+        """Append draft tokens (with their draft distributions: sampling sessions) to `sid`'s
+        next verification: the number uploaded since the last verify."""
         session = self.sessions[sid]
         session.uploaded.extend(tokens)
         session.probs.extend(probs if probs is not None else [None] * len(tokens))
+        session.dists.extend(dists if dists is not None else [None] * len(tokens))
         return len(session.uploaded)
 
     def verify(self, sid: str) -> VerifyResult:
-        """Greedy verification of everything uploaded since the last verify."""
+        """Verification of everything uploaded since the last verify, under the session rule.
+
+        `target_ms`: the forward and the rule (for sampling, the rows' copies to the host)."""
         import torch
 
         session = self._make_resident(sid)
@@ -378,19 +406,30 @@ class TorchTarget:
         start = time.perf_counter()
         try:
             with torch.no_grad():
-                greedy = self._forward([session.pending, *drafts], base)
+                logits, greedy = self._forward([session.pending, *drafts], base)
         except Exception:
             self.resident = None  # the cache may be half-written: re-prefill next time
             raise
-        accepted = 0
-        while accepted < len(drafts) and drafts[accepted] == greedy[accepted]:
-            accepted += 1
-        token = int(greedy[accepted])
+
+        def rows(j: int) -> Any:
+            return logits[0, j].float().cpu().numpy()
+
+        try:
+            accepted, token = decide(
+                session.rule,
+                rows,
+                drafts,
+                session.generated,
+                session.dists,
+                argmax=greedy.__getitem__,
+            )
+        except Exception:
+            self._set_length(base)  # e.g. a sampling draft without its distribution
+            raise
         elapsed = time.perf_counter() - start
         session.committed.extend([session.pending, *drafts[:accepted]])
         session.pending = token
-        session.uploaded = []
-        session.probs = []
+        session.uploaded, session.probs, session.dists = [], [], []
         self._set_length(len(session.committed))
         return VerifyResult(accepted=accepted, token=token, target_ms=1e3 * elapsed)
 

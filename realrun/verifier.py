@@ -27,12 +27,18 @@ turns the rows into (accepted, token): the number of leading drafts kept and the
   drops. If the draft was drawn from its full q but a truncated q̂ = q / S on the top-K (S its
   mass there) is uploaded, tokens outside the top-K cannot be uploaded at all and the rest are
   accepted with min(1, S·p/q) instead of min(1, p/q); the output is then not exactly p.
+
+Greedy and Synthetic need only each row's argmax (ties: the first maximal index, as np.argmax
+and torch.argmax); a backend that has it already (computed on the device, say) passes it as
+`argmax(j)` so those rules never fetch a full row. Only Sampling reads rows, and only the ones
+it gets to.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from numpy.typing import NDArray
@@ -41,6 +47,9 @@ from policies.sparse_verify import exact_step
 
 Rows = Callable[[int], NDArray[np.float32]]
 """Logit row j of a verification (row j predicts the token after input j)."""
+
+Argmax = Callable[[int], int]
+"""The argmax of row j (the first maximal index): what Greedy and Synthetic use of a row."""
 
 
 @dataclass(frozen=True)
@@ -97,14 +106,20 @@ def decide(
     drafts: Sequence[int],
     position: int,
     dists: Sequence[SparseDist | None] = (),
+    argmax: Argmax | None = None,
 ) -> tuple[int, int]:
     """(accepted, token) of one verification under `rule` (see the module docstring).
 
-    `position`: output position of d1 (tokens generated before it). `dists`: one draft
-    distribution per draft (Sampling only; ValueError if one is missing).
+    `rows(j)` is called lazily, only for the rows the rule looks at. `position`: output
+    position of d1 (tokens generated before it). `dists`: one draft distribution per draft
+    (Sampling only; ValueError if one is missing). `argmax`: the argmax of row j, precomputed
+    by the backend (Greedy and Synthetic then never call `rows`); None: `np.argmax(rows(j))`.
+    Must agree with `rows` (first maximal index on ties).
     """
     if isinstance(rule, Sampling):
         return _sampling(rule, rows, drafts, dists)
+    if argmax is None:
+        argmax = partial(_row_argmax, rows)
     if isinstance(rule, Synthetic):
         accepted = 0
         while accepted < len(drafts):
@@ -112,15 +127,19 @@ def decide(
             if index >= len(rule.verdicts) or not rule.verdicts[index]:
                 break
             accepted += 1
-        return accepted, int(np.argmax(rows(accepted)))
+        return accepted, int(argmax(accepted))
     accepted = 0
-    token = int(np.argmax(rows(0)))
+    token = int(argmax(0))
     for j, d in enumerate(drafts, start=1):
         if d != token:
             break
         accepted += 1
-        token = int(np.argmax(rows(j)))
+        token = int(argmax(j))
     return accepted, token
+
+
+def _row_argmax(rows: Rows, j: int) -> int:
+    return int(np.argmax(rows(j)))
 
 
 def _sampling(
@@ -139,4 +158,14 @@ def _sampling(
     return len(drafts), int(rule.rng.choice(p.size, p=p))
 
 
-__all__ = ["Greedy", "Rows", "Rule", "Sampling", "SparseDist", "Synthetic", "decide", "softmax"]
+__all__ = [
+    "Argmax",
+    "Greedy",
+    "Rows",
+    "Rule",
+    "Sampling",
+    "SparseDist",
+    "Synthetic",
+    "decide",
+    "softmax",
+]

@@ -4,7 +4,8 @@ Reference: the model's own greedy decoding, one token at a time with a DynamicCa
 transformers, float32 on the CPU). Each mode runs a speculative loop whose drafts are the
 reference continuation with random corruptions and random lengths (0..8, so buckets change and
 stale static-cache entries are left behind); the output must equal the reference token for
-token, and each verification must accept exactly the drafts' prefix that matches it.
+token, and each verification must accept exactly the drafts' prefix that matches it. The
+synthetic and sampling rules on this backend: tests/realrun/test_torch_rules.py.
 """
 
 from __future__ import annotations
@@ -31,8 +32,7 @@ PROMPTS = ([5, 17, 99, 3, 250, 7], [400, 12, 12, 901])
 HAS_CUDA = torch.cuda.is_available()
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
+def save_tiny_llama(path: Path) -> Path:
     """A 2-layer, hidden-64 llama with random weights (seeded), saved with save_pretrained."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -49,9 +49,13 @@ def tiny_dir(tmp_path_factory):
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = LlamaForCausalLM(config)
-    path = tmp_path_factory.mktemp("tiny_llama")
     model.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
 
 
 def greedy_reference(model, prompt: list[int], n: int) -> list[int]:
