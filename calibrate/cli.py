@@ -3,11 +3,13 @@
     pipesd calibrate draft  --model PATH|smollm2-135m --threads N --out draft.json
     pipesd calibrate target --model SHAPE|DIR --device cpu|cuda --out target.json
     pipesd calibrate target --backend llama --model PATH.gguf|smollm2-135m --threads N --out ...
+    pipesd calibrate target --backend torch-served --model SHAPE|DIR|GGUF --device cpu|cuda ...
     pipesd calibrate power  [--package-watts W] --out power.json
     pipesd calibrate profile PART.json ... --name NAME --out scenarios/profiles/NAME.json
     pipesd calibrate refit  PART.json [--out PART.json]    (fits the stored samples again)
     pipesd calibrate all    --draft ... --target ... --out scenarios/profiles/NAME.json
     pipesd calibrate distill --target smollm2-135m [--layers 0,10,20,29 --steps N --out D.gguf]
+    pipesd calibrate shape-gguf --shape TinyLlama-1.1B [--quant Q4_K_M --out X.gguf --seed 0]
 
 Heavy libraries (llama.cpp, torch) load only when their subcommand runs.
 """
@@ -211,6 +213,25 @@ def add_parser(subparsers: Any) -> None:
     refit.add_argument(
         "--out", type=Path, help="part file to write (default: PART itself, rewritten)"
     )
+    shape_gguf = sub.add_parser(
+        "shape-gguf",
+        help="a random-weight GGUF of a named shape for llama.cpp latency calibration "
+        "(acceptance with it is meaningless)",
+    )
+    shape_gguf.add_argument(
+        "--shape", required=True, help="a named shape (calibrate/shapes.py), e.g. TinyLlama-1.1B"
+    )
+    shape_gguf.add_argument(
+        "--quant", default="Q4_K_M", help="Q4_0, Q4_K_M, Q5_K_M, Q6_K, Q8_0 or F16 (%(default)s)"
+    )
+    shape_gguf.add_argument("--seed", type=int, default=0, help="weights' seed (%(default)s)")
+    shape_gguf.add_argument("--threads", type=int, help="quantiser threads (default: all cores)")
+    shape_gguf.add_argument(
+        "--out",
+        type=Path,
+        help="GGUF to write (default: MODELS/<shape>-random-<quant>.gguf in lower case, MODELS = "
+        "$PIPESD_MODELS or ~/.cache/pipesd/models)",
+    )
 
 
 def _indices(text: str) -> list[int]:
@@ -396,6 +417,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         return run_distill(args, command, say)
     if args.part == "refit":
         return run_refit(args, command, say)
+    if args.part == "shape-gguf":
+        return run_shape_gguf(args, say)
     part = MEASURE[args.part](args, say, command)
     save_part(part, args.out)
     for line in part.notes.values():
@@ -422,6 +445,40 @@ def run_refit(args: argparse.Namespace, command: str, say: Callable[[str], None]
     for line in changes or ["fitted values unchanged"]:
         say(line)
     print(f"wrote {out}")
+    return 0
+
+
+def run_shape_gguf(args: argparse.Namespace, say: Callable[[str], None]) -> int:
+    """`pipesd calibrate shape-gguf`: build a named shape's random-weight GGUF (llama.cpp)."""
+    import time
+
+    from calibrate.models import models_dir
+    from calibrate.shape_gguf import (
+        build_shape_gguf,
+        default_file_name,
+        resolve_quant,
+        resolve_shape,
+        weight_count,
+    )
+
+    name, shape = resolve_shape(args.shape)
+    quant = resolve_quant(args.quant)
+    out = args.out if args.out is not None else models_dir() / default_file_name(name, quant)
+    start = time.perf_counter()
+    try:
+        path = build_shape_gguf(name, out, quant, args.seed, progress=say, threads=args.threads)
+    except RuntimeError as exc:
+        raise ConfigError("calibrate shape-gguf", "", str(exc)) from None
+    elapsed = time.perf_counter() - start
+    size = path.stat().st_size
+    print(
+        f"wrote {path} ({size / 2**30:.2f} GiB, {weight_count(shape) / 1e9:.3f}B parameters, "
+        f"{name} in {quant}, seed {args.seed}, {elapsed:.0f} s)"
+    )
+    print(
+        "random weights and a made-up tokenizer: its latency is the real architecture's, "
+        "but any acceptance measured with it is meaningless"
+    )
     return 0
 
 
