@@ -78,9 +78,10 @@ def add_parser(subparsers: Any) -> None:
     )
     target.add_argument(
         "--backend",
-        choices=("torch", "llama"),
+        choices=("torch", "torch-served", "llama"),
         default="torch",
-        help="torch (transformers model) or llama (the testbed server's llama.cpp target)",
+        help="torch (eager transformers, batched), torch-served (the testbed server's "
+        "TorchTarget: static cache, CUDA graphs on a GPU) or llama (its llama.cpp target)",
     )
     target.add_argument(
         "--model",
@@ -88,7 +89,7 @@ def add_parser(subparsers: Any) -> None:
         help="torch: a named shape with random weights (see calibrate/shapes.py, e.g. "
         "Llama-2-7B) or a local Hugging Face model folder; llama: a GGUF file or smollm2-135m",
     )
-    target.add_argument("--threads", type=int, help="llama.cpp threads (--backend llama)")
+    target.add_argument("--threads", type=int, help="CPU threads (llama, torch-served)")
     target.add_argument("--device", choices=("cpu", "cuda"), help="torch (default cuda)")
     target.add_argument(
         "--dtype", choices=("bfloat16", "float16", "float32"), help="torch (default bfloat16)"
@@ -511,6 +512,10 @@ def measure_target(args: argparse.Namespace, say: Callable[[str], None], command
         from calibrate.target_llama import measure_part
 
         return measure_part(args, say, command)
+    if args.backend == "torch-served":
+        from calibrate.target_served_torch import measure_part as measure_served
+
+        return measure_served(args, say, command)
     if args.threads is not None:
         raise ConfigError("--threads", "", "only for --backend llama (torch sets its own)")
     for key, value in TORCH_TARGET_DEFAULTS.items():

@@ -2,28 +2,14 @@
 
 `profile_llama_target` drives `realrun.target.LlamaTarget` (the object the cloud server holds:
 flash attention, KV cache kept between verifications, rollback with seq_rm) through its public
-methods only, so every time is the server's own measurement of its own calls:
-
-- prefill time vs prompt length P: `open(prompt of P tokens)` prefills P - 1 tokens (the last
-  one stays pending, as the server does) and returns its time; then `drop`. The sample's
-  prompt_len is P, the length the simulator's `prefill_s` is given. `warmup` runs per length
-  are discarded, then `repetitions` rounds over all lengths in turn (interleaved);
-- verification time vs tokens verified n (positions evaluated: the pending token and n - 1
-  drafts, so n = 1 is an autoregressive step) and context c: a session is opened on a prompt
-  of c + 1 tokens (untimed setup), then one `upload(n - 1 drafts)` + `verify` per token count
-  in turn; the sample is `verify`'s `target_ms` at the context the cache held before it (each
-  verification commits the pending token and the accepted drafts, so the next one starts a
-  little later: c, c + 1, ...; the samples carry the actual context). One round is one fresh
-  session per context; the first `warmup` rounds are discarded, then `repetitions` rounds are
-  kept (interleaved over contexts and token counts, so a drift of the machine spreads over all).
+methods only (`calibrate.served.time_served`: prefill vs prompt length, verification vs tokens
+verified and context, interleaved rounds after warm-up), so every time is the server's own
+measurement of its own calls.
 
 Batch size is 1 only: the server verifies one sequence at a time, and llama-cpp-python's `Llama`
 exposes no multi-sequence context. `fit_single_sequence` therefore fits the forward model
 without the batch term (forward_per_extra_sequence_s = 0, not measured) from the same pieces
 `calibrate.fit.fit_target_latency` is made of (that fitter needs 2+ batch sizes).
-
-Token ids are random (seeded): latency does not depend on them, and random drafts are almost
-never accepted, so each verification does one argmax after its forward, as a rejected NAV does.
 
 Energy: the CPU packages' RAPL counters (`calibrate.power.RaplMeter`) read around every kept
 verification (RAPL updates about every millisecond, fine enough for one forward); they count
@@ -36,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import time
 import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -55,16 +40,14 @@ from calibrate.fit import (
     _samples,
 )
 from calibrate.samples import ForwardSample, PrefillSample
+from calibrate.served import served_needs, time_served
 from calibrate.target import (
     AUTO,
     SEED,
     TargetMeasurements,
-    TimingStats,
-    VerificationRun,
     _count,
     _grid,
     _open_meter,
-    time_prefills,
 )
 from simulator.errors import ConfigError
 from simulator.profile import TargetLatency
@@ -266,7 +249,7 @@ def profile_llama_target(
     options = {} if n_ctx is None else {"n_ctx": _count("n_ctx", n_ctx, 1)}
     target = LlamaTarget(path, threads, **options)
     try:
-        needed = max(max(contexts) + sum(tokens), max(prompts))
+        needed = served_needs(contexts, tokens, prompts)
         train = int(target.llama._model.n_ctx_train())
         for limit, what in ((target.n_ctx, "n_ctx"), (train, "training context")):
             if 0 < limit < needed:
@@ -276,77 +259,19 @@ def profile_llama_target(
                 )
         # calibrate.target's meter choice: "auto" on a CPU device is RAPL
         meter, energy_reason = _open_meter(energy_meter, types.SimpleNamespace(type="cpu"))
-        rng = np.random.default_rng(seed)
-
-        def ids(n: int) -> list[int]:
-            return [int(t) for t in rng.integers(0, target.n_vocab, n)]
-
-        idle_w = idle_method = None
-        idle_reason = energy_reason
-        if meter is not None:
-            start_j, start_t = meter.read_j(), time.perf_counter()
-            time.sleep(idle_window_s)
-            idle_j, idle_t = meter.read_j() - start_j, time.perf_counter() - start_t
-            idle_reason = f"{meter.name()} did not advance over {idle_t:.2f} s"
-            if idle_j > 0:
-                idle_w, idle_reason = idle_j / idle_t, None
-                idle_method = f"{meter.name()} over a {idle_t:.2f} s quiet window"
-
-        def prefill_once(length: int) -> float:
-            sid, ms = target.open(ids(length))
-            target.drop(sid)
-            return ms / 1e3
-
-        prefill, prefill_stats = time_prefills(prefill_once, prompts, warmup, repetitions, say)
-
-        forward: list[ForwardSample] = []
-        kept: dict[tuple[int, int], list[float]] = {(n, c): [] for c in contexts for n in tokens}
-        energy: dict[tuple[int, int], list[tuple[float, float]]] = {key: [] for key in kept}
-        for rnd in range(warmup + repetitions):
-            keep = rnd >= warmup
-            for context in contexts:
-                sid, _ = target.open(ids(context + 1))
-                position = context
-                for n in tokens:
-                    target.upload(sid, ids(n - 1), None)
-                    read = meter is not None and keep
-                    before_j, before_t = (meter.read_j(), time.perf_counter()) if read else (0, 0)
-                    result = target.verify(sid)
-                    if read:
-                        used_j = meter.read_j() - before_j
-                        energy[(n, context)].append((used_j, time.perf_counter() - before_t))
-                    if keep:
-                        seconds = result.target_ms / 1e3
-                        kept[(n, context)].append(seconds)
-                        forward.append(ForwardSample(n, position, 1, seconds))
-                    position += 1 + result.accepted
-                target.drop(sid)
-            label = f"kept {rnd - warmup + 1}/{repetitions}" if keep else f"warm-up {rnd + 1}"
-            say(f"verify: round {label} over {len(contexts)} contexts x {len(tokens)} counts")
-
-        runs = []
-        for (n, context), seconds in kept.items():
-            used = energy[(n, context)]
-            total_j, total_s = sum(j for j, _ in used), sum(s for _, s in used)
-            has = meter is not None and total_j > 0
-            runs.append(
-                VerificationRun(
-                    tokens=n,
-                    batch=1,
-                    context=context,
-                    stats=TimingStats.of(seconds),
-                    energy_j=total_j / len(used) if has else None,
-                    mean_w=total_j / total_s if has else None,
-                    window_s=total_s if has else None,
-                    window_count=len(used) if has else None,
-                )
-            )
-        energy_method = None
-        if meter is not None:
-            energy_method = (
-                f"{meter.name()}: read around every kept verification (whole package, other "
-                f"processes included)"
-            )
+        timed = time_served(
+            target,
+            tokens,
+            contexts,
+            prompts,
+            repetitions,
+            warmup,
+            meter,
+            energy_reason,
+            say,
+            seed,
+            idle_window_s,
+        )
         description = str(target.llama._model.desc())
         return LlamaTargetMeasurements(
             device="cpu",
@@ -354,20 +279,20 @@ def profile_llama_target(
             dtype=description.split()[-1] if description else "gguf",
             model_name=path.name,
             shape=_shape_of(dict(target.llama.metadata), target.n_vocab),
-            prefill=tuple(prefill),
-            forward=tuple(forward),
-            prefill_stats=prefill_stats,
-            runs=tuple(sorted(runs, key=lambda r: (r.context, r.tokens))),
+            prefill=timed.prefill,
+            forward=timed.forward,
+            prefill_stats=timed.prefill_stats,
+            runs=timed.runs,
             torch_version=NOT_USED,
             transformers_version=NOT_USED,
             repetitions=repetitions,
             warmup=warmup,
             threads=threads,
-            energy_method=energy_method,
+            energy_method=timed.energy_method,
             energy_unavailable=None if meter is not None else energy_reason,
-            idle_w=idle_w,
-            idle_method=idle_method,
-            idle_unavailable=idle_reason,
+            idle_w=timed.idle_w,
+            idle_method=timed.idle_method,
+            idle_unavailable=timed.idle_unavailable,
             llama_cpp_version=str(llama_cpp.__version__),
             n_ctx=target.n_ctx,
             n_params=int(target.llama._model.n_params()),

@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,8 +44,20 @@ def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
     from realrun.local import ACCEPTANCE_MODES, SHAPING_MODES
 
     parser.add_argument("scenario", type=Path, help="scenario TOML file")
-    parser.add_argument("--target", required=True, help="target GGUF path or known name")
+    parser.add_argument(
+        "--target",
+        required=True,
+        help="target GGUF path or known name; --target-backend torch: also a Hugging Face "
+        "folder or a named random-weight shape (calibrate/shapes.py, with --acceptance synthetic)",
+    )
     parser.add_argument("--draft", required=True, help="draft GGUF sharing the target tokenizer")
+    parser.add_argument(
+        "--target-backend",
+        choices=("llama", "torch"),
+        default="llama",
+        help="the server's target: llama.cpp, or torch (static cache; CUDA graphs on a GPU)",
+    )
+    parser.add_argument("--target-device", default="cpu", help="the server's device: cpu, cuda[:N]")
     parser.add_argument("--target-threads", type=int, default=1, help="server CPU threads")
     parser.add_argument("--draft-threads", type=int, default=1, help="draft CPU threads")
     parser.add_argument(
@@ -143,8 +156,13 @@ def _options(args: argparse.Namespace) -> LocalOptions:
     from calibrate.models import resolve_model
     from realrun.local import LocalOptions
 
-    models = {}
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.target_device):
+        raise ConfigError("--target-device", args.target_device, "allowed: cpu, cuda, cuda:N")
+    models: dict[str, Path | str] = {}
     for flag, value in (("--target", args.target), ("--draft", args.draft)):
+        if flag == "--target" and args.target_backend == "torch":
+            models[flag] = torch_target_arg(value)
+            continue
         try:
             models[flag] = resolve_model(value)
         except ConfigError as exc:
@@ -157,11 +175,37 @@ def _options(args: argparse.Namespace) -> LocalOptions:
             raise ConfigError(flag, "", f"must be at least 1 (got {value})")
     return LocalOptions(
         target=models["--target"],
-        draft=models["--draft"],
+        draft=Path(models["--draft"]),
         target_threads=args.target_threads,
         draft_threads=args.draft_threads,
         shaping=args.shaping,
         acceptance=args.acceptance,
+        target_backend=args.target_backend,
+        target_device=args.target_device,
+    )
+
+
+def torch_target_arg(value: str) -> Path | str:
+    """A torch target as the server will load it: an existing file or folder (absolute path),
+    a named shape, or a known GGUF name; ConfigError (one line) otherwise."""
+    from calibrate.models import MODEL_NAMES, resolve_model
+    from calibrate.shapes import SHAPES, get_shape
+
+    path = Path(value).expanduser()
+    if path.exists():
+        return path.resolve()
+    try:
+        get_shape(value)
+        return value
+    except ValueError:
+        pass
+    if value.lower() in MODEL_NAMES:
+        return resolve_model(value)
+    raise ConfigError(
+        "--target",
+        value,
+        f"not a file, folder or known name; allowed with --target-backend torch: a Hugging Face "
+        f"folder, a .gguf file, a shape ({', '.join(SHAPES)}) or {', '.join(sorted(MODEL_NAMES))}",
     )
 
 
@@ -335,6 +379,7 @@ def run_validate(args: argparse.Namespace, argv: list[str]) -> int:
         profile = recalibrated_profile(
             args.profile, options.draft, options.draft_threads, options.target,
             options.target_threads, args.out / "calibration", say, " ".join(command),
+            options.target_backend, options.target_device,
         )  # fmt: skip
         points = validation_points(args.scenario, profile, args.overrides, args.sweep)
     try:

@@ -39,7 +39,15 @@ SHAPING_MODES = ("auto", "tbf", "software", "none")
 ACCEPTANCE_MODES = ("real", "synthetic")
 """Values of --acceptance (see realrun.testbed.run_testbed)."""
 
-REALRUN_PACKAGES = ("llama_cpp_python", "fastapi", "uvicorn", "httpx", "msgpack")
+REALRUN_PACKAGES = (
+    "llama_cpp_python",
+    "fastapi",
+    "uvicorn",
+    "httpx",
+    "msgpack",
+    "torch",
+    "transformers",
+)
 """Packages whose versions a testbed result also depends on."""
 
 STARTUP_TIMEOUT_S = 300.0
@@ -66,14 +74,21 @@ class RunningServer(NamedTuple):
 
 @dataclass(frozen=True)
 class LocalOptions:
-    """What `realrun local` needs beyond the scenario: models, threads, shaping, acceptance."""
+    """What `realrun local` needs beyond the scenario: models, threads, shaping, acceptance.
 
-    target: Path
+    `target`: a GGUF file for the llama backend; for the torch backend also a Hugging Face
+    folder or a named random-weight shape (calibrate/shapes.py). `target_device`: the server's
+    `--device` (cpu, cuda, cuda:N).
+    """
+
+    target: Path | str
     draft: Path
     target_threads: int = 1
     draft_threads: int = 1
     shaping: str = "auto"
     acceptance: str = "real"
+    target_backend: str = "llama"
+    target_device: str = "cpu"
     startup_timeout_s: float = STARTUP_TIMEOUT_S
     speed_probe: bool = False
     """Time realrun.speed_probe's reference before each session (OUT/speeds.csv)."""
@@ -179,6 +194,10 @@ def cloud_server(
         str(options.target),
         "--threads",
         str(options.target_threads),
+        "--backend",
+        options.target_backend,
+        "--device",
+        options.target_device,
         "--host",
         link.server_host,
         "--port",
@@ -305,6 +324,8 @@ def run_local(
         data = manifest(scenario_path, points, command, status, started)
         data["testbed"] = {
             "target": str(options.target),
+            "target_backend": options.target_backend,
+            "target_device": options.target_device,
             "draft": str(options.draft),
             "target_threads": options.target_threads,
             "draft_threads": options.draft_threads,

@@ -3,7 +3,8 @@
 Why: this machine's speed drifts by 10-35% over an hour (docs/validation), so a profile
 calibrated earlier predicts a testbed that no longer exists. `recalibrated_profile` measures
 both models now, on this machine, with the testbed's own code paths (`pipesd calibrate draft`
-and `pipesd calibrate target --backend llama`, the grids below, the same threads as the run),
+and `pipesd calibrate target --backend llama`, or `--backend torch-served` on the run's device
+for a torch target; the grids below, the same threads as the run),
 and writes a copy of the given profile with `draft_latency` and `target_latency` replaced,
 recording where each value came from. The link, payload, power and acceptance sections stay
 as in the given profile.
@@ -41,14 +42,31 @@ for a verification (calibrate.draft: back to back they run ~16% faster on this V
 def measure_parts(
     draft: Path,
     draft_threads: int,
-    target: Path,
+    target: Path | str,
     target_threads: int,
     say: Callable[[str], None],
     command: str,
+    target_backend: str = "llama",
+    target_device: str = "cpu",
 ) -> tuple[Any, Any]:
-    """(draft part, target part), measured now (about a minute for the CPU testbed's pair)."""
+    """(draft part, target part), measured now (about a minute for the CPU testbed's pair).
+
+    The target as the run's server holds it: `target_backend` "llama" (CPU only: a llama.cpp
+    target on a GPU is refused, its calibration runs on the CPU) or "torch" (TorchTarget on
+    `target_device`)."""
     from calibrate.cli import measure_draft
-    from calibrate.target_llama import measure_part
+
+    if target_backend == "llama" and target_device != "cpu":
+        raise ConfigError(
+            "--recalibrate",
+            "",
+            f"re-measures a llama.cpp target on the CPU only (the run's is on {target_device}); "
+            "use --target-backend torch, or calibrate the profile by hand",
+        )
+    if target_backend == "torch":
+        from calibrate.target_served_torch import measure_part
+    else:
+        from calibrate.target_llama import measure_part
 
     draft_args = argparse.Namespace(
         model=str(draft),
@@ -69,7 +87,7 @@ def measure_parts(
         prompt_lengths=PROMPT_LENGTHS,
         repetitions=REPETITIONS,
         warmup=WARMUP,
-        device=None,
+        device=None if target_backend == "llama" else target_device,
         dtype=None,
     )
     return measure_draft(draft_args, say, command), measure_part(target_args, say, command)
@@ -101,11 +119,13 @@ def recalibrated_profile(
     base_path: Path,
     draft: Path,
     draft_threads: int,
-    target: Path,
+    target: Path | str,
     target_threads: int,
     out_dir: Path,
     say: Callable[[str], None],
     command: str,
+    target_backend: str = "llama",
+    target_device: str = "cpu",
 ) -> Path:
     """Measure both models now and write OUT/draft.json, OUT/target.json (the parts) and
     OUT/profile.json (see the module docstring); returns the profile's path."""
@@ -113,7 +133,7 @@ def recalibrated_profile(
         raise ConfigError("--profile", "", f"profile file {str(base_path)!r} not found")
     out_dir.mkdir(parents=True, exist_ok=True)
     draft_part, target_part = measure_parts(
-        draft, draft_threads, target, target_threads, say, command
+        draft, draft_threads, target, target_threads, say, command, target_backend, target_device
     )
     save_part(draft_part, out_dir / "draft.json")
     save_part(target_part, out_dir / "target.json")

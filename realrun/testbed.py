@@ -58,6 +58,26 @@ def skip_reason(name: str) -> str | None:
     return None
 
 
+def check_vocabularies(draft_vocab: int, target_vocab: int, acceptance: str) -> None:
+    """Refuse a draft the target cannot verify (one-line ConfigError): with real acceptance
+    the two must share a tokenizer (equal vocabularies, at least); synthetic acceptance (e.g.
+    random-weight models of the papers' shapes) needs only the draft's ids in the target's."""
+    if acceptance == "real" and draft_vocab != target_vocab:
+        raise ConfigError(
+            "--draft",
+            "",
+            f"its vocabulary ({draft_vocab}) differs from the target's ({target_vocab}): real "
+            "acceptance needs a pair sharing a tokenizer (or use --acceptance synthetic)",
+        )
+    if draft_vocab > target_vocab:
+        raise ConfigError(
+            "--draft",
+            "",
+            f"its vocabulary ({draft_vocab}) is larger than the target's ({target_vocab}): "
+            "its tokens cannot all be verified",
+        )
+
+
 def refill_s(point: SweepPoint) -> float:
     """How long the point's link needs to refill its token buckets after a burst of use (the
     slower direction, at its rate at t = 0), so a session starts on an idle link as the
@@ -145,7 +165,8 @@ def run_testbed(
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         with CloudClient(server, token, timeout=cloud_timeout_s, transport=transport) as cloud:
-            cloud.health()  # an unreachable server at the start is the caller's error
+            # an unreachable server at the start is the caller's error
+            check_vocabularies(int(draft.n_vocab()), int(cloud.health()["n_vocab"]), acceptance)
             for index, entry in enumerate(scenario.policies):
                 reason = skip_reason(entry.name)
                 if reason:

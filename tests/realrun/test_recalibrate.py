@@ -53,3 +53,31 @@ def test_a_missing_base_profile_is_a_config_error(tmp_path):
         recalibrate.recalibrated_profile(
             tmp_path / "nope.json", tmp_path, 1, tmp_path, 1, tmp_path, print, "x"
         )
+
+
+def test_a_llama_target_on_a_gpu_is_refused_before_measuring(tmp_path):
+    with pytest.raises(ConfigError, match="CPU only") as caught:
+        recalibrate.measure_parts(tmp_path, 1, tmp_path, 1, print, "x", "llama", "cuda")
+    assert "--target-backend torch" in str(caught.value)
+
+
+def test_a_torch_target_is_measured_as_the_server_serves_it(tmp_path, monkeypatch):
+    pytest.importorskip("torch", reason="torch (extra 'models') is not installed")
+    pytest.importorskip("transformers", reason="transformers (extra 'models') is not installed")
+    from calibrate import cli, target_served_torch
+
+    seen = {}
+
+    def fake_draft(args, say, command):
+        return "draft part"
+
+    def fake_target(args, say, command):
+        seen.update(vars(args))
+        return "target part"
+
+    monkeypatch.setattr(cli, "measure_draft", fake_draft)
+    monkeypatch.setattr(target_served_torch, "measure_part", fake_target)
+    parts = recalibrate.measure_parts(tmp_path, 1, "tiny", 2, print, "x", "torch", "cuda:1")
+    assert parts == ("draft part", "target part")
+    assert seen["model"] == "tiny" and seen["device"] == "cuda:1" and seen["threads"] == 2
+    assert seen["batch_sizes"] is None

@@ -1,0 +1,259 @@
+"""Profile the testbed's torch target as the cloud server serves it (`--backend torch-served`).
+
+`profile_torch_served_target` builds `realrun.torch_target.TorchTarget` with the settings the
+server gives it (static KV cache of n_ctx + 65 positions, verification forwards padded to
+fixed buckets; on CUDA each bucket compiled and replayed as a CUDA graph) and times it through
+its session methods (`calibrate.served.time_served`). Why a second torch profiler: the plain
+torch backend (`calibrate.target`) times eager transformers with a DynamicCache, which is what
+the server's eager mode does but not its static/CUDA-graph mode (several times faster on a GPU
+for a few tokens); a validation must be simulated with the latency of the code path that runs.
+
+Batch 1 only (the server's TorchTarget verifies one session at a time), fitted by
+`calibrate.target_llama.fit_single_sequence`. Energy: NVML on a GPU over windows of at least
+`min_window_s` of back-to-back verifications per token count (its counter advances in steps
+of tens of milliseconds), RAPL read around every verification on the CPU; absent meters leave
+the energy fields None with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from calibrate.fit import FitReport
+from calibrate.served import served_needs, time_served
+from calibrate.target import (
+    AUTO,
+    SEED,
+    TargetMeasurements,
+    _count,
+    _device_name,
+    _grid,
+    _open_meter,
+    _shape_of,
+)
+from calibrate.target_llama import BATCH_NOTE, fit_single_sequence, forward_mape_note
+from simulator.errors import ConfigError
+from simulator.profile import TargetLatency
+
+DEFAULT_TOKEN_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16)
+"""Tokens verified per forward measured by default (the buckets 1, 2, 4, 8, 16 and between)."""
+
+DEFAULT_CONTEXT_LENGTHS = (128, 256, 512, 1024)
+DEFAULT_PROMPT_LENGTHS = (64, 256, 1024)
+
+
+@dataclass(frozen=True)
+class ServedTorchMeasurements(TargetMeasurements):
+    """`TargetMeasurements` of the server's TorchTarget: its mode, compilation and sizes."""
+
+    mode: str = ""
+    compile_mode: str | None = None
+    compile_backend: str = ""
+    n_ctx: int = 0
+    max_verify: int = 0
+    n_params: int = 0
+
+    def fit(self) -> tuple[TargetLatency, dict[str, FitReport]]:
+        return fit_single_sequence(self.prefill, self.forward)
+
+    def setup(self) -> str:
+        """The code path measured, in one phrase."""
+        compiled = (
+            f"compiled ({self.compile_backend}, {self.compile_mode})"
+            if self.compile_mode
+            else "not compiled"
+        )
+        return (
+            f"realrun.torch_target.TorchTarget mode {self.mode}, {compiled}, n_ctx "
+            f"{self.n_ctx}, max_verify {self.max_verify}"
+        )
+
+    def lines(self) -> list[str]:
+        head = (
+            f"{self.model_name} on {self.device} ({self.device_name}), {self.dtype}, "
+            f"{self.setup()}, torch {self.torch_version}, transformers "
+            f"{self.transformers_version}, {self.repetitions} repetitions after {self.warmup} "
+            f"warm-up" + (f", {self.threads} CPU thread(s)" if self.device == "cpu" else "")
+        )
+        return [head, *super().lines()[1:]]
+
+
+def profile_torch_served_target(
+    model: Any,
+    device: str = "cuda",
+    dtype: str = "auto",
+    mode: str = "static",
+    compile_backend: str = "inductor",
+    token_counts: Sequence[int] = DEFAULT_TOKEN_COUNTS,
+    context_lengths: Sequence[int] = DEFAULT_CONTEXT_LENGTHS,
+    prompt_lengths: Sequence[int] = DEFAULT_PROMPT_LENGTHS,
+    repetitions: int = 5,
+    warmup: int = 2,
+    energy_meter: Any = AUTO,
+    min_window_s: float = 1.0,
+    idle_window_s: float = 2.0,
+    progress: Callable[[str], None] | None = None,
+    n_ctx: int = 2048,
+    threads: int | None = None,
+    seed: int = SEED,
+) -> ServedTorchMeasurements:
+    """Measure the server's TorchTarget (see the module docstring).
+
+    `model`: what TorchTarget takes (a named shape, a Hugging Face folder, a GGUF file, or a
+    built model). `n_ctx` must be the server's (`--n-ctx`, 2048 by default): the static cache's
+    length sets the attention cost. Grids: distinct integers >= 1 (prompts >= 2); token counts
+    at most 65 (the server's max_verify + 1). ValueError for anything out of range.
+    """
+    import torch
+    import transformers
+
+    from realrun.torch_target import TorchTarget
+
+    tokens = _grid("token_counts", token_counts)
+    contexts = _grid("context_lengths", context_lengths)
+    prompts = _grid("prompt_lengths", prompt_lengths)
+    if min(prompts) < 2:
+        raise ValueError(
+            "profile_torch_served_target: prompt lengths must be >= 2 (the server prefills all "
+            f"but the last prompt token; got {min(prompts)})"
+        )
+    repetitions = _count("repetitions", repetitions, 1)
+    warmup = _count("warmup", warmup, 0)
+    say = progress or (lambda _line: None)
+    target = TorchTarget(
+        model, device, dtype, mode, n_ctx=n_ctx, compile_backend=compile_backend, threads=threads
+    )
+    try:
+        if max(tokens) > target.n_batch:
+            raise ValueError(
+                f"profile_torch_served_target: at most {target.n_batch} tokens per verification "
+                f"(got {max(tokens)})"
+            )
+        on_gpu = target.device.type == "cuda"
+        needed = served_needs(contexts, tokens, prompts, windows=on_gpu)
+        if needed > target.n_ctx:
+            raise ValueError(
+                f"profile_torch_served_target: needs {needed} positions (largest context + "
+                f"summed token counts, or largest prompt) but n_ctx is {target.n_ctx}; "
+                "measure less"
+            )
+        meter, energy_reason = _open_meter(energy_meter, target.device)
+        say(f"loaded {target.model_name} on {target.device} ({target.mode})")
+        timed = time_served(
+            target,
+            tokens,
+            contexts,
+            prompts,
+            repetitions,
+            warmup,
+            meter,
+            energy_reason,
+            say,
+            seed,
+            idle_window_s,
+            energy_window_s=min_window_s if on_gpu else None,
+        )
+        parameter = next(target.model.parameters())
+        return ServedTorchMeasurements(
+            device=target.device.type,
+            device_name=_device_name(target.device),
+            dtype=str(parameter.dtype).removeprefix("torch."),
+            model_name=target.model_name,
+            shape=_shape_of(target.model.config),
+            prefill=timed.prefill,
+            forward=timed.forward,
+            prefill_stats=timed.prefill_stats,
+            runs=timed.runs,
+            torch_version=str(torch.__version__),
+            transformers_version=str(transformers.__version__),
+            repetitions=repetitions,
+            warmup=warmup,
+            threads=int(torch.get_num_threads()),
+            energy_method=timed.energy_method,
+            energy_unavailable=None if meter is not None else energy_reason,
+            idle_w=timed.idle_w,
+            idle_method=timed.idle_method,
+            idle_unavailable=timed.idle_unavailable,
+            min_window_s=float(min_window_s),
+            mode=target.mode,
+            compile_mode=target.compile_mode,
+            compile_backend=compile_backend if target.compile_mode else "",
+            n_ctx=target.n_ctx,
+            max_verify=target.max_verify,
+            n_params=sum(p.numel() for p in target.model.parameters()),
+        )
+    finally:
+        target.close()
+
+
+def measure_part(args: argparse.Namespace, say: Callable[[str], None], command: str) -> Any:
+    """The target part of `pipesd calibrate target --backend torch-served` (see calibrate.cli).
+
+    Unset grids take this module's defaults; `--device` defaults to cuda, `--dtype` to the
+    server's ("auto": bfloat16 on CUDA, float32 on the CPU); batch sizes other than 1 are a
+    one-line ConfigError.
+    """
+    from calibrate.assemble import new_part
+    from calibrate.cli import _version
+
+    if args.batch_sizes not in (None, [1]):
+        raise ConfigError(
+            "--batch-sizes",
+            ",".join(map(str, args.batch_sizes)),
+            "--backend torch-served verifies one sequence at a time: allowed 1",
+        )
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError("--threads", str(args.threads), "must be at least 1")
+    tokens = args.token_counts or list(DEFAULT_TOKEN_COUNTS)
+    contexts = args.context_lengths or list(DEFAULT_CONTEXT_LENGTHS)
+    prompts = args.prompt_lengths or list(DEFAULT_PROMPT_LENGTHS)
+    try:
+        measured = profile_torch_served_target(
+            args.model,
+            args.device or "cuda",
+            args.dtype or "auto",
+            token_counts=tokens,
+            context_lengths=contexts,
+            prompt_lengths=prompts,
+            repetitions=args.repetitions,
+            warmup=args.warmup,
+            progress=say,
+            threads=args.threads,
+        )
+        for line in measured.lines():
+            say(line)
+        latency, reports = measured.fit()
+    except ValueError as exc:
+        raise ConfigError("calibrate target", "", str(exc)) from None
+    values: dict[str, Any] = {
+        "target_latency": latency.model_dump(),
+        "models.target": {
+            "name": measured.model_name,
+            "parameters_b": measured.n_params / 1e9,
+            "quantisation": measured.dtype,
+        },
+    }
+    notes = {
+        "target_latency": (
+            f"measured through {measured.setup()} (the testbed server's torch target) on "
+            f"{measured.device_name} ({measured.device}, {measured.dtype}, torch "
+            f"{measured.torch_version}); tokens verified {tokens}, contexts {contexts}, prompts "
+            f"{prompts}, {args.repetitions} repetitions after {args.warmup} warm-up; "
+            f"{BATCH_NOTE}; {forward_mape_note(reports['forward'])}"
+        ),
+    }
+    power, power_notes = measured.power_fields("energy over verification windows", "measured")
+    values.update(power)
+    notes.update(power_notes)
+    versions = {
+        "torch": measured.torch_version,
+        "transformers": measured.transformers_version,
+        "nvidia-ml-py": _version("nvidia-ml-py"),
+    }
+    return new_part("target", values, notes, reports, measured.sample_rows(), versions, command)
+
+
+__all__ = ["ServedTorchMeasurements", "measure_part", "profile_torch_served_target"]
