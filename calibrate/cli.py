@@ -364,6 +364,8 @@ def measure_draft(args: argparse.Namespace, say: Callable[[str], None], command:
         latency, reports = fit_measurements(measured)
     except ValueError as exc:
         raise ConfigError("calibrate draft", "", str(exc)) from None
+    from calibrate.draft import VISIT_STEPS
+
     where = (
         f"measured with llama.cpp {measured.llama_cpp_version}, {args.threads} threads, "
         f"prompts {args.prompt_lengths}, contexts {args.context_lengths}, "
@@ -372,8 +374,9 @@ def measure_draft(args: argparse.Namespace, say: Callable[[str], None], command:
             f"; decode steps in bursts of {args.burst} with {args.pause_ms:g} ms idle between "
             "them (the edge's duty cycle)"
             if args.burst
-            else "; decode steps back to back"
+            else f"; decode steps back to back in visits of {VISIT_STEPS}"
         )
+        + "; contexts visited in turn (interleaved rounds)"
     )
     values = {
         "draft_latency": latency.model_dump(),

@@ -10,16 +10,23 @@ given number and flash attention on (as realrun's edge loads its draft), then me
   and are discarded; then `repetitions` rounds, each over all lengths in turn (interleaved, so
   a slow drift of the machine spreads over every length instead of biasing one);
 - per-token decode time vs context length: for each context length C, C prompt tokens are
-  prefilled (not timed), then draft steps are timed, each one `eval([token])` plus choosing
-  the next token from the logits (argmax and its softmax probability), as the edge executor
-  (realrun/edge.py) drafts: with a 49k vocabulary the choice costs about 0.3 ms, a tenth of a
-  small draft's step. The first `warmup` steps are discarded; each of the next `repetitions`
-  steps is one `DecodeSample` whose `context_len` is the number of tokens already in context
-  (C + warmup, C + warmup + 1, ...).
+  prefilled (not timed) and the state saved; then draft steps are timed, each one
+  `eval([token])` plus choosing the next token from the logits (argmax and its softmax
+  probability), as the edge executor (realrun/edge.py) drafts: with a 49k vocabulary the
+  choice costs about 0.3 ms, a tenth of a small draft's step. The steps are taken in *visits*
+  (`VISIT_STEPS` back-to-back steps, or one burst): each round visits every context in turn,
+  restoring its saved state (KV cache and tokens, `Llama.load_state`), taking one visit's
+  steps and saving the state again, so every context's steps continue where they stopped but
+  are spread over the whole measurement. Why: this VM's speed drifts by 10-30% within a
+  minute, and timing one context after another turned that drift into a fake context
+  dependence (a 1.1B draft: 99, 109, 122, 127, 202 ms at contexts 64-1024 in order). The
+  first `warmup` steps of each context are discarded; each of the next `repetitions` steps is
+  one `DecodeSample` whose `context_len` is the number of tokens already in context (C +
+  warmup, C + warmup + 1, ...).
   The top-1 probability of each recorded step (max of the softmax of its logits) is the
   draft's confidence in the token it drafted.
-  `burst` > 0 times the steps in the edge's duty cycle instead of back to back: after every
-  `burst` steps the process sleeps `pause_s` (an edge drafts a few tokens, then waits for the
+  `burst` > 0 times the steps in the edge's duty cycle instead of back to back: every visit
+  is `burst` steps after an idle `pause_s` (an edge drafts a few tokens, then waits for the
   verification). It matters on this VM: a step right after 60 ms of anything else (sleep,
   another model, a busy loop) takes ~16% longer than in a tight loop, and a testbed's draft
   runs at the former speed (README, validation).
@@ -53,6 +60,9 @@ from simulator.profile import DraftLatency
 
 CTX_MARGIN = 16
 """Extra context slots beyond the longest prompt / context + decode steps measured."""
+
+VISIT_STEPS = 8
+"""Decode steps per visit of a context when they are timed back to back (burst mode: `burst`)."""
 
 PROMPT_SOURCE = "the Zen of Python (Python's `this` module), tokenised and repeated"
 """Where the prompt tokens come from, for provenance notes."""
@@ -108,8 +118,10 @@ class LengthStats:
 class DraftMeasurements:
     """What `profile_draft` measured, with what it needs for provenance.
 
-    `prefill` and `decode` hold every kept sample (warm-ups excluded), in measurement order;
-    `confidences[i]` is the top-1 probability of the token drafted by decode step `decode[i]`.
+    `prefill` holds every kept sample (warm-ups excluded) in measurement order, `decode` every
+    kept step grouped by requested context (positions ascending; they were measured
+    interleaved); `confidences[i]` is the top-1 probability of the token drafted by decode step
+    `decode[i]`.
     `prefill_stats` has one entry per prompt length; `decode_stats` one per requested context
     length C (its samples are at context_len C + warmup ... C + warmup + repetitions - 1).
     """
@@ -327,29 +339,9 @@ def profile_draft(
             say(f"prefill: round {rep + 1}/{repetitions} over {len(prompts)} prompt lengths")
         prefill_stats = tuple(LengthStats.of(n, by_prompt[n]) for n in prompts)
 
-        decode: list[DecodeSample] = []
-        confidences: list[float] = []
-        decode_stats: list[LengthStats] = []
-        for context in contexts:
-            _clear(llama)
-            llama.eval(tokens[:context])
-            token, _ = _greedy(_last_logits(llama, n_vocab))
-            kept: list[float] = []
-            for step in range(steps):
-                if burst and step % burst == 0:
-                    time.sleep(pause_s)  # the edge waits for its verification
-                position = int(llama.n_tokens)
-                start = time.perf_counter()
-                llama.eval([token])
-                token, confidence = _greedy(_last_logits(llama, n_vocab))
-                seconds = time.perf_counter() - start
-                if step >= warmup:
-                    kept.append(seconds)
-                    decode.append(DecodeSample(context_len=position, seconds=seconds))
-                    confidences.append(confidence)
-            stats = LengthStats.of(context, kept)
-            decode_stats.append(stats)
-            say(f"decode: context {context}, median {1e3 * stats.median_s:.3f} ms/token")
+        decode, confidences, decode_stats = _time_decode(
+            llama, tokens, contexts, warmup, repetitions, burst, pause_s, say
+        )
 
         return DraftMeasurements(
             model_path=path,
@@ -371,6 +363,56 @@ def profile_draft(
         )
     finally:
         llama.close()
+
+
+def _time_decode(
+    llama: Any,
+    tokens: Sequence[int],
+    contexts: Sequence[int],
+    warmup: int,
+    repetitions: int,
+    burst: int,
+    pause_s: float,
+    say: Callable[[str], None],
+) -> tuple[list[DecodeSample], list[float], list[LengthStats]]:
+    """Decode steps at every context, interleaved in visits (see the module docstring):
+    (samples and their confidences grouped by context, positions ascending; stats per context).
+    """
+    n_vocab = int(llama.n_vocab())
+    steps = warmup + repetitions
+    visit = burst or VISIT_STEPS
+    resume: dict[int, tuple[Any, int]] = {}
+    for context in contexts:
+        _clear(llama)
+        llama.eval(list(tokens[:context]))
+        resume[context] = (llama.save_state(), _greedy(_last_logits(llama, n_vocab))[0])
+    done = dict.fromkeys(contexts, 0)
+    samples: dict[int, list[tuple[DecodeSample, float]]] = {c: [] for c in contexts}
+    rounds = -(-steps // visit)
+    for rnd in range(rounds):
+        for context in contexts:
+            state, token = resume[context]
+            llama.load_state(state)
+            if burst:
+                time.sleep(pause_s)  # the edge waits for its verification
+            for _ in range(min(visit, steps - done[context])):
+                position = int(llama.n_tokens)
+                start = time.perf_counter()
+                llama.eval([token])
+                token, confidence = _greedy(_last_logits(llama, n_vocab))
+                seconds = time.perf_counter() - start
+                if done[context] >= warmup:
+                    samples[context].append((DecodeSample(position, seconds), confidence))
+                done[context] += 1
+            if rnd + 1 < rounds:
+                resume[context] = (llama.save_state(), token)
+        say(f"decode: round {rnd + 1}/{rounds} over {len(contexts)} context lengths")
+    decode = [sample for c in contexts for sample, _ in samples[c]]
+    confidences = [confidence for c in contexts for _, confidence in samples[c]]
+    stats = [LengthStats.of(c, [sample.seconds for sample, _ in samples[c]]) for c in contexts]
+    for item in stats:
+        say(f"decode: context {item.length}, median {1e3 * item.median_s:.3f} ms/token")
+    return decode, confidences, stats
 
 
 def fit_measurements(m: DraftMeasurements) -> tuple[DraftLatency, dict[str, FitReport]]:

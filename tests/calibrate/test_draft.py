@@ -181,3 +181,50 @@ def test_burst_mode_pauses_between_bursts_and_records_it() -> None:
     assert (m.burst, m.pause_s) == (2, 0.1)
     assert elapsed >= 2 * 2 * 0.1  # two contexts x two bursts of two steps, a pause before each
     assert len(m.decode) == 8 and all(s.seconds < 0.1 for s in m.decode)
+
+
+class _FakeLlama:
+    """Just what `_time_decode` uses: a token history, state save/load, a logits row."""
+
+    def __init__(self) -> None:
+        self.n_tokens = 0
+        self.evaluated: list[int] = []  # position of every single-token eval, in time order
+        self._ctx = type("Ctx", (), {"kv_cache_clear": lambda _self: None})()
+
+    def n_vocab(self) -> int:
+        return 4
+
+    def reset(self) -> None:
+        self.n_tokens = 0
+
+    def eval(self, tokens: list[int]) -> None:
+        if len(tokens) == 1:
+            self.evaluated.append(self.n_tokens)
+        self.n_tokens += len(tokens)
+
+    def save_state(self) -> int:
+        return self.n_tokens
+
+    def load_state(self, state: int) -> None:
+        self.n_tokens = state
+
+
+def test_decode_visits_every_context_in_turn_and_resumes_where_it_stopped(monkeypatch) -> None:
+    from calibrate import draft
+
+    monkeypatch.setattr(draft, "_last_logits", lambda _llama, n: np.arange(n, dtype=float))
+    monkeypatch.setattr(draft, "VISIT_STEPS", 2)
+    llama = _FakeLlama()
+    lines: list[str] = []
+    decode, confidences, stats = draft._time_decode(
+        llama, list(range(64)), [10, 30], 1, 4, 0, 0.0, lines.append
+    )
+    # visits of 2 steps, contexts in turn, each resuming where it stopped (5 steps each)
+    assert llama.evaluated == [10, 11, 30, 31, 12, 13, 32, 33, 14, 34]
+    assert [s.context_len for s in decode] == [11, 12, 13, 14, 31, 32, 33, 34]  # 1 warm-up
+    assert len(confidences) == len(decode) and [s.length for s in stats] == [10, 30]
+    assert sum("round" in line for line in lines) == 3
+
+    llama = _FakeLlama()
+    draft._time_decode(llama, list(range(64)), [10, 30], 0, 3, 3, 0.0, print)
+    assert llama.evaluated == [10, 11, 12, 30, 31, 32]  # a burst is one visit
