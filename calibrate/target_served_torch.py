@@ -12,7 +12,7 @@ Batch 1 only (the server's TorchTarget verifies one session at a time), fitted b
 `calibrate.target_llama.fit_single_sequence`. Energy: NVML on a GPU over windows of at least
 `min_window_s` of back-to-back verifications per token count (its counter advances in steps
 of tens of milliseconds), RAPL read around every verification on the CPU; absent meters leave
-the energy fields None with the reason.
+the energy fields None with the reason. Default grids: the llama.cpp profiler's.
 """
 
 from __future__ import annotations
@@ -34,15 +34,16 @@ from calibrate.target import (
     _open_meter,
     _shape_of,
 )
-from calibrate.target_llama import BATCH_NOTE, fit_single_sequence, forward_mape_note
+from calibrate.target_llama import (
+    BATCH_NOTE,
+    DEFAULT_CONTEXT_LENGTHS,
+    DEFAULT_PROMPT_LENGTHS,
+    DEFAULT_TOKEN_COUNTS,
+    fit_single_sequence,
+    forward_mape_note,
+)
 from simulator.errors import ConfigError
 from simulator.profile import TargetLatency
-
-DEFAULT_TOKEN_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16)
-"""Tokens verified per forward measured by default (the buckets 1, 2, 4, 8, 16 and between)."""
-
-DEFAULT_CONTEXT_LENGTHS = (128, 256, 512, 1024)
-DEFAULT_PROMPT_LENGTHS = (64, 256, 1024)
 
 
 @dataclass(frozen=True)

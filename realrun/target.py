@@ -52,6 +52,16 @@ class Session:
     def length(self) -> int:
         return len(self.committed) + 1
 
+    def add_drafts(
+        self, tokens: list[int], probs: list[float] | None, dists: list[SparseDist] | None
+    ) -> int:
+        """Append uploaded drafts (their probabilities and distributions, if sent): the number
+        uploaded since the last verification."""
+        self.uploaded.extend(tokens)
+        self.probs.extend(probs if probs is not None else [None] * len(tokens))
+        self.dists.extend(dists if dists is not None else [None] * len(tokens))
+        return len(self.uploaded)
+
     @property
     def generated(self) -> int:
         """Output tokens in the sequence so far (the pending one included): d1's position."""
@@ -207,11 +217,7 @@ class LlamaTarget:
         probs: list[float] | None,
         dists: list[SparseDist] | None = None,
     ) -> int:
-        session = self.sessions[sid]
-        session.uploaded.extend(tokens)
-        session.probs.extend(probs if probs is not None else [None] * len(tokens))
-        session.dists.extend(dists if dists is not None else [None] * len(tokens))
-        return len(session.uploaded)
+        return self.sessions[sid].add_drafts(tokens, probs, dists)
 
     def verify(self, sid: str) -> VerifyResult:
         """Verification of everything uploaded since the last verify, under the session rule."""

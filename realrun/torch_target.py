@@ -381,11 +381,7 @@ class TorchTarget:
     ) -> int:
         """Append draft tokens (with their draft distributions: sampling sessions) to `sid`'s
         next verification: the number uploaded since the last verify."""
-        session = self.sessions[sid]
-        session.uploaded.extend(tokens)
-        session.probs.extend(probs if probs is not None else [None] * len(tokens))
-        session.dists.extend(dists if dists is not None else [None] * len(tokens))
-        return len(session.uploaded)
+        return self.sessions[sid].add_drafts(tokens, probs, dists)
 
     def verify(self, sid: str) -> VerifyResult:
         """Verification of everything uploaded since the last verify, under the session rule.
