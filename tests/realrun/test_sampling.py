@@ -22,6 +22,7 @@ llama_cpp = pytest.importorskip(
 )
 stats = pytest.importorskip("scipy.stats", reason="scipy is not installed")
 
+from chi_square import chi2_pvalue  # noqa: E402
 from model_marks import needs_smollm2, smollm2_path  # noqa: E402
 
 from calibrate.truncate import truncate_gguf  # noqa: E402
@@ -65,20 +66,6 @@ def setup(model_path, tmp_path_factory):
     target.close()
 
 
-def _chi2_pvalue(samples: np.ndarray, p: np.ndarray) -> float:
-    """Chi-square test of samples against p: bins = tokens expected >= 5 times, plus the rest."""
-    n = samples.size
-    keep = np.flatnonzero(p * n >= 5)
-    observed = [int(np.sum(samples == t)) for t in keep]
-    expected = list(p[keep] * n)
-    rest_obs, rest_exp = n - sum(observed), n * (1.0 - p[keep].sum())
-    if rest_exp >= 5:
-        observed.append(rest_obs)
-        expected.append(rest_exp)
-    else:  # fold a tiny remainder into the largest bin
-        observed[0] += rest_obs
-        expected[0] += rest_exp
-    return float(stats.chisquare(observed, np.array(expected) * n / sum(expected)).pvalue)
 
 
 def _speculative(setup, dist: SparseDist, seed: int) -> np.ndarray:
@@ -107,15 +94,15 @@ def _speculative(setup, dist: SparseDist, seed: int) -> np.ndarray:
 def test_full_draft_distribution_is_lossless_and_wrong_verifiers_are_caught(setup):
     _, _, p, q = setup
     firsts = _speculative(setup, SparseDist(np.arange(q.size), q), seed=1)
-    assert _chi2_pvalue(firsts, p) > 1e-3
+    assert chi2_pvalue(firsts, p) > 1e-3
 
     rng = np.random.default_rng(2)  # negative controls, same N and statistic
     proposals = rng.choice(q.size, size=N, p=q)
-    assert _chi2_pvalue(proposals, p) < 1e-6  # always accept: the output is q
+    assert chi2_pvalue(proposals, p) < 1e-6  # always accept: the output is q
     accept = rng.random(N) * q[proposals] < p[proposals]
     from_p = rng.choice(q.size, size=N, p=p)
     wrong = np.where(accept, proposals, from_p)  # rejected: resample p, not the residual
-    assert _chi2_pvalue(wrong, p) < 1e-3
+    assert chi2_pvalue(wrong, p) < 1e-3
 
 
 def test_topk_draft_distribution_sampled_from_is_lossless(setup):
@@ -124,4 +111,4 @@ def test_topk_draft_distribution_sampled_from_is_lossless(setup):
     ids = np.argsort(-q, kind="stable")[:TOP_K]
     dist = SparseDist(ids, q[ids] / q[ids].sum())
     firsts = _speculative(setup, dist, seed=3)
-    assert _chi2_pvalue(firsts, p) > 1e-3
+    assert chi2_pvalue(firsts, p) > 1e-3

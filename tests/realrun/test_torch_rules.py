@@ -22,6 +22,7 @@ import random
 
 import numpy as np
 import pytest
+from chi_square import chi2_pvalue
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -199,21 +200,6 @@ def sampling_setup(torch_mod, tiny_dir, tiny_model):
     tt.close()
 
 
-def _chi2_pvalue(samples: np.ndarray, p: np.ndarray) -> float:
-    """Chi-square test of samples against p: bins = tokens expected >= 5 times, plus the rest."""
-    stats = pytest.importorskip("scipy.stats", reason="scipy is not installed")
-    n = samples.size
-    keep = np.flatnonzero(p * n >= 5)
-    observed = [int(np.sum(samples == t)) for t in keep]
-    expected = list(p[keep] * n)
-    rest_obs, rest_exp = n - sum(observed), n * (1.0 - p[keep].sum())
-    if rest_exp >= 5:
-        observed.append(rest_obs)
-        expected.append(rest_exp)
-    else:  # fold a tiny remainder into the largest bin
-        observed[0] += rest_obs
-        expected[0] += rest_exp
-    return float(stats.chisquare(observed, np.array(expected) * n / sum(expected)).pvalue)
 
 
 def test_sampling_is_distribution_preserving(sampling_setup):
@@ -232,13 +218,13 @@ def test_sampling_is_distribution_preserving(sampling_setup):
         accepted += result.accepted
         tt.drop(sid)
     assert 0.3 < accepted / N < 0.7  # both paths exercised
-    assert _chi2_pvalue(np.array(firsts), p) > 1e-3
+    assert chi2_pvalue(np.array(firsts), p) > 1e-3
 
     # negative controls, same N and statistic
-    assert _chi2_pvalue(proposals, p) < 1e-6  # always accept: the output is q
+    assert chi2_pvalue(proposals, p) < 1e-6  # always accept: the output is q
     accept = rng.random(N) * q[proposals] < p[proposals]
     wrong = np.where(accept, proposals, rng.choice(VOCAB, size=N, p=p))  # p, not the residual
-    assert _chi2_pvalue(wrong, p) < 1e-3
+    assert chi2_pvalue(wrong, p) < 1e-3
 
 
 @pytest.mark.parametrize("variant", ["eager", "static", ON_GPU])
