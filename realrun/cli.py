@@ -18,6 +18,8 @@ from simulator.errors import ConfigError
 
 if TYPE_CHECKING:
     from realrun.local import LocalOptions
+    from realrun.testbed import SamplingSpec
+    from simulator.scenario import SweepPoint
 
 EXIT_INTERRUPTED = 130
 
@@ -73,6 +75,7 @@ def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
         default="real",
         help="real: the target's own verification; synthetic: the scenario's acceptance model",
     )
+    add_sampling_arguments(parser)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
     parser.add_argument(
         "--sweep", action="append", default=[], metavar="K=V1,V2", help="add a sweep axis"
@@ -82,6 +85,65 @@ def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="no progress bar, no table (validate still prints its verdict)",
     )
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """--temperature and --top-k (`pipesd realrun edge`, `realrun local`, `validate`)."""
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        metavar="T",
+        help="speculative sampling at temperature T in (0, 100]: the draft samples from its "
+        "top-K, the server verifies by rejection sampling, each request seeded by the "
+        "scenario's (seed, request); default: greedy. Not with --acceptance synthetic",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=None,
+        metavar="K",
+        help="with --temperature: the draft samples from its K most likely tokens and uploads "
+        "them (default: the scenario's payload.top_k when payload.kind is 'topk', else the "
+        "largest K whose distributions of a whole NAV fit the server's 64 KiB body limit)",
+    )
+
+
+def sampling_spec(args: argparse.Namespace) -> SamplingSpec | None:
+    """The sampling flags (None: greedy); one-line ConfigError for --top-k without
+    --temperature, values out of range, or --acceptance synthetic (the checks that depend on
+    the scenario: `check_sampling_points`)."""
+    from realrun.protocol import MAX_TEMPERATURE
+    from realrun.testbed import SamplingSpec
+
+    if args.temperature is None:
+        if args.top_k is not None:
+            raise ConfigError(
+                "--top-k", str(args.top_k), "needs --temperature (greedy drafting sends no "
+                "distributions)"
+            )  # fmt: skip
+        return None
+    if not 0 < args.temperature <= MAX_TEMPERATURE:
+        raise ConfigError(
+            "--temperature", str(args.temperature), f"must be in (0, {MAX_TEMPERATURE:g}]"
+        )
+    if getattr(args, "acceptance", "real") == "synthetic":
+        raise ConfigError(
+            "--temperature",
+            str(args.temperature),
+            "cannot be combined with --acceptance synthetic (sampling needs real acceptance)",
+        )
+    return SamplingSpec(args.temperature, args.top_k)
+
+
+def check_sampling_points(
+    sampling: SamplingSpec | None, points: list[SweepPoint], acceptance: str = "real"
+) -> None:
+    """Refuse sampling settings that some point cannot run, before anything starts."""
+    from realrun.testbed import check_sampling
+
+    for point in points:
+        check_sampling(sampling, point.scenario, acceptance)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -99,7 +161,8 @@ def add_parser(subparsers: Any) -> None:
         help="run a scenario's edge-drafting policies against a cloud server",
         description=(
             "Run every edge-drafting policy of SCENARIO (first sweep point) on this machine: "
-            "the draft with llama.cpp, verification by the server at --server. Writes "
+            "the draft with llama.cpp (greedy, or sampling with --temperature), verification "
+            "by the server at --server. Writes "
             "OUT/summary.csv, results.csv, manifest.json and timelines/ in the simulator's "
             "schema. The link is not shaped yet."
         ),
@@ -109,6 +172,7 @@ def add_parser(subparsers: Any) -> None:
     edge.add_argument("--draft", required=True, help="draft GGUF sharing the target tokenizer")
     edge.add_argument("--threads", type=int, default=1, help="draft CPU threads")
     edge.add_argument("--token", help="the server's shared secret, if it has one")
+    add_sampling_arguments(edge)
     edge.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
     edge.add_argument("--out", type=Path, required=True, help="output folder")
     local = roles.add_parser(
@@ -156,6 +220,7 @@ def _options(args: argparse.Namespace) -> LocalOptions:
     from calibrate.models import resolve_model
     from realrun.local import LocalOptions
 
+    sampling = sampling_spec(args)  # flag errors first: they need no model
     if not re.fullmatch(r"cpu|cuda(:\d+)?", args.target_device):
         raise ConfigError("--target-device", args.target_device, "allowed: cpu, cuda, cuda:N")
     models: dict[str, Path | str] = {}
@@ -182,6 +247,7 @@ def _options(args: argparse.Namespace) -> LocalOptions:
         acceptance=args.acceptance,
         target_backend=args.target_backend,
         target_device=args.target_device,
+        sampling=sampling,
     )
 
 
@@ -252,6 +318,7 @@ def run_local_command(args: argparse.Namespace, argv: list[str]) -> int:
 
     points = expand_sweep(args.scenario, args.overrides, args.sweep)
     options = _options(args)
+    check_sampling_points(options.sampling, points, options.acceptance)
     _make_out(args.out)
     with _progress(args.quiet, _requests(points)) as progress:
         rows = run_local(args.scenario, points, options, args.out, ["pipesd", *argv], progress)
@@ -369,6 +436,7 @@ def run_validate(args: argparse.Namespace, argv: list[str]) -> int:
 
     points = validation_points(args.scenario, args.profile, args.overrides, args.sweep)
     options = _options(args)
+    check_sampling_points(options.sampling, points, options.acceptance)
     _make_out(args.out)
     profile = args.profile
     command = ["pipesd", *argv]
@@ -425,6 +493,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     from simulator.scenario import expand_sweep
 
     point = expand_sweep(args.scenario, args.overrides)[0]
+    sampling = sampling_spec(args)
+    check_sampling_points(sampling, [point])
     draft = resolve_model(args.draft)
     try:
         rows = run_testbed(
@@ -436,6 +506,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             args.out,
             ["pipesd", *argv],
             args.token,
+            sampling=sampling,
         )
     except httpx.HTTPError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

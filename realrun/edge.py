@@ -5,15 +5,15 @@ semantics of `simulator.engine.Edge._speculative_request`, but on a real clock
 (`time.perf_counter`, reported to the policy as numbers only) against a real verification
 server (realrun/server.py through `CloudClient`).
 
-Threads. The main thread drafts, one token at a time (greedy: argmax of the draft's logits;
-confidence = its softmax probability). Uploads and verifications are sent by a few uplink
-threads (`_Worker`), so drafting goes on while they are in flight, and an upload need not wait
-for a pending NAV's answer. Every message but the open carries an order number (`seq`) and
-the server applies them in that order (realrun.ordering), whatever connection brought them.
-The main thread looks at what the uplink finished only between draft tokens (never
-mid-token): upload reports become `policy.on_upload`, an answer is processed at that token
-boundary (`VerifyOutcome.now_s` = the run's clock then), exactly as the simulator processes
-answers.
+Threads. The main thread drafts, one token at a time (greedy: argmax of the draft's logits,
+confidence = its softmax probability; or sampling, below). Uploads and verifications are sent
+by a few uplink threads (`_Worker`), so drafting goes on while they are in flight, and an
+upload need not wait for a pending NAV's answer. Every message but the open carries an order
+number (`seq`) and the server applies them in that order (realrun.ordering), whatever
+connection brought them. The main thread looks at what the uplink finished only between draft
+tokens (never mid-token): upload reports become `policy.on_upload`, an answer is processed at
+that token boundary (`VerifyOutcome.now_s` = the run's clock then), exactly as the simulator
+processes answers.
 
 Bookkeeping (positions count generated tokens, as in the simulator): `committed` tokens are
 final, `drafted_end` tokens exist (committed + speculative), `sent_end` have been handed to the
@@ -52,13 +52,41 @@ server holds its own token there; only positions matter in this mode), so the ou
 the target's and the draft's cache stays valid. The edge checks that every answer accepts what
 the stream says.
 
+Sampling (`sampling=EdgeSampling(temperature, top_k, seed)`; greedy without it; not with
+synthetic acceptance). The session is opened with `sampling = {temperature, seed}`: the server
+verifies by speculative rejection sampling (realrun.verifier) with its own Generator, seeded
+by `EdgeSampling.server_seed(request)`. The draft samples: q = softmax(logits / T) restricted
+to its top-K entries and renormalised (`top_k_distribution`; K >= the vocabulary: all of it),
+d ~ q, and every uploaded token (uploads and NAVs alike) carries q as its `dists` entry (and
+no `probs`: q holds q(d)). q is exactly the distribution d was drawn from, which is what makes
+the output distributed as the target's own sampling at T (top-K at the edge costs acceptance,
+not exactness). The draws come one after the other from a Generator seeded by (seed, request)
+(`EdgeSampling.rng`), so each is independent of everything before it, and a run is
+reproducible for policies whose decisions do not depend on timing (how many tokens a policy
+drafts while a NAV is pending does; the server's Generator is consumed per verified draft).
+The policy's confidence is max q, the top-1 probability of the distribution drawn from (the
+greedy confidence when T = 1 and K = V; llama.cpp's p_min rule), not q(d): it depends on the
+context only, never on the draw, so no decision to verify a draft or not can depend on the
+token drawn. With q(d), PMin's VERIFY_DROP_LAST (the token just drafted is dropped when its
+confidence is low) would send only draws with q(d) >= p_min while uploading q, and the output
+would no longer be the target's distribution. The server's answer token (a resampled
+correction or a sampled bonus) replaces or extends the draft as in greedy mode. A proactive
+guess of the bonus token is the edge's own sample at that position; the server keeps the
+conditional upload only if its sampled bonus has the same id (its matcher compares ids), the
+edge's own rule too. Keeping the tokens drafted after a matching guess is still exact: they
+were drawn from q given the guess, which is the server's token, with draws independent of
+the server's. A NAV's top-K distributions must fit one request body (the server's
+`Limits.max_body_bytes`: `max_sampling_top_k`; ValueError otherwise).
+
 Cloud lost (offline fallback). A transport error (connection refused or reset, a timeout: the
 client's `timeout`), an HTTP 5xx, or a 404 (the session vanished: the server restarted) ends
 the cloud's part of the request. The edge keeps everything committed and its speculative
-tokens, and finishes with the draft alone, greedily, one token at a time. Keeping the
-speculative tokens is the same as drafting them again: they are the draft's own greedy tokens
-after the committed prefix (a matched bonus guess equals the target's token, or, in synthetic
-mode, stays in the output anyway). `RequestRecord.local_tokens` counts the output tokens the
+tokens, and finishes with the draft alone, one token at a time, drafting as before: greedily,
+or (sampling) drawing from its top-K q, so the tokens past the cloud's part are the draft's
+own samples, not the target's distribution. Keeping the speculative tokens is the same as
+drafting them again: they are the draft's own greedy tokens (or its own draws from q) after
+the committed prefix (a matched bonus guess equals the target's token, or, in synthetic mode,
+stays in the output anyway). `RequestRecord.local_tokens` counts the output tokens the
 cloud never verified (kept speculative + drafted after the loss); an `offline` span covers the
 local part. Local tokens count as `drafted` and as edge time, but are not shown to the policy.
 The next `run_edge` opens a new session, so it uses the cloud again when it is back. Other
@@ -76,6 +104,7 @@ link and cloud costs, not only the future acceptance run).
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -85,10 +114,12 @@ from typing import Any
 
 import httpx
 import numpy as np
+from numpy.typing import NDArray
 
 from policies.base import Decision, Mode, Policy, RequestStart, VerifyOutcome
 from realrun.client import CloudClient, CloudError
-from realrun.protocol import encode
+from realrun.protocol import MAX_TEMPERATURE, Limits, encode
+from realrun.verifier import SparseDist
 from simulator.acceptance import AcceptanceStream
 from simulator.engine import Span
 from simulator.records import RequestRecord
@@ -122,13 +153,14 @@ class _CloudLost(Exception):
 # --------------------------------------------------------------------------------------------
 
 
-class GreedyDraft:
-    """Greedy drafting on a llama.cpp model, reusing its KV cache across rollbacks.
+class _LlamaDraft:
+    """A llama.cpp draft model whose KV cache is reused across rollbacks (the base of
+    `GreedyDraft` and `SamplingDraft`, which differ only in how they pick the next token).
 
-    `next(context)` returns (argmax token after `context`, its softmax probability). It reuses
-    the longest cached prefix of `context` (setting `n_tokens` back makes the next `eval`
-    overwrite the rest: that is the KV rollback) and evaluates what is missing; at least one
-    token is always evaluated unless the last evaluation ended exactly at `context`.
+    `logits(context)` is the draft's logit row after `context`. It reuses the longest cached
+    prefix of `context` (setting `n_tokens` back makes the next `eval` overwrite the rest: that
+    is the KV rollback) and evaluates what is missing; at least one token is always evaluated
+    unless the last evaluation ended exactly at `context`.
     """
 
     def __init__(self, llama: Any) -> None:
@@ -157,7 +189,8 @@ class GreedyDraft:
     def prefill(self, context: Sequence[int]) -> None:
         self._sync(context)
 
-    def next(self, context: Sequence[int]) -> tuple[int, float]:
+    def logits(self, context: Sequence[int]) -> NDArray[np.float64]:
+        """The draft's logit row after `context` (float64, checked finite)."""
         self._sync(context)
         pointer = self.llama._ctx.get_logits_ith(-1)
         if not pointer:
@@ -165,8 +198,123 @@ class GreedyDraft:
         row = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).astype(np.float64)
         if not np.all(np.isfinite(row)):
             raise RuntimeError("run_edge: the draft produced non-finite logits")
+        return row
+
+    def step(self, context: Sequence[int]) -> tuple[int, float, SparseDist | None]:
+        """(next token, confidence for the policy, the distribution it was drawn from or None
+        for a deterministic choice)."""
+        raise NotImplementedError
+
+
+class GreedyDraft(_LlamaDraft):
+    """Greedy drafting: `next(context)` returns (argmax token after `context`, its softmax
+    probability)."""
+
+    def next(self, context: Sequence[int]) -> tuple[int, float]:
+        row = self.logits(context)
         token = int(np.argmax(row))
         return token, 1.0 / float(np.sum(np.exp(row - row[token])))
+
+    def step(self, context: Sequence[int]) -> tuple[int, float, SparseDist | None]:
+        token, confidence = self.next(context)
+        return token, confidence, None
+
+
+@dataclass(frozen=True)
+class EdgeSampling:
+    """Speculative sampling at the edge (module docstring, "Sampling"): the draft samples at
+    `temperature` from its `top_k` most likely tokens (`top_k` >= the vocabulary: all of them),
+    with random draws derived from `seed`; ValueError on values the server would refuse."""
+
+    temperature: float
+    top_k: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
+            raise ValueError(f"EdgeSampling: temperature must be a finite number (got {t!r})")
+        if not 0 < t <= MAX_TEMPERATURE:
+            raise ValueError(f"EdgeSampling: temperature must be in (0, {MAX_TEMPERATURE:g}]")
+        for name, value, low in (("top_k", self.top_k, 1), ("seed", self.seed, 0)):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+                raise ValueError(f"EdgeSampling: {name} must be an integer >= {low}")
+        if self.seed >= 2**63:
+            raise ValueError("EdgeSampling: seed must be below 2**63")
+
+    def server_seed(self, request: int) -> int:
+        """The seed of request `request`'s server session (its accept/resample draws), in
+        [0, 2**63)."""
+        words = np.random.SeedSequence([self.seed, request], spawn_key=(_SERVER_STREAM,))
+        high, low = (int(w) for w in words.generate_state(2, np.uint32))
+        return ((high << 32) | low) >> 1
+
+    def rng(self, request: int) -> np.random.Generator:
+        """The Generator of the edge's draws for request `request`."""
+        entropy = [self.seed, request]
+        return np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=(_EDGE_STREAM,)))
+
+
+_EDGE_STREAM, _SERVER_STREAM = 0, 1
+"""Spawn keys separating the edge's draws from the server session's seed."""
+
+
+def top_k_distribution(row: NDArray[np.float64], temperature: float, top_k: int) -> SparseDist:
+    """softmax(row / temperature) restricted to its `top_k` largest entries and renormalised
+    (ties at the boundary: the lower token ids), ids ascending; `top_k` >= len(row): all."""
+    z = np.asarray(row, dtype=np.float64) / temperature
+    size = z.size
+    if top_k >= size:
+        ids = np.arange(size, dtype=np.int64)
+    else:
+        kth = np.partition(z, size - top_k)[size - top_k]  # the top_k-th largest value
+        above = np.flatnonzero(z > kth)
+        ties = np.flatnonzero(z == kth)[: top_k - above.size]
+        ids = np.sort(np.concatenate([above, ties])).astype(np.int64)
+    e = np.exp(z[ids] - z[ids].max())
+    return SparseDist(ids, e / e.sum())
+
+
+class SamplingDraft(_LlamaDraft):
+    """Sampling drafting for one request: `next(context)` draws d ~ q, q = `top_k_distribution`
+    of the draft's logits after `context`, and returns (d, max q, q as a SparseDist).
+
+    q is exactly the distribution d is drawn from (the server's speculative sampling is
+    lossless only then: realrun.verifier). Draws come one after the other from
+    `sampling.rng(request)`.
+    """
+
+    def __init__(self, llama: Any, sampling: EdgeSampling, request: int) -> None:
+        super().__init__(llama)
+        self.sampling = sampling
+        self.rng = sampling.rng(request)
+
+    def next(self, context: Sequence[int]) -> tuple[int, float, SparseDist]:
+        s = self.sampling
+        q = top_k_distribution(self.logits(context), s.temperature, s.top_k)
+        index = int(self.rng.choice(q.probs.size, p=q.probs))
+        return int(q.ids[index]), float(q.probs.max()), q
+
+    def step(self, context: Sequence[int]) -> tuple[int, float, SparseDist | None]:
+        return self.next(context)
+
+
+def max_sampling_top_k(tokens_per_message: int, max_body_bytes: int | None = None) -> int:
+    """The largest top-K whose distributions fit `tokens_per_message` draft tokens in one
+    request body of `max_body_bytes` (default: the server's, realrun.protocol.Limits), for any
+    vocabulary below 2**32 (0 if none fits): msgpack takes at most 5 bytes per token id and 9
+    per float64 probability, plus `_DIST_OVERHEAD` per token and `_BODY_OVERHEAD` per body."""
+    limit = Limits(n_vocab=1).max_body_bytes if max_body_bytes is None else max_body_bytes
+    per_token = (limit - _BODY_OVERHEAD) // max(int(tokens_per_message), 1)
+    return max(0, (per_token - _DIST_OVERHEAD) // (5 + 9))
+
+
+_BODY_OVERHEAD = 256
+"""Bytes of a request body besides its drafts: keys, a session id of at most 64 characters,
+`n`, `seq`, `at`, `after`, array headers (generous)."""
+_DIST_OVERHEAD = 16
+"""Bytes per draft token besides its distribution's entries: the token id (5) and the headers
+of [[ids], [probs]] (1 + 5 + 5)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,7 +326,8 @@ class GreedyDraft:
 class _Job:
     kind: str  # "open", "upload", "verify", "close", "stop"
     tokens: list[tuple[int, int]] = field(default_factory=list)  # (absolute position, id)
-    probs: list[float] = field(default_factory=list)
+    probs: list[float] | None = None  # greedy: the draft's probability of each token
+    dists: list[SparseDist] | None = None  # sampling: the distribution each was drawn from
     after_nav: int | None = None  # proactive: queued while this NAV was pending
     nav: int = 0
     m: int = 0
@@ -204,9 +353,11 @@ class _Worker:
         clock: Clock,
         request: int,
         stream: AcceptanceStream | None,
+        sampling: EdgeSampling | None = None,
         lanes: int = 4,
     ) -> None:
         self.cloud, self.clock, self.request, self.stream = cloud, clock, request, stream
+        self.sampling = sampling
         self.jobs: queue.Queue[_Job] = queue.Queue()
         self.events: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.prompt = prompt
@@ -276,12 +427,16 @@ class _Worker:
 
     def _open(self) -> None:
         body: dict[str, Any] = {"prompt": self.prompt}
-        if self.stream is None:
-            answer = self.cloud.open(self.prompt)
-        else:
+        if self.stream is not None:
             verdicts = [int(a) for a in self.stream.accepted]
             body["synthetic"] = {"accepted": verdicts}
             answer = self.cloud.open(self.prompt, synthetic_accepted=verdicts)
+        elif self.sampling is not None:
+            rule = (float(self.sampling.temperature), self.sampling.server_seed(self.request))
+            body["sampling"] = {"temperature": rule[0], "seed": rule[1]}
+            answer = self.cloud.open(self.prompt, sampling=rule)
+        else:
+            answer = self.cloud.open(self.prompt)
         self._count(body, answer)
         self.session = str(answer["session"])
 
@@ -290,18 +445,15 @@ class _Worker:
         it if the NAV's answer refutes it: the same rule as the main thread's)."""
         assert self.session is not None
         tokens = [tok for _, tok in job.tokens]
-        body: dict[str, Any] = {
-            "session": self.session,
-            "tokens": tokens,
-            "probs": job.probs,
-            "seq": job.seq,
-        }
+        dists = _wire(job.dists)
+        body: dict[str, Any] = {"session": self.session, "tokens": tokens, "seq": job.seq}
+        body |= _drafts_body(job.probs, dists)
         condition: dict[str, int] = {}
         if job.after_nav is not None:
             condition = {"at": job.tokens[0][0] - len(self.prompt), "after": job.after_nav}
             body |= condition
         start = self.clock()
-        answer = self.cloud.upload(self.session, tokens, job.probs, seq=job.seq, **condition)
+        answer = self.cloud.upload(self.session, tokens, job.probs, dists, seq=job.seq, **condition)
         end = self.clock()
         self._count(body, answer)
         self._span("uplink", start, end, "stale batch" if answer.get("stale") else "batch", job)
@@ -312,13 +464,12 @@ class _Worker:
         """A NAV: the unsent tokens and the verification in one request."""
         assert self.session is not None
         tokens = [tok for _, tok in job.tokens]
+        probs, dists = (job.probs, _wire(job.dists)) if tokens else (None, None)
         body: dict[str, Any] = {"session": self.session, "n": job.m, "seq": job.seq}
         if tokens:
-            body.update(tokens=tokens, probs=job.probs)
+            body |= {"tokens": tokens, **_drafts_body(probs, dists)}
         start = self.clock()
-        answer = self.cloud.verify(
-            self.session, job.m, tokens or None, job.probs or None, seq=job.seq
-        )
+        answer = self.cloud.verify(self.session, job.m, tokens or None, probs, dists, seq=job.seq)
         arrived = self.clock()
         self._count(body, answer)
         accepted, token = int(answer["accepted"]), int(answer["token"])
@@ -349,6 +500,25 @@ class _Worker:
             raise RuntimeError(f"unknown job {job.kind!r}")
 
 
+def _wire(dists: list[SparseDist] | None) -> list[tuple[list[int], list[float]]] | None:
+    """Draft distributions as realrun.client sends them: (ids, probs) lists."""
+    if dists is None:
+        return None
+    return [(d.ids.tolist(), d.probs.tolist()) for d in dists]
+
+
+def _drafts_body(
+    probs: list[float] | None, dists: list[tuple[list[int], list[float]]] | None
+) -> dict[str, Any]:
+    """The `probs` / `dists` fields of a request body as the client sends them (counted)."""
+    body: dict[str, Any] = {}
+    if probs is not None:
+        body["probs"] = probs
+    if dists is not None:
+        body["dists"] = [[ids, ps] for ids, ps in dists]
+    return body
+
+
 # --------------------------------------------------------------------------------------------
 # The executor
 # --------------------------------------------------------------------------------------------
@@ -364,6 +534,7 @@ def run_edge(
     max_draft_tokens: int = 32,
     clock_origin: float | None = None,
     acceptance_stream: AcceptanceStream | None = None,
+    sampling: EdgeSampling | None = None,
 ) -> tuple[RequestRecord, list[int], list[Span]]:
     """One request under a speculative `policy`: (record, output tokens, timeline).
 
@@ -371,9 +542,12 @@ def run_edge(
     prompt shares a prefix with what it holds). `max_draft_tokens`: safety cap per NAV (keep
     it at most the server's max_upload). Times are seconds since `clock_origin` (a
     `time.perf_counter()` value; default: the call's start). `acceptance_stream`: synthetic
-    acceptance (module docstring), at least `max_new_tokens` positions long. The output is the
-    committed tokens, `max_new_tokens` of them (no stop at end-of-generation tokens); when the
-    cloud is lost the draft finishes them alone (module docstring).
+    acceptance (module docstring), at least `max_new_tokens` positions long. `sampling`:
+    speculative sampling (module docstring; None: greedy); not with `acceptance_stream`, and
+    its top-K distributions of `max_draft_tokens` tokens must fit one request body
+    (`max_sampling_top_k`). The output is the committed tokens, `max_new_tokens` of them (no
+    stop at end-of-generation tokens); when the cloud is lost the draft finishes them alone
+    (module docstring).
     """
     if policy.mode != Mode.SPECULATIVE:
         raise ValueError(_UNSUPPORTED)
@@ -390,6 +564,15 @@ def run_edge(
     stream = acceptance_stream
     if stream is not None and (len(stream.accepted) < n_new or len(stream.next_reject) < n_new):
         raise ValueError(f"run_edge: the acceptance stream covers fewer than {n_new} positions")
+    if sampling is not None:
+        if stream is not None:
+            raise ValueError("run_edge: sampling and synthetic acceptance cannot be combined")
+        fits = max_sampling_top_k(max_draft_tokens)
+        if min(sampling.top_k, int(draft_llama.n_vocab())) > fits:
+            raise ValueError(
+                f"run_edge: top-{sampling.top_k} distributions of {max_draft_tokens} tokens may "
+                f"exceed the server's body limit (at most top-{fits})"
+            )
 
     origin = time.perf_counter() if clock_origin is None else clock_origin
 
@@ -399,8 +582,12 @@ def run_edge(
     prompt_len = len(prompt)
     record = RequestRecord(request=request_index, prompt_len=prompt_len, start_s=clock())
     timeline: list[Span] = []
-    draft = GreedyDraft(draft_llama)
-    worker = _Worker(cloud, prompt, clock, request_index, stream)
+    draft: _LlamaDraft = (
+        GreedyDraft(draft_llama)
+        if sampling is None
+        else SamplingDraft(draft_llama, sampling, request_index)
+    )
+    worker = _Worker(cloud, prompt, clock, request_index, stream, sampling)
     worker.start()
     worker.put(_Job("open", ready_s=record.start_s))
     try:
@@ -429,7 +616,7 @@ def run_edge(
 
 
 def _finish_locally(
-    draft: GreedyDraft,
+    draft: _LlamaDraft,
     prompt: list[int],
     toks: list[int],
     n_new: int,
@@ -437,13 +624,13 @@ def _finish_locally(
     timeline: list[Span],
     clock: Clock,
 ) -> float:
-    """Greedy draft decoding until `toks` holds `n_new` tokens; returns when the first new
-    token was ready (-1 if none was needed)."""
+    """The draft's own decoding (greedy, or sampling as `draft` drafts) until `toks` holds
+    `n_new` tokens; returns when the first new token was ready (-1 if none was needed)."""
     first = -1.0
     while len(toks) < n_new:
         position = len(toks)
         t = clock()
-        token, _ = draft.next(prompt + toks)
+        token, _, _ = draft.step(prompt + toks)
         dt = clock() - t
         timeline.append(Span("draft", t, t + dt, "local", record.request, position, position + 1))
         record.edge_busy_s += dt
@@ -456,7 +643,7 @@ def _finish_locally(
 
 def _loop(
     policy: Policy,
-    draft: GreedyDraft,
+    draft: _LlamaDraft,
     worker: _Worker,
     record: RequestRecord,
     timeline: list[Span],
@@ -471,6 +658,8 @@ def _loop(
     limit = n_new - 1
     toks: list[int] = []  # committed + speculative tokens; len(toks) == drafted_end
     confs: list[float] = []
+    dists: list[SparseDist | None] = []  # sampling: what each speculative token was drawn from
+    sampling = isinstance(draft, SamplingDraft)
     committed = drafted_end = sent_end = 0
     nav: tuple[int, int, int] | None = None  # (start, end, id)
     nav_count = 0
@@ -508,10 +697,15 @@ def _loop(
         job = _Job(
             "verify" if nav_request else "upload",
             tokens=[(base + i, toks[i]) for i in range(sent_end, drafted_end)],
-            probs=[min(max(c, 0.0), 1.0) for c in confs[sent_end:drafted_end]],
             after_nav=nav[2] if nav is not None else None,
             ready_s=clock(),
         )
+        if sampling:  # the dists carry q(d); no `probs` (the simulator's topk/full payloads)
+            job.dists = [d for d in dists[sent_end:drafted_end] if d is not None]
+            if len(job.dists) != len(job.tokens):
+                raise RuntimeError("run_edge: a speculative token without its distribution")
+        else:
+            job.probs = [min(max(c, 0.0), 1.0) for c in confs[sent_end:drafted_end]]
         sent_end = drafted_end
         if not nav_request:
             worker.put(job)
@@ -573,8 +767,10 @@ def _loop(
                     else:
                         del toks[start + accepted :]
                         del confs[start + accepted :]
+                        del dists[start + accepted :]
                         toks.append(token)
                         confs.append(1.0)
+                        dists.append(None)  # the server's token: committed, never uploaded
                         drafted_end = sent_end = new_committed
                     committed = min(new_committed, n_new)
                     if first_token_s < 0:
@@ -603,7 +799,7 @@ def _loop(
             # -- draft one token --------------------------------------------------------------
             position = drafted_end
             t = clock()
-            token, conf = draft.next(prompt + toks)
+            token, conf, dist = draft.step(prompt + toks)
             dt = clock() - t
             if stream is not None:  # the simulator's confidences (engine.py)
                 if position <= stream.next_reject[committed]:
@@ -617,6 +813,7 @@ def _loop(
             record.drafted += 1
             toks.append(token)
             confs.append(conf)
+            dists.append(dist)
             drafted_end = position + 1
             pending = nav is not None
             decision = policy.on_draft(conf, dt, pending)
@@ -632,6 +829,7 @@ def _loop(
                     drafted_end -= 1
                     toks.pop()
                     confs.pop()
+                    dists.pop()
                     record.discarded += 1
                 if pending:
                     deferred = True
@@ -673,4 +871,13 @@ def startup_probes(policy: Policy, cloud: CloudClient, bytes_per_token: int = 5)
     return sent
 
 
-__all__ = ["GreedyDraft", "cloud_lost", "run_edge", "startup_probes"]
+__all__ = [
+    "EdgeSampling",
+    "GreedyDraft",
+    "SamplingDraft",
+    "cloud_lost",
+    "max_sampling_top_k",
+    "run_edge",
+    "startup_probes",
+    "top_k_distribution",
+]

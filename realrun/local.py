@@ -31,6 +31,7 @@ from simulator.errors import ConfigError
 from simulator.results import write_json, write_table
 
 if TYPE_CHECKING:
+    from realrun.testbed import SamplingSpec
     from simulator.scenario import SweepPoint
 
 SHAPING_MODES = ("auto", "tbf", "software", "none")
@@ -74,11 +75,13 @@ class RunningServer(NamedTuple):
 
 @dataclass(frozen=True)
 class LocalOptions:
-    """What `realrun local` needs beyond the scenario: models, threads, shaping, acceptance.
+    """What `realrun local` needs beyond the scenario: models, threads, shaping, acceptance,
+    sampling.
 
     `target`: a GGUF file for the llama backend; for the torch backend also a Hugging Face
     folder or a named random-weight shape (calibrate/shapes.py). `target_device`: the server's
-    `--device` (cpu, cuda, cuda:N).
+    `--device` (cpu, cuda, cuda:N). `sampling`: speculative sampling at the edge and the
+    server (realrun.testbed.SamplingSpec; None: greedy); not with synthetic acceptance.
     """
 
     target: Path | str
@@ -92,12 +95,20 @@ class LocalOptions:
     startup_timeout_s: float = STARTUP_TIMEOUT_S
     speed_probe: bool = False
     """Time realrun.speed_probe's reference before each session (OUT/speeds.csv)."""
+    sampling: SamplingSpec | None = None
 
 
-def check_points(scenario_path: Path, points: Sequence[SweepPoint]) -> dict[str, str]:
-    """Refuse what the testbed cannot run (fleets, no runnable policy); returns the skipped
-    policies (label -> reason)."""
-    from realrun.testbed import skip_reason
+def check_points(
+    scenario_path: Path, points: Sequence[SweepPoint], options: LocalOptions | None = None
+) -> dict[str, str]:
+    """Refuse what the testbed cannot run (fleets, no runnable policy, sampling settings that
+    do not fit a point: realrun.testbed.check_sampling); returns the skipped policies
+    (label -> reason)."""
+    from realrun.testbed import check_sampling, skip_reason
+
+    if options is not None:
+        for point in points:
+            check_sampling(options.sampling, point.scenario, options.acceptance)
 
     scenario = points[0].scenario
     if scenario.model.edge_groups:
@@ -276,8 +287,9 @@ def run_point(
     """One sweep point: shaped link, server, testbed, teardown; returns the summary rows and
     what was used (the link's description, the server's command and health)."""
     from realrun.shaping import LinkSpec, open_link
-    from realrun.testbed import run_testbed
+    from realrun.testbed import check_sampling, run_testbed, sampling_info
 
+    top_k = check_sampling(options.sampling, point.scenario, options.acceptance)
     port = free_port()
     spec = LinkSpec.from_point(point)
     with (
@@ -299,8 +311,11 @@ def run_point(
             on_start=link.start_clock,
             uplink_meter=link.uplink_payload_bytes,
             speed_probe=options.speed_probe,
+            sampling=options.sampling,
         )
         used = {"link": link.describe(), "server": server.command, "health": server.health}
+        if options.sampling is not None:
+            used["sampling"] = sampling_info(options.sampling, top_k)
     return rows, used
 
 
@@ -315,7 +330,7 @@ def run_local(
     """Run every point on the testbed (see the module docstring); returns all summary rows."""
     from simulator.runner import manifest
 
-    skipped = check_points(scenario_path, points)
+    skipped = check_points(scenario_path, points, options)
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     used: dict[int, dict[str, Any]] = {}
     finished: list[int] = []
@@ -331,6 +346,14 @@ def run_local(
             "draft_threads": options.draft_threads,
             "shaping": options.shaping,
             "acceptance": options.acceptance,
+            "sampling": (
+                None
+                if options.sampling is None
+                else {
+                    "temperature": float(options.sampling.temperature),
+                    "top_k": options.sampling.top_k,  # None: per point (points.<i>.sampling)
+                }
+            ),
             "points": {str(i): used[i] for i in finished},
             "finished_points": finished,
             "skipped": skipped,

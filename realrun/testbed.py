@@ -5,7 +5,10 @@ results.csv, manifest.json) plus every request's timeline.
 Each (policy, seed) run is one edge session, as one simulation is in the simulator: its clock
 (and the caller's trace replay, `on_start`) starts at 0, the policy's start-up probes go first,
 then the scenario's requests run back to back. With `acceptance="synthetic"` every request
-faces the simulator's acceptance outcomes for the same (seed, edge 0, request).
+faces the simulator's acceptance outcomes for the same (seed, edge 0, request). With
+`sampling` the edge drafts by sampling and the server verifies by speculative sampling
+(realrun.edge, "Sampling"), each request seeded by its (seed, request), so a run is
+reproducible; greedy otherwise.
 
 One sweep point per call (the caller loops over points, each with its own output folder).
 What the testbed cannot take from the scenario: many edges, and policies that are not
@@ -19,6 +22,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,12 +93,99 @@ def refill_s(point: SweepPoint) -> float:
     return spec.burst_bytes / rate + 2 * spec.one_way_latency_s
 
 
+@dataclass(frozen=True)
+class SamplingSpec:
+    """Speculative sampling on the testbed (`--temperature`, `--top-k`): the draft samples at
+    `temperature` from its top-`top_k` tokens (None: the scenario's default, `sampling_top_k`)."""
+
+    temperature: float
+    top_k: int | None = None
+
+
+def sampling_top_k(scenario: Scenario, top_k: int | None) -> tuple[int, str]:
+    """(top-K of the edge's draft distributions, where it comes from) for `scenario`.
+
+    Default: the scenario's `payload.top_k` when `payload.kind` is "topk"; otherwise (full
+    distributions, or token ids or probabilities only, which speculative sampling cannot use)
+    the largest K whose distributions of a whole NAV fit one request body of the server
+    (realrun.edge.max_sampling_top_k: the full vocabulary never does, 64 KiB bodies). One-line
+    ConfigError if `top_k` (or the scenario's) is below 1 or does not fit.
+    """
+    from realrun.edge import max_sampling_top_k
+    from realrun.protocol import Limits
+
+    tokens = tokens_per_message(scenario)
+    fits = max_sampling_top_k(tokens)
+    body = Limits(n_vocab=1).max_body_bytes // 1024
+    why = f"top-K distributions of {tokens} draft tokens must fit the server's {body} KiB body"
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= fits:
+            raise ConfigError("--top-k", str(top_k), f"must be an integer in [1, {fits}] ({why})")
+        return top_k, "--top-k"
+    payload = scenario.model.payload
+    if payload.kind != "topk":
+        return fits, f"largest fitting the body limit (payload.kind = {payload.kind!r})"
+    if payload.top_k > fits:
+        raise ConfigError(
+            "--top-k",
+            "",
+            f"the scenario's payload.top_k = {payload.top_k} is too large: {why}; "
+            f"pass --top-k in [1, {fits}]",
+        )
+    return payload.top_k, "payload.top_k"
+
+
+def check_sampling(
+    sampling: SamplingSpec | None, scenario: Scenario, acceptance: str = "real"
+) -> tuple[int, str] | None:
+    """Refuse bad sampling settings (one-line ConfigError naming the flag and the allowed
+    range); returns `sampling_top_k` (None: greedy)."""
+    from realrun.protocol import MAX_TEMPERATURE
+
+    if sampling is None:
+        return None
+    t = sampling.temperature
+    if isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t <= MAX_TEMPERATURE:
+        raise ConfigError("--temperature", str(t), f"must be in (0, {MAX_TEMPERATURE:g}]")
+    if acceptance == "synthetic":
+        raise ConfigError(
+            "--temperature",
+            str(t),
+            "cannot be combined with --acceptance synthetic (the acceptance stream, not "
+            "sampling, decides what is accepted)",
+        )
+    return sampling_top_k(scenario, sampling.top_k)
+
+
+def tokens_per_message(scenario: Scenario) -> int:
+    """Most draft tokens the edge sends in one request (its per-NAV cap)."""
+    from realrun.protocol import Limits
+
+    return min(scenario.model.edge.max_draft_tokens, Limits(n_vocab=1).max_upload)
+
+
 def acceptance_model(scenario: Scenario) -> AcceptanceModel:
     """The single edge's acceptance model, built as simulator.engine.simulate builds it."""
     model, profile = scenario.model, scenario.profile.profile
     spec = model.acceptance or profile.acceptance
     base_dir = scenario.base_dir if model.acceptance else scenario.profile.path.parent
     return AcceptanceModel(spec, base_dir)
+
+
+def sampling_info(
+    sampling: SamplingSpec | None, top_k: tuple[int, str] | None
+) -> dict[str, Any] | None:
+    """The manifest's `sampling` entry (None: greedy drafting and verification)."""
+    if sampling is None or top_k is None:
+        return None
+    return {
+        "temperature": float(sampling.temperature),
+        "top_k": top_k[0],
+        "top_k_from": top_k[1],
+        "confidence": "max q (the top-1 probability of the draft distribution drawn from)",
+        "seeds": "per (scenario seed, request): realrun.edge.EdgeSampling (edge draws, and "
+        "the server session's seed)",
+    }
 
 
 def run_testbed(
@@ -114,6 +205,7 @@ def run_testbed(
     cloud_timeout_s: float = 10.0,
     uplink_meter: Callable[[], float | None] | None = None,
     speed_probe: bool = False,
+    sampling: SamplingSpec | None = None,
 ) -> list[dict[str, Any]]:
     """Run every runnable policy of `point` on the testbed; returns the summary rows.
 
@@ -126,7 +218,10 @@ def run_testbed(
     its difference over the request (bytes on the wire, as the simulator counts them) instead
     of the msgpack bodies' lengths. `speed_probe`: before each (policy, seed) session, time
     realrun.speed_probe's reference workload, write OUT/speeds.csv and wait for the link's
-    buckets to refill. The server must answer `/v1/health` at the start
+    buckets to refill. `sampling`: speculative sampling (ConfigError with synthetic acceptance
+    or bad values: `check_sampling`); the edge of request r under seed s samples with
+    `EdgeSampling(temperature, top_k, s)` (realrun.edge: its draws and the server session's
+    seed come from (s, r)). The server must answer `/v1/health` at the start
     (httpx.HTTPError otherwise); later, a request that fails (a dead server, a timeout) is
     finished by the draft alone (realrun.edge, `local_tokens` in results.csv), and the next
     request tries the cloud again.
@@ -134,18 +229,18 @@ def run_testbed(
     if acceptance not in ACCEPTANCE:
         raise ConfigError("acceptance", "", f"must be one of {', '.join(ACCEPTANCE)} "
                           f"(got {acceptance!r})")  # fmt: skip
+    scenario = point.scenario
+    top_k = check_sampling(sampling, scenario, acceptance)
     import llama_cpp
 
     from calibrate.acceptance import default_prompts, format_prompt
     from realrun.client import CloudClient
-    from realrun.edge import run_edge, startup_probes
-    from realrun.protocol import Limits
+    from realrun.edge import EdgeSampling, run_edge, startup_probes
     from realrun.speed_probe import SpeedProbe, probe_speeds
 
-    scenario = point.scenario
     model = scenario.model
     n_new = model.prompts.max_new_tokens
-    max_draft = min(model.edge.max_draft_tokens, Limits(n_vocab=1).max_upload)
+    max_draft = tokens_per_message(scenario)
     synthetic = acceptance_model(scenario) if acceptance == "synthetic" else None
     prompts = default_prompts()
     draft = llama_cpp.Llama(
@@ -187,6 +282,11 @@ def run_testbed(
                         time.sleep(refill_s(point))
                     if on_start is not None:
                         on_start()
+                    edge_sampling = (
+                        EdgeSampling(float(sampling.temperature), top_k[0], seed)
+                        if sampling is not None and top_k is not None
+                        else None
+                    )
                     origin = time.perf_counter()
                     startup_probes(policy, cloud)
                     records, spans = [], []
@@ -204,6 +304,7 @@ def run_testbed(
                             max_draft_tokens=max_draft,
                             clock_origin=origin,
                             acceptance_stream=stream,
+                            sampling=edge_sampling,
                         )
                         after = uplink_meter() if before is not None else None
                         if before is not None and after is not None:
@@ -248,6 +349,7 @@ def run_testbed(
         "draft": str(draft_path),
         "threads": threads,
         "acceptance": acceptance,
+        "sampling": sampling_info(sampling, top_k),
         "cloud_timeout_s": cloud_timeout_s,
         "uplink_bytes": (
             "the link's counter over each request (wire bytes in payload units)"

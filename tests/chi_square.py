@@ -8,7 +8,7 @@ import pytest
 
 def chi2_pvalue(samples: np.ndarray, p: np.ndarray) -> float:
     """Chi-square test of `samples` (token ids) against the distribution `p`: one bin per
-    token expected >= 5 times, plus one for the rest (folded into the first bin if the rest
+    token expected >= 5 times, plus one for the rest (folded into the largest bin if the rest
     is expected < 5 times). Skips the test where scipy is absent."""
     stats = pytest.importorskip("scipy.stats", reason="scipy is not installed")
     samples = np.asarray(samples)
@@ -21,6 +21,7 @@ def chi2_pvalue(samples: np.ndarray, p: np.ndarray) -> float:
         observed.append(rest_obs)
         expected.append(rest_exp)
     else:
-        observed[0] += rest_obs
-        expected[0] += rest_exp
+        largest = int(np.argmax(expected))
+        observed[largest] += rest_obs
+        expected[largest] += rest_exp
     return float(stats.chisquare(observed, np.array(expected) * n / sum(expected)).pvalue)

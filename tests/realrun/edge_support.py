@@ -30,13 +30,15 @@ def model_or_skip() -> Path:
     return smollm2_path()
 
 
-def shared_draft(model_path: Path, factory: pytest.TempPathFactory) -> Path:
-    """SmolLM2 truncated to KEEP_LAYERS layers, written once per test session (it is slow)."""
-    path = factory.getbasetemp() / "edge-draft" / f"smollm2-{KEEP_LAYERS}.gguf"
+def shared_draft(
+    model_path: Path, factory: pytest.TempPathFactory, keep_layers: int = KEEP_LAYERS
+) -> Path:
+    """SmolLM2 truncated to `keep_layers` layers, written once per test session (it is slow)."""
+    path = factory.getbasetemp() / "edge-draft" / f"smollm2-{keep_layers}.gguf"
     if not path.exists():
         path.parent.mkdir(exist_ok=True)
         partial = path.with_suffix(".part")
-        truncate_gguf(model_path, partial, KEEP_LAYERS)
+        truncate_gguf(model_path, partial, keep_layers)
         partial.rename(path)
     return path
 
@@ -74,6 +76,9 @@ def thread_server(model_path: Path) -> Iterator[str]:
     target = LlamaTarget(model_path, threads=THREADS, n_ctx=512)
     app = create_app(model_path, target=target, rate_limit_per_s=None)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # accepted connections inherit it (Linux); without it every answer here waited ~40 ms for
+    # the client's delayed ACK (Nagle); the subprocess server showed no such delay
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))

@@ -66,8 +66,6 @@ def setup(model_path, tmp_path_factory):
     target.close()
 
 
-
-
 def _speculative(setup, dist: SparseDist, seed: int) -> np.ndarray:
     """N first generated tokens through the target API, each draft d ~ dist."""
     target, prompt, _, q = setup

@@ -200,8 +200,6 @@ def sampling_setup(torch_mod, tiny_dir, tiny_model):
     tt.close()
 
 
-
-
 def test_sampling_is_distribution_preserving(sampling_setup):
     pytest.importorskip("scipy.stats", reason="scipy is not installed")
     tt, p, dist = sampling_setup

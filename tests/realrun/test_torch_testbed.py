@@ -29,6 +29,7 @@ def _args(**changes) -> argparse.Namespace:
     values = dict(
         target="tiny", draft="smollm2-135m", target_backend="torch", target_device="cpu",
         target_threads=1, draft_threads=1, shaping="software", acceptance="synthetic",
+        temperature=None, top_k=None,
     )  # fmt: skip
     values.update(changes)
     return argparse.Namespace(**values)
