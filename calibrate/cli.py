@@ -381,7 +381,11 @@ def measure_draft(args: argparse.Namespace, say: Callable[[str], None], command:
     values = {
         "draft_latency": latency.model_dump(),
         "payload.vocab_size": measured.n_vocab,
-        "models.draft": {"name": path.name, "parameters_b": 0.0, "quantisation": "gguf"},
+        "models.draft": {
+            "name": path.name,
+            "parameters_b": measured.n_params / 1e9,
+            "quantisation": measured.file_type,
+        },
     }
     notes = {
         "draft_latency": where,

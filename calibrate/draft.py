@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from calibrate.fit import FitReport, fit_draft_latency
+from calibrate.models import gguf_file_type
 from calibrate.samples import AcceptanceSample, DecodeSample, PrefillSample
 from simulator.errors import ConfigError
 from simulator.profile import DraftLatency
@@ -143,6 +144,8 @@ class DraftMeasurements:
     model_description: str = ""
     system_info: str = ""
     prompt_source: str = PROMPT_SOURCE
+    n_params: int = 0
+    file_type: str = "gguf"
 
     def acceptance_samples(self, accepted: Sequence[bool]) -> list[AcceptanceSample]:
         """The decoded tokens' confidences paired with a target's verdict on each token.
@@ -359,6 +362,8 @@ def profile_draft(
             burst=burst,
             pause_s=pause_s,
             model_description=str(llama._model.desc()),
+            n_params=int(llama._model.n_params()),
+            file_type=gguf_file_type(llama),
             system_info=llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip(),
         )
     finally:

@@ -14,6 +14,7 @@ import importlib.util
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from simulator.errors import ConfigError
 
@@ -122,6 +123,20 @@ def resolve_model(arg: str) -> Path:
     raise ConfigError("model", "", f"unknown model name {text!r}; {_allowed()}")
 
 
+def gguf_file_type(llama: Any) -> str:
+    """A loaded llama.cpp model's quantisation, e.g. "Q4_K_M" (from `general.file_type`; else
+    the last word of llama.cpp's description; else "gguf")."""
+    import llama_cpp
+
+    value = llama.metadata.get("general.file_type")
+    if value is not None and str(value).isdigit():
+        for name in dir(llama_cpp):
+            if name.startswith("LLAMA_FTYPE_") and getattr(llama_cpp, name) == int(value):
+                return name.removeprefix("LLAMA_FTYPE_").removeprefix("MOSTLY_")
+    words = str(llama._model.desc()).split()
+    return words[-1] if words else "gguf"
+
+
 def _allowed() -> str:
     return f"allowed: a path to a .gguf file, or a name: {', '.join(sorted(MODEL_NAMES))}"
 
@@ -130,6 +145,7 @@ __all__ = [
     "DRAFT_FILE",
     "MODEL_NAMES",
     "SMOLLM2_FILE",
+    "gguf_file_type",
     "models_dir",
     "resolve_model",
     "smollm2_draft_gguf",

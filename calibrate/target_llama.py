@@ -39,6 +39,7 @@ from calibrate.fit import (
     _positive,
     _samples,
 )
+from calibrate.models import gguf_file_type
 from calibrate.samples import ForwardSample, PrefillSample
 from calibrate.served import served_needs, time_served
 from calibrate.target import (
@@ -276,7 +277,7 @@ def profile_llama_target(
         return LlamaTargetMeasurements(
             device="cpu",
             device_name=_cpu_name(),
-            dtype=description.split()[-1] if description else "gguf",
+            dtype=gguf_file_type(target.llama),
             model_name=path.name,
             shape=_shape_of(dict(target.llama.metadata), target.n_vocab),
             prefill=timed.prefill,

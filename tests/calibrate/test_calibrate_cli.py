@@ -23,6 +23,8 @@ def test_draft_part_becomes_a_profile_the_simulator_runs(tmp_path: Path, write_s
     assert main(argv) == 0
     data = json.loads(part.read_text())
     assert data["kind"] == "draft" and data["values"]["payload.vocab_size"] == 49152
+    draft = data["values"]["models.draft"]
+    assert 0.1 < draft["parameters_b"] < 0.2 and draft["quantisation"] == "Q4_1"  # SmolLM2-135M
     profile_path = tmp_path / "measured.json"
     argv = ["calibrate", "profile", str(part), "--name", "measured", "--base", str(BASE),
             "--out", str(profile_path)]  # fmt: skip

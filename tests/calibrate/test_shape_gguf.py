@@ -11,6 +11,7 @@ llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (extra 'mo
 pytest.importorskip("gguf", reason="gguf (extra 'models') is not installed")
 
 from calibrate import shape_gguf  # noqa: E402
+from calibrate.models import gguf_file_type  # noqa: E402
 from calibrate.shape_gguf import QUANTS, build_shape_gguf, weight_count  # noqa: E402
 from calibrate.shapes import SHAPES, ModelShape  # noqa: E402
 from pipesd.cli import main  # noqa: E402
@@ -82,6 +83,7 @@ def test_tiny_shape_loads_tokenizes_and_runs_in_every_quant(
         assert tokens[0] == model.token_bos() == 1
         assert model.detokenize(tokens).decode() == text
     finite_logits(model, model.tokenize(b"hello world"))
+    assert gguf_file_type(model) == quant.upper()  # what a calibration part records
 
 
 def test_file_holds_the_shape_s_weights_and_quantisation_shrinks_it(
