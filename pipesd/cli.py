@@ -260,10 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pipesd: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print(
-            "pipesd: interrupted; finished simulations are kept: rerun with --resume",
-            file=sys.stderr,
-        )
+        kept = "; finished simulations are kept: rerun with --resume"
+        print(f"pipesd: interrupted{kept if args.command == 'run' else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

@@ -183,3 +183,24 @@ def test_policy_parameters_are_not_coerced(write_scenario, entry, field) -> None
     path = write_scenario(policies=[entry])
     with pytest.raises(ConfigError, match=field):
         expand_sweep(path)
+
+
+@pytest.mark.parametrize(
+    ("argv", "patched", "resume"),
+    [
+        (["run", "x.toml", "--out", "o"], "command_run", True),
+        (["calibrate", "shape-gguf", "--shape", "tiny"], "run_calibrate", False),
+    ],
+)
+def test_ctrl_c_says_interrupted_and_only_a_run_mentions_resume(
+    argv, patched, resume, monkeypatch, capsys
+):
+    import pipesd.cli
+
+    def interrupted(*_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipesd.cli, patched, interrupted)
+    assert pipesd.cli.main(argv) == pipesd.cli.EXIT_INTERRUPTED
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pipesd: interrupted") and ("--resume" in err) == resume
