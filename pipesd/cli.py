@@ -240,6 +240,22 @@ def command_policies() -> int:
     return 0
 
 
+OPTIONAL_MODULES = {
+    "torch": "models",
+    "transformers": "models",
+    "llama_cpp": "models",
+    "gguf": "models",
+    "pynvml": "models",
+    "fastapi": "realrun",
+    "uvicorn": "realrun",
+    "httpx": "realrun",
+    "msgpack": "realrun",
+    "ray": "ray",
+}
+"""Modules of the optional extras (pyproject.toml) -> the extra that installs them: a command
+that needs a missing one stops with one line saying what to install."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `pipesd` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -258,6 +274,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return command_policies()
     except ConfigError as exc:
         print(f"pipesd: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ModuleNotFoundError as exc:
+        extra = OPTIONAL_MODULES.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(
+            f"pipesd: error: {args.command}: {exc.name} is not installed "
+            f"(pip install -e '.[{extra}]')",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         kept = "; finished simulations are kept: rerun with --resume"

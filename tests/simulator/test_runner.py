@@ -204,3 +204,30 @@ def test_ctrl_c_says_interrupted_and_only_a_run_mentions_resume(
     assert pipesd.cli.main(argv) == pipesd.cli.EXIT_INTERRUPTED
     err = capsys.readouterr().err.strip()
     assert err.startswith("pipesd: interrupted") and ("--resume" in err) == resume
+
+
+@pytest.mark.parametrize(("module", "extra"), [("torch", "models"), ("fastapi", "realrun")])
+def test_a_missing_optional_package_is_one_line_naming_its_extra(
+    module, extra, monkeypatch, capsys
+):
+    import pipesd.cli
+
+    def missing(*_args):
+        raise ModuleNotFoundError(f"No module named '{module}'", name=module)
+
+    monkeypatch.setattr(pipesd.cli, "run_calibrate", missing)
+    code = pipesd.cli.main(["calibrate", "shape-gguf", "--shape", "tiny"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"{module} is not installed" in err and f".[{extra}]" in err
+
+
+def test_a_missing_module_of_the_kit_itself_is_not_hidden(monkeypatch):
+    import pipesd.cli
+
+    def missing(*_args):
+        raise ModuleNotFoundError("No module named 'simulator.nope'", name="simulator.nope")
+
+    monkeypatch.setattr(pipesd.cli, "run_calibrate", missing)
+    with pytest.raises(ModuleNotFoundError):
+        pipesd.cli.main(["calibrate", "shape-gguf", "--shape", "tiny"])
