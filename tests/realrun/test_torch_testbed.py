@@ -92,3 +92,44 @@ def test_realrun_local_with_a_torch_target_runs_a_random_weight_pair(write_scena
     with (out / "results.csv").open() as handle:
         results = list(csv.DictReader(handle))
     assert all(r["new_tokens"] == "12" and r["local_tokens"] == "0" for r in results)
+
+
+def test_validate_recalibrates_a_torch_target_as_served(write_scenario, tmp_path, monkeypatch):
+    """`validate --recalibrate --target-backend torch`: the target part is the served torch
+    target's (calibrate target --backend torch-served) and the validation table is written."""
+    pytest.importorskip("torch", reason="torch (extra 'models') is not installed")
+    pytest.importorskip("transformers", reason="transformers (extra 'models') is not installed")
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python (extra 'models') is not installed")
+    pytest.importorskip("fastapi", reason="fastapi is not installed (extra 'realrun')")
+    import json
+
+    from calibrate.shape_gguf import build_shape_gguf
+    from pipesd.cli import main
+    from realrun import recalibrate
+
+    for name, value in [
+        ("PROMPT_LENGTHS", [8, 16, 24]),
+        ("DRAFT_CONTEXTS", [16, 24, 32]),
+        ("TARGET_CONTEXTS", [16, 24, 32]),
+        ("TARGET_TOKEN_COUNTS", [1, 2, 4]),
+        ("REPETITIONS", 2),
+        ("WARMUP", 0),
+        ("DRAFT_REPETITIONS", 2),
+        ("PAUSE_MS", 1.0),
+    ]:
+        monkeypatch.setattr(recalibrate, name, value)
+    draft = build_shape_gguf("tiny", tmp_path / "tiny-draft.gguf", quant="F16")
+    scenario = write_scenario(
+        link={"uplink_mbps": 20.0, "downlink_mbps": 50.0, "one_way_latency_s": 0.002},
+        prompts={"count": 1, "prompt_len": 16, "max_new_tokens": 8},
+    )
+    out = tmp_path / "validate"
+    argv = ["validate", str(scenario), "--profile", str(tmp_path / "profile.json"),
+            "--recalibrate", "--target", "tiny", "--target-backend", "torch", "--draft",
+            str(draft), "--acceptance", "synthetic", "--shaping", "software", "--quiet",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    target = json.loads((out / "calibration" / "target.json").read_text())
+    assert "TorchTarget mode static" in target["notes"]["target_latency"]
+    assert target["values"]["models.target"]["name"] == "tiny"
+    assert (out / "validation.csv").read_text().count("\n") == 2  # header + vanilla
