@@ -594,7 +594,9 @@ def measure_wire(args: argparse.Namespace, say: Callable[[str], None], command: 
             f"{m.uplink_wire_bytes:.1f} wire bytes ({m.uplink_packets:.2f} packets) per uplink "
             f"message = {m.uplink_payload_bytes:.1f} payload bytes, minus the tokens; downlink "
             f"answers {m.downlink_payload_bytes:.1f} payload bytes "
-            f"({m.downlink_body_bytes:.1f} of msgpack body)"
+            f"({m.downlink_body_bytes:.1f} of msgpack body); the uplink's pure ACKs (packet "
+            f"capture: {100 * m.uplink_ack_share:.1f}% of its frame bytes) are "
+            "payload.message_ack_bytes, sent after the answer"
         ),
         "payload.token_id_bytes": "msgpack size of the vocabulary's largest id",
     }

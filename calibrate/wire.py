@@ -12,13 +12,23 @@ frame/payload, see realrun.netns). Then
     message_header_bytes = wire payload bytes per uplink message - n_tokens x per-token bytes,
 
 where a token costs its msgpack size (an id below 2^16 is 3 bytes) plus a float64 (9 bytes).
+
+Not every uplink byte of a NAV goes before it: a packet capture on the edge's veth (an
+AF_PACKET socket, `PacketTap`) shows the request as data frames, then, once the answer's
+frames arrive, the edge's pure ACKs of them. Their share of the uplink frame bytes gives
+`message_ack_bytes` (the simulator sends them after the answer, `Channel.defer`), and
+message_header_bytes is what is left before the message. The NAVs are `pause_s` apart, as an
+edge drafts between them (back to back, an ACK may ride on the next request instead).
 Needs root with `ip` and `tc` (ConfigError saying why otherwise).
 """
 
 from __future__ import annotations
 
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +65,8 @@ class WireMeasurement:
     downlink_packets: float
     downlink_body_bytes: float
     framing: float
+    uplink_ack_share: float = 0.0
+    """Share of the uplink frame bytes in pure ACKs (no TCP payload), from `PacketTap`."""
 
     @property
     def uplink_payload_bytes(self) -> float:
@@ -65,6 +77,56 @@ class WireMeasurement:
     def downlink_payload_bytes(self) -> float:
         return self.downlink_wire_bytes / self.framing
 
+    @property
+    def uplink_ack_bytes(self) -> float:
+        """Uplink payload bytes per message sent after its answer (its ACKs)."""
+        return self.uplink_ack_share * self.uplink_payload_bytes
+
+
+ETH_P_ALL = 0x0003
+ETH_P_IP = b"\x08\x00"
+
+
+class PacketTap:
+    """Frames crossing a network device, in a thread (an AF_PACKET socket; needs root):
+    `frames` holds (source IPv4 address, frame bytes, TCP payload bytes) of each TCP frame."""
+
+    def __init__(self, device: str) -> None:
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(ETH_P_ALL))
+        self.sock.bind((device, 0))
+        self.sock.settimeout(0.1)
+        self.frames: list[tuple[str, int, int]] = []
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="pipesd-packet-tap", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                frame = self.sock.recv(65535)
+            except TimeoutError:
+                continue
+            if len(frame) < 54 or frame[12:14] != ETH_P_IP or frame[23] != socket.IPPROTO_TCP:
+                continue
+            header = (frame[14] & 0x0F) * 4
+            total = struct.unpack("!H", frame[16:18])[0]
+            tcp_header = (frame[14 + header + 12] >> 4) * 4
+            source = socket.inet_ntoa(frame[26:30])
+            self.frames.append((source, len(frame), total - header - tcp_header))
+
+    def close(self) -> list[tuple[str, int, int]]:
+        self.stopped.set()
+        self.thread.join()
+        self.sock.close()
+        return self.frames
+
+
+def ack_share(frames: list[tuple[str, int, int]], source: str) -> float:
+    """Share of `source`'s frame bytes in pure ACKs (frames without TCP payload)."""
+    sent = [(size, payload) for src, size, payload in frames if src == source]
+    total = sum(size for size, _ in sent)
+    return sum(size for size, payload in sent if payload == 0) / total if total else 0.0
+
 
 def measure_wire(
     model: str,
@@ -73,6 +135,7 @@ def measure_wire(
     messages: int = 40,
     port: int = 8731,
     say: Callable[[str], None] = print,
+    pause_s: float = 0.03,
 ) -> WireMeasurement:
     """NAVs of `n_tokens` through a tbf link to a server holding `model`; see the module."""
     import httpx
@@ -105,15 +168,22 @@ def measure_wire(
                     time.sleep(0.2)
             with CloudClient(url) as cloud:
                 session = cloud.open(list(range(1000, 1016)))["session"]
-                up0, down0 = namespace.uplink_sent(), namespace.downlink_sent()
-                body_up = body_down = 0
-                for i in range(messages):
-                    tokens = [1000 + 7 * i + j for j in range(n_tokens)]
-                    probs = [0.5 + 0.01 * j for j in range(n_tokens)]
-                    request = {"session": session, "n": n_tokens, "tokens": tokens}
-                    body_up += len(encode({**request, "probs": probs}))
-                    body_down += len(encode(cloud.verify(session, n_tokens, tokens, probs)))
-                up1, down1 = namespace.uplink_sent(), namespace.downlink_sent()
+                time.sleep(pause_s)
+                tap = PacketTap(namespace.edge_dev)
+                try:
+                    up0, down0 = namespace.uplink_sent(), namespace.downlink_sent()
+                    body_up = body_down = 0
+                    for i in range(messages):
+                        tokens = [1000 + 7 * i + j for j in range(n_tokens)]
+                        probs = [0.5 + 0.01 * j for j in range(n_tokens)]
+                        request = {"session": session, "n": n_tokens, "tokens": tokens}
+                        body_up += len(encode({**request, "probs": probs}))
+                        body_down += len(encode(cloud.verify(session, n_tokens, tokens, probs)))
+                        time.sleep(pause_s)
+                    up1, down1 = namespace.uplink_sent(), namespace.downlink_sent()
+                finally:
+                    frames = tap.close()
+                share = ack_share(frames, namespace.edge_address)
             say(f"wire: {messages} NAVs of {n_tokens} tokens through tbf")
         finally:
             server.terminate()
@@ -128,19 +198,29 @@ def measure_wire(
         downlink_packets=(down1[1] - down0[1]) / messages,
         downlink_body_bytes=body_down / messages,
         framing=netns.FRAMING,
+        uplink_ack_share=share,
     )
 
 
 def payload_values(m: WireMeasurement, vocab_size: int) -> dict[str, Any]:
     """The profile's payload fields this measurement gives (dotted names, as parts hold them)."""
     token_bytes = msgpack_int_bytes(vocab_size)
-    header = m.uplink_payload_bytes - m.n_tokens * (token_bytes + PROBABILITY_BYTES)
+    tokens = m.n_tokens * (token_bytes + PROBABILITY_BYTES)
+    header = m.uplink_payload_bytes - m.uplink_ack_bytes - tokens
     return {
         "payload.vocab_size": vocab_size,
         "payload.token_id_bytes": token_bytes,
         "payload.probability_bytes": PROBABILITY_BYTES,
         "payload.message_header_bytes": max(0, round(header)),
+        "payload.message_ack_bytes": round(m.uplink_ack_bytes),
     }
 
 
-__all__ = ["WireMeasurement", "measure_wire", "msgpack_int_bytes", "payload_values"]
+__all__ = [
+    "PacketTap",
+    "WireMeasurement",
+    "ack_share",
+    "measure_wire",
+    "msgpack_int_bytes",
+    "payload_values",
+]

@@ -682,6 +682,7 @@ class Edge:
         decode_base = cfg.draft.decode_base_s * inv_factor
         decode_ctx = cfg.draft.decode_per_context_token_s * inv_factor
         per_token_bytes, header = payload.per_draft_token, payload.message_header
+        ack_bytes = payload.ack_bytes
         result_bytes = payload.result_bytes
         target = cfg.target
         min_down = down.min_delivery_s()
@@ -703,8 +704,10 @@ class Edge:
             n_tokens = drafted_end - sent_end
             n_bytes = header + n_tokens * per_token_bytes
             tx = up.transmit(now, n_bytes)
-            record.uplink_bytes += n_bytes
+            record.uplink_bytes += n_bytes + ack_bytes
             record.uplink_messages += 1
+            if not nav_request:  # the upload's answer comes straight back
+                up.defer(tx.arrive_s + min_down, ack_bytes)
             if n_tokens:
                 reports.append((tx.finish_s, n_tokens, tx.finish_s - tx.start_s))
             if timeline is not None:
@@ -771,6 +774,7 @@ class Edge:
                         yield env.timeout(t - env.now)
                     t = env.now
                     # -- the answer is processed at local time t ----------------------------
+                    up.defer(nav.eta, ack_bytes)  # type: ignore[arg-type]
                     start, end = nav.start, nav.end
                     m = end - start
                     reject = next_reject[start]

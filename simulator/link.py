@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import heapq
 import math
 from pathlib import Path
 from typing import NamedTuple
@@ -166,6 +167,7 @@ class Channel:
         "burst_bytes",
         "bytes_sent",
         "credit",
+        "deferred",
         "free_at",
         "latency_s",
         "messages",
@@ -183,11 +185,31 @@ class Channel:
         self.free_at = 0.0
         self.bytes_sent = 0
         self.messages = 0
+        self.deferred: list[tuple[float, int]] = []
+        """Bytes to send at a later time without a message of their own (heap by time)."""
+
+    def defer(self, at_s: float, n_bytes: int) -> None:
+        """Bytes that will occupy the channel from `at_s` on (TCP ACKs of an answer): no
+        per-message overhead, nobody waits for them, but later messages queue behind them
+        (and they use the bucket). Sent when the channel is next used at or after `at_s`."""
+        if n_bytes > 0:
+            heapq.heappush(self.deferred, (at_s, n_bytes))
 
     def transmit(self, send_s: float, n_bytes: int) -> Transmission:
-        """Send a message at `send_s` (callers send in non-decreasing time order)."""
+        """Send a message at `send_s` (callers send in non-decreasing time order), after any
+        deferred bytes due by then."""
+        while self.deferred and self.deferred[0][0] <= send_s:
+            at_s, deferred_bytes = heapq.heappop(self.deferred)
+            self._occupy(at_s if at_s > self.free_at else self.free_at, deferred_bytes)
+            self.bytes_sent += deferred_bytes
         start = send_s if send_s > self.free_at else self.free_at
-        begin = start + self.overhead_s
+        finish = self._occupy(start + self.overhead_s, n_bytes)
+        self.bytes_sent += n_bytes
+        self.messages += 1
+        return Transmission(start, finish, finish + self.latency_s)
+
+    def _occupy(self, begin: float, n_bytes: float) -> float:
+        """Put `n_bytes` on the channel from `begin` (token bucket first): when they are out."""
         if self.burst_bytes > 0.0:
             refill = self.bandwidth.bytes_between(self.free_at, begin)
             credit = min(self.burst_bytes, self.credit + refill)
@@ -197,9 +219,7 @@ class Channel:
         else:
             finish = self.bandwidth.finish_time(begin, n_bytes)
         self.free_at = finish
-        self.bytes_sent += n_bytes
-        self.messages += 1
-        return Transmission(start, finish, finish + self.latency_s)
+        return finish
 
     def min_delivery_s(self) -> float:
         """A lower bound on any message's time from send to arrival (no queueing, no bytes)."""

@@ -19,6 +19,8 @@ class Payload:
     token_id: int
     per_answer_position: int = 0
     """Bytes per verified position in an answer (the target's top-K, PicoSpec); 0: none."""
+    ack_bytes: int = 0
+    """Uplink bytes per message sent once its answer has arrived (TCP ACKs of the answer)."""
 
     def batch_bytes(self, n_tokens: int) -> int:
         """An uplink message carrying `n_tokens` draft tokens."""
@@ -57,4 +59,6 @@ def payload_for(profile: PayloadProfile, section: PayloadSection) -> Payload:
         if section.downlink_top_k
         else 0
     )
-    return Payload(per_token, profile.message_header_bytes, ident, per_answer)
+    return Payload(
+        per_token, profile.message_header_bytes, ident, per_answer, profile.message_ack_bytes
+    )

@@ -236,6 +236,12 @@ class PayloadProfile(Strict):
     probability_bytes: int = Field(9, ge=1, description="one probability (msgpack float64: 9)")
     index_bytes: int = Field(5, ge=1, description="one vocabulary index in a sparse list")
     message_header_bytes: int = Field(64, ge=0)
+    message_ack_bytes: int = Field(
+        0,
+        ge=0,
+        description="uplink bytes per message that go only after its answer arrives (the "
+        "edge's TCP ACKs of the answer), beside message_header_bytes",
+    )
 
 
 class ModelInfo(Strict):

@@ -9,6 +9,7 @@ import pytest
 from calibrate.wire import (
     PROBABILITY_BYTES,
     WireMeasurement,
+    ack_share,
     measure_wire,
     msgpack_int_bytes,
     payload_values,
@@ -43,4 +44,21 @@ def test_measure_wire_through_tbf(tmp_path: Path) -> None:
     assert m.uplink_wire_bytes > m.uplink_body_bytes + 200
     assert m.downlink_wire_bytes > m.downlink_body_bytes + 150
     assert 1.0 <= m.uplink_packets <= 6.0
-    assert payload_values(m, 49152)["payload.message_header_bytes"] > 200
+    values = payload_values(m, 49152)
+    assert values["payload.message_header_bytes"] > 200
+    # the edge's ACKs of each 2-frame answer, captured on the veth: a few tens of percent
+    assert 0.1 < m.uplink_ack_share < 0.5 and values["payload.message_ack_bytes"] > 50
+
+
+def test_ack_share_counts_the_sources_frames_without_payload() -> None:
+    frames = [("10.0.0.1", 294, 228), ("10.0.0.1", 175, 109), ("10.0.0.2", 66, 0),
+              ("10.0.0.1", 66, 0), ("10.0.0.1", 65, 0)]  # fmt: skip
+    assert ack_share(frames, "10.0.0.1") == pytest.approx(131 / 600)
+    assert ack_share([], "10.0.0.1") == 0.0
+
+
+def test_payload_values_split_the_acks_off_the_header() -> None:
+    m = WireMeasurement(40, 4, 1045.0, 4.0, 109.0, 523.0, 3.0, 60.0, 1.045, uplink_ack_share=0.2)
+    values = payload_values(m, 49152)
+    assert values["payload.message_ack_bytes"] == 200
+    assert values["payload.message_header_bytes"] == round(1000.0 - 200 - 4 * 12)

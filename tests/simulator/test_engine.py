@@ -367,3 +367,30 @@ def test_cloud_compute_factor_divides_every_target_time(write_scenario) -> None:
     assert sum(r.end_s - r.start_s for r in fast.records) < sum(
         r.end_s - r.start_s for r in base.records
     )
+
+
+def test_ack_bytes_follow_each_answer_and_slow_only_a_busy_link(write_scenario) -> None:
+    """`payload.message_ack_bytes` is counted on every upload and NAV, and delays a later
+    message only where the link is slow enough for it to matter."""
+    policies = [{"name": "pipesd", "autotune": False}]
+    times, totals = {}, {}
+    for mbps in (0.05, 1000.0):
+        for ack in (0, 2000):
+            path = write_scenario(
+                policies=policies,
+                profile_changes={"payload.message_ack_bytes": ack},
+                link={"uplink_mbps": mbps},
+                payload={"kind": "token_prob"},
+                name=f"a{mbps}-{ack}.toml",
+            )
+            records = run_one(path).records
+            times[mbps, ack] = sum(r.decode_s for r in records)
+            messages = sum(r.uplink_messages for r in records)
+            totals[mbps, ack] = (sum(r.uplink_bytes for r in records), messages - len(records))
+    for mbps in (0.05, 1000.0):
+        (plain, messages), (acked, acked_messages) = totals[mbps, 0], totals[mbps, 2000]
+        if mbps == 1000.0:  # same schedule: the ACKs add exactly their bytes
+            assert acked_messages == messages  # uploads and NAVs (prompts carry none)
+            assert acked == plain + 2000 * messages
+    assert times[1000.0, 2000] == pytest.approx(times[1000.0, 0], rel=1e-3)
+    assert times[0.05, 2000] > times[0.05, 0]

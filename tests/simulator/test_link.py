@@ -308,3 +308,26 @@ def test_burst_never_beats_the_bucket(sizes: list[int], gaps: list[float], burst
         sent += size
         assert done.finish_s <= reference.finish_s + 1e-9
         assert sent <= burst + rate * done.finish_s + 1e-6
+
+
+def test_deferred_bytes_occupy_the_channel_from_their_time_only() -> None:
+    """ACK-like bytes: no overhead, nobody waits for them, later messages queue behind them."""
+    channel = Channel(ConstantBandwidth(8.0), overhead_s=0.01, latency_s=0.2)  # 1 MB/s
+    channel.defer(1.0, 10_000)  # 10 ms of the link from t = 1
+    early = channel.transmit(0.5, 1000)  # before they are due: not delayed
+    assert early.start_s == 0.5 and early.finish_s == pytest.approx(0.5 + 0.01 + 0.001)
+    late = channel.transmit(1.0, 1000)  # queues behind them, then pays its own overhead
+    assert late.start_s == pytest.approx(1.01)
+    assert late.finish_s == pytest.approx(1.01 + 0.01 + 0.001)
+    assert channel.bytes_sent == 12_000 and channel.messages == 2
+    channel.defer(5.0, 0)  # nothing to send: nothing queued
+    assert channel.deferred == []
+
+
+def test_deferred_bytes_use_the_token_bucket() -> None:
+    channel = Channel(ConstantBandwidth(8.0), overhead_s=0.0, latency_s=0.0, burst_bytes=3000)
+    channel.defer(0.0, 2000)  # from the full bucket: out at once
+    first = channel.transmit(0.0, 1000)  # the bucket's last 1000 bytes
+    assert first.finish_s == pytest.approx(0.0)
+    second = channel.transmit(0.0, 1000)  # empty bucket: at the rate
+    assert second.finish_s == pytest.approx(0.001)
