@@ -116,15 +116,23 @@ def add_parser(subparsers: Any) -> None:
     where.add_argument(
         "--testbed",
         type=Path,
-        help="scenario TOML: probe the testbed's own path (its tbf link and delay relay, a "
-        "server started behind them); its one-way latency is the relay's, the rest overhead",
+        help="scenario TOML: probe the testbed's own path (its tbf link and delay relay, or "
+        "the software shaper, a server started behind them); its one-way latency is the "
+        "link's, the rest overhead",
     )
     link.add_argument("--model", default="smollm2-135m", help="with --testbed: the server's model")
     link.add_argument(
         "--testbed-mbps",
         type=float,
         default=1000.0,
-        help="with --testbed: the tbf rate both ways while probing (high: overhead, not bytes)",
+        help="with --testbed: the link rate both ways while probing (high: overhead, not bytes)",
+    )
+    link.add_argument(
+        "--testbed-shaping",
+        choices=("tbf", "software"),
+        default="tbf",
+        help="with --testbed: the shaping the validation will use (software: no root needed, "
+        "e.g. the GPU machine)",
     )
     link.add_argument("--token", help="the server's shared secret, if it has one")
     link.add_argument(
@@ -620,7 +628,8 @@ def measure_power(args: argparse.Namespace, say: Callable[[str], None], command:
 
 
 def _probe_testbed(args: argparse.Namespace, say: Callable[[str], None]) -> Any:
-    """Probe a server started behind the scenario's tbf link (first sweep point)."""
+    """Probe a server started behind the scenario's link (first sweep point), shaped as
+    `--testbed-shaping` says."""
     import dataclasses
     import tempfile
 
@@ -638,16 +647,23 @@ def _probe_testbed(args: argparse.Namespace, say: Callable[[str], None]) -> Any:
     spec = dataclasses.replace(spec, uplink=rate, downlink=rate)
     model = resolve_model(args.model)
     port = free_port()
-    with tempfile.TemporaryDirectory() as tmp, open_link(spec, "tbf", server_port=port) as link:
+    shaping = args.testbed_shaping
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        open_link(spec, shaping, server_port=port) as link,
+    ):
         options = LocalOptions(target=model, draft=model)
         with cloud_server(link, port, options, Path(tmp) / "server.log"):
             url = link.client_url(port)
             say(f"testbed link: {link.describe()['kind']}, server at {url}")
             probed = probe_link(
                 url, args.sizes, args.repetitions, None, say,
-                emulated_latency_s=spec.one_way_latency_s,
+                emulated_latency_s=spec.one_way_latency_s, transport=link.transport(),
             )  # fmt: skip
-            navs = nav_overhead(url, spec.one_way_latency_s, repetitions=args.repetitions)
+            navs = nav_overhead(
+                url, spec.one_way_latency_s, repetitions=args.repetitions,
+                transport=link.transport(),
+            )  # fmt: skip
             say(f"NAV overhead {1e3 * navs.overhead_s:.2f} ms ({len(navs.samples)} verifies)")
             return probed, navs
 
@@ -684,7 +700,10 @@ def measure_link(args: argparse.Namespace, say: Callable[[str], None], command: 
         raise ConfigError("--testbed", str(args.testbed), str(exc).splitlines()[0]) from None
     except ValueError as exc:
         raise ConfigError("calibrate link", "", str(exc)) from None
-    target = args.server or f"the testbed link of {args.testbed} at {args.testbed_mbps} Mbit/s"
+    target = args.server or (
+        f"the testbed link of {args.testbed} at {args.testbed_mbps} Mbit/s "
+        f"({args.testbed_shaping} shaping)"
+    )
     how = (
         f"probed {target} with {args.sizes} byte messages x {args.repetitions}; "
         "the probe times an HTTP request both ways, so both directions get the same values"
@@ -701,7 +720,8 @@ def measure_link(args: argparse.Namespace, say: Callable[[str], None], command: 
         "link.one_way_latency_s": (
             "half the fastest empty round trip (/v1/health)"
             if measured.round_trips_s and args.testbed is None and args.emulated_latency_s is None
-            else "the relay's emulated one-way delay; the rest of the round trip is overhead"
+            else "the emulated one-way delay (the relay's or the software shaper's); the rest "
+            "of the round trip is overhead"
         ),
         "link.uplink_overhead_s": "fit intercept minus the round trip",
     }

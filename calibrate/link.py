@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -57,15 +58,17 @@ def probe_link(
     token: str | None = None,
     progress: Callable[[str], None] | None = None,
     emulated_latency_s: float | None = None,
+    transport: Any = None,
 ) -> LinkMeasurements:
-    """Time padded probes of each size and empty round trips against a running server."""
+    """Time padded probes of each size and empty round trips against a running server
+    (through `transport`, an httpx transport such as the software link shaper, if given)."""
     import httpx
 
     headers = {"Content-Type": CONTENT_TYPE}
     if token:
         headers[TOKEN_HEADER] = token
     base = url.rstrip("/")
-    with httpx.Client(timeout=30.0) as client:
+    with httpx.Client(timeout=30.0, transport=transport) as client:
         client.get(f"{base}/v1/health", headers=headers).raise_for_status()
         round_trips = []
         for _ in range(repetitions):
@@ -112,14 +115,15 @@ def nav_overhead(
     token_counts: Sequence[int] = (1, 2, 4, 8),
     repetitions: int = 10,
     token: str | None = None,
+    transport: Any = None,
 ) -> NavOverhead:
     """Time `repetitions` NAVs (verify carrying n tokens, numbered as the edge numbers them)
     per n in `token_counts` on a fresh session of a running server; see the module docstring.
-    `latency_s`: the one-way latency to subtract twice."""
+    `latency_s`: the one-way latency to subtract twice; `transport` as in `probe_link`."""
     from realrun.client import CloudClient
 
     rows: list[tuple[int, float]] = []
-    with CloudClient(url, token) as cloud:
+    with CloudClient(url, token, transport=transport) as cloud:
         session = cloud.open(list(range(1000, 1032)))["session"]
         seq = 0
         for _ in range(repetitions):

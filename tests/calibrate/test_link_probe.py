@@ -15,6 +15,8 @@ import pytest
 pytest.importorskip("fastapi", reason="fastapi (extra 'realrun') is not installed")
 pytest.importorskip("uvicorn", reason="uvicorn (extra 'realrun') is not installed")
 
+from model_marks import needs_smollm2
+
 from pipesd.cli import main
 from realrun.server import create_app
 from realrun.target import Session, VerifyResult
@@ -126,3 +128,23 @@ def test_nav_overhead_excludes_the_target_time() -> None:
     # one process, ~2 ms between processes)
     assert 0.0 <= navs.overhead_s < BusyTarget.BUSY_S / 2
     assert target.sessions == {}  # the session was closed
+
+
+@needs_smollm2
+def test_link_through_the_testbeds_software_shaper(write_scenario, tmp_path: Path) -> None:
+    """`--testbed SCENARIO --testbed-shaping software` (no root, as on the GPU machine): a
+    server behind the scenario's software-shaped link; the latency is the scenario's, the rate
+    the shaper's, and the NAVs' overhead is measured."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python (extra 'models') is not installed")
+    scenario = write_scenario(link={"one_way_latency_s": 0.01})
+    out = tmp_path / "link.json"
+    argv = ["calibrate", "link", "--testbed", str(scenario), "--testbed-shaping", "software",
+            "--testbed-mbps", "20", "--sizes", "1024,65536,262144", "--repetitions", "3",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    part = json.loads(out.read_text())
+    values = part["values"]
+    assert values["link.one_way_latency_s"] == pytest.approx(0.01)
+    assert 15 < values["link.uplink_mbps"] < 25  # the shaper's 20 Mbit/s, give or take
+    assert values["link.uplink_overhead_s"] > 0
+    assert "software shaping" in part["notes"]["link"]
