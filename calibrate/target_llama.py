@@ -315,7 +315,6 @@ def measure_part(args: argparse.Namespace, say: Callable[[str], None], command: 
     Unset grids take this module's defaults; a batch size other than 1, a cuda device, a dtype
     or a missing thread count is a one-line ConfigError.
     """
-    from calibrate.assemble import new_part
     from calibrate.cli import _version
     from calibrate.models import resolve_model
 
@@ -354,29 +353,56 @@ def measure_part(args: argparse.Namespace, say: Callable[[str], None], command: 
         latency, reports = measured.fit()
     except ValueError as exc:
         raise ConfigError("calibrate target", "", str(exc)) from None
-    forward = reports["forward"]
+    how = (
+        f"measured through realrun.target.LlamaTarget (the testbed server's target: "
+        f"llama.cpp, flash attention, KV kept, seq_rm rollback) on {measured.device_name}, "
+        f"{measured.threads} thread(s), llama-cpp-python {measured.llama_cpp_version}, "
+        f"{measured.model_description}, n_ctx {measured.n_ctx}; tokens verified {tokens}, "
+        f"contexts {contexts}, prompts {prompts}, {args.repetitions} repetitions after "
+        f"{args.warmup} warm-up"
+    )
+    return served_target_part(
+        measured,
+        latency,
+        reports,
+        path.name,
+        how,
+        ("CPU target during verification", "CPU target idle"),
+        {"llama-cpp-python": _version("llama-cpp-python")},
+        command,
+        {"target.llama_system_info": measured.system_info},
+    )
+
+
+def served_target_part(
+    measured: TargetMeasurements,
+    latency: TargetLatency,
+    reports: dict[str, FitReport],
+    model_name: str,
+    how: str,
+    power_labels: tuple[str, str],
+    versions: dict[str, str],
+    command: str,
+    extra_notes: dict[str, str] | None = None,
+) -> Any:
+    """The target part of a served-target profiler (llama.cpp or torch-served): the fitted
+    batch-1 latency, the model, the power fields (`power_labels`: what busy and idle power
+    measured), `how` it was measured (with the batch note and the forward fit's MAPE)."""
+    from calibrate.assemble import new_part
+
     values: dict[str, Any] = {
         "target_latency": latency.model_dump(),
         "models.target": {
-            "name": path.name,
-            "parameters_b": measured.n_params / 1e9,
+            "name": model_name,
+            "parameters_b": measured.n_params / 1e9,  # type: ignore[attr-defined]
             "quantisation": measured.dtype,
         },
     }
     notes = {
-        "target_latency": (
-            f"measured through realrun.target.LlamaTarget (the testbed server's target: "
-            f"llama.cpp, flash attention, KV kept, seq_rm rollback) on {measured.device_name}, "
-            f"{measured.threads} thread(s), llama-cpp-python {measured.llama_cpp_version}, "
-            f"{measured.model_description}, n_ctx {measured.n_ctx}; tokens verified {tokens}, "
-            f"contexts {contexts}, prompts {prompts}, {args.repetitions} repetitions after "
-            f"{args.warmup} warm-up; {BATCH_NOTE}; {forward_mape_note(forward)}"
-        ),
-        "target.llama_system_info": measured.system_info,
+        "target_latency": f"{how}; {BATCH_NOTE}; {forward_mape_note(reports['forward'])}",
+        **(extra_notes or {}),
     }
-    power, power_notes = measured.power_fields("CPU target during verification", "CPU target idle")
+    power, power_notes = measured.power_fields(*power_labels)
     values.update(power)
     notes.update(power_notes)
-    samples = measured.sample_rows()
-    versions = {"llama-cpp-python": _version("llama-cpp-python")}
-    return new_part("target", values, notes, reports, samples, versions, command)
+    return new_part("target", values, notes, reports, measured.sample_rows(), versions, command)

@@ -35,12 +35,11 @@ from calibrate.target import (
     _shape_of,
 )
 from calibrate.target_llama import (
-    BATCH_NOTE,
     DEFAULT_CONTEXT_LENGTHS,
     DEFAULT_PROMPT_LENGTHS,
     DEFAULT_TOKEN_COUNTS,
     fit_single_sequence,
-    forward_mape_note,
+    served_target_part,
 )
 from simulator.errors import ConfigError
 from simulator.profile import TargetLatency
@@ -197,7 +196,6 @@ def measure_part(args: argparse.Namespace, say: Callable[[str], None], command: 
     server's ("auto": bfloat16 on CUDA, float32 on the CPU); batch sizes other than 1 are a
     one-line ConfigError.
     """
-    from calibrate.assemble import new_part
     from calibrate.cli import _version
 
     if args.batch_sizes not in (None, [1]):
@@ -229,32 +227,27 @@ def measure_part(args: argparse.Namespace, say: Callable[[str], None], command: 
         latency, reports = measured.fit()
     except ValueError as exc:
         raise ConfigError("calibrate target", "", str(exc)) from None
-    values: dict[str, Any] = {
-        "target_latency": latency.model_dump(),
-        "models.target": {
-            "name": measured.model_name,
-            "parameters_b": measured.n_params / 1e9,
-            "quantisation": measured.dtype,
-        },
-    }
-    notes = {
-        "target_latency": (
-            f"measured through {measured.setup()} (the testbed server's torch target) on "
-            f"{measured.device_name} ({measured.device}, {measured.dtype}, torch "
-            f"{measured.torch_version}); tokens verified {tokens}, contexts {contexts}, prompts "
-            f"{prompts}, {args.repetitions} repetitions after {args.warmup} warm-up; "
-            f"{BATCH_NOTE}; {forward_mape_note(reports['forward'])}"
-        ),
-    }
-    power, power_notes = measured.power_fields("energy over verification windows", "measured")
-    values.update(power)
-    notes.update(power_notes)
+    how = (
+        f"measured through {measured.setup()} (the testbed server's torch target) on "
+        f"{measured.device_name} ({measured.device}, {measured.dtype}, torch "
+        f"{measured.torch_version}); tokens verified {tokens}, contexts {contexts}, prompts "
+        f"{prompts}, {args.repetitions} repetitions after {args.warmup} warm-up"
+    )
     versions = {
         "torch": measured.torch_version,
         "transformers": measured.transformers_version,
         "nvidia-ml-py": _version("nvidia-ml-py"),
     }
-    return new_part("target", values, notes, reports, measured.sample_rows(), versions, command)
+    return served_target_part(
+        measured,
+        latency,
+        reports,
+        measured.model_name,
+        how,
+        ("energy over verification windows", "measured"),
+        versions,
+        command,
+    )
 
 
 __all__ = ["ServedTorchMeasurements", "measure_part", "profile_torch_served_target"]

@@ -200,11 +200,6 @@ class _LlamaDraft:
             raise RuntimeError("run_edge: the draft produced non-finite logits")
         return row
 
-    def step(self, context: Sequence[int]) -> tuple[int, float, SparseDist | None]:
-        """(next token, confidence for the policy, the distribution it was drawn from or None
-        for a deterministic choice)."""
-        raise NotImplementedError
-
 
 class GreedyDraft(_LlamaDraft):
     """Greedy drafting: `next(context)` returns (argmax token after `context`, its softmax
@@ -216,6 +211,7 @@ class GreedyDraft(_LlamaDraft):
         return token, 1.0 / float(np.sum(np.exp(row - row[token])))
 
     def step(self, context: Sequence[int]) -> tuple[int, float, SparseDist | None]:
+        """(next token, confidence for the policy, None: a deterministic choice)."""
         token, confidence = self.next(context)
         return token, confidence, None
 
@@ -296,7 +292,12 @@ class SamplingDraft(_LlamaDraft):
         return int(q.ids[index]), float(q.probs.max()), q
 
     def step(self, context: Sequence[int]) -> tuple[int, float, SparseDist | None]:
+        """(next token, confidence for the policy, the distribution it was drawn from)."""
         return self.next(context)
+
+
+Draft = GreedyDraft | SamplingDraft
+"""A draft model as the edge drives it: `step(context)` -> (token, confidence, q or None)."""
 
 
 def max_sampling_top_k(tokens_per_message: int, max_body_bytes: int | None = None) -> int:
@@ -582,7 +583,7 @@ def run_edge(
     prompt_len = len(prompt)
     record = RequestRecord(request=request_index, prompt_len=prompt_len, start_s=clock())
     timeline: list[Span] = []
-    draft: _LlamaDraft = (
+    draft: Draft = (
         GreedyDraft(draft_llama)
         if sampling is None
         else SamplingDraft(draft_llama, sampling, request_index)
@@ -616,7 +617,7 @@ def run_edge(
 
 
 def _finish_locally(
-    draft: _LlamaDraft,
+    draft: Draft,
     prompt: list[int],
     toks: list[int],
     n_new: int,
@@ -643,7 +644,7 @@ def _finish_locally(
 
 def _loop(
     policy: Policy,
-    draft: _LlamaDraft,
+    draft: Draft,
     worker: _Worker,
     record: RequestRecord,
     timeline: list[Span],

@@ -16,19 +16,8 @@ BASE = Path(__file__).resolve().parents[2] / "scenarios" / "profiles" / "cpu-tes
 
 
 @needs_smollm2
-def test_recalibrated_profile_replaces_only_the_latency_models(tmp_path, monkeypatch):
+def test_recalibrated_profile_replaces_only_the_latency_models(tmp_path, small_recalibration):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python (extra 'models') is not installed")
-    for name, value in [
-        ("PROMPT_LENGTHS", [8, 16, 24]),
-        ("DRAFT_CONTEXTS", [16, 24, 32]),
-        ("TARGET_CONTEXTS", [16, 24, 32]),
-        ("TARGET_TOKEN_COUNTS", [1, 2, 4]),
-        ("REPETITIONS", 2),
-        ("WARMUP", 0),
-        ("DRAFT_REPETITIONS", 2),
-        ("PAUSE_MS", 1.0),
-    ]:
-        monkeypatch.setattr(recalibrate, name, value)
     model = smollm2_path()
     lines: list[str] = []
     path = recalibrate.recalibrated_profile(

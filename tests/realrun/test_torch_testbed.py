@@ -94,7 +94,9 @@ def test_realrun_local_with_a_torch_target_runs_a_random_weight_pair(write_scena
     assert all(r["new_tokens"] == "12" and r["local_tokens"] == "0" for r in results)
 
 
-def test_validate_recalibrates_a_torch_target_as_served(write_scenario, tmp_path, monkeypatch):
+def test_validate_recalibrates_a_torch_target_as_served(
+    write_scenario, tmp_path, small_recalibration
+):
     """`validate --recalibrate --target-backend torch`: the target part is the served torch
     target's (calibrate target --backend torch-served) and the validation table is written."""
     pytest.importorskip("torch", reason="torch (extra 'models') is not installed")
@@ -105,19 +107,7 @@ def test_validate_recalibrates_a_torch_target_as_served(write_scenario, tmp_path
 
     from calibrate.shape_gguf import build_shape_gguf
     from pipesd.cli import main
-    from realrun import recalibrate
 
-    for name, value in [
-        ("PROMPT_LENGTHS", [8, 16, 24]),
-        ("DRAFT_CONTEXTS", [16, 24, 32]),
-        ("TARGET_CONTEXTS", [16, 24, 32]),
-        ("TARGET_TOKEN_COUNTS", [1, 2, 4]),
-        ("REPETITIONS", 2),
-        ("WARMUP", 0),
-        ("DRAFT_REPETITIONS", 2),
-        ("PAUSE_MS", 1.0),
-    ]:
-        monkeypatch.setattr(recalibrate, name, value)
     draft = build_shape_gguf("tiny", tmp_path / "tiny-draft.gguf", quant="F16")
     scenario = write_scenario(
         link={"uplink_mbps": 20.0, "downlink_mbps": 50.0, "one_way_latency_s": 0.002},
