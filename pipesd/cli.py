@@ -22,7 +22,7 @@ from calibrate.cli import run as run_calibrate
 from figures.cli import add_parser as add_figures_parser
 from figures.cli import run as run_figures
 from realrun.cli import add_parser as add_realrun_parser
-from realrun.cli import add_validate_parser, run_validate
+from realrun.cli import add_revalidate_parser, add_validate_parser, run_revalidate, run_validate
 from realrun.cli import run as run_realrun
 from simulator.errors import ConfigError
 
@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_calibrate_parser(sub)
     add_realrun_parser(sub)
     add_validate_parser(sub)
+    add_revalidate_parser(sub)
     return parser
 
 
@@ -271,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_realrun(args, argv)
         if args.command == "validate":
             return run_validate(args, argv)
+        if args.command == "revalidate":
+            return run_revalidate(args, argv)
         return command_policies()
     except ConfigError as exc:
         print(f"pipesd: error: {exc}", file=sys.stderr)

@@ -100,7 +100,9 @@ class Policy(ABC):
         """
 
     def on_upload(self, n_tokens: int, duration_s: float) -> None:  # noqa: B027 - optional hook
-        """A batch of `n_tokens` draft tokens finished uploading in `duration_s` seconds."""
+        """A batch of `n_tokens` draft tokens was answered `duration_s` seconds after it was sent:
+        what an edge can measure (both ways' latency and overheads included, the cloud's own
+        queueing and compute excluded), in the simulator as on the testbed."""
 
     def startup_probe_sizes(self) -> tuple[int, ...]:
         """Token counts of probe uploads to send once when the edge session starts."""

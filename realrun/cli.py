@@ -215,6 +215,54 @@ def add_validate_parser(subparsers: Any) -> None:
     validate.add_argument("--out", type=Path, required=True, help="output folder")
 
 
+def add_revalidate_parser(subparsers: Any) -> None:
+    """Register `pipesd revalidate`."""
+    revalidate = subparsers.add_parser(
+        "revalidate",
+        help="compare a finished validation's real run with the current simulator",
+        description=(
+            "Re-simulate SOURCE (an OUT folder of `pipesd validate`) with the current simulator "
+            "and its profile, or --profile, and compare it with SOURCE's real run as validate "
+            "does: OUT/validation.csv, OUT/real/ (copied), OUT/sim/, OUT/manifest.json. No "
+            "testbed, no models: a model change can be checked against every recorded run."
+        ),
+    )
+    revalidate.add_argument("source", type=Path, help="a `pipesd validate` output folder")
+    revalidate.add_argument(
+        "--profile", type=Path, help="simulate with this profile instead of SOURCE's"
+    )
+    revalidate.add_argument("--quiet", action="store_true", help="no table, only the verdict")
+    revalidate.add_argument("--out", type=Path, required=True, help="output folder")
+
+
+def run_revalidate(args: argparse.Namespace, argv: list[str]) -> int:
+    """Execute `pipesd revalidate`."""
+    from realrun.validate import command_options, revalidate, validation_points, validation_source
+
+    manifest, scenario, profile = validation_source(args.source)
+    if args.profile is not None:
+        profile = args.profile
+    elif profile is None:
+        raise ConfigError(
+            str(args.source / "manifest.json"), "profile", "the profile it simulated is not in "
+            "calibration/profile.json nor at its recorded path (or changed): give --profile"
+        )  # fmt: skip
+    recorded = [str(word) for word in manifest["command"]]
+    points = validation_points(
+        scenario, profile, command_options(recorded, "--set"), command_options(recorded, "--sweep")
+    )
+    if args.out.resolve() == args.source.resolve():
+        raise ConfigError("--out", str(args.out), "must differ from SOURCE (it is read)")
+    _make_out(args.out)
+    skipped = {str(k): str(v) for k, v in (manifest.get("skipped") or {}).items()}
+    rows, headline = revalidate(
+        args.source, scenario, profile, points, args.out, ["pipesd", *argv], skipped
+    )
+    print_validation(rows, list(points[0].axes), headline, skipped, not args.quiet)
+    print(f"wrote {args.out}/validation.csv, manifest.json, real/, sim/")
+    return 0
+
+
 def _options(args: argparse.Namespace) -> LocalOptions:
     """LocalOptions from the shared testbed flags (models resolved, threads checked)."""
     from calibrate.models import resolve_model

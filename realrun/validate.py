@@ -12,6 +12,7 @@ import csv
 import hashlib
 import json
 import math
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -382,10 +383,103 @@ def run_validation(
         "error": "(sim - real) / real",
         "skipped": skipped,
     }
+    return (*compare_sides(out_dir, points, extra), skipped)
+
+
+def compare_sides(
+    out_dir: Path, points: Sequence[SweepPoint], extra_manifest: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """From OUT/real and OUT/sim: the speeds, both re-simulated predictions, validation.csv
+    and manifest.json (`extra_manifest` first). Returns the rows and the headline figures."""
     speeds = measured_speeds(out_dir, points)
     predicted = resimulate_at_measured_speeds(out_dir, points)
     probes = probed_speeds(out_dir / "real" / "speeds.csv")
     probed = resimulate(points, probes)
     axes = list(points[0].axes)
-    rows, headline = write_validation(out_dir, axes, extra, speeds, predicted, probes, probed)
-    return rows, headline, skipped
+    return write_validation(out_dir, axes, extra_manifest, speeds, predicted, probes, probed)
+
+
+REAL_FILES = ("summary.csv", "results.csv", "speeds.csv", "manifest.json")
+"""What `revalidate` reads of a validation's real side (speeds.csv only where it was timed)."""
+
+
+def command_options(command: Sequence[str], flag: str) -> list[str]:
+    """The values given to `flag` (`--set`, `--sweep`) in a recorded command line."""
+    values = []
+    for i, word in enumerate(command):
+        if word == flag and i + 1 < len(command):
+            values.append(command[i + 1])
+        elif word.startswith(flag + "="):
+            values.append(word[len(flag) + 1 :])
+    return values
+
+
+def validation_source(source: Path) -> tuple[dict[str, Any], Path, Path | None]:
+    """A finished validation folder's manifest, the scenario its real run used and the profile
+    it simulated (None where it is no longer where the manifest says); one-line ConfigError
+    for a folder that is not one, or whose scenario changed since."""
+    manifest_path = source / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        scenario = Path(manifest["scenario"]["path"])
+        scenario_hash = manifest["scenario"]["sha256"]
+        profile_hash = manifest["profile"]["sha256"]
+        if not isinstance(manifest["command"], list):
+            raise TypeError("command is not a list")
+    except FileNotFoundError:
+        raise ConfigError(str(source), "", "no manifest.json: not a validation folder") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(str(manifest_path), "", f"not a validation manifest ({exc})") from None
+    missing = [f"real/{name}" for name in REAL_FILES[:2] if not (source / "real" / name).is_file()]
+    if missing:
+        raise ConfigError(str(source), "", f"missing {', '.join(missing)}")
+    if not scenario.is_file():
+        raise ConfigError(str(manifest_path), "scenario.path", f"{str(scenario)!r} not found")
+    if sha256(scenario) != scenario_hash:
+        raise ConfigError(
+            str(scenario), "", "changed since the validation ran (its sha256 differs from the "
+            "manifest's): the real run is no longer the scenario's"
+        )  # fmt: skip
+    candidates = [source / "calibration" / "profile.json", Path(manifest["profile"]["path"])]
+    profile = next((p for p in candidates if p.is_file() and sha256(p) == profile_hash), None)
+    return manifest, scenario, profile
+
+
+def revalidate(
+    source: Path,
+    scenario: Path,
+    profile: Path,
+    points: Sequence[SweepPoint],
+    out_dir: Path,
+    command: Sequence[str],
+    skipped: dict[str, str],
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Compare a finished validation's real run (SOURCE/real, copied to OUT/real) with the
+    current simulator on `points` (its scenario, with `profile`): OUT/sim, validation.csv and
+    manifest.json, as `run_validation` writes them."""
+    from simulator.runner import run_scenario
+
+    (out_dir / "validation.csv").unlink(missing_ok=True)
+    real = out_dir / "real"
+    real.mkdir(parents=True, exist_ok=True)
+    for name in REAL_FILES:
+        if (source / "real" / name).is_file():
+            shutil.copyfile(source / "real" / name, real / name)
+    run_scenario(scenario, points, out_dir / "sim", command, record_timeline=True)
+    extra = {
+        "command": list(command),
+        "revalidated_from": {
+            "path": str(source),
+            "validation_sha256": (
+                sha256(source / "validation.csv") if (source / "validation.csv").is_file() else None
+            ),
+        },
+        "scenario": {"path": str(scenario), "sha256": sha256(scenario)},
+        "profile": {"path": str(profile), "sha256": sha256(profile)},
+        "real": str(real),
+        "sim": str(out_dir / "sim"),
+        "metrics": list(METRICS),
+        "error": "(sim - real) / real",
+        "skipped": skipped,
+    }
+    return compare_sides(out_dir, points, extra)

@@ -544,8 +544,9 @@ class Edge:
         for size in self.policy.startup_probe_sizes():
             n_bytes = self.config.payload.batch_bytes(size)
             tx = self.up.transmit(t, n_bytes)
-            self.policy.on_upload(size, tx.finish_s - tx.start_s)
-            t = tx.arrive_s + self.down.min_delivery_s()
+            answered = tx.arrive_s + self.down.min_delivery_s()
+            self.policy.on_upload(size, answered - t)
+            t = answered
             self.session.probe_messages += 1
             self.session.probe_bytes += n_bytes
         self.session.probe_time_s = t - self.env.now
@@ -690,7 +691,7 @@ class Edge:
         is_oracle = policy.is_oracle
         max_draft = cfg.max_draft_tokens
         limit = n_new - 1
-        reports: deque[tuple[float, int, float]] = deque()
+        reports: list[tuple[float, int, float]] = []  # heap: (known at, tokens, duration)
 
         committed = drafted_end = sent_end = 0
         off_index = 0
@@ -706,10 +707,14 @@ class Edge:
             tx = up.transmit(now, n_bytes)
             record.uplink_bytes += n_bytes + ack_bytes
             record.uplink_messages += 1
-            if not nav_request:  # the upload's answer comes straight back
-                up.defer(tx.arrive_s + min_down, ack_bytes)
-            if n_tokens:
-                reports.append((tx.finish_s, n_tokens, tx.finish_s - tx.start_s))
+            answered = tx.arrive_s + min_down  # an upload's answer comes straight back
+            m = drafted_end - committed
+            context = prompt_len + committed  # KV held before the pass, as profiled
+            service = target.forward_s(m + 1, context) if nav_request else 0.0
+            if not nav_request:
+                up.defer(answered, ack_bytes)
+            if n_tokens:  # the edge learns the duration with the answer (a NAV's after its pass)
+                heapq.heappush(reports, (answered + service, n_tokens, answered - now))
             if timeline is not None:
                 kind = "NAV" if nav_request else "batch"
                 timeline.append(
@@ -728,9 +733,6 @@ class Edge:
             sent_end = drafted_end
             if not nav_request:
                 return None
-            m = drafted_end - committed
-            context = prompt_len + committed  # KV held before the pass, as profiled
-            service = target.forward_s(m + 1, context)
             pending = _PendingNav(
                 committed,
                 drafted_end,
@@ -738,7 +740,7 @@ class Edge:
                 record,
                 down,
                 result_bytes(m),
-                tx.arrive_s + service + min_down,
+                answered + service,
                 timeline,
                 m + 1,
                 context,
@@ -748,7 +750,7 @@ class Edge:
 
         while committed < n_new:
             while reports and reports[0][0] <= t:
-                _, n_tokens, duration = reports.popleft()
+                _, n_tokens, duration = heapq.heappop(reports)
                 policy.on_upload(n_tokens, duration)
             if nav is not None:
                 eta = nav.eta

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from simulator.engine import SimResult, Span, simulate
 from simulator.errors import ConfigError
+from simulator.payload import payload_for
 from simulator.scenario import expand_sweep
 
 CONSTANT_COSTS = {
@@ -394,3 +395,41 @@ def test_ack_bytes_follow_each_answer_and_slow_only_a_busy_link(write_scenario) 
             assert acked == plain + 2000 * messages
     assert times[1000.0, 2000] == pytest.approx(times[1000.0, 0], rel=1e-3)
     assert times[0.05, 2000] > times[0.05, 0]
+
+
+def test_pipesd_observes_uploads_as_the_edge_does(write_scenario, monkeypatch) -> None:
+    """PipeSD's upload timings are what a real edge can measure: send to the answer's arrival
+    (both latencies and overheads included, as realrun reports them), not the link's
+    serialisation time alone."""
+    from policies.pipesd import PipeSD
+
+    seen: list[tuple[int, float]] = []
+    original = PipeSD.on_upload
+
+    def record(self: PipeSD, n_tokens: int, duration_s: float) -> None:
+        seen.append((n_tokens, duration_s))
+        original(self, n_tokens, duration_s)
+
+    monkeypatch.setattr(PipeSD, "on_upload", record)
+    up_overhead, down_overhead, latency, mbps = 0.003, 0.002, 0.02, 8.0
+    path = write_scenario(
+        policies=[{"name": "pipesd", "autotune": False}],
+        link={
+            "uplink_mbps": mbps,
+            "one_way_latency_s": latency,
+            "uplink_overhead_s": up_overhead,
+            "downlink_overhead_s": down_overhead,
+        },
+        payload={"kind": "token_prob"},
+    )
+    scenario = expand_sweep(path)[0].scenario
+    payload = payload_for(scenario.profile.profile.payload, scenario.model.payload)
+    run_one(path)
+    probes = scenario.policies[0].params.probe_sizes  # type: ignore[attr-defined]
+    assert [n for n, _ in seen[: len(probes)]] == list(probes)
+    floor = up_overhead + down_overhead + 2 * latency
+    for size, duration in seen[: len(probes)]:  # an idle link: exactly the round trip
+        wire_s = payload.batch_bytes(size) * 8 / (mbps * 1e6)
+        assert duration == pytest.approx(floor + wire_s, rel=1e-9)
+    later = seen[len(probes) :]
+    assert later and all(duration >= floor for _, duration in later)
