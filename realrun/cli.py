@@ -466,6 +466,21 @@ def print_validation(
                 f"sim {' < '.join(mismatch['sim'])}",
                 highlight=False,
             )
+    separated = headline.get("ranking_of_separated_pairs")
+    if separated:
+        console.print(
+            f"TPT ranking of the {separated['separated_pairs']} of {separated['pairs']} policy "
+            "pairs the real run separates beyond chance (paired t-test over its requests, 95%): "
+            f"{'identical' if separated['identical'] else 'differs'}",
+            highlight=False,
+        )
+        for swap in separated["mismatches"]:
+            console.print(
+                f"  point {swap['point']}: real {swap['faster']} < {swap['slower']} by "
+                f"{swap['real_gap_ms']:.2f} ms (+/- {swap['half_width_ms']:.2f}); sim the other "
+                "way",
+                highlight=False,
+            )
     if skipped:
         listed = ", ".join(f"{label} ({reason})" for label, reason in skipped.items())
         console.print(f"skipped (the testbed cannot run them): {listed}", highlight=False)

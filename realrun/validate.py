@@ -118,6 +118,76 @@ def ranking_mismatches(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def separated_pairs(
+    results: Path, confidence: float = 0.95
+) -> dict[int, list[tuple[str, str, float, float]]]:
+    """Per sweep point, the policy pairs whose real TPTs differ beyond chance: a paired t-test
+    over the requests both ran (same seed, same request: same prompt and acceptance stream)
+    at `confidence`. Each pair is (faster, slower, TPT gap in ms, the gap's half-width)."""
+    from scipy.stats import t as student_t
+
+    tpt: dict[tuple[int, str], dict[tuple[str, str], float]] = {}
+    with results.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            value = number(row.get("tpt_ms"))
+            if math.isfinite(value):
+                key = (row["seed"], row["request"])
+                tpt.setdefault((int(row["point"]), row["policy"]), {})[key] = value
+    pairs: dict[int, list[tuple[str, str, float, float]]] = {}
+    for (point, a), a_runs in sorted(tpt.items()):
+        for (other_point, b), b_runs in sorted(tpt.items()):
+            if other_point != point or b <= a:
+                continue
+            shared = sorted(set(a_runs) & set(b_runs))
+            if len(shared) < 2:
+                continue
+            gaps = np.array([a_runs[k] - b_runs[k] for k in shared])
+            half = float(
+                student_t.ppf(0.5 + confidence / 2, len(gaps) - 1)
+                * gaps.std(ddof=1)
+                / math.sqrt(len(gaps))
+            )
+            mean = float(gaps.mean())
+            if abs(mean) > half:
+                faster, slower = (a, b) if mean < 0 else (b, a)
+                pairs.setdefault(point, []).append((faster, slower, abs(mean), half))
+    return pairs
+
+
+def separated_ranking(
+    rows: Sequence[dict[str, Any]], pairs: dict[int, list[tuple[str, str, float, float]]]
+) -> dict[str, Any]:
+    """Whether the simulator orders every pair the real run separates (`separated_pairs`) as
+    the real run does: the part of the ranking that the measurement itself supports."""
+    sim = {(int(row["point"]), row["policy"]): row["tpt_ms_sim"] for row in rows}
+    compared = [(point, pair) for point, found in sorted(pairs.items()) for pair in found]
+    swapped = [
+        {
+            "point": point,
+            "faster": faster,
+            "slower": slower,
+            "real_gap_ms": gap,
+            "half_width_ms": half,
+        }
+        for point, (faster, slower, gap, half) in compared
+        if (point, faster) in sim
+        and (point, slower) in sim
+        and not sim[(point, faster)] < sim[(point, slower)]
+    ]
+    n_policies: dict[int, int] = {}
+    for point, _ in sim:
+        n_policies[point] = n_policies.get(point, 0) + 1
+    return {
+        "identical": not swapped,
+        "separated_pairs": len(compared),
+        "pairs": sum(n * (n - 1) // 2 for n in n_policies.values()),
+        "mismatches": swapped,
+        "meaning": "the TPT ranking restricted to the policy pairs whose real TPTs differ "
+        "beyond chance (paired t-test over the requests, 95%); pairs within the run's own "
+        "noise may come out in either order",
+    }
+
+
 def validation_columns(axes: Sequence[str]) -> list[str]:
     """validation.csv's columns: point, axes, policy, then real/sim/err for each metric."""
     metrics = [f"{m}_{side}" for m in METRICS for side in ("real", "sim", "err")]
@@ -319,6 +389,9 @@ def write_validation(
     add_speeds(rows, PROBED, mean_speeds(probes or {}), probed or {})
     write_table(out_dir / "validation.csv", validation_columns(axes), rows)
     headline = summarise_validation(rows)
+    headline["ranking_of_separated_pairs"] = separated_ranking(
+        rows, separated_pairs(out_dir / "real" / "results.csv")
+    )
     at_speed = error_stats([r["tpt_ms_err_at_run_speed"] for r in rows])
     at_speed_mismatches = ranking_mismatches(
         [{**r, "tpt_ms_sim": r["tpt_ms_sim_at_run_speed"]} for r in rows]

@@ -35,7 +35,7 @@ def test_revalidate_compares_the_recorded_real_run_with_a_fresh_simulation(
     out = tmp_path / "again"
     assert main(["revalidate", str(RUN11), "--quiet", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "median" in printed and "goal <= 3%" in printed
+    assert "median" in printed and "goal <= 3%" in printed and "beyond chance" in printed
     real = {(r["point"], r["policy"]): r for r in read_rows(RUN11 / "real" / "summary.csv")}
     assert (out / "real" / "summary.csv").read_bytes() == (
         RUN11 / "real" / "summary.csv"
@@ -62,6 +62,8 @@ def test_revalidate_compares_the_recorded_real_run_with_a_fresh_simulation(
     assert manifest["revalidated_from"]["path"] == str(RUN11)
     assert manifest["profile"]["path"] == str(profile)
     assert manifest["command"][:2] == ["pipesd", "revalidate"]
+    separated = manifest["ranking_of_separated_pairs"]
+    assert separated["pairs"] == 18 and 0 < separated["separated_pairs"] <= 18
 
 
 def test_revalidate_with_another_profile_changes_only_the_simulated_side(in_repo, tmp_path, capsys):

@@ -5,6 +5,7 @@ synthetic rows, bad input, and an end-to-end run on SmolLM2 whose validation.csv
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 from pathlib import Path
@@ -21,6 +22,8 @@ from realrun.validate import (
     rankings,
     relative_error,
     resimulate,
+    separated_pairs,
+    separated_ranking,
     summarise_validation,
     validation_points,
 )
@@ -194,3 +197,43 @@ def test_validate_end_to_end_errors_recompute_from_both_sides(write_scenario, tm
     assert json.loads((out / "sim" / "manifest.json").read_text())["profiles"] == {
         str(profile.resolve()): manifest["profile"]["sha256"]
     }
+
+
+def write_results(path: Path, tpts: dict[str, list[float]]) -> None:
+    """A results.csv of one sweep point: per policy, one TPT per (seed 1, request i)."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["point", "policy", "seed", "request", "tpt_ms"])
+        for policy, values in tpts.items():
+            for i, value in enumerate(values):
+                writer.writerow([0, policy, 1, i, value])
+
+
+def test_separated_pairs_are_the_paired_t_test_at_95_percent(tmp_path):
+    from scipy.stats import ttest_rel
+
+    noise = [0.3, -0.2, 0.5, -0.4, 0.1, -0.3, 0.2, 0.0]
+    base = [30.0 + 3 * i for i in range(8)]  # requests differ a lot; pairs move together
+    tpts = {
+        "a": base,
+        "b": [t + 1.0 + n for t, n in zip(base, noise, strict=True)],  # 1 ms slower, clearly
+        "c": [t + n for t, n in zip(base, noise[::-1], strict=True)],  # a tie with a
+    }
+    write_results(tmp_path / "results.csv", tpts)
+    pairs = separated_pairs(tmp_path / "results.csv")
+    found = {(faster, slower) for faster, slower, _, _ in pairs[0]}
+    for x, y in itertools.combinations("abc", 2):
+        p = ttest_rel(tpts[x], tpts[y]).pvalue
+        separated = (x, y) in found or (y, x) in found
+        assert separated == (p < 0.05), (x, y, p)
+    assert ("a", "b") in found and ("c", "b") in found and len(found) == 2
+    gap = next(g for f, s, g, _ in pairs[0] if (f, s) == ("a", "b"))
+    assert gap == pytest.approx(1.0 + sum(noise) / 8)
+    sim_same = [{"point": 0, "policy": p, "tpt_ms_sim": v} for p, v in
+                (("a", 10.0), ("b", 12.0), ("c", 9.0))]  # fmt: skip
+    verdict = separated_ranking(sim_same, pairs)  # a/c swapped: a tie, not counted
+    assert verdict["identical"] and verdict["separated_pairs"] == 2 and verdict["pairs"] == 3
+    sim_swapped = [{**row, "tpt_ms_sim": 13.0} if row["policy"] == "a" else row for row in sim_same]
+    verdict = separated_ranking(sim_swapped, pairs)
+    assert not verdict["identical"]
+    assert [(m["faster"], m["slower"]) for m in verdict["mismatches"]] == [("a", "b")]
