@@ -154,6 +154,16 @@ def add_parser(subparsers: Any) -> None:
     wire.add_argument("--threads", type=int, default=1, help="the server's CPU threads")
     wire.add_argument("--tokens", type=int, default=4, help="draft tokens per NAV")
     wire.add_argument("--messages", type=int, default=40, help="NAVs counted")
+    wire.add_argument(
+        "--session",
+        type=Path,
+        metavar="SCENARIO",
+        help="measure in real edge sessions instead: SCENARIO's one-message-per-NAV policies, "
+        "synthetic acceptance, the draft below (calibrate.wire_session)",
+    )
+    wire.add_argument("--draft", help="with --session: the edge's draft GGUF")
+    wire.add_argument("--draft-threads", type=int, default=1, help="with --session")
+    wire.add_argument("--requests", type=int, default=2, help="with --session: per policy")
     wire.add_argument("--out", type=Path, required=True, help="part file to write (JSON)")
     accept = sub.add_parser(
         "acceptance", help="a real draft/target pair's acceptance (llama.cpp, greedy)"
@@ -590,10 +600,12 @@ def measure_wire(args: argparse.Namespace, say: Callable[[str], None], command: 
     from calibrate.wire import measure_wire as measure
     from calibrate.wire import payload_values
 
-    if args.tokens < 1 or args.messages < 1:
-        raise ConfigError("calibrate wire", "--tokens/--messages", "must be >= 1")
+    if args.tokens < 1 or args.messages < 1 or args.requests < 1:
+        raise ConfigError("calibrate wire", "--tokens/--messages/--requests", "must be >= 1")
     model = resolve_model(args.model)
     vocab = llama_cpp.Llama(model_path=str(model), vocab_only=True, verbose=False).n_vocab()
+    if args.session is not None:
+        return measure_session_wire(args, model, int(vocab), say, command)
     m = measure(str(model), args.threads, args.tokens, args.messages, say=say)
     values = payload_values(m, int(vocab))
     notes = {
@@ -605,6 +617,51 @@ def measure_wire(args: argparse.Namespace, say: Callable[[str], None], command: 
             f"({m.downlink_body_bytes:.1f} of msgpack body); the uplink's pure ACKs (packet "
             f"capture: {100 * m.uplink_ack_share:.1f}% of its frame bytes) are "
             "payload.message_ack_bytes, sent after the answer"
+        ),
+        "payload.token_id_bytes": "msgpack size of the vocabulary's largest id",
+    }
+    return new_part("payload", values, notes, {}, {}, {}, command)
+
+
+def measure_session_wire(
+    args: argparse.Namespace, model: Path, vocab: int, say: Callable[[str], None], command: str
+) -> Any:
+    """`calibrate wire --session`: the message sizes of real edge sessions."""
+    import tempfile
+
+    from calibrate.assemble import new_part
+    from calibrate.models import resolve_model
+    from calibrate.wire import PROBABILITY_BYTES, msgpack_int_bytes
+    from calibrate.wire_session import measure_session_wire as measure
+    from calibrate.wire_session import session_payload_values
+    from realrun.local import LocalOptions
+
+    if args.draft is None:
+        raise ConfigError("calibrate wire", "--draft", "--session needs the edge's draft GGUF")
+    if not args.session.is_file():
+        raise ConfigError("--session", str(args.session), "scenario file not found")
+    options = LocalOptions(
+        target=model,
+        draft=resolve_model(args.draft),
+        target_threads=args.threads,
+        draft_threads=args.draft_threads,
+    )
+    with tempfile.TemporaryDirectory(prefix="pipesd-wire-") as tmp:
+        m = measure(args.session, options, Path(tmp), args.requests, say)
+    values = {
+        "payload.vocab_size": vocab,
+        "payload.token_id_bytes": msgpack_int_bytes(vocab),
+        "payload.probability_bytes": PROBABILITY_BYTES,
+        **session_payload_values(m),
+    }
+    notes = {
+        "payload.message_header_bytes": (
+            f"real edge sessions ({', '.join(m.policies)}; {m.requests} requests, synthetic "
+            f"acceptance, tbf at 100 Mbit/s): {m.uplink_bytes:.0f} uplink bytes (tbf counter, "
+            f"payload units) over {m.messages} messages, minus {m.token_bytes:.0f} of verified "
+            f"tokens and {m.prompt_bytes:.0f} of prompt ids = {m.per_message_bytes:.1f} per "
+            f"message; the pure ACKs (packet capture: {100 * m.ack_share:.1f}% of the uplink's "
+            "frame bytes) are payload.message_ack_bytes, the rest goes before the message"
         ),
         "payload.token_id_bytes": "msgpack size of the vocabulary's largest id",
     }

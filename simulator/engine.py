@@ -545,6 +545,7 @@ class Edge:
             n_bytes = self.config.payload.batch_bytes(size)
             tx = self.up.transmit(t, n_bytes)
             answered = tx.arrive_s + self.down.min_delivery_s()
+            self.up.defer(answered, self.config.payload.ack_bytes)  # the answer's TCP ACKs
             self.policy.on_upload(size, answered - t)
             t = answered
             self.session.probe_messages += 1
