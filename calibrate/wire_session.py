@@ -95,7 +95,11 @@ def session_point(scenario_path: Path, requests: int) -> SweepPoint:
 
 
 def session_wire(
-    results: Path, per_token_bytes: int, token_id_bytes: int, ack_share: float, policies: tuple
+    results: Path,
+    per_token_bytes: int,
+    token_id_bytes: int,
+    ack_share: float,
+    policies: tuple[str, ...],
 ) -> SessionWire:
     """The measurement from a testbed results.csv of such a session (see the module)."""
     messages = requests = 0
