@@ -4,7 +4,9 @@ results.csv, manifest.json) plus every request's timeline.
 
 Each (policy, seed) run is one edge session, as one simulation is in the simulator: its clock
 (and the caller's trace replay, `on_start`) starts at 0, the policy's start-up probes go first,
-then the scenario's requests run back to back. With `acceptance="synthetic"` every request
+then the scenario's requests run back to back. Sessions go seed by seed, every policy within
+a seed (policies interleaved in time, so the machine's drift does not rank them). With
+`acceptance="synthetic"` every request
 faces the simulator's acceptance outcomes for the same (seed, edge 0, request). With
 `sampling` the edge drafts by sampling and the server verifies by speculative sampling
 (realrun.edge, "Sampling"), each request seeded by its (seed, request), so a run is
@@ -262,12 +264,17 @@ def run_testbed(
         with CloudClient(server, token, timeout=cloud_timeout_s, transport=transport) as cloud:
             # an unreachable server at the start is the caller's error
             check_vocabularies(int(draft.n_vocab()), int(cloud.health()["n_vocab"]), acceptance)
+            runnable = []
             for index, entry in enumerate(scenario.policies):
                 reason = skip_reason(entry.name)
                 if reason:
                     skipped[entry.label] = reason
-                    continue
-                for seed in model.seeds:
+                else:
+                    runnable.append((index, entry))
+            # seeds outermost: the machine's speed drifts over a run, and policy after policy
+            # would hand each policy its own stretch of it (and a ranking of the drift)
+            for seed in model.seeds:
+                for index, entry in runnable:
                     policy = make_policy(entry.name, entry.params, policy_seed(seed, entry.label))
                     if speed_probe:
                         probe = probe_speeds(

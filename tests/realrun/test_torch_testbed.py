@@ -73,6 +73,7 @@ def test_realrun_local_with_a_torch_target_runs_a_random_weight_pair(write_scena
         policies=[{"name": "vanilla"}, {"name": "pipesd", "autotune": False}],
         link={"uplink_mbps": 20.0, "downlink_mbps": 50.0, "one_way_latency_s": 0.002},
         prompts={"count": 2, "prompt_len": 16, "max_new_tokens": 12},
+        seeds=[1, 2],
     )
     out = tmp_path / "local"
     argv = ["realrun", "local", str(scenario), "--target", "tiny", "--target-backend", "torch",
@@ -92,6 +93,9 @@ def test_realrun_local_with_a_torch_target_runs_a_random_weight_pair(write_scena
     with (out / "results.csv").open() as handle:
         results = list(csv.DictReader(handle))
     assert all(r["new_tokens"] == "12" and r["local_tokens"] == "0" for r in results)
+    # sessions go seed by seed, the policies interleaved (the machine's drift is shared)
+    order = [(r["seed"], r["policy"]) for r in results if r["request"] == "0"]
+    assert order == [("1", "vanilla"), ("1", "pipesd"), ("2", "vanilla"), ("2", "pipesd")]
 
 
 def test_validate_recalibrates_a_torch_target_as_served(
