@@ -434,42 +434,55 @@ def run_validation(
     figures and the skipped policies.
     """
     from realrun.local import check_points, run_local
-    from simulator.runner import run_scenario
 
     skipped = check_points(scenario_path, points)
     (out_dir / "validation.csv").unlink(missing_ok=True)
     probing = replace(options, speed_probe=True)  # the second prediction's reference
     run_local(scenario_path, points, probing, out_dir / "real", command, progress)
+    recalibration = (
+        {"path": str(recalibrated_from), "sha256": sha256(recalibrated_from)}
+        if recalibrated_from is not None
+        else None
+    )
+    origin = {"recalibrated_from": recalibration}
+    compared = simulate_and_compare(
+        scenario_path, profile_path, points, out_dir, command, skipped, origin
+    )
+    return (*compared, skipped)
+
+
+def simulate_and_compare(
+    scenario_path: Path,
+    profile_path: Path,
+    points: Sequence[SweepPoint],
+    out_dir: Path,
+    command: Sequence[str],
+    skipped: dict[str, str],
+    origin: dict[str, Any],
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Simulate `points` into OUT/sim, then compare with OUT/real: the speeds, both
+    re-simulated predictions, validation.csv and manifest.json (with `origin`: where the
+    profile or the real side came from). Returns the rows and the headline figures."""
+    from simulator.runner import run_scenario
+
     run_scenario(scenario_path, points, out_dir / "sim", command, record_timeline=True)
     extra = {
         "command": list(command),
         "scenario": {"path": str(scenario_path), "sha256": sha256(scenario_path)},
         "profile": {"path": str(profile_path), "sha256": sha256(profile_path)},
-        "recalibrated_from": (
-            {"path": str(recalibrated_from), "sha256": sha256(recalibrated_from)}
-            if recalibrated_from is not None
-            else None
-        ),
+        **origin,
         "real": str(out_dir / "real"),
         "sim": str(out_dir / "sim"),
         "metrics": list(METRICS),
         "error": "(sim - real) / real",
         "skipped": skipped,
     }
-    return (*compare_sides(out_dir, points, extra), skipped)
-
-
-def compare_sides(
-    out_dir: Path, points: Sequence[SweepPoint], extra_manifest: dict[str, Any]
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """From OUT/real and OUT/sim: the speeds, both re-simulated predictions, validation.csv
-    and manifest.json (`extra_manifest` first). Returns the rows and the headline figures."""
     speeds = measured_speeds(out_dir, points)
     predicted = resimulate_at_measured_speeds(out_dir, points)
     probes = probed_speeds(out_dir / "real" / "speeds.csv")
     probed = resimulate(points, probes)
     axes = list(points[0].axes)
-    return write_validation(out_dir, axes, extra_manifest, speeds, predicted, probes, probed)
+    return write_validation(out_dir, axes, extra, speeds, predicted, probes, probed)
 
 
 REAL_FILES = ("summary.csv", "results.csv", "speeds.csv", "manifest.json")
@@ -530,29 +543,17 @@ def revalidate(
     """Compare a finished validation's real run (SOURCE/real, copied to OUT/real) with the
     current simulator on `points` (its scenario, with `profile`): OUT/sim, validation.csv and
     manifest.json, as `run_validation` writes them."""
-    from simulator.runner import run_scenario
-
     (out_dir / "validation.csv").unlink(missing_ok=True)
     real = out_dir / "real"
     real.mkdir(parents=True, exist_ok=True)
     for name in REAL_FILES:
         if (source / "real" / name).is_file():
             shutil.copyfile(source / "real" / name, real / name)
-    run_scenario(scenario, points, out_dir / "sim", command, record_timeline=True)
-    extra = {
-        "command": list(command),
+    validation = source / "validation.csv"
+    origin = {
         "revalidated_from": {
             "path": str(source),
-            "validation_sha256": (
-                sha256(source / "validation.csv") if (source / "validation.csv").is_file() else None
-            ),
-        },
-        "scenario": {"path": str(scenario), "sha256": sha256(scenario)},
-        "profile": {"path": str(profile), "sha256": sha256(profile)},
-        "real": str(real),
-        "sim": str(out_dir / "sim"),
-        "metrics": list(METRICS),
-        "error": "(sim - real) / real",
-        "skipped": skipped,
+            "validation_sha256": sha256(validation) if validation.is_file() else None,
+        }
     }
-    return compare_sides(out_dir, points, extra)
+    return simulate_and_compare(scenario, profile, points, out_dir, command, skipped, origin)
