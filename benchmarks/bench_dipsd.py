@@ -15,7 +15,7 @@ import argparse
 import statistics
 import time
 
-from policies.dipsd import (
+from policies.dipsd.optimiser import (
     Plan,
     autoregressive,
     autoregressive_greedy_batching,

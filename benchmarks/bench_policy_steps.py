@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from policies.autotune import SkoptThresholdTuner
-from policies.batch_plan import plan_batches
+from policies.pipesd.autotune import SkoptThresholdTuner
+from policies.pipesd.batch_plan import plan_batches
 
 DP_SIZES = (16, 32, 64)
 DP_REPEATS = 2000

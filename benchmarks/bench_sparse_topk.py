@@ -1,6 +1,6 @@
 """Distribution error and payload of PicoSpec's top-K sparse verification on synthetic pairs.
 
-For the synthetic Zipf model (policies.sparse_verify.zipf_pair, V = 32000, a few exponents)
+For the synthetic Zipf model (policies.picospec.sparse_verify.zipf_pair, V = 32000, a few exponents)
 prints, per K, the exact TV error of one sparse verification step averaged over random
 (target, draft) pairs, for the default scheme (renormalise the top-K; its error is the target
 mass outside the top-K, the same for every pair of one exponent) and for the draft-filled tail
@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from policies.sparse_verify import (
+from policies.picospec.sparse_verify import (
     DRAFT_NOISE,
     DRAFT_TAU,
     VOCAB,

@@ -1,7 +1,7 @@
 """Verification latency of the cloud target: eager transformers vs static cache (+ CUDA graphs).
 
-Builds one model (a named random-weight shape from calibrate/shapes.py, or a model folder /
-GGUF file) and serves it through realrun.torch_target.TorchTarget in each mode, sharing the
+Builds one model (a named random-weight shape from models/shapes.py, or a model folder /
+GGUF file) and serves it through realrun.cloud.torch_target.TorchTarget in each mode, sharing the
 weights. Per mode and token count n (forward positions: the pending token + n - 1 random
 drafts), each of `--warmup` + `--reps` verifications runs on a fresh session whose cache holds
 exactly `--context` tokens (the prefill is not timed); the time is the server's
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from realrun.torch_target import MODES, TorchTarget, load_model, torch_device, torch_dtype
+from realrun.cloud.torch_target import MODES, TorchTarget, load_model, torch_device, torch_dtype
 from simulator.errors import ConfigError
 
 SEED = 1234

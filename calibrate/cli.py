@@ -86,7 +86,7 @@ def add_parser(subparsers: Any) -> None:
     target.add_argument(
         "--model",
         required=True,
-        help="torch: a named shape with random weights (see calibrate/shapes.py, e.g. "
+        help="torch: a named shape with random weights (see models/shapes.py, e.g. "
         "Llama-2-7B) or a local Hugging Face model folder; llama: a GGUF file or smollm2-135m",
     )
     target.add_argument("--threads", type=int, help="CPU threads (llama, torch-served)")
@@ -238,7 +238,7 @@ def add_parser(subparsers: Any) -> None:
         "(acceptance with it is meaningless)",
     )
     shape_gguf.add_argument(
-        "--shape", required=True, help="a named shape (calibrate/shapes.py), e.g. TinyLlama-1.1B"
+        "--shape", required=True, help="a named shape (models/shapes.py), e.g. TinyLlama-1.1B"
     )
     shape_gguf.add_argument(
         "--quant", default="Q4_K_M", help="Q4_0, Q4_K_M, Q5_K_M, Q6_K, Q8_0 or F16 (%(default)s)"
@@ -258,8 +258,8 @@ def _indices(text: str) -> list[int]:
 
 
 def _distill_arguments(sub: Any) -> None:
-    from calibrate.distill import QUANTS, DistillConfig
-    from calibrate.models import DRAFT_FILE
+    from models.distill import QUANTS, DistillConfig
+    from models.registry import DRAFT_FILE
 
     d = DistillConfig(layers=(0,), steps=1)
     distill = sub.add_parser(
@@ -304,8 +304,8 @@ DISTILL_STEPS = 250
 
 def run_distill(args: argparse.Namespace, command: str, say: Callable[[str], None]) -> int:
     """`pipesd calibrate distill`: build the draft GGUF and its recipe."""
-    from calibrate.distill import DistillConfig, distill
-    from calibrate.models import DRAFT_FILE, models_dir, resolve_model
+    from models.distill import DistillConfig, distill
+    from models.registry import DRAFT_FILE, models_dir, resolve_model
 
     target = resolve_model(args.target)
     out = args.out if args.out is not None else models_dir() / DRAFT_FILE
@@ -362,7 +362,7 @@ def measure_draft(args: argparse.Namespace, say: Callable[[str], None], command:
     """Profile the draft model and return its part."""
     from calibrate.assemble import new_part
     from calibrate.draft import fit_measurements, profile_draft
-    from calibrate.models import resolve_model
+    from models.registry import resolve_model
 
     if args.threads < 1:
         raise ConfigError("--threads", "", f"must be at least 1 (got {args.threads})")
@@ -478,8 +478,8 @@ def run_shape_gguf(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     """`pipesd calibrate shape-gguf`: build a named shape's random-weight GGUF (llama.cpp)."""
     import time
 
-    from calibrate.models import models_dir
-    from calibrate.shape_gguf import (
+    from models.registry import models_dir
+    from models.shape_gguf import (
         build_shape_gguf,
         default_file_name,
         resolve_quant,
@@ -512,7 +512,7 @@ def _target_model(args: argparse.Namespace) -> tuple[Any, str]:
     """A local Hugging Face folder, or a named shape with random weights."""
     import torch
 
-    from calibrate.shapes import SHAPES, build_random_model, get_shape
+    from models.shapes import SHAPES, build_random_model, get_shape
 
     dtype = getattr(torch, args.dtype)
     folder = Path(args.model)
@@ -596,9 +596,9 @@ def measure_wire(args: argparse.Namespace, say: Callable[[str], None], command: 
     import llama_cpp
 
     from calibrate.assemble import new_part
-    from calibrate.models import resolve_model
     from calibrate.wire import measure_wire as measure
     from calibrate.wire import payload_values
+    from models.registry import resolve_model
 
     if args.tokens < 1 or args.messages < 1 or args.requests < 1:
         raise ConfigError("calibrate wire", "--tokens/--messages/--requests", "must be >= 1")
@@ -630,10 +630,10 @@ def measure_session_wire(
     import tempfile
 
     from calibrate.assemble import new_part
-    from calibrate.models import resolve_model
     from calibrate.wire import PROBABILITY_BYTES, msgpack_int_bytes
     from calibrate.wire_session import measure_session_wire as measure
     from calibrate.wire_session import session_payload_values
+    from models.registry import resolve_model
     from realrun.local import LocalOptions
 
     if args.draft is None:
@@ -691,9 +691,9 @@ def _probe_testbed(args: argparse.Namespace, say: Callable[[str], None]) -> Any:
     import tempfile
 
     from calibrate.link import nav_overhead, probe_link
-    from calibrate.models import resolve_model
+    from models.registry import resolve_model
+    from realrun.link.shaping import LinkSpec, open_link
     from realrun.local import LocalOptions, cloud_server, free_port
-    from realrun.shaping import LinkSpec, open_link
     from simulator.link import ConstantBandwidth
     from simulator.scenario import expand_sweep
 
@@ -806,7 +806,7 @@ def measure_acceptance(args: argparse.Namespace, say: Callable[[str], None], com
     )
     from calibrate.assemble import new_part
     from calibrate.fit import fit_acceptance
-    from calibrate.models import resolve_model
+    from models.registry import resolve_model
 
     prompts = read_prompts(args.prompts) if args.prompts else default_prompts()
     draft, target = resolve_model(args.draft), resolve_model(args.target)

@@ -12,7 +12,7 @@ given number and flash attention on (as realrun's edge loads its draft), then me
 - per-token decode time vs context length: for each context length C, C prompt tokens are
   prefilled (not timed) and the state saved; then draft steps are timed, each one
   `eval([token])` plus choosing the next token from the logits (argmax and its softmax
-  probability), as the edge executor (realrun/edge.py) drafts: with a 49k vocabulary the
+  probability), as the edge executor (realrun/edge/executor.py) drafts: with a 49k vocabulary the
   choice costs about 0.3 ms, a tenth of a small draft's step. The steps are taken in *visits*
   (`VISIT_STEPS` back-to-back steps, or one burst): each round visits every context in turn,
   restoring its saved state (KV cache and tokens, `Llama.load_state`), taking one visit's
@@ -54,8 +54,8 @@ from typing import Any
 import numpy as np
 
 from calibrate.fit import FitReport, fit_draft_latency
-from calibrate.models import gguf_file_type
 from calibrate.samples import AcceptanceSample, DecodeSample, PrefillSample
+from models.registry import gguf_file_type
 from simulator.errors import ConfigError
 from simulator.profile import DraftLatency
 

@@ -15,7 +15,7 @@ request, each round trip minus the target time and queueing the server reports, 
 latency; its median is the per-message overhead a simulation of that testbed should use
 (`calibrate link --testbed` does).
 
-Through an emulated link (a relay adding a known one-way delay, realrun.shaping), pass that
+Through an emulated link (a relay adding a known one-way delay, realrun.link.shaping), pass that
 delay as `emulated_latency_s`: the profile's latency is then that delay, and everything else
 the real path adds to a message (HTTP, the relay's hops, the veth) becomes the per-message
 overhead: overhead = intercept - 2 x emulated latency.
@@ -120,7 +120,7 @@ def nav_overhead(
     """Time `repetitions` NAVs (verify carrying n tokens, numbered as the edge numbers them)
     per n in `token_counts` on a fresh session of a running server; see the module docstring.
     `latency_s`: the one-way latency to subtract twice; `transport` as in `probe_link`."""
-    from realrun.client import CloudClient
+    from realrun.edge.client import CloudClient
 
     rows: list[tuple[int, float]] = []
     with CloudClient(url, token, transport=transport) as cloud:

@@ -1,8 +1,8 @@
 """Time a target as the cloud server serves it: through its session methods only.
 
 Any backend with the server's target interface (`open(prompt) -> (sid, ms)`, `upload(sid,
-tokens, probs)`, `verify(sid) -> VerifyResult`, `drop(sid)`, `n_vocab`: realrun.target's
-LlamaTarget, realrun.torch_target's TorchTarget) is measured the same way, so every time is
+tokens, probs)`, `verify(sid) -> VerifyResult`, `drop(sid)`, `n_vocab`: realrun.cloud.llama_target's
+LlamaTarget, realrun.cloud.torch_target's TorchTarget) is measured the same way, so every time is
 the server's own measurement of its own calls:
 
 - prefill time vs prompt length P: `open(prompt of P tokens)` prefills P - 1 tokens (the last

@@ -372,7 +372,7 @@ def profile_target(
     """Measure a target model's prefill and verification times (and energy) (see module doc).
 
     `model` is a transformers causal LM already on `device` (e.g. from
-    `calibrate.shapes.build_random_model`). The grids are distinct integers >= 1; every
+    `models.shapes.build_random_model`). The grids are distinct integers >= 1; every
     context + tokens and every prompt length must fit the model's max_position_embeddings.
     `energy_meter`: "auto" (NVML for a cuda device, RAPL for the CPU), None (no energy), a
     meter (`read_j()`, `name()`), or a callable that makes one (e.g. `NvmlEnergyMeter`); a

@@ -1,6 +1,6 @@
 """Profile the testbed's cloud target: a llama.cpp GGUF model on the CPU, evaluated as served.
 
-`profile_llama_target` drives `realrun.target.LlamaTarget` (the object the cloud server holds:
+`profile_llama_target` drives `realrun.cloud.llama_target.LlamaTarget` (the object the cloud server holds:
 flash attention, KV cache kept between verifications, rollback with seq_rm) through its public
 methods only (`calibrate.served.time_served`: prefill vs prompt length, verification vs tokens
 verified and context, interleaved rounds after warm-up), so every time is the server's own
@@ -39,7 +39,6 @@ from calibrate.fit import (
     _positive,
     _samples,
 )
-from calibrate.models import gguf_file_type
 from calibrate.samples import ForwardSample, PrefillSample
 from calibrate.served import served_needs, time_served
 from calibrate.target import (
@@ -50,6 +49,7 @@ from calibrate.target import (
     _grid,
     _open_meter,
 )
+from models.registry import gguf_file_type
 from simulator.errors import ConfigError
 from simulator.profile import TargetLatency
 
@@ -165,7 +165,7 @@ class LlamaTargetMeasurements(TargetMeasurements):
     def lines(self) -> list[str]:
         head = (
             f"{self.model_name} ({self.model_description}) on {self.device_name}, llama.cpp "
-            f"(llama-cpp-python {self.llama_cpp_version}) as realrun.target.LlamaTarget, "
+            f"(llama-cpp-python {self.llama_cpp_version}) as realrun.cloud.llama_target.LlamaTarget, "
             f"{self.threads} thread(s), n_ctx {self.n_ctx}, {self.repetitions} repetitions "
             f"after {self.warmup} warm-up"
         )
@@ -230,7 +230,7 @@ def profile_llama_target(
     """
     import llama_cpp
 
-    from realrun.target import LlamaTarget
+    from realrun.cloud.llama_target import LlamaTarget
 
     threads = _count("threads", threads, 1)
     tokens = _grid("token_counts", token_counts)
@@ -316,7 +316,7 @@ def measure_part(args: argparse.Namespace, say: Callable[[str], None], command: 
     or a missing thread count is a one-line ConfigError.
     """
     from calibrate.cli import _version
-    from calibrate.models import resolve_model
+    from models.registry import resolve_model
 
     if args.threads is None:
         raise ConfigError("--threads", "", "required with --backend llama (llama.cpp threads)")
@@ -354,7 +354,7 @@ def measure_part(args: argparse.Namespace, say: Callable[[str], None], command: 
     except ValueError as exc:
         raise ConfigError("calibrate target", "", str(exc)) from None
     how = (
-        f"measured through realrun.target.LlamaTarget (the testbed server's target: "
+        f"measured through realrun.cloud.llama_target.LlamaTarget (the testbed server's target: "
         f"llama.cpp, flash attention, KV kept, seq_rm rollback) on {measured.device_name}, "
         f"{measured.threads} thread(s), llama-cpp-python {measured.llama_cpp_version}, "
         f"{measured.model_description}, n_ctx {measured.n_ctx}; tokens verified {tokens}, "

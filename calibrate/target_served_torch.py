@@ -1,6 +1,6 @@
 """Profile the testbed's torch target as the cloud server serves it (`--backend torch-served`).
 
-`profile_torch_served_target` builds `realrun.torch_target.TorchTarget` with the settings the
+`profile_torch_served_target` builds `realrun.cloud.torch_target.TorchTarget` with the settings the
 server gives it (static KV cache of n_ctx + 65 positions, verification forwards padded to
 fixed buckets; on CUDA each bucket compiled and replayed as a CUDA graph) and times it through
 its session methods (`calibrate.served.time_served`). Why a second torch profiler: the plain
@@ -67,7 +67,7 @@ class ServedTorchMeasurements(TargetMeasurements):
             else "not compiled"
         )
         return (
-            f"realrun.torch_target.TorchTarget mode {self.mode}, {compiled}, n_ctx "
+            f"realrun.cloud.torch_target.TorchTarget mode {self.mode}, {compiled}, n_ctx "
             f"{self.n_ctx}, max_verify {self.max_verify}"
         )
 
@@ -110,7 +110,7 @@ def profile_torch_served_target(
     import torch
     import transformers
 
-    from realrun.torch_target import TorchTarget
+    from realrun.cloud.torch_target import TorchTarget
 
     tokens = _grid("token_counts", token_counts)
     contexts = _grid("context_lengths", context_lengths)

@@ -4,10 +4,10 @@ The simulator charges a message `message_header_bytes` plus its payload at the l
 On the testbed every NAV is one HTTP request and its answer, and the shaper (tbf) charges
 everything that crosses the link: HTTP headers, TCP/IP headers and ACKs, the msgpack
 envelope (session id, keys). `measure_wire` runs the kit's own server in a namespace behind
-tbf (realrun.shaping, a fast rate so nothing queues), sends `messages` NAVs of `n_tokens`
+tbf (realrun.link.shaping, a fast rate so nothing queues), sends `messages` NAVs of `n_tokens`
 (token id + probability each, as the edge sends them), reads `tc -s qdisc` before and after,
 and converts wire bytes to the simulator's payload bytes (tbf's rate is the link rate x
-frame/payload, see realrun.netns). Then
+frame/payload, see realrun.link.netns). Then
 
     message_header_bytes = wire payload bytes per uplink message - n_tokens x per-token bytes,
 
@@ -140,10 +140,10 @@ def measure_wire(
     """NAVs of `n_tokens` through a tbf link to a server holding `model`; see the module."""
     import httpx
 
-    from realrun import netns
-    from realrun.client import CloudClient
+    from realrun.edge.client import CloudClient
+    from realrun.link import netns
+    from realrun.link.shaping import LinkSpec, open_link
     from realrun.protocol import encode
-    from realrun.shaping import LinkSpec, open_link
     from simulator.link import ConstantBandwidth
 
     reason = netns.unavailable_reason()
@@ -152,7 +152,7 @@ def measure_wire(
     spec = LinkSpec(ConstantBandwidth(100.0), ConstantBandwidth(100.0), 0.0)
     with open_link(spec, "tbf", server_port=port) as link:
         namespace = link.namespace
-        command = [sys.executable, "-m", "realrun.server", "--model", model]
+        command = [sys.executable, "-m", "realrun.cloud.server", "--model", model]
         command += ["--threads", str(threads), "--host", link.server_host, "--port", str(port)]
         server = subprocess.Popen(link.server_command_prefix + command, stderr=subprocess.DEVNULL)
         try:

@@ -125,9 +125,9 @@ def measure_session_wire(
 ) -> SessionWire:
     """Run the session (tbf, synthetic acceptance) into `out_dir` and measure it."""
     from calibrate.wire import PacketTap, ack_share
-    from realrun import netns
+    from realrun.link import netns
+    from realrun.link.shaping import LinkSpec, open_link
     from realrun.local import cloud_server, free_port
-    from realrun.shaping import LinkSpec, open_link
     from realrun.testbed import run_testbed
     from simulator.payload import payload_for
 

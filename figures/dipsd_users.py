@@ -1,4 +1,4 @@
-"""DiP-SD's throughput against the number of users, from its optimiser (policies.dipsd) on the
+"""DiP-SD's throughput against the number of users, from its optimiser (policies.dipsd.optimiser) on the
 paper-like system: users 1..M are copies of `paper_system()`'s identical users."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from figures.style import EXTRA, GREY, LineStyle, new_figure, policy_style, themed
-from policies.dipsd import (
+from policies.dipsd.optimiser import (
     DipsdSystem,
     Plan,
     autoregressive,

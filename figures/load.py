@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from simulator.engine import Span
 from simulator.errors import ConfigError
+from simulator.records import Span
 
 TIMELINE_NAME = re.compile(
     r"timeline_p(?P<point>\d+)_(?:(?P<index>\d+)_)?(?P<label>.+)_s(?P<seed>\d+)\.csv"

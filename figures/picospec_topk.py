@@ -1,4 +1,4 @@
-"""PicoSpec's top-K sparse verification on the synthetic Zipf model (policies.sparse_verify):
+"""PicoSpec's top-K sparse verification on the synthetic Zipf model (policies.picospec.sparse_verify):
 distribution error (TV distance to the exact output) and bytes per round, against K."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from figures.style import BLACK, GREY, ORANGE, VERMILLION, new_figure, plain_log, themed
-from policies.sparse_verify import VOCAB, round_bytes, topk_error, zipf_pair
+from policies.picospec.sparse_verify import VOCAB, round_bytes, topk_error, zipf_pair
 
 KS = tuple(2**i for i in range(15))
 """K = 1, 2, 4, ..., 16384."""

@@ -24,8 +24,8 @@ from matplotlib.patches import Patch
 from figures.load import Run, TimelineFile, read_timeline
 from figures.options import DEFAULT_ROUNDS
 from figures.style import GREY, new_figure, policy_colour, themed
-from simulator.engine import Span
 from simulator.errors import ConfigError
+from simulator.records import Span
 
 LANES = ("draft", "uplink", "cloud", "downlink", "result")
 LANE_TITLES = {

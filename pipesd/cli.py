@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="override a scenario field by dotted path, e.g. link.uplink_mbps=10 or "
-        "policies.pipesd.r1=0.4 (VALUE is read as TOML: numbers, true/false, [lists], text); "
+        "policies.pipesd.policy.r1=0.4 (VALUE is read as TOML: numbers, true/false, [lists], text); "
         "repeatable",
     )
     run.add_argument(

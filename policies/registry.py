@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from policies.adaptive import HFHeuristic, HFHeuristicParams, PMin, PMinParams
 from policies.base import Policy
-from policies.baselines import (
+from policies.baselines.adaptive import HFHeuristic, HFHeuristicParams, PMin, PMinParams
+from policies.baselines.fixed import (
     HSL,
     CloudARParams,
     CloudAutoregressive,
@@ -19,11 +19,11 @@ from policies.baselines import (
     Vanilla,
     VanillaParams,
 )
-from policies.dipsd_edge import DipSD, DipSDParams
-from policies.oracle import Oracle, OracleParams
+from policies.baselines.oracle import Oracle, OracleParams
+from policies.dipsd.policy import DipSD, DipSDParams
 from policies.params import PolicyParams
-from policies.picospec import PicoSpec, PicoSpecParams
-from policies.pipesd import PipeSD, PipeSDParams
+from policies.picospec.policy import PicoSpec, PicoSpecParams
+from policies.pipesd.policy import PipeSD, PipeSDParams
 
 PolicyFactory = Callable[[Any, int], Policy]
 

@@ -50,7 +50,7 @@ def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
         "--target",
         required=True,
         help="target GGUF path or known name; --target-backend torch: also a Hugging Face "
-        "folder or a named random-weight shape (calibrate/shapes.py, with --acceptance synthetic)",
+        "folder or a named random-weight shape (models/shapes.py, with --acceptance synthetic)",
     )
     parser.add_argument("--draft", required=True, help="draft GGUF sharing the target tokenizer")
     parser.add_argument(
@@ -237,7 +237,12 @@ def add_revalidate_parser(subparsers: Any) -> None:
 
 def run_revalidate(args: argparse.Namespace, argv: list[str]) -> int:
     """Execute `pipesd revalidate`."""
-    from realrun.validate import command_options, revalidate, validation_points, validation_source
+    from validation.validate import (
+        command_options,
+        revalidate,
+        validation_points,
+        validation_source,
+    )
 
     manifest, scenario, profile = validation_source(args.source)
     if args.profile is not None:
@@ -265,7 +270,7 @@ def run_revalidate(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _options(args: argparse.Namespace) -> LocalOptions:
     """LocalOptions from the shared testbed flags (models resolved, threads checked)."""
-    from calibrate.models import resolve_model
+    from models.registry import resolve_model
     from realrun.local import LocalOptions
 
     sampling = sampling_spec(args)  # flag errors first: they need no model
@@ -302,8 +307,8 @@ def _options(args: argparse.Namespace) -> LocalOptions:
 def torch_target_arg(value: str) -> Path | str:
     """A torch target as the server will load it: an existing file or folder (absolute path),
     a named shape, or a known GGUF name; ConfigError (one line) otherwise."""
-    from calibrate.models import MODEL_NAMES, resolve_model
-    from calibrate.shapes import SHAPES, get_shape
+    from models.registry import MODEL_NAMES, resolve_model
+    from models.shapes import SHAPES, get_shape
 
     path = Path(value).expanduser()
     if path.exists():
@@ -408,7 +413,7 @@ def print_validation(
     from rich.console import Console
     from rich.table import Table
 
-    from realrun.validate import GOAL_MEDIAN, GOAL_P90, verdict
+    from validation.validate import GOAL_MEDIAN, GOAL_P90, verdict
 
     console = Console(width=None if sys.stdout.isatty() else 200)
     table = Table(header_style="bold")
@@ -495,7 +500,7 @@ def run_validate(args: argparse.Namespace, argv: list[str]) -> int:
             "validate", "", f"{exc.name} is not installed (pip install -e '.[realrun]')"
         ) from None
     from realrun.local import ServerError
-    from realrun.validate import run_validation, validation_points
+    from validation.validate import run_validation, validation_points
 
     points = validation_points(args.scenario, args.profile, args.overrides, args.sweep)
     options = _options(args)
@@ -504,7 +509,7 @@ def run_validate(args: argparse.Namespace, argv: list[str]) -> int:
     profile = args.profile
     command = ["pipesd", *argv]
     if args.recalibrate:
-        from realrun.recalibrate import recalibrated_profile
+        from validation.recalibrate import recalibrated_profile
 
         say = (lambda _line: None) if args.quiet else print
         profile = recalibrated_profile(
@@ -532,7 +537,7 @@ def run_validate(args: argparse.Namespace, argv: list[str]) -> int:
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     """Execute `pipesd realrun <role>`."""
     try:
-        from realrun.server import serve
+        from realrun.cloud.server import serve
         from realrun.testbed import run_testbed
     except ImportError as exc:
         raise ConfigError(
@@ -552,7 +557,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             return _interrupted(args.out)
     import httpx
 
-    from calibrate.models import resolve_model
+    from models.registry import resolve_model
     from simulator.scenario import expand_sweep
 
     point = expand_sweep(args.scenario, args.overrides)[0]

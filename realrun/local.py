@@ -1,7 +1,7 @@
 """`pipesd realrun local`: every sweep point of a scenario on this machine, each against its own
 cloud server subprocess behind the point's shaped link, results in the simulator's layout.
 
-Per point: open the shaped link (realrun.shaping), start `python -m realrun.server` through the
+Per point: open the shaped link (realrun.link.shaping), start `python -m realrun.cloud.server` through the
 link's command prefix on a free port, wait for /v1/health, run the testbed through the link,
 then always stop the server (terminate, then kill) and close the link, also on Ctrl-C. Each
 point's files land in `OUT/points/p<i>/` as it finishes; `OUT/summary.csv` and `results.csv`
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from simulator.scenario import SweepPoint
 
 SHAPING_MODES = ("auto", "tbf", "software", "none")
-"""Values of --shaping (see realrun.shaping.open_link)."""
+"""Values of --shaping (see realrun.link.shaping.open_link)."""
 
 ACCEPTANCE_MODES = ("real", "synthetic")
 """Values of --acceptance (see realrun.testbed.run_testbed)."""
@@ -79,7 +79,7 @@ class LocalOptions:
     sampling.
 
     `target`: a GGUF file for the llama backend; for the torch backend also a Hugging Face
-    folder or a named random-weight shape (calibrate/shapes.py). `target_device`: the server's
+    folder or a named random-weight shape (models/shapes.py). `target_device`: the server's
     `--device` (cpu, cuda, cuda:N). `sampling`: speculative sampling at the edge and the
     server (realrun.testbed.SamplingSpec; None: greedy); not with synthetic acceptance.
     """
@@ -94,7 +94,7 @@ class LocalOptions:
     target_device: str = "cpu"
     startup_timeout_s: float = STARTUP_TIMEOUT_S
     speed_probe: bool = False
-    """Time realrun.speed_probe's reference before each session (OUT/speeds.csv)."""
+    """Time realrun.edge.speed_probe's reference before each session (OUT/speeds.csv)."""
     sampling: SamplingSpec | None = None
 
 
@@ -200,7 +200,7 @@ def cloud_server(
         *link.server_command_prefix,
         sys.executable,
         "-m",
-        "realrun.server",
+        "realrun.cloud.server",
         "--model",
         str(options.target),
         "--threads",
@@ -286,7 +286,7 @@ def run_point(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One sweep point: shaped link, server, testbed, teardown; returns the summary rows and
     what was used (the link's description, the server's command and health)."""
-    from realrun.shaping import LinkSpec, open_link
+    from realrun.link.shaping import LinkSpec, open_link
     from realrun.testbed import check_sampling, run_testbed, sampling_info
 
     top_k = check_sampling(options.sampling, point.scenario, options.acceptance)

@@ -13,7 +13,7 @@ it; `verify` with nothing uploaded is one plain target decode step). Each `verif
 - ``open``   ``{"prompt": [int, ...], "synthetic"?: {"accepted": [0|1, ...]},
   "sampling"?: {"temperature": float, "seed": int}}`` (1..max_prompt tokens; at most one of
   the two options) -> ``{"session": str, "n_prompt": int, "prefill_ms": float}``. The options
-  choose the session's verification rule (realrun.verifier): greedy by default; `synthetic`
+  choose the session's verification rule (realrun.cloud.verifier): greedy by default; `synthetic`
   gives the acceptance verdict of each output position (0 = first generated token, positions
   past the list are rejections; at most max_session_len entries); `sampling` asks for
   speculative sampling at `temperature` in (0, 100] with a session Generator seeded by `seed`
@@ -40,7 +40,7 @@ it; `verify` with nothing uploaded is one plain target decode step). Each `verif
   delta) divided by `batch_size`, None where no meter exists (the CPU).
 - ``close``  ``{"session": str}`` -> ``{"closed": true}``
 
-Ordering and speculative uploads (realrun.ordering). `upload`, `verify` and `close` may carry
+Ordering and speculative uploads (realrun.cloud.ordering). `upload`, `verify` and `close` may carry
 ``"seq": int`` (0, 1, 2, ... per session, in [0, 2**31)): numbered requests are applied in
 that order whatever connection brought them (a request waits for its turn, 409 after the
 server's timeout or for a number already used), so an edge can upload while its verify is in
@@ -68,7 +68,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from realrun.verifier import Rule, Sampling, SparseDist, Synthetic
+from realrun.cloud.verifier import Rule, Sampling, SparseDist, Synthetic
 
 CONTENT_TYPE = "application/msgpack"
 TOKEN_HEADER = "X-PipeSD-Token"

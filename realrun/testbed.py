@@ -9,7 +9,7 @@ a seed (policies interleaved in time, so the machine's drift does not rank them)
 `acceptance="synthetic"` every request
 faces the simulator's acceptance outcomes for the same (seed, edge 0, request). With
 `sampling` the edge drafts by sampling and the server verifies by speculative sampling
-(realrun.edge, "Sampling"), each request seeded by its (seed, request), so a run is
+(realrun.edge.executor, "Sampling"), each request seeded by its (seed, request), so a run is
 reproducible; greedy otherwise.
 
 One sweep point per call (the caller loops over points, each with its own output folder).
@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 from policies.base import Mode
 from policies.registry import POLICIES, make_policy
+from policies.seeding import policy_seed
 from simulator.acceptance import AcceptanceModel
-from simulator.engine import Span, policy_seed
 from simulator.errors import ConfigError
-from simulator.records import RECORD_FIELDS
+from simulator.records import RECORD_FIELDS, Span
 from simulator.results import write_json, write_table
 from simulator.runner import (
     Task,
@@ -88,7 +88,7 @@ def refill_s(point: SweepPoint) -> float:
     """How long the point's link needs to refill its token buckets after a burst of use (the
     slower direction, at its rate at t = 0), so a session starts on an idle link as the
     simulator's does."""
-    from realrun.shaping import LinkSpec
+    from realrun.link.shaping import LinkSpec
 
     spec = LinkSpec.from_point(point)
     rate = min(spec.uplink.at(0.0), spec.downlink.at(0.0)) * 1e6 / 8
@@ -110,10 +110,10 @@ def sampling_top_k(scenario: Scenario, top_k: int | None) -> tuple[int, str]:
     Default: the scenario's `payload.top_k` when `payload.kind` is "topk"; otherwise (full
     distributions, or token ids or probabilities only, which speculative sampling cannot use)
     the largest K whose distributions of a whole NAV fit one request body of the server
-    (realrun.edge.max_sampling_top_k: the full vocabulary never does, 64 KiB bodies). One-line
+    (realrun.edge.executor.max_sampling_top_k: the full vocabulary never does, 64 KiB bodies). One-line
     ConfigError if `top_k` (or the scenario's) is below 1 or does not fit.
     """
-    from realrun.edge import max_sampling_top_k
+    from realrun.edge.executor import max_sampling_top_k
     from realrun.protocol import Limits
 
     tokens = tokens_per_message(scenario)
@@ -185,7 +185,7 @@ def sampling_info(
         "top_k": top_k[0],
         "top_k_from": top_k[1],
         "confidence": "max q (the top-1 probability of the draft distribution drawn from)",
-        "seeds": "per (scenario seed, request): realrun.edge.EdgeSampling (edge draws, and "
+        "seeds": "per (scenario seed, request): realrun.edge.executor.EdgeSampling (edge draws, and "
         "the server session's seed)",
     }
 
@@ -219,13 +219,13 @@ def run_testbed(
     (ShapedLink.uplink_payload_bytes); where it gives one, each request's `uplink_bytes` is
     its difference over the request (bytes on the wire, as the simulator counts them) instead
     of the msgpack bodies' lengths. `speed_probe`: before each (policy, seed) session, time
-    realrun.speed_probe's reference workload, write OUT/speeds.csv and wait for the link's
+    realrun.edge.speed_probe's reference workload, write OUT/speeds.csv and wait for the link's
     buckets to refill. `sampling`: speculative sampling (ConfigError with synthetic acceptance
     or bad values: `check_sampling`); the edge of request r under seed s samples with
-    `EdgeSampling(temperature, top_k, s)` (realrun.edge: its draws and the server session's
+    `EdgeSampling(temperature, top_k, s)` (realrun.edge.executor: its draws and the server session's
     seed come from (s, r)). The server must answer `/v1/health` at the start
     (httpx.HTTPError otherwise); later, a request that fails (a dead server, a timeout) is
-    finished by the draft alone (realrun.edge, `local_tokens` in results.csv), and the next
+    finished by the draft alone (realrun.edge.executor, `local_tokens` in results.csv), and the next
     request tries the cloud again.
     """
     if acceptance not in ACCEPTANCE:
@@ -236,9 +236,9 @@ def run_testbed(
     import llama_cpp
 
     from calibrate.acceptance import default_prompts, format_prompt
-    from realrun.client import CloudClient
-    from realrun.edge import EdgeSampling, run_edge, startup_probes
-    from realrun.speed_probe import SpeedProbe, probe_speeds
+    from realrun.edge.client import CloudClient
+    from realrun.edge.executor import EdgeSampling, run_edge, startup_probes
+    from realrun.edge.speed_probe import SpeedProbe, probe_speeds
 
     model = scenario.model
     n_new = model.prompts.max_new_tokens

@@ -1,6 +1,6 @@
 """DiP-SD's fleet plan for a scenario: draft length per edge and the cloud's ordered batches.
 
-The optimiser (`policies/dipsd.py`) works on DiP-SD's affine-in-FLOPs model. Here its inputs
+The optimiser (`policies/dipsd/optimiser.py`) works on DiP-SD's affine-in-FLOPs model. Here its inputs
 come from the scenario: each edge's acceptance rate (i.i.d. model required), prefix (the
 prompt length) and per-token drafting time (the profile's decode time at that prefix, scaled by
 the edge's compute factor); the server's β_v is the profile's forward base time and c_v is set
@@ -14,7 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from policies.dipsd import DipsdSystem, DipsdUser, Plan, optimise, paper_system, verify_flops
+from policies.dipsd.optimiser import (
+    DipsdSystem,
+    DipsdUser,
+    Plan,
+    optimise,
+    paper_system,
+    verify_flops,
+)
 from simulator.errors import ConfigError
 from simulator.fleet import EdgeSpec
 from simulator.profile import IIDAcceptance

@@ -15,45 +15,26 @@ from __future__ import annotations
 import contextlib
 import heapq
 import math
-import zlib
 from collections import deque
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import simpy
 
 from policies.base import CostHints, Decision, Mode, Policy, RequestStart, VerifyOutcome
 from policies.registry import POLICIES, make_policy
+from policies.seeding import policy_seed
 from simulator.acceptance import AcceptanceModel
 from simulator.dipsd_plan import fleet_plan, plan_batches
 from simulator.fleet import edge_specs
 from simulator.link import Channel
 from simulator.payload import Payload, payload_for
 from simulator.profile import DraftLatency, PowerProfile, SplitProfile, TargetLatency
-from simulator.records import RequestRecord
+from simulator.records import RequestRecord, Span
 from simulator.scenario import PolicyEntry, Scenario
 
 CONTINUE, SEND, VERIFY, VERIFY_DROP_LAST = (int(d) for d in Decision)
-
-
-class Span(NamedTuple):
-    """One interval of activity for timelines (Gantt charts) and invariant checks.
-
-    lanes: draft (one token: first = position), uplink (a message: tokens [first, last), ready_s
-    = when the edge sent it), cloud (a job: for a NAV, positions [first, last)), downlink (an
-    answer), result (the edge processes an answer: start = arrival, end = processing time).
-    """
-
-    lane: str
-    start_s: float
-    end_s: float
-    label: str
-    request: int
-    first: int = 0
-    last: int = 0
-    ready_s: float = 0.0
-    edge: int = 0
 
 
 def succeed_at(event: simpy.Event, delay_s: float) -> None:
@@ -870,12 +851,6 @@ class Edge:
         record.first_token_s = first_token_s
         record.end_s = t
         self._finish(record)
-
-
-def policy_seed(seed: int, label: str, edge: int = 0) -> int:
-    """A policy's own seed: stable across runs, different per label and per edge."""
-    key = label if edge == 0 else f"{label}/{edge}"
-    return (seed * 1_000_003 + zlib.crc32(key.encode())) % (2**31)
 
 
 def simulate(

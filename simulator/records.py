@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 
 @dataclass(slots=True)
@@ -59,3 +60,22 @@ class RequestRecord:
 
 
 RECORD_FIELDS = tuple(f.name for f in fields(RequestRecord))
+
+
+class Span(NamedTuple):
+    """One interval of activity for timelines (Gantt charts) and invariant checks.
+
+    lanes: draft (one token: first = position), uplink (a message: tokens [first, last), ready_s
+    = when the edge sent it), cloud (a job: for a NAV, positions [first, last)), downlink (an
+    answer), result (the edge processes an answer: start = arrival, end = processing time).
+    """
+
+    lane: str
+    start_s: float
+    end_s: float
+    label: str
+    request: int
+    first: int = 0
+    last: int = 0
+    ready_s: float = 0.0
+    edge: int = 0

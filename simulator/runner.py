@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from simulator.backends import Backend, InlineBackend
-from simulator.engine import SimResult, Span, simulate
+from simulator.engine import SimResult, simulate
 from simulator.errors import ConfigError
 from simulator.metrics import SUMMARY_METRICS, fleet_metrics, summarise
-from simulator.records import RECORD_FIELDS, RequestRecord
+from simulator.records import RECORD_FIELDS, RequestRecord, Span
 from simulator.results import write_json, write_table
 from simulator.scenario import SweepPoint
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from calibrate.models import resolve_model
+from models.registry import resolve_model
 from simulator.errors import ConfigError
 
 

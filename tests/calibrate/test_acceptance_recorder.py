@@ -22,7 +22,7 @@ from calibrate.acceptance import (
     write_trace,
 )
 from calibrate.fit import fit_acceptance
-from calibrate.truncate import truncate_gguf
+from models.truncate import truncate_gguf
 from simulator.acceptance import AcceptanceModel, ReplayTraces
 from simulator.profile import CalibratedAcceptance, ReplayAcceptance
 

@@ -112,8 +112,8 @@ def test_calibrate_all_writes_parts_and_profile(tmp_path: Path) -> None:
 def test_acceptance_part_from_a_real_pair(tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp", reason="llama-cpp-python (extra 'models') is not installed")
     pytest.importorskip("gguf", reason="gguf is not installed")
-    from calibrate.models import smollm2_gguf
-    from calibrate.truncate import truncate_gguf
+    from models.registry import smollm2_gguf
+    from models.truncate import truncate_gguf
 
     draft = truncate_gguf(smollm2_gguf(), tmp_path / "draft.gguf", 28)
     prompts = tmp_path / "prompts.txt"

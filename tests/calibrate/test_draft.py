@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from model_marks import needs_smollm2, smollm2_path
 
-from calibrate import models
 from calibrate.draft import DraftMeasurements, fit_measurements, profile_draft
 from calibrate.fit import FitReport
-from calibrate.models import resolve_model, smollm2_gguf
 from calibrate.samples import DecodeSample, PrefillSample
+from models import registry as models
+from models.registry import resolve_model, smollm2_gguf
 from simulator.errors import ConfigError
 from simulator.profile import DraftLatency
 

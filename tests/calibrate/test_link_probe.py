@@ -18,8 +18,8 @@ pytest.importorskip("uvicorn", reason="uvicorn (extra 'realrun') is not installe
 from model_marks import needs_smollm2
 
 from pipesd.cli import main
-from realrun.server import create_app
-from realrun.target import Session, VerifyResult
+from realrun.cloud.llama_target import Session, VerifyResult
+from realrun.cloud.server import create_app
 
 FAKE_TARGET = SimpleNamespace(
     n_batch=512, n_vocab=100, n_ctx=128, sessions={}, model_path=Path("fake.gguf")

@@ -10,14 +10,14 @@ pytest.importorskip("transformers")
 from calibrate.fit import fit_target_latency  # noqa: E402
 from calibrate.power import NvmlEnergyMeter, PowerUnavailable  # noqa: E402
 from calibrate.samples import ForwardSample, PrefillSample  # noqa: E402
-from calibrate.shapes import (  # noqa: E402
+from calibrate.target import TargetMeasurements, profile_target  # noqa: E402
+from models.shapes import (  # noqa: E402
     SHAPES,
     build_config,
     build_random_model,
     get_shape,
     has_qwen3,
 )
-from calibrate.target import TargetMeasurements, profile_target  # noqa: E402
 from simulator.profile import TargetLatency  # noqa: E402
 
 TOKENS = (1, 4)
@@ -238,7 +238,7 @@ def test_unknown_shape_lists_the_known_ones() -> None:
 
 
 def _cpu_bytes_free() -> int | None:
-    from calibrate.shapes import _available_bytes
+    from models.shapes import _available_bytes
 
     return _available_bytes(torch.device("cpu"))
 

@@ -45,7 +45,7 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SmolLM2-135M cut to its first 2 layers (shares the real tokenizer and head)."""
     pytest.importorskip("llama_cpp", reason="llama-cpp-python (extra 'models') is not installed")
     pytest.importorskip("gguf", reason="gguf is not installed")
-    from calibrate.truncate import truncate_gguf
+    from models.truncate import truncate_gguf
 
     source = smollm2_path()
     return truncate_gguf(source, tmp_path_factory.mktemp("tiny") / "tiny.gguf", 2)

@@ -14,7 +14,7 @@ from calibrate.wire import (
     msgpack_int_bytes,
     payload_values,
 )
-from realrun import netns
+from realrun.link import netns
 
 msgpack = pytest.importorskip("msgpack")
 
@@ -35,8 +35,8 @@ def test_payload_values_subtract_the_tokens() -> None:
 @pytest.mark.skipif(netns.unavailable_reason() is not None, reason="needs root, ip and tc")
 def test_measure_wire_through_tbf(tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp")
-    from calibrate.models import resolve_model
-    from calibrate.truncate import truncate_gguf
+    from models.registry import resolve_model
+    from models.truncate import truncate_gguf
 
     model = truncate_gguf(resolve_model("smollm2-135m"), tmp_path / "tiny.gguf", 2)
     m = measure_wire(str(model), messages=10, say=lambda _: None)

@@ -18,7 +18,7 @@ from calibrate.wire_session import (
     session_wire,
 )
 from pipesd.cli import main
-from realrun import netns
+from realrun.link import netns
 from simulator.errors import ConfigError
 
 
@@ -87,9 +87,9 @@ def test_session_through_tbf(write_scenario, tmp_path) -> None:
     beyond the tokens like an HTTP request's, a share of them in ACKs."""
     pytest.importorskip("llama_cpp")
     pytest.importorskip("fastapi", reason="fastapi is not installed (extra 'realrun')")
-    from calibrate.models import resolve_model
-    from calibrate.truncate import truncate_gguf
     from calibrate.wire_session import measure_session_wire
+    from models.registry import resolve_model
+    from models.truncate import truncate_gguf
     from realrun.local import LocalOptions
 
     model = truncate_gguf(resolve_model("smollm2-135m"), tmp_path / "tiny.gguf", 2)

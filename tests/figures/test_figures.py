@@ -24,8 +24,8 @@ from figures.sweeps import bandwidth_figure, compute_figure
 from figures.timeline import discarded_drafts, timeline_figure
 from figures.trace import trace_figure
 from figures.validation import validation_figure
-from simulator.engine import Span
 from simulator.errors import ConfigError
+from simulator.records import Span
 from simulator.runner import run_scenario
 from simulator.scenario import expand_sweep
 

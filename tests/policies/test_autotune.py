@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from policies.autotune import (
+from policies.pipesd.autotune import (
     Point,
     RandomThresholdTuner,
     SkoptThresholdTuner,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.batch_plan import batch_boundaries, plan_batches, plan_finish_time
+from policies.pipesd.batch_plan import batch_boundaries, plan_batches, plan_finish_time
 
 COST = st.one_of(
     st.sampled_from([0.0, 0.125, 0.5, 1.0, 3.0]),

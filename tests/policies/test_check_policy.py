@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from policies.base import Decision, Policy, VerifyOutcome
-from policies.baselines import Vanilla, VanillaParams
+from policies.baselines.fixed import Vanilla, VanillaParams
 from policies.checker import PolicyCheckError, check_policy
 from policies.registry import make_policy, params_model, policy_names
 

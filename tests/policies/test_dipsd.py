@@ -9,8 +9,8 @@ import random
 
 import pytest
 
-from policies import dipsd
-from policies.dipsd import (
+from policies.dipsd import optimiser as dipsd
+from policies.dipsd.optimiser import (
     DipsdSystem,
     DipsdUser,
     autoregressive,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from policies.estimators import (
+from policies.pipesd.estimators import (
     ExponentialAverage,
     MovingAverage,
     UploadCostEstimator,

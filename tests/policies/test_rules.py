@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policies.base import CostHints, Decision, Policy, RequestStart, VerifyOutcome
-from policies.batch_plan import batch_boundaries, plan_batches
-from policies.oracle import first_chunk, nav_cost
+from policies.baselines.oracle import first_chunk, nav_cost
+from policies.pipesd.batch_plan import batch_boundaries, plan_batches
 from policies.registry import make_policy, params_model
 
 CONTINUE, SEND, VERIFY, DROP = (

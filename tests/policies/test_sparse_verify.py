@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-from policies.sparse_verify import (
+from policies.picospec.sparse_verify import (
     TAILS,
     acceptance_probability,
     downlink_bytes_per_round,

@@ -14,13 +14,13 @@ SMALL_RECALIBRATION = [
     ("DRAFT_REPETITIONS", 2),
     ("PAUSE_MS", 1.0),
 ]
-"""realrun.recalibrate's grids, cut to seconds of work."""
+"""validation.recalibrate's grids, cut to seconds of work."""
 
 
 @pytest.fixture
 def small_recalibration(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`validate --recalibrate` (realrun.recalibrate) on small grids for this test."""
-    from realrun import recalibrate
+    """`validate --recalibrate` (validation.recalibrate) on small grids for this test."""
+    from validation import recalibrate
 
     for name, value in SMALL_RECALIBRATION:
         monkeypatch.setattr(recalibrate, name, value)

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from model_marks import smollm2_path
 
-from calibrate.truncate import truncate_gguf
+from models.truncate import truncate_gguf
 
 THREADS = 1  # one thread: llama.cpp spin-waits badly on a loaded 2-core CI machine
 KEEP_LAYERS = 28
@@ -70,8 +70,8 @@ def thread_server(model_path: Path) -> Iterator[str]:
     """The verification server in a uvicorn thread on loopback; yields its URL."""
     import uvicorn
 
-    from realrun.server import create_app
-    from realrun.target import LlamaTarget
+    from realrun.cloud.llama_target import LlamaTarget
+    from realrun.cloud.server import create_app
 
     target = LlamaTarget(model_path, threads=THREADS, n_ctx=512)
     app = create_app(model_path, target=target, rate_limit_per_s=None)
@@ -98,7 +98,7 @@ def thread_server(model_path: Path) -> Iterator[str]:
 
 
 class ServerProcess:
-    """`python -m realrun.server` on a fixed loopback port, startable again after a kill."""
+    """`python -m realrun.cloud.server` on a fixed loopback port, startable again after a kill."""
 
     def __init__(self, model_path: Path, port: int) -> None:
         self.model_path, self.port = model_path, port
@@ -109,7 +109,7 @@ class ServerProcess:
         """Start the server (unless it runs) and wait until it answers /v1/health."""
         if self.proc is not None and self.proc.poll() is None:
             return
-        argv = [sys.executable, "-m", "realrun.server", "--model", str(self.model_path),
+        argv = [sys.executable, "-m", "realrun.cloud.server", "--model", str(self.model_path),
                 "--threads", str(THREADS), "--port", str(self.port), "--n-ctx", "512",
                 "--rate-limit", "0"]  # fmt: skip
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -1,7 +1,7 @@
-"""The real-time edge executor (realrun/edge.py) on SmolLM2-135M, CPU, over loopback HTTP.
+"""The real-time edge executor (realrun/edge/executor.py) on SmolLM2-135M, CPU, over loopback HTTP.
 
 Target: the verification server (create_app + LlamaTarget) in a uvicorn thread on 127.0.0.1.
-Draft: SmolLM2 truncated to 28 of its 30 layers (calibrate.truncate), flash attention on.
+Draft: SmolLM2 truncated to 28 of its 30 layers (models.truncate), flash attention on.
 Every speculative policy (the oracle aside: it needs the future) must reproduce the target's
 own greedy output (calibrate.acceptance.target_greedy, same prompt formatting), and the
 record's token accounting must balance.
@@ -28,8 +28,8 @@ from calibrate.acceptance import default_prompts, format_prompt, target_greedy
 from policies.base import Decision, Policy
 from policies.checker import check_policy
 from policies.registry import make_policy, params_model
-from realrun.client import CloudClient
-from realrun.edge import run_edge, startup_probes
+from realrun.edge.client import CloudClient
+from realrun.edge.executor import run_edge, startup_probes
 from realrun.testbed import acceptance_model, run_testbed
 from simulator.engine import simulate
 from simulator.scenario import expand_sweep

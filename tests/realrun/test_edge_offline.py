@@ -1,4 +1,4 @@
-"""The edge's offline fallback (realrun/edge.py, "Cloud lost") on SmolLM2-135M, CPU.
+"""The edge's offline fallback (realrun/edge/executor.py, "Cloud lost") on SmolLM2-135M, CPU.
 
 A real server subprocess is SIGKILLed mid-request: the request still ends with max_new_tokens
 tokens, the prefix committed before the kill is the target's own greedy output, the rest is
@@ -35,8 +35,8 @@ from model_marks import needs_smollm2
 from calibrate.acceptance import default_prompts, format_prompt, target_greedy
 from policies.base import Policy
 from policies.registry import make_policy, params_model
-from realrun.client import CloudClient, CloudError
-from realrun.edge import GreedyDraft, run_edge, startup_probes
+from realrun.edge.client import CloudClient, CloudError
+from realrun.edge.executor import GreedyDraft, run_edge, startup_probes
 from realrun.protocol import encode
 
 pytestmark = needs_smollm2

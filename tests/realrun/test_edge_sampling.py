@@ -1,4 +1,4 @@
-"""Speculative sampling at the edge (realrun/edge.py, "Sampling") on SmolLM2-135M, CPU.
+"""Speculative sampling at the edge (realrun/edge/executor.py, "Sampling") on SmolLM2-135M, CPU.
 
 The key test is end to end: N requests of the one-token prompt "I" (as test_sampling.py),
 each `run_edge` with its own seed through the real server (uvicorn thread, loopback HTTP),
@@ -40,8 +40,9 @@ from model_marks import needs_smollm2, smollm2_path  # noqa: E402
 
 from calibrate.acceptance import default_prompts, format_prompt  # noqa: E402
 from policies.registry import make_policy, params_model  # noqa: E402
-from realrun.client import CloudClient  # noqa: E402
-from realrun.edge import (  # noqa: E402
+from realrun.cloud.verifier import SparseDist, softmax  # noqa: E402
+from realrun.edge.client import CloudClient  # noqa: E402
+from realrun.edge.executor import (  # noqa: E402
     EdgeSampling,
     SamplingDraft,
     max_sampling_top_k,
@@ -50,7 +51,6 @@ from realrun.edge import (  # noqa: E402
 )
 from realrun.protocol import Limits, encode  # noqa: E402
 from realrun.testbed import SamplingSpec, acceptance_model, run_testbed, sampling_top_k  # noqa: E402
-from realrun.verifier import SparseDist, softmax  # noqa: E402
 from simulator.scenario import expand_sweep  # noqa: E402
 
 N = 300

@@ -19,8 +19,9 @@ pytest.importorskip("llama_cpp", reason="llama-cpp-python (extra 'models') is no
 import httpx
 from model_marks import needs_smollm2, smollm2_path
 
-from calibrate.truncate import truncate_gguf
-from realrun import local, netns, shaping
+from models.truncate import truncate_gguf
+from realrun import local
+from realrun.link import netns, shaping
 from realrun.local import (
     ACCEPTANCE_MODES,
     SHAPING_MODES,
@@ -57,7 +58,7 @@ def options(target_path, draft_path) -> LocalOptions:
 
 
 def server_processes(port: int) -> list[int]:
-    """Pids of live `realrun.server` processes started for `port` (from /proc)."""
+    """Pids of live `realrun.cloud.server` processes started for `port` (from /proc)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -67,7 +68,7 @@ def server_processes(port: int) -> list[int]:
             state = (entry / "stat").read_text().split(") ")[-1][:1]
         except OSError:
             continue
-        if b"realrun.server" in argv and str(port).encode() in argv and state != "Z":
+        if b"realrun.cloud.server" in argv and str(port).encode() in argv and state != "Z":
             pids.append(int(entry.name))
     return pids
 

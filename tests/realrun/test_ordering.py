@@ -1,4 +1,4 @@
-"""realrun.ordering: in-order admission per session, and the conditional-upload rule."""
+"""realrun.cloud.ordering: in-order admission per session, and the conditional-upload rule."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from realrun.ordering import Chain, Sequencer, follow_up
+from realrun.cloud.ordering import Chain, Sequencer, follow_up
 from realrun.protocol import ProtocolError
 
 

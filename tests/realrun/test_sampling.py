@@ -1,6 +1,6 @@
 """Speculative sampling through LlamaTarget is distribution-preserving (statistical test).
 
-Target: SmolLM2-135M; draft: its first 6 layers (calibrate.truncate), which agree with it
+Target: SmolLM2-135M; draft: its first 6 layers (models.truncate), which agree with it
 poorly (acceptance ~0.24 at the one-token prompt "I"), so the residual resampling path is
 exercised on most samples. Reference: the target's own softmax at temperature T, computed from
 a separate `llama_cpp.Llama` evaluating the prompt (the plain decode path). Each sample is a
@@ -25,9 +25,9 @@ stats = pytest.importorskip("scipy.stats", reason="scipy is not installed")
 from chi_square import chi2_pvalue  # noqa: E402
 from model_marks import needs_smollm2, smollm2_path  # noqa: E402
 
-from calibrate.truncate import truncate_gguf  # noqa: E402
-from realrun.target import LlamaTarget  # noqa: E402
-from realrun.verifier import Sampling, SparseDist, softmax  # noqa: E402
+from models.truncate import truncate_gguf  # noqa: E402
+from realrun.cloud.llama_target import LlamaTarget  # noqa: E402
+from realrun.cloud.verifier import Sampling, SparseDist, softmax  # noqa: E402
 
 pytestmark = needs_smollm2
 

@@ -29,10 +29,10 @@ import numpy as np  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from model_marks import needs_smollm2, smollm2_path  # noqa: E402
 
-from realrun.client import CloudClient, CloudError  # noqa: E402
+from realrun.cloud.llama_target import LlamaTarget  # noqa: E402
+from realrun.cloud.server import create_app  # noqa: E402
+from realrun.edge.client import CloudClient, CloudError  # noqa: E402
 from realrun.protocol import CONTENT_TYPE, TOKEN_HEADER, encode  # noqa: E402
-from realrun.server import create_app  # noqa: E402
-from realrun.target import LlamaTarget  # noqa: E402
 
 pytestmark = needs_smollm2
 
@@ -610,7 +610,7 @@ def _nvml_available() -> bool:
 
 @pytest.mark.skipif(not _nvml_available(), reason="no NVIDIA GPU / NVML energy counter here")
 def test_nvml_energy_reaches_the_answer(model_path, target, prompt):
-    from realrun.server import gpu_meter
+    from realrun.cloud.server import gpu_meter
 
     meter = gpu_meter("cuda:0")
     app = create_app(model_path, target=target, rate_limit_per_s=None, energy_meter=meter)
@@ -632,7 +632,7 @@ def test_nvml_energy_reaches_the_answer(model_path, target, prompt):
     ],
 )
 def test_bad_server_options_are_one_line(argv, field, capsys):
-    from realrun.server import main
+    from realrun.cloud.server import main
 
     with pytest.raises(SystemExit) as exc:
         main(argv)

@@ -1,8 +1,8 @@
-"""Link shaping for the testbed (realrun/shaping.py, netns.py, relay.py, softlink.py).
+"""Link shaping for the testbed (realrun/link/shaping.py, netns.py, relay.py, softlink.py).
 
 Software shaper and relay timings run against local servers on loopback; the tbf-netns tests
 need root, `ip` and `tc` (skipped elsewhere) and check the achieved rate and round trip with
-the probe server of realrun.linkcheck running inside the namespace, trace replay through tc,
+the probe server of realrun.link.linkcheck running inside the namespace, trace replay through tc,
 and that no namespace outlives its link.
 """
 
@@ -22,11 +22,11 @@ import pytest
 httpx = pytest.importorskip("httpx", reason="httpx is not installed (extra 'realrun')")
 uvicorn = pytest.importorskip("uvicorn", reason="uvicorn is not installed (extra 'realrun')")
 
-from realrun import netns  # noqa: E402
-from realrun.linkcheck import measure_spec  # noqa: E402
-from realrun.probeapp import probe_app  # noqa: E402
-from realrun.relay import DelayRelay  # noqa: E402
-from realrun.shaping import LinkSpec, open_link  # noqa: E402
+from realrun.link import netns  # noqa: E402
+from realrun.link.linkcheck import measure_spec  # noqa: E402
+from realrun.link.probeapp import probe_app  # noqa: E402
+from realrun.link.relay import DelayRelay  # noqa: E402
+from realrun.link.shaping import LinkSpec, open_link  # noqa: E402
 from simulator.errors import ConfigError  # noqa: E402
 from simulator.link import ConstantBandwidth, TraceBandwidth  # noqa: E402
 from simulator.scenario import expand_sweep  # noqa: E402
@@ -46,7 +46,7 @@ def constant(up: float, down: float, latency_s: float) -> LinkSpec:
 
 @pytest.fixture(scope="module")
 def probe_url() -> Iterator[str]:
-    """realrun.probeapp's probe app in a uvicorn thread on loopback."""
+    """realrun.link.probeapp's probe app in a uvicorn thread on loopback."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -204,7 +204,7 @@ def test_rate_changes_loop_like_the_trace():
 
 
 def test_auto_falls_back_to_software_and_says_why(monkeypatch):
-    monkeypatch.setattr("realrun.shaping.unavailable_reason", lambda: "no 'tc' command")
+    monkeypatch.setattr("realrun.link.shaping.unavailable_reason", lambda: "no 'tc' command")
     with open_link(constant(10, 10, 0.01), "auto") as link:
         assert link.kind == "software"
         assert link.server_command_prefix == [] and link.server_host == "127.0.0.1"

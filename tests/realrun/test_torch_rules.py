@@ -1,4 +1,4 @@
-"""Verification rules (realrun.verifier) on TorchTarget, and `decide`'s precomputed argmax.
+"""Verification rules (realrun.cloud.verifier) on TorchTarget, and `decide`'s precomputed argmax.
 
 - `decide(..., argmax=...)`: the same decisions as reading the rows (hypothesis), without
   reading a row for Greedy and Synthetic.
@@ -26,7 +26,7 @@ from chi_square import chi2_pvalue
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from realrun.verifier import Greedy, Sampling, SparseDist, Synthetic, decide, softmax
+from realrun.cloud.verifier import Greedy, Sampling, SparseDist, Synthetic, decide, softmax
 
 VOCAB = 1000
 PROMPT = [5]
@@ -142,7 +142,7 @@ def last_row(torch_mod, model, tokens: list[int]) -> np.ndarray:
 
 
 def target(tiny_dir, variant: str, max_verify: int = MAX_VERIFY):
-    from realrun.torch_target import TorchTarget
+    from realrun.cloud.torch_target import TorchTarget
 
     return TorchTarget(tiny_dir, n_ctx=128, max_verify=max_verify, **VARIANTS[variant])
 
@@ -230,7 +230,7 @@ def test_only_sampling_reads_rows_and_only_those_it_needs(
     tiny_dir, tiny_model, torch_mod, monkeypatch, variant
 ):
     """Also: the rows read are the model's own (on CUDA: read from CUDA graph outputs)."""
-    import realrun.torch_target as torch_target
+    import realrun.cloud.torch_target as torch_target
 
     calls: list[tuple[str, list[int], int, tuple[int, int]]] = []
 
@@ -295,8 +295,8 @@ def test_server_serves_synthetic_and_sampling_sessions(tiny_dir, torch_mod, tiny
     pytest.importorskip("httpx", reason="httpx is not installed (extra 'realrun')")
     from fastapi.testclient import TestClient
 
+    from realrun.cloud.server import create_app
     from realrun.protocol import CONTENT_TYPE, encode
-    from realrun.server import create_app
 
     def call(c, name, obj):
         r = c.post(f"/v1/{name}", content=encode(obj), headers={"Content-Type": CONTENT_TYPE})

@@ -1,4 +1,4 @@
-"""TorchTarget (realrun/torch_target.py) on a tiny random llama saved as a Hugging Face folder.
+"""TorchTarget (realrun/cloud/torch_target.py) on a tiny random llama saved as a Hugging Face folder.
 
 Reference: the model's own greedy decoding, one token at a time with a DynamicCache (plain
 transformers, float32 on the CPU). Each mode runs a speculative loop whose drafts are the
@@ -22,7 +22,7 @@ pytest.importorskip("transformers", reason="transformers (extra 'models') is not
 
 from model_marks import needs_smollm2, smollm2_path  # noqa: E402
 
-from realrun.torch_target import TorchTarget, verify_buckets  # noqa: E402
+from realrun.cloud.torch_target import TorchTarget, verify_buckets  # noqa: E402
 from simulator.errors import ConfigError  # noqa: E402
 
 VOCAB = 1000

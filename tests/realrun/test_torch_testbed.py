@@ -65,7 +65,7 @@ def test_realrun_local_with_a_torch_target_runs_a_random_weight_pair(write_scena
     import csv
     import json
 
-    from calibrate.shape_gguf import build_shape_gguf
+    from models.shape_gguf import build_shape_gguf
     from pipesd.cli import main
 
     draft: Path = build_shape_gguf("tiny", tmp_path / "tiny-draft.gguf", quant="F16")
@@ -109,7 +109,7 @@ def test_validate_recalibrates_a_torch_target_as_served(
     pytest.importorskip("fastapi", reason="fastapi is not installed (extra 'realrun')")
     import json
 
-    from calibrate.shape_gguf import build_shape_gguf
+    from models.shape_gguf import build_shape_gguf
     from pipesd.cli import main
 
     draft = build_shape_gguf("tiny", tmp_path / "tiny-draft.gguf", quant="F16")

@@ -10,9 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simulator.engine import SimResult, Span, simulate
+from simulator.engine import SimResult, simulate
 from simulator.errors import ConfigError
 from simulator.payload import payload_for
+from simulator.records import Span
 from simulator.scenario import expand_sweep
 
 CONSTANT_COSTS = {
@@ -401,7 +402,7 @@ def test_pipesd_observes_uploads_as_the_edge_does(write_scenario, monkeypatch) -
     """PipeSD's upload timings are what a real edge can measure: send to the answer's arrival
     (both latencies and overheads included, as realrun reports them), not the link's
     serialisation time alone."""
-    from policies.pipesd import PipeSD
+    from policies.pipesd.policy import PipeSD
 
     seen: list[tuple[int, float]] = []
     original = PipeSD.on_upload

@@ -1,0 +1,98 @@
+"""A short speed reference taken by the testbed right before each session.
+
+Why: this machine's speed drifts by tens of percent within minutes (README, validation), so a
+profile measured even one minute before a run mispredicts it. Before each (policy, seed)
+session the testbed times a fixed workload through the very objects the session then uses:
+`steps` greedy draft steps with the edge's draft (realrun.edge.executor's `GreedyDraft`), and `verifies`
+verifications of `tokens` drafts each on a throwaway session of the cloud server (the
+server's reported target time). Each speed is the profile's predicted time for that workload
+over the measured time (> 1: faster than the profile). `pipesd validate` simulates every
+session with its own two factors as a second prediction beside the profile's own: it uses no
+timing of the validated session itself, only this reference taken before it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from realrun.edge.client import CloudClient
+from realrun.edge.executor import GreedyDraft
+from simulator.profile import DraftLatency, TargetLatency
+
+STEPS = 16
+"""Draft steps timed (about 0.1 s of a small draft)."""
+
+VERIFIES = 4
+"""Verifications timed (about 0.25 s of a small CPU target)."""
+
+TOKENS = 4
+"""Draft tokens per verification."""
+
+
+@dataclass(frozen=True)
+class SpeedProbe:
+    """Measured and predicted seconds of the reference workload, and their ratios."""
+
+    draft_s: float
+    draft_predicted_s: float
+    verify_s: float
+    verify_predicted_s: float
+
+    @property
+    def edge_speed(self) -> float:
+        return self.draft_predicted_s / self.draft_s
+
+    @property
+    def cloud_speed(self) -> float:
+        return self.verify_predicted_s / self.verify_s
+
+    @classmethod
+    def columns(cls) -> list[str]:
+        """The columns of `row`."""
+        return [*cls.__dataclass_fields__, "edge_speed", "cloud_speed"]
+
+    def row(self) -> dict[str, float]:
+        """The CSV row (times and both speeds)."""
+        return {**asdict(self), "edge_speed": self.edge_speed, "cloud_speed": self.cloud_speed}
+
+
+def probe_speeds(
+    draft_llama: Any,
+    cloud: CloudClient,
+    prompt: Sequence[int],
+    draft_latency: DraftLatency,
+    target_latency: TargetLatency,
+    steps: int = STEPS,
+    verifies: int = VERIFIES,
+    tokens: int = TOKENS,
+) -> SpeedProbe:
+    """Time the reference workload (module docstring) after `prompt`."""
+    prompt = [int(t) for t in prompt]
+    draft = GreedyDraft(draft_llama)
+    draft.prefill(prompt)
+    drafted: list[int] = []
+    measured = predicted = 0.0
+    for i in range(steps):
+        start = time.perf_counter()
+        token, _ = draft.next(prompt + drafted)
+        measured += time.perf_counter() - start
+        predicted += draft_latency.decode_s(len(prompt) + i)
+        drafted.append(token)
+    session = str(cloud.open(prompt)["session"])
+    verify_s = verify_predicted_s = 0.0
+    generated = 0
+    try:
+        for _ in range(verifies):
+            answer = cloud.verify(session, tokens, drafted[:tokens], [0.5] * tokens)
+            verify_s += float(answer["target_ms"]) / 1e3
+            verify_predicted_s += target_latency.forward_s(tokens + 1, len(prompt) + generated)
+            generated += int(answer["accepted"]) + 1
+    finally:
+        cloud.close(session)
+    return SpeedProbe(measured, predicted, verify_s, verify_predicted_s)
+
+
+__all__ = ["SpeedProbe", "probe_speeds"]

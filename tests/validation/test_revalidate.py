@@ -1,0 +1,101 @@
+"""`pipesd revalidate` (validation/validate.py): a committed validation's real run compared again
+with the current simulator, no testbed and no models needed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipesd.cli import main
+from simulator.runner import run_scenario
+from validation.validate import METRICS, validation_points
+
+REPO = Path(__file__).resolve().parents[2]
+RUN11 = Path("docs/validation/cpu-run11")
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture
+def in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recorded manifests hold paths relative to the repository root."""
+    monkeypatch.chdir(REPO)
+
+
+def test_revalidate_compares_the_recorded_real_run_with_a_fresh_simulation(
+    in_repo, tmp_path, capsys
+):
+    out = tmp_path / "again"
+    assert main(["revalidate", str(RUN11), "--quiet", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "median" in printed and "goal <= 3%" in printed and "beyond chance" in printed
+    real = {(r["point"], r["policy"]): r for r in read_rows(RUN11 / "real" / "summary.csv")}
+    assert (out / "real" / "summary.csv").read_bytes() == (
+        RUN11 / "real" / "summary.csv"
+    ).read_bytes()
+    profile = RUN11 / "calibration" / "profile.json"
+    points = validation_points(Path("scenarios/testbed_cpu.toml"), profile, [], [])
+    fresh = tmp_path / "fresh"
+    run_scenario(Path("scenarios/testbed_cpu.toml"), points, fresh, ["test"])
+    sim = {(r["point"], r["policy"]): r for r in read_rows(fresh / "summary.csv")}
+    rows = read_rows(out / "validation.csv")
+    assert len(rows) == len(real) == 12
+    for row in rows:
+        key = (row["point"], row["policy"])
+        for metric in METRICS:
+            r, s = real[key][metric], sim[key][metric]
+            assert row[f"{metric}_real"] == r or float(row[f"{metric}_real"]) == float(r)
+            if s:
+                assert float(row[f"{metric}_sim"]) == pytest.approx(float(s), rel=1e-5)
+            if r and s and float(r) != 0:
+                error = (float(s) - float(r)) / float(r)
+                assert float(row[f"{metric}_err"]) == pytest.approx(error, rel=1e-5, abs=1e-9)
+        assert float(row["tpt_ms_sim_probed"]) > 0  # the recorded speed references are used
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["revalidated_from"]["path"] == str(RUN11)
+    assert manifest["profile"]["path"] == str(profile)
+    assert manifest["command"][:2] == ["pipesd", "revalidate"]
+    separated = manifest["ranking_of_separated_pairs"]
+    assert separated["pairs"] == 18 and 0 < separated["separated_pairs"] <= 18
+
+
+def test_revalidate_with_another_profile_changes_only_the_simulated_side(in_repo, tmp_path, capsys):
+    slow = json.loads((RUN11 / "calibration" / "profile.json").read_text())
+    slow["draft_latency"]["decode_base_s"] *= 2
+    other = tmp_path / "slow.json"
+    other.write_text(json.dumps(slow))
+    base, moved = tmp_path / "base", tmp_path / "moved"
+    assert main(["revalidate", str(RUN11), "--quiet", "--out", str(base)]) == 0
+    assert main(["revalidate", str(RUN11), "--quiet", "--profile", str(other),
+                 "--out", str(moved)]) == 0  # fmt: skip
+    capsys.readouterr()
+    before, after = read_rows(base / "validation.csv"), read_rows(moved / "validation.csv")
+    for a, b in zip(before, after, strict=True):
+        assert a["tpt_ms_real"] == b["tpt_ms_real"]
+        assert float(b["tpt_ms_sim"]) > float(a["tpt_ms_sim"])
+
+
+def test_revalidate_bad_sources_are_one_line_exit_2(in_repo, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    assert main(["revalidate", str(tmp_path), "--out", out]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+    changed = tmp_path / "changed"
+    shutil.copytree(RUN11, changed)
+    manifest = json.loads((changed / "manifest.json").read_text())
+    manifest["scenario"]["sha256"] = "0" * 64
+    (changed / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["revalidate", str(changed), "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "testbed_cpu.toml" in err and "changed since" in err and len(err.splitlines()) == 1
+    (changed / "real" / "results.csv").unlink()
+    assert main(["revalidate", str(changed), "--out", out]) == 2
+    assert "missing real/results.csv" in capsys.readouterr().err
+    assert main(["revalidate", str(RUN11), "--out", str(RUN11)]) == 2
+    assert "must differ from SOURCE" in capsys.readouterr().err

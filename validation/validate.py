@@ -1,0 +1,559 @@
+"""`pipesd validate`: a scenario on the real testbed and in the simulator (with a given
+profile), compared row by row: relative errors, their median and p90, and the TPT ranking.
+
+Both sides run the very same sweep points (the scenario with `profile` replaced by PROFILE, so
+the seeds, prompts, token budgets, policies and link are shared); the comparison reads both
+sides' summary.csv back, so `validation.csv` can be recomputed from `real/` and `sim/`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from simulator.errors import ConfigError
+from simulator.results import write_json, write_table
+from simulator.scenario import SweepPoint, expand_sweep
+
+if TYPE_CHECKING:
+    from realrun.local import LocalOptions
+
+METRICS = (
+    "tpt_ms",
+    "tokens_per_s",
+    "nav_count",
+    "mean_accepted_len",
+    "uplink_bytes",
+    "energy_per_token_j",
+)
+"""Summary columns compared: each gives `<metric>_real`, `<metric>_sim`, `<metric>_err`."""
+
+GOAL_MEDIAN = 0.03
+"""Goal for the median |TPT error| over rows."""
+
+GOAL_P90 = 0.08
+"""Goal for the 90th percentile of |TPT error| over rows."""
+
+
+def validation_points(
+    scenario_path: Path, profile_path: Path, overrides: Sequence[str], sweeps: Sequence[str]
+) -> list[SweepPoint]:
+    """The scenario's sweep points with its profile replaced by `profile_path`."""
+    if not profile_path.is_file():
+        raise ConfigError("--profile", "", f"profile file {str(profile_path)!r} not found")
+    replaced = f"profile={json.dumps(str(profile_path.resolve()))}"
+    return expand_sweep(scenario_path, [*overrides, replaced], list(sweeps))
+
+
+def number(text: str | None) -> float:
+    """A CSV cell as a float (empty or missing: NaN)."""
+    return float(text) if text not in (None, "") else math.nan
+
+
+def relative_error(sim: float, real: float) -> float:
+    """(sim - real) / real; NaN where real is zero or either side is not finite."""
+    if not (math.isfinite(sim) and math.isfinite(real)) or real == 0.0:
+        return math.nan
+    return (sim - real) / real
+
+
+def compare(
+    real_rows: Sequence[dict[str, str]], sim_rows: Sequence[dict[str, str]], axes: Sequence[str]
+) -> list[dict[str, Any]]:
+    """One row per (point, policy) the real run has: both sides' metrics and their errors."""
+    sim_by_key = {(r["point"], r["policy"]): r for r in sim_rows}
+    table = []
+    for real in real_rows:
+        key = (real["point"], real["policy"])
+        if key not in sim_by_key:
+            raise ValueError(f"no simulated row for point {key[0]}, policy {key[1]}")
+        sim = sim_by_key[key]
+        row: dict[str, Any] = {"point": int(real["point"])}
+        row.update({axis: real[axis] for axis in axes})
+        row.update(policy=real["policy"], policy_name=real["policy_name"])
+        for metric in METRICS:
+            real_value, sim_value = number(real[metric]), number(sim[metric])
+            row[f"{metric}_real"] = real_value
+            row[f"{metric}_sim"] = sim_value
+            row[f"{metric}_err"] = relative_error(sim_value, real_value)
+        table.append(row)
+    return table
+
+
+def error_stats(errors: Sequence[float]) -> tuple[float, float]:
+    """Median and 90th percentile (linear interpolation) of |error| over the finite errors."""
+    values = np.abs(np.array([e for e in errors if math.isfinite(e)], dtype=float))
+    if values.size == 0:
+        return math.nan, math.nan
+    return float(np.median(values)), float(np.percentile(values, 90))
+
+
+def rankings(rows: Sequence[dict[str, Any]], side: str) -> dict[int, list[str]]:
+    """Per sweep point, the policy labels from fastest to slowest by `tpt_ms_<side>`."""
+    by_point: dict[int, list[tuple[float, str]]] = {}
+    for row in rows:
+        tpt = row[f"tpt_ms_{side}"]
+        by_point.setdefault(row["point"], []).append(
+            (tpt if math.isfinite(tpt) else math.inf, row["policy"])
+        )
+    return {point: [label for _, label in sorted(pairs)] for point, pairs in by_point.items()}
+
+
+def ranking_mismatches(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Sweep points where the real and simulated TPT rankings differ, with both orders."""
+    real, sim = rankings(rows, "real"), rankings(rows, "sim")
+    return [
+        {"point": point, "real": real[point], "sim": sim[point]}
+        for point in sorted(real)
+        if real[point] != sim[point]
+    ]
+
+
+def separated_pairs(
+    results: Path, confidence: float = 0.95
+) -> dict[int, list[tuple[str, str, float, float]]]:
+    """Per sweep point, the policy pairs whose real TPTs differ beyond chance: a paired t-test
+    over the requests both ran (same seed, same request: same prompt and acceptance stream)
+    at `confidence`. Each pair is (faster, slower, TPT gap in ms, the gap's half-width)."""
+    from scipy.stats import t as student_t
+
+    tpt: dict[tuple[int, str], dict[tuple[str, str], float]] = {}
+    with results.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            value = number(row.get("tpt_ms"))
+            if math.isfinite(value):
+                key = (row["seed"], row["request"])
+                tpt.setdefault((int(row["point"]), row["policy"]), {})[key] = value
+    pairs: dict[int, list[tuple[str, str, float, float]]] = {}
+    for (point, a), a_runs in sorted(tpt.items()):
+        for (other_point, b), b_runs in sorted(tpt.items()):
+            if other_point != point or b <= a:
+                continue
+            shared = sorted(set(a_runs) & set(b_runs))
+            if len(shared) < 2:
+                continue
+            gaps = np.array([a_runs[k] - b_runs[k] for k in shared])
+            half = float(
+                student_t.ppf(0.5 + confidence / 2, len(gaps) - 1)
+                * gaps.std(ddof=1)
+                / math.sqrt(len(gaps))
+            )
+            mean = float(gaps.mean())
+            if abs(mean) > half:
+                faster, slower = (a, b) if mean < 0 else (b, a)
+                pairs.setdefault(point, []).append((faster, slower, abs(mean), half))
+    return pairs
+
+
+def separated_ranking(
+    rows: Sequence[dict[str, Any]], pairs: dict[int, list[tuple[str, str, float, float]]]
+) -> dict[str, Any]:
+    """Whether the simulator orders every pair the real run separates (`separated_pairs`) as
+    the real run does: the part of the ranking that the measurement itself supports."""
+    sim = {(int(row["point"]), row["policy"]): row["tpt_ms_sim"] for row in rows}
+    compared = [(point, pair) for point, found in sorted(pairs.items()) for pair in found]
+    swapped = [
+        {
+            "point": point,
+            "faster": faster,
+            "slower": slower,
+            "real_gap_ms": gap,
+            "half_width_ms": half,
+        }
+        for point, (faster, slower, gap, half) in compared
+        if (point, faster) in sim
+        and (point, slower) in sim
+        and not sim[(point, faster)] < sim[(point, slower)]
+    ]
+    n_policies: dict[int, int] = {}
+    for point, _ in sim:
+        n_policies[point] = n_policies.get(point, 0) + 1
+    return {
+        "identical": not swapped,
+        "separated_pairs": len(compared),
+        "pairs": sum(n * (n - 1) // 2 for n in n_policies.values()),
+        "mismatches": swapped,
+        "meaning": "the TPT ranking restricted to the policy pairs whose real TPTs differ "
+        "beyond chance (paired t-test over the requests, 95%); pairs within the run's own "
+        "noise may come out in either order",
+    }
+
+
+def validation_columns(axes: Sequence[str]) -> list[str]:
+    """validation.csv's columns: point, axes, policy, then real/sim/err for each metric."""
+    metrics = [f"{m}_{side}" for m in METRICS for side in ("real", "sim", "err")]
+    return ["point", *axes, "policy", "policy_name", *metrics, *AT_RUN_SPEED, *PROBED]
+
+
+AT_RUN_SPEED = ("edge_speed", "cloud_speed", "tpt_ms_sim_at_run_speed", "tpt_ms_err_at_run_speed")
+"""Diagnostic columns: the testbed's draft and target speed during the run relative to the
+profile, and the simulator's TPT at those speeds (`resimulate_at_measured_speeds`)."""
+
+PROBED = ("edge_speed_probe", "cloud_speed_probe", "tpt_ms_sim_probed", "tpt_ms_err_probed")
+"""A second prediction: the speeds the reference before each session showed (mean over the
+seeds; realrun.edge.speed_probe), and the simulator's TPT with each session at its own."""
+
+
+def add_speeds(
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    speeds: dict[tuple[int, str], tuple[float, float]],
+    predicted: dict[tuple[int, str], float],
+) -> None:
+    """Fill `columns` (AT_RUN_SPEED or PROBED: edge speed, cloud speed, simulated TPT, its
+    error) of validation rows from per (point, policy) speeds and TPTs (NaN where missing)."""
+    for row in rows:
+        key = (int(row["point"]), row["policy"])
+        edge, cloud = speeds.get(key, (math.nan, math.nan))
+        tpt = predicted.get(key, math.nan)
+        values = (edge, cloud, tpt, relative_error(tpt, row["tpt_ms_real"]))
+        row.update(zip(columns, values, strict=True))
+
+
+def read_summary(path: Path) -> list[dict[str, str]]:
+    """A summary.csv as rows of text."""
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def verdict(met: bool) -> str:
+    """'met' or 'missed'."""
+    return "met" if met else "missed"
+
+
+def summarise_validation(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The headline figures: |TPT error| median and p90, ranking mismatches, goals."""
+    median, p90 = error_stats([r["tpt_ms_err"] for r in rows])
+    mismatches = ranking_mismatches(rows)
+    return {
+        "rows": len(rows),
+        "tpt_abs_error_median": median,
+        "tpt_abs_error_p90": p90,
+        "ranking_identical": not mismatches,
+        "ranking_mismatches": mismatches,
+        "goals": {
+            "tpt_abs_error_median_max": GOAL_MEDIAN,
+            "tpt_abs_error_p90_max": GOAL_P90,
+            "ranking_identical": True,
+        },
+        "goals_met": {
+            "median": bool(median <= GOAL_MEDIAN),
+            "p90": bool(p90 <= GOAL_P90),
+            "ranking": not mismatches,
+        },
+    }
+
+
+def _work(results: Path) -> dict[tuple[int, str], list[float]]:
+    """Per (point, policy) from a results.csv: [edge busy s, drafted, cloud busy s, NAVs,
+    requests]."""
+    work: dict[tuple[int, str], list[float]] = {}
+    with results.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            acc = work.setdefault((int(row["point"]), row["policy"]), [0.0] * 5)
+            for i, name in enumerate(("edge_busy_s", "drafted", "cloud_busy_s", "navs")):
+                acc[i] += float(row[name])
+            acc[4] += 1
+    return work
+
+
+def measured_speeds(
+    out_dir: Path, points: Sequence[SweepPoint]
+) -> dict[tuple[int, str], tuple[float, float]]:
+    """(edge factor, cloud factor) per (point, policy): how much faster the testbed's draft
+    step and target time per NAV were during the real run than the profile predicts for the
+    same work (the simulator's; < 1: slower). The simulator's cloud busy time includes each
+    request's prompt prefill, the testbed's does not (the server reports verifications only)."""
+    real, sim = _work(out_dir / "real" / "results.csv"), _work(out_dir / "sim" / "results.csv")
+    speeds = {}
+    for (point, policy), r in real.items():
+        s = sim.get((point, policy))
+        if s is None or min(r[1], r[3], s[1], s[3]) <= 0 or min(r[0], r[2]) <= 0:
+            continue
+        scenario = points[point].scenario
+        prefill = scenario.profile.profile.target_latency.prefill_s(
+            scenario.model.prompts.prompt_len
+        )
+        sim_verify = s[2] - s[4] * prefill
+        edge = (s[0] / s[1]) / (r[0] / r[1])
+        speeds[(point, policy)] = (edge, (sim_verify / s[3]) / (r[2] / r[3]))
+    return speeds
+
+
+def resimulate(
+    points: Sequence[SweepPoint], factors: dict[tuple[int, str, int], tuple[float, float]]
+) -> dict[tuple[int, str], float]:
+    """TPT (ms) per (point, policy) the simulator predicts when each (point, policy, seed) of
+    `factors` runs with the draft and the target at its own (edge, cloud) speed factors
+    (relative to the profile; > 1: faster)."""
+    from simulator.runner import Task, execute, summary_rows
+
+    sessions: dict[tuple[int, str], list[tuple[int, float, float]]] = {}
+    for (index, policy, seed), (edge, cloud) in sorted(factors.items()):
+        sessions.setdefault((index, policy), []).append((seed, edge, cloud))
+    predicted = {}
+    for (index, policy), runs in sessions.items():
+        point = points[index]
+        scenario = point.scenario
+        model = scenario.model
+        position = next(i for i, p in enumerate(scenario.policies) if p.label == policy)
+        outcomes = []
+        for seed, edge, cloud in runs:
+            faster = model.model_copy(
+                update={
+                    "edge": model.edge.model_copy(
+                        update={"compute_factor": model.edge.compute_factor * edge}
+                    ),
+                    "cloud": model.cloud.model_copy(
+                        update={"compute_factor": model.cloud.compute_factor * cloud}
+                    ),
+                }
+            )
+            moved = replace(point, scenario=replace(scenario, model=faster))
+            outcomes.append(execute((Task(moved, position, seed), False)))
+        row = next(r for r in summary_rows(point, {position: outcomes}) if r["policy"] == policy)
+        predicted[(index, policy)] = float(row["tpt_ms"])
+    return predicted
+
+
+def resimulate_at_measured_speeds(
+    out_dir: Path, points: Sequence[SweepPoint]
+) -> dict[tuple[int, str], float]:
+    """TPT (ms) the simulator predicts per (point, policy) with the draft and the target at the
+    speeds the testbed showed during the real run (`measured_speeds`): a diagnostic that
+    separates the model's error from the machine's drift since calibration. It uses the real
+    run's timings, so it is not a prediction."""
+    factors = {
+        (index, policy, seed): speeds
+        for (index, policy), speeds in measured_speeds(out_dir, points).items()
+        for seed in points[index].scenario.model.seeds
+    }
+    return resimulate(points, factors)
+
+
+def probed_speeds(path: Path) -> dict[tuple[int, str, int], tuple[float, float]]:
+    """(edge, cloud) speed factors per (point, policy, seed) from a testbed's speeds.csv (the
+    reference each session timed just before it ran, realrun.edge.speed_probe); {} without one."""
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as handle:
+        return {
+            (int(r["point"]), r["policy"], int(r["seed"])): (
+                float(r["edge_speed"]),
+                float(r["cloud_speed"]),
+            )
+            for r in csv.DictReader(handle)
+        }
+
+
+def mean_speeds(
+    probes: dict[tuple[int, str, int], tuple[float, float]],
+) -> dict[tuple[int, str], tuple[float, float]]:
+    """Per (point, policy), the mean over the seeds of per-session speed factors."""
+    by_key: dict[tuple[int, str], list[tuple[float, float]]] = {}
+    for (index, policy, _), factors in probes.items():
+        by_key.setdefault((index, policy), []).append(factors)
+    return {key: tuple(np.mean(values, axis=0).tolist()) for key, values in by_key.items()}
+
+
+def write_validation(
+    out_dir: Path,
+    axes: Sequence[str],
+    extra_manifest: dict[str, Any],
+    speeds: dict[tuple[int, str], tuple[float, float]] | None = None,
+    predicted: dict[tuple[int, str], float] | None = None,
+    probes: dict[tuple[int, str, int], tuple[float, float]] | None = None,
+    probed: dict[tuple[int, str], float] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Compare OUT/real and OUT/sim; write OUT/validation.csv and OUT/manifest.json."""
+    rows = compare(
+        read_summary(out_dir / "real" / "summary.csv"),
+        read_summary(out_dir / "sim" / "summary.csv"),
+        axes,
+    )
+    add_speeds(rows, AT_RUN_SPEED, speeds or {}, predicted or {})
+    add_speeds(rows, PROBED, mean_speeds(probes or {}), probed or {})
+    write_table(out_dir / "validation.csv", validation_columns(axes), rows)
+    headline = summarise_validation(rows)
+    headline["ranking_of_separated_pairs"] = separated_ranking(
+        rows, separated_pairs(out_dir / "real" / "results.csv")
+    )
+    at_speed = error_stats([r["tpt_ms_err_at_run_speed"] for r in rows])
+    at_speed_mismatches = ranking_mismatches(
+        [{**r, "tpt_ms_sim": r["tpt_ms_sim_at_run_speed"]} for r in rows]
+    )
+    headline["at_run_speed_diagnostic"] = {
+        "tpt_abs_error_median": at_speed[0],
+        "tpt_abs_error_p90": at_speed[1],
+        "ranking_identical": not at_speed_mismatches,
+        "ranking_mismatches": at_speed_mismatches,
+        "meaning": "simulator with the draft and target at the speeds measured during the "
+        "real run: separates the model's error from the machine's drift; not a prediction",
+    }
+    if probed:
+        with_probe = [{**r, "tpt_ms_err": r["tpt_ms_err_probed"],
+                       "tpt_ms_sim": r["tpt_ms_sim_probed"]} for r in rows]  # fmt: skip
+        headline["probed_prediction"] = {
+            **summarise_validation(with_probe),
+            "meaning": "simulator with each session at the draft and target speeds of the "
+            "reference timed just before it (realrun.edge.speed_probe): a prediction that uses no "
+            "timing of the validated sessions",
+        }
+    write_json(out_dir / "manifest.json", {**extra_manifest, **headline, "status": "complete"})
+    return rows, headline
+
+
+def run_validation(
+    scenario_path: Path,
+    profile_path: Path,
+    points: Sequence[SweepPoint],
+    options: LocalOptions,
+    out_dir: Path,
+    command: Sequence[str],
+    progress: Callable[[str], None] | None = None,
+    recalibrated_from: Path | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, str]]:
+    """Run the testbed into OUT/real and the simulator into OUT/sim, then compare them.
+
+    `recalibrated_from`: the profile `profile_path` was derived from just before this run
+    (validation.recalibrate), recorded in the manifest. Returns the validation rows, the headline
+    figures and the skipped policies.
+    """
+    from realrun.local import check_points, run_local
+
+    skipped = check_points(scenario_path, points)
+    (out_dir / "validation.csv").unlink(missing_ok=True)
+    probing = replace(options, speed_probe=True)  # the second prediction's reference
+    run_local(scenario_path, points, probing, out_dir / "real", command, progress)
+    recalibration = (
+        {"path": str(recalibrated_from), "sha256": sha256(recalibrated_from)}
+        if recalibrated_from is not None
+        else None
+    )
+    origin = {"recalibrated_from": recalibration}
+    compared = simulate_and_compare(
+        scenario_path, profile_path, points, out_dir, command, skipped, origin
+    )
+    return (*compared, skipped)
+
+
+def simulate_and_compare(
+    scenario_path: Path,
+    profile_path: Path,
+    points: Sequence[SweepPoint],
+    out_dir: Path,
+    command: Sequence[str],
+    skipped: dict[str, str],
+    origin: dict[str, Any],
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Simulate `points` into OUT/sim, then compare with OUT/real: the speeds, both
+    re-simulated predictions, validation.csv and manifest.json (with `origin`: where the
+    profile or the real side came from). Returns the rows and the headline figures."""
+    from simulator.runner import run_scenario
+
+    run_scenario(scenario_path, points, out_dir / "sim", command, record_timeline=True)
+    extra = {
+        "command": list(command),
+        "scenario": {"path": str(scenario_path), "sha256": sha256(scenario_path)},
+        "profile": {"path": str(profile_path), "sha256": sha256(profile_path)},
+        **origin,
+        "real": str(out_dir / "real"),
+        "sim": str(out_dir / "sim"),
+        "metrics": list(METRICS),
+        "error": "(sim - real) / real",
+        "skipped": skipped,
+    }
+    speeds = measured_speeds(out_dir, points)
+    predicted = resimulate_at_measured_speeds(out_dir, points)
+    probes = probed_speeds(out_dir / "real" / "speeds.csv")
+    probed = resimulate(points, probes)
+    axes = list(points[0].axes)
+    return write_validation(out_dir, axes, extra, speeds, predicted, probes, probed)
+
+
+REAL_FILES = ("summary.csv", "results.csv", "speeds.csv", "manifest.json")
+"""What `revalidate` reads of a validation's real side (speeds.csv only where it was timed)."""
+
+
+def command_options(command: Sequence[str], flag: str) -> list[str]:
+    """The values given to `flag` (`--set`, `--sweep`) in a recorded command line."""
+    values = []
+    for i, word in enumerate(command):
+        if word == flag and i + 1 < len(command):
+            values.append(command[i + 1])
+        elif word.startswith(flag + "="):
+            values.append(word[len(flag) + 1 :])
+    return values
+
+
+def validation_source(source: Path) -> tuple[dict[str, Any], Path, Path | None]:
+    """A finished validation folder's manifest, the scenario its real run used and the profile
+    it simulated (None where it is no longer where the manifest says); one-line ConfigError
+    for a folder that is not one, or whose scenario changed since."""
+    manifest_path = source / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        scenario = Path(manifest["scenario"]["path"])
+        scenario_hash = manifest["scenario"]["sha256"]
+        profile_hash = manifest["profile"]["sha256"]
+        if not isinstance(manifest["command"], list):
+            raise TypeError("command is not a list")
+    except FileNotFoundError:
+        raise ConfigError(str(source), "", "no manifest.json: not a validation folder") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(str(manifest_path), "", f"not a validation manifest ({exc})") from None
+    missing = [f"real/{name}" for name in REAL_FILES[:2] if not (source / "real" / name).is_file()]
+    if missing:
+        raise ConfigError(str(source), "", f"missing {', '.join(missing)}")
+    if not scenario.is_file():
+        raise ConfigError(str(manifest_path), "scenario.path", f"{str(scenario)!r} not found")
+    if sha256(scenario) != scenario_hash:
+        raise ConfigError(
+            str(scenario), "", "changed since the validation ran (its sha256 differs from the "
+            "manifest's): the real run is no longer the scenario's"
+        )  # fmt: skip
+    candidates = [source / "calibration" / "profile.json", Path(manifest["profile"]["path"])]
+    profile = next((p for p in candidates if p.is_file() and sha256(p) == profile_hash), None)
+    return manifest, scenario, profile
+
+
+def revalidate(
+    source: Path,
+    scenario: Path,
+    profile: Path,
+    points: Sequence[SweepPoint],
+    out_dir: Path,
+    command: Sequence[str],
+    skipped: dict[str, str],
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Compare a finished validation's real run (SOURCE/real, copied to OUT/real) with the
+    current simulator on `points` (its scenario, with `profile`): OUT/sim, validation.csv and
+    manifest.json, as `run_validation` writes them."""
+    (out_dir / "validation.csv").unlink(missing_ok=True)
+    real = out_dir / "real"
+    real.mkdir(parents=True, exist_ok=True)
+    for name in REAL_FILES:
+        if (source / "real" / name).is_file():
+            shutil.copyfile(source / "real" / name, real / name)
+    validation = source / "validation.csv"
+    origin = {
+        "revalidated_from": {
+            "path": str(source),
+            "validation_sha256": sha256(validation) if validation.is_file() else None,
+        }
+    }
+    return simulate_and_compare(scenario, profile, points, out_dir, command, skipped, origin)
