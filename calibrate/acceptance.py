@@ -44,8 +44,7 @@ break the batch invariance.
 
 Prompts are formatted with the target's chat template when its GGUF has one (SmolLM2: ChatML
 with its default system message), as one user message; otherwise used as raw text.
-`default_prompts(n)` gives up to a dozen short, generic instruction prompts written inline (no
-data is downloaded); `read_prompts(path)` reads one prompt per non-empty line.
+Prompts and their formatting live in `models.prompts` (families, fitting and held-out splits).
 
 The results: `write_trace` writes the simulator's replay trace (columns sequence, position,
 confidence, accepted; `simulator.acceptance.ReplayTraces.load` reads it), `samples` gives the
@@ -66,6 +65,7 @@ from typing import Any
 import numpy as np
 
 from calibrate.samples import AcceptanceSample
+from models.prompts import format_prompt
 
 CTX_ROUND = 256
 """Context sizes are rounded up to a multiple of this (same size for recorder and reference)."""
@@ -76,22 +76,6 @@ CTX_MARGIN = 8
 FLASH_ATTENTION = True
 """Both models run with llama.cpp's flash attention: on the CPU it makes a position's logits
 the same whether evaluated alone or in a batch (see the module docstring)."""
-
-DEFAULT_PROMPTS: tuple[str, ...] = (
-    "Explain in simple terms why the sky is blue.",
-    "Write a short poem about the sea at night.",
-    "Give three tips for staying focused while studying.",
-    "What is the difference between a list and a tuple in Python?",
-    "Describe how a bicycle works to a ten-year-old.",
-    "Summarise the water cycle in a few sentences.",
-    "Suggest a healthy breakfast and explain why it is healthy.",
-    "Write a polite email asking a colleague to review a document.",
-    "What are the main causes of climate change?",
-    "Explain what a prime number is and give some examples.",
-    "Tell a short story about a robot who learns to paint.",
-    "How do I make a cup of tea? List the steps.",
-)
-"""Short, generic instruction prompts, written here (no data set is downloaded)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,29 +177,6 @@ class AcceptanceRecording:
 
 
 # --------------------------------------------------------------------------------------------
-# Prompts
-# --------------------------------------------------------------------------------------------
-
-
-def default_prompts(n: int = len(DEFAULT_PROMPTS)) -> list[str]:
-    """The first `n` built-in prompts (1 <= n <= 12; ValueError otherwise)."""
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(DEFAULT_PROMPTS):
-        raise ValueError(
-            f"default_prompts: n must be an integer in [1, {len(DEFAULT_PROMPTS)}] (got {n!r})"
-        )
-    return list(DEFAULT_PROMPTS[:n])
-
-
-def read_prompts(path: Path) -> list[str]:
-    """One prompt per non-empty line of a UTF-8 text file (surrounding spaces stripped)."""
-    text = Path(path).read_text(encoding="utf-8")
-    prompts = [line.strip() for line in text.splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError(f"read_prompts: {path} holds no prompts (one per non-empty line)")
-    return prompts
-
-
-# --------------------------------------------------------------------------------------------
 # llama.cpp helpers
 # --------------------------------------------------------------------------------------------
 
@@ -249,28 +210,6 @@ def _load(path: Path, threads: int, n_ctx: int, logits_all: bool) -> Any:
         verbose=False,
         seed=0,
     )
-
-
-def format_prompt(llama: Any, prompt: str) -> list[int]:
-    """The prompt's tokens: one user message through the model's chat template, if any."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(f"record_acceptance: prompts must be non-empty strings (got {prompt!r})")
-    template = llama.metadata.get("tokenizer.chat_template")
-    if template:
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        def piece(token: int) -> str:
-            return llama.detokenize([token], special=True).decode("utf-8", "replace")
-
-        formatter = Jinja2ChatFormatter(
-            template=template,
-            eos_token=piece(llama.token_eos()),
-            bos_token=piece(llama.token_bos()),
-            add_generation_prompt=True,
-        )
-        text = formatter(messages=[{"role": "user", "content": prompt}]).prompt
-        return list(llama.tokenize(text.encode("utf-8"), add_bos=True, special=True))
-    return list(llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=False))
 
 
 def _softmax_top1(logits: np.ndarray) -> tuple[int, float]:
@@ -582,14 +521,11 @@ def samples(rec: AcceptanceRecording) -> list[AcceptanceSample]:
 
 
 __all__ = [
-    "DEFAULT_PROMPTS",
     "TRACE_COLUMNS",
     "AcceptanceRecording",
     "PositionRecord",
     "RoundRecord",
-    "default_prompts",
     "first_mismatch",
-    "read_prompts",
     "record_acceptance",
     "samples",
     "target_greedy",

@@ -797,15 +797,10 @@ def measure_link(args: argparse.Namespace, say: Callable[[str], None], command: 
 
 def measure_acceptance(args: argparse.Namespace, say: Callable[[str], None], command: str) -> Any:
     """Record per-position (confidence, accepted) of a real pair; fit the calibrated model."""
-    from calibrate.acceptance import (
-        default_prompts,
-        read_prompts,
-        record_acceptance,
-        samples,
-        write_trace,
-    )
+    from calibrate.acceptance import record_acceptance, samples, write_trace
     from calibrate.assemble import new_part
     from calibrate.fit import fit_acceptance
+    from models.prompts import default_prompts, read_prompts
     from models.registry import resolve_model
 
     prompts = read_prompts(args.prompts) if args.prompts else default_prompts()

@@ -2,7 +2,7 @@
 
 `stdlib_prompts(n, seed)` builds instruction prompts from the Python standard library on disk
 (docstrings, module and function names, words of docstrings), deterministic under `seed`,
-never one of the acceptance evaluation prompts (`calibrate.acceptance.DEFAULT_PROMPTS`).
+never one of the acceptance evaluation prompts (`models.prompts.DEFAULT_PROMPTS`).
 
 `label_prompts(target, prompts, ...)` runs the target GGUF through llama.cpp exactly as the
 acceptance recorder does (flash attention, same chat formatting): it generates each prompt's
@@ -107,7 +107,7 @@ def stdlib_prompts(n: int, seed: int, root: Path | None = None) -> list[str]:
     template in turn (documentation, name, topic), a docstring and, for topics, one of its
     words. The acceptance evaluation prompts are never produced (checked).
     """
-    from calibrate.acceptance import DEFAULT_PROMPTS
+    from models.prompts import DEFAULT_PROMPTS
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"the number of prompts must be a positive integer (got {n!r})")
@@ -248,7 +248,8 @@ def label_prompts(
     Each continuation stops after `max_new_tokens` tokens or at an end-of-generation token
     (kept). Needs llama-cpp-python.
     """
-    from calibrate.acceptance import CTX_ROUND, _eos_tokens, format_prompt
+    from calibrate.acceptance import CTX_ROUND, _eos_tokens
+    from models.prompts import format_prompt
 
     say = progress or (lambda _line: None)
     target = _Target(target_path, threads, CTX_ROUND)

@@ -235,7 +235,7 @@ def run_testbed(
     top_k = check_sampling(sampling, scenario, acceptance)
     import llama_cpp
 
-    from calibrate.acceptance import default_prompts, format_prompt
+    from models.prompts import default_prompts, format_prompt
     from realrun.edge.client import CloudClient
     from realrun.edge.executor import EdgeSampling, run_edge, startup_probes
     from realrun.edge.speed_probe import SpeedProbe, probe_speeds

@@ -12,9 +12,7 @@ from model_marks import needs_smollm2, smollm2_path
 
 from calibrate.acceptance import (
     AcceptanceRecording,
-    default_prompts,
     first_mismatch,
-    read_prompts,
     record_acceptance,
     samples,
     target_greedy,
@@ -22,6 +20,7 @@ from calibrate.acceptance import (
     write_trace,
 )
 from calibrate.fit import fit_acceptance
+from models.prompts import default_prompts
 from models.truncate import truncate_gguf
 from simulator.acceptance import AcceptanceModel, ReplayTraces
 from simulator.profile import CalibratedAcceptance, ReplayAcceptance
@@ -196,16 +195,3 @@ def test_bad_arguments_are_refused(draft: Path, target: Path) -> None:
         record_acceptance(draft, target, [], 8, threads=1)
     with pytest.raises(ValueError, match="threads"):
         record_acceptance(draft, target, PROMPTS, 8, threads=0)
-
-
-def test_prompts(tmp_path: Path) -> None:
-    assert len(default_prompts()) == 12 and len(set(default_prompts())) == 12
-    assert default_prompts(3) == default_prompts()[:3]
-    with pytest.raises(ValueError, match="n must be"):
-        default_prompts(13)
-    path = tmp_path / "prompts.txt"
-    path.write_text("first prompt\n\n  second prompt  \n", encoding="utf-8")
-    assert read_prompts(path) == ["first prompt", "second prompt"]
-    path.write_text("\n \n", encoding="utf-8")
-    with pytest.raises(ValueError, match="no prompts"):
-        read_prompts(path)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibrate.acceptance import DEFAULT_PROMPTS
 from models.distill_data import stdlib_prompts
+from models.prompts import DEFAULT_PROMPTS
 from models.registry import DRAFT_FILE, resolve_model
 from pipesd.cli import main
 from simulator.errors import ConfigError

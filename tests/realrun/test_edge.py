@@ -24,7 +24,8 @@ pytest.importorskip("llama_cpp", reason="llama-cpp-python (extra 'models') is no
 from edge_support import THREADS, model_or_skip, open_draft, shared_draft, thread_server
 from model_marks import needs_smollm2
 
-from calibrate.acceptance import default_prompts, format_prompt, target_greedy
+from calibrate.acceptance import target_greedy
+from models.prompts import default_prompts, format_prompt
 from policies.base import Decision, Policy
 from policies.checker import check_policy
 from policies.registry import make_policy, params_model

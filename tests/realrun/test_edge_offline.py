@@ -32,7 +32,8 @@ from edge_support import (
 )
 from model_marks import needs_smollm2
 
-from calibrate.acceptance import default_prompts, format_prompt, target_greedy
+from calibrate.acceptance import target_greedy
+from models.prompts import default_prompts, format_prompt
 from policies.base import Policy
 from policies.registry import make_policy, params_model
 from realrun.edge.client import CloudClient, CloudError

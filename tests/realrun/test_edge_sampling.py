@@ -38,7 +38,7 @@ from chi_square import chi2_pvalue  # noqa: E402
 from edge_support import THREADS, open_draft, shared_draft, thread_server  # noqa: E402
 from model_marks import needs_smollm2, smollm2_path  # noqa: E402
 
-from calibrate.acceptance import default_prompts, format_prompt  # noqa: E402
+from models.prompts import default_prompts, format_prompt  # noqa: E402
 from policies.registry import make_policy, params_model  # noqa: E402
 from realrun.cloud.verifier import SparseDist, softmax  # noqa: E402
 from realrun.edge.client import CloudClient  # noqa: E402
