@@ -15,15 +15,12 @@ import argparse
 import statistics
 import time
 
-from policies.dipsd.optimiser import (
-    Plan,
-    autoregressive,
-    autoregressive_greedy_batching,
-    brute_force,
-    optimise,
-    paper_system,
-    sample_system,
-)
+from policies.dipsd.autoregressive import autoregressive, autoregressive_greedy_batching
+from policies.dipsd.brute_force import brute_force
+from policies.dipsd.constants import paper_system
+from policies.dipsd.optimiser import optimise
+from policies.dipsd.plan import Plan
+from policies.dipsd.sampling import sample_system
 
 
 def timed(repeats: int, polish: bool) -> tuple[Plan, float]:

@@ -1,5 +1,6 @@
-"""DiP-SD's throughput against the number of users, from its optimiser (policies.dipsd.optimiser) on the
-paper-like system: users 1..M are copies of `paper_system()`'s identical users."""
+"""DiP-SD's throughput against the number of users, from its optimiser
+(`policies/dipsd/optimiser.py`) on the paper-like system: users 1..M are copies of
+`paper_system()`'s identical users."""
 
 from __future__ import annotations
 
@@ -12,14 +13,11 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from figures.style import EXTRA, GREY, LineStyle, new_figure, policy_style, themed
-from policies.dipsd.optimiser import (
-    DipsdSystem,
-    Plan,
-    autoregressive,
-    autoregressive_greedy_batching,
-    optimise,
-    paper_system,
-)
+from policies.dipsd.autoregressive import autoregressive, autoregressive_greedy_batching
+from policies.dipsd.constants import paper_system
+from policies.dipsd.cost_model import DipsdSystem
+from policies.dipsd.optimiser import optimise
+from policies.dipsd.plan import Plan
 
 MAX_USERS = 12
 AD_STYLE = LineStyle(GREY, "o", ":", 1.8)

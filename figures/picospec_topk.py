@@ -1,5 +1,6 @@
-"""PicoSpec's top-K sparse verification on the synthetic Zipf model (policies.picospec.sparse_verify):
-distribution error (TV distance to the exact output) and bytes per round, against K."""
+"""PicoSpec's top-K sparse verification on the synthetic Zipf model
+(`policies/picospec/sparse_verify.py`): distribution error (TV distance to the exact output)
+and bytes per round, against K."""
 
 from __future__ import annotations
 

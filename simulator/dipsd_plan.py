@@ -1,27 +1,23 @@
 """DiP-SD's fleet plan for a scenario: draft length per edge and the cloud's ordered batches.
 
-The optimiser (`policies/dipsd/optimiser.py`) works on DiP-SD's affine-in-FLOPs model. Here its inputs
-come from the scenario: each edge's acceptance rate (i.i.d. model required), prefix (the
-prompt length) and per-token drafting time (the profile's decode time at that prefix, scaled by
-the edge's compute factor); the server's β_v is the profile's forward base time and c_v is set
-so that c_v·F_v(L, I) equals the profile's per-position cost times L at the prompt's prefix.
-Communication per round is the link's latency both ways plus message overheads. Model shapes
-and server memory are those of the paper's system (Qwen3-32B), used for FLOPs and the memory
-constraint only.
+The optimiser (`policies/dipsd/optimiser.py`) works on DiP-SD's affine-in-FLOPs model
+(`policies/dipsd/cost_model.py`). Here its inputs come from the scenario: each edge's
+acceptance rate (i.i.d. model required), prefix (the prompt length) and per-token drafting
+time (the profile's decode time at that prefix, scaled by the edge's compute factor); the
+server's β_v is the profile's forward base time and c_v is set so that c_v·F_v(L, I) equals the
+profile's per-position cost times L at the prompt's prefix. Communication per round is the
+link's latency both ways plus message overheads. Model shapes and server memory are those of
+the paper's system (Qwen3-32B), used for FLOPs and the memory constraint only.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from policies.dipsd.optimiser import (
-    DipsdSystem,
-    DipsdUser,
-    Plan,
-    optimise,
-    paper_system,
-    verify_flops,
-)
+from policies.dipsd.constants import paper_system
+from policies.dipsd.cost_model import DipsdSystem, DipsdUser, verify_flops
+from policies.dipsd.optimiser import optimise
+from policies.dipsd.plan import Plan
 from simulator.errors import ConfigError
 from simulator.fleet import EdgeSpec
 from simulator.profile import IIDAcceptance

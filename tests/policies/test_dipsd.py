@@ -9,24 +9,24 @@ import random
 
 import pytest
 
-from policies.dipsd import optimiser as dipsd
-from policies.dipsd.optimiser import (
+from policies.dipsd import cost_model, optimiser
+from policies.dipsd.autoregressive import autoregressive, autoregressive_greedy_batching
+from policies.dipsd.brute_force import brute_force
+from policies.dipsd.constants import paper_system
+from policies.dipsd.cost_model import (
     DipsdSystem,
     DipsdUser,
-    autoregressive,
-    autoregressive_greedy_batching,
-    brute_force,
     draft_flops,
     expected_tokens,
     fits_memory,
     kv_bytes,
-    optimise,
-    paper_system,
     round_timing,
-    sample_system,
     throughput,
     verify_flops,
 )
+from policies.dipsd.optimiser import optimise
+from policies.dipsd.plan import canonical
+from policies.dipsd.sampling import sample_system
 
 PAPER = paper_system()
 SMALL_L_MAX = 6
@@ -70,8 +70,8 @@ def test_paper_constants() -> None:
     user = PAPER.users[0]
     assert (user.acceptance, user.prefix_len, PAPER.comm_s) == (0.78, 512, 3e-3)
     # One drafted token ≈ 33.9 ms, one verified position ≈ 0.58 ms on top of β_v ≈ 95 ms.
-    assert dipsd.draft_time(PAPER, 0, 1) == pytest.approx(0.03391, rel=1e-3)
-    per_position = dipsd.verify_time(PAPER, 1, 1, 512) - PAPER.beta_v
+    assert cost_model.draft_time(PAPER, 0, 1) == pytest.approx(0.03391, rel=1e-3)
+    per_position = cost_model.verify_time(PAPER, 1, 1, 512) - PAPER.beta_v
     assert per_position == pytest.approx(5.755e-4, rel=1e-3)
 
 
@@ -199,10 +199,10 @@ def test_dinkelbach_is_exact_for_a_fixed_assignment(seed: int) -> None:
     system = random_system(seed)
     rng = random.Random(seed)
     n_users = len(system.users)
-    assignment = dipsd._canonical([rng.randrange(n_users) for _ in range(n_users)])
+    assignment = canonical([rng.randrange(n_users) for _ in range(n_users)])
     if not fits_memory(system, assignment, (1,) * n_users):
         assignment = tuple(range(n_users))
-    lengths = dipsd._dinkelbach(system, assignment, (SMALL_L_MAX,) * n_users)
+    lengths = optimiser._dinkelbach(system, assignment, (SMALL_L_MAX,) * n_users)
     assert fits_memory(system, assignment, lengths)
     assert throughput(system, assignment, lengths) == pytest.approx(
         best_lengths_by_enumeration(system, assignment), rel=1e-9
@@ -221,7 +221,7 @@ def test_assignment_milp_minimises_the_span(seed: int) -> None:
             for assignment in itertools.product(range(n_batches), repeat=n_users)
             if len(set(assignment)) == n_batches and fits_memory(system, assignment, lengths)
         ]
-        found = dipsd._assign(system, n_batches, lengths)
+        found = optimiser._assign(system, n_batches, lengths)
         if not spans:
             assert found is None
             continue

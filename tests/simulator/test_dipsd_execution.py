@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from policies.dipsd.optimiser import autoregressive
+from policies.dipsd.autoregressive import autoregressive
 from simulator.dipsd_plan import fleet_plan, fleet_system, plan_batches
 from simulator.engine import simulate
 from simulator.errors import ConfigError
