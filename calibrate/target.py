@@ -19,7 +19,7 @@ before stopping the clock, so each time is the device's work, not the launch:
 
 Token ids are random (seeded), which is all a latency measurement needs.
 
-Energy (optional): with an energy meter (`calibrate.power`: NVML on the GPU), each (n, b, c)
+Energy (optional): with an energy meter (`realrun.cloud.energy`: NVML on the GPU), each (n, b, c)
 is repeated after its timed runs for a window of at least `min_window_s` seconds (and until
 the counter has moved), synchronised around every verification as in serving; the energy per
 verification is the meter's difference over the window / the number of verifications, and
@@ -43,14 +43,14 @@ from typing import Any
 import numpy as np
 
 from calibrate.fit import FitReport, fit_target_latency
-from calibrate.power import (
+from calibrate.samples import ForwardSample, PrefillSample
+from realrun.cloud.energy import (
     EnergyMeter,
     NvmlEnergyMeter,
     PowerUnavailable,
     RaplMeter,
     nvml_index_for_cuda,
 )
-from calibrate.samples import ForwardSample, PrefillSample
 from simulator.profile import TargetLatency
 
 DEFAULT_PROMPT_LENGTHS = (16, 32, 64, 128, 256, 512, 1024)

@@ -11,7 +11,7 @@ exposes no multi-sequence context. `fit_single_sequence` therefore fits the forw
 without the batch term (forward_per_extra_sequence_s = 0, not measured) from the same pieces
 `calibrate.fit.fit_target_latency` is made of (that fitter needs 2+ batch sizes).
 
-Energy: the CPU packages' RAPL counters (`calibrate.power.RaplMeter`) read around every kept
+Energy: the CPU packages' RAPL counters (`realrun.cloud.energy.RaplMeter`) read around every kept
 verification (RAPL updates about every millisecond, fine enough for one forward); they count
 the whole package, other processes included. Without RAPL (e.g. no /sys/class/powercap) the
 energy fields are None and say why.

@@ -22,9 +22,9 @@ from calibrate.cli import run as run_calibrate
 from figures.cli import add_parser as add_figures_parser
 from figures.cli import run as run_figures
 from realrun.cli import add_parser as add_realrun_parser
-from realrun.cli import add_revalidate_parser, add_validate_parser, run_revalidate, run_validate
 from realrun.cli import run as run_realrun
 from simulator.errors import ConfigError
+from validation.cli import add_revalidate_parser, add_validate_parser, run_revalidate, run_validate
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130

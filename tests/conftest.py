@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from validation import recalibrate
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PROFILE = REPO / "scenarios" / "profiles" / "default.json"
 
@@ -86,3 +88,23 @@ def write_scenario(tmp_path: Path) -> ScenarioWriter:
         return path
 
     return write
+
+
+SMALL_RECALIBRATION = [
+    ("PROMPT_LENGTHS", [8, 16, 24]),
+    ("DRAFT_CONTEXTS", [16, 24, 32]),
+    ("TARGET_CONTEXTS", [16, 24, 32]),
+    ("TARGET_TOKEN_COUNTS", [1, 2, 4]),
+    ("REPETITIONS", 2),
+    ("WARMUP", 0),
+    ("DRAFT_REPETITIONS", 2),
+    ("PAUSE_MS", 1.0),
+]
+"""validation.recalibrate's grids, cut to seconds of work."""
+
+
+@pytest.fixture
+def small_recalibration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`validate --recalibrate` (validation.recalibrate) on small grids for this test."""
+    for name, value in SMALL_RECALIBRATION:
+        monkeypatch.setattr(recalibrate, name, value)

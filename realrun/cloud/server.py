@@ -110,7 +110,7 @@ def create_app(
     address (None: unlimited). `max_upload`: most draft tokens per verification. Verifies
     waiting together (plus those arriving within `batch_window_ms`) run as one batch of at most
     `max_batch` when the backend has `verify_batch` (else one at a time); a loaded LlamaTarget
-    gets `kv_slots` KV sequences. `energy_meter` (`read_j()`, e.g. calibrate.power's
+    gets `kv_slots` KV sequences. `energy_meter` (`read_j()`, e.g. realrun.cloud.energy's
     NvmlEnergyMeter; default: the target's `energy_meter` attribute, if any) gives energy_j.
     Numbered requests (`seq`) wait at most `order_timeout_s` for their turn (realrun.cloud.ordering).
     """
@@ -414,7 +414,7 @@ def gpu_meter(device: str) -> Any:
     """NVML's energy counter of the CUDA device `device` (None on the CPU or without NVML)."""
     if device == "cpu":
         return None
-    from calibrate.power import NvmlEnergyMeter, PowerUnavailable, nvml_index_for_cuda
+    from realrun.cloud.energy import NvmlEnergyMeter, PowerUnavailable, nvml_index_for_cuda
 
     index = int(device.partition(":")[2] or 0)
     try:

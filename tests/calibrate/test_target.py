@@ -8,7 +8,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from calibrate.fit import fit_target_latency  # noqa: E402
-from calibrate.power import NvmlEnergyMeter, PowerUnavailable  # noqa: E402
 from calibrate.samples import ForwardSample, PrefillSample  # noqa: E402
 from calibrate.target import TargetMeasurements, profile_target  # noqa: E402
 from models.shapes import (  # noqa: E402
@@ -18,6 +17,7 @@ from models.shapes import (  # noqa: E402
     get_shape,
     has_qwen3,
 )
+from realrun.cloud.energy import NvmlEnergyMeter, PowerUnavailable  # noqa: E402
 from simulator.profile import TargetLatency  # noqa: E402
 
 TOKENS = (1, 4)

@@ -600,7 +600,7 @@ def test_energy_is_the_meter_delta_over_the_batch(model_path, target, prompt):
 
 def _nvml_available() -> bool:
     try:
-        from calibrate.power import NvmlEnergyMeter, PowerUnavailable
+        from realrun.cloud.energy import NvmlEnergyMeter, PowerUnavailable
 
         NvmlEnergyMeter(0).close()
         return True

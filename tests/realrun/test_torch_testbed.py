@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from model_marks import needs_smollm2
 
-from realrun.cli import _options, torch_target_arg
+from realrun.cli import local_options, torch_target_arg
 from realrun.testbed import check_vocabularies
 from simulator.errors import ConfigError
 
@@ -37,7 +37,7 @@ def _args(**changes) -> argparse.Namespace:
 
 @needs_smollm2
 def test_options_carry_the_backend_and_device():
-    options = _options(_args(target_device="cuda:1"))
+    options = local_options(_args(target_device="cuda:1"))
     assert options.target == "tiny" and options.target_backend == "torch"
     assert options.target_device == "cuda:1"
 
@@ -45,7 +45,7 @@ def test_options_carry_the_backend_and_device():
 @pytest.mark.parametrize("device", ["gpu", "cuda:", "cuda:x", "CPU"])
 def test_a_bad_target_device_is_one_line(device):
     with pytest.raises(ConfigError, match="allowed: cpu, cuda, cuda:N"):
-        _options(_args(target=".", target_device=device, draft="."))
+        local_options(_args(target=".", target_device=device, draft="."))
 
 
 def test_vocabularies_real_needs_equal_synthetic_needs_the_drafts_inside():

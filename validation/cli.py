@@ -1,0 +1,228 @@
+"""`pipesd validate` and `pipesd revalidate`: parse the flags, call `validation.validate`, print
+the table and the verdict. The testbed flags are `pipesd realrun local`'s (`realrun.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from realrun.cli import (
+    add_testbed_arguments,
+    check_sampling_points,
+    interrupted,
+    local_options,
+    make_out,
+    testbed_progress,
+    testbed_requests,
+)
+from realrun.local import ServerError
+from simulator.errors import ConfigError
+from validation.recalibrate import recalibrated_profile
+from validation.validate import (
+    GOAL_MEDIAN,
+    GOAL_P90,
+    command_options,
+    revalidate,
+    run_validation,
+    validation_points,
+    validation_source,
+    verdict,
+)
+
+
+def add_validate_parser(subparsers: Any) -> None:
+    """Register `pipesd validate`."""
+    validate = subparsers.add_parser(
+        "validate",
+        help="run a scenario on the testbed and in the simulator; compare them",
+        description=(
+            "Run SCENARIO on the testbed (as `pipesd realrun local`) and in the simulator with "
+            "its profile replaced by --profile; write OUT/validation.csv (real, simulated and "
+            "(sim - real) / real per sweep point and policy), OUT/real/, OUT/sim/ and "
+            "OUT/manifest.json; print the median and p90 |TPT error| and whether the TPT "
+            "ranking agrees, next to the goals (median <= 3%, p90 <= 8%, same ranking)."
+        ),
+    )
+    add_testbed_arguments(validate)
+    validate.add_argument("--profile", type=Path, required=True, help="profile JSON to validate")
+    validate.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="re-measure the draft's and the target's latency just before the real run and "
+        "simulate with PROFILE's copy holding them (OUT/calibration/): this machine's speed "
+        "drifts, see README",
+    )
+    validate.add_argument("--out", type=Path, required=True, help="output folder")
+
+
+def add_revalidate_parser(subparsers: Any) -> None:
+    """Register `pipesd revalidate`."""
+    revalidate = subparsers.add_parser(
+        "revalidate",
+        help="compare a finished validation's real run with the current simulator",
+        description=(
+            "Re-simulate SOURCE (an OUT folder of `pipesd validate`) with the current simulator "
+            "and its profile, or --profile, and compare it with SOURCE's real run as validate "
+            "does: OUT/validation.csv, OUT/real/ (copied), OUT/sim/, OUT/manifest.json. No "
+            "testbed, no models: a model change can be checked against every recorded run."
+        ),
+    )
+    revalidate.add_argument("source", type=Path, help="a `pipesd validate` output folder")
+    revalidate.add_argument(
+        "--profile", type=Path, help="simulate with this profile instead of SOURCE's"
+    )
+    revalidate.add_argument("--quiet", action="store_true", help="no table, only the verdict")
+    revalidate.add_argument("--out", type=Path, required=True, help="output folder")
+
+
+def run_revalidate(args: argparse.Namespace, argv: list[str]) -> int:
+    """Execute `pipesd revalidate`."""
+    manifest, scenario, profile = validation_source(args.source)
+    if args.profile is not None:
+        profile = args.profile
+    elif profile is None:
+        raise ConfigError(
+            str(args.source / "manifest.json"), "profile", "the profile it simulated is not in "
+            "calibration/profile.json nor at its recorded path (or changed): give --profile"
+        )  # fmt: skip
+    recorded = [str(word) for word in manifest["command"]]
+    points = validation_points(
+        scenario, profile, command_options(recorded, "--set"), command_options(recorded, "--sweep")
+    )
+    if args.out.resolve() == args.source.resolve():
+        raise ConfigError("--out", str(args.out), "must differ from SOURCE (it is read)")
+    make_out(args.out)
+    skipped = {str(k): str(v) for k, v in (manifest.get("skipped") or {}).items()}
+    rows, headline = revalidate(
+        args.source, scenario, profile, points, args.out, ["pipesd", *argv], skipped
+    )
+    print_validation(rows, list(points[0].axes), headline, skipped, not args.quiet)
+    print(f"wrote {args.out}/validation.csv, manifest.json, real/, sim/")
+    return 0
+
+
+def _percent(value: float) -> str:
+    return "-" if math.isnan(value) else f"{100 * value:+.1f}%"
+
+
+def print_validation(
+    rows: list[dict[str, Any]],
+    axes: list[str],
+    headline: dict[str, Any],
+    skipped: dict[str, str],
+    table_too: bool = True,
+) -> None:
+    """The validation table (unless `table_too` is False), the |TPT error| statistics and the
+    ranking, beside the goals, and the skipped policies."""
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    table = Table(header_style="bold")
+    for title in [*axes, "policy", "TPT real", "TPT sim", "TPT err", "tok/s err", "NAVs real",
+                  "NAVs sim", "acc len err", "up bytes err", "J/token err"]:  # fmt: skip
+        table.add_column(title, justify="left" if title == "policy" else "right")
+    for row in rows:
+        table.add_row(
+            *(str(row[a]) for a in axes),
+            row["policy"],
+            f"{row['tpt_ms_real']:.1f}",
+            f"{row['tpt_ms_sim']:.1f}",
+            _percent(row["tpt_ms_err"]),
+            _percent(row["tokens_per_s_err"]),
+            f"{row['nav_count_real']:.0f}",
+            f"{row['nav_count_sim']:.0f}",
+            _percent(row["mean_accepted_len_err"]),
+            _percent(row["uplink_bytes_err"]),
+            _percent(row["energy_per_token_j_err"]),
+        )
+    if table_too:
+        console.print(table)
+    median, p90 = headline["tpt_abs_error_median"], headline["tpt_abs_error_p90"]
+    met = headline["goals_met"]
+    diagnostic = headline.get("at_run_speed_diagnostic")
+    if diagnostic:
+        console.print(
+            "diagnostic, simulator at the draft/target speeds measured during the run: |TPT "
+            f"error| median {_percent(diagnostic['tpt_abs_error_median']).lstrip('+')}, p90 "
+            f"{_percent(diagnostic['tpt_abs_error_p90']).lstrip('+')}, ranking "
+            f"{'identical' if diagnostic.get('ranking_identical') else 'differs'}"
+        )
+    probed = headline.get("probed_prediction")
+    if probed:
+        console.print(
+            "second prediction, each session at the speeds its reference showed just before "
+            f"it: |TPT error| median {_percent(probed['tpt_abs_error_median']).lstrip('+')}, "
+            f"p90 {_percent(probed['tpt_abs_error_p90']).lstrip('+')}, ranking "
+            f"{'identical' if probed['ranking_identical'] else 'differs'}",
+            highlight=False,
+        )
+    console.print(
+        f"|TPT error| over {headline['rows']} rows: median {_percent(median).lstrip('+')} "
+        f"(goal <= {100 * GOAL_MEDIAN:.0f}%: {verdict(met['median'])}), "
+        f"p90 {_percent(p90).lstrip('+')} (goal <= {100 * GOAL_P90:.0f}%: {verdict(met['p90'])})",
+        highlight=False,
+    )
+    if headline["ranking_identical"]:
+        console.print("TPT ranking: identical at every sweep point (goal: identical: met)")
+    else:
+        console.print("TPT ranking differs (goal: identical: missed):", highlight=False)
+        for mismatch in headline["ranking_mismatches"]:
+            console.print(
+                f"  point {mismatch['point']}: real {' < '.join(mismatch['real'])}; "
+                f"sim {' < '.join(mismatch['sim'])}",
+                highlight=False,
+            )
+    separated = headline.get("ranking_of_separated_pairs")
+    if separated:
+        console.print(
+            f"TPT ranking of the {separated['separated_pairs']} of {separated['pairs']} policy "
+            "pairs the real run separates beyond chance (paired t-test over its requests, 95%): "
+            f"{'identical' if separated['identical'] else 'differs'}",
+            highlight=False,
+        )
+        for swap in separated["mismatches"]:
+            console.print(
+                f"  point {swap['point']}: real {swap['faster']} < {swap['slower']} by "
+                f"{swap['real_gap_ms']:.2f} ms (+/- {swap['half_width_ms']:.2f}); sim the other "
+                "way",
+                highlight=False,
+            )
+    if skipped:
+        listed = ", ".join(f"{label} ({reason})" for label, reason in skipped.items())
+        console.print(f"skipped (the testbed cannot run them): {listed}", highlight=False)
+
+
+def run_validate(args: argparse.Namespace, argv: list[str]) -> int:
+    """Execute `pipesd validate` (exit 0 whether or not the goals are met: it is a measurement)."""
+    points = validation_points(args.scenario, args.profile, args.overrides, args.sweep)
+    options = local_options(args)
+    check_sampling_points(options.sampling, points, options.acceptance)
+    make_out(args.out)
+    profile = args.profile
+    command = ["pipesd", *argv]
+    if args.recalibrate:
+        say = (lambda _line: None) if args.quiet else print
+        profile = recalibrated_profile(
+            args.profile, options.draft, options.draft_threads, options.target,
+            options.target_threads, args.out / "calibration", say, " ".join(command),
+            options.target_backend, options.target_device,
+        )  # fmt: skip
+        points = validation_points(args.scenario, profile, args.overrides, args.sweep)
+    try:
+        with testbed_progress(args.quiet, testbed_requests(points)) as progress:
+            rows, headline, skipped = run_validation(
+                args.scenario, profile, points, options, args.out, command, progress,
+                recalibrated_from=args.profile if args.recalibrate else None,
+            )  # fmt: skip
+    except ServerError as exc:
+        print(f"pipesd: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return interrupted(args.out / "real")
+    print_validation(rows, list(points[0].axes), headline, skipped, not args.quiet)
+    print(f"wrote {args.out}/validation.csv, manifest.json, real/, sim/")
+    return 0
