@@ -24,6 +24,7 @@ from figures.cli import run as run_figures
 from realrun.cli import add_parser as add_realrun_parser
 from realrun.cli import run as run_realrun
 from simulator.errors import ConfigError
+from simulator.outdir import out_dir_arg
 from validation.cli import add_revalidate_parser, add_validate_parser, run_revalidate, run_validate
 
 EXIT_BAD_INPUT = 2
@@ -72,7 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "scenario", type=Path, help="scenario TOML file, e.g. scenarios/pipesd_s1.toml"
     )
-    run.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
+    run.add_argument(
+        "--out",
+        type=out_dir_arg,
+        required=True,
+        help="output folder: new, empty, or an earlier run's with --force or --resume",
+    )
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the earlier `pipesd run` results in OUT (a folder of anything else is "
+        "always refused)",
+    )
     run.add_argument(
         "--set",
         dest="overrides",
@@ -80,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="override a scenario field by dotted path, e.g. link.uplink_mbps=10 or "
-        "policies.pipesd.policy.r1=0.4 (VALUE is read as TOML: numbers, true/false, [lists], text); "
-        "repeatable",
+        "policies.pipesd.r1=0.4 (VALUE is read as TOML: numbers, true/false, [lists], "
+        "text); repeatable",
     )
     run.add_argument(
         "--sweep",
@@ -183,13 +195,10 @@ def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.jobs < 1:
         raise ConfigError("--jobs", "", f"must be at least 1 (got {args.jobs})")
 
+    if args.force and args.resume:
+        raise ConfigError("--force", "", "cannot be combined with --resume")
     points = expand_sweep(args.scenario, args.overrides, args.sweep)
     points = _select_policies(points, args.policies)
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        problem = f"cannot create folder {str(args.out)!r} ({exc.strerror})"
-        raise ConfigError("--out", "", problem) from None
     # a pipe or a log gets the whole table rather than rich's 80-column default
     console = Console(width=None if sys.stdout.isatty() else 200)
     tasks = plan_tasks(points)
@@ -220,6 +229,7 @@ def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             args.timeline,
             backend,
             args.resume,
+            args.force,
         )
     if not args.quiet:
         _print_summary(console, rows, list(points[0].axes))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from simulator.errors import ConfigError
+from simulator.outdir import claim_out_dir, out_dir_arg
 
 if TYPE_CHECKING:
     from realrun.local import LocalOptions
@@ -25,19 +26,62 @@ EXIT_INTERRUPTED = 130
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The server's command-line options (shared by `pipesd realrun cloud` and `main`)."""
+    from realrun.cloud.settings import ServerSettings
+
+    d = ServerSettings()
     parser.add_argument("--model", default="smollm2-135m", help="GGUF path or known name")
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     parser.add_argument("--host", default="127.0.0.1", help="bind address (loopback default)")
     parser.add_argument("--port", type=int, default=8600)
     parser.add_argument("--token", default=None, help="shared secret for X-PipeSD-Token")
     parser.add_argument("--n-ctx", type=int, default=2048)
-    parser.add_argument("--max-sessions", type=int, default=64)
-    parser.add_argument("--rate-limit", type=float, default=200.0, help="requests/s/client")
     parser.add_argument("--backend", choices=("llama", "torch"), default="llama")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--batch-window-ms", type=float, default=0.0)
-    parser.add_argument("--max-batch", type=int, default=8, help="verifies per batch")
+    parser.add_argument("--batch-window-ms", type=float, default=d.batch_window_ms)
+    parser.add_argument("--max-batch", type=int, default=d.max_batch, help="verifies per batch")
     parser.add_argument("--kv-slots", type=int, default=8, help="llama: sessions kept in KV")
+    synthetic = parser.add_argument_group("synthetic target (load tests and demos, no model)")
+    synthetic.add_argument(
+        "--synthetic-target",
+        action="store_true",
+        help="serve seeded logits instead of a model: the real protocol and verification "
+        "rules, timed by --profile's target latency model",
+    )
+    synthetic.add_argument("--profile", type=Path, default=None, help="profile JSON (timing)")
+    synthetic.add_argument("--synthetic-vocab", type=int, default=49152, help="vocabulary size")
+    synthetic.add_argument("--seed", type=int, default=0, help="which synthetic model")
+    limits = parser.add_argument_group("limits and timeouts (docs/reliability.md)")
+
+    def limit(flag: str, kind: type, default: float | int | None, text: str) -> None:
+        limits.add_argument(flag, type=kind, default=default, help=f"{text} (default {default})")
+
+    limit("--max-sessions", int, d.max_sessions, "open sessions, all clients")
+    limit("--max-sessions-per-client", int, d.max_sessions_per_client, "sessions per address")
+    limit(
+        "--session-idle-timeout-s",
+        float,
+        d.session_idle_timeout_s,
+        "a session untouched for this long is closed by the server",
+    )
+    limit("--rate-limit", float, d.rate_limit_per_s, "requests/s per address (0: unlimited)")
+    limit("--max-inflight-per-client", int, d.max_inflight_per_client, "requests at once")
+    limit("--order-timeout-s", float, d.order_timeout_s, "a numbered request's wait for its turn")
+    limit(
+        "--max-parked-per-session",
+        int,
+        d.max_parked_per_session,
+        "numbered requests of one session waiting for their turn",
+    )
+    limit("--max-connections-per-client", int, d.max_connections_per_client, "TCP connections")
+    limit("--header-timeout-s", float, d.header_timeout_s, "to receive a request's headers")
+    limit("--body-timeout-s", float, d.body_timeout_s, "to receive a request's body")
+    limit("--keep-alive-s", float, d.keep_alive_s, "an idle keep-alive connection is closed")
+    limit(
+        "--max-buffered-bytes",
+        int,
+        d.max_buffered_bytes,
+        "request body bytes held at once, all requests (503 past it)",
+    )
 
 
 def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
@@ -173,7 +217,8 @@ def add_parser(subparsers: Any) -> None:
     edge.add_argument("--token", help="the server's shared secret, if it has one")
     add_sampling_arguments(edge)
     edge.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
-    edge.add_argument("--out", type=Path, required=True, help="output folder")
+    edge.add_argument("--out", type=out_dir_arg, required=True, help="output folder")
+    add_force_argument(edge)
     local = roles.add_parser(
         "local",
         help="run a scenario's sweep points here: a cloud server per point behind a shaped link",
@@ -186,7 +231,8 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     add_testbed_arguments(local)
-    local.add_argument("--out", type=Path, required=True, help="output folder")
+    local.add_argument("--out", type=out_dir_arg, required=True, help="output folder")
+    add_force_argument(local)
 
 
 def local_options(args: argparse.Namespace) -> LocalOptions:
@@ -249,12 +295,10 @@ def torch_target_arg(value: str) -> Path | str:
     )
 
 
-def make_out(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        problem = f"cannot create folder {str(out)!r} ({exc.strerror})"
-        raise ConfigError("--out", "", problem) from None
+def make_out(args: argparse.Namespace, kind: str, argv: list[str]) -> None:
+    """Claim --out for command `kind` (simulator.outdir: a new or empty folder, or this
+    command's own earlier one with --force; anything else is refused, nothing deleted)."""
+    claim_out_dir(args.out, kind, force=args.force, command=["pipesd", *argv])
 
 
 @contextlib.contextmanager
@@ -287,13 +331,13 @@ def testbed_requests(points: list[Any]) -> int:
 
 def run_local_command(args: argparse.Namespace, argv: list[str]) -> int:
     """Execute `pipesd realrun local`."""
-    from realrun.local import run_local
+    from realrun.local import LOCAL_KIND, run_local
     from simulator.scenario import expand_sweep
 
     points = expand_sweep(args.scenario, args.overrides, args.sweep)
     options = local_options(args)
     check_sampling_points(options.sampling, points, options.acceptance)
-    make_out(args.out)
+    make_out(args, LOCAL_KIND, argv)
     with testbed_progress(args.quiet, testbed_requests(points)) as progress:
         rows = run_local(args.scenario, points, options, args.out, ["pipesd", *argv], progress)
     if not args.quiet:
@@ -348,6 +392,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     sampling = sampling_spec(args)
     check_sampling_points(sampling, [point])
     draft = resolve_model(args.draft)
+    make_out(args, "realrun edge", argv)
     try:
         rows = run_testbed(
             args.scenario,

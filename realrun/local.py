@@ -28,12 +28,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from simulator.errors import ConfigError
+from simulator.outdir import claim_out_dir
 from simulator.results import write_json, write_table
 
 if TYPE_CHECKING:
     from realrun.testbed import SamplingSpec
     from simulator.scenario import SweepPoint
 
+LOCAL_KIND = "realrun local"
+"""The `kind` in the manifest of a `pipesd realrun local` folder (simulator.outdir)."""
 SHAPING_MODES = ("auto", "tbf", "software", "none")
 """Values of --shaping (see realrun.link.shaping.open_link)."""
 
@@ -359,9 +362,10 @@ def run_local(
             "skipped": skipped,
             "versions": realrun_versions(),
         }
+        data["kind"] = LOCAL_KIND
         write_json(out_dir / "manifest.json", data)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    claim_out_dir(out_dir, LOCAL_KIND, force=True)  # never clears a folder of anything else
     for stale in ("summary.csv", "results.csv"):  # an earlier run's tables, never mixed in
         (out_dir / stale).unlink(missing_ok=True)
     for folder in ("points", "timelines"):

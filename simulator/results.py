@@ -1,7 +1,8 @@
 """Result files: per-request rows, the summary table and the run manifest, written safely.
 
 Every file is replaced atomically (written beside, then renamed), so an interrupted run never
-leaves a half-written table.
+leaves a half-written table; it gets the mode a plain `open` would give it (0666 less the umask),
+not the temporary file's private 0600.
 """
 
 from __future__ import annotations
@@ -15,11 +16,29 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (/proc)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()
+"""Mode of every result file: what `open(path, "w")` would create under this umask."""
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Replace `path` with `text` in one step (write a temporary file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "w", newline="") as handle:
             handle.write(text)
             handle.flush()

@@ -15,13 +15,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from simulator.backends import Backend, InlineBackend
 from simulator.engine import SimResult, simulate
 from simulator.errors import ConfigError
 from simulator.metrics import SUMMARY_METRICS, fleet_metrics, summarise
+from simulator.outdir import MANIFEST, claim_out_dir, read_manifest
 from simulator.records import RECORD_FIELDS, RequestRecord, Span
 from simulator.results import write_json, write_table
 from simulator.scenario import SweepPoint
+
+RUN_KIND = "run"
+"""The `kind` in the manifest of a `pipesd run` folder (simulator.outdir)."""
+MAX_PART_BYTES = 512 * 1024 * 1024
+"""A part file larger than this is damaged (a task's part is at most megabytes)."""
 
 PACKAGES = ("pipesd-kit", "simpy", "numpy", "scipy", "scikit-optimize", "scikit-learn", "pydantic")
 
@@ -180,10 +188,22 @@ class TaskOutcome:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> TaskOutcome:
-        """Read back what `to_json` wrote."""
-        records = [RequestRecord(**r) for r in data.pop("records")]
-        return cls(records=records, **data)
+    def from_json(cls, text: str | bytes) -> TaskOutcome:
+        """Read back the JSON text of what `to_json` wrote, checked field by field (strict
+        types); ValueError naming the first bad field when it is not such an outcome."""
+        try:
+            outcome = _OUTCOME.validate_json(text, strict=True)
+        except ValidationError as exc:
+            first = exc.errors(include_input=False)[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"{where + ': ' if where else ''}{first['msg']}") from None
+        if outcome.timeline is not None:
+            raise ValueError("timeline: not part of a part file")
+        return outcome
+
+
+_OUTCOME = TypeAdapter(TaskOutcome)
+"""Checks a part file's data field by field (types strict: a damaged part is refused)."""
 
 
 def task_id(task: Task) -> str:
@@ -224,16 +244,13 @@ class RunFolder:
         self.points = points
         self.axes = list(points[0].axes)
 
-    def prepare(self, resume: bool, run_fingerprint: str) -> None:
-        """Start afresh (clearing parts of an earlier run) or check a resumed run matches."""
-        manifest_path = self.out_dir / "manifest.json"
+    def prepare(self, resume: bool, run_fingerprint: str, force: bool = True) -> None:
+        """Claim the folder (simulator.outdir: only an empty one or an earlier run's), then
+        start afresh (clearing that run's parts) or check that a resumed run matches and that
+        every part it kept can be read."""
+        claim_out_dir(self.out_dir, RUN_KIND, force=force, resume=resume, resumable=True)
         if resume:
-            try:
-                previous = json.loads(manifest_path.read_text())
-            except (OSError, json.JSONDecodeError):
-                raise ConfigError(
-                    "--resume", "", f"no readable {manifest_path} to resume from"
-                ) from None
+            previous = read_manifest(self.out_dir / MANIFEST)
             if previous.get("fingerprint") != run_fingerprint:
                 raise ConfigError(
                     "--resume",
@@ -241,14 +258,21 @@ class RunFolder:
                     f"{self.out_dir} holds a run of a different scenario, profile or overrides "
                     "(start a new --out)",
                 )
+            if self.parts.exists() and not self.parts.is_dir():
+                raise ConfigError(
+                    self.parts, "", "not a folder; cannot resume: start a fresh --out"
+                )
         else:
-            shutil.rmtree(self.parts, ignore_errors=True)
-            shutil.rmtree(self.out_dir / "timelines", ignore_errors=True)
+            for folder in (self.parts, self.out_dir / "timelines"):
+                if folder.is_dir() and not folder.is_symlink():
+                    shutil.rmtree(folder)
+                elif folder.exists() or folder.is_symlink():
+                    folder.unlink()
         self.parts.mkdir(parents=True, exist_ok=True)
 
     def done(self) -> set[str]:
         """Identifiers of the tasks whose part files exist."""
-        return {p.stem for p in self.parts.glob("*.json")}
+        return {p.stem for p in self.parts.glob("*.json") if not p.name.startswith(".")}
 
     def save(self, task: Task, outcome: TaskOutcome) -> None:
         """Write a finished task's part (and timeline) atomically."""
@@ -259,8 +283,22 @@ class RunFolder:
         write_json(self.parts / f"{task_id(task)}.json", outcome.to_json())
 
     def load(self, task: Task) -> TaskOutcome:
-        """Read a finished task's part."""
-        return TaskOutcome.from_json(json.loads((self.parts / f"{task_id(task)}.json").read_text()))
+        """Read a finished task's part; a damaged one is a one-line ConfigError naming it."""
+        path = self.parts / f"{task_id(task)}.json"
+        try:
+            if path.stat().st_size > MAX_PART_BYTES:
+                raise ValueError(f"larger than {MAX_PART_BYTES} bytes")
+            outcome = TaskOutcome.from_json(path.read_bytes())
+        except OSError as exc:
+            problem = f"cannot read ({exc.strerror})"
+        except ValueError as exc:
+            problem = f"damaged ({str(exc).splitlines()[0][:200]})"
+        else:
+            key = (outcome.point, outcome.policy_index, outcome.seed)
+            if key == (task.point.index, task.policy_index, task.seed):
+                return outcome
+            problem = "damaged (it holds another task's results)"
+        raise ConfigError(path, "", f"{problem}; cannot resume from it: start a fresh --out")
 
     def rebuild(self) -> list[dict[str, Any]]:
         """Rewrite results.csv, edges.csv and summary.csv from the finished points."""
@@ -325,25 +363,32 @@ def run_scenario(
     record_timeline: bool = False,
     backend: Backend | None = None,
     resume: bool = False,
+    force: bool = True,
 ) -> list[dict[str, Any]]:
     """Run every task not yet done, saving each as it finishes; returns the summary rows.
 
     Tables are rebuilt whenever a sweep point completes, so an interrupted run keeps every
-    finished point and `resume=True` recomputes only the missing tasks.
+    finished point and `resume=True` recomputes only the missing tasks. `out_dir` must be new,
+    empty or an earlier run's folder (simulator.outdir; `force=False` refuses the last too).
     """
     folder = RunFolder(out_dir, points)
     run_fingerprint = fingerprint(points)
-    folder.prepare(resume, run_fingerprint)
+    folder.prepare(resume, run_fingerprint, force)
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    tasks = plan_tasks(points)
+    done = folder.done()
+    if resume:  # every kept part must read back before anything new is written
+        for task in tasks:
+            if task_id(task) in done:
+                folder.load(task)
 
     def write_manifest(status: str) -> None:
         data = manifest(scenario_path, points, command, status, started)
+        data["kind"] = RUN_KIND
         data["fingerprint"] = run_fingerprint
-        write_json(out_dir / "manifest.json", data)
+        write_json(out_dir / MANIFEST, data)
 
     write_manifest("running")
-    tasks = plan_tasks(points)
-    done = folder.done()
     todo = [t for t in tasks if task_id(t) not in done]
     if on_task_done is not None:
         for task in tasks:

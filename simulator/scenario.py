@@ -196,7 +196,7 @@ def _policy_index(source: Path, policies: Any, key: str, dotted: str) -> int:
 
 
 def set_path(raw: dict[str, Any], dotted: str, value: Any, source: Path) -> None:
-    """Set `dotted` (e.g. `link.uplink_mbps`, `policies.pipesd.policy.r1`) in a raw scenario dict."""
+    """Set `dotted` (e.g. `link.uplink_mbps`, `policies.pipesd.r1`) in a raw scenario dict."""
     parts = dotted.split(".")
     if not all(parts):
         raise ConfigError(source, dotted, "not a valid dotted field path")

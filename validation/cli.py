@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from realrun.cli import (
+    add_force_argument,
     add_testbed_arguments,
     check_sampling_points,
     interrupted,
@@ -23,6 +24,7 @@ from realrun.cli import (
 )
 from realrun.local import ServerError
 from simulator.errors import ConfigError
+from simulator.outdir import out_dir_arg
 from validation.recalibrate import recalibrated_profile
 from validation.validate import (
     GOAL_MEDIAN,
@@ -58,7 +60,8 @@ def add_validate_parser(subparsers: Any) -> None:
         "simulate with PROFILE's copy holding them (OUT/calibration/): this machine's speed "
         "drifts, see README",
     )
-    validate.add_argument("--out", type=Path, required=True, help="output folder")
+    validate.add_argument("--out", type=out_dir_arg, required=True, help="output folder")
+    add_force_argument(validate)
 
 
 def add_revalidate_parser(subparsers: Any) -> None:
@@ -78,7 +81,8 @@ def add_revalidate_parser(subparsers: Any) -> None:
         "--profile", type=Path, help="simulate with this profile instead of SOURCE's"
     )
     revalidate.add_argument("--quiet", action="store_true", help="no table, only the verdict")
-    revalidate.add_argument("--out", type=Path, required=True, help="output folder")
+    revalidate.add_argument("--out", type=out_dir_arg, required=True, help="output folder")
+    add_force_argument(revalidate)
 
 
 def run_revalidate(args: argparse.Namespace, argv: list[str]) -> int:
@@ -97,7 +101,7 @@ def run_revalidate(args: argparse.Namespace, argv: list[str]) -> int:
     )
     if args.out.resolve() == args.source.resolve():
         raise ConfigError("--out", str(args.out), "must differ from SOURCE (it is read)")
-    make_out(args.out)
+    make_out(args, "revalidate", argv)
     skipped = {str(k): str(v) for k, v in (manifest.get("skipped") or {}).items()}
     rows, headline = revalidate(
         args.source, scenario, profile, points, args.out, ["pipesd", *argv], skipped
@@ -201,7 +205,7 @@ def run_validate(args: argparse.Namespace, argv: list[str]) -> int:
     points = validation_points(args.scenario, args.profile, args.overrides, args.sweep)
     options = local_options(args)
     check_sampling_points(options.sampling, points, options.acceptance)
-    make_out(args.out)
+    make_out(args, "validate", argv)
     profile = args.profile
     command = ["pipesd", *argv]
     if args.recalibrate:

@@ -467,6 +467,7 @@ def simulate_and_compare(
 
     run_scenario(scenario_path, points, out_dir / "sim", command, record_timeline=True)
     extra = {
+        "kind": "revalidate" if "revalidated_from" in origin else "validate",  # simulator.outdir
         "command": list(command),
         "scenario": {"path": str(scenario_path), "sha256": sha256(scenario_path)},
         "profile": {"path": str(profile_path), "sha256": sha256(profile_path)},

@@ -176,7 +176,7 @@ CASES: dict[str, Case] = {
     ),
     "unknown-policy-parameter": Case(
         edit("autotune = false", "autotune = false\nr3 = 0.5"),
-        expect=("policies.pipesd.policy.r3: unknown field", "allowed: autotune", "r1, r2"),
+        expect=("policies.pipesd.r3: unknown field", "allowed: autotune", "r1, r2"),
     ),
     "vanilla-draft-len-zero": Case(
         edit('name = "vanilla"', 'name = "vanilla"\ndraft_len = 0'),
@@ -184,11 +184,11 @@ CASES: dict[str, Case] = {
     ),
     "pipesd-r1-above-one": Case(
         edit("autotune = false", "autotune = false\nr1 = 1.5"),
-        expect=("policies.pipesd.policy.r1", "less than or equal to 1", "1.5"),
+        expect=("policies.pipesd.r1", "less than or equal to 1", "1.5"),
     ),
     "pipesd-bad-tune-range": Case(
         edit("autotune = false", "autotune = false\ntune_r1_range = [0.5, 0.1]"),
-        expect=("policies.pipesd.policy", "tune_r1_range must satisfy 0 < low < high <= 1"),
+        expect=("policies.pipesd", "tune_r1_range must satisfy 0 < low < high <= 1"),
     ),
     "duplicate-label": Case(
         edit('name = "pipesd"', 'name = "pipesd"\nlabel = "vanilla"'),
@@ -295,7 +295,7 @@ CASES: dict[str, Case] = {
     ),
     "sweep-policy-value-invalid": Case(
         BASE.replace(
-            "[[policies]]", '[sweep]\n"policies.pipesd.policy.r1" = [0.3, 0]\n\n[[policies]]', 1
+            "[[policies]]", '[sweep]\n"policies.pipesd.r1" = [0.3, 0]\n\n[[policies]]', 1
         ),
         expect=("scenario.toml", "sweep.policies.pipesd.r1", "greater than 0"),
     ),
