@@ -1,30 +1,41 @@
-"""PipeSD's NAV-threshold (R1, R2) autotuner: Bayesian optimisation behind a swappable ask/tell."""
+"""PipeSD's NAV-threshold (R1, R2) autotuner: Bayesian optimisation behind a swappable ask/tell.
+
+Two GP-EI backends: `GpThresholdTuner` (the default: a small numpy GP, `policies/pipesd/gp.py`,
+about a millisecond a step) and `SkoptThresholdTuner` (scikit-optimize, the reference it was
+checked against: `benchmarks/bench_autotune_quality.py`), plus random search as the baseline.
+"""
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
 from numbers import Real
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
-from skopt import Optimizer
-from skopt.space import Space
-from skopt.utils import cook_estimator
 from threadpoolctl import ThreadpoolController
 
-_BLAS = ThreadpoolController()
-"""The GP works on matrices of a few dozen rows: BLAS threads only add contention (a step
-took 5x longer with two threads on a busy 2-core machine), so each step runs on one."""
+from policies.pipesd.gp import CandidatePosterior, fit_hyperparameters, normalise
 
 Point = tuple[float, float]
 """(R1 sequence threshold, R2 token threshold)."""
+
+Backend = Literal["gp", "skopt"]
+"""`GpThresholdTuner` or `SkoptThresholdTuner`."""
 
 SEED_MODULUS = 2**32
 """Run seeds are reduced modulo this, the range numpy's legacy RandomState (used by skopt) takes."""
 
 ACQ_POINTS = 1000
-"""Random candidates scored by the acquisition function per ask; the GP fit dominates a step."""
+"""Random candidates scored by the acquisition function per ask (both backends)."""
+
+_BLAS = ThreadpoolController()
+"""The GPs work on matrices of a few dozen rows: BLAS threads only add contention (a step took
+5x longer with two threads on a busy 2-core machine, the numpy GP's re-fit up to 40x), so
+each step runs on one."""
+
+REFIT_EVERY = 4
+"""The numpy GP re-fits its kernel hyper-parameters every this many observations."""
 
 
 class ThresholdTuner(Protocol):
@@ -126,6 +137,94 @@ class _BudgetedTuner(ABC):
         """Feed one validated evaluation to the backend."""
 
 
+class GpThresholdTuner(_BudgetedTuner):
+    """Gaussian-process Bayesian optimisation with expected improvement, in numpy.
+
+    The same model and acquisition as `SkoptThresholdTuner` (Matern 5/2 with amplitude and
+    noise, inputs scaled to the unit square, normalised objective, EI with margin `xi` over
+    `ACQ_POINTS` random candidates), made cheap: the kernel hyper-parameters are fitted by a
+    grid search of the marginal likelihood when the GP starts (after `n_initial_points` random
+    evaluations) and again every `refit_every` observations, and in between each observation
+    extends the posterior by a rank-one Cholesky update (`policies/pipesd/gp.py`). The
+    candidates are drawn once per run, from the run's seeded Generator, as are the random
+    initial points; so a run is reproducible from the seed and what it is told. BLAS runs on
+    one thread during a step, as for `SkoptThresholdTuner`.
+    """
+
+    def __init__(
+        self,
+        r1_range: tuple[float, float] = (0.05, 0.9),
+        r2_range: tuple[float, float] = (0.6, 0.99),
+        n_calls: int = 16,
+        n_initial_points: int = 5,
+        seed: int = 0,
+        xi: float = 0.001,
+        refit_every: int = REFIT_EVERY,
+        n_candidates: int = ACQ_POINTS,
+    ) -> None:
+        self.n_initial_points = _checked_count("n_initial_points", n_initial_points)
+        self.xi = _checked_xi(xi)
+        self.refit_every = _checked_count("refit_every", refit_every)
+        self.n_candidates = _checked_count("n_candidates", n_candidates)
+        self._rng: np.random.Generator
+        self._candidates: np.ndarray
+        self._unit: list[tuple[float, float]]
+        self._objectives: list[float]
+        self._posterior: CandidatePosterior | None
+        self._fitted_at: int
+        super().__init__(r1_range, r2_range, n_calls, seed)
+
+    @property
+    def posterior(self) -> CandidatePosterior | None:
+        """The GP over the candidates (None until `n_initial_points` evaluations are told)."""
+        return self._posterior
+
+    def _begin(self, run_seed: int) -> None:
+        self._rng = np.random.default_rng(run_seed)
+        self._candidates = self._rng.random((self.n_candidates, 2))
+        self._unit = []
+        self._objectives = []
+        self._posterior = None
+        self._fitted_at = 0
+
+    def _propose(self) -> Point:
+        if self._posterior is None:
+            return self._from_unit(self._rng.random(2))
+        with _BLAS.limit(limits=1):
+            ei = self._posterior.expected_improvement(self.xi)
+        return self._from_unit(self._candidates[int(np.argmax(ei))])
+
+    def _observe(self, point: Point, objective: float) -> None:
+        with _BLAS.limit(limits=1):
+            self._update(point, objective)
+
+    def _update(self, point: Point, objective: float) -> None:
+        """Add one observation to the GP, re-fitting the hyper-parameters when due."""
+        unit = self._to_unit(point)
+        self._unit.append(unit)
+        self._objectives.append(objective)
+        n = len(self._objectives)
+        if n < self.n_initial_points:
+            return
+        if self._posterior is None or n - self._fitted_at >= self.refit_every:
+            x, y = np.array(self._unit), np.array(self._objectives)
+            hyper = fit_hyperparameters(x, normalise(y)[0])
+            self._posterior = CandidatePosterior.build(self._candidates, hyper, x, y)
+            self._fitted_at = n
+        else:
+            self._posterior.add(np.array(unit), objective)
+
+    def _to_unit(self, point: Point) -> tuple[float, float]:
+        (l1, h1), (l2, h2) = self.r1_range, self.r2_range
+        return ((point[0] - l1) / (h1 - l1), (point[1] - l2) / (h2 - l2))
+
+    def _from_unit(self, unit: np.ndarray) -> Point:
+        (l1, h1), (l2, h2) = self.r1_range, self.r2_range
+        r1 = min(max(l1 + float(unit[0]) * (h1 - l1), l1), h1)
+        r2 = min(max(l2 + float(unit[1]) * (h2 - l2), l2), h2)
+        return (r1, r2)
+
+
 class SkoptThresholdTuner(_BudgetedTuner):
     """Gaussian-process Bayesian optimisation with expected improvement (scikit-optimize).
 
@@ -136,7 +235,8 @@ class SkoptThresholdTuner(_BudgetedTuner):
     skopt's own 0.01 would be a margin of 3-20 %. With `n_initial_points >= n_calls` the whole
     budget is random. The GP's kernel hyper-parameters are fitted with a single L-BFGS run
     (skopt's default restarts it twice): a step costs about a third as much, and the test
-    against random search still holds.
+    against random search still holds. BLAS runs on one thread during a step: on matrices of a
+    few dozen rows more threads only add contention (5x slower on a busy 2-core machine).
     """
 
     def __init__(
@@ -150,10 +250,15 @@ class SkoptThresholdTuner(_BudgetedTuner):
     ) -> None:
         self.n_initial_points = _checked_count("n_initial_points", n_initial_points)
         self.xi = _checked_xi(xi)
-        self._optimizer: Optimizer
+        self._optimizer: Any
         super().__init__(r1_range, r2_range, n_calls, seed)
 
     def _begin(self, run_seed: int) -> None:
+        # scikit-optimize (and scikit-learn under it) is only needed by this reference backend
+        from skopt import Optimizer
+        from skopt.space import Space
+        from skopt.utils import cook_estimator
+
         dimensions = [self.r1_range, self.r2_range]
         gp = cook_estimator(
             "GP", space=Space(dimensions), random_state=run_seed, n_restarts_optimizer=0
@@ -202,6 +307,15 @@ class RandomThresholdTuner(_BudgetedTuner):
 
     def _observe(self, point: Point, objective: float) -> None:
         """Random search ignores what it is told; the shared history keeps the best."""
+
+
+def threshold_tuner(backend: Backend, **settings: Any) -> ThresholdTuner:
+    """The tuner of a backend ("gp" or "skopt") with the given constructor settings."""
+    if backend == "gp":
+        return GpThresholdTuner(**settings)
+    if backend == "skopt":
+        return SkoptThresholdTuner(**settings)
+    raise ValueError(f"backend must be 'gp' or 'skopt', got {backend!r}")
 
 
 def _checked_range(name: str, bounds: tuple[float, float]) -> tuple[float, float]:

@@ -9,13 +9,13 @@ only), `autotune=false` (fixed thresholds), `proactive=false` (wait while a NAV 
 from __future__ import annotations
 
 from collections import deque
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
 from policies.base import Decision, Policy, RequestStart, VerifyOutcome
 from policies.params import PolicyParams
-from policies.pipesd.autotune import SkoptThresholdTuner
+from policies.pipesd.autotune import threshold_tuner
 from policies.pipesd.batch_plan import batch_boundaries, plan_batches
 from policies.pipesd.estimators import (
     ExponentialAverage,
@@ -42,8 +42,12 @@ class PipeSDParams(PolicyParams):
     window_history: int = Field(100, ge=1, description="draft lengths averaged into N̂")
     max_draft_len: int = Field(64, ge=1, le=256, description="hard cap on draft length")
     replan_tolerance: float = Field(0.2, gt=0.0, description="re-plan when α, β or γ moves more")
-    probe_sizes: tuple[int, ...] = Field(
-        (1, 2, 3, 4, 5, 6, 7, 8), strict=False, description="start-up probes (TOML list)"
+    probe_sizes: tuple[Annotated[int, Field(ge=1, le=256)], ...] = Field(
+        (1, 2, 3, 4, 5, 6, 7, 8),
+        strict=False,
+        min_length=1,
+        max_length=256,
+        description="start-up probes, tokens each (TOML list)",
     )
     initial_alpha_s: float = Field(0.05, ge=0.0, description="α prior, s per message")
     initial_beta_s: float = Field(0.1, ge=0.0, description="β prior, s per token")
@@ -53,6 +57,9 @@ class PipeSDParams(PolicyParams):
     tune_calls: int = Field(16, ge=2, description="BO evaluations per tuning run")
     tune_initial_points: int = Field(5, ge=1, description="random points before the GP")
     tune_window_tokens: int = Field(30, ge=1, description="accepted tokens per evaluation")
+    tune_backend: Literal["gp", "skopt"] = Field(
+        "gp", description="BO backend: numpy GP, or scikit-optimize (the reference)"
+    )
     drift_tolerance: float = Field(0.25, gt=0.0, description="re-tune when time/token drifts")
     drift_windows: int = Field(3, ge=1, description="consecutive drifted windows to re-tune")
 
@@ -77,7 +84,8 @@ class ThresholdAutotuner:
 
     def __init__(self, params: PipeSDParams, seed: int) -> None:
         self.params = params
-        self.tuner = SkoptThresholdTuner(
+        self.tuner = threshold_tuner(
+            params.tune_backend,
             r1_range=params.tune_r1_range,
             r2_range=params.tune_r2_range,
             n_calls=params.tune_calls,
