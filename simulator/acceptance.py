@@ -19,6 +19,7 @@ from typing import TextIO
 import numpy as np
 
 from simulator.errors import ConfigError
+from simulator.inputs import MAX_TRACE_BYTES, check_regular
 from simulator.profile import (
     Acceptance,
     BetaConfidence,
@@ -112,6 +113,7 @@ class ReplayTraces:
     def load(cls, path: Path) -> ReplayTraces:
         """Read `sequence, position, confidence, accepted` rows (any order) from a CSV, or a
         gzip-compressed one (`.gz`); leading `#` comment lines (provenance) are skipped."""
+        check_regular(path, "acceptance trace", MAX_TRACE_BYTES)
         rows: dict[str, list[tuple[int, float, bool]]] = {}
         comments = 0
         try:

@@ -18,7 +18,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from simulator.errors import ConfigError
+from simulator.inputs import MAX_TRACE_BYTES, check_regular
+from simulator.profile import MAX_MBPS
 
+MAX_TRACE_S = 1e9
+"""Latest step time accepted in a bandwidth trace (about 30 years)."""
 BITS_PER_MEGABIT = 1e6
 
 
@@ -75,7 +79,9 @@ class TraceBandwidth:
 
     @classmethod
     def from_csv(cls, path: Path, repeat: bool) -> TraceBandwidth:
-        """Read a trace CSV with columns t_s, mbps (a header row is required)."""
+        """Read a trace CSV with columns t_s, mbps (a header row is required); times finite
+        and increasing from 0, rates in (0, MAX_MBPS]."""
+        check_regular(path, "trace", MAX_TRACE_BYTES)
         times, rates = [], []
         try:
             with path.open(newline="") as handle:
@@ -89,12 +95,12 @@ class TraceBandwidth:
                         raise ConfigError(
                             path, f"line {line}", "t_s and mbps must be numbers"
                         ) from None
-                    if not math.isfinite(t):
-                        raise ConfigError(path, f"line {line}", f"t_s must be finite (got {t})")
-                    if not math.isfinite(rate) or rate <= 0:
-                        raise ConfigError(
-                            path, f"line {line}", f"mbps must be finite and > 0 (got {rate})"
-                        )
+                    if not (math.isfinite(t) and abs(t) <= MAX_TRACE_S):
+                        problem = f"t_s must be finite and at most {MAX_TRACE_S:g} (got {t})"
+                        raise ConfigError(path, f"line {line}", problem)
+                    if not (math.isfinite(rate) and 0 < rate <= MAX_MBPS):
+                        problem = f"mbps must be finite and > 0, at most {MAX_MBPS:g} (got {rate})"
+                        raise ConfigError(path, f"line {line}", problem)
                     if times and t <= times[-1]:
                         raise ConfigError(path, f"line {line}", "t_s must increase strictly")
                     times.append(t)

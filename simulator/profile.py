@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from simulator.errors import ConfigError, from_validation_error
+from simulator.inputs import load_json
 
 SCHEMA_VERSION = 1
 
@@ -24,8 +25,25 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-NonNeg = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
-Positive = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+MAX_MAGNITUDE = 1e12
+"""Upper bound of every profile number without a tighter physical one: large enough for any
+real coefficient, small enough that sums and products of them stay finite."""
+MAX_LATENCY_S = 86_400.0
+"""Longest one-way latency or per-message overhead accepted (one day)."""
+MAX_MBPS = 1e6
+"""Fastest link accepted, Mbit/s (1 Tbit/s)."""
+
+NonNeg = Annotated[float, Field(ge=0.0, le=MAX_MAGNITUDE, allow_inf_nan=False)]
+Positive = Annotated[float, Field(gt=0.0, le=MAX_MAGNITUDE, allow_inf_nan=False)]
+MAX_VOCAB = 10_000_000
+"""Largest vocabulary accepted."""
+MAX_ITEM_BYTES = 1024
+"""Largest encoding of one token id, probability or index."""
+MAX_MESSAGE_BYTES = 1_000_000_000
+"""Largest per-message header, acknowledgement or hidden state."""
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+LatencySeconds = Annotated[float, Field(ge=0.0, le=MAX_LATENCY_S, allow_inf_nan=False)]
+Mbps = Annotated[float, Field(gt=0.0, le=MAX_MBPS, allow_inf_nan=False)]
 
 
 class DraftLatency(Strict):
@@ -112,11 +130,13 @@ class TargetLatency(Strict):
 class LinkProfile(Strict):
     """The edge-cloud link: bandwidths, one-way propagation latency, per-message overheads."""
 
-    uplink_mbps: Positive
-    downlink_mbps: Positive
-    one_way_latency_s: NonNeg
-    uplink_overhead_s: NonNeg = Field(description="α: per-message start-up cost, edge to cloud")
-    downlink_overhead_s: NonNeg
+    uplink_mbps: Mbps
+    downlink_mbps: Mbps
+    one_way_latency_s: LatencySeconds
+    uplink_overhead_s: LatencySeconds = Field(
+        description="α: per-message start-up cost, edge to cloud"
+    )
+    downlink_overhead_s: LatencySeconds
     burst_bytes: NonNeg = Field(
         0.0, description="token bucket per direction: bytes passing at once after idling"
     )
@@ -145,8 +165,8 @@ class HistogramConfidence(Strict):
     """Draft top-1 probability drawn from a histogram on [0, 1] (uniform within a bin)."""
 
     kind: Literal["histogram"]
-    edges: list[float] = Field(min_length=2)
-    weights: list[float] = Field(min_length=1)
+    edges: list[Finite] = Field(min_length=2)
+    weights: list[Finite] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> HistogramConfidence:
@@ -184,7 +204,7 @@ class TableCurve(Strict):
     """P(accept | c) piecewise constant over confidence bins."""
 
     kind: Literal["table"]
-    edges: list[float] = Field(min_length=2)
+    edges: list[Finite] = Field(min_length=2)
     values: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -276,14 +296,19 @@ Acceptance = Annotated[
 class PayloadProfile(Strict):
     """Sizes that turn a draft token into bytes on the wire (msgpack encoding by default)."""
 
-    vocab_size: int = Field(ge=2)
-    token_id_bytes: int = Field(5, ge=1)
-    probability_bytes: int = Field(9, ge=1, description="one probability (msgpack float64: 9)")
-    index_bytes: int = Field(5, ge=1, description="one vocabulary index in a sparse list")
-    message_header_bytes: int = Field(64, ge=0)
+    vocab_size: int = Field(ge=2, le=MAX_VOCAB)
+    token_id_bytes: int = Field(5, ge=1, le=MAX_ITEM_BYTES)
+    probability_bytes: int = Field(
+        9, ge=1, le=MAX_ITEM_BYTES, description="one probability (msgpack float64: 9)"
+    )
+    index_bytes: int = Field(
+        5, ge=1, le=MAX_ITEM_BYTES, description="one vocabulary index in a sparse list"
+    )
+    message_header_bytes: int = Field(64, ge=0, le=MAX_MESSAGE_BYTES)
     message_ack_bytes: int = Field(
         0,
         ge=0,
+        le=MAX_MESSAGE_BYTES,
         description="uplink bytes per message that go only after its answer arrives (the "
         "edge's TCP ACKs of the answer), beside message_header_bytes",
     )
@@ -326,7 +351,7 @@ class SplitProfile(Strict):
     edge_fraction: Annotated[float, Field(gt=0.0, lt=1.0)]
     edge_forward_s: Positive
     edge_prefill_per_token_s: NonNeg
-    hidden_state_bytes: int = Field(ge=1)
+    hidden_state_bytes: int = Field(ge=1, le=MAX_MESSAGE_BYTES)
 
 
 class Profile(Strict):
@@ -356,16 +381,10 @@ class LoadedProfile(BaseModel):
 
 
 def load_profile(path: str | Path) -> LoadedProfile:
-    """Read and validate a profile file; bad input raises ConfigError."""
+    """Read and validate a profile file (a regular file, bounded in size and nesting, finite
+    numbers of JSON's own types: no "20" or true for a number); bad input raises ConfigError."""
     path = Path(path)
-    try:
-        raw_bytes = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(path, "", f"cannot read profile ({exc.strerror})") from None
-    try:
-        data = json.loads(raw_bytes)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, "", f"not valid JSON ({exc})") from None
+    data, raw_bytes = load_json(path, "profile")
     if not isinstance(data, dict):
         raise ConfigError(path, "", "a profile must be a JSON object")
     version = data.get("schema_version")
@@ -374,7 +393,7 @@ def load_profile(path: str | Path) -> LoadedProfile:
             path, "schema_version", f"unsupported value {version!r} (allowed: {SCHEMA_VERSION})"
         )
     try:
-        profile = Profile.model_validate(data)
+        profile = Profile.model_validate(data, strict=True)
     except ValidationError as exc:
         raise from_validation_error(path, exc, Profile) from None
     return LoadedProfile(profile=profile, path=path, sha256=hashlib.sha256(raw_bytes).hexdigest())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +22,23 @@ from policies.params import PolicyParams
 from policies.registry import params_model, policy_names
 from simulator.acceptance import ReplayTraces
 from simulator.errors import ConfigError, from_validation_error, render_value
+from simulator.inputs import MAX_DEPTH, check_data, load_toml
 from simulator.link import TraceBandwidth
 from simulator.profile import (
+    MAX_LATENCY_S,
+    MAX_VOCAB,
     Acceptance,
     IIDAcceptance,
+    LatencySeconds,
     LoadedProfile,
+    Mbps,
+    NonNeg,
     ReplayAcceptance,
     load_profile,
 )
+
+MAX_SWEEP_POINTS = 10_000
+"""Most sweep points one run expands to (the grid is the product of the axes' lengths)."""
 
 
 class Strict(BaseModel):
@@ -48,12 +58,12 @@ class EdgeSection(Strict):
 class LinkSection(Strict):
     """Overrides of the profile's link; traces are `t_s, mbps` CSV files (step functions)."""
 
-    uplink_mbps: float | None = Field(None, gt=0.0, allow_inf_nan=False)
-    downlink_mbps: float | None = Field(None, gt=0.0, allow_inf_nan=False)
-    one_way_latency_s: float | None = Field(None, ge=0.0, allow_inf_nan=False)
-    uplink_overhead_s: float | None = Field(None, ge=0.0, allow_inf_nan=False)
-    downlink_overhead_s: float | None = Field(None, ge=0.0, allow_inf_nan=False)
-    burst_bytes: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    uplink_mbps: Mbps | None = None
+    downlink_mbps: Mbps | None = None
+    one_way_latency_s: LatencySeconds | None = None
+    uplink_overhead_s: LatencySeconds | None = None
+    downlink_overhead_s: LatencySeconds | None = None
+    burst_bytes: NonNeg | None = None
     uplink_trace: str | None = None
     downlink_trace: str | None = None
     trace_repeat: bool = Field(True, description="loop a trace past its end (else hold last)")
@@ -71,9 +81,12 @@ class PayloadSection(Strict):
     """What each draft token carries uplink, and what the cloud's answer carries down."""
 
     kind: Literal["token_id", "token_prob", "topk", "full"] = "full"
-    top_k: int = Field(8, ge=1, description="entries per token for kind = topk")
+    top_k: int = Field(8, ge=1, le=MAX_VOCAB, description="entries per token for kind = topk")
     downlink_top_k: int = Field(
-        0, ge=0, description="target top-K sent down per verified position (PicoSpec); 0: none"
+        0,
+        ge=0,
+        le=MAX_VOCAB,
+        description="target top-K sent down per verified position (PicoSpec); 0: none",
     )
 
 
@@ -82,10 +95,18 @@ class CloudSection(Strict):
 
     max_batch: int = Field(1, ge=1, le=4096, description="NAVs verified together (1: FCFS)")
     compute_factor: float = Field(
-        1.0, gt=0.0, allow_inf_nan=False, description="target speed relative to the profile"
+        1.0,
+        gt=0.0,
+        le=1e6,
+        allow_inf_nan=False,
+        description="target speed relative to the profile",
     )
     batch_window_s: float = Field(
-        0.0, ge=0.0, allow_inf_nan=False, description="wait this long to fill a batch"
+        0.0,
+        ge=0.0,
+        le=MAX_LATENCY_S,
+        allow_inf_nan=False,
+        description="wait this long to fill a batch",
     )
 
 
@@ -104,15 +125,15 @@ class EdgeGroup(Strict):
     profile: str | None = Field(None, description="this group's own profile (draft, power, link)")
     compute_factor: float | None = Field(None, gt=0.0, le=100.0, allow_inf_nan=False)
     compute_spread: float = Field(0.0, ge=0.0, lt=1.0)
-    uplink_mbps: float | None = Field(None, gt=0.0, allow_inf_nan=False)
-    downlink_mbps: float | None = Field(None, gt=0.0, allow_inf_nan=False)
-    one_way_latency_s: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    uplink_mbps: Mbps | None = None
+    downlink_mbps: Mbps | None = None
+    one_way_latency_s: LatencySeconds | None = None
     uplink_trace: str | None = None
     downlink_trace: str | None = None
     requests: int | None = Field(None, ge=1, le=1_000_000)
     arrival: Literal["closed", "poisson"] = "closed"
-    rate_per_s: float | None = Field(None, gt=0.0, allow_inf_nan=False)
-    start_spread_s: float = Field(0.0, ge=0.0, allow_inf_nan=False)
+    rate_per_s: float | None = Field(None, gt=0.0, le=1e6, allow_inf_nan=False)
+    start_spread_s: float = Field(0.0, ge=0.0, le=MAX_LATENCY_S, allow_inf_nan=False)
 
 
 class PolicyEntry(Strict):
@@ -177,12 +198,17 @@ class SweepPoint:
     scenario: Scenario
 
 
-def parse_value(text: str) -> Any:
-    """A command-line value as TOML would read it (number, bool, list, string), else the text."""
+def parse_value(text: str, flag: str = "--set", key: str = "") -> Any:
+    """A command-line value as TOML would read it (number, bool, list, string), else the text;
+    a value nested too deeply is a ConfigError naming `flag` and `key`."""
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    except RecursionError:
+        raise ConfigError(flag, key, f"value nested more than {MAX_DEPTH} levels deep") from None
+    check_data(value, flag, key)
+    return value
 
 
 def _policy_index(source: Path, policies: Any, key: str, dotted: str) -> int:
@@ -210,6 +236,8 @@ def set_path(raw: dict[str, Any], dotted: str, value: Any, source: Path) -> None
                 raise ConfigError(source, dotted, "name a policy parameter after the label")
             for sub in rest[:-1]:
                 node = node.setdefault(sub, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(source, dotted, f"{sub!r} is not a table")
             node[rest[-1]] = value
             return
         child = node.get(part) if isinstance(node, dict) else None
@@ -347,15 +375,9 @@ def _named_file(owner: Path, field: str, relative: str, what: str) -> Path:
 
 
 def read_scenario_file(path: str | Path) -> dict[str, Any]:
-    """Read a scenario TOML file into a raw dict; bad syntax raises ConfigError."""
-    path = Path(path)
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except OSError as exc:
-        raise ConfigError(path, "", f"cannot read scenario ({exc.strerror})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, "", f"not valid TOML ({exc})") from None
+    """Read a scenario TOML file into a raw dict (a regular file, bounded in size and nesting,
+    finite numbers only); bad input raises ConfigError."""
+    return load_toml(Path(path), "scenario")
 
 
 def parse_assignment(text: str, flag: str) -> tuple[str, str]:
@@ -390,7 +412,7 @@ def expand_sweep(
     origins: dict[str, tuple[Path, str]] = {}
     for text in overrides or []:
         key, value = parse_assignment(text, "--set")
-        set_path(raw, key, parse_value(value), Path("--set"))
+        set_path(raw, key, parse_value(value, "--set", key), Path("--set"))
         origins[key] = (Path("--set"), key)
     axes: dict[str, list[Any]] = {}
     for axis, values in axes_raw.items():
@@ -400,12 +422,16 @@ def expand_sweep(
         origins[axis] = (path, f"sweep.{axis}")
     for text in sweeps or []:
         key, value = parse_assignment(text, "--sweep")
-        axes[key] = [parse_value(v.strip()) for v in value.split(",") if v.strip()]
+        axes[key] = [parse_value(v.strip(), "--sweep", key) for v in value.split(",") if v.strip()]
         if not axes[key]:
             raise ConfigError(Path("--sweep"), key, "give at least one value")
         origins[key] = (Path("--sweep"), key)
-    points: list[SweepPoint] = []
     names = list(axes)
+    count = math.prod(len(axes[a]) for a in names)
+    if count > MAX_SWEEP_POINTS:
+        problem = f"{count} sweep points; at most {MAX_SWEEP_POINTS} in one run"
+        raise ConfigError(origins[names[0]][0], "sweep", problem)
+    points: list[SweepPoint] = []
     for index, combo in enumerate(itertools.product(*(axes[a] for a in names))):
         point_raw = copy.deepcopy(raw)
         for axis, value in zip(names, combo, strict=True):
@@ -414,10 +440,19 @@ def expand_sweep(
             scenario = validate_scenario(point_raw, path)
         except ConfigError as exc:
             keys = [k for k in origins if _covers(k, exc.field)]
+            # a flag that set a field's sibling (acceptance.kind -> acceptance.trace) is blamed
+            # before the file
+            keys = keys or [
+                k
+                for k, (source, _) in origins.items()
+                if source != path and "." in k and _covers(k.rpartition(".")[0], exc.field)
+            ]
             if exc.source != str(path) or not keys:
                 raise
             key = keys[0]
             source, field = origins[key]
+            if not _covers(key, exc.field):
+                raise ConfigError(source, key, f"{exc.field}: {exc.problem}") from None
             raise ConfigError(source, field + exc.field[len(key) :], exc.problem) from None
         axes_here = dict(zip(names, combo, strict=True))
         points.append(SweepPoint(index=index, axes=axes_here, scenario=scenario))

@@ -1,0 +1,96 @@
+"""Reading input files defensively: regular files only, bounded in size and nesting, finite.
+
+Scenario (TOML), profile and part (JSON) files and CSV traces pass through here before any
+schema sees them, so a FIFO or /dev/zero given as a file, a multi-gigabyte file, a document
+nested thousands of levels deep or a NaN hidden in a list is one ConfigError line naming the
+file and the field, never a hang, a memory blow-up or a RecursionError.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from simulator.errors import ConfigError
+
+MAX_INPUT_BYTES = 64 * 1024 * 1024
+"""Largest scenario, profile or part file read (the shipped ones are kilobytes)."""
+MAX_TRACE_BYTES = 256 * 1024 * 1024
+"""Largest CSV trace read (bandwidth or acceptance replay)."""
+MAX_DEPTH = 32
+"""Deepest nesting of tables and lists accepted (the schemas need fewer than 8 levels)."""
+
+
+def check_regular(path: Path, what: str, max_bytes: int = MAX_INPUT_BYTES) -> None:
+    """Refuse `path` unless it is a regular file of at most `max_bytes` (checked with `stat`
+    before opening, so a FIFO or device is refused instead of blocking or streaming)."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read {what} ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(path, "", f"cannot read {what}: not a regular file")
+    if info.st_size > max_bytes:
+        raise ConfigError(path, "", f"{what} larger than {max_bytes} bytes ({info.st_size})")
+
+
+def read_regular(path: Path, what: str, max_bytes: int = MAX_INPUT_BYTES) -> bytes:
+    """The bytes of `path`, which must be a regular file of at most `max_bytes`."""
+    check_regular(path, what, max_bytes)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read {what} ({exc.strerror})") from None
+    if len(data) > max_bytes:
+        raise ConfigError(path, "", f"{what} larger than {max_bytes} bytes")
+    return data
+
+
+def load_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file as plain data, checked by `check_data`."""
+    raw = read_regular(path, what)
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, "", f"not valid TOML ({exc})") from None
+    except RecursionError:
+        raise ConfigError(path, "", f"nested more than {MAX_DEPTH} levels deep") from None
+    check_data(data, path)
+    return data
+
+
+def load_json(path: Path, what: str) -> tuple[Any, bytes]:
+    """A JSON file as plain data (checked by `check_data`) and its bytes."""
+    raw = read_regular(path, what)
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, "", f"not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ConfigError(path, "", f"nested more than {MAX_DEPTH} levels deep") from None
+    check_data(data, path)
+    return data, raw
+
+
+def check_data(data: Any, source: str | Path, prefix: str = "") -> None:
+    """Refuse nesting deeper than MAX_DEPTH and non-finite numbers anywhere in `data`, naming
+    the dotted field; iterative, so no depth makes it recurse."""
+    stack: list[tuple[Any, str, int]] = [(data, prefix, 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(source, where, f"must be a finite number (got {value})")
+        if isinstance(value, dict | list | tuple):
+            if depth >= MAX_DEPTH:
+                raise ConfigError(source, where, f"nested more than {MAX_DEPTH} levels deep")
+            if isinstance(value, dict):
+                items = [(f"{where}.{k}" if where else str(k), v) for k, v in value.items()]
+            else:
+                items = [(f"{where}[{i}]", v) for i, v in enumerate(value)]
+            stack.extend((v, w, depth + 1) for w, v in reversed(items))
