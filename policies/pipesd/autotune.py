@@ -254,10 +254,9 @@ class SkoptThresholdTuner(_BudgetedTuner):
         super().__init__(r1_range, r2_range, n_calls, seed)
 
     def _begin(self, run_seed: int) -> None:
-        # scikit-optimize (and scikit-learn under it) is only needed by this reference backend
-        from skopt import Optimizer
-        from skopt.space import Space
-        from skopt.utils import cook_estimator
+        from skopt import Optimizer  # scikit-optimize: only this reference backend needs it
+        from skopt.space import Space  # scikit-optimize, as above
+        from skopt.utils import cook_estimator  # scikit-optimize, as above
 
         dimensions = [self.r1_range, self.r2_range]
         gp = cook_estimator(
