@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from calibrate.fit import FitReport
+from calibrate.noise import noise_notes
 from simulator.errors import ConfigError, from_validation_error
 from simulator.profile import SCHEMA_VERSION, LoadedProfile, Profile, dump_profile
 from simulator.results import write_atomic, write_json
@@ -85,6 +86,7 @@ def new_part(
     all_notes = dict(notes)
     for name, report in reports.items():
         all_notes[f"{kind}.fit.{name}"] = report.note()
+    all_notes.update(noise_notes(kind, samples))  # beside each fit: its measurement noise
     return Part(
         kind=kind,
         values=values,

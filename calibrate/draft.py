@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import dataclasses
 import io
 import math
 import time
@@ -54,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from calibrate.fit import FitReport, fit_draft_latency
+from calibrate.noise import REMEASURE_PASSES, TYPICAL, Repeated, TimingStats, unstable_warning
 from calibrate.samples import AcceptanceSample, DecodeSample, PrefillSample
 from models.registry import gguf_file_type
 from simulator.errors import ConfigError
@@ -75,43 +77,23 @@ PROMPT_SOURCE = "the Zen of Python (Python's `this` module), tokenised and repea
 
 
 @dataclass(frozen=True)
-class LengthStats:
-    """Summary of the repeated measurements at one length (seconds).
+class LengthStats(TimingStats):
+    """`calibrate.noise.TimingStats` of the repeated measurements at one length (seconds):
+    the summary (median: a draft's times vary legitimately on a shared edge device) and the
+    noise figures over the runs the outlier rule kept."""
 
-    `iqr_s` is the interquartile range (numpy's linear interpolation between samples);
-    `relative_spread` is iqr_s / median_s.
-    """
-
-    length: int
-    n: int
-    median_s: float
-    min_s: float
-    max_s: float
-    iqr_s: float
-
-    @property
-    def relative_spread(self) -> float:
-        return self.iqr_s / self.median_s if self.median_s > 0 else math.nan
+    length: int = 0
 
     @classmethod
-    def of(cls, length: int, seconds: Sequence[float]) -> LengthStats:
-        values = np.asarray(seconds, dtype=float)
-        q25, q50, q75 = np.percentile(values, [25, 50, 75])
-        return cls(
-            length=int(length),
-            n=int(values.size),
-            median_s=float(q50),
-            min_s=float(values.min()),
-            max_s=float(values.max()),
-            iqr_s=float(q75 - q25),
-        )
+    def at(cls, length: int, stats: TimingStats) -> LengthStats:
+        return cls(**dataclasses.asdict(stats), length=int(length))
 
     def line(self) -> str:
-        """One line: median, IQR (relative) and range, in milliseconds."""
+        """One line: median, IQR (relative), range and noise, in milliseconds."""
         return (
             f"{self.length:>6}: median {1e3 * self.median_s:.3f} ms, IQR {1e3 * self.iqr_s:.3f} ms "
             f"({100 * self.relative_spread:.1f}%), range {1e3 * self.min_s:.3f}-"
-            f"{1e3 * self.max_s:.3f} ms, n={self.n}"
+            f"{1e3 * self.max_s:.3f} ms, n={self.n} ({self.noise_text()})"
         )
 
 
@@ -146,6 +128,33 @@ class DraftMeasurements:
     prompt_source: str = PROMPT_SOURCE
     n_params: int = 0
     file_type: str = "gguf"
+    prefill_rejected: tuple[PrefillSample, ...] = ()
+    decode_rejected: tuple[tuple[DecodeSample, float], ...] = ()
+    noise: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
+
+    def sample_rows(self) -> dict[str, list[dict[str, Any]]]:
+        """What the draft part stores: the fitted samples, each decode step's confidence, the
+        runs the outlier rule rejected (`<name>_rejected`, decode steps with their confidence)
+        and the noise rows per prompt length and context (`noise_<name>`)."""
+        rows: dict[str, list[dict[str, Any]]] = {
+            "prefill": [s.to_row() for s in self.prefill],
+            "decode": [s.to_row() for s in self.decode],
+            "confidence": [{"confidence": c} for c in self.confidences],
+        }
+        if self.prefill_rejected:
+            rows["prefill_rejected"] = [s.to_row() for s in self.prefill_rejected]
+        if self.decode_rejected:
+            rows["decode_rejected"] = [
+                {**s.to_row(), "confidence": repr(c)} for s, c in self.decode_rejected
+            ]
+        for name, noise in self.noise.items():
+            rows[f"noise_{name}"] = noise
+        return rows
+
+    def warnings(self) -> list[str]:
+        """One line per part whose configurations stayed unstable (`calibrate.noise`)."""
+        lines = (unstable_warning(f"draft {name}", rows) for name, rows in self.noise.items())
+        return [line for line in lines if line]
 
     def acceptance_samples(self, accepted: Sequence[bool]) -> list[AcceptanceSample]:
         """The decoded tokens' confidences paired with a target's verdict on each token.
@@ -181,7 +190,7 @@ class DraftMeasurements:
                 f"{np.median(conf):.3f}, range {conf.min():.3f}-{conf.max():.3f}, "
                 f"n={conf.size}"
             )
-        return lines
+        return lines + self.warnings()
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,7 +324,8 @@ def profile_draft(
 
     steps = warmup + repetitions
     needed = max(max(prompts), max(contexts) + steps)
-    llama = _load(path, threads, needed + CTX_MARGIN)
+    remeasured = max(contexts) + steps + REMEASURE_PASSES * repetitions  # unstable contexts
+    llama = _load(path, threads, max(needed, remeasured) + CTX_MARGIN)
     try:
         n_ctx_train = int(llama._model.n_ctx_train())
         if n_ctx_train > 0 and needed > n_ctx_train:
@@ -331,32 +341,38 @@ def profile_draft(
             for _ in range(warmup):
                 _clear(llama)
                 _timed_eval(llama, tokens[:length])
-        by_prompt: dict[int, list[float]] = {length: [] for length in prompts}
-        prefill: list[PrefillSample] = []
-        for rep in range(repetitions):
-            for length in prompts:
+        prefill: Repeated[int, PrefillSample] = Repeated(prompts, TYPICAL)
+
+        def prefill_round(lengths: Sequence[int]) -> list[int]:
+            for length in lengths:
                 _clear(llama)
                 seconds = _timed_eval(llama, tokens[:length])
-                by_prompt[length].append(seconds)
-                prefill.append(PrefillSample(prompt_len=length, seconds=seconds))
+                prefill.add(length, seconds, PrefillSample(prompt_len=length, seconds=seconds))
+            return list(lengths)
+
+        for rep in range(repetitions):
+            prefill_round(prompts)
             say(f"prefill: round {rep + 1}/{repetitions} over {len(prompts)} prompt lengths")
-        prefill_stats = tuple(LengthStats.of(n, by_prompt[n]) for n in prompts)
 
-        decode, confidences, decode_stats = _time_decode(
-            llama, tokens, contexts, warmup, repetitions, burst, pause_s, say
-        )
+        def prefill_pass(lengths: list[int]) -> list[int]:
+            for _ in range(repetitions):
+                prefill_round(lengths)
+            return lengths
 
+        prefill.remeasure(prefill_pass, say, lambda length: f"prompt {length}")
+        decode = _time_decode(llama, tokens, contexts, warmup, repetitions, burst, pause_s, say)
+        kept_steps = decode.kept(grouped=True)
         return DraftMeasurements(
             model_path=path,
             threads=threads,
-            prefill=tuple(prefill),
-            decode=tuple(decode),
-            confidences=tuple(confidences),
+            prefill=tuple(prefill.kept()),
+            decode=tuple(sample for sample, _ in kept_steps),
+            confidences=tuple(confidence for _, confidence in kept_steps),
             llama_cpp_version=str(llama_cpp.__version__),
             n_vocab=n_vocab,
             n_ctx=int(llama.n_ctx()),
-            prefill_stats=prefill_stats,
-            decode_stats=tuple(decode_stats),
+            prefill_stats=tuple(LengthStats.at(n, prefill.stats(n)) for n in prompts),
+            decode_stats=tuple(LengthStats.at(c, decode.stats(c)) for c in contexts),
             repetitions=repetitions,
             warmup=warmup,
             burst=burst,
@@ -365,6 +381,12 @@ def profile_draft(
             n_params=int(llama._model.n_params()),
             file_type=gguf_file_type(llama),
             system_info=llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip(),
+            prefill_rejected=tuple(prefill.rejected()),
+            decode_rejected=tuple(decode.rejected(grouped=True)),
+            noise={
+                "prefill": prefill.noise_rows(lambda length: {"prompt_len": length}),
+                "decode": decode.noise_rows(lambda context: {"context": context}),
+            },
         )
     finally:
         llama.close()
@@ -379,12 +401,11 @@ def _time_decode(
     burst: int,
     pause_s: float,
     say: Callable[[str], None],
-) -> tuple[list[DecodeSample], list[float], list[LengthStats]]:
-    """Decode steps at every context, interleaved in visits (see the module docstring):
-    (samples and their confidences grouped by context, positions ascending; stats per context).
-    """
+) -> Repeated[int, tuple[DecodeSample, float]]:
+    """Decode steps at every context, interleaved in visits (see the module docstring), then
+    unstable contexts re-measured (`calibrate.noise`: more steps, continuing where they
+    stopped). Returns the kept steps, (sample, confidence), by requested context."""
     n_vocab = int(llama.n_vocab())
-    steps = warmup + repetitions
     visit = burst or VISIT_STEPS
     resume: dict[int, tuple[Any, int]] = {}
     for context in contexts:
@@ -392,32 +413,45 @@ def _time_decode(
         llama.eval(list(tokens[:context]))
         resume[context] = (llama.save_state(), _greedy(_last_logits(llama, n_vocab))[0])
     done = dict.fromkeys(contexts, 0)
-    samples: dict[int, list[tuple[DecodeSample, float]]] = {c: [] for c in contexts}
-    rounds = -(-steps // visit)
-    for rnd in range(rounds):
-        for context in contexts:
-            state, token = resume[context]
-            llama.load_state(state)
-            if burst:
-                time.sleep(pause_s)  # the edge waits for its verification
-            for _ in range(min(visit, steps - done[context])):
-                position = int(llama.n_tokens)
-                start = time.perf_counter()
-                llama.eval([token])
-                token, confidence = _greedy(_last_logits(llama, n_vocab))
-                seconds = time.perf_counter() - start
-                if done[context] >= warmup:
-                    samples[context].append((DecodeSample(position, seconds), confidence))
-                done[context] += 1
-            if rnd + 1 < rounds:
+    steps: Repeated[int, tuple[DecodeSample, float]] = Repeated(contexts, TYPICAL)
+
+    def visits(chosen: Sequence[int], more: int, what: str) -> list[int]:
+        """Visit the `chosen` contexts in turn until each has taken `more` steps more."""
+        total = {c: done[c] + more for c in chosen}
+        rounds = -(-more // visit)
+        for rnd in range(rounds):
+            for context in chosen:
+                state, token = resume[context]
+                llama.load_state(state)
+                if burst:
+                    time.sleep(pause_s)  # the edge waits for its verification
+                for _ in range(min(visit, total[context] - done[context])):
+                    position = int(llama.n_tokens)
+                    start = time.perf_counter()
+                    llama.eval([token])
+                    token, confidence = _greedy(_last_logits(llama, n_vocab))
+                    seconds = time.perf_counter() - start
+                    if done[context] >= warmup:
+                        sample = DecodeSample(position, seconds)
+                        steps.add(context, seconds, (sample, confidence))
+                    done[context] += 1
                 resume[context] = (llama.save_state(), token)
-        say(f"decode: round {rnd + 1}/{rounds} over {len(contexts)} context lengths")
-    decode = [sample for c in contexts for sample, _ in samples[c]]
-    confidences = [confidence for c in contexts for _, confidence in samples[c]]
-    stats = [LengthStats.of(c, [sample.seconds for sample, _ in samples[c]]) for c in contexts]
-    for item in stats:
-        say(f"decode: context {item.length}, median {1e3 * item.median_s:.3f} ms/token")
-    return decode, confidences, stats
+            say(f"decode{what}: round {rnd + 1}/{rounds} over {len(chosen)} context lengths")
+        return list(chosen)
+
+    visits(contexts, warmup + repetitions, "")
+    steps.remeasure(
+        lambda chosen: visits(chosen, repetitions, " (again)"),
+        say,
+        lambda context: f"context {context}",
+    )
+    for context in contexts:
+        stats = steps.stats(context)
+        say(
+            f"decode: context {context}, median {1e3 * stats.median_s:.3f} ms/token "
+            f"({stats.noise_text()})"
+        )
+    return steps
 
 
 def fit_measurements(m: DraftMeasurements) -> tuple[DraftLatency, dict[str, FitReport]]:

@@ -10,9 +10,15 @@ noise beside it, so that a noisy machine and a wrong model can be told apart.
 
 Latency and link models are affine with non-negative coefficients and intercept (a latency
 cannot shrink as work grows, nor start below zero): non-negative least squares on [1, x]
-columns (`scipy.optimize.nnls`). By default each sample's residual is divided by its measured
-value ("relative" weighting), so the fit minimises squared relative error: the quantity MAPE
-measures, and the right weighting for timing noise that scales with the time measured.
+columns (`scipy.optimize.nnls`). Where the profile schema needs the intercept > 0 (a draft's
+decode step, a target's forward pass: each has a fixed cost), it is bounded below by
+MIN_BASE_FRACTION (1%) of the fastest sample (where NNLS's intercept falls below the bound,
+the intercept is set to it and the slopes fitted again), so noisy samples that extrapolate to
+0 still give a valid model; its report says the bound held, and the held-out MAPE (folds
+fitted with the same bound) shows what it costs. By default each sample's residual is
+divided by its measured value ("relative" weighting), so the fit minimises squared relative
+error: the quantity MAPE measures, and the right weighting for timing noise that scales with
+the time measured.
 
 Every failure raises ValueError (TypeError for a sample of the wrong kind) with a one-line
 message saying what is wrong: too few samples (and how many are needed), a feature that never
@@ -22,6 +28,7 @@ profile schema forbids.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -257,6 +264,10 @@ class AffineModel:
       error; every y must be > 0) or "absolute" (ordinary least squares).
     - `nonnegative`: True (default) constrains intercept and coefficients to >= 0
       (`scipy.optimize.nnls`); False fits them unconstrained (`numpy.linalg.lstsq`).
+    - `min_intercept`: a lower bound on the intercept (default 0: none beyond `nonnegative`).
+      When the solution above has a smaller intercept, the best fit within the bound has the
+      intercept at the bound, and the slopes are fitted to y - bound (`intercept_at_bound_`
+      then says so).
 
     `fit` needs at least as many samples as parameters (features + 1), every feature must take
     at least two distinct values, and no feature may be an affine combination of the others;
@@ -270,6 +281,7 @@ class AffineModel:
         *,
         weighting: str = "relative",
         nonnegative: bool = True,
+        min_intercept: float = 0.0,
     ) -> None:
         if isinstance(feature_names, str) or not isinstance(feature_names, Sequence):
             raise ValueError(
@@ -291,11 +303,21 @@ class AffineModel:
             raise ValueError(
                 f"AffineModel: nonnegative must be True or False (got {nonnegative!r})"
             )
+        if (
+            isinstance(min_intercept, bool)
+            or not isinstance(min_intercept, int | float | np.floating)
+            or not 0.0 <= min_intercept < math.inf
+        ):
+            raise ValueError(
+                f"AffineModel: min_intercept must be a finite number >= 0 (got {min_intercept!r})"
+            )
         self.feature_names = names
         self.weighting = weighting
         self.nonnegative = bool(nonnegative)
+        self.min_intercept = float(min_intercept)
         self.intercept_: float | None = None
         self.coef_: np.ndarray | None = None
+        self.intercept_at_bound_ = False
 
     def __repr__(self) -> str:
         state = (
@@ -305,7 +327,7 @@ class AffineModel:
         )
         return (
             f"AffineModel(feature_names={self.feature_names!r}, weighting={self.weighting!r}, "
-            f"nonnegative={self.nonnegative!r}{state})"
+            f"nonnegative={self.nonnegative!r}, min_intercept={self.min_intercept!r}{state})"
         )
 
     @property
@@ -324,6 +346,7 @@ class AffineModel:
             "feature_names": self.feature_names,
             "weighting": self.weighting,
             "nonnegative": self.nonnegative,
+            "min_intercept": self.min_intercept,
         }
 
     def clone(self) -> AffineModel:
@@ -408,6 +431,18 @@ class AffineModel:
         else:
             solution = np.linalg.lstsq(design / scale, target, rcond=None)[0]
         params = solution / scale
+        self.intercept_at_bound_ = bool(params[0] < self.min_intercept)
+        if self.intercept_at_bound_:
+            # The best fit over the smaller set {intercept >= bound} then has the intercept
+            # at the bound (the objective is convex and its minimum lies outside the set), so
+            # the slopes are the best fit to y - bound.
+            rest = target - self.min_intercept * design[:, 0]
+            slopes = design[:, 1:] / scale[1:]
+            if self.nonnegative:
+                solution, _ = nnls(slopes, rest)
+            else:
+                solution = np.linalg.lstsq(slopes, rest, rcond=None)[0]
+            params = np.concatenate([[self.min_intercept], solution / scale[1:]])
         self.intercept_ = float(params[0])
         self.coef_ = params[1:].astype(float)
         return self
@@ -519,14 +554,21 @@ def _require_spread(what: str, values: np.ndarray, field: str, param: str) -> No
         )
 
 
+MIN_BASE_FRACTION = 0.01
+"""An intercept the schema needs > 0 is bounded below by this fraction of the fastest sample."""
+
+
 def _affine(
     what: str,
     intercept: str,
     features: Sequence[tuple[str, np.ndarray, np.ndarray, str]],
     y: np.ndarray,
+    positive: bool = False,
 ) -> tuple[AffineModel, FitReport]:
     """Fit `intercept` + one slope per feature, with the checks and messages of the profile
-    fitters. Each feature is (sample field, its values, the model column, slope parameter)."""
+    fitters. Each feature is (sample field, its values, the model column, slope parameter).
+    `positive`: the schema needs the intercept > 0, so it is bounded below by
+    MIN_BASE_FRACTION of the fastest sample (the report's method says when the bound held)."""
     params = [intercept, *(param for *_, param in features)]
     _require(what, y.size, len(params) + 1, ", ".join(params))
     for field, values, _, param in features:
@@ -535,12 +577,23 @@ def _affine(
     if bad.size:
         raise ValueError(f"{what}: seconds must be > 0 to fit (sample {int(bad[0])} has 0)")
     X = np.column_stack([column for _, _, column, _ in features])
-    model = AffineModel(tuple(field for field, *_ in features))
+    floor = MIN_BASE_FRACTION * float(np.min(y)) if positive else 0.0
+    model = AffineModel(tuple(field for field, *_ in features), min_intercept=floor)
     try:
         model.fit(X, y)
     except ValueError as exc:
         raise ValueError(f"{what}: {exc}") from None
-    return model, cross_validate(model, X, y)
+    report = cross_validate(model, X, y)
+    if model.intercept_at_bound_:
+        report = dataclasses.replace(
+            report,
+            method=(
+                f"{report.method}; {intercept} held at its lower bound, "
+                f"{100 * MIN_BASE_FRACTION:g}% of the fastest sample (the samples extrapolate "
+                f"to <= 0 at no work: noisy, or not affine)"
+            ),
+        )
+    return model, report
 
 
 def _feature(field: str, values: Sequence[float], param: str, offset: float = 0.0) -> tuple:
@@ -550,18 +603,7 @@ def _feature(field: str, values: Sequence[float], param: str, offset: float = 0.
 
 
 ZERO_RELATIVE = 1e-9
-"""A fitted base time below this fraction of the largest measured time counts as 0."""
-
-
-def _positive(what: str, name: str, value: float | None, y: np.ndarray, hint: str) -> float:
-    """`value`, or ValueError if it is 0 (to numerical precision) where the schema needs > 0."""
-    value = value or 0.0
-    if value <= ZERO_RELATIVE * float(np.max(y)):
-        raise ValueError(
-            f"{what}: the fit gives {name} = {value:.3g}, i.e. 0, but the profile schema needs "
-            f"> 0 ({hint})"
-        )
-    return value
+"""A fitted per-byte cost below this fraction of the largest measured time counts as 0."""
 
 
 def _fit_prefill(what: str, prefill: Sequence[PrefillSample]) -> tuple[float, float, FitReport]:
@@ -613,8 +655,8 @@ def fit_draft_latency(
 
     prefill(L) = prefill_base_s + prefill_per_token_s * L from the prefill samples;
     decode(ctx) = decode_base_s + decode_per_context_token_s * ctx from the decode samples.
-    Each part needs >= 3 samples with at least 2 distinct lengths; decode_base_s must come out
-    > 0 (the schema's rule).
+    Each part needs >= 3 samples with at least 2 distinct lengths; decode_base_s, which the
+    schema needs > 0, is bounded below by MIN_BASE_FRACTION of the fastest decode sample.
     """
     prefill_base, prefill_per_token, pre_report = _fit_prefill("fit_draft_latency", prefill)
     dec = _samples("fit_draft_latency: decode", decode, DecodeSample)
@@ -624,19 +666,13 @@ def fit_draft_latency(
         "decode_base_s",
         [_feature("context_len", [s.context_len for s in dec], "decode_per_context_token_s")],
         dec_y,
+        positive=True,
     )
     assert dec_model.coef_ is not None
     latency = DraftLatency(
         prefill_base_s=prefill_base,
         prefill_per_token_s=prefill_per_token,
-        decode_base_s=_positive(
-            "fit_draft_latency: decode",
-            "decode_base_s",
-            dec_model.intercept_,
-            dec_y,
-            "decode time extrapolates to <= 0 at context 0; measure shorter contexts or check "
-            "the samples",
-        ),
+        decode_base_s=dec_model.intercept_,
         decode_per_context_token_s=float(dec_model.coef_[0]),
     )
     return latency, {"prefill": pre_report, "decode": dec_report}
@@ -654,7 +690,8 @@ def fit_target_latency(
     + forward_per_position_context_s * new_positions * context_len / batch
     from the forward samples (positions and context summed over the batch). The forward part
     needs >= 5 samples in which positions, context and batch each take 2+ values and vary
-    independently; forward_base_s must come out > 0 (the schema's rule).
+    independently; forward_base_s, which the schema needs > 0, is bounded below by
+    MIN_BASE_FRACTION of the fastest forward sample.
     """
     prefill_base, prefill_per_token, prefill_squared, pre_report = _fit_target_prefill(
         "fit_target_latency", prefill
@@ -671,19 +708,14 @@ def fit_target_latency(
             _position_context(fwd),
         ],
         fwd_y,
+        positive=True,
     )
     assert fwd_model.coef_ is not None
     latency = TargetLatency(
         prefill_base_s=prefill_base,
         prefill_per_token_s=prefill_per_token,
         prefill_per_token_squared_s=prefill_squared,
-        forward_base_s=_positive(
-            "fit_target_latency: forward",
-            "forward_base_s",
-            fwd_model.intercept_,
-            fwd_y,
-            "forward time extrapolates to <= 0 for an empty pass; check the samples",
-        ),
+        forward_base_s=fwd_model.intercept_,
         forward_per_token_s=float(fwd_model.coef_[0]),
         forward_per_context_token_s=float(fwd_model.coef_[1]),
         forward_per_extra_sequence_s=float(fwd_model.coef_[2]),
@@ -809,6 +841,7 @@ def fit_acceptance(
 __all__ = [
     "DEFAULT_FOLDS",
     "MAPE_GOAL",
+    "MIN_BASE_FRACTION",
     "MIN_CONFIGS",
     "WEIGHTINGS",
     "AffineModel",

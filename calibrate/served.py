@@ -18,6 +18,11 @@ the server's own measurement of its own calls:
   session per context; the first `warmup` rounds are discarded, then `repetitions` rounds are
   kept (interleaved over contexts and token counts, so a drift of the machine spreads over all).
 
+Both are best-case service times (a server that does nothing else): each configuration's
+times go through `calibrate.noise` (outliers above median + 3 sigma rejected, summarised by
+the minimum, CV recorded; an unstable configuration's whole context, or prompt length, is
+re-measured at most twice, and what stays unstable is named in a warning line).
+
 Token ids are random (seeded): latency does not depend on them, and random drafts are almost
 never accepted, so each verification does what a rejected NAV does.
 
@@ -39,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from calibrate.noise import BEST_CASE, Repeated
 from calibrate.samples import ForwardSample, PrefillSample
 from calibrate.target import (
     EnergyMeter,
@@ -54,7 +60,8 @@ WINDOW_CONTEXT_SLACK = 64
 
 @dataclass(frozen=True)
 class ServedTimings:
-    """What `time_served` measured: samples, per-configuration runs, idle power."""
+    """What `time_served` measured: samples (kept and rejected by the outlier rule),
+    per-configuration runs, noise rows ("prefill", "forward"), idle power."""
 
     prefill: tuple[PrefillSample, ...]
     prefill_stats: dict[int, TimingStats]
@@ -64,6 +71,25 @@ class ServedTimings:
     idle_w: float | None
     idle_method: str | None
     idle_unavailable: str | None
+    prefill_rejected: tuple[PrefillSample, ...] = ()
+    forward_rejected: tuple[ForwardSample, ...] = ()
+    noise: dict[str, list[dict[str, Any]]] | None = None
+
+    def measurement_fields(self) -> dict[str, Any]:
+        """The TargetMeasurements fields these timings fill."""
+        return {
+            "prefill": self.prefill,
+            "forward": self.forward,
+            "prefill_stats": self.prefill_stats,
+            "runs": self.runs,
+            "energy_method": self.energy_method,
+            "idle_w": self.idle_w,
+            "idle_method": self.idle_method,
+            "idle_unavailable": self.idle_unavailable,
+            "prefill_rejected": self.prefill_rejected,
+            "forward_rejected": self.forward_rejected,
+            "noise": dict(self.noise or {}),
+        }
 
 
 def served_needs(
@@ -111,33 +137,49 @@ def time_served(
         target.drop(sid)
         return ms / 1e3
 
-    prefill, prefill_stats = time_prefills(prefill_once, prompts, warmup, repetitions, say)
+    prefill = time_prefills(prefill_once, prompts, warmup, repetitions, say)
 
     per_verify = meter is not None and energy_window_s is None
-    forward: list[ForwardSample] = []
-    kept: dict[tuple[int, int], list[float]] = {(n, c): [] for c in contexts for n in tokens}
-    energy: dict[tuple[int, int], list[tuple[float, float]]] = {key: [] for key in kept}
+    repeated: Repeated[tuple[int, int], ForwardSample] = Repeated(
+        ((n, c) for c in contexts for n in tokens), BEST_CASE
+    )
+    energy: dict[tuple[int, int], list[tuple[float, float]]] = {key: [] for key in repeated.keys}
+
+    def session(context: int, keep: bool) -> None:
+        """One fresh session at `context`: every token count verified in turn."""
+        sid, _ = target.open(ids(context + 1))
+        position = context
+        for n in tokens:
+            target.upload(sid, ids(n - 1), None)
+            read = per_verify and keep
+            before_j, before_t = (meter.read_j(), time.perf_counter()) if read else (0, 0)
+            result = target.verify(sid)
+            if read:
+                used_j = meter.read_j() - before_j
+                energy[(n, context)].append((used_j, time.perf_counter() - before_t))
+            if keep:
+                seconds = result.target_ms / 1e3
+                repeated.add((n, context), seconds, ForwardSample(n, position, 1, seconds))
+            position += 1 + result.accepted
+        target.drop(sid)
+
     for rnd in range(warmup + repetitions):
         keep = rnd >= warmup
         for context in contexts:
-            sid, _ = target.open(ids(context + 1))
-            position = context
-            for n in tokens:
-                target.upload(sid, ids(n - 1), None)
-                read = per_verify and keep
-                before_j, before_t = (meter.read_j(), time.perf_counter()) if read else (0, 0)
-                result = target.verify(sid)
-                if read:
-                    used_j = meter.read_j() - before_j
-                    energy[(n, context)].append((used_j, time.perf_counter() - before_t))
-                if keep:
-                    seconds = result.target_ms / 1e3
-                    kept[(n, context)].append(seconds)
-                    forward.append(ForwardSample(n, position, 1, seconds))
-                position += 1 + result.accepted
-            target.drop(sid)
+            session(context, keep)
         label = f"kept {rnd - warmup + 1}/{repetitions}" if keep else f"warm-up {rnd + 1}"
         say(f"verify: round {label} over {len(contexts)} contexts x {len(tokens)} counts")
+
+    def run_pass(keys: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        # a session verifies every token count in turn (each one's context follows from the
+        # previous ones), so a context is re-measured whole
+        again = sorted({context for _, context in keys})
+        for _ in range(repetitions):
+            for context in again:
+                session(context, True)
+        return [(n, c) for c in again for n in tokens]
+
+    repeated.remeasure(run_pass, say, lambda key: f"{key[0]} token(s) @ context {key[1]}")
 
     windows: dict[tuple[int, int], tuple[float | None, float | None, float, int]] = {}
     if meter is not None and energy_window_s is not None:
@@ -147,7 +189,7 @@ def time_served(
             say(f"energy: {n} token(s) at context {middle}")
 
     runs = []
-    for (n, context), seconds in kept.items():
+    for n, context in repeated.keys:
         used = energy[(n, context)]
         total_j, total_s = sum(j for j, _ in used), sum(s for _, s in used)
         if (n, context) in windows:
@@ -166,7 +208,7 @@ def time_served(
                 tokens=n,
                 batch=1,
                 context=context,
-                stats=TimingStats.of(seconds),
+                stats=repeated.stats((n, context)),
                 energy_j=energy_j,
                 mean_w=mean_w if energy_j is not None else None,
                 window_s=window_s if energy_j is not None else None,
@@ -186,14 +228,20 @@ def time_served(
             f"per token count at the middle context (device synchronised around each)"
         )
     return ServedTimings(
-        prefill=tuple(prefill),
-        prefill_stats=prefill_stats,
-        forward=tuple(forward),
+        prefill=prefill.kept,
+        prefill_stats=prefill.stats,
+        forward=tuple(repeated.kept()),
         runs=tuple(sorted(runs, key=lambda r: (r.context, r.tokens))),
         energy_method=energy_method,
         idle_w=idle_w,
         idle_method=idle_method,
         idle_unavailable=idle_reason,
+        prefill_rejected=prefill.rejected,
+        forward_rejected=tuple(repeated.rejected()),
+        noise={
+            "prefill": prefill.noise,
+            "forward": repeated.noise_rows(lambda key: {"tokens": key[0], "context": key[1]}),
+        },
     )
 
 

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from calibrate.fit import FitReport, fit_target_latency
+from calibrate.noise import BEST_CASE, Repeated, TimingStats, unstable_warning
 from calibrate.samples import ForwardSample, PrefillSample
 from realrun.cloud.energy import (
     EnergyMeter,
@@ -69,33 +70,6 @@ SEED = 1234
 
 
 @dataclass(frozen=True)
-class TimingStats:
-    """The kept times of one measured configuration (seconds): median, IQR, range."""
-
-    n: int
-    median_s: float
-    min_s: float
-    max_s: float
-    iqr_s: float
-
-    @classmethod
-    def of(cls, seconds: Sequence[float]) -> TimingStats:
-        values = np.asarray(seconds, dtype=float)
-        q25, q50, q75 = np.percentile(values, [25, 50, 75])
-        return cls(
-            n=int(values.size),
-            median_s=float(q50),
-            min_s=float(values.min()),
-            max_s=float(values.max()),
-            iqr_s=float(q75 - q25),
-        )
-
-    @property
-    def relative_spread(self) -> float:
-        return self.iqr_s / self.median_s if self.median_s > 0 else math.nan
-
-
-@dataclass(frozen=True)
 class VerificationRun:
     """One (tokens, batch, context) configuration: its timing and, with a meter, its energy.
 
@@ -118,10 +92,13 @@ class VerificationRun:
 class TargetMeasurements:
     """What `profile_target` measured, with what provenance needs.
 
-    `prefill` / `forward` hold every kept sample (warm-ups excluded), in measurement order;
-    `prefill_stats` maps each prompt length to its timing, `runs` has one entry per
-    verification configuration. `energy_method` says how energy was measured, or is None and
-    `energy_unavailable` says why; likewise `idle_w` / `idle_method` / `idle_unavailable`.
+    `prefill` / `forward` hold every sample the outlier rule kept (warm-ups excluded), in
+    measurement order, and `prefill_rejected` / `forward_rejected` the ones it rejected
+    (`calibrate.noise`); `prefill_stats` maps each prompt length to its timing, `runs` has one
+    entry per verification configuration, `noise` one row per configuration and part
+    ("prefill", "forward": its statistic, CV, rejected runs, passes). `energy_method` says how
+    energy was measured, or is None and `energy_unavailable` says why; likewise `idle_w` /
+    `idle_method` / `idle_unavailable`.
     """
 
     device: str
@@ -145,6 +122,9 @@ class TargetMeasurements:
     idle_unavailable: str | None = None
     min_window_s: float = 0.0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    prefill_rejected: tuple[PrefillSample, ...] = ()
+    forward_rejected: tuple[ForwardSample, ...] = ()
+    noise: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def has_energy(self) -> bool:
@@ -181,11 +161,27 @@ class TargetMeasurements:
         return values, notes
 
     def sample_rows(self) -> dict[str, list[dict[str, Any]]]:
-        """Every prefill and forward sample, as a part file keeps them."""
-        return {
+        """Every prefill and forward sample, as a part file keeps them: the fitted ones, the
+        rejected ones (`<name>_rejected`) and the noise rows per configuration
+        (`noise_<name>`)."""
+        rows: dict[str, list[dict[str, Any]]] = {
             "prefill": [s.to_row() for s in self.prefill],
             "forward": [s.to_row() for s in self.forward],
         }
+        for name, rejected in (
+            ("prefill", self.prefill_rejected),
+            ("forward", self.forward_rejected),
+        ):
+            if rejected:
+                rows[f"{name}_rejected"] = [s.to_row() for s in rejected]
+        for name, noise in self.noise.items():
+            rows[f"noise_{name}"] = noise
+        return rows
+
+    def warnings(self) -> list[str]:
+        """One line per part whose configurations stayed unstable (`calibrate.noise`)."""
+        lines = (unstable_warning(f"target {name}", rows) for name, rows in self.noise.items())
+        return [line for line in lines if line]
 
     def fit(self) -> tuple[TargetLatency, dict[str, FitReport]]:
         """The profile's target latency model and its fit reports ("prefill", "forward")."""
@@ -209,8 +205,8 @@ class TargetMeasurements:
         ]
         for length, s in self.prefill_stats.items():
             lines.append(
-                f"  {length:>6}: median {1e3 * s.median_s:.3f} ms "
-                f"(IQR {100 * s.relative_spread:.1f}%, n={s.n})"
+                f"  {length:>6}: {s.statistic} {1e3 * s.value_s:.3f} ms, median "
+                f"{1e3 * s.median_s:.3f} ms ({s.noise_text()}, n={s.n})"
             )
         lines.append("verification (tokens x batch @ context per sequence):")
         for r in self.runs:
@@ -221,11 +217,12 @@ class TargetMeasurements:
                 else ""
             )
             lines.append(
-                f"  {r.tokens:>3} x {r.batch:>2} @ {r.context:>5}: median "
-                f"{1e3 * r.stats.median_s:.3f} ms (IQR {100 * r.stats.relative_spread:.1f}%)"
-                + energy
+                f"  {r.tokens:>3} x {r.batch:>2} @ {r.context:>5}: {r.stats.statistic} "
+                f"{1e3 * r.stats.value_s:.3f} ms, median {1e3 * r.stats.median_s:.3f} ms "
+                f"({r.stats.noise_text()})" + energy
             )
         lines.extend(self.notes)
+        lines.extend(self.warnings())
         return lines
 
 
@@ -330,27 +327,54 @@ def _logits_kwargs(model: Any, keep: int) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class PrefillTimings:
+    """What `time_prefills` measured: kept and rejected samples, stats and noise per length."""
+
+    kept: tuple[PrefillSample, ...]
+    rejected: tuple[PrefillSample, ...]
+    stats: dict[int, TimingStats]
+    noise: list[dict[str, Any]]
+
+
 def time_prefills(
     prefill_once: Callable[[int], float],
     prompts: Sequence[int],
     warmup: int,
     repetitions: int,
     say: Callable[[str], None],
-) -> tuple[list[PrefillSample], dict[int, TimingStats]]:
+) -> PrefillTimings:
     """Prefill samples and per-length timing: `warmup` discarded runs per length, then
-    `repetitions` rounds over every length in turn (interleaved, so drift spreads evenly)."""
+    `repetitions` rounds over every length in turn (interleaved, so drift spreads evenly);
+    lengths whose times vary too much are re-measured (`calibrate.noise`: a prefill is a
+    best-case service time, summarised by its minimum, outliers rejected)."""
     for length in prompts:
         for _ in range(warmup):
             prefill_once(length)
-    by_prompt: dict[int, list[float]] = {length: [] for length in prompts}
-    prefill: list[PrefillSample] = []
-    for rep in range(repetitions):
-        for length in prompts:
+    repeated: Repeated[int, PrefillSample] = Repeated(prompts, BEST_CASE)
+
+    def run_round(lengths: Sequence[int]) -> list[int]:
+        for length in lengths:
             seconds = prefill_once(length)
-            by_prompt[length].append(seconds)
-            prefill.append(PrefillSample(prompt_len=length, seconds=seconds))
+            repeated.add(length, seconds, PrefillSample(prompt_len=length, seconds=seconds))
+        return list(lengths)
+
+    for rep in range(repetitions):
+        run_round(prompts)
         say(f"prefill: round {rep + 1}/{repetitions} over {len(prompts)} prompt lengths")
-    return prefill, {length: TimingStats.of(by_prompt[length]) for length in prompts}
+
+    def run_pass(lengths: list[int]) -> list[int]:
+        for _ in range(repetitions):
+            run_round(lengths)
+        return lengths
+
+    repeated.remeasure(run_pass, say, lambda length: f"prompt {length}")
+    return PrefillTimings(
+        kept=tuple(repeated.kept()),
+        rejected=tuple(repeated.rejected()),
+        stats={length: repeated.stats(length) for length in prompts},
+        noise=repeated.noise_rows(lambda length: {"prompt_len": length}),
+    )
 
 
 def profile_target(
@@ -447,10 +471,13 @@ def profile_target(
             sync()
             return time.perf_counter() - start
 
-        prefill, prefill_stats = time_prefills(prefill_once, prompts, warmup, repetitions, say)
+        prefill = time_prefills(prefill_once, prompts, warmup, repetitions, say)
 
         # Verification: n new positions per sequence on a cache of c tokens per sequence.
-        forward: list[ForwardSample] = []
+        repeated: Repeated[tuple[int, int, int], ForwardSample] = Repeated(
+            ((n, batch, context) for context in contexts for batch in batches for n in tokens),
+            BEST_CASE,
+        )
         runs: list[VerificationRun] = []
         total = len(contexts) * len(batches) * len(tokens)
         done = 0
@@ -484,21 +511,32 @@ def profile_target(
                 for n in tokens:
                     for _ in range(warmup):
                         verify(n)
-                kept: dict[int, list[float]] = {n: [] for n in tokens}
-                for _ in range(repetitions):
-                    for n in tokens:
+
+                def run_round(
+                    counts: Sequence[int], batch: int = batch, context: int = context, verify=verify
+                ) -> list[tuple[int, int, int]]:
+                    for n in counts:
                         seconds = verify(n)
-                        kept[n].append(seconds)
-                        forward.append(
-                            ForwardSample(
-                                new_positions=n * batch,
-                                context_len=context * batch,
-                                batch=batch,
-                                seconds=seconds,
-                            )
-                        )
+                        sample = ForwardSample(n * batch, context * batch, batch, seconds)
+                        repeated.add((n, batch, context), seconds, sample)
+                    return [(n, batch, context) for n in counts]
+
+                for _ in range(repetitions):
+                    run_round(tokens)
+
+                def run_pass(keys: list[tuple[int, int, int]], run_round=run_round) -> list:
+                    for _ in range(repetitions):
+                        run_round([n for n, _, _ in keys])
+                    return keys
+
+                repeated.remeasure(
+                    run_pass,
+                    say,
+                    lambda key: f"{key[0]} token(s) x batch {key[1]} @ context {key[2]}",
+                    among=[(n, batch, context) for n in tokens],
+                )
                 for n in tokens:
-                    stats = TimingStats.of(kept[n])
+                    stats = repeated.stats((n, batch, context))
                     energy = mean_w = window_s = count = None
                     if meter is not None:
                         energy, mean_w, window_s, count = _energy_window(
@@ -515,7 +553,8 @@ def profile_target(
                     done += 1
                     say(
                         f"verify {done}/{total}: {n} token(s) x batch {batch} @ context "
-                        f"{context}: median {1e3 * stats.median_s:.3f} ms"
+                        f"{context}: {stats.statistic} {1e3 * stats.value_s:.3f} ms "
+                        f"({stats.noise_text()})"
                         + (f", {energy:.4f} J" if energy is not None else "")
                     )
                 del cache, drafts
@@ -532,9 +571,9 @@ def profile_target(
         dtype=dtype,
         model_name=model_name or getattr(config, "name_or_path", "") or type(model).__name__,
         shape=_shape_of(config),
-        prefill=tuple(prefill),
-        forward=tuple(forward),
-        prefill_stats=prefill_stats,
+        prefill=prefill.kept,
+        forward=tuple(repeated.kept()),
+        prefill_stats=prefill.stats,
         runs=tuple(runs),
         torch_version=str(torch.__version__),
         transformers_version=str(transformers.__version__),
@@ -548,6 +587,14 @@ def profile_target(
         idle_unavailable=idle_reason,
         min_window_s=float(min_window_s),
         notes=tuple(notes),
+        prefill_rejected=prefill.rejected,
+        forward_rejected=tuple(repeated.rejected()),
+        noise={
+            "prefill": prefill.noise,
+            "forward": repeated.noise_rows(
+                lambda key: {"tokens": key[0], "batch": key[1], "context": key[2]}
+            ),
+        },
     )
 
 
@@ -587,6 +634,7 @@ def fit_measurements(m: TargetMeasurements) -> tuple[TargetLatency, dict[str, Fi
 __all__ = [
     "AUTO",
     "DEFAULT_PROMPT_LENGTHS",
+    "PrefillTimings",
     "TargetMeasurements",
     "TimingStats",
     "VerificationRun",

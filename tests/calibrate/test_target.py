@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from noise_checks import assert_runs_accounted
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -75,8 +76,16 @@ def measured(tiny: object) -> TargetMeasurements:
 
 
 def test_tiny_profile_has_every_configuration(measured: TargetMeasurements) -> None:
-    assert len(measured.prefill) == len(PROMPTS) * REPETITIONS
-    assert len(measured.forward) == len(TOKENS) * len(BATCHES) * len(CONTEXTS) * REPETITIONS
+    noise = measured.noise
+    assert len(noise["prefill"]) == len(PROMPTS)
+    assert len(noise["forward"]) == len(TOKENS) * len(BATCHES) * len(CONTEXTS)
+    assert_runs_accounted(
+        measured.prefill, measured.prefill_rejected, noise["prefill"], REPETITIONS
+    )
+    assert_runs_accounted(
+        measured.forward, measured.forward_rejected, noise["forward"], REPETITIONS
+    )
+    assert all(row["statistic"] == "min" for row in (*noise["prefill"], *noise["forward"]))
     assert all(isinstance(s, PrefillSample) and s.seconds > 0 for s in measured.prefill)
     assert all(isinstance(s, ForwardSample) and s.seconds > 0 for s in measured.forward)
     assert len(measured.runs) == len(TOKENS) * len(BATCHES) * len(CONTEXTS)

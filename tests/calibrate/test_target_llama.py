@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from model_marks import needs_smollm2, smollm2_path
+from noise_checks import assert_runs_accounted
 
 from calibrate.samples import ForwardSample, PrefillSample
 from calibrate.target_llama import fit_single_sequence
@@ -58,8 +59,17 @@ def test_profiler_measures_every_configuration_with_energy(tiny_gguf: Path) -> N
         tiny_gguf, 1, TOKENS, CONTEXTS, PROMPTS, REPETITIONS, 1,
         energy_meter=FakeMeter(0.5), idle_window_s=0.01,
     )  # fmt: skip
-    assert [s.prompt_len for s in measured.prefill] == list(PROMPTS) * REPETITIONS
-    assert len(measured.forward) == len(TOKENS) * len(CONTEXTS) * REPETITIONS
+    noise = measured.noise
+    assert [row["prompt_len"] for row in noise["prefill"]] == list(PROMPTS)
+    assert [(row["tokens"], row["context"]) for row in noise["forward"]] == [
+        (n, c) for c in CONTEXTS for n in TOKENS
+    ]
+    assert_runs_accounted(
+        measured.prefill, measured.prefill_rejected, noise["prefill"], REPETITIONS
+    )
+    assert_runs_accounted(
+        measured.forward, measured.forward_rejected, noise["forward"], REPETITIONS
+    )
     assert all(s.batch == 1 and s.seconds > 0 for s in measured.forward)
     assert {s.new_positions for s in measured.forward} == set(TOKENS)
     # each verification commits at least the pending token: contexts c, c + 1, ... per session
@@ -69,7 +79,9 @@ def test_profiler_measures_every_configuration_with_energy(tiny_gguf: Path) -> N
     assert {(r.tokens, r.context) for r in measured.runs} == {
         (n, c) for n in TOKENS for c in CONTEXTS
     }
-    assert all(r.window_count == REPETITIONS and r.energy_j == 0.5 for r in measured.runs)
+    # the meter is read around every run (kept or not)
+    assert all(r.window_count == r.stats.n + r.stats.n_rejected for r in measured.runs)
+    assert all(r.energy_j == 0.5 for r in measured.runs)
     assert measured.mean_active_w() is not None and measured.idle_w is not None
     assert measured.shape["layers"] == 2 and measured.shape["vocab"] == 49152
     latency, reports = measured.fit()
@@ -105,7 +117,14 @@ def test_cli_part_loads_into_a_profile(tiny_gguf: Path, tmp_path: Path) -> None:
     data = json.loads(part.read_text())
     assert data["kind"] == "target"
     assert data["reports"]["forward"]["mape_holdout"] >= 0
-    assert len(data["samples"]["forward"]) == len(TOKENS) * len(CONTEXTS) * REPETITIONS
+    samples = data["samples"]
+    assert_runs_accounted(
+        samples["forward"],
+        samples.get("forward_rejected", []),
+        samples["noise_forward"],
+        REPETITIONS,
+    )
+    assert "target.noise.forward" in data["notes"]
     assert "LlamaTarget" in data["notes"]["target_latency"]
     assert data["notes"]["power.gpu_active_w"].startswith("not measured") or (
         "power.gpu_active_w" in data["values"]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from noise_checks import assert_runs_accounted
 
 from calibrate.served import WINDOW_CONTEXT_SLACK, served_needs, time_served
 from pipesd.cli import main
@@ -146,7 +147,9 @@ def test_torch_served_profiler_times_the_servers_torch_target():
     assert measured.mode == "static" and measured.compile_mode is None
     assert measured.n_ctx == 256 and measured.max_verify == 64 and measured.n_params > 0
     assert measured.device == "cpu" and measured.dtype == "float32"
-    assert len(measured.forward) == 3 * 2 * 2 and all(s.batch == 1 for s in measured.forward)
+    noise = measured.noise["forward"]
+    assert len(noise) == 3 * 2 and all(s.batch == 1 for s in measured.forward)
+    assert_runs_accounted(measured.forward, measured.forward_rejected, noise, 2)
     assert all(r.energy_j is not None for r in measured.runs)  # RAPL-like: every verification
     latency, reports = measured.fit()
     assert latency.forward_per_extra_sequence_s == 0 and latency.forward_s(4, 32) > 0
@@ -173,7 +176,12 @@ def test_cli_torch_served_part_loads_into_a_profile(tmp_path: Path) -> None:
     assert main(argv) == 0
     data = json.loads(part.read_text())
     assert data["kind"] == "target"
-    assert len(data["samples"]["forward"]) == 3 * 2 * 2
+    samples = data["samples"]
+    assert len(samples["noise_forward"]) == 3 * 2  # repetitions 2, more where unstable
+    assert_runs_accounted(
+        samples["forward"], samples.get("forward_rejected", []), samples["noise_forward"], 2
+    )
+    assert data["notes"]["target.noise.forward"].startswith("measurement noise: CV")
     assert "TorchTarget mode static" in data["notes"]["target_latency"]
     assert data["versions"]["torch"] and data["values"]["models.target"]["name"] == "tiny"
     out = tmp_path / "profile.json"
