@@ -190,7 +190,7 @@ class DraftMeasurements:
                 f"{np.median(conf):.3f}, range {conf.min():.3f}-{conf.max():.3f}, "
                 f"n={conf.size}"
             )
-        return lines + self.warnings()
+        return lines
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,7 +362,7 @@ def profile_draft(
         prefill.remeasure(prefill_pass, say, lambda length: f"prompt {length}")
         decode = _time_decode(llama, tokens, contexts, warmup, repetitions, burst, pause_s, say)
         kept_steps = decode.kept(grouped=True)
-        return DraftMeasurements(
+        measured = DraftMeasurements(
             model_path=path,
             threads=threads,
             prefill=tuple(prefill.kept()),
@@ -388,6 +388,9 @@ def profile_draft(
                 "decode": decode.noise_rows(lambda context: {"context": context}),
             },
         )
+        for line in measured.warnings():
+            say(line)
+        return measured
     finally:
         llama.close()
 

@@ -222,7 +222,6 @@ class TargetMeasurements:
                 f"({r.stats.noise_text()})" + energy
             )
         lines.extend(self.notes)
-        lines.extend(self.warnings())
         return lines
 
 
@@ -565,7 +564,7 @@ def profile_target(
             f"{meter.name()}: difference over a window of >= {min_window_s:g} s of repeated, "
             f"synchronised verifications per configuration, / their count"
         )
-    return TargetMeasurements(
+    measured = TargetMeasurements(
         device=str(device),
         device_name=_device_name(device),
         dtype=dtype,
@@ -596,6 +595,9 @@ def profile_target(
             ),
         },
     )
+    for line in measured.warnings():
+        say(line)
+    return measured
 
 
 MAX_WINDOW_FACTOR = 10.0
