@@ -28,7 +28,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
 import numpy as np
 
 from calibrate.fit import FitReport, fit_link
@@ -62,7 +61,8 @@ def probe_link(
 ) -> LinkMeasurements:
     """Time padded probes of each size and empty round trips against a running server
     (through `transport`, an httpx transport such as the software link shaper, if given)."""
-    import httpx
+    import httpx  # optional (extra 'realrun'): the testbed's HTTP client
+    import msgpack  # optional (extra 'realrun'): the testbed's wire format
 
     headers = {"Content-Type": CONTENT_TYPE}
     if token:
@@ -120,7 +120,7 @@ def nav_overhead(
     """Time `repetitions` NAVs (verify carrying n tokens, numbered as the edge numbers them)
     per n in `token_counts` on a fresh session of a running server; see the module docstring.
     `latency_s`: the one-way latency to subtract twice; `transport` as in `probe_link`."""
-    from realrun.edge.client import CloudClient
+    from realrun.edge.client import CloudClient  # loads httpx (optional) when imported
 
     rows: list[tuple[int, float]] = []
     with CloudClient(url, token, transport=transport) as cloud:

@@ -21,10 +21,8 @@ Steps (each deterministic under the seed; torch on the CPU, single process):
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import math
-import platform
 import random
 import time
 from collections.abc import Callable
@@ -35,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from models.distill_data import Labels, label_prompts, stdlib_prompts, stdlib_root
+from simulator.provenance import package_versions
 
 QUANTS = ("f32", "f16", "q8_0")
 """Types the student's block matrices are exported in (norms stay F32; `export_gguf`)."""
@@ -90,13 +89,6 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def build_labels(
     target: Path, config: DistillConfig, path: Path, say: Callable[[str], None]
 ) -> tuple[Labels, dict[str, Any]]:
@@ -112,7 +104,7 @@ def build_labels(
         },
         "max_new_tokens": config.max_new_tokens,
         "top_k": config.top_k,
-        "llama_cpp_python": _version("llama-cpp-python"),
+        "llama_cpp_python": package_versions(["llama-cpp-python"])["llama-cpp-python"],
     }
     if path.is_file():
         labels, stored = Labels.load(path)
@@ -168,7 +160,7 @@ class _Batches:
 def collate(labels: Labels, chosen: list[int], start: int) -> tuple[Any, ...]:
     """Inputs [B, T] (padded with 0), a mask of the rows trained on (positions >= start, not
     padding), and for those rows the top-k ids and logits, in mask order."""
-    import torch
+    import torch  # optional (extra 'models'): loaded only when used
 
     width = max(len(labels.tokens[i]) - 1 for i in chosen)
     inputs = torch.zeros((len(chosen), width), dtype=torch.long)
@@ -197,7 +189,7 @@ def losses(
     over those tokens only (a sampled softmax: the head's cost falls from the vocabulary to
     the candidates); without, over the whole vocabulary.
     """
-    import torch
+    import torch  # optional (extra 'models'): loaded only when used
 
     inputs, mask, ids, logits = batch
     hidden = student.hidden(inputs)[mask]
@@ -215,7 +207,7 @@ def losses(
 
 def sample_candidates(ids: Any, negatives: int, n_vocab: int, generator: Any) -> Any:
     """Sorted unique token ids: every id in `ids` plus `negatives` drawn uniformly."""
-    import torch
+    import torch  # optional (extra 'models'): loaded only when used
 
     drawn = torch.randint(0, n_vocab, (negatives,), generator=generator)
     return torch.unique(torch.cat((ids.flatten(), drawn)))
@@ -223,7 +215,7 @@ def sample_candidates(ids: Any, negatives: int, n_vocab: int, generator: Any) ->
 
 def evaluate(student: Any, labels: Labels, indices: list[int], start: int) -> dict[str, float]:
     """Held-out hard loss and top-1 agreement with the target, one sequence at a time."""
-    import torch
+    import torch  # optional (extra 'models'): loaded only when used
 
     rows = hard_sum = agree_sum = 0.0
     with torch.no_grad():
@@ -252,8 +244,9 @@ def distill(
 ) -> dict[str, Any]:
     """Run the whole distillation (module docstring); returns the recipe (also written to
     `OUT.recipe.json`). ValueError for a bad configuration or target."""
-    import torch
+    import torch  # optional (extra 'models'): loaded only when used
 
+    # loads torch (optional) when imported
     from models.distill_model import Student, block_count, export_gguf, read_llama
 
     say = progress or (lambda _line: None)
@@ -371,13 +364,7 @@ def distill(
         },
         "heldout": {"before": before, "after": after},
         "wall_seconds": round(time.perf_counter() - began, 1),
-        "versions": {
-            "python": platform.python_version(),
-            "torch": _version("torch"),
-            "numpy": _version("numpy"),
-            "gguf": _version("gguf"),
-            "llama-cpp-python": _version("llama-cpp-python"),
-        },
+        "versions": package_versions(["torch", "numpy", "gguf", "llama-cpp-python"]),
     }
     recipe_path = out.with_suffix(".recipe.json")
     recipe_path.write_text(json.dumps(recipe, indent=2) + "\n")

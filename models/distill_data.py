@@ -27,6 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from models.llama_load import CTX_ROUND, FLASH_ATTENTION, eos_tokens
+from models.prompts import DEFAULT_PROMPTS, format_prompt
+
 SKIPPED_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test"})
 """Standard-library folders not used (installed packages, test suites)."""
 
@@ -107,8 +110,6 @@ def stdlib_prompts(n: int, seed: int, root: Path | None = None) -> list[str]:
     template in turn (documentation, name, topic), a docstring and, for topics, one of its
     words. The acceptance evaluation prompts are never produced (checked).
     """
-    from models.prompts import DEFAULT_PROMPTS
-
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"the number of prompts must be a positive integer (got {n!r})")
     root = Path(root) if root is not None else stdlib_root()
@@ -198,12 +199,10 @@ def _top_k(row: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Target:
-    """The target in llama.cpp with all-logit batches (as realrun.cloud.llama_target.LlamaTarget)."""
+    """The target in llama.cpp with all-logit batches (as realrun's LlamaTarget evaluates)."""
 
     def __init__(self, path: Path, threads: int, n_ctx: int) -> None:
-        import llama_cpp
-
-        from calibrate.acceptance import FLASH_ATTENTION
+        import llama_cpp  # optional (extra 'models'): llama.cpp only when a model runs
 
         self.llama: Any = llama_cpp.Llama(
             model_path=str(path),
@@ -248,13 +247,10 @@ def label_prompts(
     Each continuation stops after `max_new_tokens` tokens or at an end-of-generation token
     (kept). Needs llama-cpp-python.
     """
-    from calibrate.acceptance import CTX_ROUND, _eos_tokens
-    from models.prompts import format_prompt
-
     say = progress or (lambda _line: None)
     target = _Target(target_path, threads, CTX_ROUND)
     tokenised = [format_prompt(target.llama, p) for p in prompts]
-    eos = _eos_tokens(target.llama)
+    eos = eos_tokens(target.llama)
     target.llama.close()
     need = max(len(t) for t in tokenised) + max_new_tokens + 1
     target = _Target(target_path, threads, -(-need // CTX_ROUND) * CTX_ROUND)

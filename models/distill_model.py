@@ -66,7 +66,7 @@ class TargetWeights:
 
 def block_count(path: Path) -> int:
     """A llama GGUF's `llama.block_count` (ValueError if the file is not a llama GGUF)."""
-    import gguf
+    import gguf  # optional (extra 'models'): GGUF files only when written or read
 
     reader = gguf.GGUFReader(path)
     arch = field_value(reader, gguf.Keys.General.ARCHITECTURE)
@@ -78,7 +78,7 @@ def block_count(path: Path) -> int:
 def read_llama(path: Path, blocks: list[int] | None = None) -> TargetWeights:
     """Dequantise a llama-architecture GGUF with a tied head (ValueError otherwise): its
     embeddings, final norm and `blocks` (default all)."""
-    import gguf
+    import gguf  # optional (extra 'models'): GGUF files only when written or read
 
     reader = gguf.GGUFReader(path)
     arch = field_value(reader, gguf.Keys.General.ARCHITECTURE)
@@ -198,7 +198,7 @@ class Student(nn.Module):
 def export_gguf(student: Student, target_path: Path, out: Path, quant: str = "q8_0") -> Path:
     """Write `student` as a llama GGUF: the target's metadata (block_count changed), tokenizer
     and token_embd (byte for byte); blocks' matrices in `quant`, norms F32. Returns `out`."""
-    import gguf
+    import gguf  # optional (extra 'models'): GGUF files only when written or read
 
     if quant not in QUANTS:
         raise ValueError(f"quant must be one of {', '.join(QUANTS)} (got {quant!r})")

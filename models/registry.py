@@ -126,7 +126,7 @@ def resolve_model(arg: str) -> Path:
 def gguf_file_type(llama: Any) -> str:
     """A loaded llama.cpp model's quantisation, e.g. "Q4_K_M" (from `general.file_type`; else
     the last word of llama.cpp's description; else "gguf")."""
-    import llama_cpp
+    import llama_cpp  # optional (extra 'models'): llama.cpp only when a model runs
 
     value = llama.metadata.get("general.file_type")
     if value is not None and str(value).isdigit():

@@ -250,7 +250,7 @@ def synthetic_vocabulary(size: int) -> tuple[list[str], list[float], list[int]]:
     `<0x00>`..`<0xFF>` (BYTE: llama.cpp falls back to them for any text no piece covers); the
     rest filler pieces (NORMAL) with decreasing scores. Not a real model's tokenizer.
     """
-    import gguf
+    import gguf  # optional (extra 'models'): GGUF files only when written or read
 
     if size < MIN_VOCAB:
         raise ConfigError(
@@ -269,7 +269,7 @@ def synthetic_vocabulary(size: int) -> tuple[list[str], list[float], list[int]]:
 
 def _add_metadata(writer: Any, shape: ModelShape, name: str, seed: int) -> None:
     """Architecture hyperparameters, tokenizer and the random-weight notes."""
-    import gguf
+    import gguf  # optional (extra 'models'): GGUF files only when written or read
 
     writer.add_name(f"random-weight {name} shape ({NOTE})")
     writer.add_description(
@@ -320,7 +320,7 @@ def write_f16_gguf(
     progress: Callable[[str], None] | None = None,
 ) -> None:
     """Stream the shape's F16 GGUF (norms F32) to `path`, one tensor in memory at a time."""
-    import gguf
+    import gguf  # optional (extra 'models'): GGUF files only when written or read
 
     plan = tensor_plan(shape)
     arch = "qwen3" if shape.family == "qwen3" else "llama"
@@ -345,6 +345,7 @@ def write_f16_gguf(
 @contextlib.contextmanager
 def _quiet_llama() -> Iterator[None]:
     """llama.cpp's log lines off (errors kept) while the quantiser runs."""
+    # optional (extra 'models'): llama.cpp only when a model runs
     from llama_cpp._logger import logger
 
     level = logger.level
@@ -357,7 +358,7 @@ def _quiet_llama() -> Iterator[None]:
 
 def quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> None:
     """llama.cpp's quantiser: `src` (F16 GGUF) to `dst` in `quant`; RuntimeError if it fails."""
-    import llama_cpp
+    import llama_cpp  # optional (extra 'models'): llama.cpp only when a model runs
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANTS[quant])

@@ -299,10 +299,12 @@ def build_config(name: str) -> Any:
     """
     shape = get_shape(name)
     if shape.family == "qwen3" and has_qwen3():
+        # optional (extra 'models'): loaded only when used
         from transformers import Qwen3Config as config_class
 
         note = "Qwen3ForCausalLM (transformers' Qwen3 architecture)"
     else:
+        # optional (extra 'models'): loaded only when used
         from transformers import LlamaConfig as config_class
 
         note = "LlamaForCausalLM"
@@ -323,7 +325,7 @@ MEMORY_HEADROOM = 0.9
 
 def _available_bytes(device: Any) -> int | None:
     """Free memory on `device` (GPU memory for cuda, MemAvailable for the CPU), or None."""
-    import torch
+    import torch  # optional (extra 'models'): loaded only when used
 
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
@@ -347,7 +349,7 @@ def build_random_model(name: str, dtype: Any = None, device: Any = "cpu", seed: 
     weights would not fit in the free memory of the device. Random weights: latency is the
     architecture's, acceptance meaningless.
     """
-    import torch
+    import torch  # optional (extra 'models'): loaded only when used
 
     shape = get_shape(name)
     dtype = torch.bfloat16 if dtype is None else dtype
@@ -373,8 +375,10 @@ def build_random_model(name: str, dtype: Any = None, device: Any = "cpu", seed: 
 
     config = build_config(name)
     if config.model_type == "qwen3":
+        # optional (extra 'models'): loaded only when used
         from transformers import Qwen3ForCausalLM as model_class
     else:
+        # optional (extra 'models'): loaded only when used
         from transformers import LlamaForCausalLM as model_class
 
     forked = [device.index] if device.type == "cuda" else []

@@ -36,7 +36,7 @@ def field_value(reader: Any, name: str) -> Any:
 def metadata_writer(reader: Any, out: Path, arch: str, overrides: dict[str, Any]) -> Any:
     """A GGUFWriter for `out` holding `reader`'s metadata (alignment included) with the keys
     of `overrides` given new values; tensors are the caller's. The caller closes it."""
-    import gguf
+    import gguf  # optional (extra 'models'): GGUF files only when written or read
 
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(out, arch=arch, endianess=reader.endianess)
@@ -66,7 +66,7 @@ def truncate_gguf(source: Path, out: Path, keep_layers: int) -> Path:
     overwritten; its parent folder is created. Returns `out`. Needs the `gguf` package.
     See the module docstring: the result is a weak draft, for exercising the recorder.
     """
-    import gguf
+    import gguf  # optional (extra 'models'): GGUF files only when written or read
 
     source, out = Path(source), Path(out)
     if isinstance(keep_layers, bool) or not isinstance(keep_layers, int) or keep_layers < 1:

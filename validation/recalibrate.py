@@ -12,13 +12,13 @@ as in the given profile.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from calibrate.assemble import save_part, write_profile
+from calibrate.assemble import Part, save_part, write_profile
+from calibrate.measure import measure_draft, measure_target
+from calibrate.options import DraftOptions, TargetOptions
 from simulator.errors import ConfigError
 from simulator.profile import Profile, load_profile
 
@@ -48,14 +48,12 @@ def measure_parts(
     command: str,
     target_backend: str = "llama",
     target_device: str = "cpu",
-) -> tuple[Any, Any]:
+) -> tuple[Part, Part]:
     """(draft part, target part), measured now (about a minute for the CPU testbed's pair).
 
     The target as the run's server holds it: `target_backend` "llama" (CPU only: a llama.cpp
     target on a GPU is refused, its calibration runs on the CPU) or "torch" (TorchTarget on
     `target_device`)."""
-    from calibrate.cli import measure_draft
-
     if target_backend == "llama" and target_device != "cpu":
         raise ConfigError(
             "--recalibrate",
@@ -63,37 +61,36 @@ def measure_parts(
             f"re-measures a llama.cpp target on the CPU only (the run's is on {target_device}); "
             "use --target-backend torch, or calibrate the profile by hand",
         )
-    if target_backend == "torch":
-        from calibrate.target_served_torch import measure_part
-    else:
-        from calibrate.target_llama import measure_part
-
-    draft_args = argparse.Namespace(
-        model=str(draft),
+    draft_options = DraftOptions(
+        model=draft,
         threads=draft_threads,
-        prompt_lengths=PROMPT_LENGTHS,
-        context_lengths=DRAFT_CONTEXTS,
+        prompt_lengths=tuple(PROMPT_LENGTHS),
+        context_lengths=tuple(DRAFT_CONTEXTS),
         repetitions=DRAFT_REPETITIONS,
         warmup=DRAFT_WARMUP,
         burst=BURST,
         pause_ms=PAUSE_MS,
     )
-    target_args = argparse.Namespace(
-        model=str(target),
+    target_options = TargetOptions(
+        model=target,
+        backend="llama" if target_backend == "llama" else "torch-served",
         threads=target_threads,
-        token_counts=TARGET_TOKEN_COUNTS,
-        batch_sizes=None,
-        context_lengths=TARGET_CONTEXTS,
-        prompt_lengths=PROMPT_LENGTHS,
+        device=None if target_backend == "llama" else target_device,
+        token_counts=tuple(TARGET_TOKEN_COUNTS),
+        context_lengths=tuple(TARGET_CONTEXTS),
+        prompt_lengths=tuple(PROMPT_LENGTHS),
         repetitions=REPETITIONS,
         warmup=WARMUP,
-        device=None if target_backend == "llama" else target_device,
-        dtype=None,
     )
-    return measure_draft(draft_args, say, command), measure_part(target_args, say, command)
+    return (
+        measure_draft(draft_options, say, command),
+        measure_target(target_options, say, command),
+    )
 
 
-def replace_latencies(base_path: Path, draft_part: Any, target_part: Any, command: str) -> Profile:
+def replace_latencies(
+    base_path: Path, draft_part: Part, target_part: Part, command: str
+) -> Profile:
     """The profile at `base_path` with both latency models taken from the parts."""
     base = load_profile(base_path)
     data = base.profile.model_dump(mode="json")

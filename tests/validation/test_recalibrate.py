@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from model_marks import needs_smollm2, smollm2_path
 
+from calibrate.options import DraftOptions, TargetOptions
 from simulator.errors import ConfigError
 from simulator.profile import load_profile
 from validation import recalibrate
@@ -51,22 +52,24 @@ def test_a_llama_target_on_a_gpu_is_refused_before_measuring(tmp_path):
 
 
 def test_a_torch_target_is_measured_as_the_server_serves_it(tmp_path, monkeypatch):
-    pytest.importorskip("torch", reason="torch (extra 'models') is not installed")
-    pytest.importorskip("transformers", reason="transformers (extra 'models') is not installed")
-    from calibrate import cli, target_served_torch
-
+    """The options objects recalibrate builds: the draft on the edge's grids, the target with
+    the served torch backend on the run's device and threads (no fake argparse namespaces)."""
     seen = {}
 
-    def fake_draft(args, say, command):
+    def fake_draft(options, say, command):
+        seen["draft"] = options
         return "draft part"
 
-    def fake_target(args, say, command):
-        seen.update(vars(args))
+    def fake_target(options, say, command):
+        seen["target"] = options
         return "target part"
 
-    monkeypatch.setattr(cli, "measure_draft", fake_draft)
-    monkeypatch.setattr(target_served_torch, "measure_part", fake_target)
+    monkeypatch.setattr(recalibrate, "measure_draft", fake_draft)
+    monkeypatch.setattr(recalibrate, "measure_target", fake_target)
     parts = recalibrate.measure_parts(tmp_path, 1, "tiny", 2, print, "x", "torch", "cuda:1")
     assert parts == ("draft part", "target part")
-    assert seen["model"] == "tiny" and seen["device"] == "cuda:1" and seen["threads"] == 2
-    assert seen["batch_sizes"] is None
+    draft, target = seen["draft"], seen["target"]
+    assert isinstance(draft, DraftOptions) and draft.burst == recalibrate.BURST
+    assert isinstance(target, TargetOptions) and target.backend == "torch-served"
+    assert target.model == "tiny" and target.device == "cuda:1" and target.threads == 2
+    assert target.batch_sizes is None
