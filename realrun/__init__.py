@@ -1,6 +1,8 @@
 """The real testbed: the same policy objects on a real cloud server and edge client.
 
-So far: the cloud verification server (`realrun.cloud.server`, FastAPI + uvicorn around one
-llama.cpp target, `realrun.cloud.llama_target`), its msgpack protocol (`realrun.protocol`) and a small
-synchronous client (`realrun.edge.client`). Needs the `realrun` and `models` extras.
+The cloud verification server (`realrun.cloud`: FastAPI + uvicorn around one target model
+behind realrun.cloud.backend.TargetBackend), its msgpack protocol (`realrun.protocol`), the
+edge (`realrun.edge`: executor and client), link shaping (`realrun.link`) and the runs that
+tie them together (`realrun.testbed`, `realrun.local`). Needs the `realrun` and `models`
+extras.
 """

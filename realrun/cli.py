@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from realrun.cloud.settings import ServerSettings
 from simulator.errors import ConfigError
 from simulator.outdir import claim_out_dir, out_dir_arg
 
@@ -26,8 +27,6 @@ EXIT_INTERRUPTED = 130
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The server's command-line options (shared by `pipesd realrun cloud` and `main`)."""
-    from realrun.cloud.settings import ServerSettings
-
     d = ServerSettings()
     parser.add_argument("--model", default="smollm2-135m", help="GGUF path or known name")
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
@@ -81,6 +80,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         int,
         d.max_buffered_bytes,
         "request body bytes held at once, all requests (503 past it)",
+    )
+
+
+def add_force_argument(parser: argparse.ArgumentParser) -> None:
+    """--force: replace this command's own earlier results in --out (simulator.outdir)."""
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace this command's earlier results in OUT (a folder of anything else is "
+        "always refused)",
     )
 
 
@@ -365,7 +374,7 @@ def interrupted(out: Path) -> int:
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     """Execute `pipesd realrun <role>`."""
     try:
-        from realrun.cloud.server import serve
+        from realrun.cloud.server import serve  # fastapi, uvicorn: the 'realrun' extra
         from realrun.testbed import run_testbed
     except ImportError as exc:
         raise ConfigError(

@@ -25,57 +25,14 @@ from __future__ import annotations
 import secrets
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from realrun.cloud.backend import Session, VerifyResult
 from realrun.cloud.verifier import Greedy, Rule, SparseDist, decide
-
-
-@dataclass
-class Session:
-    committed: list[int]
-    """Tokens whose KV entries belong in the cache (all but the pending one)."""
-    pending: int
-    """The newest token of the sequence, not yet evaluated."""
-    n_prompt: int = 0
-    """Prompt length: output position of a token = its sequence index - n_prompt."""
-    rule: Rule = field(default_factory=Greedy)
-    uploaded: list[int] = field(default_factory=list)
-    probs: list[float | None] = field(default_factory=list)
-    dists: list[SparseDist | None] = field(default_factory=list)
-
-    @property
-    def length(self) -> int:
-        return len(self.committed) + 1
-
-    def add_drafts(
-        self, tokens: list[int], probs: list[float] | None, dists: list[SparseDist] | None
-    ) -> int:
-        """Append uploaded drafts (their probabilities and distributions, if sent): the number
-        uploaded since the last verification."""
-        self.uploaded.extend(tokens)
-        self.probs.extend(probs if probs is not None else [None] * len(tokens))
-        self.dists.extend(dists if dists is not None else [None] * len(tokens))
-        return len(self.uploaded)
-
-    @property
-    def generated(self) -> int:
-        """Output tokens in the sequence so far (the pending one included): d1's position."""
-        return self.length - self.n_prompt
-
-
-@dataclass(frozen=True)
-class VerifyResult:
-    accepted: int
-    token: int
-    target_ms: float
-    """Wall time of the batch this verification was part of (decode + acceptance rule)."""
-    batch_size: int = 1
-    """Verifications evaluated in that one batch."""
 
 
 class LlamaTarget:
@@ -91,6 +48,8 @@ class LlamaTarget:
 
     supports_rules = True
     """Synthetic and sampling sessions work here (realrun.cloud.server checks this)."""
+    max_verify_batch = 1 << 16
+    """`verify_batch` takes any number of sessions (chunked by n_batch and kv_slots)."""
 
     def __init__(
         self,
@@ -100,12 +59,13 @@ class LlamaTarget:
         kv_slots: int = 1,
         gpu_layers: int = 0,
     ) -> None:
-        import llama_cpp
-        from llama_cpp import _internals
+        import llama_cpp  # llama-cpp-python: optional, loaded only with a model
+        from llama_cpp import _internals  # (the same package)
 
         if kv_slots < 1:
             raise ValueError(f"kv_slots must be >= 1 (got {kv_slots})")
         self.model_path = Path(model_path)
+        self.model_name = self.model_path.name
         self.llama: Any = llama_cpp.Llama(
             model_path=str(self.model_path),
             n_threads=threads,
@@ -263,14 +223,13 @@ class LlamaTarget:
         elapsed_ms = 1e3 * (time.perf_counter() - start)
         out = {}
         for sid, s, (accepted, token) in zip(sids, sessions, decisions, strict=True):
-            s.committed.extend([s.pending, *s.uploaded[:accepted]])
-            s.pending = token
-            s.uploaded, s.probs, s.dists = [], [], []
+            s.commit(accepted, token)
             self._truncate(sid, len(s.committed))
             out[sid] = VerifyResult(accepted, token, elapsed_ms, len(sids))
         return out
 
     def drop(self, sid: str) -> None:
+        """Forget a session and free its KV slot."""
         self.sessions.pop(sid)
         if sid in self.slots:
             self._evict(sid)

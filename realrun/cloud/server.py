@@ -2,22 +2,25 @@
 
 Routes (msgpack bodies, see realrun.protocol): POST /v1/open, /v1/upload, /v1/verify,
 /v1/close, /v1/probe; GET /v1/health (no secret needed; says only that the server is up, the
-model file name, vocabulary and context sizes, the number of sessions and the batch limit).
+model file name, vocabulary and context sizes, the number of sessions, the batch limit and
+every limit and timeout, realrun.cloud.settings).
 
-Checks, in order, for every POST: per-client rate limit (token bucket on the peer address,
-429), shared secret in the X-PipeSD-Token header when the server has one (401), body size
-(413, the body is read in chunks and abandoned past the limit), content type (415), msgpack
-(400), fields (422), session (404). A refused request changes no state. Model work runs in
-worker threads under one lock. Verifies go through a realrun.cloud.batching.Batcher: those waiting
-when the model frees up (plus those arriving within --batch-window-ms, default 0) are
-evaluated in one batch of at most --max-batch, each answered with its own result, the batch's
-time and its size. The default adds no wait, so one session's latency is unchanged.
+The pieces: realrun.cloud.endpoints (admission and body reading, in the order rate limit,
+in-flight limit, secret, size, byte budget, body deadline, content type, msgpack; a refused
+request changes no state), realrun.cloud.routes (parse, session, turn), realrun.cloud.handlers
+(the model work, in worker threads under one lock), realrun.cloud.sessions (limits per client
+and idle expiry), realrun.cloud.connections (header deadline, connections per client).
+Verifies go through a realrun.cloud.batching.Batcher: those waiting when the model frees up
+(plus those arriving within --batch-window-ms, default 0) are evaluated in one batch of at
+most --max-batch, each answered with its own result, the batch's time and its size. The
+default adds no wait, so one session's latency is unchanged.
 
-Backends: `--backend llama` (realrun.cloud.llama_target.LlamaTarget, GGUF; `--device cuda` offloads all
-layers where llama-cpp-python was built with GPU support) or `--backend torch`
-(realrun.cloud.torch_target.TorchTarget(model, device), imported only then). Greedy, synthetic and
-sampling verification need the backend's `supports_rules`; batching needs `verify_batch`
-(otherwise verifies run one at a time). On a CUDA device the GPU's NVML energy counter gives
+Backends (realrun.cloud.backend.TargetBackend): `--backend llama`
+(realrun.cloud.llama_target.LlamaTarget, GGUF; `--device cuda` offloads all layers where
+llama-cpp-python was built with GPU support), `--backend torch`
+(realrun.cloud.torch_target.TorchTarget, imported only then), or `--synthetic-target` with
+`--profile` (realrun.cloud.synthetic_target: seeded logits, the profile's target latency; for
+load tests and demos without a model). On a CUDA device the GPU's NVML energy counter gives
 each answer's `energy_j`: the counter's delta over the batch / batch size. The counter moves
 in steps of tens of milliseconds, so a single value is coarse (often 0 or one step); sums
 over many verifications are right. On the CPU energy_j is None.
@@ -28,356 +31,138 @@ over many verifications are right. On the CPU energy_j is None.
 from __future__ import annotations
 
 import argparse
-import hmac
+import asyncio
+import contextlib
+import dataclasses
+import logging
 import re
 import sys
-import threading
-import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
-from starlette.concurrency import run_in_threadpool
+import anyio.to_thread
+import uvicorn
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
 
-from realrun import protocol
-from realrun.cloud.batching import Batcher
-from realrun.cloud.ordering import Chain, Sequencer, follow_up
-from realrun.cloud.verifier import Sampling, Synthetic
-from realrun.protocol import CONTENT_TYPE, TOKEN_HEADER, Drafts, Limits, ProtocolError
+from models.registry import resolve_model
+from realrun.cli import add_arguments
+from realrun.cloud.backend import TargetBackend
+from realrun.cloud.connections import uvicorn_config
+from realrun.cloud.endpoints import LOG, OneLineLog, guarded, reply
+from realrun.cloud.energy import NvmlEnergyMeter, PowerUnavailable, nvml_index_for_cuda
+from realrun.cloud.handlers import Cloud, EnergyMeter, health
+from realrun.cloud.llama_target import LlamaTarget
+from realrun.cloud.routes import Routes, reap
+from realrun.cloud.settings import SETTING_FLAGS, ServerSettings
+from realrun.cloud.synthetic_target import SyntheticTarget
+from realrun.cloud.torch_target import TorchTarget
+from realrun.protocol import Limits
 from simulator.errors import ConfigError
+from simulator.profile import load_profile
 
 BACKENDS = ("llama", "torch")
-"""Target backends: realrun.cloud.llama_target.LlamaTarget, realrun.cloud.torch_target.TorchTarget."""
-
-
-class RateLimiter:
-    """Token bucket per client: `rate` requests per second, bursts up to `burst`."""
-
-    def __init__(self, rate: float, burst: float | None = None, max_clients: int = 10_000):
-        self.rate = float(rate)
-        self.burst = float(burst if burst is not None else max(1.0, rate))
-        self.max_clients = max_clients
-        self.buckets: dict[str, tuple[float, float]] = {}
-        self.lock = threading.Lock()
-
-    def allow(self, client: str) -> bool:
-        now = time.monotonic()
-        with self.lock:
-            if len(self.buckets) >= self.max_clients and client not in self.buckets:
-                self.buckets.clear()
-            tokens, last = self.buckets.get(client, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - last) * self.rate)
-            ok = tokens >= 1.0
-            self.buckets[client] = (tokens - 1.0 if ok else tokens, now)
-            return ok
-
-
-@dataclass(frozen=True)
-class VerifyRequest:
-    """One parsed `verify`, waiting for a batch."""
-
-    sid: str
-    n: int
-    drafts: Drafts | None
+"""Model backends: realrun.cloud.llama_target.LlamaTarget, .torch_target.TorchTarget."""
 
 
 def create_app(
     target_model_path: Path | str,
     threads: int = 1,
     token: str | None = None,
-    max_body_bytes: int = 64 * 1024,
-    max_probe_bytes: int = 4 * 1024 * 1024,
-    max_sessions: int = 64,
-    rate_limit_per_s: float | None = 200.0,
     n_ctx: int = 2048,
-    max_upload: int = 64,
-    target: Any = None,
-    batch_window_ms: float = 0.0,
-    max_batch: int = 8,
+    target: TargetBackend | None = None,
     kv_slots: int = 8,
-    energy_meter: Any = None,
-    order_timeout_s: float = 30.0,
+    energy_meter: EnergyMeter | None = None,
+    settings: ServerSettings | None = None,
+    **overrides: Any,
 ) -> FastAPI:
     """The FastAPI app serving one target model (a LlamaTarget loaded here unless `target`).
 
-    `target`: any backend with LlamaTarget's interface (realrun.cloud.torch_target's TorchTarget);
-    closed on shutdown only if loaded here. `token`: shared secret required in X-PipeSD-Token
-    (None: none needed). Bodies are limited to `max_body_bytes`, link probes (`/v1/probe`,
-    padding only) to `max_probe_bytes`. `rate_limit_per_s`: requests per second per client
-    address (None: unlimited). `max_upload`: most draft tokens per verification. Verifies
-    waiting together (plus those arriving within `batch_window_ms`) run as one batch of at most
-    `max_batch` when the backend has `verify_batch` (else one at a time); a loaded LlamaTarget
-    gets `kv_slots` KV sequences. `energy_meter` (`read_j()`, e.g. realrun.cloud.energy's
-    NvmlEnergyMeter; default: the target's `energy_meter` attribute, if any) gives energy_j.
-    Numbered requests (`seq`) wait at most `order_timeout_s` for their turn (realrun.cloud.ordering).
+    `target`: any TargetBackend; closed on shutdown only if loaded here. `token`: shared
+    secret required in X-PipeSD-Token (None: none needed). `settings`: limits and timeouts
+    (realrun.cloud.settings.ServerSettings), `overrides` any of its fields by name (e.g.
+    `rate_limit_per_s=None`, `max_batch=3`). A loaded LlamaTarget gets `kv_slots` KV
+    sequences. `energy_meter` (`read_j()`, e.g. NVML's) gives each answer's energy_j.
     """
-    from realrun.cloud.llama_target import LlamaTarget
-
+    settings = dataclasses.replace(settings or ServerSettings(), **overrides)
     owned = target is None
-    if owned:
+    if target is None:
         target = LlamaTarget(target_model_path, threads=threads, n_ctx=n_ctx, kv_slots=kv_slots)
-    if max_upload + 1 > getattr(target, "n_batch", max_upload + 1):
+    if settings.max_upload + 1 > target.n_batch:
         raise ValueError(f"max_upload must be < n_batch ({target.n_batch})")
     limits = Limits(
         n_vocab=target.n_vocab,
         max_prompt=target.n_ctx - 1,
-        max_upload=max_upload,
-        max_body_bytes=max_body_bytes,
+        max_upload=settings.max_upload,
+        max_body_bytes=settings.max_body_bytes,
         max_session_len=target.n_ctx,
     )
-    limiter = RateLimiter(rate_limit_per_s) if rate_limit_per_s else None
-    lock = threading.Lock()
-    secret = token.encode() if token else None
-    meter = energy_meter if energy_meter is not None else getattr(target, "energy_meter", None)
-    batched = hasattr(target, "verify_batch")
-    sequencer = Sequencer(order_timeout_s)
-    chains: dict[str, Chain] = {}
-    model_path = getattr(target, "model_path", None)
-    model_name = Path(model_path).name if model_path else str(getattr(target, "model_name", "?"))
-
-    @asynccontextmanager
-    async def lifespan(_app: Any):
-        yield
-        if owned:
-            with lock:
-                target.close()
-
-    app = FastAPI(title="pipesd-kit cloud verifier", lifespan=lifespan)
-    app.state.target = target
-    app.state.limits = limits
-
-    def reply(obj: dict[str, Any], status: int = 200) -> Response:
-        return Response(protocol.encode(obj), status_code=status, media_type=CONTENT_TYPE)
-
-    async def read_request(request: Request, limit: int) -> dict[str, Any]:
-        client = request.client.host if request.client else "?"
-        if limiter is not None and not limiter.allow(client):
-            raise ProtocolError(429, "rate limit exceeded")
-        if secret is not None:
-            given = request.headers.get(TOKEN_HEADER, "").encode("utf-8", "replace")
-            if not hmac.compare_digest(given, secret):
-                raise ProtocolError(401, f"missing or wrong {TOKEN_HEADER} header")
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            raise ProtocolError(413, f"body larger than {limit} bytes")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ProtocolError(413, f"body larger than {limit} bytes")
-            chunks.append(chunk)
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype != CONTENT_TYPE:
-            raise ProtocolError(415, f"Content-Type must be {CONTENT_TYPE}")
-        return protocol.decode(b"".join(chunks), limit)
-
-    def session_of(sid: str) -> Any:
-        session = target.sessions.get(sid)
-        if session is None:
-            raise ProtocolError(404, "unknown session")
-        return session
-
-    def check_drafts(session: Any, drafts: Drafts, total: int) -> None:
-        """Refuse drafts that do not fit the session (its rule, its limits)."""
-        sampling = isinstance(getattr(session, "rule", None), Sampling)
-        if drafts.dists is not None and not sampling:
-            raise ProtocolError(422, "'dists' needs a session opened with 'sampling'")
-        if sampling and drafts.tokens and drafts.dists is None:
-            raise ProtocolError(422, "a 'sampling' session needs 'dists' for every token")
-        if total > limits.max_upload:
-            raise ProtocolError(
-                422, f"more than {limits.max_upload} tokens uploaded before a verify"
-            )
-        if session.length + total > limits.max_session_len:
-            raise ProtocolError(422, "session would exceed the target's context size")
-
-    def store(sid: str, drafts: Drafts) -> int:
-        if drafts.dists is None:
-            return target.upload(sid, drafts.tokens, drafts.probs)
-        return target.upload(sid, drafts.tokens, drafts.probs, drafts.dists)
-
-    def do_open(obj: dict[str, Any]) -> dict[str, Any]:
-        prompt, rule = protocol.parse_open(obj, limits)
-        if rule is not None and not getattr(target, "supports_rules", False):
-            raise ProtocolError(422, "this server's backend verifies greedily only")
-        with lock:
-            if len(target.sessions) >= max_sessions:
-                raise ProtocolError(429, f"session limit ({max_sessions}) reached")
-            sid, ms = target.open(prompt) if rule is None else target.open(prompt, rule)
-            chains[sid] = Chain()
-            sequencer.begin(sid)
-        return {"session": sid, "n_prompt": len(prompt), "prefill_ms": ms}
-
-    def matcher(session: Any) -> Callable[[int, int], bool]:
-        """Whether an edge's guess at the pending token's position counts as that token."""
-        rule = getattr(session, "rule", None)
-        if isinstance(rule, Synthetic):
-            return lambda pos, _tok: pos < len(rule.verdicts) and rule.verdicts[pos]
-        return lambda _pos, tok: tok == session.pending
-
-    def trimmed(session: Any, upload: protocol.Upload) -> Drafts | None:
-        """The drafts of `upload` to append (a conditional one loses its held prefix); None
-        if it is stale (realrun.cloud.ordering.follow_up)."""
-        drafts = upload.drafts
-        if upload.after is None or upload.at is None:
-            return drafts
-        held = [session.pending, *session.uploaded]
-        plan = follow_up(
-            chains[upload.sid],
-            upload.after,
-            upload.at,
-            drafts.tokens,
-            held,
-            session.generated - 1,
-            matcher(session),
-        )
-        if plan is None:
-            return None
-        skip = plan[0]
-        return Drafts(
-            drafts.tokens[skip:],
-            drafts.probs[skip:] if drafts.probs is not None else None,
-            drafts.dists[skip:] if drafts.dists is not None else None,
-        )
-
-    def do_upload(obj: dict[str, Any]) -> dict[str, Any]:
-        upload = protocol.parse_upload(obj, limits)
-        start = time.perf_counter()
-        with sequencer.turn(upload.sid, upload.seq), lock:
-            session = session_of(upload.sid)
-            check_drafts(session, upload.drafts, len(session.uploaded))
-            drafts = trimmed(session, upload)
-            kept = len(drafts.tokens) if drafts is not None else 0
-            if drafts is not None and kept:
-                check_drafts(session, drafts, len(session.uploaded) + kept)
-                store(upload.sid, drafts)
-            return {
-                "pending": len(session.uploaded),
-                "kept": kept,
-                "stale": drafts is None,
-                "queued_ms": 1e3 * (time.perf_counter() - start),
-            }
-
-    def admit(request: VerifyRequest) -> None:
-        """Check one verify against its session and store the tokens it carries."""
-        session = session_of(request.sid)
-        drafts = request.drafts or Drafts([], None, None)
-        total = len(session.uploaded) + len(drafts.tokens)
-        if request.n != total:
-            raise ProtocolError(422, f"'n' is {request.n} but {total} tokens were uploaded")
-        check_drafts(session, drafts, total)
-        if drafts.tokens:
-            store(request.sid, drafts)
-
-    def run_batch(requests: list[VerifyRequest]) -> list[dict[str, Any] | BaseException]:
-        """Verify a batch (the Batcher holds the model lock): one answer or error each."""
-        answers: list[dict[str, Any] | BaseException] = []
-        admitted = []
-        for request in requests:
-            try:
-                admit(request)
-                admitted.append(request.sid)
-                answers.append({})
-            except ProtocolError as exc:
-                answers.append(exc)
-        if not admitted:
-            return answers
-        before = meter.read_j() if meter is not None else None
-        if batched:
-            results = iter(target.verify_batch(admitted))
-        else:
-            results = iter([target.verify(sid) for sid in admitted])
-        energy = None if before is None else (meter.read_j() - before) / len(admitted)
-        for request, answer in zip(requests, answers, strict=True):
-            if isinstance(answer, dict):
-                result = next(results)
-                chains[request.sid].verified(result.accepted, request.n)
-                answer |= {
-                    "accepted": result.accepted,
-                    "token": result.token,
-                    "target_ms": result.target_ms,
-                    "energy_j": energy,
-                    "batch_size": getattr(result, "batch_size", 1),
-                }
-        return answers
-
-    batcher: Batcher[VerifyRequest, dict[str, Any]] = Batcher(
-        run_batch, batch_window_ms / 1e3, max_batch if batched else 1, lock
-    )
-
-    def do_verify(obj: dict[str, Any]) -> dict[str, Any]:
-        sid, n, drafts = protocol.parse_verify(obj, limits)
-        start = time.perf_counter()
-        with sequencer.turn(sid, protocol.parse_seq(obj)):
-            answer = batcher.submit(sid, VerifyRequest(sid, n, drafts))
-        waited_ms = 1e3 * (time.perf_counter() - start) - answer["target_ms"]
-        return answer | {"queued_ms": max(waited_ms, 0.0)}
-
-    def do_close(obj: dict[str, Any]) -> dict[str, Any]:
-        sid = protocol.parse_close(obj, limits)
-        with sequencer.turn(sid, protocol.parse_seq(obj)), lock:
-            session_of(sid)
-            target.drop(sid)
-            chains.pop(sid, None)
-        sequencer.forget(sid)
-        return {"closed": True}
-
-    def do_probe(obj: dict[str, Any]) -> dict[str, Any]:
-        """Link calibration: a padded message the server only measures (no model work)."""
-        pad = obj.get("pad")
-        if not isinstance(pad, bytes):
-            raise ProtocolError(422, "'pad' must be msgpack binary")
-        return {"bytes": len(pad)}
-
-    def route(
-        handler: Callable[[dict[str, Any]], dict[str, Any]], limit: int
-    ) -> Callable[..., Any]:
-        async def endpoint(request: Request) -> Response:
-            try:
-                obj = await read_request(request, limit)
-                return reply(await run_in_threadpool(handler, obj))
-            except ProtocolError as exc:
-                headers = {"Retry-After": "1"} if exc.status == 429 else None
-                response = reply({"error": exc.message}, exc.status)
-                if headers:
-                    response.headers.update(headers)
-                return response
-
-        return endpoint
-
-    for name, handler in [
-        ("open", do_open),
-        ("upload", do_upload),
-        ("verify", do_verify),
-        ("close", do_close),
-        ("probe", do_probe),
-    ]:
-        limit = max_probe_bytes if name == "probe" else max_body_bytes
-        app.add_api_route(f"/v1/{name}", route(handler, limit), methods=["POST"])
-
-    @app.get("/v1/health")
-    async def health() -> Response:
-        return reply(
-            {
-                "ok": True,
-                "model": model_name,
-                "n_vocab": target.n_vocab,
-                "n_ctx": target.n_ctx,
-                "sessions": len(target.sessions),
-                "max_batch": batcher.max_batch,
-            }
-        )
-
+    cloud = Cloud(target, settings, limits, energy_meter)
+    log = OneLineLog()
+    app = FastAPI(title="pipesd-kit cloud verifier", lifespan=lifespan(cloud, log, owned))
+    app.state.target, app.state.limits, app.state.cloud = target, limits, cloud
+    app.state.settings, app.state.log = settings, log
+    add_routes(app, cloud, log, token.encode() if token else None)
     return app
 
 
-def load_target(args: argparse.Namespace) -> tuple[Any, Any]:
-    """(target, energy meter or None) for the CLI's options; ConfigError on bad ones."""
-    from models.registry import resolve_model
+def lifespan(cloud: Cloud, log: OneLineLog, owned: bool) -> Any:
+    """Startup: enough worker threads for every session's request; a periodic reaper of idle
+    sessions. Shutdown: stop it; close the target if the app loaded it."""
 
+    @asynccontextmanager
+    async def run(_app: Any) -> AsyncIterator[None]:
+
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = max(limiter.total_tokens, 2 * cloud.settings.max_sessions + 8)
+        reaper = asyncio.create_task(reap_forever(cloud, log))
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
+            if owned:
+                with cloud.lock:
+                    cloud.target.close()
+
+    return run
+
+
+async def reap_forever(cloud: Cloud, log: OneLineLog) -> None:
+    """Expire idle sessions every quarter of the idle timeout (at most every 5 s)."""
+    interval_s = min(cloud.settings.session_idle_timeout_s / 4, 5.0)
+    while True:
+        await asyncio.sleep(interval_s)
+        await reap(cloud, log)
+
+
+def add_routes(app: FastAPI, cloud: Cloud, log: OneLineLog, secret: bytes | None) -> None:
+    """Register the POST routes (guarded) and GET /v1/health."""
+    routes = Routes(cloud, log)
+    for name, route in [
+        ("open", routes.open),
+        ("upload", routes.upload),
+        ("verify", routes.verify),
+        ("close", routes.close),
+        ("probe", routes.probe),
+    ]:
+        limit = cloud.settings.max_probe_bytes if name == "probe" else cloud.settings.max_body_bytes
+        app.add_api_route(
+            f"/v1/{name}", guarded(cloud, route, limit, secret, log), methods=["POST"]
+        )
+
+    async def health_route(_request: Request) -> Response:
+        return reply(health(cloud))
+
+    app.add_api_route("/v1/health", health_route, methods=["GET"])
+
+
+def load_target(args: argparse.Namespace) -> tuple[TargetBackend, Any]:
+    """(target, energy meter or None) for the CLI's options; ConfigError on bad ones."""
     backend = getattr(args, "backend", "llama")
     device = getattr(args, "device", "cpu")
     kv_slots = getattr(args, "kv_slots", 8)
@@ -387,34 +172,66 @@ def load_target(args: argparse.Namespace) -> tuple[Any, Any]:
         raise ConfigError("--device", device, "allowed: cpu, cuda, cuda:N")
     if kv_slots < 1:
         raise ConfigError("--kv-slots", str(kv_slots), "must be >= 1")
+    if getattr(args, "synthetic_target", False):
+        return synthetic_target(args), None
     if backend == "torch":
         try:
-            from realrun.cloud.torch_target import TorchTarget
+            target = TorchTarget(args.model, device, n_ctx=args.n_ctx, threads=args.threads)
         except ImportError as exc:
             raise ConfigError("--backend", "torch", f"cannot import it ({exc})") from None
-        target = TorchTarget(args.model, device, n_ctx=args.n_ctx, threads=args.threads)
-    else:
-        import llama_cpp
+        return target, gpu_meter(device)
+    return llama_target(args, device, kv_slots), gpu_meter(device)
 
-        from realrun.cloud.llama_target import LlamaTarget
 
-        if device != "cpu" and not llama_cpp.llama_supports_gpu_offload():
-            raise ConfigError("--device", device, "this llama-cpp-python build is CPU-only")
-        target = LlamaTarget(
-            resolve_model(args.model),
-            threads=args.threads,
-            n_ctx=args.n_ctx,
-            kv_slots=kv_slots,
-            gpu_layers=0 if device == "cpu" else -1,
-        )
-    return target, gpu_meter(device)
+def llama_target(args: argparse.Namespace, device: str, kv_slots: int) -> TargetBackend:
+    """The llama.cpp target of the CLI's options."""
+    import llama_cpp  # the llama backend's package: only when it is used
+
+    if device != "cpu" and not llama_cpp.llama_supports_gpu_offload():
+        raise ConfigError("--device", device, "this llama-cpp-python build is CPU-only")
+    return LlamaTarget(
+        resolve_model(args.model),
+        threads=args.threads,
+        n_ctx=args.n_ctx,
+        kv_slots=kv_slots,
+        gpu_layers=0 if device == "cpu" else -1,
+    )
+
+
+def synthetic_target(args: argparse.Namespace) -> TargetBackend:
+    """`--synthetic-target`: seeded logits, the timing of `--profile`'s target latency."""
+    if args.profile is None:
+        raise ConfigError("--synthetic-target", "", "needs --profile PROFILE.json (its timing)")
+    if not 2 <= args.synthetic_vocab <= 1 << 24:
+        raise ConfigError("--synthetic-vocab", str(args.synthetic_vocab), "must be in [2, 2**24]")
+    if args.n_ctx < 2:
+        raise ConfigError("--n-ctx", str(args.n_ctx), "must be >= 2")
+    profile = load_profile(args.profile)
+    return SyntheticTarget(
+        n_vocab=args.synthetic_vocab,
+        n_ctx=args.n_ctx,
+        latency=profile.profile.target_latency,
+        seed=args.seed,
+        model_name=f"synthetic (seed {args.seed}, timing of {Path(args.profile).name})",
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    """The ServerSettings of the CLI's options (the absent ones keep their defaults)."""
+    values = {
+        name: getattr(args, flag[2:].replace("-", "_"))
+        for name, flag in SETTING_FLAGS.items()
+        if hasattr(args, flag[2:].replace("-", "_"))
+    }
+    if "rate_limit_per_s" in values:
+        values["rate_limit_per_s"] = values["rate_limit_per_s"] or None
+    return ServerSettings(**values)
 
 
 def gpu_meter(device: str) -> Any:
     """NVML's energy counter of the CUDA device `device` (None on the CPU or without NVML)."""
     if device == "cpu":
         return None
-    from realrun.cloud.energy import NvmlEnergyMeter, PowerUnavailable, nvml_index_for_cuda
 
     index = int(device.partition(":")[2] or 0)
     try:
@@ -426,28 +243,20 @@ def gpu_meter(device: str) -> Any:
 
 def serve(args: argparse.Namespace) -> int:
     """Load the target and serve until interrupted; bad options raise ConfigError."""
-    import uvicorn
 
-    window = getattr(args, "batch_window_ms", 0.0)
-    max_batch = getattr(args, "max_batch", 8)
-    if not (window >= 0 and window <= 1000):
-        raise ConfigError("--batch-window-ms", str(window), "must be in [0, 1000]")
-    if max_batch < 1:
-        raise ConfigError("--max-batch", str(max_batch), "must be >= 1")
+    settings = settings_from_args(args)
     target, meter = load_target(args)
     app = create_app(
-        args.model,
-        token=args.token,
-        max_sessions=args.max_sessions,
-        rate_limit_per_s=args.rate_limit or None,
-        target=target,
-        batch_window_ms=window,
-        max_batch=max_batch,
-        energy_meter=meter,
+        args.model, token=args.token, target=target, energy_meter=meter, settings=settings
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s realrun-cloud: %(message)s"))
+    LOG.addHandler(handler)
+    LOG.setLevel(logging.INFO)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        uvicorn.Server(uvicorn_config(app, args.host, args.port)).run()
     finally:
+        LOG.removeHandler(handler)
         target.close()
         if meter is not None:
             meter.close()
@@ -456,7 +265,6 @@ def serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m realrun.cloud.server`: the same as `pipesd realrun cloud`."""
-    from realrun.cli import add_arguments
 
     parser = argparse.ArgumentParser(prog="realrun-cloud", description=__doc__.splitlines()[0])
     add_arguments(parser)

@@ -1,12 +1,12 @@
 """A PyTorch/transformers target for the cloud server: static KV cache + CUDA graphs, or eager.
 
-`TorchTarget` has LlamaTarget's interface and semantics (realrun/cloud/llama_target.py, realrun/protocol.py:
-committed tokens in the KV cache, one pending token, verification of [pending, drafts] in one
-forward under the session's rule (greedy, synthetic or sampling: realrun.cloud.verifier.decide),
-rollback past the accepted prefix, one resident session re-prefilled on a switch), on any
-transformers causal LM: a named random-weight shape (models/shapes.py, latency only), a
-local Hugging Face folder, or a GGUF file (transformers' `gguf_file=`, which needs the
-`accelerate` package).
+`TorchTarget` is a realrun.cloud.backend.TargetBackend with LlamaTarget's semantics
+(realrun/cloud/llama_target.py, realrun/protocol.py: committed tokens in the KV cache, one
+pending token, verification of [pending, drafts] in one forward under the session's rule
+(greedy, synthetic or sampling: realrun.cloud.verifier.decide), rollback past the accepted
+prefix, one resident session re-prefilled on a switch), on any transformers causal LM: a named
+random-weight shape (models/shapes.py, latency only), a local Hugging Face folder, or a GGUF
+file (transformers' `gguf_file=`, which needs the `accelerate` package).
 
 Modes:
 - "eager": plain transformers with a DynamicCache, cropped on rollback (as calibrate/target.py).
@@ -35,12 +35,15 @@ Not thread-safe: the server serialises calls with a lock.
 
 from __future__ import annotations
 
+import importlib.util
 import secrets
 import time
 from pathlib import Path
 from typing import Any
 
-from realrun.cloud.llama_target import Session, VerifyResult
+from models.registry import MODEL_NAMES, resolve_model
+from models.shapes import SHAPES, build_random_model, get_shape
+from realrun.cloud.backend import Session, VerifyResult
 from realrun.cloud.verifier import Greedy, Rule, SparseDist, decide
 from simulator.errors import ConfigError
 
@@ -67,7 +70,7 @@ def verify_buckets(max_positions: int) -> tuple[int, ...]:
 
 def torch_device(device: str) -> Any:
     """`device` as a torch.device (cuda gets its index); ConfigError if unusable here."""
-    import torch
+    import torch  # torch: optional, loaded only when used
 
     try:
         parsed = torch.device(device)
@@ -85,7 +88,7 @@ def torch_device(device: str) -> Any:
 
 def torch_dtype(dtype: str, device: Any) -> Any:
     """A DTYPES name as a torch dtype ("auto": bfloat16 on CUDA, float32 on the CPU)."""
-    import torch
+    import torch  # torch: optional, loaded only when used
 
     if dtype not in DTYPES:
         raise ConfigError(SOURCE, "dtype", f"must be one of {', '.join(DTYPES)} (got {dtype!r})")
@@ -100,9 +103,6 @@ def load_model(model: str | Path, device: Any, dtype: Any, seed: int = 0) -> tup
     A name that is both a named shape and a path is taken as the path. ConfigError (one line)
     for anything unknown or unloadable.
     """
-    from models.registry import MODEL_NAMES, resolve_model
-    from models.shapes import SHAPES, build_random_model, get_shape
-
     text = str(model).strip()
     path = Path(text).expanduser()
     if not path.exists():
@@ -123,7 +123,7 @@ def load_model(model: str | Path, device: Any, dtype: Any, seed: int = 0) -> tup
             except MemoryError as exc:
                 raise ConfigError(SOURCE, "model", str(exc)) from None
         path = resolve_model(text)
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # transformers: optional
 
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -132,9 +132,7 @@ def load_model(model: str | Path, device: Any, dtype: Any, seed: int = 0) -> tup
     else:
         path = resolve_model(str(path))
         kwargs = {"gguf_file": path.name}
-        try:
-            import accelerate  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("accelerate") is None:
             raise ConfigError(
                 SOURCE,
                 "model",
@@ -170,6 +168,8 @@ class TorchTarget:
 
     supports_rules = True
     """Synthetic and sampling sessions work here (realrun.cloud.server checks this)."""
+    max_verify_batch = 1
+    """One resident session: verifications run one at a time (`verify_batch` loops)."""
 
     def __init__(
         self,
@@ -185,7 +185,7 @@ class TorchTarget:
         threads: int | None = None,
         seed: int = 0,
     ) -> None:
-        import torch
+        import torch  # torch: optional, loaded only when used
 
         if mode not in MODES:
             raise ConfigError(SOURCE, "mode", f"must be one of {', '.join(MODES)} (got {mode!r})")
@@ -226,6 +226,7 @@ class TorchTarget:
         if mode == "static":
             self._open_static_cache(compile_mode, compile_backend, fullgraph)
         else:
+            # transformers: optional, loaded only when used
             from transformers.cache_utils import DynamicCache
 
             self.cache: Any = DynamicCache()
@@ -234,7 +235,7 @@ class TorchTarget:
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
-            import torch
+            import torch  # torch: optional, loaded only when used
 
             torch.cuda.synchronize(self.device)
 
@@ -242,7 +243,9 @@ class TorchTarget:
         self, compile_mode: str | None, compile_backend: str, fullgraph: bool
     ) -> None:
         """The StaticCache, initialised in eager code; each bucket compiled and warmed up."""
-        import torch
+        import torch  # torch: optional, loaded only when used
+
+        # transformers: optional, loaded only when used
         from transformers.cache_utils import StaticCache
 
         self.cache = StaticCache(config=self.model.config, max_cache_len=self.n_ctx + self.n_batch)
@@ -298,7 +301,7 @@ class TorchTarget:
         """(logits [1, bucket, vocab] on the device, greedy token after each of `tokens`),
         `tokens` written at cache positions start... The logits are valid until the next
         forward (a CUDA graph replay overwrites them)."""
-        import torch
+        import torch  # torch: optional, loaded only when used
 
         size = len(tokens)
         if self.mode == "static":
@@ -310,7 +313,7 @@ class TorchTarget:
 
     def _prefill(self, tokens: list[int]) -> None:
         """Write `tokens` at positions 0.. (eager code, last row's logits only)."""
-        import torch
+        import torch  # torch: optional, loaded only when used
 
         self._set_length(0)
         ids = torch.tensor([tokens], device=self.device)
@@ -336,7 +339,7 @@ class TorchTarget:
     def _make_resident(self, sid: str) -> Session:
         session = self.sessions[sid]
         if self.resident != sid:
-            import torch
+            import torch  # torch: optional, loaded only when used
 
             self.resident = None
             with torch.no_grad():
@@ -387,7 +390,7 @@ class TorchTarget:
         """Verification of everything uploaded since the last verify, under the session rule.
 
         `target_ms`: the forward and the rule (for sampling, the rows' copies to the host)."""
-        import torch
+        import torch  # torch: optional, loaded only when used
 
         session = self._make_resident(sid)
         drafts = session.uploaded
@@ -423,13 +426,16 @@ class TorchTarget:
             self._set_length(base)  # e.g. a sampling draft without its distribution
             raise
         elapsed = time.perf_counter() - start
-        session.committed.extend([session.pending, *drafts[:accepted]])
-        session.pending = token
-        session.uploaded, session.probs, session.dists = [], [], []
+        session.commit(accepted, token)
         self._set_length(len(session.committed))
         return VerifyResult(accepted=accepted, token=token, target_ms=1e3 * elapsed)
 
+    def verify_batch(self, sids: list[str]) -> list[VerifyResult]:
+        """Verify sessions one after another (one resident session: no shared forward)."""
+        return [self.verify(sid) for sid in sids]
+
     def drop(self, sid: str) -> None:
+        """Forget a session (the cache is re-prefilled if it was the resident one)."""
         self.sessions.pop(sid)
         if self.resident == sid:
             self.resident = None
@@ -442,7 +448,7 @@ class TorchTarget:
         self._step = None
         self.model = None
         if self.device.type == "cuda":
-            import torch
+            import torch  # torch: optional, loaded only when used
 
             torch.cuda.empty_cache()
 

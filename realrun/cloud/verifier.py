@@ -15,18 +15,18 @@ turns the rows into (accepted, token): the number of leading drafts kept and the
   past the list's end are rejections); `token` = argmax of row `accepted`. Should that argmax
   equal the rejected draft (chance), the draft still counts as rejected and `token` is that
   same id: the edge replaces its rejected draft by `token` either way.
-- `Sampling`: standard speculative sampling at temperature T with a per-session numpy
-  Generator seeded once (`policies.picospec.sparse_verify.exact_step` does each step): p = softmax(row /
-  T); d_j is accepted with probability min(1, p(d_j)/q_j(d_j)); at the first rejection `token`
-  ~ norm(max(0, p - q_j)); after k acceptances `token` ~ p of row k. q_j is the draft
-  distribution uploaded with d_j (a `SparseDist`, zero outside its ids). The output is exactly
-  distributed as the target's own sampling at T whenever d_j was drawn from the uploaded q_j:
-  the identity P(out = y) = min(p, q)(y) + max(0, p - q)(y) = p(y) holds for *any* q. So an
-  edge that uploads a top-K distribution must draw its draft from that same top-K
-  renormalised distribution (top-K sampling at the edge): still lossless, only acceptance
-  drops. If the draft was drawn from its full q but a truncated q̂ = q / S on the top-K (S its
-  mass there) is uploaded, tokens outside the top-K cannot be uploaded at all and the rest are
-  accepted with min(1, S·p/q) instead of min(1, p/q); the output is then not exactly p.
+- `Sampling`: standard speculative sampling at temperature T with a per-session numpy Generator
+  seeded once (`policies.picospec.sparse_verify.exact_step` does each step): p = softmax(row /
+  T); d_j is accepted with probability min(1, p(d_j)/q_j(d_j)); at the first rejection `token` ~
+  norm(max(0, p - q_j)); after k acceptances `token` ~ p of row k. q_j is the draft distribution
+  uploaded with d_j (a `SparseDist`, zero outside its ids). The output is exactly distributed as
+  the target's own sampling at T whenever d_j was drawn from the uploaded q_j: the identity
+  P(out = y) = min(p, q)(y) + max(0, p - q)(y) = p(y) holds for *any* q. So an edge that uploads
+  a top-K distribution must draw its draft from that same top-K renormalised distribution (top-K
+  sampling at the edge): still lossless, only acceptance drops. If the draft was drawn from its
+  full q but a truncated q̂ = q / S on the top-K (S its mass there) is uploaded, tokens outside
+  the top-K cannot be uploaded at all and the rest are accepted with min(1, S·p/q) instead of
+  min(1, p/q); the output is then not exactly p.
 
 Greedy and Synthetic need only each row's argmax (ties: the first maximal index, as np.argmax
 and torch.argmax); a backend that has it already (computed on the device, say) passes it as

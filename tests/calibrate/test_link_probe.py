@@ -22,8 +22,9 @@ from realrun.cloud.llama_target import Session, VerifyResult
 from realrun.cloud.server import create_app
 
 FAKE_TARGET = SimpleNamespace(
-    n_batch=512, n_vocab=100, n_ctx=128, sessions={}, model_path=Path("fake.gguf")
-)
+    n_batch=512, n_vocab=100, n_ctx=128, sessions={}, model_name="fake.gguf",
+    supports_rules=False, max_verify_batch=1,
+)  # fmt: skip
 """Probes and health never touch the model: a stand-in with its sizes is enough."""
 
 
@@ -73,7 +74,8 @@ class BusyTarget:
     answers token 1 (no model needed to time the verify path around it)."""
 
     BUSY_S = 0.2
-    n_batch, n_vocab, n_ctx, model_path = 512, 5000, 2048, Path("busy.gguf")
+    n_batch, n_vocab, n_ctx, model_name = 512, 5000, 2048, "busy.gguf"
+    supports_rules, max_verify_batch = False, 8
 
     def __init__(self) -> None:
         self.sessions: dict[str, Session] = {}

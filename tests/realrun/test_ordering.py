@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -15,45 +16,116 @@ from realrun.protocol import ProtocolError
 
 
 def test_sequencer_admits_in_order_whatever_the_arrival_order():
-    sequencer = Sequencer(timeout_s=10)
-    sequencer.begin("s")
-    applied: list[int] = []
-    order = list(range(12))
-    random.Random(3).shuffle(order)
+    async def main() -> list[int]:
+        sequencer = Sequencer(timeout_s=10, max_parked=12)
+        sequencer.begin("s")
+        applied: list[int] = []
+        order = list(range(12))
+        random.Random(3).shuffle(order)
 
-    def request(seq: int) -> None:
-        with sequencer.turn("s", seq):
-            applied.append(seq)
+        async def request(seq: int) -> None:
+            async with sequencer.turn("s", seq):
+                await asyncio.sleep(0.001)
+                applied.append(seq)
 
-    threads = [threading.Thread(target=request, args=(seq,)) for seq in order]
-    for thread in threads:
-        thread.start()
-        time.sleep(0.002)
-    for thread in threads:
-        thread.join(timeout=10)
-    assert applied == list(range(12))
+        tasks = []
+        for seq in order:
+            tasks.append(asyncio.create_task(request(seq)))
+            await asyncio.sleep(0.002)
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        return applied
+
+    assert asyncio.run(main()) == list(range(12))
 
 
 def test_sequencer_refusals():
-    sequencer = Sequencer(timeout_s=0.2, window=4)
-    sequencer.begin("s")
-    with pytest.raises(ProtocolError) as unknown, sequencer.turn("other", 0):
-        pass
-    assert unknown.value.status == 404
-    with sequencer.turn("s", None) as waited:  # unordered: no wait
-        assert waited == 0.0
-    with pytest.raises(RuntimeError), sequencer.turn("s", 0):
-        raise RuntimeError("a refused request still uses its number")
-    for seq, status in [(0, 409), (6, 409)]:  # used; too far ahead
-        with pytest.raises(ProtocolError) as refused, sequencer.turn("s", seq):
+    async def main() -> None:
+        sequencer = Sequencer(timeout_s=0.2, window=4)
+        sequencer.begin("s")
+        with pytest.raises(ProtocolError) as unknown:
+            async with sequencer.turn("other", 0):
+                pass
+        assert unknown.value.status == 404
+        async with sequencer.turn("s", None) as waited:  # unordered, session free: no wait
+            assert waited < 0.01
+        with pytest.raises(RuntimeError):
+            async with sequencer.turn("s", 0):
+                raise RuntimeError("a request that got its turn still uses its number")
+        for seq, status in [(0, 409), (6, 409)]:  # used; too far ahead
+            with pytest.raises(ProtocolError) as refused:
+                async with sequencer.turn("s", seq):
+                    pass
+            assert refused.value.status == status
+        start = time.perf_counter()
+        with pytest.raises(ProtocolError) as late:  # seq 1 never comes
+            async with sequencer.turn("s", 2):
+                pass
+        assert late.value.status == 409 and time.perf_counter() - start >= 0.2
+        async with sequencer.turn("s", 1) as waited:
+            assert waited < 0.2
+
+    asyncio.run(main())
+
+
+def test_sequencer_parks_a_bounded_number_without_threads():
+    """Requests ahead of their turn wait as coroutines (no thread), at most `max_parked` per
+    session; more are refused at once (429); a closed session's waiters get 404."""
+
+    async def main() -> None:
+        sequencer = Sequencer(timeout_s=5, max_parked=3)
+        sequencer.begin("s")
+        outcomes: list[int] = []
+
+        async def early(seq: int) -> None:
+            try:
+                async with sequencer.turn("s", seq):
+                    outcomes.append(200)
+            except ProtocolError as exc:
+                outcomes.append(exc.status)
+
+        tasks = [asyncio.create_task(early(seq)) for seq in (1, 2, 3, 4, 5)]
+        await asyncio.sleep(0.05)
+        assert sequencer.parked("s") == 3 and sorted(outcomes) == [429, 429]
+        assert threading.active_count() == threads_before
+        async with sequencer.turn("s", 0):  # the turn passes to 1, 2, 3 in order
             pass
-        assert refused.value.status == status
-    start = time.perf_counter()
-    with pytest.raises(ProtocolError) as late, sequencer.turn("s", 2):  # seq 1 never comes
-        pass
-    assert late.value.status == 409 and time.perf_counter() - start >= 0.2
-    with sequencer.turn("s", 1) as waited:
-        assert waited < 0.2
+        await asyncio.sleep(0.05)
+        await asyncio.wait_for(asyncio.gather(*tasks), 1)
+        assert outcomes[2:] == [200, 200, 200]
+        waiting = asyncio.create_task(early(5))
+        await asyncio.sleep(0.05)
+        sequencer.forget("s")
+        await asyncio.wait_for(waiting, 1)
+        assert outcomes[-1] == 404 and sequencer.parked("s") == 0
+
+    threads_before = threading.active_count()
+    asyncio.run(main())
+
+
+def test_sequencer_serialises_unnumbered_requests_of_a_session():
+    """An unnumbered request waits while another request of its session holds the turn."""
+
+    async def main() -> list[str]:
+        sequencer = Sequencer(timeout_s=5)
+        sequencer.begin("s")
+        events: list[str] = []
+
+        async def hold() -> None:
+            async with sequencer.turn("s", 0):
+                events.append("numbered in")
+                await asyncio.sleep(0.05)
+                events.append("numbered out")
+
+        async def plain() -> None:
+            async with sequencer.turn("s", None):
+                events.append("plain")
+
+        first = asyncio.create_task(hold())
+        await asyncio.sleep(0.01)
+        await asyncio.gather(first, plain())
+        return events
+
+    assert asyncio.run(main()) == ["numbered in", "numbered out", "plain"]
 
 
 def _greedy(pending: int):

@@ -85,6 +85,12 @@ def reference(model_path, prompt):
         llama.close()
 
 
+def test_llama_target_is_a_backend(target, model_path):
+    from realrun.cloud.backend import TargetBackend
+
+    assert isinstance(target, TargetBackend) and target.model_name == model_path.name
+
+
 @pytest.fixture(scope="module")
 def client(model_path, target):
     app = create_app(model_path, target=target, rate_limit_per_s=None)

@@ -1,4 +1,4 @@
-"""TorchTarget (realrun/cloud/torch_target.py) on a tiny random llama saved as a Hugging Face folder.
+"""TorchTarget (realrun/cloud/torch_target.py) on a tiny random llama saved as a HF folder.
 
 Reference: the model's own greedy decoding, one token at a time with a DynamicCache (plain
 transformers, float32 on the CPU). Each mode runs a speculative loop whose drafts are the
@@ -181,6 +181,17 @@ def test_compiled_static_traces_on_cpu(tiny_dir, references):
         done.extend([*drafts[: result.accepted], result.token])
     assert done[:N_NEW] == references[0]
     assert counters["stats"]["unique_graphs"] - graphs == len(target.buckets)  # no recompiles
+
+
+def test_torch_target_is_a_backend_and_verifies_batches_one_by_one(tiny_dir, references):
+    from realrun.cloud.backend import TargetBackend
+
+    target = TorchTarget(tiny_dir, mode="eager", n_ctx=128, max_verify=MAX_VERIFY)
+    assert isinstance(target, TargetBackend) and target.max_verify_batch == 1
+    sids = [target.open(p)[0] for p in PROMPTS]
+    results = target.verify_batch(sids)
+    assert [r.token for r in results] == [ref[0] for ref in references]
+    assert [r.batch_size for r in results] == [1, 1]
 
 
 def test_buckets():

@@ -1,0 +1,115 @@
+"""The cloud server's limits and timeouts: one frozen record, its defaults and their reasons.
+
+Every bound a client could otherwise exhaust is here (docs/reliability.md, "Cloud server
+limits"): sessions (global, per client, idle expiry), requests in flight per client,
+out-of-order requests parked per session, connections per client, header, body and
+keep-alive timeouts, and the bytes of request bodies buffered at once. `describe()` is what
+/v1/health reports, so a run's manifest (realrun.local records the server's health) records
+the settings it ran under.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from simulator.errors import ConfigError
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Limits and timeouts of one cloud server (defaults: what `pipesd realrun cloud` uses)."""
+
+    max_sessions: int = 64
+    """Open sessions at once, all clients together (429 past it)."""
+    max_sessions_per_client: int = 16
+    """Open sessions per client address (429 past it): one client cannot take them all."""
+    session_idle_timeout_s: float = 120.0
+    """A session no request has touched for this long is closed by the server."""
+    rate_limit_per_s: float | None = 200.0
+    """Requests per second per client address (token bucket; None: unlimited)."""
+    max_inflight_per_client: int = 32
+    """Requests of one client address being read, parked or served at once (429 past it)."""
+    order_timeout_s: float = 30.0
+    """How long a numbered request waits for its turn (409 after)."""
+    max_parked_per_session: int = 8
+    """Numbered requests of one session waiting for their turn at once (429 past it); they
+    wait in the event loop, holding no worker thread."""
+    max_connections_per_client: int = 64
+    """Open TCP connections per client address (further ones are closed at once)."""
+    header_timeout_s: float = 10.0
+    """A request's headers must arrive within this of its first byte (or of the connection's
+    opening); the connection is closed otherwise."""
+    body_timeout_s: float = 10.0
+    """A request's body must arrive within this of its headers (408 and close otherwise)."""
+    keep_alive_s: float = 5.0
+    """An idle keep-alive connection is closed after this (uvicorn's timeout_keep_alive)."""
+    max_header_bytes: int = 16 * 1024
+    """Most bytes of a request line and headers (h11's max_incomplete_event_size; 400 past)."""
+    max_body_bytes: int = 64 * 1024
+    """Most bytes of one request body (413 past it); link probes have their own bound."""
+    max_probe_bytes: int = 4 * MIB
+    """Most bytes of one /v1/probe body (link calibration padding)."""
+    max_buffered_bytes: int = 64 * MIB
+    """Request body bytes held at once, all requests together (503 + Retry-After past it).
+    Bodies over max_body_bytes (probes) may use at most half of it, so the other half
+    always serves the protocol's small requests."""
+    max_upload: int = 64
+    """Most draft tokens per verification."""
+    batch_window_ms: float = 0.0
+    """How long a verify waits for others to join its batch."""
+    max_batch: int = 8
+    """Most verifications per batch (capped by the backend's max_verify_batch)."""
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            problem = _problem(item.name, getattr(self, item.name), item.default)
+            if problem:
+                flag = SETTING_FLAGS.get(item.name, item.name)
+                raise ConfigError(flag, str(getattr(self, item.name)), problem)
+
+    def describe(self) -> dict[str, Any]:
+        """Every setting by name (what /v1/health reports and a run's manifest keeps)."""
+        return asdict(self)
+
+
+def _problem(name: str, value: Any, default: Any) -> str:
+    """Why `value` is no valid setting `name` ("" if it is): integers >= 1 where the default
+    is an integer, finite positive numbers otherwise; the batch window in [0, 1000] ms; the
+    rate limit may be None."""
+    if value is None and name == "rate_limit_per_s":
+        return ""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "must be a number"
+    if isinstance(default, int) and not isinstance(value, int):
+        return "must be an integer"
+    if name == "batch_window_ms":
+        return "" if 0 <= value <= 1000 else "must be in [0, 1000]"
+    if not math.isfinite(value) or value < (1 if isinstance(default, int) else 0) or value == 0:
+        return "must be >= 1" if isinstance(default, int) else "must be a finite number > 0"
+    return ""
+
+
+SETTING_FLAGS = {
+    "max_sessions": "--max-sessions",
+    "max_sessions_per_client": "--max-sessions-per-client",
+    "session_idle_timeout_s": "--session-idle-timeout-s",
+    "rate_limit_per_s": "--rate-limit",
+    "max_inflight_per_client": "--max-inflight-per-client",
+    "order_timeout_s": "--order-timeout-s",
+    "max_parked_per_session": "--max-parked-per-session",
+    "max_connections_per_client": "--max-connections-per-client",
+    "header_timeout_s": "--header-timeout-s",
+    "body_timeout_s": "--body-timeout-s",
+    "keep_alive_s": "--keep-alive-s",
+    "max_buffered_bytes": "--max-buffered-bytes",
+    "batch_window_ms": "--batch-window-ms",
+    "max_batch": "--max-batch",
+}
+"""The settings `pipesd realrun cloud` takes as options (the others keep their defaults)."""
+
+
+__all__ = ["MIB", "SETTING_FLAGS", "ServerSettings"]
