@@ -8,7 +8,7 @@ objective sequences (each picks its own points), so per-seed TPTs differ (by up 
 a tuning run's 16 noisy evaluations pick different thresholds); the check is that the numpy
 GP's choices are as good: its aggregate TPT at most 1 % above skopt's.
 
-    python benchmarks/bench_autotune_quality.py [--seeds 20] [--scenarios s1,s2,s3,s4]
+    python benchmarks/bench_autotune_quality.py [--seeds 20] [--first-seed 1] [--scenarios s1,...]
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ LABEL = "pipesd"
 TOLERANCE = 0.01
 
 
-def run(scenario: str, backend: str, seeds: int) -> tuple[dict, float]:
+def run(scenario: str, backend: str, seeds: range) -> tuple[dict, float]:
     """Per-seed (decode seconds, decode tokens) of PipeSD, its mean final state, the wall time.
 
     The same simulations as `pipesd run scenarios/pipesd_<scenario>.toml --policies pipesd
     --set seeds=[1, ..., N] --set policies.pipesd.tune_backend="<backend>" --jobs 1`.
     """
     overrides = [
-        f"seeds=[{', '.join(str(seed) for seed in range(1, seeds + 1))}]",
+        f"seeds=[{', '.join(str(seed) for seed in seeds)}]",
         f'policies.{LABEL}.tune_backend="{backend}"',
     ]
     point = expand_sweep(ROOT / "scenarios" / f"pipesd_{scenario}.toml", overrides)[0]
@@ -62,10 +62,15 @@ def tpt_ms(totals: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=20, help="seeds 1..N per scenario")
+    parser.add_argument("--seeds", type=int, default=20, help="seeds per scenario")
+    parser.add_argument("--first-seed", type=int, default=1, help="seeds first..first+N-1")
     parser.add_argument("--scenarios", default="s1,s2,s3,s4", help="comma-separated")
     args = parser.parse_args()
-    print(f"PipeSD, seeds 1..{args.seeds}: TPT (ms, token-weighted over all seeds) per backend")
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    print(
+        f"PipeSD, seeds {seeds[0]}..{seeds[-1]}: "
+        "TPT (ms, token-weighted over all seeds) per backend"
+    )
     print(
         f"{'scenario':8s} {'skopt':>9s} {'gp':>9s} {'gp/skopt':>9s} {'seeds ±1%':>10s} "
         f"{'gp faster':>10s} {'seed ratios':>13s} "
@@ -75,8 +80,7 @@ def main() -> None:
     for scenario in args.scenarios.split(","):
         results, walls = {}, {}
         for backend in BACKENDS:
-            results[backend], walls[backend] = run(scenario, backend, args.seeds)
-        seeds = sorted(results["skopt"]["per_seed"])
+            results[backend], walls[backend] = run(scenario, backend, seeds)
         total = {
             backend: [sum(results[backend]["per_seed"][seed][i] for seed in seeds) for i in (0, 1)]
             for backend in BACKENDS

@@ -172,6 +172,8 @@ class GpThresholdTuner(_BudgetedTuner):
         self._objectives: list[float]
         self._posterior: CandidatePosterior | None
         self._fitted_at: int
+        self._next: np.ndarray | None
+        """The candidate maximising EI after the latest `tell` (None while points are random)."""
         super().__init__(r1_range, r2_range, n_calls, seed)
 
     @property
@@ -186,33 +188,33 @@ class GpThresholdTuner(_BudgetedTuner):
         self._objectives = []
         self._posterior = None
         self._fitted_at = 0
+        self._next = None
 
     def _propose(self) -> Point:
-        if self._posterior is None:
+        if self._next is None:
             return self._from_unit(self._rng.random(2))
-        with _BLAS.limit(limits=1):
-            ei = self._posterior.expected_improvement(self.xi)
-        return self._from_unit(self._candidates[int(np.argmax(ei))])
+        return self._from_unit(self._next)
 
     def _observe(self, point: Point, objective: float) -> None:
-        with _BLAS.limit(limits=1):
-            self._update(point, objective)
-
-    def _update(self, point: Point, objective: float) -> None:
-        """Add one observation to the GP, re-fitting the hyper-parameters when due."""
-        unit = self._to_unit(point)
-        self._unit.append(unit)
+        self._unit.append(self._to_unit(point))
         self._objectives.append(objective)
-        n = len(self._objectives)
-        if n < self.n_initial_points:
+        if len(self._objectives) < self.n_initial_points:
             return
+        with _BLAS.limit(limits=1):  # one limit per step: entering one costs tens of µs
+            self._update()
+            ei = self._posterior.expected_improvement(self.xi)  # type: ignore[union-attr]
+        self._next = self._candidates[int(np.argmax(ei))]
+
+    def _update(self) -> None:
+        """Add the latest observation to the GP, re-fitting the hyper-parameters when due."""
+        n = len(self._objectives)
         if self._posterior is None or n - self._fitted_at >= self.refit_every:
             x, y = np.array(self._unit), np.array(self._objectives)
             hyper = fit_hyperparameters(x, normalise(y)[0])
             self._posterior = CandidatePosterior.build(self._candidates, hyper, x, y)
             self._fitted_at = n
         else:
-            self._posterior.add(np.array(unit), objective)
+            self._posterior.add(np.array(self._unit[-1]), self._objectives[-1])
 
     def _to_unit(self, point: Point) -> tuple[float, float]:
         (l1, h1), (l2, h2) = self.r1_range, self.r2_range
