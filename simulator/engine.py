@@ -22,9 +22,10 @@ from typing import Any
 
 import simpy
 
-from policies.base import CostHints, Decision, Mode, Policy, RequestStart, VerifyOutcome
+from policies.base import CostHints, Mode, Policy
 from policies.registry import POLICIES, make_policy
 from policies.seeding import policy_seed
+from policies.session import ANSWER, DONE, DRAFT, ROUND, SEND, VERIFY, SpeculativeSession
 from simulator.acceptance import AcceptanceModel
 from simulator.dipsd_plan import fleet_plan, plan_batches
 from simulator.fleet import edge_specs
@@ -33,8 +34,6 @@ from simulator.payload import Payload, payload_for
 from simulator.profile import DraftLatency, PowerProfile, SplitProfile, TargetLatency
 from simulator.records import RequestRecord, Span
 from simulator.scenario import PolicyEntry, Scenario
-
-CONTINUE, SEND, VERIFY, VERIFY_DROP_LAST = (int(d) for d in Decision)
 
 
 def succeed_at(event: simpy.Event, delay_s: float) -> None:
@@ -308,7 +307,7 @@ class Cloud:
         """Announce that `job` joins the queue at time `at_s` (not earlier than now)."""
         if self.exclusive:
             job.arrived_s = at_s
-            self._start([job], at_s if at_s > self.free_at else self.free_at)
+            self._start_alone(job, at_s if at_s > self.free_at else self.free_at)
             return
         heapq.heappush(self._arrivals, (at_s, self._announced, job))
         self._announced += 1
@@ -335,6 +334,25 @@ class Cloud:
             self._ringing = True
             self.process.interrupt()
 
+    def _start_alone(self, job: _Job, now: float) -> None:
+        """`_start([job], now)` without the batch's bookkeeping (the one-edge fast path)."""
+        service = job.service_s
+        done = now + service
+        job.begin(now, done)
+        job.record.cloud_busy_s += service
+        if self._timeline is not None and type(job) is not _PendingNav:
+            self._job_span(job, now, done)
+        self.busy_s += service
+        self.free_at = done
+        self.jobs += 1
+        self.batches += 1
+
+    def _job_span(self, job: _Job, now: float, done: float) -> None:
+        """The timeline's span of a job that draws none itself (every job but a NAV)."""
+        label = {_GenerateJob: "generate", _ARStep: "step"}.get(type(job), "prefill")
+        record = job.record
+        self._timeline.append(Span("cloud", now, done, label, record.request, edge=record.edge))  # type: ignore[union-attr]
+
     def _start(self, jobs: list[_Job], now: float) -> None:
         """Begin serving `jobs` together at `now` (which may lie ahead of SimPy's clock)."""
         if len(jobs) == 1:
@@ -353,11 +371,7 @@ class Cloud:
             job.begin(now, done)
             job.record.cloud_busy_s += share
             if self._timeline is not None and type(job) is not _PendingNav:
-                label = {_GenerateJob: "generate", _ARStep: "step"}.get(type(job), "prefill")
-                record = job.record
-                self._timeline.append(
-                    Span("cloud", now, done, label, record.request, edge=record.edge)
-                )
+                self._job_span(job, now, done)
         self.busy_s += service
         self.free_at = done
         self.jobs += len(jobs)
@@ -498,6 +512,15 @@ class Edge:
         self.records: list[RequestRecord] = []
         self.session = SessionStats()
         self.timeline = timeline
+        self.core = SpeculativeSession(policy, config.max_draft_tokens)
+        inv_factor = 1.0 / config.compute_factor
+        decode_base = config.draft.decode_base_s * inv_factor
+        decode_ctx = config.draft.decode_per_context_token_s * inv_factor
+        self._draft_s = [
+            decode_base + decode_ctx * (config.prompt_len + position)
+            for position in range(config.max_new_tokens)
+        ]
+        """The draft's time for the token at each output position (the same every request)."""
         self.process = env.process(self._run())
 
     def _run(self) -> Generator[simpy.Event, Any, None]:
@@ -642,8 +665,8 @@ class Edge:
 
     def _speculative_request(self, index: int, arrived: float) -> Generator[simpy.Event, Any, None]:
         """One request under a speculative policy (see the module docstring for the clock)."""
-        env, cfg, policy, up, down = self.env, self.config, self.policy, self.up, self.down
-        payload, timeline = cfg.payload, self.timeline
+        env, cfg, up, down = self.env, self.config, self.up, self.down
+        payload, timeline, core = cfg.payload, self.timeline, self.core
         n_new, prompt_len = cfg.max_new_tokens, cfg.prompt_len
         record = RequestRecord(request=index, edge=cfg.edge, prompt_len=prompt_len, start_s=arrived)
         stream = self.acceptance.stream(cfg.seed, cfg.edge, index, n_new)
@@ -660,30 +683,26 @@ class Edge:
         prefill = cfg.draft.prefill_s(prompt_len) * inv_factor
         t += prefill
         record.edge_busy_s += prefill
-        policy.start_request(RequestStart(prompt_len, n_new, record.start_s))
+        step = core.begin(record, prompt_len, n_new, record.start_s)
 
-        decode_base = cfg.draft.decode_base_s * inv_factor
-        decode_ctx = cfg.draft.decode_per_context_token_s * inv_factor
+        draft_s = self._draft_s
         per_token_bytes, header = payload.per_draft_token, payload.message_header
         ack_bytes = payload.ack_bytes
         result_bytes = payload.result_bytes
         target = cfg.target
         min_down = down.min_delivery_s()
-        drafts_while_pending = policy.drafts_while_pending
-        is_oracle = policy.is_oracle
-        max_draft = cfg.max_draft_tokens
-        limit = n_new - 1
+        drafted, sent = core.drafted, core.sent
         reports: list[tuple[float, int, float]] = []  # heap: (known at, tokens, duration)
 
-        committed = drafted_end = sent_end = 0
+        committed = 0  # core.committed, which changes only with an answer
+        on_path_end = next_reject[0]  # drafts up to the first rejected position are on path
         off_index = 0
         nav: _PendingNav | None = None
-        deferred = False
-        round_start = True
-        first_token_s = -1.0
 
-        def send(now: float, nav_request: bool) -> _PendingNav | None:
-            nonlocal sent_end
+        def send(now: float, nav_request: bool) -> int:
+            """Send [sent_end, drafted_end) as a NAV or an upload; returns the next step."""
+            nonlocal nav
+            sent_end, drafted_end = core.sent_end, core.drafted_end
             n_tokens = drafted_end - sent_end
             n_bytes = header + n_tokens * per_token_bytes
             tx = up.transmit(now, n_bytes)
@@ -712,144 +731,91 @@ class Edge:
                         cfg.edge,
                     )
                 )
-            sent_end = drafted_end
-            if not nav_request:
-                return None
-            pending = _PendingNav(
-                committed,
-                drafted_end,
-                service,
-                record,
-                down,
-                result_bytes(m),
-                answered + service,
-                timeline,
-                m + 1,
-                context,
-            )
-            self.cloud.arrive(pending, tx.arrive_s)
-            return pending
+            if nav_request:
+                nav = _PendingNav(
+                    committed,
+                    drafted_end,
+                    service,
+                    record,
+                    down,
+                    result_bytes(m),
+                    answered + service,
+                    timeline,
+                    m + 1,
+                    context,
+                )
+                self.cloud.arrive(nav, tx.arrive_s)
+            return sent(nav_request)
 
-        while committed < n_new:
+        while step != DONE:
             while reports and reports[0][0] <= t:
                 _, n_tokens, duration = heapq.heappop(reports)
-                policy.on_upload(n_tokens, duration)
+                core.uploaded(n_tokens, duration)
             if nav is not None:
                 eta = nav.eta
-                if eta is not None and eta <= t:
-                    wait = False
-                elif drafts_while_pending and not deferred and drafted_end < limit:
+                if step == DRAFT and (eta is None or eta > t):  # draft on while pending
                     if eta is None and t >= nav.lower_bound:
                         if t > env.now:
                             yield env.timeout(t - env.now)
                         if nav.eta is None:
                             nav.lower_bound = t + nav.service_s + min_down
                         continue
-                    wait = None  # keep drafting
                 else:
-                    wait = True
-                if wait is not None:
-                    if wait and nav.eta is None:
+                    if eta is None:
                         nav.arrived = env.event()
                         yield nav.arrived
-                    elif wait and nav.eta > t:
-                        t = nav.eta
+                    elif eta > t:
+                        t = eta
                     if t > env.now:
                         yield env.timeout(t - env.now)
                     t = env.now
                     # -- the answer is processed at local time t ----------------------------
                     up.defer(nav.eta, ack_bytes)  # type: ignore[arg-type]
                     start, end = nav.start, nav.end
-                    m = end - start
                     reject = next_reject[start]
-                    accepted = min(reject - start, m)
-                    new_committed = start + accepted + 1
-                    surviving = surviving_sent = 0
-                    if drafted_end > end:
-                        if accepted == m and reject > end:
-                            surviving = drafted_end - end - 1
-                            surviving_sent = max(0, sent_end - end - 1)
-                            record.promoted += surviving
-                            record.bonus_matches += 1
-                        else:
-                            record.discarded += drafted_end - end
-                            record.rollbacks += 1
-                    if surviving:
-                        sent_end = max(sent_end, new_committed)
-                    else:
-                        drafted_end = sent_end = new_committed
-                    committed = min(new_committed, n_new)
-                    if first_token_s < 0:
-                        first_token_s = t
-                    record.navs += 1
-                    record.verified += m
-                    record.accepted += accepted
+                    accepted = min(reject - start, end - start)
                     if timeline is not None:
-                        label = f"{accepted}/{m} accepted"
+                        label = f"{accepted}/{end - start} accepted"
                         timeline.append(
                             Span("result", nav.eta, t, label, index, start, end, edge=cfg.edge)  # type: ignore[arg-type]
                         )
                     nav = None
-                    deferred = False
-                    decision = policy.on_result(
-                        VerifyOutcome(m, accepted, surviving, surviving_sent, t)
+                    step = core.answered(accepted, reject > end, t)
+                    committed = core.committed
+                    if step != DONE:
+                        on_path_end = next_reject[committed]
+                    if step in (SEND, VERIFY):
+                        step = send(t, step == VERIFY)
+                    continue
+            elif step:  # not DRAFT
+                if step == ROUND:
+                    step = core.round_start(
+                        next_reject[committed] - committed,
+                        self._true_costs(t, prompt_len + committed),
                     )
-                    round_start = surviving == 0
-                    if surviving and committed < n_new:
-                        if decision == VERIFY:
-                            nav = send(t, True)
-                        elif decision == SEND and drafted_end > sent_end:
-                            send(t, False)
-                    continue
-            else:
-                if is_oracle and round_start:
-                    round_start = False
-                    hints = self._true_costs(t, prompt_len + committed)
-                    if policy.on_round_start(next_reject[committed] - committed, hints) == VERIFY:
-                        nav = send(t, True)
-                        continue
-                if drafted_end >= limit:
-                    nav = send(t, True)
-                    continue
+                if step == VERIFY:
+                    step = send(t, True)
+                continue
             # -- draft one token ------------------------------------------------------------------
-            position = drafted_end
-            if position <= next_reject[committed]:
+            position = core.drafted_end
+            if position <= on_path_end:
                 conf = confidence[position]
             else:
                 conf = off_path[off_index % n_off]
                 off_index += 1
-            dt = decode_base + decode_ctx * (prompt_len + position)
+            dt = draft_s[position]
             if timeline is not None:
                 timeline.append(
                     Span("draft", t, t + dt, "draft", index, position, position + 1, edge=cfg.edge)
                 )
             t += dt
-            record.edge_busy_s += dt
-            record.drafted += 1
-            drafted_end = position + 1
-            pending = nav is not None
-            decision = policy.on_draft(conf, dt, pending)
-            if decision <= SEND and (
-                drafted_end - committed >= max_draft or (not pending and drafted_end >= limit)
-            ):
-                decision = VERIFY
-            if decision == SEND:
-                if drafted_end > sent_end:
-                    send(t, False)
-            elif decision != CONTINUE:
-                if decision == VERIFY_DROP_LAST:
-                    drafted_end -= 1
-                    record.discarded += 1
-                if pending:
-                    deferred = True
-                else:
-                    nav = send(t, True)
+            step = drafted(conf, dt)
+            if step and step != ANSWER:  # SEND or VERIFY
+                step = send(t, step == VERIFY)
 
         if t > env.now:
             yield env.timeout(t - env.now)
-        record.new_tokens = n_new
-        record.first_token_s = first_token_s
-        record.end_s = t
+        core.finish(t)
         self._finish(record)
 
 
