@@ -21,6 +21,7 @@ for every drafted token.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from policies.base import CostHints, Decision, Policy, RequestStart, VerifyOutcome
@@ -52,6 +53,24 @@ class TokenLedger(Protocol):
     bonus_matches: int
     rollbacks: int
     edge_busy_s: float
+
+
+@dataclass(slots=True)
+class TokenCounts:
+    """A `TokenLedger` of its own, for executors without a request record (the checker)."""
+
+    new_tokens: int = 0
+    first_token_s: float = 0.0
+    end_s: float = 0.0
+    navs: int = 0
+    drafted: int = 0
+    verified: int = 0
+    accepted: int = 0
+    discarded: int = 0
+    promoted: int = 0
+    bonus_matches: int = 0
+    rollbacks: int = 0
+    edge_busy_s: float = 0.0
 
 
 class SpeculativeSession:
