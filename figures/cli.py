@@ -8,11 +8,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from figures.load import Run, load_run
 from figures.options import DEFAULT_ROUNDS, FORMATS
 from simulator.errors import ConfigError
+from simulator.outdir import MANIFEST, claim_out_dir, out_dir_arg, release_out_dir
+from simulator.results import write_json
 
 if TYPE_CHECKING:
-    from figures.load import Run
+    from figures.build import Options
 
 
 def add_parser(subparsers: Any) -> None:
@@ -35,9 +38,16 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--out",
-        type=Path,
+        type=out_dir_arg,
         help="output folder (default RUN_DIR/figures; with several RUN_DIRs, one subfolder "
-        "per run named like it; with --readme, docs/figures)",
+        "per run named like it; with --readme, docs/figures): new, empty, or one `pipesd "
+        "figures` wrote before, with --force",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="draw into folders an earlier `pipesd figures` wrote (a folder of anything else "
+        "is always refused)",
     )
     parser.add_argument(
         "--format",
@@ -95,6 +105,10 @@ def add_parser(subparsers: Any) -> None:
     )
 
 
+FIGURES_KIND = "figures"
+"""The `kind` in the manifest of a folder `pipesd figures` draws into (simulator.outdir)."""
+
+
 def _labels(text: str | None, flag: str) -> tuple[str, ...] | None:
     if text is None:
         return None
@@ -121,21 +135,9 @@ def run_out_dirs(runs: Sequence[Run], out: Path | None) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     """Execute `pipesd figures`; prints each file written. Bad input raises ConfigError."""
     # matplotlib loads here, not when `pipesd` builds its parser
-    from figures.build import (
-        DIPSD_STEM,
-        PICOSPEC_STEM,
-        TIMELINE_STEM,
-        VALIDATION_STEM,
-        Options,
-        run_figures,
-    )
-    from figures.dipsd_users import dipsd_figure
-    from figures.load import load_run
-    from figures.picospec_topk import picospec_figure
-    from figures.readme import README_FIGURES, readme_figures
-    from figures.style import parse_formats, save
-    from figures.timeline import timeline_figure
-    from figures.validation import validation_figure
+    from figures.build import Options
+    from figures.readme import README_FIGURES
+    from figures.style import parse_formats
 
     options = Options(
         formats=parse_formats(args.format),
@@ -162,6 +164,49 @@ def run(args: argparse.Namespace) -> int:
     common = args.out if args.out is not None else (outs[0] if outs else None)
     if extras and common is None:
         raise ConfigError("--out", "", "required when no RUN_DIR is given")
+    # --out before the per-run folders inside it; all claimed before anything is drawn
+    folders = [*([args.out] if args.out is not None else []), *outs]
+    folders += [common] if common is not None and extras else []
+    folders += [README_FIGURES] if args.readme and args.out is None else []
+    claimed = {f: claim_out_dir(f, FIGURES_KIND, force=args.force) for f in dict.fromkeys(folders)}
+    try:
+        written = _draw(args, options, runs, outs, common, extras)
+    except ConfigError:  # e.g. an unknown label: the folders stay as they were
+        for folder, created in reversed(claimed.items()):
+            release_out_dir(folder, created)
+        raise
+    for folder in claimed:
+        files = sorted(str(path.relative_to(folder)) for path in written if path.parent == folder)
+        write_json(folder / MANIFEST, {"kind": FIGURES_KIND, "status": "complete", "files": files})
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _draw(
+    args: argparse.Namespace,
+    options: Options,
+    runs: list[Run],
+    outs: list[Path],
+    common: Path | None,
+    extras: Any,
+) -> list[Path]:
+    """Draw every figure asked for into the claimed folders; returns the files written."""
+    # matplotlib loads here, not when `pipesd` builds its parser
+    from figures.build import (
+        DIPSD_STEM,
+        PICOSPEC_STEM,
+        TIMELINE_STEM,
+        VALIDATION_STEM,
+        run_figures,
+    )
+    from figures.dipsd_users import dipsd_figure
+    from figures.picospec_topk import picospec_figure
+    from figures.readme import README_FIGURES, readme_figures
+    from figures.style import save
+    from figures.timeline import timeline_figure
+    from figures.validation import validation_figure
+
     # the testbed timeline goes above the first run with simulated timelines, else alone
     owner = next((i for i, item in enumerate(runs) if item.timelines()), None)
     written: list[Path] = []
@@ -181,6 +226,4 @@ def run(args: argparse.Namespace) -> int:
     if args.readme:
         target = args.out if args.out is not None else README_FIGURES
         written += readme_figures(target, options.formats)
-    for path in written:
-        print(f"wrote {path}")
-    return 0
+    return written

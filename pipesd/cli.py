@@ -298,6 +298,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_BAD_INPUT
+    except OSError as exc:  # a file or folder named on the command line cannot be used
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"pipesd: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         kept = "; finished simulations are kept: rerun with --resume"
         print(f"pipesd: interrupted{kept if args.command == 'run' else ''}", file=sys.stderr)

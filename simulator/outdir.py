@@ -100,9 +100,10 @@ def claim_out_dir(
     command: Sequence[str] = (),
     flag: str = "--out",
     resumable: bool = False,
-) -> None:
+) -> bool:
     """Check that command `kind` may write into `out` (see the module docstring), create it,
-    and mark it with a stub manifest. Bad paths raise a one-line ConfigError naming `flag`."""
+    and mark it with a stub manifest. Bad paths raise a one-line ConfigError naming `flag`.
+    Returns whether this call created the folder (see `release_out_dir`)."""
     if not str(out).strip():
         raise ConfigError(flag, "", "must not be empty (give a folder to write into)")
     shown = repr(str(out))
@@ -120,7 +121,8 @@ def claim_out_dir(
     else:
         _check_previous_run(out, kind, force, resume, flag, resumable)
         if resume:
-            return
+            return False
+    created = info is None
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -135,6 +137,21 @@ def claim_out_dir(
         write_json(out / MANIFEST, stub)
     except OSError as exc:
         raise ConfigError(flag, "", f"cannot write into {shown} ({exc.strerror})") from None
+    return created
+
+
+def release_out_dir(out: Path, created: bool) -> None:
+    """Undo `claim_out_dir` when the command failed before writing anything: remove the stub
+    manifest (and the folder, if the claim created it) so the user's next try starts clean."""
+    try:
+        names = [entry.name for entry in os.scandir(out)]
+        if names != [MANIFEST] or read_manifest(out / MANIFEST).get("status") != "starting":
+            return
+        (out / MANIFEST).unlink()
+        if created:
+            out.rmdir()
+    except (OSError, ConfigError):
+        return
 
 
 def _is_empty(out: Path, flag: str) -> bool:
@@ -182,3 +199,24 @@ def _check_previous_run(
             + (", --resume to continue that run" if resumable else "")
             + " or choose a new folder",
         )
+
+
+def check_out_file(path: Path, flag: str = "--out") -> None:
+    """Refuse an output file path of the wrong kind before anything is measured or written:
+    empty, an existing folder, FIFO or device, or a path whose parent is a file."""
+    if not str(path).strip():
+        raise ConfigError(flag, "", "must not be empty (give a file to write)")
+    shown = repr(str(path))
+    for candidate in (path, *path.parents):
+        try:
+            info = candidate.stat()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ConfigError(flag, "", f"cannot use {shown} ({exc.strerror})") from None
+        if candidate == path and not stat.S_ISREG(info.st_mode):
+            raise ConfigError(flag, "", f"{shown} exists and is not a regular file")
+        if candidate != path and not stat.S_ISDIR(info.st_mode):
+            raise ConfigError(flag, "", f"{shown}: {str(candidate)!r} is not a folder")
+        if candidate != path:
+            return

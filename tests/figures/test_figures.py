@@ -59,8 +59,8 @@ pipeline = false
 """
 TRACE_LINK = """
 [link]
-uplink_trace = "trace/up.csv"
-downlink_trace = "trace/down.csv"
+uplink_trace = "traces/up.csv"
+downlink_trace = "traces/down.csv"
 """
 
 
@@ -84,9 +84,10 @@ def sweep_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trace_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run on uplink and downlink traces (S4-like, 2 s steps)."""
     folder = tmp_path_factory.mktemp("runs") / "trace"
-    folder.mkdir()
-    (folder / "up.csv").write_text("t_s,mbps\n0,40\n2,10\n4,80\n")
-    (folder / "down.csv").write_text("t_s,mbps\n0,200\n3,150\n")
+    traces = folder.parent / "traces"  # inputs beside the run folder: runs write only into new
+    traces.mkdir()  # or earlier run folders
+    (traces / "up.csv").write_text("t_s,mbps\n0,40\n2,10\n4,80\n")
+    (traces / "down.csv").write_text("t_s,mbps\n0,200\n3,150\n")
     return simulate(folder, SCENARIO + TRACE_LINK, [], False)
 
 
@@ -177,10 +178,10 @@ def test_cli_writes_the_figures_each_run_supports(
     argv = [str(sweep_run), str(trace_run), "--out", str(out), "--format", "png,pdf"]
     assert figures_cli([*argv, "--real-timeline", str(real)]) == 0
     stems = {"tpt_vs_uplink", "tpt_vs_compute", "energy_per_token", "timeline"}
-    assert {p.name for p in (out / "sweep").iterdir()} == {
+    assert {p.name for p in (out / "sweep").iterdir()} - {"manifest.json"} == {
         f"{stem}.{fmt}" for stem in stems for fmt in ("png", "pdf")
     }
-    assert {p.name for p in (out / "trace").iterdir()} == {
+    assert {p.name for p in (out / "trace").iterdir()} - {"manifest.json"} == {
         f"{stem}.{fmt}"
         for stem in ("energy_per_token", "bandwidth_trace")
         for fmt in ("png", "pdf")
@@ -197,7 +198,7 @@ def test_cli_default_out_and_extra_figures(sweep_run: Path, tmp_path: Path) -> N
     )
     argv = [str(copy), "--validation", str(validation), "--timeline-policies", "vanilla"]
     assert figures_cli([*argv, "--rounds", "2", "--policies", "pipesd,vanilla"]) == 0
-    written = {p.name for p in (copy / "figures").iterdir()}
+    written = {p.name for p in (copy / "figures").iterdir()} - {"manifest.json"}
     assert written == {
         "tpt_vs_uplink.png",
         "tpt_vs_compute.png",
@@ -218,7 +219,8 @@ def test_cli_readme_figures(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     assert figures_cli(["--readme", "--out", str(tmp_path / "docs")]) == 0
     stems = ("tpt_vs_uplink", "tpt_vs_compute", "energy_per_token", "timeline")
     stems += ("bandwidth_trace", "dipsd_users", "picospec_topk")
-    assert {p.name for p in (tmp_path / "docs").iterdir()} == {f"{s}.png" for s in stems}
+    written = {p.name for p in (tmp_path / "docs").iterdir()}
+    assert written == {"manifest.json", *(f"{s}.png" for s in stems)}
 
 
 def test_missing_inputs_are_config_errors(sweep_run: Path, tmp_path: Path) -> None:
@@ -251,7 +253,7 @@ def test_missing_inputs_are_config_errors(sweep_run: Path, tmp_path: Path) -> No
 
 
 def test_bad_arguments_are_config_errors(sweep_run: Path, tmp_path: Path) -> None:
-    out = ["--out", str(tmp_path)]
+    out = ["--out", str(tmp_path), "--force"]  # a failed call may leave figures drawn before it
     with pytest.raises(ConfigError, match="unknown format 'jpg'"):
         figures_cli([str(sweep_run), "--format", "png,jpg", *out])
     with pytest.raises(ConfigError, match="no timeline for 'oracle'"):
