@@ -34,6 +34,7 @@ from calibrate.samples import (
     PrefillSample,
     TransferSample,
 )
+from calibrate.target_llama import FORWARD_MAPE_PREFIX, fit_single_sequence, forward_mape_note
 
 REFITTABLE = ("draft", "target", "link", "acceptance")
 """Part kinds whose values are fitted from stored samples."""
@@ -62,8 +63,6 @@ def _draft(part: Part) -> tuple[dict[str, Any], dict[str, FitReport], dict[str, 
 
 
 def _target(part: Part) -> tuple[dict[str, Any], dict[str, FitReport], dict[str, str]]:
-    from calibrate.target_llama import FORWARD_MAPE_PREFIX, fit_single_sequence, forward_mape_note
-
     prefill = _rows(part, "prefill", PrefillSample)
     forward = _rows(part, "forward", ForwardSample)
     if all(s.batch == 1 for s in forward):

@@ -34,7 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from realrun.link import netns
 from simulator.errors import ConfigError
+from simulator.link import ConstantBandwidth
 
 PROBABILITY_BYTES = 9
 """A msgpack float64."""
@@ -138,13 +140,11 @@ def measure_wire(
     pause_s: float = 0.03,
 ) -> WireMeasurement:
     """NAVs of `n_tokens` through a tbf link to a server holding `model`; see the module."""
-    import httpx
+    import httpx  # optional (extra 'realrun'), as the three below that load it or msgpack
 
-    from realrun.edge.client import CloudClient
-    from realrun.link import netns
-    from realrun.link.shaping import LinkSpec, open_link
-    from realrun.protocol import encode
-    from simulator.link import ConstantBandwidth
+    from realrun.edge.client import CloudClient  # loads httpx
+    from realrun.link.shaping import LinkSpec, open_link  # loads httpx
+    from realrun.protocol import encode  # loads msgpack
 
     reason = netns.unavailable_reason()
     if reason is not None:

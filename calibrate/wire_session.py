@@ -22,13 +22,15 @@ import csv
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from calibrate.wire import PacketTap, ack_share
+from realrun.link import netns
+from realrun.local import LocalOptions, cloud_server, free_port
+from realrun.testbed import run_testbed
 from simulator.errors import ConfigError
-
-if TYPE_CHECKING:
-    from realrun.local import LocalOptions
-    from simulator.scenario import SweepPoint
+from simulator.payload import payload_for
+from simulator.scenario import SweepPoint, expand_sweep
 
 ONE_MESSAGE_PER_NAV = ("vanilla", "hsl", "edgellm", "pmin", "hf_heuristic")
 """Policies that upload nothing between NAVs: a NAV carries exactly the tokens it verifies."""
@@ -70,8 +72,6 @@ class SessionWire:
 def session_point(scenario_path: Path, requests: int) -> SweepPoint:
     """The scenario's first point with only its one-message-per-NAV policies, `requests`
     requests of seed `SESSION_SEED`, and a constant `SESSION_MBPS` link both ways."""
-    from simulator.scenario import expand_sweep
-
     overrides = [f"prompts.count={requests}", f"seeds=[{SESSION_SEED}]"]
     point = expand_sweep(scenario_path, overrides)[0]
     scenario = point.scenario
@@ -124,12 +124,7 @@ def measure_session_wire(
     say: Callable[[str], None] = print,
 ) -> SessionWire:
     """Run the session (tbf, synthetic acceptance) into `out_dir` and measure it."""
-    from calibrate.wire import PacketTap, ack_share
-    from realrun.link import netns
-    from realrun.link.shaping import LinkSpec, open_link
-    from realrun.local import cloud_server, free_port
-    from realrun.testbed import run_testbed
-    from simulator.payload import payload_for
+    from realrun.link.shaping import LinkSpec, open_link  # loads httpx (extra 'realrun')
 
     reason = netns.unavailable_reason()
     if reason is not None:

@@ -21,10 +21,14 @@ from calibrate.cli import add_parser as add_calibrate_parser
 from calibrate.cli import run as run_calibrate
 from figures.cli import add_parser as add_figures_parser
 from figures.cli import run as run_figures
+from policies.registry import POLICIES
 from realrun.cli import add_parser as add_realrun_parser
 from realrun.cli import run as run_realrun
+from simulator.backends import make_backend
 from simulator.errors import ConfigError
 from simulator.outdir import out_dir_arg
+from simulator.runner import plan_tasks, run_scenario
+from simulator.scenario import expand_sweep
 from validation.cli import add_revalidate_parser, add_validate_parser, run_revalidate, run_validate
 
 EXIT_BAD_INPUT = 2
@@ -188,10 +192,6 @@ def _print_summary(console: Console, rows: list[dict[str, Any]], axes: list[str]
 
 def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """`pipesd run`: expand, validate, simulate, write, print."""
-    from simulator.backends import make_backend
-    from simulator.runner import plan_tasks, run_scenario
-    from simulator.scenario import expand_sweep
-
     if args.jobs < 1:
         raise ConfigError("--jobs", "", f"must be at least 1 (got {args.jobs})")
 
@@ -239,8 +239,6 @@ def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def command_policies() -> int:
     """`pipesd policies`: every policy with its parameters and defaults."""
-    from policies.registry import POLICIES
-
     console = Console()
     for name, (model, _) in POLICIES.items():
         console.print(f"[bold]{name}[/bold]: {(model.__doc__ or '').strip()}")

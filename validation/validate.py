@@ -16,16 +16,16 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+from scipy.stats import t as student_t
 
+from realrun.local import LocalOptions, check_points, run_local
 from simulator.errors import ConfigError
 from simulator.results import write_json, write_table
+from simulator.runner import Task, execute, run_scenario, summary_rows
 from simulator.scenario import SweepPoint, expand_sweep
-
-if TYPE_CHECKING:
-    from realrun.local import LocalOptions
 
 METRICS = (
     "tpt_ms",
@@ -124,8 +124,6 @@ def separated_pairs(
     """Per sweep point, the policy pairs whose real TPTs differ beyond chance: a paired t-test
     over the requests both ran (same seed, same request: same prompt and acceptance stream)
     at `confidence`. Each pair is (faster, slower, TPT gap in ms, the gap's half-width)."""
-    from scipy.stats import t as student_t
-
     tpt: dict[tuple[int, str], dict[tuple[str, str], float]] = {}
     with results.open(newline="") as handle:
         for row in csv.DictReader(handle):
@@ -300,8 +298,6 @@ def resimulate(
     """TPT (ms) per (point, policy) the simulator predicts when each (point, policy, seed) of
     `factors` runs with the draft and the target at its own (edge, cloud) speed factors
     (relative to the profile; > 1: faster)."""
-    from simulator.runner import Task, execute, summary_rows
-
     sessions: dict[tuple[int, str], list[tuple[int, float, float]]] = {}
     for (index, policy, seed), (edge, cloud) in sorted(factors.items()):
         sessions.setdefault((index, policy), []).append((seed, edge, cloud))
@@ -433,8 +429,6 @@ def run_validation(
     (validation.recalibrate), recorded in the manifest. Returns the validation rows, the headline
     figures and the skipped policies.
     """
-    from realrun.local import check_points, run_local
-
     skipped = check_points(scenario_path, points)
     (out_dir / "validation.csv").unlink(missing_ok=True)
     probing = replace(options, speed_probe=True)  # the second prediction's reference
@@ -463,8 +457,6 @@ def simulate_and_compare(
     """Simulate `points` into OUT/sim, then compare with OUT/real: the speeds, both
     re-simulated predictions, validation.csv and manifest.json (with `origin`: where the
     profile or the real side came from). Returns the rows and the headline figures."""
-    from simulator.runner import run_scenario
-
     run_scenario(scenario_path, points, out_dir / "sim", command, record_timeline=True)
     extra = {
         "kind": "revalidate" if "revalidated_from" in origin else "validate",  # simulator.outdir
