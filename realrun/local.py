@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
-import importlib.metadata
 import os
 import shutil
 import signal
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from simulator.errors import ConfigError
 from simulator.outdir import claim_out_dir
+from simulator.provenance import package_versions
 from simulator.results import write_json, write_table
 
 if TYPE_CHECKING:
@@ -232,17 +232,6 @@ def cloud_server(
         stop_server(process)
 
 
-def realrun_versions() -> dict[str, str]:
-    """Versions of the testbed's own packages."""
-    versions = {}
-    for name in REALRUN_PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
 def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     """A CSV file's header and rows, as text (so rewriting them changes nothing)."""
     with path.open(newline="") as handle:
@@ -360,7 +349,7 @@ def run_local(
             "points": {str(i): used[i] for i in finished},
             "finished_points": finished,
             "skipped": skipped,
-            "versions": realrun_versions(),
+            "versions": package_versions(REALRUN_PACKAGES),
         }
         data["kind"] = LOCAL_KIND
         write_json(out_dir / "manifest.json", data)

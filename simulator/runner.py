@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import importlib.metadata
 import json
 import math
 import platform
@@ -22,6 +21,7 @@ from simulator.engine import SimResult, simulate
 from simulator.errors import ConfigError
 from simulator.metrics import SUMMARY_METRICS, fleet_metrics, summarise
 from simulator.outdir import MANIFEST, claim_out_dir, read_manifest
+from simulator.provenance import package_versions
 from simulator.records import RECORD_FIELDS, RequestRecord, Span
 from simulator.results import write_json, write_table
 from simulator.scenario import SweepPoint
@@ -41,17 +41,6 @@ class Task:
     point: SweepPoint
     policy_index: int
     seed: int
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of Python and the packages a result depends on."""
-    versions = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
 
 
 def plan_tasks(points: Sequence[SweepPoint]) -> list[Task]:
@@ -142,7 +131,7 @@ def manifest(
             {"label": e.label, "name": e.name, "params": e.params.model_dump(mode="json")}
             for e in first.policies
         ],
-        "versions": package_versions(),
+        "versions": package_versions(PACKAGES),
         "platform": platform.platform(),
     }
 
