@@ -66,6 +66,12 @@ UNSTABLE_CV = 0.10
 REMEASURE_PASSES = 2
 """At most this many extra passes of an unstable configuration (each as long as the first)."""
 
+CLOCKS = {
+    "wall": "wall-clock time (perf_counter)",
+    "cpu": "process CPU time / compute threads (a preempted run's waiting is not counted)",
+}
+"""What a run's time is read from (`calibrate.served`'s `clock`)."""
+
 RULES = {
     BEST_CASE: f"runs > {1 + BEST_CASE_BAND:g} x the fastest rejected",
     TYPICAL: f"runs > median + {OUTLIER_MADS:g} x 1.4826 MAD rejected",
@@ -183,8 +189,11 @@ class Repeated(Generic[K, S]):
     they were measured; `stats(key)` summarises one configuration.
     """
 
-    def __init__(self, keys: Iterable[K], statistic: str) -> None:
+    def __init__(self, keys: Iterable[K], statistic: str, clock: str = "wall") -> None:
+        if clock not in CLOCKS:
+            raise ValueError(f"clock must be one of {', '.join(CLOCKS)} (got {clock!r})")
         self.statistic = _check_statistic(statistic)
+        self.clock = clock
         self._times: dict[K, list[float]] = {key: [] for key in keys}
         self._order: list[tuple[K, int, S]] = []
         self._passes: dict[K, int] = dict.fromkeys(self._times, 1)
@@ -274,6 +283,7 @@ class Repeated(Generic[K, S]):
                     "n_rejected": s.n_rejected,
                     "passes": s.passes,
                     "unstable": s.unstable,
+                    "clock": self.clock,
                 }
             )
         return rows
@@ -289,6 +299,7 @@ NOISE_FIELDS = (
     "n_rejected",
     "passes",
     "unstable",
+    "clock",
 )
 """The columns `Repeated.noise_rows` adds after a configuration's own fields."""
 
@@ -314,6 +325,7 @@ def noise_line(
     remeasured = sum(1 for row in rows if int(row["passes"]) > 1)
     unstable = [row for row in rows if row.get("unstable")]
     statistic = rows[0]["statistic"]
+    clock = CLOCKS.get(rows[0].get("clock", "wall"), "wall-clock time")
     if cvs:
         worst_cv, worst = max(cvs, key=lambda item: item[0])
         spread = (
@@ -327,7 +339,7 @@ def noise_line(
         f"measurement noise: {spread}; {rejected} of {kept + rejected} runs rejected "
         f"({RULES.get(statistic, statistic)}); {remeasured} of {len(rows)} configurations "
         f"re-measured, {len(unstable)} still unstable; fitted on the kept runs, summary "
-        f"statistic {statistic}"
+        f"statistic {statistic}; timed by {clock}"
     )
 
 
@@ -368,6 +380,7 @@ def noise_notes(kind: str, samples: Mapping[str, Any]) -> dict[str, str]:
 __all__ = [
     "BEST_CASE",
     "BEST_CASE_BAND",
+    "CLOCKS",
     "MAD_TO_SIGMA",
     "MIN_SPREAD_FRACTION",
     "NOISE_FIELDS",

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from calibrate.fit import FitReport, fit_target_latency
-from calibrate.noise import BEST_CASE, Repeated, TimingStats, unstable_warning
+from calibrate.noise import BEST_CASE, CLOCKS, Repeated, TimingStats, unstable_warning
 from calibrate.samples import ForwardSample, PrefillSample
 from realrun.cloud.energy import (
     EnergyMeter,
@@ -125,6 +125,7 @@ class TargetMeasurements:
     prefill_rejected: tuple[PrefillSample, ...] = ()
     forward_rejected: tuple[ForwardSample, ...] = ()
     noise: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    clock: str = "wall"
 
     @property
     def has_energy(self) -> bool:
@@ -194,6 +195,7 @@ class TargetMeasurements:
             f"torch {self.torch_version}, transformers {self.transformers_version}, "
             f"{self.repetitions} repetitions after {self.warmup} warm-up"
             + (f", {self.threads} CPU thread(s)" if self.device == "cpu" else ""),
+            f"timed by {CLOCKS.get(self.clock, self.clock)}",
             "energy: " + (self.energy_method or f"not measured ({self.energy_unavailable})"),
             "idle power: "
             + (
@@ -342,6 +344,7 @@ def time_prefills(
     warmup: int,
     repetitions: int,
     say: Callable[[str], None],
+    clock: str = "wall",
 ) -> PrefillTimings:
     """Prefill samples and per-length timing: `warmup` discarded runs per length, then
     `repetitions` rounds over every length in turn (interleaved, so drift spreads evenly);
@@ -350,7 +353,7 @@ def time_prefills(
     for length in prompts:
         for _ in range(warmup):
             prefill_once(length)
-    repeated: Repeated[int, PrefillSample] = Repeated(prompts, BEST_CASE)
+    repeated: Repeated[int, PrefillSample] = Repeated(prompts, BEST_CASE, clock)
 
     def run_round(lengths: Sequence[int]) -> list[int]:
         for length in lengths:

@@ -1,10 +1,10 @@
 """Profile the testbed's cloud target: a llama.cpp GGUF model on the CPU, evaluated as served.
 
-`profile_llama_target` drives `realrun.cloud.llama_target.LlamaTarget` (the object the cloud server holds:
-flash attention, KV cache kept between verifications, rollback with seq_rm) through its public
-methods only (`calibrate.served.time_served`: prefill vs prompt length, verification vs tokens
-verified and context, interleaved rounds after warm-up), so every time is the server's own
-measurement of its own calls.
+`profile_llama_target` drives `realrun.cloud.llama_target.LlamaTarget` (the object the cloud
+server holds: flash attention, KV cache kept between verifications, rollback with seq_rm)
+through its public methods only (`calibrate.served.time_served`: prefill vs prompt length,
+verification vs tokens verified and context, interleaved rounds after warm-up, unstable
+configurations re-measured), so every time is the server's own measurement of its own calls.
 
 Batch size is 1 only: the server verifies one sequence at a time, and llama-cpp-python's `Llama`
 exposes no multi-sequence context. `fit_single_sequence` therefore fits the forward model
@@ -19,7 +19,6 @@ energy fields are None and say why.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import types
@@ -36,11 +35,10 @@ from calibrate.fit import (
     _feature,
     _fit_target_prefill,
     _position_context,
-    _positive,
     _samples,
 )
 from calibrate.samples import ForwardSample, PrefillSample
-from calibrate.served import served_needs, time_served
+from calibrate.served import AUTO_CLOCK, resolve_clock, served_needs, time_served
 from calibrate.target import (
     AUTO,
     SEED,
@@ -50,7 +48,6 @@ from calibrate.target import (
     _open_meter,
 )
 from models.registry import gguf_file_type
-from simulator.errors import ConfigError
 from simulator.profile import TargetLatency
 
 DEFAULT_TOKEN_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16)
@@ -108,13 +105,10 @@ def fit_single_sequence(
             _position_context(fwd),
         ],
         y,
+        positive=True,
     )
-    assert model.coef_ is not None
-    hint = (
-        "forward time extrapolates to <= 0; if it grows with positions x context (attention on "
-        "a CPU), the profile's affine model cannot hold it: measure a narrower context range"
-    )
-    base = _positive(what, "forward_base_s", model.intercept_, y, hint)
+    assert model.coef_ is not None and model.intercept_ is not None
+    base = model.intercept_
     latency = TargetLatency(
         prefill_base_s=prefill_base,
         prefill_per_token_s=prefill_per_token,
@@ -165,7 +159,8 @@ class LlamaTargetMeasurements(TargetMeasurements):
     def lines(self) -> list[str]:
         head = (
             f"{self.model_name} ({self.model_description}) on {self.device_name}, llama.cpp "
-            f"(llama-cpp-python {self.llama_cpp_version}) as realrun.cloud.llama_target.LlamaTarget, "
+            f"(llama-cpp-python {self.llama_cpp_version}) as "
+            f"realrun.cloud.llama_target.LlamaTarget, "
             f"{self.threads} thread(s), n_ctx {self.n_ctx}, {self.repetitions} repetitions "
             f"after {self.warmup} warm-up"
         )
@@ -219,6 +214,7 @@ def profile_llama_target(
     progress: Callable[[str], None] | None = None,
     n_ctx: int | None = None,
     seed: int = SEED,
+    clock: str = AUTO_CLOCK,
 ) -> LlamaTargetMeasurements:
     """Measure the llama.cpp target's prefill and verification times (see module doc).
 
@@ -226,7 +222,9 @@ def profile_llama_target(
     lengths >= 2: a one-token prompt prefills nothing). `n_ctx` defaults to LlamaTarget's (the
     server's) default; every context + the summed token counts and every prompt must fit it.
     `energy_meter`: "auto" (RAPL), None, a meter (`read_j()`, `name()`) or a callable making one.
-    `progress`, if given, receives one line per round. Needs llama-cpp-python.
+    `progress`, if given, receives one line per round. `clock` (`calibrate.served`): "auto"
+    reads process CPU time with one thread (a busy machine's preemption is not counted), else
+    wall-clock time. Needs llama-cpp-python.
     """
     import llama_cpp
 
@@ -272,137 +270,31 @@ def profile_llama_target(
             say,
             seed,
             idle_window_s,
+            clock=resolve_clock(clock, "cpu", threads),
+            threads=threads,
         )
         description = str(target.llama._model.desc())
-        return LlamaTargetMeasurements(
+        measured = LlamaTargetMeasurements(
             device="cpu",
             device_name=_cpu_name(),
             dtype=gguf_file_type(target.llama),
             model_name=path.name,
             shape=_shape_of(dict(target.llama.metadata), target.n_vocab),
-            prefill=timed.prefill,
-            forward=timed.forward,
-            prefill_stats=timed.prefill_stats,
-            runs=timed.runs,
+            **timed.measurement_fields(),
             torch_version=NOT_USED,
             transformers_version=NOT_USED,
             repetitions=repetitions,
             warmup=warmup,
             threads=threads,
-            energy_method=timed.energy_method,
             energy_unavailable=None if meter is not None else energy_reason,
-            idle_w=timed.idle_w,
-            idle_method=timed.idle_method,
-            idle_unavailable=timed.idle_unavailable,
             llama_cpp_version=str(llama_cpp.__version__),
             n_ctx=target.n_ctx,
             n_params=int(target.llama._model.n_params()),
             model_description=description,
             system_info=llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip(),
         )
+        for line in measured.warnings():
+            say(line)
+        return measured
     finally:
         target.close()
-
-
-# --------------------------------------------------------------------------------------------
-# `pipesd calibrate target --backend llama`
-# --------------------------------------------------------------------------------------------
-
-
-def measure_part(args: argparse.Namespace, say: Callable[[str], None], command: str) -> Any:
-    """The target part of the llama.cpp backend from the CLI's arguments (see calibrate.cli).
-
-    Unset grids take this module's defaults; a batch size other than 1, a cuda device, a dtype
-    or a missing thread count is a one-line ConfigError.
-    """
-    from calibrate.cli import _version
-    from models.registry import resolve_model
-
-    if args.threads is None:
-        raise ConfigError("--threads", "", "required with --backend llama (llama.cpp threads)")
-    if args.threads < 1:
-        raise ConfigError("--threads", "", f"must be at least 1 (got {args.threads})")
-    if args.batch_sizes not in (None, [1]):
-        raise ConfigError(
-            "--batch-sizes",
-            "",
-            f"--backend llama verifies one sequence at a time: allowed 1 "
-            f"(got {','.join(map(str, args.batch_sizes))})",
-        )
-    if args.device not in (None, "cpu"):
-        raise ConfigError("--device", args.device, "--backend llama runs on the CPU: allowed cpu")
-    if args.dtype is not None:
-        raise ConfigError("--dtype", args.dtype, "not for --backend llama (the GGUF sets it)")
-    path = resolve_model(args.model)
-    tokens = args.token_counts or list(DEFAULT_TOKEN_COUNTS)
-    contexts = args.context_lengths or list(DEFAULT_CONTEXT_LENGTHS)
-    prompts = args.prompt_lengths or list(DEFAULT_PROMPT_LENGTHS)
-    try:
-        measured = profile_llama_target(
-            path,
-            args.threads,
-            tokens,
-            contexts,
-            prompts,
-            args.repetitions,
-            args.warmup,
-            progress=say,
-        )
-        for line in measured.lines():
-            say(line)
-        latency, reports = measured.fit()
-    except ValueError as exc:
-        raise ConfigError("calibrate target", "", str(exc)) from None
-    how = (
-        f"measured through realrun.cloud.llama_target.LlamaTarget (the testbed server's target: "
-        f"llama.cpp, flash attention, KV kept, seq_rm rollback) on {measured.device_name}, "
-        f"{measured.threads} thread(s), llama-cpp-python {measured.llama_cpp_version}, "
-        f"{measured.model_description}, n_ctx {measured.n_ctx}; tokens verified {tokens}, "
-        f"contexts {contexts}, prompts {prompts}, {args.repetitions} repetitions after "
-        f"{args.warmup} warm-up"
-    )
-    return served_target_part(
-        measured,
-        latency,
-        reports,
-        path.name,
-        how,
-        ("CPU target during verification", "CPU target idle"),
-        {"llama-cpp-python": _version("llama-cpp-python")},
-        command,
-        {"target.llama_system_info": measured.system_info},
-    )
-
-
-def served_target_part(
-    measured: TargetMeasurements,
-    latency: TargetLatency,
-    reports: dict[str, FitReport],
-    model_name: str,
-    how: str,
-    power_labels: tuple[str, str],
-    versions: dict[str, str],
-    command: str,
-    extra_notes: dict[str, str] | None = None,
-) -> Any:
-    """The target part of a served-target profiler (llama.cpp or torch-served): the fitted
-    batch-1 latency, the model, the power fields (`power_labels`: what busy and idle power
-    measured), `how` it was measured (with the batch note and the forward fit's MAPE)."""
-    from calibrate.assemble import new_part
-
-    values: dict[str, Any] = {
-        "target_latency": latency.model_dump(),
-        "models.target": {
-            "name": model_name,
-            "parameters_b": measured.n_params / 1e9,  # type: ignore[attr-defined]
-            "quantisation": measured.dtype,
-        },
-    }
-    notes = {
-        "target_latency": f"{how}; {BATCH_NOTE}; {forward_mape_note(reports['forward'])}",
-        **(extra_notes or {}),
-    }
-    power, power_notes = measured.power_fields(*power_labels)
-    values.update(power)
-    notes.update(power_notes)
-    return new_part("target", values, notes, reports, measured.sample_rows(), versions, command)

@@ -17,13 +17,12 @@ the energy fields None with the reason. Default grids: the llama.cpp profiler's.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from calibrate.fit import FitReport
-from calibrate.served import served_needs, time_served
+from calibrate.served import AUTO_CLOCK, resolve_clock, served_needs, time_served
 from calibrate.target import (
     AUTO,
     SEED,
@@ -39,9 +38,7 @@ from calibrate.target_llama import (
     DEFAULT_PROMPT_LENGTHS,
     DEFAULT_TOKEN_COUNTS,
     fit_single_sequence,
-    served_target_part,
 )
-from simulator.errors import ConfigError
 from simulator.profile import TargetLatency
 
 
@@ -99,13 +96,16 @@ def profile_torch_served_target(
     n_ctx: int = 2048,
     threads: int | None = None,
     seed: int = SEED,
+    clock: str = AUTO_CLOCK,
 ) -> ServedTorchMeasurements:
     """Measure the server's TorchTarget (see the module docstring).
 
     `model`: what TorchTarget takes (a named shape, a Hugging Face folder, a GGUF file, or a
     built model). `n_ctx` must be the server's (`--n-ctx`, 2048 by default): the static cache's
     length sets the attention cost. Grids: distinct integers >= 1 (prompts >= 2); token counts
-    at most 65 (the server's max_verify + 1). ValueError for anything out of range.
+    at most 65 (the server's max_verify + 1). `clock` (`calibrate.served`): "auto" reads
+    process CPU time on a CPU with one torch thread, else wall-clock time. ValueError for
+    anything out of range.
     """
     import torch
     import transformers
@@ -155,28 +155,23 @@ def profile_torch_served_target(
             seed,
             idle_window_s,
             energy_window_s=min_window_s if on_gpu else None,
+            clock=resolve_clock(clock, target.device.type, torch.get_num_threads()),
+            threads=torch.get_num_threads(),
         )
         parameter = next(target.model.parameters())
-        return ServedTorchMeasurements(
+        measured = ServedTorchMeasurements(
             device=target.device.type,
             device_name=_device_name(target.device),
             dtype=str(parameter.dtype).removeprefix("torch."),
             model_name=target.model_name,
             shape=_shape_of(target.model.config),
-            prefill=timed.prefill,
-            forward=timed.forward,
-            prefill_stats=timed.prefill_stats,
-            runs=timed.runs,
+            **timed.measurement_fields(),
             torch_version=str(torch.__version__),
             transformers_version=str(transformers.__version__),
             repetitions=repetitions,
             warmup=warmup,
             threads=int(torch.get_num_threads()),
-            energy_method=timed.energy_method,
             energy_unavailable=None if meter is not None else energy_reason,
-            idle_w=timed.idle_w,
-            idle_method=timed.idle_method,
-            idle_unavailable=timed.idle_unavailable,
             min_window_s=float(min_window_s),
             mode=target.mode,
             compile_mode=target.compile_mode,
@@ -185,69 +180,11 @@ def profile_torch_served_target(
             max_verify=target.max_verify,
             n_params=sum(p.numel() for p in target.model.parameters()),
         )
+        for line in measured.warnings():
+            say(line)
+        return measured
     finally:
         target.close()
 
 
-def measure_part(args: argparse.Namespace, say: Callable[[str], None], command: str) -> Any:
-    """The target part of `pipesd calibrate target --backend torch-served` (see calibrate.cli).
-
-    Unset grids take this module's defaults; `--device` defaults to cuda, `--dtype` to the
-    server's ("auto": bfloat16 on CUDA, float32 on the CPU); batch sizes other than 1 are a
-    one-line ConfigError.
-    """
-    from calibrate.cli import _version
-
-    if args.batch_sizes not in (None, [1]):
-        raise ConfigError(
-            "--batch-sizes",
-            ",".join(map(str, args.batch_sizes)),
-            "--backend torch-served verifies one sequence at a time: allowed 1",
-        )
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError("--threads", str(args.threads), "must be at least 1")
-    tokens = args.token_counts or list(DEFAULT_TOKEN_COUNTS)
-    contexts = args.context_lengths or list(DEFAULT_CONTEXT_LENGTHS)
-    prompts = args.prompt_lengths or list(DEFAULT_PROMPT_LENGTHS)
-    try:
-        measured = profile_torch_served_target(
-            args.model,
-            args.device or "cuda",
-            args.dtype or "auto",
-            token_counts=tokens,
-            context_lengths=contexts,
-            prompt_lengths=prompts,
-            repetitions=args.repetitions,
-            warmup=args.warmup,
-            progress=say,
-            threads=args.threads,
-        )
-        for line in measured.lines():
-            say(line)
-        latency, reports = measured.fit()
-    except ValueError as exc:
-        raise ConfigError("calibrate target", "", str(exc)) from None
-    how = (
-        f"measured through {measured.setup()} (the testbed server's torch target) on "
-        f"{measured.device_name} ({measured.device}, {measured.dtype}, torch "
-        f"{measured.torch_version}); tokens verified {tokens}, contexts {contexts}, prompts "
-        f"{prompts}, {args.repetitions} repetitions after {args.warmup} warm-up"
-    )
-    versions = {
-        "torch": measured.torch_version,
-        "transformers": measured.transformers_version,
-        "nvidia-ml-py": _version("nvidia-ml-py"),
-    }
-    return served_target_part(
-        measured,
-        latency,
-        reports,
-        measured.model_name,
-        how,
-        ("energy over verification windows", "measured"),
-        versions,
-        command,
-    )
-
-
-__all__ = ["ServedTorchMeasurements", "measure_part", "profile_torch_served_target"]
+__all__ = ["ServedTorchMeasurements", "profile_torch_served_target"]
