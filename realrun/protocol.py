@@ -54,9 +54,17 @@ verify. The upload answer is ``{"pending": int, "kept": int, "stale": bool, "que
 float}`` (`kept`: tokens appended; `queued_ms`: time the request waited for its turn and the
 model); a verify answer has `queued_ms` too.
 
-Errors come back as ``{"error": str}`` with a 4xx status: 400 undecodable body, 401 missing or
-wrong shared secret, 404 unknown session, 413 body too large, 415 wrong content type, 422 a
-field missing, of the wrong type or out of range, 429 rate or session limit.
+Requests of one session are applied one at a time: an unnumbered request waits while a
+numbered one of its session holds its turn, and at most a few requests per session may wait
+(429 past the server's bound).
+
+Errors come back as ``{"error": str}``: 400 undecodable body, 401 missing or wrong shared
+secret, 404 unknown session (closed, expired after the server's idle timeout, or never
+opened), 408 body not received in time, 409 `seq` used, too far ahead or never reached, 413
+body too large, 415 wrong content type, 422 a field missing, of the wrong type or out of
+range, 429 rate, session, in-flight or waiting limit (with Retry-After), 503 the server holds
+too many request bytes right now (with Retry-After). The limits and timeouts:
+realrun.cloud.settings, reported by /v1/health under "settings".
 """
 
 from __future__ import annotations

@@ -137,7 +137,10 @@ async def reap_forever(cloud: Cloud, log: OneLineLog) -> None:
     interval_s = min(cloud.settings.session_idle_timeout_s / 4, 5.0)
     while True:
         await asyncio.sleep(interval_s)
-        await reap(cloud, log)
+        try:
+            await reap(cloud, log)
+        except Exception as exc:  # the target refused a drop: say so, keep reaping
+            LOG.warning("expiring idle sessions failed: %s: %s", type(exc).__name__, exc)
 
 
 def add_routes(app: FastAPI, cloud: Cloud, log: OneLineLog, secret: bytes | None) -> None:
