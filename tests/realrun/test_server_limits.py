@@ -297,3 +297,25 @@ def test_synthetic_target_needs_a_profile(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "--profile" in err and len(err.splitlines()) == 1
+
+
+def test_limits_are_cli_options_with_one_line_errors(capsys):
+    import argparse
+
+    from realrun.cli import add_arguments
+    from realrun.cloud.server import main, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--session-idle-timeout-s", "5", "--rate-limit", "0",
+                              "--max-parked-per-session", "3"])  # fmt: skip
+    settings = settings_from_args(args)
+    assert settings.session_idle_timeout_s == 5.0 and settings.rate_limit_per_s is None
+    assert settings.max_parked_per_session == 3 and settings.max_sessions == 64
+    for flag in ("--header-timeout-s", "--max-sessions-per-client"):
+        argv = [flag, "0"]
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert flag in err and len(err.splitlines()) == 1
