@@ -116,19 +116,13 @@ import httpx
 import numpy as np
 from numpy.typing import NDArray
 
-from policies.base import Decision, Mode, Policy, RequestStart, VerifyOutcome
+from policies.base import Mode, Policy
+from policies.session import ANSWER, DONE, SEND, VERIFY, SpeculativeSession
 from realrun.cloud.verifier import SparseDist
 from realrun.edge.client import CloudClient, CloudError
 from realrun.protocol import MAX_TEMPERATURE, Limits, encode
 from simulator.acceptance import AcceptanceStream
 from simulator.records import RequestRecord, Span
-
-CONTINUE, SEND, VERIFY, VERIFY_DROP_LAST = (
-    Decision.CONTINUE,
-    Decision.SEND,
-    Decision.VERIFY,
-    Decision.VERIFY_DROP_LAST,
-)
 
 _UNSUPPORTED = "realrun edge supports speculative policies only for now"
 
@@ -596,10 +590,8 @@ def run_edge(
         dt = clock() - t
         record.edge_busy_s += dt
         timeline.append(Span("draft", t, t + dt, "prefill", request_index, 0, 0))
-        policy.start_request(RequestStart(prompt_len, n_new, record.start_s))
-        output = _loop(
-            policy, draft, worker, record, timeline, prompt, n_new, max_draft_tokens, clock, stream
-        )
+        core = SpeculativeSession(policy, max_draft_tokens)
+        output = _loop(core, draft, worker, record, timeline, prompt, n_new, clock, stream)
         worker.put(_Job("close"))
     finally:
         worker.stop(timeout_s=60)
@@ -642,32 +634,29 @@ def _finish_locally(
 
 
 def _loop(
-    policy: Policy,
+    core: SpeculativeSession,
     draft: Draft,
     worker: _Worker,
     record: RequestRecord,
     timeline: list[Span],
     prompt: list[int],
     n_new: int,
-    max_draft: int,
     clock: Clock,
     stream: AcceptanceStream | None,
 ) -> list[int]:
+    """The request's tokens, drafting and talking to the cloud as `core` says (the same
+    bookkeeping as the simulator's edge); `core.begin` has been called."""
     index = record.request
-    drafts_while_pending = policy.drafts_while_pending
-    limit = n_new - 1
-    toks: list[int] = []  # committed + speculative tokens; len(toks) == drafted_end
+    toks: list[int] = []  # committed + speculative tokens; len(toks) == core.drafted_end
     confs: list[float] = []
     dists: list[SparseDist | None] = []  # sampling: what each speculative token was drawn from
     sampling = isinstance(draft, SamplingDraft)
-    committed = drafted_end = sent_end = 0
-    nav: tuple[int, int, int] | None = None  # (start, end, id)
+    nav: int | None = None  # the pending NAV's number
     nav_count = 0
     answer: tuple[Any, ...] | None = None
-    deferred = False
-    first_token_s = -1.0
     off_index = 0
     lost: list[BaseException] = []  # the worker's report that the cloud is gone
+    step = core.begin(record, len(prompt), n_new, record.start_s)
 
     def handle(event: tuple[Any, ...]) -> None:
         nonlocal answer
@@ -677,9 +666,9 @@ def _loop(
         if kind == "offline":  # acted on once no answer is left to process
             lost.append(event[1])
         if kind == "upload":
-            policy.on_upload(event[1], event[2])
+            core.uploaded(event[1], event[2])
         elif kind == "answer":
-            if nav is None or event[1] != nav[2]:
+            if nav is None or event[1] != nav:
                 raise RuntimeError("run_edge: an answer for no pending NAV")
             answer = event
 
@@ -691,13 +680,14 @@ def _loop(
                 return
             handle(event)
 
-    def send(nav_request: bool) -> tuple[int, int, int] | None:
-        nonlocal sent_end, nav_count
-        base = len(prompt)
+    def send(nav_request: bool) -> int:
+        """Queue [sent_end, drafted_end) as a NAV or an upload; returns the next step."""
+        nonlocal nav, nav_count
+        base, sent_end, drafted_end = len(prompt), core.sent_end, core.drafted_end
         job = _Job(
             "verify" if nav_request else "upload",
             tokens=[(base + i, toks[i]) for i in range(sent_end, drafted_end)],
-            after_nav=nav[2] if nav is not None else None,
+            after_nav=nav,
             ready_s=clock(),
         )
         if sampling:  # the dists carry q(d); no `probs` (the simulator's topk/full payloads)
@@ -706,28 +696,20 @@ def _loop(
                 raise RuntimeError("run_edge: a speculative token without its distribution")
         else:
             job.probs = [min(max(c, 0.0), 1.0) for c in confs[sent_end:drafted_end]]
-        sent_end = drafted_end
-        if not nav_request:
-            worker.put(job)
-            return None
-        nav_count += 1
-        job.nav, job.m, job.first = nav_count, drafted_end - committed, committed
+        if nav_request:
+            nav_count += 1
+            nav = job.nav = nav_count
+            job.m, job.first = drafted_end - core.committed, core.committed
         worker.put(job)
-        return (committed, drafted_end, nav_count)
+        return core.sent(nav_request)
 
     try:
-        while committed < n_new:
+        while step != DONE:
             drain()
             if lost and answer is None:
                 raise _CloudLost(lost[0])
             if nav is not None:
-                if answer is not None:
-                    wait: bool | None = False
-                elif drafts_while_pending and not deferred and drafted_end < limit:
-                    wait = None  # keep drafting
-                else:
-                    wait = True
-                if wait is not None:
+                if step == ANSWER or answer is not None:
                     while answer is None:
                         if lost:
                             raise _CloudLost(lost[0])
@@ -737,7 +719,7 @@ def _loop(
                     t = clock()
                     _, _, accepted, token, target_s, arrived = answer
                     answer = None
-                    start, end, _ = nav
+                    start, end = core.nav_start, core.nav_end
                     m = end - start
                     if stream is not None:
                         expected = min(stream.next_reject[start] - start, m)
@@ -746,110 +728,66 @@ def _loop(
                                 f"run_edge: the server accepted {accepted} of {m} at position "
                                 f"{start}, the acceptance stream {expected}"
                             )
-                    new_committed = start + accepted + 1
-                    surviving = surviving_sent = 0
-                    if drafted_end > end:
-                        guessed = (
-                            stream.next_reject[start] > end
-                            if stream is not None
-                            else toks[end] == token
-                        )
-                        if accepted == m and guessed:
-                            surviving = drafted_end - end - 1
-                            surviving_sent = max(0, sent_end - end - 1)
-                            record.promoted += surviving
-                            record.bonus_matches += 1
-                        else:
-                            record.discarded += drafted_end - end
-                            record.rollbacks += 1
-                    if surviving:
-                        sent_end = max(sent_end, new_committed)
-                    else:
+                    guessed = core.drafted_end > end and (
+                        stream.next_reject[start] > end
+                        if stream is not None
+                        else toks[end] == token
+                    )
+                    nav = None
+                    step = core.answered(accepted, guessed, t)
+                    if not core.surviving:  # rolled back: the answer's token ends the output
                         del toks[start + accepted :]
                         del confs[start + accepted :]
                         del dists[start + accepted :]
                         toks.append(token)
                         confs.append(1.0)
                         dists.append(None)  # the server's token: committed, never uploaded
-                        drafted_end = sent_end = new_committed
-                    committed = min(new_committed, n_new)
-                    if first_token_s < 0:
-                        first_token_s = t
-                    record.navs += 1
-                    record.verified += m
-                    record.accepted += accepted
                     record.cloud_busy_s += target_s
                     timeline.append(
                         Span("result", arrived, t, f"{accepted}/{m} accepted", index, start, end)
                     )
-                    nav = None
-                    deferred = False
-                    decision = policy.on_result(
-                        VerifyOutcome(m, accepted, surviving, surviving_sent, t)
-                    )
-                    if surviving and committed < n_new:
-                        if decision == VERIFY:
-                            nav = send(True)
-                        elif decision == SEND and drafted_end > sent_end:
-                            send(False)
+                    if step in (SEND, VERIFY):
+                        step = send(step == VERIFY)
                     continue
-            elif drafted_end >= limit:
-                nav = send(True)
+            elif step == VERIFY:
+                step = send(True)
                 continue
             # -- draft one token --------------------------------------------------------------
-            position = drafted_end
+            position = core.drafted_end
             t = clock()
             token, conf, dist = draft.step(prompt + toks)
             dt = clock() - t
-            if stream is not None:  # the simulator's confidences (engine.py)
-                if position <= stream.next_reject[committed]:
+            if stream is not None:  # the simulator's confidences (simulator/edge.py)
+                if position <= stream.next_reject[core.committed]:
                     conf = stream.confidence[position]
                 else:
                     off_path = stream.off_path_confidence
                     conf = off_path[off_index % len(off_path)]
                     off_index += 1
             timeline.append(Span("draft", t, t + dt, "draft", index, position, position + 1))
-            record.edge_busy_s += dt
-            record.drafted += 1
             toks.append(token)
             confs.append(conf)
             dists.append(dist)
-            drafted_end = position + 1
-            pending = nav is not None
-            decision = policy.on_draft(conf, dt, pending)
-            if decision <= SEND and (
-                drafted_end - committed >= max_draft or (not pending and drafted_end >= limit)
-            ):
-                decision = VERIFY
-            if decision == SEND:
-                if drafted_end > sent_end:
-                    send(False)
-            elif decision != CONTINUE:
-                if decision == VERIFY_DROP_LAST:
-                    drafted_end -= 1
-                    toks.pop()
-                    confs.pop()
-                    dists.pop()
-                    record.discarded += 1
-                if pending:
-                    deferred = True
-                else:
-                    nav = send(True)
-    except _CloudLost as lost:
+            step = core.drafted(conf, dt)
+            if core.drafted_end < len(toks):  # VERIFY_DROP_LAST: the token is discarded
+                toks.pop()
+                confs.pop()
+                dists.pop()
+            if step in (SEND, VERIFY):
+                step = send(step == VERIFY)
+    except _CloudLost as lost_cloud:
         t = clock()
-        record.local_tokens = n_new - committed
-        if first_token_s < 0 and drafted_end > committed:
-            first_token_s = t
+        record.local_tokens = n_new - core.committed
+        if core.first_token_s < 0 and core.drafted_end > core.committed:
+            core.first_token_s = t
         first_local = _finish_locally(draft, prompt, toks, n_new, record, timeline, clock)
-        if first_token_s < 0:
-            first_token_s = first_local
-        reason = str(lost.args[0]).splitlines()[0] if str(lost.args[0]) else ""
-        label = f"local: {type(lost.args[0]).__name__} {reason}".strip()
-        timeline.append(Span("offline", t, clock(), label, index, committed, n_new))
+        if core.first_token_s < 0:
+            core.first_token_s = first_local
+        reason = str(lost_cloud.args[0]).splitlines()[0] if str(lost_cloud.args[0]) else ""
+        label = f"local: {type(lost_cloud.args[0]).__name__} {reason}".strip()
+        timeline.append(Span("offline", t, clock(), label, index, core.committed, n_new))
 
-    record.new_tokens = n_new
-    record.first_token_s = first_token_s
-    record.end_s = clock()
+    core.finish(clock())
     return toks[:n_new]
 
 
