@@ -166,7 +166,7 @@ class HistogramConfidence(Strict):
 
     kind: Literal["histogram"]
     edges: list[Finite] = Field(min_length=2)
-    weights: list[Finite] = Field(min_length=1)
+    weights: list[NonNeg] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> HistogramConfidence:
@@ -213,6 +213,8 @@ class TableCurve(Strict):
             raise ValueError("values must have one entry fewer than edges")
         if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
             raise ValueError("edges must increase strictly")
+        if self.edges[0] < 0.0 or self.edges[-1] > 1.0:
+            raise ValueError("edges must lie in [0, 1]")
         return self
 
 

@@ -430,7 +430,7 @@ def expand_sweep(
     count = math.prod(len(axes[a]) for a in names)
     if count > MAX_SWEEP_POINTS:
         problem = f"{count} sweep points; at most {MAX_SWEEP_POINTS} in one run"
-        raise ConfigError(origins[names[0]][0], "sweep", problem)
+        raise ConfigError(origins[names[0]][0], "", problem)
     points: list[SweepPoint] = []
     for index, combo in enumerate(itertools.product(*(axes[a] for a in names))):
         point_raw = copy.deepcopy(raw)

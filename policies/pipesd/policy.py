@@ -42,7 +42,7 @@ class PipeSDParams(PolicyParams):
     window_history: int = Field(100, ge=1, description="draft lengths averaged into N̂")
     max_draft_len: int = Field(64, ge=1, le=256, description="hard cap on draft length")
     replan_tolerance: float = Field(0.2, gt=0.0, description="re-plan when α, β or γ moves more")
-    probe_sizes: tuple[Annotated[int, Field(ge=1, le=256)], ...] = Field(
+    probe_sizes: tuple[Annotated[int, Field(ge=1, le=256, strict=True)], ...] = Field(
         (1, 2, 3, 4, 5, 6, 7, 8),
         strict=False,
         min_length=1,
