@@ -15,7 +15,7 @@ reports; `calibrate.pairs` measures it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from models.truncate import BLOCK_TENSOR, SUPPORTED_ARCHITECTURES, field_value, metadata_writer
@@ -42,37 +42,34 @@ def parse_blocks(text: str, block_count: int | None = None) -> list[int]:
     return sorted(blocks)
 
 
-def block_count_of(source: Path) -> int:
-    """The number of transformer blocks of a llama GGUF file."""
-    import gguf  # the gguf package is optional (the models extra)
-
-    reader = gguf.GGUFReader(Path(source))
-    arch = field_value(reader, gguf.Keys.General.ARCHITECTURE)
-    count = field_value(reader, f"{arch}.block_count")
-    if arch not in SUPPORTED_ARCHITECTURES or not isinstance(count, int):
-        raise _bad(f"{Path(source).name}: architecture {arch!r} is not supported (llama only)")
-    return count
-
-
 def skip_layers_gguf(
-    source: Path, out: Path, keep_blocks: Sequence[int], metadata: dict[str, str] | None = None
-) -> Path:
+    source: Path,
+    out: Path,
+    keep_blocks: Sequence[int] | Callable[[int], Sequence[int]],
+    metadata: dict[str, str] | None = None,
+) -> int:
     """Write `out`: `source` (a llama GGUF) with only `keep_blocks`, renumbered (docstring).
 
-    `keep_blocks` must be distinct indices in [0, block_count - 1], fewer than all of them;
-    `out` must differ from `source`; its parent folder is created. ValueError (naming the
-    problem) otherwise. Returns `out`. Needs the `gguf` package.
+    `keep_blocks` (or what it returns given the source's block count) must be distinct
+    indices in [0, block_count - 1], fewer than all of them; `out` must differ from `source`;
+    its parent folder is created. ValueError (naming the problem) otherwise. Returns the
+    number of blocks written. Needs the `gguf` package.
     """
-    return _copy(Path(source), Path(out), list(keep_blocks), metadata or {})
+    return _copy(Path(source), Path(out), keep_blocks, metadata or {})
 
 
-def stamp_gguf(source: Path, out: Path, metadata: dict[str, str]) -> Path:
+def stamp_gguf(source: Path, out: Path, metadata: dict[str, str]) -> int:
     """Write `out`: a byte-for-byte copy of `source`'s tensors with string metadata keys added
-    (or replaced). Returns `out`. Needs the `gguf` package."""
+    (or replaced). Returns its block count. Needs the `gguf` package."""
     return _copy(Path(source), Path(out), None, metadata)
 
 
-def _copy(source: Path, out: Path, keep_blocks: list[int] | None, metadata: dict[str, str]) -> Path:
+def _copy(
+    source: Path,
+    out: Path,
+    keep_blocks: Sequence[int] | Callable[[int], Sequence[int]] | None,
+    metadata: dict[str, str],
+) -> int:
     import gguf  # the gguf package is optional (the models extra)
 
     if not source.is_file():
@@ -85,6 +82,8 @@ def _copy(source: Path, out: Path, keep_blocks: list[int] | None, metadata: dict
         raise _bad(f"{source.name} has architecture {arch!r}; supported: llama")
     block_key = f"{arch}.block_count"
     count = field_value(reader, block_key)
+    if callable(keep_blocks):
+        keep_blocks = list(keep_blocks(count))
     keep = list(range(count)) if keep_blocks is None else sorted({int(b) for b in keep_blocks})
     if len(keep) != (count if keep_blocks is None else len(keep_blocks)) or (
         not keep or keep[0] < 0 or keep[-1] >= count
@@ -122,7 +121,7 @@ def _copy(source: Path, out: Path, keep_blocks: list[int] | None, metadata: dict
             writer.write_tensor_data(tensor.data, tensor_endianess=reader.endianess)
     finally:
         writer.close()
-    return out
+    return len(keep)
 
 
-__all__ = ["block_count_of", "parse_blocks", "skip_layers_gguf", "stamp_gguf"]
+__all__ = ["parse_blocks", "skip_layers_gguf", "stamp_gguf"]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from models.layer_skip import block_count_of, parse_blocks, skip_layers_gguf, stamp_gguf
+from models.layer_skip import parse_blocks, skip_layers_gguf, stamp_gguf
 from models.quantize import FILE_TYPES, quantize_gguf
 
 STEP_KINDS = ("skip", "keep", "quant")
@@ -149,28 +149,39 @@ def build_pair(
     began = time.perf_counter()
     done: list[dict] = []
     out.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "pipesd.recipe": canonical,
+        "pipesd.source": target.name,
+        "pipesd.source_sha256": source_sha,
+        "pipesd.command": command,
+    }
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         current = target
         for i, step in enumerate(steps):
-            nxt = Path(tmp) / f"step{i}.gguf"
+            last = i == len(steps) - 1
+            nxt = out if last and step.kind != "quant" else Path(tmp) / f"step{i}.gguf"
             if step.kind == "quant":
                 quantize_gguf(current, nxt, step.argument, threads=threads)
                 done.append({"step": f"quant:{step.argument}", "tool": "llama_model_quantize"})
+                if last:
+                    blocks = stamp_gguf(nxt, out, metadata)
             else:
-                count = block_count_of(current)
-                kept = _kept_blocks(step, count)
-                skip_layers_gguf(current, nxt, kept)
+                seen: dict[str, list[int]] = {}
+
+                def choose(count: int, step: Step = step, seen: dict = seen) -> list[int]:
+                    seen["kept"] = _kept_blocks(step, count)
+                    seen["of"] = [count]
+                    return seen["kept"]
+
+                blocks = skip_layers_gguf(current, nxt, choose, metadata if last else None)
                 done.append(
-                    {"step": f"{step.kind}:{step.argument}", "kept_blocks": kept, "of": count}
+                    {
+                        "step": f"{step.kind}:{step.argument}",
+                        "kept_blocks": seen["kept"],
+                        "of": seen["of"][0],
+                    }
                 )
             current = nxt
-        metadata = {
-            "pipesd.recipe": canonical,
-            "pipesd.source": target.name,
-            "pipesd.source_sha256": source_sha,
-            "pipesd.command": command,
-        }
-        stamp_gguf(current, out, metadata)
     record = {
         "recipe": canonical,
         "steps": done,
@@ -180,7 +191,7 @@ def build_pair(
         "sha256": sha256(out),
         "bytes": out.stat().st_size,
         "source_bytes": target.stat().st_size,
-        "block_count": block_count_of(out),
+        "block_count": blocks,
         "seconds": round(time.perf_counter() - began, 2),
         "command": command,
         "versions": {"llama-cpp-python": _version("llama_cpp_python"), "gguf": _version("gguf")},

@@ -18,6 +18,7 @@ from simulator.profile import (
     CalibratedAcceptance,
     ConstantConfidence,
     HistogramConfidence,
+    HmmAcceptance,
     IIDAcceptance,
     PowerCurve,
     ReplayAcceptance,
@@ -25,6 +26,16 @@ from simulator.profile import (
 )
 
 HERE = Path(__file__).resolve().parent
+
+HMM = HmmAcceptance(
+    kind="hmm",
+    edges=[0.0, 0.5, 1.0],
+    within=[[0.05, 0.3, 0.5], [0.5, 0.9, 1.0]],
+    initial=[0.5, 0.5],
+    transition=[[0.8, 0.2], [0.1, 0.9]],
+    emission=[[[0.6, 0.1], [0.2, 0.1]], [[0.05, 0.05], [0.1, 0.8]]],
+)
+"""A two-regime acceptance model (hard, easy)."""
 
 
 def iid(rate: float, confidence=None) -> AcceptanceModel:
@@ -123,6 +134,7 @@ def test_table_curve_acceptance() -> None:
 MODELS = {
     "iid": lambda: iid(0.7, BetaConfidence(kind="beta", a=3.0, b=1.0)),
     "calibrated": lambda: calibrated(4.0, 1.5, 1.3),
+    "hmm": lambda: AcceptanceModel(HMM, HERE),
 }
 
 
@@ -258,3 +270,21 @@ def test_replay_missing_file_raises_config_error(tmp_path: Path) -> None:
         ReplayTraces.load(tmp_path / "absent.csv")
     with pytest.raises(ConfigError):
         AcceptanceModel(ReplayAcceptance(kind="replay", trace="absent.csv"), tmp_path)
+
+
+def test_hmm_stream_follows_its_bins_and_regimes() -> None:
+    model = AcceptanceModel(HMM, HERE)
+    streams = [model.stream(0, 0, r, 400) for r in range(50)]
+    conf = np.concatenate([s.confidence for s in streams])
+    acc = np.concatenate([s.accepted for s in streams])
+    assert np.all(conf > 0.0) and np.all(conf <= 1.0)
+    off = np.concatenate([s.off_path_confidence for s in streams])
+    assert np.all(off > 0.0) and np.all(off <= 1.0) and len(off) == len(conf)
+    # stationary (1/3, 2/3): P(accept) = 0.2/3 + 0.85 * 2/3
+    assert acc.mean() == pytest.approx(0.2 / 3 + 0.85 * 2 / 3, abs=0.02)
+    low = conf <= 0.5
+    assert acc[low].mean() < 0.4 < 0.8 < acc[~low].mean()
+    prev, nxt = acc[:-1], acc[1:]
+    assert nxt[prev].mean() > nxt[~prev].mean() + 0.2  # runs
+    for s in streams[:5]:
+        assert s.next_reject == _next_reject(np.asarray(s.accepted))

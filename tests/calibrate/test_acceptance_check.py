@@ -1,0 +1,59 @@
+"""The policy-level held-out check on a small trace set (S1's scenario, few requests)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from calibrate.acceptance_check import TOLERANCE, medians, policy_check, table_lines
+from simulator.acceptance import HmmSampler
+from simulator.profile import HmmAcceptance
+
+S1 = Path(__file__).resolve().parents[2] / "scenarios" / "pipesd_s1.toml"
+POLICIES = ["cloud_ar", "vanilla", "edgellm", "pipesd"]
+
+TRUE = HmmAcceptance(
+    kind="hmm",
+    edges=[0.0, 0.6, 0.9, 1.0],
+    within=[[0.1, 0.4, 0.6], [0.6, 0.8, 0.9], [0.9, 0.97, 1.0]],
+    initial=[0.5, 0.5],
+    transition=[[0.85, 0.15], [0.05, 0.95]],
+    emission=[
+        [[0.45, 0.05], [0.2, 0.1], [0.1, 0.1]],
+        [[0.02, 0.03], [0.05, 0.2], [0.05, 0.65]],
+    ],
+)
+"""A regime-switching truth: hard stretches, long easy ones."""
+
+WRONG = TRUE.model_copy(update={"transition": [[0.0, 1.0], [1.0, 0.0]]})
+"""The same regimes alternating at every position: the right marginals, no runs."""
+
+
+def held_out(path: Path) -> Path:
+    rng = np.random.default_rng(11)
+    sampler = HmmSampler.of(TRUE)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["sequence", "position", "confidence", "accepted"])
+        for s in range(300):
+            conf, acc = sampler.sample(rng, 128)
+            writer.writerows(
+                [s, p, repr(float(c)), int(a)]
+                for p, (c, a) in enumerate(zip(conf, acc, strict=True))
+            )
+    return path
+
+
+def test_true_model_passes_and_a_model_without_runs_does_not(tmp_path: Path) -> None:
+    trace = held_out(tmp_path / "held.csv")
+    rows = policy_check(S1, TRUE, trace, prompts=12, seeds=[1, 2], policies=POLICIES)
+    assert [r.label for r in rows] == POLICIES
+    assert not rows[0].drafts  # cloud_ar never drafts: shown, not counted
+    good = medians(rows)
+    assert all(v <= 2 * TOLERANCE for v in good.values()), table_lines(rows)
+    bad_rows = policy_check(S1, WRONG, trace, prompts=12, seeds=[1, 2], policies=POLICIES)
+    bad = medians(bad_rows)
+    assert max(bad.values()) > 3 * max(good.values()), table_lines(bad_rows)
+    assert "median over drafting policies" in table_lines(rows)[-1]
