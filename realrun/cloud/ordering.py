@@ -11,7 +11,9 @@ upload that was drafted on a guess the verification turned out to refute.
   and is refused with 409 after `timeout_s`, at once if its number was used or lies more than
   `window` ahead, with 429 if `max_parked` requests of its session already wait, and with
   404 if the session is unknown. A request that got its turn uses its number even if it then
-  fails (the next one can go).
+  fails (the next one can go). Unnumbered requests take no number but wait while another
+  request of their session holds its turn, so a session's requests reach the model (and hold
+  a worker thread) one at a time.
 - `follow_up`: which tokens of a *conditional* upload (one tagged `after` = k, drafted while
   the session's k-th verify was pending) the server keeps. This is the rule the edge applies
   to its own copy (realrun/edge/executor.py), so both sides agree on what the server holds.
