@@ -9,7 +9,6 @@ part measured are taken from a base profile and say so in the provenance notes.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import platform
 from dataclasses import asdict
@@ -21,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from calibrate.fit import FitReport
 from calibrate.noise import noise_notes
 from simulator.errors import ConfigError, from_validation_error
+from simulator.inputs import load_json
 from simulator.profile import SCHEMA_VERSION, LoadedProfile, Profile, dump_profile
 from simulator.results import write_atomic, write_json
 
@@ -107,12 +107,7 @@ def save_part(part: Part, path: Path) -> None:
 
 def load_part(path: Path) -> Part:
     """Read a part file; bad input raises ConfigError."""
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(path, "", f"cannot read calibration part ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(path, "", f"not valid JSON ({exc})") from None
+    data, _ = load_json(path, "calibration part", finite=False)  # regular, bounded file
     try:
         part = Part.model_validate(data)
     except ValidationError as exc:

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from calibrate.acceptance_cli import add_acceptance_parsers
-from calibrate.assemble import save_part
+from calibrate.assemble import PART_KINDS, save_part
 from calibrate.cli_files import DEFAULT_BASE, add_file_parsers, int_list
 from calibrate.measure import measure, measure_profile
 from calibrate.options import (
@@ -39,7 +39,7 @@ from calibrate.options import (
     WireOptions,
     option_names,
 )
-from simulator.outdir import check_out_file, claim_out_dir
+from simulator.outdir import check_out_file, check_side_folder
 
 BY_BACKEND = "default per backend (calibrate/measure_target.py, calibrate/target_llama.py)"
 
@@ -317,7 +317,8 @@ def all_steps(args: argparse.Namespace) -> list[MeasureOptions]:
 def run_all(args: argparse.Namespace, command: str, say: Say) -> int:
     """`pipesd calibrate all`: every part with a progress bar, then the profile."""
     steps = all_steps(args)
-    claim_out_dir(args.out.with_suffix(".parts"), "calibrate all", force=True)  # parts folder
+    parts = [f"{kind}.json" for kind in PART_KINDS]  # never overwrites other files there
+    check_side_folder(args.out.with_suffix(".parts"), parts)
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True)) as progress:
         bar = progress.add_task("calibrating", total=len(steps))

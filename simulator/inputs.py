@@ -65,8 +65,9 @@ def load_toml(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def load_json(path: Path, what: str) -> tuple[Any, bytes]:
-    """A JSON file as plain data (checked by `check_data`) and its bytes."""
+def load_json(path: Path, what: str, finite: bool = True) -> tuple[Any, bytes]:
+    """A JSON file as plain data (checked by `check_data`; `finite=False` lets NaN and
+    infinities through, for files whose recorded samples may hold them) and its bytes."""
     raw = read_regular(path, what)
     try:
         data = json.loads(raw)
@@ -74,17 +75,17 @@ def load_json(path: Path, what: str) -> tuple[Any, bytes]:
         raise ConfigError(path, "", f"not valid JSON ({exc})") from None
     except RecursionError:
         raise ConfigError(path, "", f"nested more than {MAX_DEPTH} levels deep") from None
-    check_data(data, path)
+    check_data(data, path, finite=finite)
     return data, raw
 
 
-def check_data(data: Any, source: str | Path, prefix: str = "") -> None:
-    """Refuse nesting deeper than MAX_DEPTH and non-finite numbers anywhere in `data`, naming
-    the dotted field; iterative, so no depth makes it recurse."""
+def check_data(data: Any, source: str | Path, prefix: str = "", finite: bool = True) -> None:
+    """Refuse nesting deeper than MAX_DEPTH and (with `finite`) non-finite numbers anywhere in
+    `data`, naming the dotted field; iterative, so no depth makes it recurse."""
     stack: list[tuple[Any, str, int]] = [(data, prefix, 0)]
     while stack:
         value, where, depth = stack.pop()
-        if isinstance(value, float) and not math.isfinite(value):
+        if finite and isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(source, where, f"must be a finite number (got {value})")
         if isinstance(value, dict | list | tuple):
             if depth >= MAX_DEPTH:

@@ -220,3 +220,26 @@ def check_out_file(path: Path, flag: str = "--out") -> None:
             raise ConfigError(flag, "", f"{shown}: {str(candidate)!r} is not a folder")
         if candidate != path:
             return
+
+
+def check_side_folder(folder: Path, names: Sequence[str], flag: str = "--out") -> None:
+    """Refuse a folder a command fills beside its output file (`calibrate all`'s OUT.parts/)
+    unless it is new, or holds nothing but files of `names` (what the command writes there)."""
+    shown = repr(str(folder))
+    try:
+        info = folder.stat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ConfigError(flag, "", f"cannot use {shown} ({exc.strerror})") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(flag, "", f"{shown} exists and is not a folder")
+    try:
+        others = sorted(entry.name for entry in os.scandir(folder) if entry.name not in names)
+    except OSError as exc:
+        raise ConfigError(flag, "", f"cannot read folder {shown} ({exc.strerror})") from None
+    if others:
+        raise ConfigError(
+            flag, "", f"{shown} holds files this command does not write ({others[0]!r}): choose "
+            "another --out; nothing there was changed"
+        )  # fmt: skip
