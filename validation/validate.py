@@ -23,6 +23,7 @@ from scipy.stats import t as student_t
 
 from realrun.local import LocalOptions, check_points, run_local
 from simulator.errors import ConfigError
+from simulator.outdir import read_manifest
 from simulator.results import write_json, write_table
 from simulator.runner import Task, execute, run_scenario, summary_rows
 from simulator.scenario import SweepPoint, expand_sweep
@@ -498,15 +499,15 @@ def validation_source(source: Path) -> tuple[dict[str, Any], Path, Path | None]:
     it simulated (None where it is no longer where the manifest says); one-line ConfigError
     for a folder that is not one, or whose scenario changed since."""
     manifest_path = source / "manifest.json"
+    if not manifest_path.exists():
+        raise ConfigError(str(source), "", "no manifest.json: not a validation folder")
+    manifest = read_manifest(manifest_path)  # a regular, bounded JSON object, else one line
     try:
-        manifest = json.loads(manifest_path.read_text())
         scenario = Path(manifest["scenario"]["path"])
         scenario_hash = manifest["scenario"]["sha256"]
         profile_hash = manifest["profile"]["sha256"]
         if not isinstance(manifest["command"], list):
             raise TypeError("command is not a list")
-    except FileNotFoundError:
-        raise ConfigError(str(source), "", "no manifest.json: not a validation folder") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(str(manifest_path), "", f"not a validation manifest ({exc})") from None
     missing = [f"real/{name}" for name in REAL_FILES[:2] if not (source / "real" / name).is_file()]
