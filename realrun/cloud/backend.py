@@ -10,6 +10,7 @@ into one backend with a lock.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -30,6 +31,17 @@ class Session:
     uploaded: list[int] = field(default_factory=list)
     probs: list[float | None] = field(default_factory=list)
     dists: list[SparseDist | None] = field(default_factory=list)
+
+    @classmethod
+    def opened(cls, prompt: list[int], rule: Rule | None) -> Session:
+        """A new session holding `prompt`: all but its last token committed, the last one
+        pending; verified under `rule` (None: Greedy)."""
+        return cls(
+            committed=list(prompt[:-1]),
+            pending=int(prompt[-1]),
+            n_prompt=len(prompt),
+            rule=rule if rule is not None else Greedy(),
+        )
 
     @property
     def length(self) -> int:
@@ -68,6 +80,29 @@ class VerifyResult:
     """Wall time of the batch this verification was part of (forward + acceptance rule)."""
     batch_size: int = 1
     """Verifications evaluated in that one batch."""
+
+
+class SessionBook:
+    """What every backend does alike with its sessions: ids, `Session` objects, uploads."""
+
+    sessions: dict[str, Session]
+
+    def _add_session(self, prompt: list[int], rule: Rule | None) -> str:
+        """Record a new session (Session.opened) under a fresh random id; the id."""
+        sid = secrets.token_hex(16)
+        self.sessions[sid] = Session.opened(prompt, rule)
+        return sid
+
+    def upload(
+        self,
+        sid: str,
+        tokens: list[int],
+        probs: list[float] | None,
+        dists: list[SparseDist] | None = None,
+    ) -> int:
+        """Append draft tokens (with their draft distributions: sampling sessions) to `sid`'s
+        next verification: the number uploaded since the last verify."""
+        return self.sessions[sid].add_drafts(tokens, probs, dists)
 
 
 @runtime_checkable
@@ -116,4 +151,4 @@ class TargetBackend(Protocol):
         ...
 
 
-__all__ = ["Session", "TargetBackend", "VerifyResult"]
+__all__ = ["Session", "SessionBook", "TargetBackend", "VerifyResult"]

@@ -22,7 +22,6 @@ applied to the logit rows. Not thread-safe: the server serialises calls with a l
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections import OrderedDict
 from functools import partial
@@ -31,11 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from realrun.cloud.backend import Session, VerifyResult
-from realrun.cloud.verifier import Greedy, Rule, SparseDist, decide
+from realrun.cloud.backend import Session, SessionBook, VerifyResult
+from realrun.cloud.verifier import Rule, decide
 
 
-class LlamaTarget:
+class LlamaTarget(SessionBook):
     """A GGUF target model with per-session KV slots and batched verification.
 
     `n_ctx`: context size per session; `kv_slots`: sessions kept in the KV cache at once (the
@@ -155,13 +154,7 @@ class LlamaTarget:
 
     def open(self, prompt: list[int], rule: Rule | None = None) -> tuple[str, float]:
         """A new session holding `prompt` (all but the last token prefilled): (id, ms)."""
-        sid = secrets.token_hex(16)
-        self.sessions[sid] = Session(
-            committed=list(prompt[:-1]),
-            pending=int(prompt[-1]),
-            n_prompt=len(prompt),
-            rule=rule if rule is not None else Greedy(),
-        )
+        sid = self._add_session(prompt, rule)
         start = time.perf_counter()
         try:
             self._make_resident([sid])
@@ -169,15 +162,6 @@ class LlamaTarget:
             self.sessions.pop(sid, None)
             raise
         return sid, 1e3 * (time.perf_counter() - start)
-
-    def upload(
-        self,
-        sid: str,
-        tokens: list[int],
-        probs: list[float] | None,
-        dists: list[SparseDist] | None = None,
-    ) -> int:
-        return self.sessions[sid].add_drafts(tokens, probs, dists)
 
     def verify(self, sid: str) -> VerifyResult:
         """Verification of everything uploaded since the last verify, under the session rule."""

@@ -17,14 +17,13 @@ server holds its model lock meanwhile, as a real target would keep the device bu
 
 from __future__ import annotations
 
-import secrets
 import time
 
 import numpy as np
 from numpy.typing import NDArray
 
-from realrun.cloud.backend import Session, VerifyResult
-from realrun.cloud.verifier import Greedy, Rule, SparseDist, decide
+from realrun.cloud.backend import Session, SessionBook, VerifyResult
+from realrun.cloud.verifier import Rule, decide
 from simulator.profile import TargetLatency
 
 MASK64 = (1 << 64) - 1
@@ -40,7 +39,7 @@ def mix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
-class SyntheticTarget:
+class SyntheticTarget(SessionBook):
     """A TargetBackend with seeded logits and a profile's latency (see the module docstring).
 
     `n_vocab`, `n_ctx`: sizes as a model's; `max_verify`: most drafts per verification;
@@ -82,26 +81,10 @@ class SyntheticTarget:
     def open(self, prompt: list[int], rule: Rule | None = None) -> tuple[str, float]:
         """A new session holding `prompt`; sleeps the profile's prefill time."""
         start = time.perf_counter()
-        sid = secrets.token_hex(16)
-        self.sessions[sid] = Session(
-            committed=list(prompt[:-1]),
-            pending=int(prompt[-1]),
-            n_prompt=len(prompt),
-            rule=rule if rule is not None else Greedy(),
-        )
+        sid = self._add_session(prompt, rule)
         if self.latency is not None:
             _sleep_until(start + self.latency.prefill_s(len(prompt)))
         return sid, 1e3 * (time.perf_counter() - start)
-
-    def upload(
-        self,
-        sid: str,
-        tokens: list[int],
-        probs: list[float] | None,
-        dists: list[SparseDist] | None = None,
-    ) -> int:
-        """Append drafts to `sid`'s next verification."""
-        return self.sessions[sid].add_drafts(tokens, probs, dists)
 
     def verify_batch(self, sids: list[str]) -> list[VerifyResult]:
         """Verify distinct sessions as one modelled forward; one result each."""

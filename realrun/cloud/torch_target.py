@@ -36,15 +36,14 @@ Not thread-safe: the server serialises calls with a lock.
 from __future__ import annotations
 
 import importlib.util
-import secrets
 import time
 from pathlib import Path
 from typing import Any
 
 from models.registry import MODEL_NAMES, resolve_model
 from models.shapes import SHAPES, build_random_model, get_shape
-from realrun.cloud.backend import Session, VerifyResult
-from realrun.cloud.verifier import Greedy, Rule, SparseDist, decide
+from realrun.cloud.backend import Session, SessionBook, VerifyResult
+from realrun.cloud.verifier import Rule, decide
 from simulator.errors import ConfigError
 
 MODES = ("static", "eager")
@@ -151,7 +150,7 @@ def load_model(model: str | Path, device: Any, dtype: Any, seed: int = 0) -> tup
     return loaded, text
 
 
-class TorchTarget:
+class TorchTarget(SessionBook):
     """A transformers target model with per-session KV state and rule-based verification.
 
     `model`: a named shape (models.shapes, random weights), a Hugging Face folder, a GGUF
@@ -357,13 +356,7 @@ class TorchTarget:
         `rule` (None: Greedy): (id, ms)."""
         if not prompt or len(prompt) > self.n_ctx:
             raise ValueError(f"prompt must hold 1..{self.n_ctx} tokens (got {len(prompt)})")
-        sid = secrets.token_hex(16)
-        self.sessions[sid] = Session(
-            committed=list(prompt[:-1]),
-            pending=int(prompt[-1]),
-            n_prompt=len(prompt),
-            rule=rule if rule is not None else Greedy(),
-        )
+        sid = self._add_session(prompt, rule)
         self._sync()
         start = time.perf_counter()
         try:
@@ -374,17 +367,6 @@ class TorchTarget:
             self.resident = None
             raise
         return sid, 1e3 * (time.perf_counter() - start)
-
-    def upload(
-        self,
-        sid: str,
-        tokens: list[int],
-        probs: list[float] | None,
-        dists: list[SparseDist] | None = None,
-    ) -> int:
-        """Append draft tokens (with their draft distributions: sampling sessions) to `sid`'s
-        next verification: the number uploaded since the last verify."""
-        return self.sessions[sid].add_drafts(tokens, probs, dists)
 
     def verify(self, sid: str) -> VerifyResult:
         """Verification of everything uploaded since the last verify, under the session rule.
