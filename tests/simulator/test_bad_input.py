@@ -294,9 +294,7 @@ CASES: dict[str, Case] = {
         expect=("scenario.toml", "sweep.link.uplink_mbps", "greater than 0", "-1"),
     ),
     "sweep-policy-value-invalid": Case(
-        BASE.replace(
-            "[[policies]]", '[sweep]\n"policies.pipesd.r1" = [0.3, 0]\n\n[[policies]]', 1
-        ),
+        BASE.replace("[[policies]]", '[sweep]\n"policies.pipesd.r1" = [0.3, 0]\n\n[[policies]]', 1),
         expect=("scenario.toml", "sweep.policies.pipesd.r1", "greater than 0"),
     ),
     "policies-unknown-label": Case(
@@ -304,6 +302,62 @@ CASES: dict[str, Case] = {
     ),
     "policies-no-label": Case(args=("--policies", ","), expect=("--policies", "no label given")),
     "out-is-a-file": Case(args=("--out", "profile.json"), expect=("--out", "'profile.json'")),
+    # issue 17: non-finite and absurd numbers, strict profile types, nesting, flags
+    "nan-in-a-policy-parameter": Case(
+        edit("autotune = false", "autotune = false\ninitial_alpha_s = nan"),
+        expect=("scenario.toml", "policies[1].initial_alpha_s", "must be a finite number"),
+    ),
+    "latency-above-a-day": Case(
+        edit("downlink_mbps = 200.0", "downlink_mbps = 200.0\none_way_latency_s = 1e308"),
+        expect=("link.one_way_latency_s", "less than or equal to 86400"),
+    ),
+    "scenario-nested-too-deep": Case(
+        BASE + "\n[deep]\nv = " + "[" * 5000 + "]" * 5000 + "\n",
+        expect=("scenario.toml", "nested more than 32 levels deep"),
+    ),
+    "probe-sizes-empty": Case(
+        edit("autotune = false", "autotune = false\nprobe_sizes = []"),
+        expect=("policies.pipesd.probe_sizes", "at least 1 item"),
+    ),
+    "profile-string-for-number": Case(
+        files={"profile.json": profile_with(_set("link.uplink_mbps", "20"))},
+        expect=("profile.json", "link.uplink_mbps", "valid number", "'20'"),
+    ),
+    "profile-bool-for-number": Case(
+        files={"profile.json": profile_with(_set("draft_latency.decode_base_s", True))},
+        expect=("profile.json", "draft_latency.decode_base_s", "valid number", "True"),
+    ),
+    "profile-nan-anywhere": Case(
+        files={"profile.json": profile_with(_set("provenance.notes", {"x": float("nan")}))},
+        expect=("profile.json", "provenance.notes.x", "must be a finite number (got nan)"),
+    ),
+    "trace-bandwidth-absurd": Case(
+        UPLINK_TRACE,
+        files={"up.csv": "t_s,mbps\n0,1e308\n"},
+        expect=("up.csv", "line 2", "at most 1e+06", "1e+308"),
+    ),
+    "set-inf": Case(
+        args=("--set", "policies.pipesd.initial_alpha_s=inf"),
+        expect=("--set", "policies.pipesd.initial_alpha_s", "must be a finite number (got inf)"),
+    ),
+    "set-sibling-field-blames-the-flag": Case(
+        args=("--set", 'acceptance.kind="replay"'),
+        expect=("--set", "acceptance.kind", "acceptance.trace: required field is missing"),
+    ),
+    "sweep-too-many-points": Case(
+        args=(
+            "--sweep",
+            "seeds=" + ",".join(f"[{i}]" for i in range(101)),
+            "--sweep",
+            "link.uplink_mbps=" + ",".join(str(i + 1) for i in range(100)),
+        ),
+        expect=("10100 sweep points", "at most 10000"),
+    ),
+    "out-holds-user-files": Case(
+        files={"mine/parts/keep.json": "{}"},
+        args=("--out", "mine", "--force"),
+        expect=("--out", "'mine' is not empty and is not a run folder"),
+    ),
 }
 
 
@@ -314,6 +368,7 @@ def make_case(root: Path, case: Case) -> Path:
     scenario.write_text(case.scenario)
     for name, content in case.files.items():
         target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(content, bytes):
             target.write_bytes(content)
         else:
