@@ -85,7 +85,8 @@ class Policy(ABC):
     is_oracle: bool = False
     """Oracles are told the future acceptance run through `on_round_start`."""
     uses_fleet_plan: bool = False
-    """DiP-SD: the executor plans draft lengths and cloud batches for the whole fleet."""
+    """The executor plans draft lengths and cloud batches for the whole fleet (DiP-SD) and
+    gives each edge's policy its length through `on_fleet_plan`."""
 
     def start_request(self, event: RequestStart) -> None:  # noqa: B027 - optional hook
         """A request starts; reset per-request state (keep what is learned across requests)."""
@@ -122,6 +123,16 @@ class Policy(ABC):
         Called whenever drafting starts afresh; VERIFY asks for a NAV without drafting at all.
         """
         return Decision.CONTINUE
+
+    def on_fleet_plan(self, draft_len: int) -> None:
+        """Policies with `uses_fleet_plan` only: this edge's draft length in the fleet plan,
+        given once before the first request."""
+        raise NotImplementedError(f"{type(self).__name__} does not take a fleet plan")
+
+    def split_edge_fraction(self, profiled: float) -> float:
+        """Split inference only: the share of the target's layers the edge runs, given the
+        profile's (`profiled`); the default keeps the profile's."""
+        return profiled
 
     def state(self) -> dict[str, float]:
         """A snapshot of tunable state (thresholds, estimates) for logs and results."""

@@ -85,6 +85,10 @@ class SplitInference(Policy):
         """Never called in split mode; verifying at once is the safe answer."""
         return Decision.VERIFY
 
+    def split_edge_fraction(self, profiled: float) -> float:
+        """The configured `edge_fraction`, else the profile's."""
+        return self.params.edge_fraction or profiled
+
 
 class VanillaParams(PolicyParams):
     """Vanilla (BiLD-style) stop-and-wait speculative decoding."""

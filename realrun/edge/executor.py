@@ -1,7 +1,7 @@
 """The real-time edge executor: a llama.cpp draft model, a policy, and the cloud server.
 
-`run_edge` drives the very same policy objects as the simulator (policies/base.py), with the
-semantics of `simulator.engine.Edge._speculative_request`, but on a real clock
+`run_edge` drives the very same policy objects as the simulator (policies/base.py) through the
+same bookkeeping core (policies/session.py, as `simulator/edge.py` does), but on a real clock
 (`time.perf_counter`, reported to the policy as numbers only) against a real verification
 server (realrun/cloud/server.py through `CloudClient`).
 
@@ -15,11 +15,12 @@ tokens (never mid-token): upload reports become `policy.on_upload`, an answer is
 that token boundary (`VerifyOutcome.now_s` = the run's clock then), exactly as the simulator
 processes answers.
 
-Bookkeeping (positions count generated tokens, as in the simulator): `committed` tokens are
-final, `drafted_end` tokens exist (committed + speculative), `sent_end` have been handed to the
+Bookkeeping (the core's; positions count generated tokens): `committed` tokens are final,
+`drafted_end` tokens exist (committed + speculative), `sent_end` have been handed to the
 uplink. At most one NAV is outstanding; a VERIFY while one is pending sets `deferred` and the
 edge waits for the answer. A NAV verifies every token since `committed`, and is ONE HTTP
-request: `verify` carrying the tokens not uploaded yet (if any).
+request: `verify` carrying the tokens not uploaded yet (if any). The executor keeps the token
+ids (and their confidences and distributions) in step with the core's positions.
 
 Proactive uploads. Tokens the edge drafts while a NAV is pending start with the edge's guess
 of the answer's token, and are worthless unless the NAV is wholly accepted and the guess is
