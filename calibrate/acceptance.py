@@ -65,17 +65,11 @@ from typing import Any
 import numpy as np
 
 from calibrate.samples import AcceptanceSample
+from models.llama_load import CTX_ROUND, FLASH_ATTENTION, eos_tokens
 from models.prompts import format_prompt
-
-CTX_ROUND = 256
-"""Context sizes are rounded up to a multiple of this (same size for recorder and reference)."""
 
 CTX_MARGIN = 8
 """Extra context slots beyond prompt + max_new_tokens + draft_len."""
-
-FLASH_ATTENTION = True
-"""Both models run with llama.cpp's flash attention: on the CPU it makes a position's logits
-the same whether evaluated alone or in a batch (see the module docstring)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,12 +250,6 @@ def _common_prefix(llama: Any, tokens: Sequence[int]) -> int:
     return same
 
 
-def _eos_tokens(llama: Any) -> set[int]:
-    """End-of-generation token ids: EOS, and EOT where the model has one."""
-    tokens = {int(llama.token_eos()), int(llama._model.token_eot())}
-    return {t for t in tokens if t >= 0}
-
-
 def _prefill_target(target: Any, prompt: Sequence[int]) -> None:
     """Evaluate all of the prompt but its last token (kept pending for the first round)."""
     target.reset()
@@ -424,7 +412,7 @@ def record_acceptance(
                     f"record_acceptance: draft and target tokenise prompt {text[:40]!r} "
                     f"differently: they do not share a tokenizer"
                 )
-        eos = _eos_tokens(target) if stop_at_eos else set()
+        eos = eos_tokens(target) if stop_at_eos else set()
         positions: list[PositionRecord] = []
         rounds: list[RoundRecord] = []
         outputs: list[tuple[int, ...]] = []
@@ -494,7 +482,7 @@ def target_greedy(
         probe.close()
     target = _load(target_path, threads, _n_ctx(len(tokens), n, draft_len), logits_all=True)
     try:
-        eos = _eos_tokens(target) if stop_at_eos else set()
+        eos = eos_tokens(target) if stop_at_eos else set()
         _prefill_target(target, tokens)
         out: list[int] = []
         pending = tokens[-1]
