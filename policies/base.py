@@ -103,7 +103,9 @@ class Policy(ABC):
     def on_upload(self, n_tokens: int, duration_s: float) -> None:  # noqa: B027 - optional hook
         """A batch of `n_tokens` draft tokens was answered `duration_s` seconds after it was sent:
         what an edge can measure (both ways' latency and overheads included, the cloud's own
-        queueing and compute excluded), in the simulator as on the testbed."""
+        queueing and compute excluded), in the simulator as on the testbed. Reported only for
+        uploads handed over when no earlier message was awaiting its answer, so a duration
+        never includes waiting behind an earlier batch (clean samples for α, β fits)."""
 
     def startup_probe_sizes(self) -> tuple[int, ...]:
         """Token counts of probe uploads to send once when the edge session starts."""

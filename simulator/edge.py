@@ -244,6 +244,9 @@ class Edge:
         min_down = down.min_delivery_s()
         drafted, sent = core.drafted, core.sent
         reports: list[tuple[float, int, float]] = []  # heap: (known at, tokens, duration)
+        # when the last earlier message is answered: an upload sent before then may queue
+        # behind it, so its duration is not reported (what the edge knows, as on the testbed)
+        link_idle_at = tx.arrive_s + min_down
 
         committed = 0  # core.committed, which changes only with an answer
         on_path_end = next_reject[0]  # drafts up to the first rejected position are on path
@@ -252,7 +255,7 @@ class Edge:
 
         def send(now: float, nav_request: bool) -> int:
             """Send [sent_end, drafted_end) as a NAV or an upload; returns the next step."""
-            nonlocal nav
+            nonlocal nav, link_idle_at
             sent_end, drafted_end = core.sent_end, core.drafted_end
             n_tokens = drafted_end - sent_end
             n_bytes = header + n_tokens * per_token_bytes
@@ -265,8 +268,9 @@ class Edge:
             service = target.forward_s(m + 1, context) if nav_request else 0.0
             if not nav_request:
                 up.defer(answered, ack_bytes)
-            if n_tokens:  # the edge learns the duration with the answer (a NAV's after its pass)
+            if n_tokens and now >= link_idle_at:  # learnt with the answer (a NAV's: its pass)
                 heapq.heappush(reports, (answered + service, n_tokens, answered - now))
+            link_idle_at = max(link_idle_at, answered)
             if timeline is not None:
                 kind = "NAV" if nav_request else "batch"
                 timeline.append(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from policies.dipsd.autoregressive import autoregressive
+from policies.dipsd.autoregressive import autoregressive_greedy_batching
 from simulator.dipsd_plan import fleet_plan, fleet_system, plan_batches
 from simulator.engine import simulate
 from simulator.errors import ConfigError
@@ -38,7 +38,7 @@ def test_simulated_dipsd_throughput_is_close_to_the_closed_form() -> None:
 
 def test_batched_autoregressive_matches_the_closed_form_baseline() -> None:
     scenario, result = run("ad-batched", LONG)
-    closed_form = autoregressive(fleet_system(scenario, edge_specs(scenario, 1)))
+    closed_form = autoregressive_greedy_batching(fleet_system(scenario, edge_specs(scenario, 1)))
     assert throughput(result) == pytest.approx(closed_form.throughput_tokens_per_s, rel=0.05)
     assert result.cloud_jobs / result.cloud_batches == pytest.approx(6, rel=0.02)
 
