@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 from simulator.errors import ConfigError
 from simulator.inputs import MAX_TRACE_BYTES, check_regular
-from simulator.profile import MAX_MBPS
+from simulator.profile import MAX_MBPS, MIN_MBPS
 
 MAX_TRACE_S = 1e9
 """Latest step time accepted in a bandwidth trace (about 30 years)."""
@@ -98,8 +98,8 @@ class TraceBandwidth:
                     if not (math.isfinite(t) and abs(t) <= MAX_TRACE_S):
                         problem = f"t_s must be finite and at most {MAX_TRACE_S:g} (got {t})"
                         raise ConfigError(path, f"line {line}", problem)
-                    if not (math.isfinite(rate) and 0 < rate <= MAX_MBPS):
-                        problem = f"mbps must be finite and > 0, at most {MAX_MBPS:g} (got {rate})"
+                    if not (math.isfinite(rate) and MIN_MBPS <= rate <= MAX_MBPS):
+                        problem = f"mbps must be in [{MIN_MBPS:g}, {MAX_MBPS:g}] (got {rate})"
                         raise ConfigError(path, f"line {line}", problem)
                     if times and t <= times[-1]:
                         raise ConfigError(path, f"line {line}", "t_s must increase strictly")

@@ -32,6 +32,10 @@ MAX_LATENCY_S = 86_400.0
 """Longest one-way latency or per-message overhead accepted (one day)."""
 MAX_MBPS = 1e6
 """Fastest link accepted, Mbit/s (1 Tbit/s)."""
+MIN_MBPS = 1e-6
+"""Slowest link accepted, Mbit/s (1 bit/s): slower ones overflow transfer times."""
+MIN_SPEED_FACTOR = 1e-6
+"""Slowest compute factor accepted (a million times slower than the profile)."""
 
 NonNeg = Annotated[float, Field(ge=0.0, le=MAX_MAGNITUDE, allow_inf_nan=False)]
 Positive = Annotated[float, Field(gt=0.0, le=MAX_MAGNITUDE, allow_inf_nan=False)]
@@ -43,7 +47,7 @@ MAX_MESSAGE_BYTES = 1_000_000_000
 """Largest per-message header, acknowledgement or hidden state."""
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 LatencySeconds = Annotated[float, Field(ge=0.0, le=MAX_LATENCY_S, allow_inf_nan=False)]
-Mbps = Annotated[float, Field(gt=0.0, le=MAX_MBPS, allow_inf_nan=False)]
+Mbps = Annotated[float, Field(ge=MIN_MBPS, le=MAX_MBPS, allow_inf_nan=False)]
 
 
 class DraftLatency(Strict):

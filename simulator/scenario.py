@@ -27,6 +27,7 @@ from simulator.link import TraceBandwidth
 from simulator.profile import (
     MAX_LATENCY_S,
     MAX_VOCAB,
+    MIN_SPEED_FACTOR,
     Acceptance,
     IIDAcceptance,
     LatencySeconds,
@@ -51,7 +52,9 @@ class Strict(BaseModel):
 class EdgeSection(Strict):
     """The edge device."""
 
-    compute_factor: float = Field(1.0, gt=0.0, le=100.0, description="draft speed vs profile")
+    compute_factor: float = Field(
+        1.0, ge=MIN_SPEED_FACTOR, le=100.0, description="draft speed vs profile"
+    )
     max_draft_tokens: int = Field(256, ge=1, le=4096, description="safety cap per draft")
 
 
@@ -96,7 +99,7 @@ class CloudSection(Strict):
     max_batch: int = Field(1, ge=1, le=4096, description="NAVs verified together (1: FCFS)")
     compute_factor: float = Field(
         1.0,
-        gt=0.0,
+        ge=MIN_SPEED_FACTOR,
         le=1e6,
         allow_inf_nan=False,
         description="target speed relative to the profile",
@@ -123,7 +126,7 @@ class EdgeGroup(Strict):
     label: str = ""
     count: int = Field(1, ge=1, le=100_000)
     profile: str | None = Field(None, description="this group's own profile (draft, power, link)")
-    compute_factor: float | None = Field(None, gt=0.0, le=100.0, allow_inf_nan=False)
+    compute_factor: float | None = Field(None, ge=MIN_SPEED_FACTOR, le=100.0, allow_inf_nan=False)
     compute_spread: float = Field(0.0, ge=0.0, lt=1.0)
     uplink_mbps: Mbps | None = None
     downlink_mbps: Mbps | None = None
