@@ -207,7 +207,7 @@ def load_run(path: Path) -> Run:
         raise ConfigError(
             manifest_path, "", "file not found (not a `pipesd run` folder?)"
         ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ConfigError(manifest_path, "", f"not readable JSON ({exc})") from None
     if not isinstance(manifest, dict):
         raise ConfigError(manifest_path, "", "expected a JSON object")
