@@ -49,10 +49,12 @@ class PolicyRow:
 
 
 def _figures(
-    raw: dict[str, Any], path: Path, acceptance: dict[str, Any]
+    raw: dict[str, Any], path: Path, acceptance: dict[str, Any] | None
 ) -> dict[str, dict[str, float]]:
+    """Per policy label, FIGURES over the scenario's seeds (`acceptance` None: the profile's)."""
     raw = copy.deepcopy(raw)
-    raw["acceptance"] = acceptance
+    if acceptance is not None:
+        raw["acceptance"] = acceptance
     scenario = validate_scenario(raw, path)
     seeds = scenario.model.seeds
     out = {}
@@ -116,4 +118,47 @@ def table_lines(rows: list[PolicyRow]) -> list[str]:
     return lines
 
 
-__all__ = ["FIGURES", "TOLERANCE", "PolicyRow", "medians", "policy_check", "table_lines"]
+def sensitivity_lines(
+    scenarios: list[Path], model: HmmAcceptance, trace: Path, profile_label: str
+) -> list[str]:
+    """Markdown: per scenario, each policy's TPT and rank (1 = fastest) under the profile's own
+    acceptance (`profile_label`), the fitted model, and a replay of `trace`."""
+    variants: dict[str, dict[str, Any] | None] = {
+        profile_label: None,
+        "fitted HMM": model.model_dump(mode="json"),
+        "replay": {"kind": "replay", "trace": str(Path(trace).resolve())},
+    }
+    lines = []
+    for scenario in scenarios:
+        path = Path(scenario)
+        raw = read_scenario_file(path)
+        raw.pop("sweep", None)
+        tpt = {name: _figures(raw, path, acc) for name, acc in variants.items()}
+        ranks = {
+            name: {label: i + 1 for i, label in enumerate(sorted(t, key=lambda k: t[k]["tpt_ms"]))}
+            for name, t in tpt.items()
+        }
+        names = list(variants)
+        lines += [
+            f"**{path.stem}** (TPT ms, rank)",
+            "",
+            "| policy | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
+        for label in tpt[names[0]]:
+            cells = [f"{tpt[n][label]['tpt_ms']:.1f} ({ranks[n][label]})" for n in names]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        same = [n for n in names[1:] if ranks[n] == ranks[names[0]]]
+        lines += ["", f"Ranking equal to {names[0]}'s under: {', '.join(same) or 'neither'}.", ""]
+    return lines
+
+
+__all__ = [
+    "FIGURES",
+    "TOLERANCE",
+    "PolicyRow",
+    "medians",
+    "policy_check",
+    "sensitivity_lines",
+    "table_lines",
+]

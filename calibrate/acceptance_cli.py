@@ -28,8 +28,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
-from simulator.errors import ConfigError
+from calibrate.acceptance import record_acceptance
+from calibrate.acceptance_check import policy_check, sensitivity_lines, table_lines
+from calibrate.acceptance_hmm import fit_hmm
+from calibrate.acceptance_report import compare_lines, model_sequences, stats
+from calibrate.acceptance_trace import read_trace, write_trace_gz
+from calibrate.pairs import measure_pair
+from models.pairs import build_pair, sha256
+from models.prompts import FAMILIES, SPLITS, family_prompts
+from models.registry import models_dir, resolve_model
+from simulator.acceptance import ReplayTraces
+from simulator.errors import ConfigError, from_validation_error
+from simulator.profile import HmmAcceptance
 
 Say = Callable[[str], None]
 
@@ -58,8 +70,6 @@ def _states(text: str) -> list[int]:
 
 def add_acceptance_parsers(sub: Any) -> None:
     """Register `pair`, `traces`, `acceptance-fit` and `acceptance-check`."""
-    from models.prompts import FAMILIES, SPLITS
-
     pair = sub.add_parser("pair", help="build a same-tokenizer draft by recipe; measure it")
     which = pair.add_mutually_exclusive_group(required=True)
     which.add_argument("--recipe", help="e.g. quant:Q4_0, skip:14-16, skip:14-16+quant:Q4_0")
@@ -101,6 +111,13 @@ def add_acceptance_parsers(sub: Any) -> None:
     check.add_argument("--scenario", type=Path, default=Path("scenarios/pipesd_s1.toml"))
     check.add_argument("--prompts", type=int, help="requests per edge (default: the scenario's)")
     check.add_argument("--seeds", type=_states, help="seeds (default: the scenario's)")
+    check.add_argument(
+        "--sensitivity",
+        type=Path,
+        nargs="+",
+        help="instead: these scenarios' TPT and ranking under the profile's own acceptance, the "
+        "fitted model and replay of --heldout (Markdown)",
+    )
     check.set_defaults(handler=run_check)
 
 
@@ -117,8 +134,6 @@ def _prompt_arguments(
 
 
 def _prompts(args: argparse.Namespace) -> list[Any]:
-    from models.prompts import family_prompts
-
     try:
         return family_prompts(args.family, args.split, args.limit)
     except ValueError as exc:
@@ -136,9 +151,6 @@ def _recipe_of(draft: Path) -> str:
 
 def run_pair(args: argparse.Namespace, command: str, say: Say) -> int:
     """`pipesd calibrate pair`."""
-    from models.pairs import build_pair
-    from models.registry import models_dir, resolve_model
-
     target = resolve_model(args.target)
     if args.recipe is not None:
         try:
@@ -153,8 +165,6 @@ def run_pair(args: argparse.Namespace, command: str, say: Say) -> int:
         recipe = _recipe_of(draft)
     if not args.measure:
         return 0
-    from calibrate.pairs import measure_pair
-
     prompts = _prompts(args)
     try:
         figures = measure_pair(
@@ -192,11 +202,6 @@ def run_pair(args: argparse.Namespace, command: str, say: Say) -> int:
 
 def run_traces(args: argparse.Namespace, command: str, say: Say) -> int:
     """`pipesd calibrate traces`."""
-    from calibrate.acceptance import record_acceptance
-    from calibrate.acceptance_trace import write_trace_gz
-    from models.pairs import sha256
-    from models.registry import resolve_model
-
     if args.out.exists():
         raise ConfigError("--out", "", f"{args.out} exists (traces are never overwritten)")
     if not args.out.name.endswith(".csv.gz"):
@@ -244,9 +249,6 @@ def run_traces(args: argparse.Namespace, command: str, say: Say) -> int:
 
 
 def _sequences(paths: list[Path]) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[dict]]:
-    from calibrate.acceptance_trace import read_trace
-    from simulator.acceptance import ReplayTraces
-
     sequences, provenance = [], []
     for path in paths:
         if path.name.endswith(".gz"):
@@ -257,9 +259,6 @@ def _sequences(paths: list[Path]) -> tuple[list[tuple[np.ndarray, np.ndarray]], 
 
 def run_fit(args: argparse.Namespace, command: str, say: Say) -> int:
     """`pipesd calibrate acceptance-fit`."""
-    from calibrate.acceptance_hmm import fit_hmm
-    from calibrate.acceptance_report import compare_lines, model_sequences, stats
-
     if args.out.exists():
         raise ConfigError("--out", "", f"{args.out} exists (never overwritten)")
     if args.bins < 1:
@@ -316,11 +315,6 @@ def run_fit(args: argparse.Namespace, command: str, say: Say) -> int:
 
 def load_model(path: Path) -> Any:
     """The `HmmAcceptance` of a model JSON written by `acceptance-fit` (one-line errors)."""
-    from pydantic import ValidationError
-
-    from simulator.errors import from_validation_error
-    from simulator.profile import HmmAcceptance
-
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
@@ -337,10 +331,14 @@ def load_model(path: Path) -> Any:
 
 def run_check(args: argparse.Namespace, command: str, say: Say) -> int:
     """`pipesd calibrate acceptance-check`."""
-    from calibrate.acceptance_check import policy_check, table_lines
-
     model = load_model(args.model)
     began = time.perf_counter()
+    if args.sensitivity:
+        label = "profile's own (Beta)"
+        for line in sensitivity_lines(args.sensitivity, model, args.heldout, label):
+            print(line)
+        say(f"simulated in {time.perf_counter() - began:.1f} s ({command})")
+        return 0
     rows = policy_check(args.scenario, model, args.heldout, args.prompts, args.seeds)
     say(f"simulated in {time.perf_counter() - began:.1f} s ({command})")
     for line in table_lines(rows):

@@ -16,7 +16,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from calibrate.acceptance import record_acceptance
+from models.prompts import format_prompt
 
 DECODE_PROMPT = "Write a Python function that returns the n-th Fibonacci number."
 """The prompt decoded when timing (formatted through the chat template, then 32 steps)."""
@@ -24,8 +27,6 @@ DECODE_PROMPT = "Write a Python function that returns the n-th Fibonacci number.
 
 def decode_ms(llama: Any, prompt: list[int], steps: int) -> float:
     """Median milliseconds of one single-token decode step after `prompt` (greedy)."""
-    import numpy as np
-
     llama.reset()
     llama._ctx.kv_cache_clear()
     llama.eval(prompt)
@@ -44,8 +45,6 @@ def decode_speeds(
     """(draft ms/token, target ms/token): medians over `rounds` alternating timings."""
     # llama_cpp is heavy and optional: imported only when a pair is measured.
     import llama_cpp
-
-    from models.prompts import format_prompt
 
     loaded = [
         llama_cpp.Llama(

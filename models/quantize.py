@@ -12,6 +12,7 @@ from the source and is measured as it is.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import sys
 from pathlib import Path
@@ -38,8 +39,6 @@ def quantize_gguf(source: Path, out: Path, file_type: str, threads: int = 1) -> 
     the problem for an unknown type, a missing source or a failed quantisation. Returns `out`.
     Needs llama-cpp-python. llama.cpp's per-tensor log goes to /dev/null."""
     # llama_cpp is heavy and optional: imported only when a file is quantised.
-    import ctypes
-
     import llama_cpp
 
     source, out = Path(source), Path(out)
