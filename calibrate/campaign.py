@@ -162,12 +162,8 @@ class Campaign:
         self._save()
 
     def finished(self) -> set[str]:
-        """Steps recorded as done whose part file is still there."""
-        return {
-            name
-            for name, record in self.state["steps"].items()
-            if record.get("status") == "done" and (self.parts / f"{name}.json").is_file()
-        }
+        """Steps recorded as done whose files are still there."""
+        return finished_steps(self.out, self.state)
 
     def _save(self) -> None:
         write_json(self.out / MANIFEST, self.state)
@@ -183,17 +179,14 @@ class Campaign:
     # ---- running -----------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Print the plan, then run it (unless plan_only); 0 when every step ran."""
-        steps = plan(self.options.device, self.options.shape_names, self.options.grid)
-        selection = select(steps, self.finished(), self.options.budget_s)
+        """Print the plan, then run it; 0 when every step ran."""
+        selection = select(_steps(self.options), self.finished(), self.options.budget_s)
         self.state["plan"] = [
             {"step": s.name, "estimate_s": round(s.estimate_s, 1)} for s in selection.run
         ]
         self._save()
         for line in plan_lines(selection, self.options.budget_s):
             print(line)
-        if self.options.plan_only:
-            return 0
         failed = 0
         for step in selection.run:
             self.say(f"{step.name}: {step.what()} (~{step.estimate_s:.0f} s)")
@@ -302,7 +295,9 @@ class Campaign:
         why = (
             f"NVML's energy counter (mJ) advances every 20-100 ms, so each window lasts at "
             f"least {ENERGY_WINDOW_S:g} s of back-to-back verifications: a stale reading "
-            f"misplaces at most {NVML_UPDATE_S:g} s of it, <= {100 * ENERGY_REL_ERROR:g}%"
+            f"misplaces at most {NVML_UPDATE_S:g} s of it, <= {100 * ENERGY_REL_ERROR:g}%; "
+            f"on the served eager path at context {measured.runs[0].context} (static mode would "
+            f"compile the model again)"
         )
         notes["power.energy_window"] = why
         samples = {"energy": windows}
@@ -359,6 +354,20 @@ class Campaign:
         return [str(out.relative_to(self.out)), str(draft.relative_to(self.out))]
 
 
+def _steps(options: CampaignOptions) -> list[Step]:
+    return plan(options.device, options.shape_names, options.grid)
+
+
+def finished_steps(out: Path, state: dict[str, Any]) -> set[str]:
+    """Steps `state` records as done whose files under `out` are all still there."""
+    return {
+        name
+        for name, record in state.get("steps", {}).items()
+        if record.get("status") == "done"
+        and all((out / path).exists() for path in record.get("wrote", []))
+    }
+
+
 def validate_args(device: str, shape: str, profiles: Path, draft: Path, out: Path) -> list[str]:
     """The `pipesd validate` arguments of the campaign's validation step."""
     bandwidths = ",".join(f"{b:g}" for b in VALIDATE_BANDWIDTHS_MBPS[device])
@@ -396,7 +405,15 @@ def validate_args(device: str, shape: str, profiles: Path, draft: Path, out: Pat
 
 
 def run_campaign(options: CampaignOptions, command: str, say: Say) -> int:
-    """Run (or resume) a campaign; see the module docstring."""
+    """Run (or resume) a campaign; see the module docstring. `plan_only`: print the plan
+    (finished steps of an existing --out skipped) and write nothing."""
+    if options.plan_only:
+        manifest = options.out / MANIFEST
+        state = read_manifest(manifest) if manifest.is_file() else {}
+        selection = select(_steps(options), finished_steps(options.out, state), options.budget_s)
+        for line in plan_lines(selection, options.budget_s):
+            print(line)
+        return 0
     campaign = Campaign(options, command, say)
     campaign.open()
     return campaign.run()

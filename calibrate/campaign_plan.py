@@ -190,9 +190,10 @@ VALIDATE_TOKENS = {"cuda": 32, "cpu": 8}
 
 
 def plan(device: str, shapes: Sequence[str], grid: Grid) -> list[Step]:
-    """Every step for `shapes` on `device`, most valuable first: the first shapes' served
-    static and eager steps and batched steps, the other shapes' served static steps, energy of
-    the first two, the validation with the first shape, then the rest."""
+    """Every step for `shapes` on `device`, most valuable first: the first two shapes' served
+    static and eager steps (PipeSD's targets), the other shapes' served static steps, the
+    validation with the first shape (the whole model against the GPU testbed), energy and
+    batched steps of the first two, then the rest."""
     cost = COSTS[device]
     first, *others = shapes
 
@@ -221,8 +222,8 @@ def plan(device: str, shapes: Sequence[str], grid: Grid) -> list[Step]:
     )
     steps = [served(s, mode) for s in pipesd for mode in MODES]
     steps += [served(s, "static") for s in rest]
-    steps += [energy(s) for s in pipesd]
     steps += [validate]
+    steps += [energy(s) for s in pipesd]
     steps += [batched(s) for s in pipesd]
     steps += [served(s, "eager") for s in rest] + [batched(s) for s in rest]
     steps += [energy(s) for s in rest]

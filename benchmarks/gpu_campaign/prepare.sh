@@ -17,7 +17,9 @@ trap 'rm -rf "$work"' EXIT
 version() { "$PY" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$1"; }
 
 echo "pipesd-kit (this checkout)"
+had_build=$([ -e build ] && echo yes || echo no)
 "$PY" -m pip wheel --quiet --no-deps --no-build-isolation -w "$DEST" .
+[ "$had_build" = yes ] || rm -rf build   # setuptools' scratch folder, made just now
 
 platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64
            --platform manylinux2014_x86_64 --platform any)

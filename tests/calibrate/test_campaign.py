@@ -125,8 +125,8 @@ def test_tiny_campaign_runs_is_cut_off_and_resumes(tmp_path: Path, monkeypatch, 
     assert names == [
         "served-tiny-static",
         "served-tiny-eager",
-        "energy-tiny",
         "validate-tiny",
+        "energy-tiny",
         "batched-tiny",
     ]
 
@@ -144,23 +144,23 @@ def test_tiny_campaign_runs_is_cut_off_and_resumes(tmp_path: Path, monkeypatch, 
     first_parts = {p.name: p.stat().st_mtime_ns for p in (out / "parts").iterdir()}
     assert set(first_parts) == {"served-tiny-static.json", "served-tiny-eager.json"}
 
-    # 2. cut off during the validation (the machine went back): what finished stays
+    # 2. cut off during the last step (the machine went back): what finished stays
     def cut_off(self: Campaign, step: object) -> list[str]:
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(Campaign, "_validate", cut_off)
+        patch.setattr(Campaign, "_batched", cut_off)
         with pytest.raises(KeyboardInterrupt):
             campaign()
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["steps"]["energy-tiny"]["status"] == "done"
-    assert "validate-tiny" not in manifest["steps"]
+    assert {n for n, r in manifest["steps"].items() if r["status"] == "done"} == set(names[:4])
 
     # 3. the same command again: finished steps skipped, the rest run
     capsys.readouterr()
     assert campaign() == 0
     printed = capsys.readouterr().out
-    for name in names[:3]:
+    assert "plan: 1 step(s)" in printed
+    for name in names[:4]:
         assert f"done {name}" in printed
     manifest = json.loads((out / "manifest.json").read_text())
     assert all(manifest["steps"][name]["status"] == "done" for name in names)
@@ -184,3 +184,13 @@ def test_tiny_campaign_runs_is_cut_off_and_resumes(tmp_path: Path, monkeypatch, 
     recorded = json.loads((validation / "manifest.json").read_text())["command"]
     assert recorded[recorded.index("--target-backend") + 1] == "torch"
     assert recorded[recorded.index("--shaping") + 1] == "software"
+
+
+def test_plan_only_prints_the_plan_and_writes_nothing(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "campaign"
+    options = CampaignOptions(device="cuda", out=out, budget_s=540, plan_only=True)
+    assert run_campaign(options, "pipesd calibrate campaign --plan-only", print) == 0
+    assert not out.exists()
+    printed = capsys.readouterr().out
+    assert printed.startswith("plan: ") and "(budget 540 s)" in printed
+    assert f"validate-{DEFAULT_SHAPES[0]}" in printed.split("dropped")[0]
