@@ -25,7 +25,16 @@ if TYPE_CHECKING:
 class GenerateJob(Job):
     """Cloud-only generation: prefill, then one forward per token, each token streamed down."""
 
-    __slots__ = ("_bytes", "_downlink", "_n", "_prompt_len", "_target", "arrivals", "started")
+    __slots__ = (
+        "_bytes",
+        "_downlink",
+        "_n",
+        "_prompt_len",
+        "_target",
+        "_work_s",
+        "arrivals",
+        "started",
+    )
 
     span_label = "generate"
 
@@ -42,16 +51,18 @@ class GenerateJob(Job):
             target.forward_s(1, prompt_len + i) for i in range(1, n_tokens)
         )
         super().__init__(service, record)
+        self._work_s = service  # the cloud divides service_s by a compute trace's factor
         self.arrivals: list[float] = []
         self.started: simpy.Event | None = None
         self._target, self._downlink, self._bytes = target, downlink, token_bytes
         self._prompt_len, self._n = prompt_len, n_tokens
 
     def begin(self, now_s: float, done_s: float) -> None:
-        t = now_s + self._target.prefill_s(self._prompt_len)
+        stretch = self.service_s / self._work_s  # 1 unless a compute trace slowed the job
+        t = now_s + self._target.prefill_s(self._prompt_len) * stretch
         for i in range(self._n):
             if i:
-                t += self._target.forward_s(1, self._prompt_len + i)
+                t += self._target.forward_s(1, self._prompt_len + i) * stretch
             self.arrivals.append(self._downlink.transmit(t, self._bytes).arrive_s)
         self.record.downlink_bytes += self._n * self._bytes
         if self.started is not None:
@@ -221,8 +232,9 @@ def split_request(edge: Edge, index: int, arrived: float) -> Generator[simpy.Eve
         yield arrived_event
         if produced == 0:
             record.first_token_s = env.now
-        t = env.now + edge_step
-        record.edge_busy_s += edge_step
+        step_s = edge_step if cfg.speed is None else cfg.speed.scale(env.now, edge_step)
+        t = env.now + step_s
+        record.edge_busy_s += step_s
         n_bytes = header + split.hidden_state_bytes
         service = (1.0 - fraction) * cfg.target.forward_s(1, cfg.prompt_len + produced + 1)
     record.new_tokens = cfg.max_new_tokens

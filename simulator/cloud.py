@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import simpy
 
+from simulator.compute import ComputeTrace, SpeedCursor
 from simulator.profile import TargetLatency
 from simulator.records import RequestRecord, Span
 
@@ -84,9 +85,15 @@ class Cloud:
         max_batch: int = 1,
         batch_window_s: float = 0.0,
         plan: tuple[tuple[int, ...], ...] | None = None,
+        speed: ComputeTrace | None = None,
     ) -> None:
         self.env = env
         self.target = target
+        self._speed = SpeedCursor(speed) if speed is not None else None
+        """The target's speed over time (x its compute factor): a job's service is divided
+        by the factor when it starts (and written back to its `service_s`)."""
+        self.fastest = max(speed.fastest, 1.0) if speed is not None else 1.0
+        """The largest speed factor: service_s / fastest bounds any job's service from below."""
         self.plan = plan
         self._active = {edge for batch in plan for edge in batch} if plan else set()
         self._turn = 0
@@ -140,6 +147,8 @@ class Cloud:
     def _start_alone(self, job: Job, now: float) -> None:
         """`_start([job], now)` without the batch's bookkeeping (the one-edge fast path)."""
         service = job.service_s
+        if self._speed is not None:
+            service = job.service_s = service / self._speed.at(now)
         done = now + service
         job.begin(now, done)
         job.record.cloud_busy_s += service
@@ -169,6 +178,10 @@ class Cloud:
                 len(batch),
                 sum(j.positions * j.context for j in batch),
             )
+        if self._speed is not None:
+            service /= self._speed.at(now)
+            if len(jobs) == 1:
+                jobs[0].service_s = service
         done = now + service
         share = service / len(jobs)
         for job in jobs:

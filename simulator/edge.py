@@ -13,6 +13,7 @@ arrives (a draft step is not interruptible, as in llama.cpp).
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from policies.session import ANSWER, DONE, DRAFT, ROUND, SEND, VERIFY, Speculati
 from simulator.acceptance import AcceptanceModel
 from simulator.ar_stream import cloud_request, split_request
 from simulator.cloud import Cloud, Job, succeed_at
+from simulator.compute import EdgeSpeed
 from simulator.link import Channel
 from simulator.payload import Payload
 from simulator.profile import DraftLatency, PowerProfile, SplitProfile, TargetLatency
@@ -111,6 +113,8 @@ class EdgeConfig:
     start_s: float = 0.0
     arrivals: tuple[float, ...] | None = None
     split: SplitProfile | None = None
+    speed: EdgeSpeed | None = None
+    """A compute trace and/or thermal throttling (simulator/compute.py); None: constant."""
 
 
 @dataclass
@@ -232,6 +236,10 @@ class Edge:
         self.cloud.arrive(Job(cfg.target.prefill_s(prompt_len), record), tx.arrive_s)
         inv_factor = 1.0 / cfg.compute_factor
         prefill = cfg.draft.prefill_s(prompt_len) * inv_factor
+        speed = cfg.speed
+        if speed is not None:
+            prefill = speed.scale(t, prefill)
+        speed_next_s = speed.next_s if speed is not None else math.inf
         t += prefill
         record.edge_busy_s += prefill
         step = core.begin(record, prompt_len, n_new, record.start_s)
@@ -242,6 +250,7 @@ class Edge:
         result_bytes = payload.result_bytes
         target = cfg.target
         min_down = down.min_delivery_s()
+        soonest = 1.0 / self.cloud.fastest  # of a service: a compute trace may speed it up
         drafted, sent = core.drafted, core.sent
         reports: list[tuple[float, int, float]] = []  # heap: (known at, tokens, duration)
         # when the last earlier message is answered: an upload sent before then may queue
@@ -294,7 +303,7 @@ class Edge:
                     record,
                     down,
                     result_bytes(m),
-                    answered + service,
+                    answered + service * soonest,
                     timeline,
                     m + 1,
                     context,
@@ -313,7 +322,11 @@ class Edge:
                         if t > env.now:
                             yield env.timeout(t - env.now)
                         if nav.eta is None:
-                            nav.lower_bound = t + nav.service_s + min_down
+                            bound = t + nav.service_s * soonest + min_down
+                            if bound > t:
+                                nav.lower_bound = bound
+                            else:  # the answer's delay is below the clock's resolution at t
+                                step = ANSWER  # wait for it (drafting on would never sync)
                         continue
                 else:
                     if eta is None:
@@ -359,6 +372,9 @@ class Edge:
                 conf = off_path[off_index % n_off]
                 off_index += 1
             dt = draft_s[position]
+            if t >= speed_next_s:  # a compute trace or thermal model only (else +inf)
+                dt = speed.scale(t, dt)  # type: ignore[union-attr]
+                speed_next_s = speed.next_s  # type: ignore[union-attr]
             if timeline is not None:
                 timeline.append(
                     Span("draft", t, t + dt, "draft", index, position, position + 1, edge=cfg.edge)

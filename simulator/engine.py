@@ -20,6 +20,7 @@ from policies.registry import make_policy
 from policies.seeding import policy_seed
 from simulator.acceptance import AcceptanceModel
 from simulator.cloud import Cloud
+from simulator.compute import ComputeTrace, edge_speed
 from simulator.dipsd_plan import fleet_plan, plan_batches
 from simulator.edge import Edge, EdgeConfig, SessionStats
 from simulator.fleet import edge_specs
@@ -74,7 +75,13 @@ def simulate(
     if plan is not None:
         for spec, policy in zip(specs, policies, strict=True):
             policy.on_fleet_plan(plan.lengths[spec.index])
-    target_latency = profile.target_latency.faster(model.cloud.compute_factor)
+    cloud_factor, cloud_trace = model.cloud.compute_factor, None
+    if model.cloud.compute_trace is not None:
+        path = scenario.resolve(model.cloud.compute_trace)
+        cloud_trace = ComputeTrace.from_csv(path, model.cloud.compute_trace_repeat)
+        if cloud_trace.constant is not None:  # a constant trace is a compute factor
+            cloud_factor, cloud_trace = cloud_factor * cloud_trace.constant, None
+    target_latency = profile.target_latency.faster(cloud_factor)
     cloud = Cloud(
         env,
         timeline,
@@ -83,6 +90,7 @@ def simulate(
         max_batch=model.cloud.max_batch,
         batch_window_s=model.cloud.batch_window_s,
         plan=plan_batches(plan) if plan else None,
+        speed=cloud_trace,
     )
     payload = payload_for(profile.payload, model.payload)
     edges = []
@@ -110,6 +118,7 @@ def simulate(
             start_s=spec.start_s,
             arrivals=spec.arrivals,
             split=own.split,
+            speed=edge_speed(spec.compute_trace, own.edge_thermal),
         )
         uplink = Channel(
             spec.uplink, spec.uplink_overhead_s, spec.one_way_latency_s, spec.burst_bytes

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from simulator.compute import ComputeTrace
 from simulator.link import Bandwidth, ConstantBandwidth, TraceBandwidth
 from simulator.profile import LoadedProfile
 from simulator.scenario import EdgeGroup, Scenario
@@ -34,6 +35,9 @@ class EdgeSpec:
     start_s: float
     arrivals: tuple[float, ...] | None
     """Request arrival times for open-loop edges; None: requests run back to back."""
+    compute_trace: ComputeTrace | None = None
+    """The draft's speed over time (x compute_factor); None: constant (a constant trace is
+    folded into compute_factor)."""
 
 
 class _Links:
@@ -42,6 +46,20 @@ class _Links:
     def __init__(self, scenario: Scenario) -> None:
         self.scenario = scenario
         self._traces: dict[str, TraceBandwidth] = {}
+        self._compute: dict[str, ComputeTrace] = {}
+
+    def compute(self, group: EdgeGroup | None, factor: float) -> tuple[float, ComputeTrace | None]:
+        """(compute factor, trace) of an edge: a constant trace folds into the factor."""
+        edge = self.scenario.model.edge
+        name = getattr(group, "compute_trace", None) or edge.compute_trace
+        if name is None:
+            return factor, None
+        if name not in self._compute:
+            path = self.scenario.resolve(name)
+            self._compute[name] = ComputeTrace.from_csv(path, edge.compute_trace_repeat)
+        trace = self._compute[name]
+        constant = trace.constant
+        return (factor * constant, None) if constant is not None else (factor, trace)
 
     def bandwidth(
         self, direction: str, group: EdgeGroup | None, profile: LoadedProfile
@@ -72,12 +90,13 @@ def edge_specs(scenario: Scenario, seed: int) -> list[EdgeSpec]:
     links = _Links(scenario)
     if not model.edge_groups:
         profile = scenario.profile
+        factor, trace = links.compute(None, model.edge.compute_factor)
         return [
             EdgeSpec(
                 index=0,
                 group="",
                 profile=profile,
-                compute_factor=model.edge.compute_factor,
+                compute_factor=factor,
                 uplink=links.bandwidth("uplink", None, profile),
                 downlink=links.bandwidth("downlink", None, profile),
                 one_way_latency_s=links.value("one_way_latency_s", profile),
@@ -87,6 +106,7 @@ def edge_specs(scenario: Scenario, seed: int) -> list[EdgeSpec]:
                 requests=model.prompts.count,
                 start_s=0.0,
                 arrivals=None,
+                compute_trace=trace,
             )
         ]
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xED6E]))
@@ -96,7 +116,8 @@ def edge_specs(scenario: Scenario, seed: int) -> list[EdgeSpec]:
         base_factor = group.compute_factor or model.edge.compute_factor
         requests = group.requests or model.prompts.count
         for _ in range(group.count):
-            factor = base_factor * rng.uniform(1 - group.compute_spread, 1 + group.compute_spread)
+            drawn = base_factor * rng.uniform(1 - group.compute_spread, 1 + group.compute_spread)
+            factor, trace = links.compute(group, float(drawn))
             start = float(rng.uniform(0.0, group.start_spread_s)) if group.start_spread_s else 0.0
             arrivals = None
             if group.arrival == "poisson":
@@ -118,6 +139,7 @@ def edge_specs(scenario: Scenario, seed: int) -> list[EdgeSpec]:
                     requests=requests,
                     start_s=start,
                     arrivals=arrivals,
+                    compute_trace=trace,
                 )
             )
     return specs

@@ -360,6 +360,17 @@ class SplitProfile(Strict):
     hidden_state_bytes: int = Field(ge=1, le=MAX_MESSAGE_BYTES)
 
 
+class ThermalProfile(Strict):
+    """An edge that throttles under sustained load (a phone): a first-order heat state in
+    [0, 1] rises towards 1 with time constant `heat_tau_s` while the edge computes and falls
+    towards 0 with `cool_tau_s` while it idles; the edge runs at 1 - depth x heat of its speed
+    (simulator/compute.py)."""
+
+    depth: Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
+    heat_tau_s: Annotated[float, Field(gt=0.0, le=MAX_LATENCY_S, allow_inf_nan=False)]
+    cool_tau_s: Annotated[float, Field(gt=0.0, le=MAX_LATENCY_S, allow_inf_nan=False)]
+
+
 class Profile(Strict):
     """A complete, validated profile."""
 
@@ -374,6 +385,9 @@ class Profile(Strict):
     payload: PayloadProfile
     provenance: Provenance
     split: SplitProfile | None = None
+    edge_thermal: ThermalProfile | None = Field(
+        None, description="the edge throttles under sustained drafting (off: constant speed)"
+    )
 
 
 class LoadedProfile(BaseModel):

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from policies.params import PolicyParams
 from policies.registry import params_model, policy_names
 from simulator.acceptance import ReplayTraces
+from simulator.compute import ComputeTrace
 from simulator.errors import ConfigError, from_validation_error, render_value
 from simulator.inputs import MAX_DEPTH, check_data, load_toml
 from simulator.link import TraceBandwidth
@@ -56,6 +57,8 @@ class EdgeSection(Strict):
         1.0, ge=MIN_SPEED_FACTOR, le=100.0, description="draft speed vs profile"
     )
     max_draft_tokens: int = Field(256, ge=1, le=4096, description="safety cap per draft")
+    compute_trace: str | None = Field(None, description="`t_s, factor` CSV: draft x factor(t)")
+    compute_trace_repeat: bool = Field(True, description="loop the trace (else hold last)")
 
 
 class LinkSection(Strict):
@@ -111,6 +114,8 @@ class CloudSection(Strict):
         allow_inf_nan=False,
         description="wait this long to fill a batch",
     )
+    compute_trace: str | None = Field(None, description="`t_s, factor` CSV: target x factor(t)")
+    compute_trace_repeat: bool = Field(True, description="loop the trace (else hold last)")
 
 
 class EdgeGroup(Strict):
@@ -128,6 +133,7 @@ class EdgeGroup(Strict):
     profile: str | None = Field(None, description="this group's own profile (draft, power, link)")
     compute_factor: float | None = Field(None, ge=MIN_SPEED_FACTOR, le=100.0, allow_inf_nan=False)
     compute_spread: float = Field(0.0, ge=0.0, lt=1.0)
+    compute_trace: str | None = Field(None, description="this group's draft speed trace")
     uplink_mbps: Mbps | None = None
     downlink_mbps: Mbps | None = None
     one_way_latency_s: LatencySeconds | None = None
@@ -315,6 +321,13 @@ def validate_scenario(raw: dict[str, Any], path: Path) -> Scenario:
             if trace is not None:
                 trace_path = _named_file(path, f"edge_groups[{i}].{field}", trace, "trace")
                 TraceBandwidth.from_csv(trace_path, model.link.trace_repeat)
+    compute_traces = [("edge", model.edge), ("cloud", model.cloud)]
+    compute_traces += [(f"edge_groups[{i}]", g) for i, g in enumerate(model.edge_groups)]
+    for where, section in compute_traces:
+        if section.compute_trace is not None:
+            trace_path = _named_file(path, f"{where}.compute_trace", section.compute_trace, "trace")
+            repeat = getattr(section, "compute_trace_repeat", model.edge.compute_trace_repeat)
+            ComputeTrace.from_csv(trace_path, repeat)
     group_labels: set[str] = set()
     for i, group in enumerate(model.edge_groups):
         if group.arrival == "poisson" and group.rate_per_s is None:
