@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -434,3 +437,36 @@ def test_pipesd_observes_uploads_as_the_edge_does(write_scenario, monkeypatch) -
         assert duration == pytest.approx(floor + wire_s, rel=1e-9)
     later = seen[len(probes) :]
     assert later and all(duration >= floor for _, duration in later)
+
+
+@contextlib.contextmanager
+def deadline(seconds: int) -> Iterator[None]:
+    """Fail (instead of hanging the suite) if the block runs longer than `seconds`."""
+
+    def expire(_signum: int, _frame: object) -> None:
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGALRM"), reason="needs SIGALRM for the deadline")
+@pytest.mark.parametrize("rate", [1e-300, 1e-17, 1e6])
+@pytest.mark.parametrize("name", ["pipesd", "picospec", "edgellm", "vanilla", "cloud_ar"])
+def test_extreme_but_valid_arrival_rates_terminate(write_scenario, name: str, rate: float) -> None:
+    """Arrivals at 1e300 s (where a token's time is below the clock's resolution) or all at
+    once: every request completes (a proactive edge once waited forever for time to move)."""
+    path = write_scenario(
+        policies=[{"name": name}],
+        edge_groups=[{"count": 2, "arrival": "poisson", "rate_per_s": rate}],
+        prompts={"count": 2, "prompt_len": 16, "max_new_tokens": 16},
+    )
+    with deadline(60):
+        result = run_one(path)
+    assert len(result.records) == 4
+    assert all(r.new_tokens == 16 and r.start_s <= r.end_s for r in result.records)
