@@ -82,7 +82,7 @@ def dipsd_figure(max_users: int = MAX_USERS) -> Figure:
     ax.plot(
         sweep.users,
         sweep.ad,
-        label="AD (one batch)",
+        label="AD (each user alone)",
         markersize=9,
         markerfacecolor="none",
         **AD_STYLE.kwargs(),
