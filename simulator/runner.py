@@ -240,6 +240,9 @@ class RunFolder:
         claim_out_dir(self.out_dir, RUN_KIND, force=force, resume=resume, resumable=True)
         if resume:
             previous = read_manifest(self.out_dir / MANIFEST)
+            if "fingerprint" not in previous:
+                problem = "the run there stopped before its first task: start it again with --force"
+                raise ConfigError("--resume", "", f"{self.out_dir}: {problem}")
             if previous.get("fingerprint") != run_fingerprint:
                 raise ConfigError(
                     "--resume",
