@@ -24,7 +24,9 @@ compute threads: on a CPU target computing on one thread, the time a dedicated c
 with none of the waiting a busy machine adds (on this VM under two CPU hogs, a 16-token
 prefill of the tiny test model took 40-66 ms by the wall clock and 9.4-9.8 ms of CPU time,
 9.4-9.7 ms quiet). With several threads, spinning threads make it only an approximation;
-`resolve_clock("auto", ...)` picks "cpu" for one CPU thread, "wall" otherwise.
+`resolve_clock("auto", ...)` picks "cpu" for one CPU thread, "wall" otherwise. The profilers
+default to "wall": `validate --recalibrate` measures the machine as its real run will find
+it, contention included.
 
 Both are best-case service times (a server that does nothing else): each configuration's
 times go through `calibrate.noise` (outliers above median + 3 sigma rejected, summarised by

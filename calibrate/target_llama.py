@@ -38,7 +38,7 @@ from calibrate.fit import (
     _samples,
 )
 from calibrate.samples import ForwardSample, PrefillSample
-from calibrate.served import AUTO_CLOCK, resolve_clock, served_needs, time_served
+from calibrate.served import resolve_clock, served_needs, time_served
 from calibrate.target import (
     AUTO,
     SEED,
@@ -214,7 +214,7 @@ def profile_llama_target(
     progress: Callable[[str], None] | None = None,
     n_ctx: int | None = None,
     seed: int = SEED,
-    clock: str = AUTO_CLOCK,
+    clock: str = "wall",
 ) -> LlamaTargetMeasurements:
     """Measure the llama.cpp target's prefill and verification times (see module doc).
 
@@ -222,9 +222,10 @@ def profile_llama_target(
     lengths >= 2: a one-token prompt prefills nothing). `n_ctx` defaults to LlamaTarget's (the
     server's) default; every context + the summed token counts and every prompt must fit it.
     `energy_meter`: "auto" (RAPL), None, a meter (`read_j()`, `name()`) or a callable making one.
-    `progress`, if given, receives one line per round. `clock` (`calibrate.served`): "auto"
-    reads process CPU time with one thread (a busy machine's preemption is not counted), else
-    wall-clock time. Needs llama-cpp-python.
+    `progress`, if given, receives one line per round. `clock` (`calibrate.served`): "wall"
+    (default: the server's own target_ms), "cpu" (process CPU time / threads: a busy
+    machine's preemption is not counted) or "auto" (cpu with one thread, else wall). Needs
+    llama-cpp-python.
     """
     import llama_cpp
 

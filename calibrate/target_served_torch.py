@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from calibrate.fit import FitReport
-from calibrate.served import AUTO_CLOCK, resolve_clock, served_needs, time_served
+from calibrate.served import resolve_clock, served_needs, time_served
 from calibrate.target import (
     AUTO,
     SEED,
@@ -96,16 +96,16 @@ def profile_torch_served_target(
     n_ctx: int = 2048,
     threads: int | None = None,
     seed: int = SEED,
-    clock: str = AUTO_CLOCK,
+    clock: str = "wall",
 ) -> ServedTorchMeasurements:
     """Measure the server's TorchTarget (see the module docstring).
 
     `model`: what TorchTarget takes (a named shape, a Hugging Face folder, a GGUF file, or a
     built model). `n_ctx` must be the server's (`--n-ctx`, 2048 by default): the static cache's
     length sets the attention cost. Grids: distinct integers >= 1 (prompts >= 2); token counts
-    at most 65 (the server's max_verify + 1). `clock` (`calibrate.served`): "auto" reads
-    process CPU time on a CPU with one torch thread, else wall-clock time. ValueError for
-    anything out of range.
+    at most 65 (the server's max_verify + 1). `clock` (`calibrate.served`): "wall" (default),
+    "cpu" (process CPU time / torch threads, CPU only) or "auto" (cpu on a CPU with one torch
+    thread, else wall). ValueError for anything out of range.
     """
     import torch
     import transformers

@@ -60,9 +60,9 @@ def _hogs() -> Iterator[list[subprocess.Popen]]:
 def test_cpu_clock_fit_under_cpu_hogs_stays_near_the_quiet_fit(tiny_gguf: Path) -> None:
     from calibrate.target_llama import profile_llama_target
 
-    quiet = profile_llama_target(tiny_gguf, 1, **GRID)  # clock "auto": CPU time, one thread
+    quiet = profile_llama_target(tiny_gguf, 1, **GRID, clock="auto")  # CPU time: one thread
     with _hogs() as hogs:
-        busy = profile_llama_target(tiny_gguf, 1, **GRID)
+        busy = profile_llama_target(tiny_gguf, 1, **GRID, clock="auto")
         assert all(hog.poll() is None for hog in hogs)  # they were busy all along
     assert quiet.clock == busy.clock == "cpu"
     quiet_latency, _ = quiet.fit()
