@@ -33,19 +33,19 @@ from typing import Any
 from calibrate.assemble import Part, assemble, load_part, new_part, save_part, write_profile
 from calibrate.campaign_plan import (
     DEFAULT_SHAPES,
+    DRAFT_SHAPES,
     ENERGY_REL_ERROR,
     ENERGY_WINDOW_S,
     GPU_GRID,
     NVML_UPDATE_S,
     TINY_GRID,
     TINY_SHAPES,
-    VALIDATE_BANDWIDTHS_MBPS,
-    VALIDATE_TOKENS,
     Grid,
     Step,
     plan,
     plan_lines,
     select,
+    validate_args,
 )
 from calibrate.measure_target import TORCH_VERSIONS, served_target_part
 from simulator.errors import ConfigError
@@ -62,11 +62,6 @@ BASE_PROFILES = {
     "cpu": PROFILES / "default.json",
 }
 """Where a campaign profile's unmeasured sections come from (its draft: TinyLlama on a CPU)."""
-
-VALIDATE_SCENARIO = REPO / "scenarios" / "testbed_cpu.toml"
-DRAFT_SHAPES = {"cuda": "TinyLlama-1.1B", "cpu": "tiny"}
-"""The validation's draft: a random-weight GGUF of this shape (models.shape_gguf), sharing the
-target's vocabulary size (32,000 for Llama-2-7B and TinyLlama)."""
 
 Say = Callable[[str], None]
 
@@ -194,12 +189,14 @@ class Campaign:
             try:
                 written = self._run_step(step)
             except (ConfigError, ValueError, RuntimeError, OSError, MemoryError) as exc:
+                _release_memory(self.options.device)
                 failed += 1
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 self._record(step, status="failed", reason=reason)
                 print(f"{step.name}: FAILED: {reason}", file=sys.stderr)
                 continue
             seconds = time.perf_counter() - begin
+            _release_memory(self.options.device)
             self._record(step, status="done", seconds=round(seconds, 1), wrote=written)
             print(f"{step.name}: done in {seconds:.0f} s (estimated {step.estimate_s:.0f} s)")
         return 1 if failed else 0
@@ -354,6 +351,18 @@ class Campaign:
         return [str(out.relative_to(self.out)), str(draft.relative_to(self.out))]
 
 
+def _release_memory(device: str) -> None:
+    """Give the finished step's GPU memory back (the next model, or the validation's server in
+    another process, needs it)."""
+    import gc
+
+    gc.collect()
+    if device == "cuda":
+        import torch  # optional (extra 'models'): only a cuda campaign gets here
+
+        torch.cuda.empty_cache()
+
+
 def _steps(options: CampaignOptions) -> list[Step]:
     return plan(options.device, options.shape_names, options.grid)
 
@@ -366,42 +375,6 @@ def finished_steps(out: Path, state: dict[str, Any]) -> set[str]:
         if record.get("status") == "done"
         and all((out / path).exists() for path in record.get("wrote", []))
     }
-
-
-def validate_args(device: str, shape: str, profiles: Path, draft: Path, out: Path) -> list[str]:
-    """The `pipesd validate` arguments of the campaign's validation step."""
-    bandwidths = ",".join(f"{b:g}" for b in VALIDATE_BANDWIDTHS_MBPS[device])
-    return [
-        "validate",
-        str(VALIDATE_SCENARIO),
-        "--profile",
-        str(profiles / f"served-{shape}-static.json"),
-        "--target",
-        shape,
-        "--target-backend",
-        "torch",
-        "--target-device",
-        device,
-        "--draft",
-        str(draft),
-        "--draft-threads",
-        "4" if device == "cuda" else "1",
-        "--shaping",
-        "software",
-        "--acceptance",
-        "synthetic",
-        "--set",
-        "seeds=[1]",
-        "--set",
-        "prompts.count=1",
-        "--set",
-        f"prompts.max_new_tokens={VALIDATE_TOKENS[device]}",
-        "--sweep",
-        f"link.uplink_mbps={bandwidths}",
-        "--quiet",
-        "--out",
-        str(out),
-    ]
 
 
 def run_campaign(options: CampaignOptions, command: str, say: Say) -> int:
@@ -450,4 +423,4 @@ def _handle(args: argparse.Namespace, command: str, say: Say) -> int:
     return run_campaign(options, command, say)
 
 
-__all__ = ["CampaignOptions", "add_campaign_parser", "run_campaign", "validate_args"]
+__all__ = ["CampaignOptions", "add_campaign_parser", "run_campaign"]

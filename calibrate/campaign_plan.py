@@ -9,7 +9,8 @@ Steps (`Step.kind`), for each target shape (models/shapes.py, random bf16 weight
   session per forward, so batching is measured on the eager path);
 - "energy": NVML energy per verification, in windows of ENERGY_WINDOW_S per token count;
 - "validate": `pipesd validate` on the GPU testbed (torch target, software shaping) at three
-  uplink bandwidths, simulated with the profile the "served static" step of its target made.
+  uplink bandwidths, simulated with the profile the "served static" step of its target made
+  (`validate_args`: its command line).
 
 Estimates: `CostModel.forward_s` is a roofline (weights and KV streamed from memory at an
 effective bandwidth, or the matmul FLOPs at an effective rate, whichever is slower) plus a
@@ -24,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from models.shapes import get_shape
 
@@ -185,6 +187,13 @@ def _validate_s(cost: CostModel, device: str, shape: str, sessions: int, tokens:
 VALIDATE_POLICIES = 4
 """Edge-drafting policies of scenarios/testbed_cpu.toml (vanilla, hsl, edgellm, pipesd)."""
 
+VALIDATE_SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "testbed_cpu.toml"
+"""The GPU testbed validation's scenario (one prompt, one seed: `validate_args`)."""
+
+DRAFT_SHAPES = {"cuda": "TinyLlama-1.1B", "cpu": "tiny"}
+"""The validation's draft: a random-weight GGUF of this shape (models.shape_gguf), sharing the
+target's vocabulary size (32,000 for Llama-2-7B and TinyLlama)."""
+
 VALIDATE_TOKENS = {"cuda": 32, "cpu": 8}
 """New tokens per request in the validation (one prompt, one seed: `calibrate.campaign`)."""
 
@@ -281,3 +290,39 @@ def plan_lines(selection: Selection, budget_s: float | None) -> list[str]:
     for step, why in selection.dropped:
         lines.append(f"   dropped {step.name} ~{step.estimate_s:.0f} s: {why}")
     return lines
+
+
+def validate_args(device: str, shape: str, profiles: Path, draft: Path, out: Path) -> list[str]:
+    """The `pipesd validate` arguments of the campaign's validation step."""
+    bandwidths = ",".join(f"{b:g}" for b in VALIDATE_BANDWIDTHS_MBPS[device])
+    return [
+        "validate",
+        str(VALIDATE_SCENARIO),
+        "--profile",
+        str(profiles / f"served-{shape}-static.json"),
+        "--target",
+        shape,
+        "--target-backend",
+        "torch",
+        "--target-device",
+        device,
+        "--draft",
+        str(draft),
+        "--draft-threads",
+        "4" if device == "cuda" else "1",
+        "--shaping",
+        "software",
+        "--acceptance",
+        "synthetic",
+        "--set",
+        "seeds=[1]",
+        "--set",
+        "prompts.count=1",
+        "--set",
+        f"prompts.max_new_tokens={VALIDATE_TOKENS[device]}",
+        "--sweep",
+        f"link.uplink_mbps={bandwidths}",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
