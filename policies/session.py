@@ -1,12 +1,13 @@
 """The speculative request's state machine between a policy and an executor, written once.
 
-Every executor (the SimPy engine, the testbed edge, the policy checker) drives a
-`SpeculativeSession`: it asks `next_step` what to do, drafts a token and reports it with
-`drafted`, sends what it is told to and says so with `sent`, and hands a NAV's answer to
-`answered`. The session applies the rules every executor shares: the policy's decisions, the
-forced VERIFY at the draft cap and before the last token, deferred verification while a NAV is
-pending, answer handling (rollback or surviving proactive tokens), and the token counters of
-the request's record. It never reads a clock, sleeps or does I/O: times arrive as numbers.
+Every executor (the SimPy edge, the testbed edge, the policy checker) drives a
+`SpeculativeSession`: every method returns the next step (below), and the executor does it:
+drafts a token and reports it with `drafted`, sends what it is told to and says so with
+`sent`, and hands a NAV's answer to `answered`. The session applies the rules every executor
+shares: the policy's decisions, the forced VERIFY at the draft cap and before the last token,
+deferred verification while a NAV is pending, answer handling (rollback or surviving proactive
+tokens), and the token counters of the request's record. It never reads a clock, sleeps or
+does I/O: times arrive as numbers.
 
 Positions count generated tokens. `committed` tokens are final, `drafted_end` exist (committed
 + speculative), `sent_end` have been handed to the uplink; committed <= sent_end <= drafted_end.
