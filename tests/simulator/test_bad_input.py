@@ -291,7 +291,12 @@ CASES: dict[str, Case] = {
     ),
     "sweep-value-invalid": Case(
         BASE.replace("[[policies]]", '[sweep]\n"link.uplink_mbps" = [10, -1]\n\n[[policies]]', 1),
-        expect=("scenario.toml", "sweep.link.uplink_mbps", "greater than or equal to 0.000001", "-1"),
+        expect=(
+            "scenario.toml",
+            "sweep.link.uplink_mbps",
+            "greater than or equal to 0.000001",
+            "-1",
+        ),
     ),
     "sweep-policy-value-invalid": Case(
         BASE.replace("[[policies]]", '[sweep]\n"policies.pipesd.r1" = [0.3, 0]\n\n[[policies]]', 1),
