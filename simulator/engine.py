@@ -92,7 +92,7 @@ def simulate(
         plan=plan_batches(plan) if plan else None,
         speed=cloud_trace,
     )
-    payload = payload_for(profile.payload, model.payload)
+    payload = payload_for(profile.payload, entry.payload)  # the policy's own payload
     edges = []
     acceptance_models: dict[int, AcceptanceModel] = {}
     for spec, policy in zip(specs, policies, strict=True):
@@ -107,7 +107,7 @@ def simulate(
             draft=own.draft_latency,
             target=target_latency,
             power=own.power,
-            payload=payload if own is profile else payload_for(own.payload, model.payload),
+            payload=payload if own is profile else payload_for(own.payload, entry.payload),
             compute_factor=spec.compute_factor,
             max_draft_tokens=model.edge.max_draft_tokens,
             prompt_len=model.prompts.prompt_len,

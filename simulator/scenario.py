@@ -146,11 +146,13 @@ class EdgeGroup(Strict):
 
 
 class PolicyEntry(Strict):
-    """One policy to run: registry name, a unique label, validated parameters."""
+    """One policy to run: registry name, a unique label, validated parameters, and what its
+    messages carry (the scenario's [payload], with the entry's `payload` table over it)."""
 
     name: str
     label: str
     params: PolicyParams
+    payload: PayloadSection = PayloadSection()
 
 
 class ScenarioModel(Strict):
@@ -259,7 +261,24 @@ def set_path(raw: dict[str, Any], dotted: str, value: Any, source: Path) -> None
     node[parts[-1]] = value
 
 
-def _validate_policies(source: Path, entries: list[dict[str, Any]]) -> tuple[PolicyEntry, ...]:
+def _policy_payload(
+    source: Path, label: str, default: PayloadSection, override: Any
+) -> PayloadSection:
+    """The scenario's [payload] with a policy's own `payload` table over it."""
+    if override is None:
+        return default
+    if not isinstance(override, dict):
+        raise ConfigError(source, f"policies.{label}.payload", "must be a table")
+    try:
+        return PayloadSection.model_validate(default.model_dump() | override)
+    except ValidationError as exc:
+        prefix = f"policies.{label}.payload"
+        raise from_validation_error(source, exc, PayloadSection, prefix=prefix) from None
+
+
+def _validate_policies(
+    source: Path, entries: list[dict[str, Any]], default_payload: PayloadSection
+) -> tuple[PolicyEntry, ...]:
     known = policy_names()
     result: list[PolicyEntry] = []
     labels: set[str] = set()
@@ -279,13 +298,14 @@ def _validate_policies(source: Path, entries: list[dict[str, Any]]) -> tuple[Pol
         if label in labels:
             raise ConfigError(source, f"{where}.label", f"duplicate label {label!r}")
         labels.add(label)
-        params = {k: v for k, v in entry.items() if k not in ("name", "label")}
+        params = {k: v for k, v in entry.items() if k not in ("name", "label", "payload")}
+        payload = _policy_payload(source, label, default_payload, entry.get("payload"))
         model = params_model(name)
         try:
             validated = model.model_validate(params)
         except ValidationError as exc:
             raise from_validation_error(source, exc, model, prefix=f"policies.{label}") from None
-        result.append(PolicyEntry(name=name, label=label, params=validated))
+        result.append(PolicyEntry(name=name, label=label, params=validated, payload=payload))
     return tuple(result)
 
 
@@ -295,7 +315,7 @@ def validate_scenario(raw: dict[str, Any], path: Path) -> Scenario:
         model = ScenarioModel.model_validate(raw)
     except ValidationError as exc:
         raise from_validation_error(path, exc, ScenarioModel) from None
-    policies = _validate_policies(path, model.policies)
+    policies = _validate_policies(path, model.policies, model.payload)
     labels = [p.label for p in policies]
     if model.reference_policy not in labels:
         raise ConfigError(

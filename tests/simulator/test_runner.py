@@ -124,6 +124,7 @@ def test_policies_filter_keeps_the_reference(write_scenario, tmp_path: Path) -> 
         "many_edges",
         "picospec_qwen",
         "picospec_llama",
+        "dipsd_users_sweep",
     ],
 )
 def test_shipped_scenarios_validate(name: str) -> None:
