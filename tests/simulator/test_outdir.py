@@ -198,3 +198,24 @@ def test_resume_over_a_damaged_run_names_the_file(scenario, tmp_path, capsys, da
     err = one_error_line(capsys)
     assert named in err and "fresh --out" in err
     assert tree(out) == before
+
+
+def test_other_commands_refuse_a_folder_they_did_not_write(scenario, tmp_path, capsys, monkeypatch):
+    """figures and revalidate go through the same gate (validate and realrun local too: they
+    need models, so only their shared `make_out` is exercised here through revalidate)."""
+    run_dir = tmp_path / "run"
+    assert run(scenario, run_dir) == 0
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(repo)  # the recorded manifest names its scenario relative to the repo
+    recorded = repo / "docs" / "validation" / "cpu-run11"
+    for argv in (
+        ["figures", str(run_dir), "--out", str(mine), "--force"],
+        ["revalidate", str(recorded), "--quiet", "--out", str(mine), "--force"],
+        ["figures", str(run_dir), "--out", str(run_dir)],  # a `pipesd run` folder
+    ):
+        assert main(argv) == 2
+        assert "--out" in one_error_line(capsys)
+    assert (mine / "notes.txt").read_text() == "keep" and len(list(mine.iterdir())) == 1
