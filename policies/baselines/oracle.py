@@ -9,7 +9,8 @@ and covers k + 1 positions (its bonus token included), so at low bandwidth many 
 
 It is the best schedule among those that do not draft while a NAV is pending. Policies that
 do (EdgeLLM, PipeSD, PicoSpec) overlap uploads with round trips and can beat it when uploads
-cost more than round trips; the README's tables show by how much.
+cost more than round trips. `simulator/oracle_bound.py` bounds every policy, these included
+(a lower bound on each request's duration, tested against all of them; docs/reproduction.md).
 """
 
 from __future__ import annotations

@@ -117,11 +117,18 @@ def _polish(
     """
     rate, assignment, lengths = incumbent
     n_users = len(system.users)
+    kinds: dict[object, int] = {}
+    kind = [kinds.setdefault(user, len(kinds)) for user in system.users]
     for pass_index in range(1, MAX_ROUNDS + 1):
         improved = False
+        # Users alike are interchangeable: a neighbour that only permutes them gives the same
+        # optimal R as one already tried (Dinkelbach is exact), so it is skipped.
+        seen = {_batch_kinds(assignment, kind)}
         for candidate in _neighbours(assignment):
-            if candidate == assignment or not fits_memory(system, candidate, (1,) * n_users):
+            key = _batch_kinds(candidate, kind)
+            if key in seen or not fits_memory(system, candidate, (1,) * n_users):
                 continue
+            seen.add(key)
             new_lengths = _dinkelbach(system, candidate, lengths)
             if not fits_memory(system, candidate, new_lengths):
                 continue
@@ -136,6 +143,14 @@ def _polish(
         if not improved:
             break
     return rate, assignment, lengths
+
+
+def _batch_kinds(assignment: tuple[int, ...], kind: list[int]) -> tuple[tuple[int, ...], ...]:
+    """The assignment up to permutations of identical users: each batch's sorted user kinds."""
+    batches: dict[int, list[int]] = {}
+    for user, batch in enumerate(assignment):
+        batches.setdefault(batch, []).append(kind[user])
+    return tuple(sorted(tuple(sorted(members)) for members in batches.values()))
 
 
 def _neighbours(assignment: tuple[int, ...]) -> list[tuple[int, ...]]:
