@@ -240,14 +240,15 @@ def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def merge_points(out_dir: Path, finished: Sequence[int]) -> None:
-    """Rewrite OUT/summary.csv and results.csv (and speeds.csv, where the points have one)
-    from the finished points' own tables."""
-    for name in ("summary.csv", "results.csv", "speeds.csv"):
+    """Rewrite OUT/summary.csv and results.csv (and speeds.csv and the compute traces, where
+    the points have them) from the finished points' own tables."""
+    optional = ("speeds.csv", "compute_edge.csv", "compute_cloud.csv")
+    for name in ("summary.csv", "results.csv", *optional):
         columns: list[str] = []
         rows: list[dict[str, str]] = []
         for index in finished:
             path = out_dir / "points" / f"p{index}" / name
-            if name == "speeds.csv" and not path.is_file():
+            if name in optional and not path.is_file():
                 continue
             header, part = read_table(path)
             columns = columns or header

@@ -49,6 +49,10 @@ if TYPE_CHECKING:
     import httpx
 
 ACCEPTANCE = ("real", "synthetic")
+
+COMPUTE_FILES = {"edge": "compute_edge.csv", "cloud": "compute_cloud.csv"}
+"""The speed each request's draft and target ran at against the profile, per session (its
+t_s from the session's start): compute traces the simulator can replay (validation)."""
 """Where acceptance comes from: the target's own verification, or the scenario's model."""
 
 
@@ -110,8 +114,8 @@ def sampling_top_k(scenario: Scenario, top_k: int | None) -> tuple[int, str]:
     Default: the scenario's `payload.top_k` when `payload.kind` is "topk"; otherwise (full
     distributions, or token ids or probabilities only, which speculative sampling cannot use)
     the largest K whose distributions of a whole NAV fit one request body of the server
-    (realrun.edge.executor.max_sampling_top_k: the full vocabulary never does, 64 KiB bodies). One-line
-    ConfigError if `top_k` (or the scenario's) is below 1 or does not fit.
+    (realrun.edge.executor.max_sampling_top_k: the full vocabulary never does, 64 KiB bodies).
+    One-line ConfigError if `top_k` (or the scenario's) is below 1 or does not fit.
     """
     from realrun.edge.executor import max_sampling_top_k
     from realrun.protocol import Limits
@@ -185,8 +189,8 @@ def sampling_info(
         "top_k": top_k[0],
         "top_k_from": top_k[1],
         "confidence": "max q (the top-1 probability of the draft distribution drawn from)",
-        "seeds": "per (scenario seed, request): realrun.edge.executor.EdgeSampling (edge draws, and "
-        "the server session's seed)",
+        "seeds": "per (scenario seed, request): realrun.edge.executor.EdgeSampling (edge draws, "
+        "and the server session's seed)",
     }
 
 
@@ -238,7 +242,7 @@ def run_testbed(
     from models.prompts import default_prompts, format_prompt
     from realrun.edge.client import CloudClient
     from realrun.edge.executor import EdgeSampling, run_edge, startup_probes
-    from realrun.edge.speed_probe import SpeedProbe, probe_speeds
+    from realrun.edge.speed_probe import SpeedProbe, probe_speeds, request_speed
 
     model = scenario.model
     n_new = model.prompts.max_new_tokens
@@ -258,6 +262,7 @@ def run_testbed(
     outcomes: dict[int, list[TaskOutcome]] = {}
     rows: list[dict[str, Any]] = []
     speeds: list[dict[str, Any]] = []
+    compute: dict[str, list[dict[str, Any]]] = {"edge": [], "cloud": []}  # COMPUTE_FILES
     skipped: dict[str, str] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -318,6 +323,27 @@ def run_testbed(
                             record.uplink_bytes = round(after - before)
                         records.append(record)
                         spans.extend(timeline)
+                        speed = request_speed(
+                            record,
+                            timeline,
+                            scenario.profile.profile.draft_latency,
+                            scenario.profile.profile.target_latency,
+                        )
+                        session = {"point": point.index, **point.axes, "policy": entry.label}
+                        session |= {"seed": seed, "request": request, "t_s": speed.start_s}
+                        for side, measured, predicted in (
+                            ("edge", speed.edge_s, speed.edge_predicted_s),
+                            ("cloud", speed.cloud_s, speed.cloud_predicted_s),
+                        ):
+                            if measured > 0:
+                                compute[side].append(
+                                    session
+                                    | {
+                                        "measured_s": measured,
+                                        "predicted_s": predicted,
+                                        "factor": predicted / measured,
+                                    }
+                                )
                         if progress is not None:
                             progress(f"{entry.label} seed {seed} request {request}")
                     outcome = TaskOutcome(
@@ -345,6 +371,10 @@ def run_testbed(
     axes = list(point.axes)
     columns = ["point", *axes, "policy", "policy_name", "seed", *RECORD_FIELDS, "ttft_ms", "tpt_ms"]
     write_table(out_dir / "results.csv", columns, rows)
+    compute_columns = ["point", *axes, "policy", "seed", "request", "t_s", "measured_s",
+                       "predicted_s", "factor"]  # fmt: skip
+    for side, rows_of_side in compute.items():
+        write_table(out_dir / COMPUTE_FILES[side], compute_columns, rows_of_side)
     if speed_probe:
         speed_columns = ["point", *axes, "policy", "seed", *SpeedProbe.columns()]
         write_table(out_dir / "speeds.csv", speed_columns, speeds)

@@ -145,6 +145,9 @@ def print_validation(
         )
     if table_too:
         console.print(table)
+    predictions = headline.get("predictions")
+    if predictions:
+        print_predictions(console, predictions)
     median, p90 = headline["tpt_abs_error_median"], headline["tpt_abs_error_p90"]
     met = headline["goals_met"]
     diagnostic = headline.get("at_run_speed_diagnostic")
@@ -198,6 +201,41 @@ def print_validation(
     if skipped:
         listed = ", ".join(f"{label} ({reason})" for label, reason in skipped.items())
         console.print(f"skipped (the testbed cannot run them): {listed}", highlight=False)
+
+
+PREDICTION_NAMES = {
+    "calibration": "calibration alone",
+    "replayed_compute_traces": "recorded compute traces replayed",
+    "mean_run_speed": "at mean run speed",
+}
+
+
+def print_predictions(console: Console, predictions: dict[str, Any]) -> None:
+    """The three predictions side by side (validation.validate.three_predictions), the one
+    the goals apply to marked; a run that recorded no compute traces says so in one line."""
+    table = Table(header_style="bold", title="TPT predictions of this run")
+    for title in ("prediction", "median |err|", "p90 |err|", "ranking", "goals"):
+        table.add_column(title, justify="left" if title == "prediction" else "right")
+    for key, name in PREDICTION_NAMES.items():
+        figures = predictions.get(key)
+        if figures is None:
+            continue
+        goals = figures["goals_met"]
+        table.add_row(
+            name + (" (goals)" if key == predictions.get("goals_apply_to") else ""),
+            _percent(figures["tpt_abs_error_median"]).lstrip("+"),
+            _percent(figures["tpt_abs_error_p90"]).lstrip("+"),
+            "identical" if figures["ranking_identical"] else "differs",
+            "met" if goals["median"] and goals["p90"] else "missed",
+        )
+    console.print(table)
+    if predictions.get("replayed_compute_traces") is None:
+        console.print(
+            "no compute traces recorded in this run (real/compute_edge.csv, compute_cloud.csv: "
+            "testbed runs record them from issue 19 on): calibration alone and mean run speed "
+            "only",
+            highlight=False,
+        )
 
 
 def run_validate(args: argparse.Namespace, argv: list[str]) -> int:

@@ -22,11 +22,13 @@ import numpy as np
 from scipy.stats import t as student_t
 
 from realrun.local import LocalOptions, check_points, run_local
+from realrun.testbed import COMPUTE_FILES
 from simulator.errors import ConfigError
 from simulator.outdir import read_manifest
 from simulator.results import write_json, write_table
-from simulator.runner import Task, execute, run_scenario, summary_rows
-from simulator.scenario import SweepPoint, expand_sweep
+from simulator.runner import run_scenario
+from simulator.scenario import ScenarioModel, SweepPoint, expand_sweep
+from validation.replay import resimulate_replayed, resimulate_sessions
 
 METRICS = (
     "tpt_ms",
@@ -190,7 +192,7 @@ def separated_ranking(
 def validation_columns(axes: Sequence[str]) -> list[str]:
     """validation.csv's columns: point, axes, policy, then real/sim/err for each metric."""
     metrics = [f"{m}_{side}" for m in METRICS for side in ("real", "sim", "err")]
-    return ["point", *axes, "policy", "policy_name", *metrics, *AT_RUN_SPEED, *PROBED]
+    return ["point", *axes, "policy", "policy_name", *metrics, *AT_RUN_SPEED, *PROBED, *REPLAYED]
 
 
 AT_RUN_SPEED = ("edge_speed", "cloud_speed", "tpt_ms_sim_at_run_speed", "tpt_ms_err_at_run_speed")
@@ -200,6 +202,23 @@ profile, and the simulator's TPT at those speeds (`resimulate_at_measured_speeds
 PROBED = ("edge_speed_probe", "cloud_speed_probe", "tpt_ms_sim_probed", "tpt_ms_err_probed")
 """A second prediction: the speeds the reference before each session showed (mean over the
 seeds; realrun.edge.speed_probe), and the simulator's TPT with each session at its own."""
+
+
+REPLAYED = ("tpt_ms_sim_replayed", "tpt_ms_err_replayed")
+"""The prediction the goals apply to: the simulator with every session at the compute traces
+the testbed recorded during it (validation.replay; NaN for runs that recorded none)."""
+
+PREDICTIONS_MEANING = (
+    "three predictions of the same real run. calibration: the profile alone (measured before "
+    "the run; blind to the machine's drift during it). replayed_compute_traces: every session "
+    "with the draft's and the target's speed per request as the testbed recorded them, "
+    "replayed as compute traces, as a link's bandwidth trace is replayed: the goals apply to "
+    "this one, since it asks whether the twin predicts the run given the machine's speed as "
+    "it moved (its environment), which is what a twin is for; the machine's own drift is an "
+    "input, not something a model of the system can foresee. mean_run_speed: each policy at "
+    "its mean draft and target speed over the run (a constant factor), what a single number "
+    "per run can give"
+)
 
 
 def add_speeds(
@@ -299,32 +318,22 @@ def resimulate(
     """TPT (ms) per (point, policy) the simulator predicts when each (point, policy, seed) of
     `factors` runs with the draft and the target at its own (edge, cloud) speed factors
     (relative to the profile; > 1: faster)."""
-    sessions: dict[tuple[int, str], list[tuple[int, float, float]]] = {}
-    for (index, policy, seed), (edge, cloud) in sorted(factors.items()):
-        sessions.setdefault((index, policy), []).append((seed, edge, cloud))
-    predicted = {}
-    for (index, policy), runs in sessions.items():
-        point = points[index]
-        scenario = point.scenario
-        model = scenario.model
-        position = next(i for i, p in enumerate(scenario.policies) if p.label == policy)
-        outcomes = []
-        for seed, edge, cloud in runs:
-            faster = model.model_copy(
+
+    def faster(edge: float, cloud: float) -> Callable[[ScenarioModel], ScenarioModel]:
+        def change(model: ScenarioModel) -> ScenarioModel:
+            edge_factor = model.edge.compute_factor * edge
+            cloud_factor = model.cloud.compute_factor * cloud
+            return model.model_copy(
                 update={
-                    "edge": model.edge.model_copy(
-                        update={"compute_factor": model.edge.compute_factor * edge}
-                    ),
-                    "cloud": model.cloud.model_copy(
-                        update={"compute_factor": model.cloud.compute_factor * cloud}
-                    ),
+                    "edge": model.edge.model_copy(update={"compute_factor": edge_factor}),
+                    "cloud": model.cloud.model_copy(update={"compute_factor": cloud_factor}),
                 }
             )
-            moved = replace(point, scenario=replace(scenario, model=faster))
-            outcomes.append(execute((Task(moved, position, seed), False)))
-        row = next(r for r in summary_rows(point, {position: outcomes}) if r["policy"] == policy)
-        predicted[(index, policy)] = float(row["tpt_ms"])
-    return predicted
+
+        return change
+
+    sessions = {key: faster(edge, cloud) for key, (edge, cloud) in factors.items()}
+    return resimulate_sessions(points, sessions)
 
 
 def resimulate_at_measured_speeds(
@@ -375,8 +384,10 @@ def write_validation(
     predicted: dict[tuple[int, str], float] | None = None,
     probes: dict[tuple[int, str, int], tuple[float, float]] | None = None,
     probed: dict[tuple[int, str], float] | None = None,
+    replayed: dict[tuple[int, str], float] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Compare OUT/real and OUT/sim; write OUT/validation.csv and OUT/manifest.json."""
+    """Compare OUT/real and OUT/sim; write OUT/validation.csv and OUT/manifest.json.
+    `replayed`: the TPTs with the recorded compute traces replayed (None: none recorded)."""
     rows = compare(
         read_summary(out_dir / "real" / "summary.csv"),
         read_summary(out_dir / "sim" / "summary.csv"),
@@ -384,6 +395,9 @@ def write_validation(
     )
     add_speeds(rows, AT_RUN_SPEED, speeds or {}, predicted or {})
     add_speeds(rows, PROBED, mean_speeds(probes or {}), probed or {})
+    for row in rows:
+        tpt = (replayed or {}).get((int(row["point"]), row["policy"]), math.nan)
+        row.update(zip(REPLAYED, (tpt, relative_error(tpt, row["tpt_ms_real"])), strict=True))
     write_table(out_dir / "validation.csv", validation_columns(axes), rows)
     headline = summarise_validation(rows)
     headline["ranking_of_separated_pairs"] = separated_ranking(
@@ -410,8 +424,28 @@ def write_validation(
             "reference timed just before it (realrun.edge.speed_probe): a prediction that uses no "
             "timing of the validated sessions",
         }
+    headline["predictions"] = three_predictions(rows, replayed is not None)
     write_json(out_dir / "manifest.json", {**extra_manifest, **headline, "status": "complete"})
     return rows, headline
+
+
+def three_predictions(rows: Sequence[dict[str, Any]], recorded: bool) -> dict[str, Any]:
+    """The headline figures (`summarise_validation`) of the three predictions side by side:
+    calibration alone, the recorded compute traces replayed (None where the run recorded
+    none) and each policy at its mean run speed; which one the goals apply to, and why."""
+
+    def summary(column: str) -> dict[str, Any]:
+        moved = [{**r, "tpt_ms_sim": r[f"tpt_ms_sim{column}"],
+                  "tpt_ms_err": r[f"tpt_ms_err{column}"]} for r in rows]  # fmt: skip
+        return summarise_validation(moved)
+
+    return {
+        "calibration": summary(""),
+        "replayed_compute_traces": summary("_replayed") if recorded else None,
+        "mean_run_speed": summary("_at_run_speed"),
+        "goals_apply_to": "replayed_compute_traces",
+        "meaning": PREDICTIONS_MEANING,
+    }
 
 
 def run_validation(
@@ -475,12 +509,14 @@ def simulate_and_compare(
     predicted = resimulate_at_measured_speeds(out_dir, points)
     probes = probed_speeds(out_dir / "real" / "speeds.csv")
     probed = resimulate(points, probes)
+    replayed = resimulate_replayed(points, out_dir / "real", out_dir / "sim")
     axes = list(points[0].axes)
-    return write_validation(out_dir, axes, extra, speeds, predicted, probes, probed)
+    return write_validation(out_dir, axes, extra, speeds, predicted, probes, probed, replayed)
 
 
-REAL_FILES = ("summary.csv", "results.csv", "speeds.csv", "manifest.json")
-"""What `revalidate` reads of a validation's real side (speeds.csv only where it was timed)."""
+REAL_FILES = ("summary.csv", "results.csv", "speeds.csv", "manifest.json", *COMPUTE_FILES.values())
+"""What `revalidate` reads of a validation's real side (speeds.csv only where it was timed,
+the compute traces only where they were recorded)."""
 
 
 def command_options(command: Sequence[str], flag: str) -> list[str]:

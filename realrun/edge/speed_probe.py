@@ -3,16 +3,22 @@
 Why: this machine's speed drifts by tens of percent within minutes (README, validation), so a
 profile measured even one minute before a run mispredicts it. Before each (policy, seed)
 session the testbed times a fixed workload through the very objects the session then uses:
-`steps` greedy draft steps with the edge's draft (realrun.edge.executor's `GreedyDraft`), and `verifies`
-verifications of `tokens` drafts each on a throwaway session of the cloud server (the
+`steps` greedy draft steps with the edge's draft (realrun.edge.executor's `GreedyDraft`), and
+`verifies` verifications of `tokens` drafts each on a throwaway session of the cloud server (the
 server's reported target time). Each speed is the profile's predicted time for that workload
 over the measured time (> 1: faster than the profile). `pipesd validate` simulates every
 session with its own two factors as a second prediction beside the profile's own: it uses no
 timing of the validated session itself, only this reference taken before it.
+
+Beside it, every request's own draft steps and verifications are set against the profile
+(`request_speed`, from the request's timeline: nothing more is timed), and the testbed writes
+them as compute traces of each session (real/compute_edge.csv, real/compute_cloud.csv) that
+`pipesd validate` replays in the simulator.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -21,6 +27,7 @@ from typing import Any
 from realrun.edge.client import CloudClient
 from realrun.edge.executor import GreedyDraft
 from simulator.profile import DraftLatency, TargetLatency
+from simulator.records import RequestRecord, Span
 
 STEPS = 16
 """Draft steps timed (about 0.1 s of a small draft)."""
@@ -95,4 +102,53 @@ def probe_speeds(
     return SpeedProbe(measured, predicted, verify_s, verify_predicted_s)
 
 
-__all__ = ["SpeedProbe", "probe_speeds"]
+@dataclass(frozen=True)
+class RequestSpeed:
+    """How fast one real request's own draft steps and verifications ran against the profile:
+    measured and predicted seconds of the same work (draft prefill and every draft step with
+    its context; every NAV's forward over its positions and context, the server's reported
+    target time). No extra work is timed: it is read from the request's record and timeline."""
+
+    start_s: float
+    edge_s: float
+    edge_predicted_s: float
+    cloud_s: float
+    cloud_predicted_s: float
+
+    @property
+    def edge_factor(self) -> float:
+        """Predicted over measured draft time (> 1: faster than the profile; NaN: none)."""
+        return self.edge_predicted_s / self.edge_s if self.edge_s > 0 else math.nan
+
+    @property
+    def cloud_factor(self) -> float:
+        """Predicted over measured target time (NaN where the request verified nothing)."""
+        return self.cloud_predicted_s / self.cloud_s if self.cloud_s > 0 else math.nan
+
+
+def request_speed(
+    record: RequestRecord,
+    spans: Sequence[Span],
+    draft_latency: DraftLatency,
+    target_latency: TargetLatency,
+) -> RequestSpeed:
+    """`RequestSpeed` of a request from its record and its timeline (realrun.edge.executor)."""
+    prompt_len = record.prompt_len
+    edge_s = edge_predicted_s = cloud_predicted_s = 0.0
+    for span in spans:
+        if span.lane == "draft":
+            edge_s += span.end_s - span.start_s
+            edge_predicted_s += (
+                draft_latency.prefill_s(prompt_len)
+                if span.label == "prefill"
+                else draft_latency.decode_s(prompt_len + span.first)
+            )
+        elif span.lane == "cloud" and span.label == "NAV":
+            positions = span.last - span.first + 1  # the drafts and the last committed token
+            cloud_predicted_s += target_latency.forward_s(positions, prompt_len + span.first)
+    return RequestSpeed(
+        record.start_s, edge_s, edge_predicted_s, record.cloud_busy_s, cloud_predicted_s
+    )
+
+
+__all__ = ["RequestSpeed", "SpeedProbe", "probe_speeds", "request_speed"]

@@ -171,6 +171,19 @@ def test_validate_end_to_end_errors_recompute_from_both_sides(write_scenario, tm
         assert 0.2 < float(row["cloud_speed_probe"]) < 5
         probed, r = float(row["tpt_ms_sim_probed"]), float(row["tpt_ms_real"])
         assert float(row["tpt_ms_err_probed"]) == pytest.approx((probed - r) / r, rel=1e-5)
+        # the goals' prediction: every session at the compute traces recorded during it
+        replayed = float(row["tpt_ms_sim_replayed"])
+        assert float(row["tpt_ms_err_replayed"]) == pytest.approx((replayed - r) / r, rel=1e-5)
+    for side in ("edge", "cloud"):
+        recorded = read_rows(out / "real" / f"compute_{side}.csv")
+        assert {(t["policy"], t["request"]) for t in recorded} == {
+            ("vanilla", "0"),
+            ("pipesd", "0"),
+        }
+        for trace in recorded:
+            factor = float(trace["predicted_s"]) / float(trace["measured_s"])
+            assert float(trace["factor"]) == pytest.approx(factor, rel=1e-5) and factor > 0
+    assert len(list((out / "sim" / "compute").iterdir())) == 4  # 2 sessions x edge, cloud
     probes = read_rows(out / "real" / "speeds.csv")
     assert sorted((p["policy"], p["seed"]) for p in probes) == sorted(
         (policy, str(seed)) for policy in ("vanilla", "pipesd") for seed in (1,)
@@ -186,6 +199,7 @@ def test_validate_end_to_end_errors_recompute_from_both_sides(write_scenario, tm
     manifest = json.loads((out / "manifest.json").read_text())
     assert "at_run_speed_diagnostic" in manifest and "draft/target speeds" in printed
     assert "probed_prediction" in manifest and "second prediction" in printed
+    assert manifest["predictions"]["replayed_compute_traces"] is not None
     at_speed = [{**r, "tpt_ms_sim": float(r["tpt_ms_sim_at_run_speed"]), "point": int(r["point"]),
                  "tpt_ms_real": float(r["tpt_ms_real"])} for r in rows]  # fmt: skip
     diagnostic = manifest["at_run_speed_diagnostic"]

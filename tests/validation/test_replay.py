@@ -1,0 +1,114 @@
+"""Recorded compute traces (issue 19): what the testbed records per request
+(realrun.edge.speed_probe.request_speed), how a session's rows become a trace
+(validation.replay), and `pipesd revalidate` replaying them beside the other two predictions."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipesd.cli import main
+from realrun.edge.speed_probe import request_speed
+from simulator.profile import DraftLatency, TargetLatency
+from simulator.records import RequestRecord, Span
+from validation.replay import recorded_traces, trace_rows
+
+REPO = Path(__file__).resolve().parents[2]
+RUN11 = REPO / "docs" / "validation" / "cpu-run11"
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_request_speed_sets_each_step_against_the_profile() -> None:
+    draft = DraftLatency(
+        prefill_base_s=0.01,
+        prefill_per_token_s=0.001,
+        decode_base_s=0.004,
+        decode_per_context_token_s=1e-5,
+    )
+    target = TargetLatency(prefill_base_s=0.02, prefill_per_token_s=0.001, forward_base_s=0.05,
+                           forward_per_token_s=0.002, forward_per_context_token_s=1e-4)  # fmt: skip
+    record = RequestRecord(request=0, prompt_len=10, start_s=1.5)
+    record.cloud_busy_s = 0.2
+    spans = [
+        Span("draft", 1.5, 1.53, "prefill", 0),  # predicted 0.02: 1.5x slower
+        Span("draft", 1.53, 1.536, "draft", 0, 0, 1),  # predicted 0.0041
+        Span("draft", 1.536, 1.542, "draft", 0, 1, 2),  # predicted 0.00411
+        Span("uplink", 1.542, 1.6, "NAV", 0, 0, 2),  # not compute
+        Span("cloud", 1.542, 1.7, "NAV", 0, 0, 2),  # forward over 3 positions, context 10
+    ]
+    speed = request_speed(record, spans, draft, target)
+    assert speed.start_s == 1.5
+    assert speed.edge_s == pytest.approx(0.042)
+    assert speed.edge_predicted_s == pytest.approx(0.02 + 0.0041 + 0.00411)
+    assert speed.cloud_s == 0.2
+    assert speed.cloud_predicted_s == pytest.approx(target.forward_s(3, 10))
+    assert speed.edge_factor == pytest.approx(speed.edge_predicted_s / 0.042)
+    record.cloud_busy_s = 0.0
+    assert request_speed(record, spans, draft, target).cloud_factor != 1.0  # NaN: none timed
+
+
+def test_trace_rows_start_at_zero_increase_and_stay_in_bounds() -> None:
+    rows = trace_rows([(0.4, 0.9), (2.0, 0.8), (2.0, 0.7), (3.5, 1e9)])
+    assert rows == [
+        {"t_s": 0.0, "factor": 0.9},
+        {"t_s": 2.0, "factor": 0.7},
+        {"t_s": 3.5, "factor": 1e6},
+    ]
+
+
+@pytest.fixture
+def in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recorded manifests hold paths relative to the repository root."""
+    monkeypatch.chdir(REPO)
+
+
+def test_revalidate_replays_recorded_traces_beside_the_other_predictions(
+    in_repo, tmp_path, capsys
+) -> None:
+    """Run 11 recorded no traces: one line says so. Given traces holding each session's
+    mean run speed, the replayed prediction is the mean-run-speed one exactly."""
+    old = tmp_path / "old"
+    assert main(["revalidate", str(RUN11), "--quiet", "--out", str(old)]) == 0
+    printed = capsys.readouterr().out
+    assert "no compute traces recorded in this run" in printed
+    assert "calibration alone" in printed and "at mean run speed" in printed
+    manifest = json.loads((old / "manifest.json").read_text())
+    assert manifest["predictions"]["replayed_compute_traces"] is None
+    rows = read_rows(old / "validation.csv")
+    assert all(row["tpt_ms_sim_replayed"] == "" for row in rows)
+
+    source = tmp_path / "run11"
+    shutil.copytree(RUN11, source)
+    seeds = sorted({r["seed"] for r in read_rows(source / "real" / "results.csv")})
+    for side in ("edge", "cloud"):
+        traced = [
+            {"point": r["point"], "policy": r["policy"], "seed": seed, "request": 0,
+             "t_s": t, "factor": r[f"{side}_speed"]}
+            for r in rows for seed in seeds for t in (0.0, 5.0)
+        ]  # fmt: skip
+        with (source / "real" / f"compute_{side}.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, list(traced[0]))
+            writer.writeheader()
+            writer.writerows(traced)
+    assert recorded_traces(source / "real") is not None
+    new = tmp_path / "new"
+    assert main(["revalidate", str(source), "--quiet", "--out", str(new)]) == 0
+    printed = capsys.readouterr().out
+    assert "recorded compute traces replayed (goals)" in printed
+    assert "no compute traces recorded" not in printed
+    for row in read_rows(new / "validation.csv"):
+        replayed = float(row["tpt_ms_sim_replayed"])
+        assert replayed == pytest.approx(float(row["tpt_ms_sim_at_run_speed"]), rel=1e-4)
+    predictions = json.loads((new / "manifest.json").read_text())["predictions"]
+    assert predictions["goals_apply_to"] == "replayed_compute_traces"
+    replayed, mean = predictions["replayed_compute_traces"], predictions["mean_run_speed"]
+    assert replayed["tpt_abs_error_median"] == pytest.approx(mean["tpt_abs_error_median"], abs=1e-3)
+    assert sorted(p.name for p in (new / "sim" / "compute").iterdir())[0].endswith("_cloud.csv")

@@ -1,0 +1,144 @@
+"""Replaying a real run's recorded compute traces in the simulator (issue 19).
+
+The testbed records, per session, how fast each request's draft steps and verifications ran
+against the profile (realrun.edge.speed_probe.request_speed; OUT/real/compute_edge.csv and
+compute_cloud.csv, one row per request with its start time in the session). Here those rows
+become one `t_s, factor` compute trace per session and side (OUT/sim/compute/, the files the
+simulator replayed), and every session is simulated with its own two traces: the simulator
+given the machine's speed as it moved, as it is given a link's bandwidth as it moved.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from realrun.testbed import COMPUTE_FILES
+from simulator.compute import MAX_SPEED_FACTOR
+from simulator.profile import MIN_SPEED_FACTOR
+from simulator.results import write_atomic
+from simulator.runner import Task, execute, summary_rows
+from simulator.scenario import ScenarioModel, SweepPoint
+
+Session = tuple[int, str, int]
+"""(sweep point, policy label, seed): one testbed session, one simulation."""
+
+
+def recorded_traces(real: Path) -> dict[Session, dict[str, list[tuple[float, float]]]] | None:
+    """Per session and side ("edge", "cloud"), the recorded (t_s, factor) rows in time order;
+    None where the run recorded none (runs before issue 19)."""
+    if not all((real / name).is_file() for name in COMPUTE_FILES.values()):
+        return None
+    traces: dict[Session, dict[str, list[tuple[float, float]]]] = {}
+    for side, name in COMPUTE_FILES.items():
+        with (real / name).open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                factor = float(row["factor"])
+                if not math.isfinite(factor) or factor <= 0:
+                    continue
+                key = (int(row["point"]), row["policy"], int(row["seed"]))
+                rows = traces.setdefault(key, {"edge": [], "cloud": []})[side]
+                rows.append((float(row["t_s"]), factor))
+    for sides in traces.values():
+        for rows in sides.values():
+            rows.sort()
+    return traces
+
+
+def trace_rows(rows: Sequence[tuple[float, float]]) -> list[dict[str, float]]:
+    """A session's recorded (request start, factor) rows as a compute trace: from t = 0 (the
+    first request's factor from the session's start), strictly increasing times (a request
+    starting at the same time as the one before replaces it), factors within the simulator's
+    bounds."""
+    trace: list[dict[str, float]] = []
+    for t_s, factor in rows:
+        factor = min(max(factor, MIN_SPEED_FACTOR), MAX_SPEED_FACTOR)
+        t_s = 0.0 if not trace else t_s
+        if trace and t_s <= trace[-1]["t_s"]:
+            trace[-1]["factor"] = factor
+        else:
+            trace.append({"t_s": t_s, "factor": factor})
+    return trace
+
+
+def write_traces(
+    traces: dict[Session, dict[str, list[tuple[float, float]]]], folder: Path
+) -> dict[Session, dict[str, Path]]:
+    """Write each session's traces as `t_s, factor` files in `folder`; their paths."""
+    paths: dict[Session, dict[str, Path]] = {}
+    for (point, policy, seed), sides in sorted(traces.items()):
+        for side, rows in sides.items():
+            if not rows:
+                continue
+            path = folder / f"p{point}_{policy}_s{seed}_{side}.csv"
+            lines = [f"{row['t_s']!r},{row['factor']!r}\n" for row in trace_rows(rows)]
+            write_atomic(path, "t_s,factor\n" + "".join(lines))  # full precision, not 6 digits
+            paths.setdefault((point, policy, seed), {})[side] = path.resolve()
+    return paths
+
+
+def resimulate_sessions(
+    points: Sequence[SweepPoint], sessions: dict[Session, Callable[[ScenarioModel], ScenarioModel]]
+) -> dict[tuple[int, str], float]:
+    """TPT (ms) per (point, policy) the simulator predicts when each session of `sessions` runs
+    with its scenario model changed by its function (the seeds of a policy not listed do not
+    count)."""
+    by_policy: dict[tuple[int, str], list[tuple[int, Callable[[ScenarioModel], ScenarioModel]]]]
+    by_policy = {}
+    for (index, policy, seed), change in sorted(sessions.items(), key=lambda item: item[0]):
+        by_policy.setdefault((index, policy), []).append((seed, change))
+    predicted = {}
+    for (index, policy), runs in by_policy.items():
+        point = points[index]
+        scenario = point.scenario
+        position = next(i for i, p in enumerate(scenario.policies) if p.label == policy)
+        outcomes = []
+        for seed, change in runs:
+            moved = replace(point, scenario=replace(scenario, model=change(scenario.model)))
+            outcomes.append(execute((Task(moved, position, seed), False)))
+        row = next(r for r in summary_rows(point, {position: outcomes}) if r["policy"] == policy)
+        predicted[(index, policy)] = float(row["tpt_ms"])
+    return predicted
+
+
+def with_traces(paths: dict[str, Path]) -> Callable[[ScenarioModel], ScenarioModel]:
+    """A scenario-model change: the edge's and the cloud's compute traces (not looped: a
+    session past its recorded end keeps its last speed)."""
+
+    def change(model: ScenarioModel) -> ScenarioModel:
+        update: dict[str, Any] = {}
+        for side in ("edge", "cloud"):
+            if side in paths:
+                section = getattr(model, side)
+                update[side] = section.model_copy(
+                    update={"compute_trace": str(paths[side]), "compute_trace_repeat": False}
+                )
+        return model.model_copy(update=update)
+
+    return change
+
+
+def resimulate_replayed(
+    points: Sequence[SweepPoint], real: Path, sim: Path
+) -> dict[tuple[int, str], float] | None:
+    """TPT (ms) per (point, policy) with every session at its recorded compute traces (the
+    trace files written to SIM/compute/); None where the real run recorded none."""
+    traces = recorded_traces(real)
+    if traces is None:
+        return None
+    paths = write_traces(traces, sim / "compute")
+    return resimulate_sessions(points, {key: with_traces(p) for key, p in paths.items()})
+
+
+__all__ = [
+    "recorded_traces",
+    "resimulate_replayed",
+    "resimulate_sessions",
+    "trace_rows",
+    "with_traces",
+    "write_traces",
+]
