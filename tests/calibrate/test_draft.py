@@ -147,21 +147,31 @@ def test_profile_draft_rejects_bad_arguments(name: str, value: object, match: st
         profile_draft(**args)  # type: ignore[arg-type]
 
 
-def test_burst_mode_pauses_between_bursts_and_records_it() -> None:
+def test_burst_mode_pauses_between_bursts_and_records_it(monkeypatch) -> None:
     """Decode steps timed in bursts: the run lasts at least the pauses, which stay out of the
-    samples (each step is still one eval and the token choice)."""
+    samples (each step is still one eval and the token choice). The pauses are virtual: each
+    moves the clock on by PAUSE_S without sleeping, so a sample that held one would take longer
+    than PAUSE_S however busy the machine is."""
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
-    start = time.perf_counter()
+    from calibrate import draft
+
+    pause_s, real = 10.0, time.perf_counter
+    offset = {"s": 0.0}
+
+    def sleep(seconds: float) -> None:
+        offset["s"] += seconds
+
+    monkeypatch.setattr(draft.time, "perf_counter", lambda: real() + offset["s"])
+    monkeypatch.setattr(draft.time, "sleep", sleep)
     m = profile_draft(
         _smollm2_or_skip(), threads=1, prompt_lengths=[8], context_lengths=[16, 24],
-        repetitions=4, warmup=0, burst=2, pause_s=0.1,
+        repetitions=4, warmup=0, burst=2, pause_s=pause_s,
     )  # fmt: skip
-    elapsed = time.perf_counter() - start
-    assert (m.burst, m.pause_s) == (2, 0.1)
-    assert elapsed >= 2 * 2 * 0.1  # two contexts x two bursts of two steps, a pause before each
+    assert (m.burst, m.pause_s) == (2, pause_s)
     runs = sum(4 * row["passes"] for row in m.noise["decode"])  # re-measured if unstable
     assert len(m.decode) + len(m.decode_rejected) == runs >= 8
-    assert all(s.seconds < 0.1 for s in m.decode)
+    assert offset["s"] == pause_s * runs / 2  # a pause before each burst of two steps
+    assert all(s.seconds < pause_s for s in (*m.decode, *(s for s, _ in m.decode_rejected)))
 
 
 class _FakeLlama:
