@@ -53,6 +53,9 @@ OPTIONAL = frozenset({
 })  # fmt: skip
 """Heavy or optional third-party packages: imported where they are used, not when loaded."""
 
+ON_IMPORT = frozenset({"this"})
+"""Standard modules that act when imported (`this` prints the Zen of Python): imported late."""
+
 LOCAL_IMPORTS_PENDING: dict[str, int] = {
     # being edited by their owners while this test was written (issue 13): function-local
     # imports of light modules still to hoist, or optional ones still to comment
@@ -214,7 +217,7 @@ def test_function_local_imports_are_optional_packages_with_a_reason() -> None:
             if not i.local or i.typing_only:
                 continue
             source = _source_of(i.module) if _ours(i.module) else None
-            late_ok = i.module.split(".")[0] in OPTIONAL or source in heavy
+            late_ok = i.module.split(".")[0] in OPTIONAL | ON_IMPORT or source in heavy
             where = f"{path.relative_to(REPO)}:{i.line} {i.module}"
             if not late_ok:
                 problems.setdefault(str(path.relative_to(REPO)), []).append(
