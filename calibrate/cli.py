@@ -5,13 +5,18 @@
     pipesd calibrate target --backend llama --model PATH.gguf|smollm2-135m --threads N --out ...
     pipesd calibrate target --backend torch-served --model SHAPE|DIR|GGUF --device cpu|cuda ...
     pipesd calibrate power  [--package-watts W] --out power.json
+    pipesd calibrate link   --server URL | --testbed SCENARIO.toml --out link.json
+    pipesd calibrate wire   [--session SCENARIO.toml --draft D.gguf] --out payload.json
+    pipesd calibrate acceptance --draft D.gguf --target T.gguf --out acceptance.json
     pipesd calibrate profile PART.json ... --name NAME --out scenarios/profiles/NAME.json
     pipesd calibrate refit  PART.json [--out PART.json]    (fits the stored samples again)
     pipesd calibrate all    --draft ... --target ... --out scenarios/profiles/NAME.json
     pipesd calibrate distill --target smollm2-135m [--layers 0,10,20,29 --steps N --out D.gguf]
     pipesd calibrate shape-gguf --shape TinyLlama-1.1B [--quant Q4_K_M --out X.gguf --seed 0]
 
-Heavy libraries (llama.cpp, torch) load only when their subcommand runs.
+Each subcommand parses its flags into the options of `calibrate.options` and calls the
+measurement (`calibrate.measure`); heavy libraries (llama.cpp, torch) load only when it runs.
+Pairs and acceptance traces: `calibrate.acceptance_cli`.
 """
 
 from __future__ import annotations
