@@ -39,7 +39,9 @@ Differences from the simulator:
   queueing time (the simulator reports the uplink transmission alone, when it ends); an
   upload's report is its round trip minus the server's queueing time;
 - concurrent messages share the link as TCP connections do (the simulator's uplink sends them
-  one after the other).
+  one after the other); so an upload's duration is reported to `on_upload` only when no other
+  message was in flight at any time during it (the simulator reports those that did not
+  queue behind an earlier one), keeping PipeSD's α, β fits free of waiting.
 
 Synthetic acceptance (`acceptance_stream`, the simulator's `AcceptanceStream` of the same
 seed, edge and request). The session is opened with the stream's accepted flags; the server
@@ -365,6 +367,10 @@ class _Worker:
         self.up_bytes = 0
         self.down_bytes = 0
         self.spans: list[Span] = []
+        self._in_flight: set[int] = set()
+        self._shared: set[int] = set()
+        """Messages (by seq) in flight, and those that overlapped another: their durations
+        include the other's bytes, so they are not reported to `on_upload`."""
         self.threads = [
             threading.Thread(target=self._run, name=f"pipesd-edge-uplink-{i}", daemon=True)
             for i in range(lanes)
@@ -447,13 +453,30 @@ class _Worker:
         if job.after_nav is not None:
             condition = {"at": job.tokens[0][0] - len(self.prompt), "after": job.after_nav}
             body |= condition
+        self._message_began(job.seq)
         start = self.clock()
         answer = self.cloud.upload(self.session, tokens, job.probs, dists, seq=job.seq, **condition)
         end = self.clock()
+        alone = self._message_alone(job.seq)
         self._count(body, answer)
         self._span("uplink", start, end, "stale batch" if answer.get("stale") else "batch", job)
         queued_s = float(answer.get("queued_ms") or 0.0) / 1e3
-        self.events.put(("upload", len(tokens), max(end - start - queued_s, 0.0)))
+        if alone:  # a clean sample: no other message shared the link meanwhile
+            self.events.put(("upload", len(tokens), max(end - start - queued_s, 0.0)))
+
+    def _message_began(self, seq: int) -> None:
+        with self.lock:
+            if self._in_flight:
+                self._shared |= self._in_flight | {seq}
+            self._in_flight.add(seq)
+
+    def _message_alone(self, seq: int) -> bool:
+        """The message has been answered: whether no other was in flight at any time during it."""
+        with self.lock:
+            self._in_flight.discard(seq)
+            shared = seq in self._shared
+            self._shared.discard(seq)
+        return not shared
 
     def _verify(self, job: _Job) -> None:
         """A NAV: the unsent tokens and the verification in one request."""
@@ -463,9 +486,11 @@ class _Worker:
         body: dict[str, Any] = {"session": self.session, "n": job.m, "seq": job.seq}
         if tokens:
             body |= {"tokens": tokens, **_drafts_body(probs, dists)}
+        self._message_began(job.seq)
         start = self.clock()
         answer = self.cloud.verify(self.session, job.m, tokens or None, probs, dists, seq=job.seq)
         arrived = self.clock()
+        alone = self._message_alone(job.seq)
         self._count(body, answer)
         accepted, token = int(answer["accepted"]), int(answer["token"])
         if not 0 <= accepted <= job.m:
@@ -476,7 +501,7 @@ class _Worker:
             self.spans.append(nav_span)
         target_s = float(answer.get("target_ms") or 0.0) / 1e3
         queued_s = float(answer.get("queued_ms") or 0.0) / 1e3
-        if tokens:
+        if tokens and alone:
             link_s = max(arrived - start - target_s - queued_s, 0.0)
             self.events.put(("upload", len(tokens), link_s))
         self.events.put(("answer", job.nav, accepted, token, target_s, arrived))
