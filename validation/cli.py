@@ -23,8 +23,21 @@ from realrun.cli import (
     testbed_requests,
 )
 from realrun.local import ServerError
+from realrun.testbed import skip_reason
 from simulator.errors import ConfigError
 from simulator.outdir import out_dir_arg
+from simulator.results import write_json
+from simulator.scenario import SweepPoint
+from validation.ranking import (
+    PairPlan,
+    plan_outcome,
+    plan_pairs,
+    plan_record,
+    recorded_tpts,
+    requests_per_point,
+    seeds_for,
+    simulated_tpts,
+)
 from validation.recalibrate import recalibrated_profile
 from validation.validate import (
     GOAL_MEDIAN,
@@ -32,6 +45,7 @@ from validation.validate import (
     command_options,
     revalidate,
     run_validation,
+    separated_pairs,
     validation_points,
     validation_source,
     verdict,
@@ -59,6 +73,28 @@ def add_validate_parser(subparsers: Any) -> None:
         help="re-measure the draft's and the target's latency just before the real run and "
         "simulate with PROFILE's copy holding them (OUT/calibration/): this machine's speed "
         "drifts, see README",
+    )
+    validate.add_argument(
+        "--rank",
+        action="store_true",
+        help="enough requests to rank: a simulated pilot finds the policy pairs more than 3%% "
+        "apart and how many requests per point a paired t-test at 95%% needs to separate them "
+        "(power 0.8); the run takes that many (seeds 1..k, policies interleaved seed by seed) "
+        "and reports each planned pair's outcome (OUT/ranking_plan.json)",
+    )
+    validate.add_argument(
+        "--pilot-from",
+        type=Path,
+        metavar="DIR",
+        help="with --rank: take the spread of the per-request gaps from this recorded "
+        "validation's real/results.csv (a real pilot, with the machine's noise) instead of the "
+        "simulator's",
+    )
+    validate.add_argument(
+        "--max-requests",
+        type=int,
+        default=200,
+        help="with --rank: at most this many requests per point (default 200)",
     )
     validate.add_argument("--out", type=out_dir_arg, required=True, help="output folder")
     add_force_argument(validate)
@@ -238,14 +274,66 @@ def print_predictions(console: Console, predictions: dict[str, Any]) -> None:
         )
 
 
+def rank_plan(
+    args: argparse.Namespace, points: list[SweepPoint]
+) -> tuple[list[PairPlan], int, list[int]]:
+    """`--rank`: the planned pairs, requests per point and seeds (printed)."""
+    if not 2 <= args.max_requests <= 100_000:
+        raise ConfigError("--max-requests", str(args.max_requests), "must be in [2, 100000]")
+    spreads = None
+    if args.pilot_from is not None:
+        results = args.pilot_from / "real" / "results.csv"
+        if not results.is_file():
+            raise ConfigError("--pilot-from", str(args.pilot_from), "holds no real/results.csv")
+        spreads = recorded_tpts(results)
+    skip = list(skip_reasons(points))
+    plans = plan_pairs(simulated_tpts(points, skip=skip), spreads, max_requests=args.max_requests)
+    requests = requests_per_point(plans, args.max_requests)
+    seeds = seeds_for(requests, points[0].scenario.model.prompts.count)
+    if not plans:
+        seeds = list(points[0].scenario.model.seeds)
+    print(f"ranking plan: {len(plans)} policy pairs more than 3% apart in the simulator; "
+          f"{requests} requests per point separate each with power 0.8 (paired t-test, 95%): "
+          f"seeds {seeds[0]}..{seeds[-1]}")  # fmt: skip
+    for plan in plans:
+        needed = plan.requests if plan.requests is not None else f"> {args.max_requests}"
+        print(f"  point {plan.point}: {plan.faster} < {plan.slower} by {plan.gap_ms:.2f} ms "
+              f"({100 * plan.relative_gap:.1f}%), spread {plan.spread_ms:.2f} ms "
+              f"({plan.spread_from}): {needed} requests")  # fmt: skip
+    return plans, requests, seeds
+
+
+def skip_reasons(points: list[SweepPoint]) -> dict[str, str]:
+    """The policies the testbed cannot run, by label (realrun.testbed.skip_reason)."""
+    return {
+        entry.label: reason
+        for entry in points[0].scenario.policies
+        if (reason := skip_reason(entry.name)) is not None
+    }
+
+
 def run_validate(args: argparse.Namespace, argv: list[str]) -> int:
     """Execute `pipesd validate` (exit 0 whether or not the goals are met: it is a measurement)."""
+    if (args.pilot_from is not None or args.max_requests != 200) and not args.rank:
+        raise ConfigError("--pilot-from" if args.pilot_from else "--max-requests", "",
+                          "only with --rank")  # fmt: skip
     points = validation_points(args.scenario, args.profile, args.overrides, args.sweep)
     options = local_options(args)
     check_sampling_points(options.sampling, points, options.acceptance)
-    make_out(args, "validate", argv)
-    profile = args.profile
+    overrides = list(args.overrides)
     command = ["pipesd", *argv]
+    plans: list[PairPlan] = []
+    requests, seeds = 0, []
+    if args.rank:
+        plans, requests, seeds = rank_plan(args, points)
+        if plans:  # else the scenario's own seeds
+            overrides.append(f"seeds={seeds}")
+            command += ["--set", f"seeds={seeds}"]  # so that revalidate finds the same points
+            points = validation_points(args.scenario, args.profile, overrides, args.sweep)
+    make_out(args, "validate", argv)
+    if args.rank:
+        write_json(args.out / "ranking_plan.json", plan_record(plans, requests, seeds))
+    profile = args.profile
     if args.recalibrate:
         say = (lambda _line: None) if args.quiet else print
         profile = recalibrated_profile(
@@ -253,7 +341,7 @@ def run_validate(args: argparse.Namespace, argv: list[str]) -> int:
             options.target_threads, args.out / "calibration", say, " ".join(command),
             options.target_backend, options.target_device,
         )  # fmt: skip
-        points = validation_points(args.scenario, profile, args.overrides, args.sweep)
+        points = validation_points(args.scenario, profile, overrides, args.sweep)
     try:
         with testbed_progress(args.quiet, testbed_requests(points)) as progress:
             rows, headline, skipped = run_validation(
@@ -266,5 +354,22 @@ def run_validate(args: argparse.Namespace, argv: list[str]) -> int:
     except KeyboardInterrupt:
         return interrupted(args.out / "real")
     print_validation(rows, list(points[0].axes), headline, skipped, not args.quiet)
+    if args.rank:
+        outcome = plan_outcome(plans, separated_pairs(args.out / "real" / "results.csv"))
+        record = {**plan_record(plans, requests, seeds), "outcome": outcome}
+        write_json(args.out / "ranking_plan.json", record)
+        print_plan_outcome(outcome)
     print(f"wrote {args.out}/validation.csv, manifest.json, real/, sim/")
     return 0
+
+
+def print_plan_outcome(outcome: list[dict[str, Any]]) -> None:
+    """Each planned pair: separated by the real run in the simulator's order, the other way,
+    or not."""
+    agreed = sum(o["real"] == "separated, the simulator's order" for o in outcome)
+    print(f"planned pairs separated by the real run in the simulator's order: {agreed} of "
+          f"{len(outcome)}")  # fmt: skip
+    for o in outcome:
+        gap = "" if math.isnan(o["real_gap_ms"]) else (
+            f" ({o['real_gap_ms']:.2f} +/- {o['half_width_ms']:.2f} ms)")  # fmt: skip
+        print(f"  point {o['point']}: sim {o['faster']} < {o['slower']}: {o['real']}{gap}")
