@@ -1,12 +1,13 @@
 """`pipesd realrun local`: every sweep point of a scenario on this machine, each against its own
 cloud server subprocess behind the point's shaped link, results in the simulator's layout.
 
-Per point: open the shaped link (realrun.link.shaping), start `python -m realrun.cloud.server` through the
-link's command prefix on a free port, wait for /v1/health, run the testbed through the link,
-then always stop the server (terminate, then kill) and close the link, also on Ctrl-C. Each
-point's files land in `OUT/points/p<i>/` as it finishes; `OUT/summary.csv` and `results.csv`
-(all finished points, sweep axes as columns), `OUT/timelines/` and `OUT/manifest.json` are
-rewritten after every point, so an interruption loses only the point in progress.
+Per point: open the shaped link (realrun.link.shaping), start `python -m realrun.cloud.server`
+(batching as the point's `[cloud]` says) through the link's command prefix on a free port,
+wait for /v1/health, run the testbed through the link, then always stop the server
+(terminate, then kill) and close the link, also on Ctrl-C. Each point's files land in
+`OUT/points/p<i>/` as it finishes; `OUT/summary.csv` and `results.csv` (all finished points,
+sweep axes as columns), `OUT/timelines/` and `OUT/manifest.json` are rewritten after every
+point, so an interruption loses only the point in progress.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from policies.batching import BatchRule
 from simulator.errors import ConfigError
 from simulator.outdir import claim_out_dir
 from simulator.provenance import package_versions
@@ -59,6 +61,9 @@ STARTUP_TIMEOUT_S = 300.0
 
 STOP_GRACE_S = 10.0
 """How long a terminated server may take to exit before it is killed."""
+
+MAX_SERVER_WINDOW_S = 1.0
+"""The longest batching window the server takes (realrun.cloud.settings: 1000 ms)."""
 
 LOG_TAIL_LINES = 12
 """Lines of a dead server's stderr quoted in the error."""
@@ -113,6 +118,11 @@ def check_points(
         for point in points:
             check_sampling(options.sampling, point.scenario, options.acceptance)
 
+    for point in points:
+        window_s = point.scenario.model.cloud.batch_window_s
+        if window_s > MAX_SERVER_WINDOW_S:
+            why = f"the testbed's server takes at most {MAX_SERVER_WINDOW_S:g} s"
+            raise ConfigError(scenario_path, "cloud.batch_window_s", f"{why} (got {window_s:g})")
     scenario = points[0].scenario
     if scenario.model.edge_groups:
         raise ConfigError(
@@ -127,6 +137,12 @@ def check_points(
             "it runs edge-drafting policies",
         )
     return skipped
+
+
+def batch_rule(point: SweepPoint) -> BatchRule:
+    """The server's batching: the point's `[cloud] max_batch` and `batch_window_s`."""
+    cloud = point.scenario.model.cloud
+    return BatchRule(cloud.max_batch, cloud.batch_window_s)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -196,9 +212,11 @@ def wait_healthy(
 
 @contextlib.contextmanager
 def cloud_server(
-    link: Any, port: int, options: LocalOptions, log_path: Path
+    link: Any, port: int, options: LocalOptions, log_path: Path, rule: BatchRule | None = None
 ) -> Iterator[RunningServer]:
-    """Run the cloud server behind `link` on `port` while the block runs."""
+    """Run the cloud server behind `link` on `port` while the block runs, batching by `rule`
+    (the scenario's `[cloud]`: `batch_rule`; None: the defaults)."""
+    rule = rule if rule is not None else BatchRule()
     command = [
         *link.server_command_prefix,
         sys.executable,
@@ -218,6 +236,10 @@ def cloud_server(
         str(port),
         "--rate-limit",
         "0",
+        "--max-batch",
+        str(rule.max_batch),
+        "--batch-window-ms",
+        repr(rule.window_s * 1e3),
     ]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
@@ -285,9 +307,10 @@ def run_point(
     top_k = check_sampling(options.sampling, point.scenario, options.acceptance)
     port = free_port()
     spec = LinkSpec.from_point(point)
+    rule = batch_rule(point)
     with (
         open_link(spec, mode=options.shaping, server_port=port) as link,
-        cloud_server(link, port, options, point_dir / "server.log") as server,
+        cloud_server(link, port, options, point_dir / "server.log", rule) as server,
     ):
         rows = run_testbed(
             scenario_path,
@@ -307,6 +330,8 @@ def run_point(
             sampling=options.sampling,
         )
         used = {"link": link.describe(), "server": server.command, "health": server.health}
+        used["batching"] = {"max_batch": rule.max_batch, "batch_window_s": rule.window_s,
+                            "rule": "policies/batching.py (the simulator's)"}  # fmt: skip
         if options.sampling is not None:
             used["sampling"] = sampling_info(options.sampling, top_k)
     return rows, used

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import simpy
 
+from policies.batching import BatchRule
 from simulator.compute import ComputeTrace, SpeedCursor
 from simulator.profile import TargetLatency
 from simulator.records import RequestRecord, Span
@@ -100,6 +101,7 @@ class Cloud:
         self.exclusive = exclusive and max_batch == 1 and plan is None
         self.max_batch = max_batch
         self.batch_window_s = batch_window_s
+        self.rule = BatchRule(max_batch, batch_window_s)
         self.queue: deque[Job] = deque()
         self.busy_s = 0.0
         self.free_at = 0.0
@@ -223,17 +225,10 @@ class Cloud:
         queue = self.queue
         if self.plan is not None:
             return self._take_plan_batch()
-        if self.max_batch == 1 or not queue[0].batchable:
-            return [queue.popleft()]
-        count = 0
-        for job in queue:
-            if not job.batchable or count == self.max_batch:
-                break
-            count += 1
-        deadline = queue[0].arrived_s + self.batch_window_s
-        if count < self.max_batch and count == len(queue) and now < deadline:
-            return deadline
-        return [queue.popleft() for _ in range(count)]
+        batch = self.rule.take(queue, now)  # the server's rule too (policies/batching.py)
+        if isinstance(batch, float):
+            return batch
+        return [queue.popleft() for _ in batch]  # no keys: the batch is the queue's head
 
     def _serve(self) -> Generator[simpy.Event, Any, None]:
         env, queue, arrivals = self.env, self.queue, self._arrivals

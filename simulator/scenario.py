@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from policies.batching import DEFAULT_BATCH_WINDOW_S, DEFAULT_MAX_BATCH
 from policies.params import PolicyParams
 from policies.registry import params_model, policy_names
 from simulator.acceptance import ReplayTraces
@@ -99,7 +100,9 @@ class PayloadSection(Strict):
 class CloudSection(Strict):
     """How the cloud schedules work from many edges."""
 
-    max_batch: int = Field(1, ge=1, le=4096, description="NAVs verified together (1: FCFS)")
+    max_batch: int = Field(
+        DEFAULT_MAX_BATCH, ge=1, le=4096, description="NAVs verified together (1: FCFS)"
+    )
     compute_factor: float = Field(
         1.0,
         ge=MIN_SPEED_FACTOR,
@@ -108,7 +111,7 @@ class CloudSection(Strict):
         description="target speed relative to the profile",
     )
     batch_window_s: float = Field(
-        0.0,
+        DEFAULT_BATCH_WINDOW_S,
         ge=0.0,
         le=MAX_LATENCY_S,
         allow_inf_nan=False,

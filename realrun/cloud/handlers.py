@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from policies.batching import BatchRule
 from realrun import protocol
 from realrun.cloud.backend import Session, TargetBackend
 from realrun.cloud.batching import Batcher
@@ -66,7 +67,8 @@ class Cloud:
         self.sequencer = Sequencer(s.order_timeout_s, max_parked=s.max_parked_per_session)
         max_batch = min(s.max_batch, self.target.max_verify_batch)
         window_s = s.batch_window_ms / 1e3
-        self.batcher = Batcher(lambda batch: run_batch(self, batch), window_s, max_batch, self.lock)
+        rule = BatchRule(max_batch, window_s)
+        self.batcher = Batcher(lambda batch: run_batch(self, batch), rule, self.lock)
         self.limiter = RateLimiter(s.rate_limit_per_s) if s.rate_limit_per_s else None
         self.inflight = ClientCounter(s.max_inflight_per_client)
         self.budget = ByteBudget(s.max_buffered_bytes, s.max_buffered_bytes // 2)

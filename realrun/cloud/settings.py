@@ -14,6 +14,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from policies.batching import DEFAULT_BATCH_WINDOW_S, DEFAULT_MAX_BATCH
 from simulator.errors import ConfigError
 
 MIB = 1 << 20
@@ -59,10 +60,12 @@ class ServerSettings:
     always serves the protocol's small requests."""
     max_upload: int = 64
     """Most draft tokens per verification."""
-    batch_window_ms: float = 0.0
-    """How long a verify waits for others to join its batch."""
-    max_batch: int = 8
-    """Most verifications per batch (capped by the backend's max_verify_batch)."""
+    batch_window_ms: float = DEFAULT_BATCH_WINDOW_S * 1e3
+    """How long the oldest waiting verify waits for others to join its batch (the scenario's
+    `[cloud] batch_window_s`; the rule: policies/batching.py)."""
+    max_batch: int = DEFAULT_MAX_BATCH
+    """Most verifications per batch (the scenario's `[cloud] max_batch`; capped by the
+    backend's max_verify_batch)."""
 
     def __post_init__(self) -> None:
         for item in fields(self):
