@@ -37,6 +37,8 @@ answer and process it with `answered`; ROUND: an oracle's round starts (`round_s
 the request has all its tokens (`finish`)."""
 
 _CONTINUE, _SEND, _VERIFY, _DROP_LAST = (int(d) for d in Decision)
+_new_tuple = tuple.__new__
+"""Builds a NamedTuple from a tuple without its Python-level `__new__` (once per answer)."""
 
 
 class TokenLedger(Protocol):
@@ -186,7 +188,11 @@ class SpeculativeSession:
             if self.drafts_while_pending and end < self.limit:
                 return DRAFT
             return ANSWER
-        return self._next_step()
+        if self.pending:  # a proactive upload; as _next_step, inlined (one call per message)
+            if self.deferred or not self.drafts_while_pending or end >= self.limit:
+                return ANSWER
+            return DRAFT
+        return VERIFY if end >= self.limit else DRAFT
 
     def answered(self, accepted: int, guessed: bool, now_s: float) -> int:
         """The pending NAV's answer is processed at `now_s`: its first `accepted` tokens were
@@ -214,7 +220,8 @@ class SpeculativeSession:
             self.sent_end = max(self.sent_end, new_committed)
         else:
             self.drafted_end = self.sent_end = new_committed
-        committed = self.committed = min(new_committed, self.n_new)
+        n_new = self.n_new
+        committed = self.committed = new_committed if new_committed < n_new else n_new
         if self.first_token_s < 0:
             self.first_token_s = now_s
         record.navs += 1
@@ -224,10 +231,9 @@ class SpeculativeSession:
         self.surviving = surviving
         cap, limit = committed + self.max_draft, self.limit
         self.verify_at = cap if cap < limit else limit
-        decision = self.policy.on_result(
-            VerifyOutcome(verified, accepted, surviving, surviving_sent, now_s)
-        )
-        if committed >= self.n_new:
+        outcome = _new_tuple(VerifyOutcome, (verified, accepted, surviving, surviving_sent, now_s))
+        decision = self.policy.on_result(outcome)
+        if committed >= n_new:
             return DONE
         if surviving:
             if decision == _VERIFY:

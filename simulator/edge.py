@@ -253,6 +253,7 @@ class Edge:
         soonest = 1.0 / self.cloud.fastest  # of a service: a compute trace may speed it up
         drafted, sent = core.drafted, core.sent
         reports: list[tuple[float, int, float]] = []  # heap: (known at, tokens, duration)
+        next_report_s = math.inf  # reports[0][0], the soonest a report is known
         # when the last earlier message is answered: an upload sent before then may queue
         # behind it, so its duration is not reported (what the edge knows, as on the testbed)
         link_idle_at = tx.arrive_s + min_down
@@ -264,7 +265,7 @@ class Edge:
 
         def send(now: float, nav_request: bool) -> int:
             """Send [sent_end, drafted_end) as a NAV or an upload; returns the next step."""
-            nonlocal nav, link_idle_at
+            nonlocal nav, link_idle_at, next_report_s
             sent_end, drafted_end = core.sent_end, core.drafted_end
             n_tokens = drafted_end - sent_end
             n_bytes = header + n_tokens * per_token_bytes
@@ -279,6 +280,7 @@ class Edge:
                 up.defer(answered, ack_bytes)
             if n_tokens and now >= link_idle_at:  # learnt with the answer (a NAV's: its pass)
                 heapq.heappush(reports, (answered + service, n_tokens, answered - now))
+                next_report_s = reports[0][0]
             link_idle_at = max(link_idle_at, answered)
             if timeline is not None:
                 kind = "NAV" if nav_request else "batch"
@@ -312,8 +314,9 @@ class Edge:
             return sent(nav_request)
 
         while step != DONE:
-            while reports and reports[0][0] <= t:
+            while t >= next_report_s:
                 _, n_tokens, duration = heapq.heappop(reports)
+                next_report_s = reports[0][0] if reports else math.inf
                 core.uploaded(n_tokens, duration)
             if nav is not None:
                 eta = nav.eta
