@@ -118,6 +118,19 @@ def table_lines(rows: list[PolicyRow]) -> list[str]:
     return lines
 
 
+def kendall_tau(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]]) -> float:
+    """Kendall's tau-a between two TPT rankings of the same policies (ties count as 0)."""
+    labels = list(a)
+    score, pairs = 0.0, 0
+    for i, x in enumerate(labels):
+        for y in labels[i + 1 :]:
+            da = a[x]["tpt_ms"] - a[y]["tpt_ms"]
+            db = b[x]["tpt_ms"] - b[y]["tpt_ms"]
+            score += (da > 0) - (da < 0) if db > 0 else ((da < 0) - (da > 0) if db < 0 else 0)
+            pairs += 1
+    return score / pairs if pairs else math.nan
+
+
 def sensitivity_lines(
     scenarios: list[Path], model: HmmAcceptance, trace: Path, profile_label: str
 ) -> list[str]:
@@ -148,8 +161,10 @@ def sensitivity_lines(
         for label in tpt[names[0]]:
             cells = [f"{tpt[n][label]['tpt_ms']:.1f} ({ranks[n][label]})" for n in names]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        same = [n for n in names[1:] if ranks[n] == ranks[names[0]]]
-        lines += ["", f"Ranking equal to {names[0]}'s under: {', '.join(same) or 'neither'}.", ""]
+        taus = ", ".join(
+            f"{n} {kendall_tau(tpt[n], tpt['replay']):.2f}" for n in names if n != "replay"
+        )
+        lines += ["", f"Kendall tau of the TPT ranking with replay's: {taus}.", ""]
     return lines
 
 
@@ -157,6 +172,7 @@ __all__ = [
     "FIGURES",
     "TOLERANCE",
     "PolicyRow",
+    "kendall_tau",
     "medians",
     "policy_check",
     "sensitivity_lines",

@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from calibrate.acceptance_check import TOLERANCE, medians, policy_check, table_lines
 from simulator.acceptance import HmmSampler
@@ -57,3 +58,13 @@ def test_true_model_passes_and_a_model_without_runs_does_not(tmp_path: Path) -> 
     bad = medians(bad_rows)
     assert max(bad.values()) > 3 * max(good.values()), table_lines(bad_rows)
     assert "median over drafting policies" in table_lines(rows)[-1]
+
+
+def test_kendall_tau_of_rankings() -> None:
+    from calibrate.acceptance_check import kendall_tau
+
+    a = {"x": {"tpt_ms": 1.0}, "y": {"tpt_ms": 2.0}, "z": {"tpt_ms": 3.0}}
+    b = {"x": {"tpt_ms": 1.0}, "y": {"tpt_ms": 3.0}, "z": {"tpt_ms": 2.0}}
+    reverse = {k: {"tpt_ms": -v["tpt_ms"]} for k, v in a.items()}
+    assert kendall_tau(a, a) == 1.0 and kendall_tau(a, reverse) == -1.0
+    assert kendall_tau(a, b) == pytest.approx(1 / 3)
