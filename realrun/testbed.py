@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from models.prompts import default_prompts, format_prompt
 from policies.base import Mode
 from policies.registry import POLICIES, make_policy
 from policies.seeding import policy_seed
@@ -237,12 +238,11 @@ def run_testbed(
                           f"(got {acceptance!r})")  # fmt: skip
     scenario = point.scenario
     top_k = check_sampling(sampling, scenario, acceptance)
-    import llama_cpp
+    import llama_cpp  # optional: llama-cpp-python runs the edge's draft
 
-    from models.prompts import default_prompts, format_prompt
-    from realrun.edge.client import CloudClient
-    from realrun.edge.executor import EdgeSampling, run_edge, startup_probes
-    from realrun.edge.speed_probe import SpeedProbe, probe_speeds, request_speed
+    from realrun.edge.client import CloudClient  # optional: httpx
+    from realrun.edge.executor import EdgeSampling, run_edge, startup_probes  # httpx, llama_cpp
+    from realrun.edge.speed_probe import SpeedProbe, probe_speeds, request_speed  # the same
 
     model = scenario.model
     n_new = model.prompts.max_new_tokens
