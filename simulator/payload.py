@@ -21,6 +21,9 @@ class Payload:
     """Bytes per verified position in an answer (the target's top-K, PicoSpec); 0: none."""
     ack_bytes: int = 0
     """Uplink bytes per message sent once its answer has arrived (TCP ACKs of the answer)."""
+    per_answer_exact: int = 0
+    """Bytes per verified position for the target's exact p(x) of the draft token; when set,
+    the top-K (`per_answer_position`) comes once per answer instead of at every position."""
 
     def batch_bytes(self, n_tokens: int) -> int:
         """An uplink message carrying `n_tokens` draft tokens."""
@@ -32,8 +35,13 @@ class Payload:
 
     def result_bytes(self, verified: int = 0) -> int:
         """A verification answer: accepted count and correction/bonus token, plus the target's
-        top-K for each verified position and the bonus position when configured."""
-        return self.message_header + 2 * self.token_id + (verified + 1) * self.per_answer_position
+        top-K for each verified position and the bonus position when configured (or, with
+        `per_answer_exact`, p(x) per verified position and one top-K)."""
+        if self.per_answer_exact:
+            sparse = verified * self.per_answer_exact + self.per_answer_position
+        else:
+            sparse = (verified + 1) * self.per_answer_position
+        return self.message_header + 2 * self.token_id + sparse
 
     def stream_token_bytes(self) -> int:
         """One token streamed down by cloud-only generation."""
@@ -45,7 +53,10 @@ def payload_for(profile: PayloadProfile, section: PayloadSection) -> Payload:
 
     token_id: the id alone; token_prob: id + its draft probability (PicoSpec's uplink);
     topk: id + K (index, probability) pairs; full: id + the whole draft distribution
-    (PipeSD's setting, vocabulary x bytes per probability).
+    (PipeSD's setting, vocabulary x bytes per probability). With `downlink_top_k` the answer
+    carries the target's top-K at every verified position, or (`downlink_scheme =
+    "exact_p_then_topk"`) each verified token's exact p(x) and one top-K, at the first
+    rejected or the bonus position (PicoSpec's two protocol variants).
     """
     ident, prob = profile.token_id_bytes, profile.probability_bytes
     per_token = {
@@ -59,6 +70,12 @@ def payload_for(profile: PayloadProfile, section: PayloadSection) -> Payload:
         if section.downlink_top_k
         else 0
     )
+    exact = prob if per_answer and section.downlink_scheme == "exact_p_then_topk" else 0
     return Payload(
-        per_token, profile.message_header_bytes, ident, per_answer, profile.message_ack_bytes
+        per_token,
+        profile.message_header_bytes,
+        ident,
+        per_answer,
+        profile.message_ack_bytes,
+        exact,
     )

@@ -95,6 +95,12 @@ class PayloadSection(Strict):
         le=MAX_VOCAB,
         description="target top-K sent down per verified position (PicoSpec); 0: none",
     )
+    downlink_scheme: Literal["topk_every_position", "exact_p_then_topk"] = Field(
+        "topk_every_position",
+        description="with downlink_top_k: the top-K at every verified position and the bonus "
+        "one, or each verified draft token's exact p(x) plus the top-K at the first rejected "
+        "(or bonus) position only",
+    )
 
 
 class CloudSection(Strict):

@@ -9,6 +9,7 @@ import pytest
 
 from simulator.engine import simulate
 from simulator.errors import ConfigError
+from simulator.payload import MSGPACK_ARRAY_HEADER_BYTES, payload_for
 from simulator.scenario import expand_sweep
 
 FULL = {"kind": "full"}
@@ -66,3 +67,27 @@ def test_set_blames_the_flag(write_scenario) -> None:
     path = write_scenario(policies=[{"name": "vanilla"}])
     with pytest.raises(ConfigError, match=r"--set.*policies\.vanilla\.payload\.kind"):
         expand_sweep(path, ["policies.vanilla.payload.kind=bad"])
+
+
+def test_downlink_schemes_for_picospec(write_scenario) -> None:
+    """Top-K at every verified position and the bonus one, or exact p(x) and one top-K."""
+    path = write_scenario(policies=[{"name": "picospec"}])
+    add_policy(
+        path,
+        'name = "picospec"\nlabel = "exact"\n'
+        'payload = { kind = "token_prob", downlink_top_k = 16,'
+        ' downlink_scheme = "exact_p_then_topk" }',
+    )
+    scenario = expand_sweep(path, ["payload.kind=token_prob", "payload.downlink_top_k=16"])[
+        0
+    ].scenario
+    profile = scenario.profile.profile.payload
+    every, exact = (payload_for(profile, entry.payload) for entry in scenario.policies)
+    top_k = MSGPACK_ARRAY_HEADER_BYTES + 16 * (profile.index_bytes + profile.probability_bytes)
+    base = profile.message_header_bytes + 2 * profile.token_id_bytes
+    assert every.result_bytes(4) == base + 5 * top_k
+    assert exact.result_bytes(4) == base + 4 * profile.probability_bytes + top_k
+    assert exact.result_bytes(0) == every.result_bytes(0)
+    runs = {e.label: simulate(scenario, e, 1).records for e in scenario.policies}
+    down = {label: sum(r.downlink_bytes for r in records) for label, records in runs.items()}
+    assert down["exact"] < down["picospec"]
