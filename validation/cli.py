@@ -39,15 +39,13 @@ from validation.ranking import (
     simulated_tpts,
 )
 from validation.recalibrate import recalibrated_profile
+from validation.revalidate import command_options, revalidate, validation_source
 from validation.validate import (
     GOAL_MEDIAN,
     GOAL_P90,
-    command_options,
-    revalidate,
     run_validation,
     separated_pairs,
     validation_points,
-    validation_source,
     verdict,
 )
 

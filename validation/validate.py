@@ -12,7 +12,6 @@ import csv
 import hashlib
 import json
 import math
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -22,13 +21,18 @@ import numpy as np
 from scipy.stats import t as student_t
 
 from realrun.local import LocalOptions, check_points, run_local
-from realrun.testbed import COMPUTE_FILES
 from simulator.errors import ConfigError
-from simulator.outdir import read_manifest
 from simulator.results import write_json, write_table
 from simulator.runner import run_scenario
-from simulator.scenario import ScenarioModel, SweepPoint, expand_sweep
-from validation.replay import resimulate_replayed, resimulate_sessions
+from simulator.scenario import SweepPoint, expand_sweep
+from validation.replay import resimulate_replayed
+from validation.speeds import (
+    mean_speeds,
+    measured_speeds,
+    probed_speeds,
+    resimulate,
+    resimulate_at_measured_speeds,
+)
 
 METRICS = (
     "tpt_ms",
@@ -276,106 +280,6 @@ def summarise_validation(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _work(results: Path) -> dict[tuple[int, str], list[float]]:
-    """Per (point, policy) from a results.csv: [edge busy s, drafted, cloud busy s, NAVs,
-    requests]."""
-    work: dict[tuple[int, str], list[float]] = {}
-    with results.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            acc = work.setdefault((int(row["point"]), row["policy"]), [0.0] * 5)
-            for i, name in enumerate(("edge_busy_s", "drafted", "cloud_busy_s", "navs")):
-                acc[i] += float(row[name])
-            acc[4] += 1
-    return work
-
-
-def measured_speeds(
-    out_dir: Path, points: Sequence[SweepPoint]
-) -> dict[tuple[int, str], tuple[float, float]]:
-    """(edge factor, cloud factor) per (point, policy): how much faster the testbed's draft
-    step and target time per NAV were during the real run than the profile predicts for the
-    same work (the simulator's; < 1: slower). The simulator's cloud busy time includes each
-    request's prompt prefill, the testbed's does not (the server reports verifications only)."""
-    real, sim = _work(out_dir / "real" / "results.csv"), _work(out_dir / "sim" / "results.csv")
-    speeds = {}
-    for (point, policy), r in real.items():
-        s = sim.get((point, policy))
-        if s is None or min(r[1], r[3], s[1], s[3]) <= 0 or min(r[0], r[2]) <= 0:
-            continue
-        scenario = points[point].scenario
-        prefill = scenario.profile.profile.target_latency.prefill_s(
-            scenario.model.prompts.prompt_len
-        )
-        sim_verify = s[2] - s[4] * prefill
-        edge = (s[0] / s[1]) / (r[0] / r[1])
-        speeds[(point, policy)] = (edge, (sim_verify / s[3]) / (r[2] / r[3]))
-    return speeds
-
-
-def resimulate(
-    points: Sequence[SweepPoint], factors: dict[tuple[int, str, int], tuple[float, float]]
-) -> dict[tuple[int, str], float]:
-    """TPT (ms) per (point, policy) the simulator predicts when each (point, policy, seed) of
-    `factors` runs with the draft and the target at its own (edge, cloud) speed factors
-    (relative to the profile; > 1: faster)."""
-
-    def faster(edge: float, cloud: float) -> Callable[[ScenarioModel], ScenarioModel]:
-        def change(model: ScenarioModel) -> ScenarioModel:
-            edge_factor = model.edge.compute_factor * edge
-            cloud_factor = model.cloud.compute_factor * cloud
-            return model.model_copy(
-                update={
-                    "edge": model.edge.model_copy(update={"compute_factor": edge_factor}),
-                    "cloud": model.cloud.model_copy(update={"compute_factor": cloud_factor}),
-                }
-            )
-
-        return change
-
-    sessions = {key: faster(edge, cloud) for key, (edge, cloud) in factors.items()}
-    return resimulate_sessions(points, sessions)
-
-
-def resimulate_at_measured_speeds(
-    out_dir: Path, points: Sequence[SweepPoint]
-) -> dict[tuple[int, str], float]:
-    """TPT (ms) the simulator predicts per (point, policy) with the draft and the target at the
-    speeds the testbed showed during the real run (`measured_speeds`): a diagnostic that
-    separates the model's error from the machine's drift since calibration. It uses the real
-    run's timings, so it is not a prediction."""
-    factors = {
-        (index, policy, seed): speeds
-        for (index, policy), speeds in measured_speeds(out_dir, points).items()
-        for seed in points[index].scenario.model.seeds
-    }
-    return resimulate(points, factors)
-
-
-def probed_speeds(path: Path) -> dict[tuple[int, str, int], tuple[float, float]]:
-    """(edge, cloud) speed factors per (point, policy, seed) from a testbed's speeds.csv (the
-    reference each session timed just before it ran, realrun.edge.speed_probe); {} without one."""
-    if not path.is_file():
-        return {}
-    with path.open(newline="") as handle:
-        return {
-            (int(r["point"]), r["policy"], int(r["seed"])): (
-                float(r["edge_speed"]),
-                float(r["cloud_speed"]),
-            )
-            for r in csv.DictReader(handle)
-        }
-
-
-def mean_speeds(
-    probes: dict[tuple[int, str, int], tuple[float, float]],
-) -> dict[tuple[int, str], tuple[float, float]]:
-    """Per (point, policy), the mean over the seeds of per-session speed factors."""
-    by_key: dict[tuple[int, str], list[tuple[float, float]]] = {}
-    for (index, policy, _), factors in probes.items():
-        by_key.setdefault((index, policy), []).append(factors)
-    return {key: tuple(np.mean(values, axis=0).tolist()) for key, values in by_key.items()}
-
-
 def write_validation(
     out_dir: Path,
     axes: Sequence[str],
@@ -512,78 +416,3 @@ def simulate_and_compare(
     replayed = resimulate_replayed(points, out_dir / "real", out_dir / "sim")
     axes = list(points[0].axes)
     return write_validation(out_dir, axes, extra, speeds, predicted, probes, probed, replayed)
-
-
-REAL_FILES = ("summary.csv", "results.csv", "speeds.csv", "manifest.json", *COMPUTE_FILES.values())
-"""What `revalidate` reads of a validation's real side (speeds.csv only where it was timed,
-the compute traces only where they were recorded)."""
-
-
-def command_options(command: Sequence[str], flag: str) -> list[str]:
-    """The values given to `flag` (`--set`, `--sweep`) in a recorded command line."""
-    values = []
-    for i, word in enumerate(command):
-        if word == flag and i + 1 < len(command):
-            values.append(command[i + 1])
-        elif word.startswith(flag + "="):
-            values.append(word[len(flag) + 1 :])
-    return values
-
-
-def validation_source(source: Path) -> tuple[dict[str, Any], Path, Path | None]:
-    """A finished validation folder's manifest, the scenario its real run used and the profile
-    it simulated (None where it is no longer where the manifest says); one-line ConfigError
-    for a folder that is not one, or whose scenario changed since."""
-    manifest_path = source / "manifest.json"
-    if not manifest_path.exists():
-        raise ConfigError(str(source), "", "no manifest.json: not a validation folder")
-    manifest = read_manifest(manifest_path)  # a regular, bounded JSON object, else one line
-    try:
-        scenario = Path(manifest["scenario"]["path"])
-        scenario_hash = manifest["scenario"]["sha256"]
-        profile_hash = manifest["profile"]["sha256"]
-        if not isinstance(manifest["command"], list):
-            raise TypeError("command is not a list")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(str(manifest_path), "", f"not a validation manifest ({exc})") from None
-    missing = [f"real/{name}" for name in REAL_FILES[:2] if not (source / "real" / name).is_file()]
-    if missing:
-        raise ConfigError(str(source), "", f"missing {', '.join(missing)}")
-    if not scenario.is_file():
-        raise ConfigError(str(manifest_path), "scenario.path", f"{str(scenario)!r} not found")
-    if sha256(scenario) != scenario_hash:
-        raise ConfigError(
-            str(scenario), "", "changed since the validation ran (its sha256 differs from the "
-            "manifest's): the real run is no longer the scenario's"
-        )  # fmt: skip
-    candidates = [source / "calibration" / "profile.json", Path(manifest["profile"]["path"])]
-    profile = next((p for p in candidates if p.is_file() and sha256(p) == profile_hash), None)
-    return manifest, scenario, profile
-
-
-def revalidate(
-    source: Path,
-    scenario: Path,
-    profile: Path,
-    points: Sequence[SweepPoint],
-    out_dir: Path,
-    command: Sequence[str],
-    skipped: dict[str, str],
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Compare a finished validation's real run (SOURCE/real, copied to OUT/real) with the
-    current simulator on `points` (its scenario, with `profile`): OUT/sim, validation.csv and
-    manifest.json, as `run_validation` writes them."""
-    (out_dir / "validation.csv").unlink(missing_ok=True)
-    real = out_dir / "real"
-    real.mkdir(parents=True, exist_ok=True)
-    for name in REAL_FILES:
-        if (source / "real" / name).is_file():
-            shutil.copyfile(source / "real" / name, real / name)
-    validation = source / "validation.csv"
-    origin = {
-        "revalidated_from": {
-            "path": str(source),
-            "validation_sha256": sha256(validation) if validation.is_file() else None,
-        }
-    }
-    return simulate_and_compare(scenario, profile, points, out_dir, command, skipped, origin)

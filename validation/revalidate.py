@@ -1,0 +1,89 @@
+"""`pipesd revalidate`: a finished validation's real run (SOURCE/real) compared again with the
+current simulator, from its manifest (scenario, overrides, profile); no testbed, no models."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from realrun.testbed import COMPUTE_FILES
+from simulator.errors import ConfigError
+from simulator.outdir import read_manifest
+from simulator.scenario import SweepPoint
+from validation.validate import sha256, simulate_and_compare
+
+REAL_FILES = ("summary.csv", "results.csv", "speeds.csv", "manifest.json", *COMPUTE_FILES.values())
+"""What `revalidate` reads of a validation's real side (speeds.csv only where it was timed,
+the compute traces only where they were recorded)."""
+
+
+def command_options(command: Sequence[str], flag: str) -> list[str]:
+    """The values given to `flag` (`--set`, `--sweep`) in a recorded command line."""
+    values = []
+    for i, word in enumerate(command):
+        if word == flag and i + 1 < len(command):
+            values.append(command[i + 1])
+        elif word.startswith(flag + "="):
+            values.append(word[len(flag) + 1 :])
+    return values
+
+
+def validation_source(source: Path) -> tuple[dict[str, Any], Path, Path | None]:
+    """A finished validation folder's manifest, the scenario its real run used and the profile
+    it simulated (None where it is no longer where the manifest says); one-line ConfigError
+    for a folder that is not one, or whose scenario changed since."""
+    manifest_path = source / "manifest.json"
+    if not manifest_path.exists():
+        raise ConfigError(str(source), "", "no manifest.json: not a validation folder")
+    manifest = read_manifest(manifest_path)  # a regular, bounded JSON object, else one line
+    try:
+        scenario = Path(manifest["scenario"]["path"])
+        scenario_hash = manifest["scenario"]["sha256"]
+        profile_hash = manifest["profile"]["sha256"]
+        if not isinstance(manifest["command"], list):
+            raise TypeError("command is not a list")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(str(manifest_path), "", f"not a validation manifest ({exc})") from None
+    missing = [f"real/{name}" for name in REAL_FILES[:2] if not (source / "real" / name).is_file()]
+    if missing:
+        raise ConfigError(str(source), "", f"missing {', '.join(missing)}")
+    if not scenario.is_file():
+        raise ConfigError(str(manifest_path), "scenario.path", f"{str(scenario)!r} not found")
+    if sha256(scenario) != scenario_hash:
+        raise ConfigError(
+            str(scenario), "", "changed since the validation ran (its sha256 differs from the "
+            "manifest's): the real run is no longer the scenario's"
+        )  # fmt: skip
+    candidates = [source / "calibration" / "profile.json", Path(manifest["profile"]["path"])]
+    profile = next((p for p in candidates if p.is_file() and sha256(p) == profile_hash), None)
+    return manifest, scenario, profile
+
+
+def revalidate(
+    source: Path,
+    scenario: Path,
+    profile: Path,
+    points: Sequence[SweepPoint],
+    out_dir: Path,
+    command: Sequence[str],
+    skipped: dict[str, str],
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Compare a finished validation's real run (SOURCE/real, copied to OUT/real) with the
+    current simulator on `points` (its scenario, with `profile`): OUT/sim, validation.csv and
+    manifest.json, as `run_validation` writes them."""
+    (out_dir / "validation.csv").unlink(missing_ok=True)
+    real = out_dir / "real"
+    real.mkdir(parents=True, exist_ok=True)
+    for name in REAL_FILES:
+        if (source / "real" / name).is_file():
+            shutil.copyfile(source / "real" / name, real / name)
+    validation = source / "validation.csv"
+    origin = {
+        "revalidated_from": {
+            "path": str(source),
+            "validation_sha256": sha256(validation) if validation.is_file() else None,
+        }
+    }
+    return simulate_and_compare(scenario, profile, points, out_dir, command, skipped, origin)
