@@ -35,6 +35,7 @@ from calibrate.acceptance_check import policy_check, sensitivity_lines, table_li
 from calibrate.acceptance_hmm import fit_hmm
 from calibrate.acceptance_report import compare_lines, model_sequences, stats
 from calibrate.acceptance_trace import read_trace, write_trace_gz
+from calibrate.assemble import new_part, save_part
 from calibrate.pairs import measure_pair
 from models.pairs import build_pair, sha256
 from models.prompts import FAMILIES, SPLITS, family_prompts
@@ -101,6 +102,11 @@ def add_acceptance_parsers(sub: Any) -> None:
     fit.add_argument("--bins", type=int, default=8, help="confidence bins (quantiles)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--out", type=Path, required=True, help="model JSON to write")
+    fit.add_argument(
+        "--part",
+        type=Path,
+        help="also write an acceptance part file holding the model (for `calibrate profile`)",
+    )
     fit.set_defaults(handler=run_fit)
 
     check = sub.add_parser(
@@ -259,8 +265,9 @@ def _sequences(paths: list[Path]) -> tuple[list[tuple[np.ndarray, np.ndarray]], 
 
 def run_fit(args: argparse.Namespace, command: str, say: Say) -> int:
     """`pipesd calibrate acceptance-fit`."""
-    if args.out.exists():
-        raise ConfigError("--out", "", f"{args.out} exists (never overwritten)")
+    for flag, path in (("--out", args.out), ("--part", args.part)):
+        if path is not None and path.exists():
+            raise ConfigError(flag, "", f"{path} exists (never overwritten)")
     if args.bins < 1:
         raise ConfigError("--bins", "", f"must be at least 1 (got {args.bins})")
     fitting, fit_provenance = _sequences(args.traces)
@@ -310,6 +317,24 @@ def run_fit(args: argparse.Namespace, command: str, say: Say) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
+    if args.part is not None:
+        how = (
+            f"hidden Markov model ({fit.states} regimes, {len(fit.model.edges) - 1} confidence "
+            f"bins) fitted by EM to real traces of {source or 'the given traces'} "
+            f"({record['fit']['fitting_positions']} positions); held-out acceptance "
+            f"{held_stats.rate:.3f}, model {fitted_stats.rate:.3f}; model file {args.out.name}"
+        )
+        part = new_part(
+            "acceptance",
+            {"acceptance": record["acceptance"]},
+            {"acceptance": how},
+            {},
+            {},
+            _versions(),
+            command,
+        )
+        save_part(part, args.part)
+        print(f"wrote {args.part}")
     return 0
 
 
