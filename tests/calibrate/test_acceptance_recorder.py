@@ -62,46 +62,6 @@ def recording(draft: Path, target: Path) -> AcceptanceRecording:
     return rec
 
 
-# --- truncation -------------------------------------------------------------------------------
-
-
-def test_truncated_copy_keeps_tokenizer_and_drops_blocks(target: Path, draft: Path) -> None:
-    import gguf
-    import llama_cpp
-
-    source, copy = gguf.GGUFReader(target), gguf.GGUFReader(draft)
-    assert copy.fields["llama.block_count"].contents() == KEEP
-    for name, field in source.fields.items():
-        if name.startswith("GGUF.") or name == "llama.block_count":
-            continue
-        assert copy.fields[name].contents() == field.contents(), name
-    blocks = {int(t.name.split(".")[1]) for t in copy.tensors if t.name.startswith("blk.")}
-    assert blocks == set(range(KEEP))
-    originals = {t.name: t for t in source.tensors}
-    for t in copy.tensors:
-        assert t.tensor_type == originals[t.name].tensor_type
-        assert np.array_equal(np.asarray(t.data), np.asarray(originals[t.name].data))
-    text = b"Hello, world: a shared tokenizer."
-    loaded = [
-        llama_cpp.Llama(model_path=str(path), n_ctx=64, verbose=False, n_threads=1)
-        for path in (draft, target)
-    ]
-    try:
-        small, full = loaded
-        assert llama_cpp.llama_model_n_layer(small._model.model) == KEEP
-        assert small.n_vocab() == full.n_vocab()
-        assert small.tokenize(text) == full.tokenize(text)
-    finally:
-        for llama in loaded:
-            llama.close()
-
-
-@pytest.mark.parametrize("keep", [0, 30, -1, 2.0, True])
-def test_truncate_rejects_bad_layer_counts(target: Path, tmp_path: Path, keep: object) -> None:
-    with pytest.raises(ValueError, match="keep_layers"):
-        truncate_gguf(target, tmp_path / "x.gguf", keep)  # type: ignore[arg-type]
-
-
 # --- recording ----------------------------------------------------------------------------------
 
 
@@ -121,6 +81,11 @@ def test_positions_and_rounds_are_consistent(recording: AcceptanceRecording) -> 
     assert rec.positions and rec.rounds
     for p in rec.positions:
         assert 0.0 < p.confidence <= 1.0 and math.isfinite(p.confidence)
+        # the target's top-32, most probable first: greedy acceptance is agreement with its top-1
+        assert len(p.top_ids) == len(p.top_probs) == 32
+        assert list(p.top_probs) == sorted(p.top_probs, reverse=True)
+        assert p.accepted == (p.token == p.top_ids[0])
+        assert 0.0 <= p.accept_prob <= 1.0
         assert 0 <= p.sequence < len(PROMPTS)
         assert 0 <= p.position < len(rec.outputs[p.sequence])
     for s in range(len(PROMPTS)):
