@@ -368,6 +368,6 @@ def print_plan_outcome(outcome: list[dict[str, Any]]) -> None:
     print(f"planned pairs separated by the real run in the simulator's order: {agreed} of "
           f"{len(outcome)}")  # fmt: skip
     for o in outcome:
-        gap = "" if math.isnan(o["real_gap_ms"]) else (
+        gap = "" if o["real_gap_ms"] is None else (
             f" ({o['real_gap_ms']:.2f} +/- {o['half_width_ms']:.2f} ms)")  # fmt: skip
         print(f"  point {o['point']}: sim {o['faster']} < {o['slower']}: {o['real']}{gap}")

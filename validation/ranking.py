@@ -211,7 +211,7 @@ def plan_outcome(
         elif (plan.slower, plan.faster) in found:
             verdict, (gap, half) = "separated, the other way", found[(plan.slower, plan.faster)]
         else:
-            verdict, gap, half = "not separated", math.nan, math.nan
+            verdict, gap, half = "not separated", None, None
         outcome.append({"point": plan.point, "faster": plan.faster, "slower": plan.slower,
                         "sim_gap_ms": plan.gap_ms, "real": verdict, "real_gap_ms": gap,
                         "half_width_ms": half})  # fmt: skip

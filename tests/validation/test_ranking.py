@@ -88,7 +88,9 @@ def test_plan_outcome_says_how_the_real_run_ordered_each_pair() -> None:
              PairPlan(0, "a", "c", 2.0, 0.06, 3.0, "simulator", 20),
              PairPlan(1, "a", "b", 2.0, 0.06, 3.0, "simulator", 20)]  # fmt: skip
     found = {0: [("a", "b", 1.5, 1.0), ("c", "a", 0.8, 0.5)]}
-    verdicts = [o["real"] for o in plan_outcome(plans, found)]
+    outcome = plan_outcome(plans, found)
+    verdicts = [o["real"] for o in outcome]
+    assert outcome[1]["real_gap_ms"] == 0.8 and outcome[2]["real_gap_ms"] is None  # JSON null
     assert verdicts == [
         "separated, the simulator's order",
         "separated, the other way",
