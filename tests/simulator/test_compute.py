@@ -202,3 +202,44 @@ def test_a_missing_trace_names_the_field(write_scenario, tmp_path: Path) -> None
     path = write_scenario(policies=POLICIES, prompts=PROMPTS, cloud={"compute_trace": "no.csv"})
     with pytest.raises(ConfigError, match=r"cloud\.compute_trace: trace file 'no.csv' not found"):
         expand_sweep(path)
+
+
+FAST_POLICIES = [
+    {"name": "vanilla", "draft_len": 3},
+    {"name": "pipesd", "autotune": False},
+    {"name": "picospec"},
+]
+"""(Not cloud_ar: its one-edge fast path serves a generation as one job, at the factor when it
+starts; the queueing cloud serves it step by step, each step at its own factor.)"""
+
+
+@pytest.mark.parametrize("policy", FAST_POLICIES, ids=lambda c: c["name"])
+def test_traces_keep_the_queueing_cloud_equal_to_the_fast_path(
+    write_scenario, tmp_path: Path, policy
+) -> None:
+    """A cloud trace that speeds the target up (factor 3) must not break the edge's look-ahead
+    (it bounds an answer's arrival by the fastest factor): the general queueing cloud, which
+    relies on it, gives the records of the one-edge fast path, which knows every answer's
+    time at once."""
+    rows = [(0, 3.0), (0.2, 0.5), (0.5, 1.7), (0.9, 0.8)]
+    trace_file(tmp_path, "cloud.csv", rows)
+    trace_file(tmp_path, "edge.csv", [(0, 0.6), (0.3, 1.4), (0.7, 1.0)])
+    path = write_scenario(
+        policies=[policy],
+        link={"uplink_mbps": 8.0},
+        prompts={"count": 3, "prompt_len": 16, "max_new_tokens": 48},
+        cloud={"compute_trace": "cloud.csv"},
+        edge={"compute_trace": "edge.csv"},
+    )
+    scenario = expand_sweep(path)[0].scenario
+    fast = simulate(scenario, scenario.policies[0], 7, exclusive_cloud=True)
+    queued = simulate(scenario, scenario.policies[0], 7, exclusive_cloud=False)
+    assert fast.records == queued.records
+    plain = write_scenario(
+        policies=[policy],
+        name="plain.toml",
+        link={"uplink_mbps": 8.0},
+        prompts={"count": 3, "prompt_len": 16, "max_new_tokens": 48},
+    )
+    untraced = expand_sweep(plain)[0].scenario
+    assert simulate(untraced, untraced.policies[0], 7).records != fast.records
