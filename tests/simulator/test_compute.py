@@ -8,8 +8,9 @@ import itertools
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_engine import POLICY_CONFIGS, check_invariants  # its invariant checks
 
 from pipesd.cli import main
 from simulator.compute import ComputeTrace, SpeedCursor, Thermal
@@ -243,3 +244,42 @@ def test_traces_keep_the_queueing_cloud_equal_to_the_fast_path(
     )
     untraced = expand_sweep(plain)[0].scenario
     assert simulate(untraced, untraced.policies[0], 7).records != fast.records
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    policy=st.sampled_from(POLICY_CONFIGS),
+    edges=st.integers(1, 4),
+    max_batch=st.sampled_from([1, 4]),
+    cloud_factors=st.lists(st.floats(0.2, 5.0), min_size=1, max_size=4),
+    edge_factors=st.lists(st.floats(0.2, 5.0), min_size=1, max_size=4),
+    step_s=st.floats(0.01, 0.5),
+    thermal=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_invariants_hold_under_traces_and_throttling(
+    write_scenario, tmp_path: Path, policy, edges, max_batch, cloud_factors, edge_factors,
+    step_s, thermal, seed,
+) -> None:  # fmt: skip
+    """Causality, conservation and determinism (tests/simulator/test_engine.py's checks) with
+    the edges and the cloud on random step traces, batched or not, throttled or not."""
+    trace_file(tmp_path, "c.csv", [(i * step_s, f) for i, f in enumerate(cloud_factors)])
+    trace_file(tmp_path, "e.csv", [(i * step_s, f) for i, f in enumerate(edge_factors)])
+    changes = (
+        {"edge_thermal": {"depth": 0.5, "heat_tau_s": 0.2, "cool_tau_s": 0.3}} if thermal else {}
+    )
+    path = write_scenario(
+        policies=[policy],
+        profile_changes=changes,
+        payload={"kind": "token_prob"},
+        cloud={"max_batch": max_batch, "compute_trace": "c.csv"},
+        edge_groups=[{"count": edges, "compute_trace": "e.csv", "start_spread_s": 0.2}],
+        prompts={"count": 2, "prompt_len": 16, "max_new_tokens": 24},
+    )
+    scenario = expand_sweep(path)[0].scenario
+    first = simulate(scenario, scenario.policies[0], seed, record_timeline=True)
+    check_invariants(first, scenario.profile.profile.link.one_way_latency_s, 24)
+    again = simulate(scenario, scenario.policies[0], seed, record_timeline=True)
+    assert first.records == again.records
