@@ -87,6 +87,13 @@ class Policy(ABC):
     uses_fleet_plan: bool = False
     """The executor plans draft lengths and cloud batches for the whole fleet (DiP-SD) and
     gives each edge's policy its length through `on_fleet_plan`."""
+    tuner_steps: int = 0
+    """Online-tuner steps (a BO tell + ask) the policy has run so far, counted by the policy
+    itself: each costs edge compute, which the executor charges after `on_result` (the only
+    callback that tunes): the simulator `tuner_step_s` per step, the testbed the measured time."""
+    tuner_step_s: float = 0.0
+    """One tuner step's compute on the reference edge (compute factor 1), a profiled cost the
+    simulator divides by the edge's compute factor (the policy never reads a clock)."""
 
     def start_request(self, event: RequestStart) -> None:  # noqa: B027 - optional hook
         """A request starts; reset per-request state (keep what is learned across requests)."""

@@ -146,6 +146,8 @@ class Edge:
         self.session = SessionStats()
         self.timeline = timeline
         self.core = SpeculativeSession(policy, config.max_draft_tokens)
+        self._tuner_step_s = policy.tuner_step_s / config.compute_factor
+        """One step of the policy's online tuner on this edge (charged after an answer)."""
         inv_factor = 1.0 / config.compute_factor
         decode_base = config.draft.decode_base_s * inv_factor
         decode_ctx = config.draft.decode_per_context_token_s * inv_factor
@@ -262,6 +264,8 @@ class Edge:
         on_path_end = next_reject[0]  # drafts up to the first rejected position are on path
         off_index = 0
         nav: PendingNav | None = None
+        policy, tuner_step_s = self.policy, self._tuner_step_s
+        tuned = policy.tuner_steps  # the policy's tuner steps already charged
 
         def send(now: float, nav_request: bool) -> int:
             """Send [sent_end, drafted_end) as a NAV or an upload; returns the next step."""
@@ -352,6 +356,17 @@ class Edge:
                         )
                     nav = None
                     step = core.answered(accepted, reject > end, t)
+                    if policy.tuner_steps != tuned:  # its tuner ran: the edge computes first
+                        tune_s = (policy.tuner_steps - tuned) * tuner_step_s
+                        tuned = policy.tuner_steps
+                        if speed is not None:
+                            tune_s = speed.scale(t, tune_s)
+                            speed_next_s = speed.next_s
+                        if timeline is not None:
+                            tuner = Span("draft", t, t + tune_s, "tuner", index, start, end)
+                            timeline.append(tuner._replace(edge=cfg.edge))
+                        t += tune_s
+                        record.edge_busy_s += tune_s
                     committed = core.committed
                     if step != DONE:
                         on_path_end = next_reject[committed]

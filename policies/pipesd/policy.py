@@ -60,6 +60,13 @@ class PipeSDParams(PolicyParams):
     tune_backend: Literal["gp", "skopt"] = Field(
         "gp", description="BO backend: numpy GP, or scikit-optimize (the reference)"
     )
+    tuner_step_s: float = Field(
+        3.1e-4,
+        ge=0.0,
+        description="edge compute of one BO step (tell + ask) at compute factor 1, charged to "
+        "the edge's timeline by the simulator (default: the numpy GP's mean step in "
+        "benchmarks/bench_policy_steps.py, initial points and hyper-parameter re-fits included)",
+    )
     drift_tolerance: float = Field(0.25, gt=0.0, description="re-tune when time/token drifts")
     drift_windows: int = Field(3, ge=1, description="consecutive drifted windows to re-tune")
 
@@ -152,6 +159,7 @@ class PipeSD(Policy):
         self.gamma = ExponentialAverage(params.initial_gamma_s, weight=1.0 / 32.0)
         self.draft_lengths = MovingAverage(float(params.initial_window), params.window_history)
         self.autotuner = ThresholdAutotuner(params, seed) if params.autotune else None
+        self.tuner_step_s = params.tuner_step_s
         if self.autotuner is not None:
             self._set_thresholds(*self.autotuner.point)
         self.window = params.initial_window
@@ -161,6 +169,11 @@ class PipeSD(Policy):
         self._replan()
         self._reset_draft()
         self._last_result_s: float | None = None
+
+    @property
+    def tuner_steps(self) -> int:  # type: ignore[override]
+        """BO steps run so far (each a tell + ask): the executor charges their compute."""
+        return self.autotuner.evaluations if self.autotuner is not None else 0
 
     # -- planning -----------------------------------------------------------------------------
     def _replan(self) -> None:

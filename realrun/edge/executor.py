@@ -760,7 +760,12 @@ def _loop(
                         else toks[end] == token
                     )
                     nav = None
+                    tuned = core.policy.tuner_steps
                     step = core.answered(accepted, guessed, t)
+                    if core.policy.tuner_steps != tuned:  # the policy's tuner ran on this CPU
+                        tuned_at = clock()  # the answer's bookkeeping and the BO step(s)
+                        record.edge_busy_s += tuned_at - t
+                        timeline.append(Span("draft", t, tuned_at, "tuner", index, start, end))
                     if not core.surviving:  # rolled back: the answer's token ends the output
                         del toks[start + accepted :]
                         del confs[start + accepted :]
