@@ -4,6 +4,7 @@ the table and the verdict. The testbed flags are `pipesd realrun local`'s (`real
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from realrun.cli import (
 from realrun.local import ServerError
 from realrun.testbed import skip_reason
 from simulator.errors import ConfigError
+from simulator.inputs import MAX_TRACE_BYTES, check_regular
 from simulator.outdir import out_dir_arg
 from simulator.results import write_json
 from simulator.scenario import SweepPoint
@@ -283,7 +285,12 @@ def rank_plan(
         results = args.pilot_from / "real" / "results.csv"
         if not results.is_file():
             raise ConfigError("--pilot-from", str(args.pilot_from), "holds no real/results.csv")
-        spreads = recorded_tpts(results)
+        check_regular(results, "results", MAX_TRACE_BYTES)
+        try:
+            spreads = recorded_tpts(results)
+        except (KeyError, ValueError, UnicodeDecodeError, csv.Error) as exc:
+            problem = f"not a results.csv (point, policy, seed, request, tpt_ms): {exc!r}"
+            raise ConfigError(str(results), "", problem) from None
     skip = list(skip_reasons(points))
     plans = plan_pairs(simulated_tpts(points, skip=skip), spreads, max_requests=args.max_requests)
     requests = requests_per_point(plans, args.max_requests)

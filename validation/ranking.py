@@ -114,10 +114,15 @@ def simulated_tpts(
 
 
 def recorded_tpts(results: Path) -> Tpts:
-    """TPT per request from a results.csv (a recorded real run: a real pilot)."""
+    """TPT per request from a results.csv (a recorded real run: a real pilot); ValueError
+    without its columns."""
     tpts: Tpts = {}
     with results.open(newline="") as handle:
-        for row in csv.DictReader(handle):
+        reader = csv.DictReader(handle)
+        missing = {"point", "policy", "seed", "request", "tpt_ms"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"no column {', '.join(sorted(missing))}")
+        for row in reader:
             value = float(row["tpt_ms"]) if row.get("tpt_ms") else math.nan
             if math.isfinite(value):
                 key = (int(row["point"]), row["policy"])

@@ -122,4 +122,9 @@ def test_pilot_flags_need_rank(write_scenario, tmp_path, capsys) -> None:
     assert main([*argv[:-2], "--rank", "--out", str(tmp_path / "v")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds no real/results.csv" in err
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "results.csv").write_text("point,policy\n0,a\n")
+    assert main([*argv[:-2], "--rank", "--out", str(tmp_path / "v")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a results.csv" in err
     assert not (tmp_path / "v").exists()
