@@ -340,6 +340,7 @@ def testbed_requests(points: list[Any]) -> int:
 
 def run_local_command(args: argparse.Namespace, argv: list[str]) -> int:
     """Execute `pipesd realrun local`."""
+    from realrun.fleet import run_fleet
     from realrun.local import LOCAL_KIND, run_local
     from simulator.scenario import expand_sweep
 
@@ -347,8 +348,10 @@ def run_local_command(args: argparse.Namespace, argv: list[str]) -> int:
     options = local_options(args)
     check_sampling_points(options.sampling, points, options.acceptance)
     make_out(args, LOCAL_KIND, argv)
+    many = bool(points[0].scenario.model.edge_groups)  # a process per edge (realrun.fleet)
+    runner = run_fleet if many else run_local
     with testbed_progress(args.quiet, testbed_requests(points)) as progress:
-        rows = run_local(args.scenario, points, options, args.out, ["pipesd", *argv], progress)
+        rows = runner(args.scenario, points, options, args.out, ["pipesd", *argv], progress)
     if not args.quiet:
         axes = list(points[0].axes)
         for row in rows:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from policies.batching import BatchRule
+from realrun.link.reaper import die_with_parent
 from simulator.errors import ConfigError
 from simulator.outdir import claim_out_dir
 from simulator.provenance import package_versions
@@ -245,7 +246,12 @@ def cloud_server(
     with log_path.open("wb") as log:
         # a session of its own: Ctrl-C reaches only this process, which then stops the server
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            preexec_fn=die_with_parent,  # a killed run takes its server with it
         )
     try:
         health = wait_healthy(process, link.client_url(port), log_path, options.startup_timeout_s)
@@ -344,11 +350,15 @@ def run_local(
     out_dir: Path,
     command: Sequence[str],
     progress: Callable[[str], None] | None = None,
+    check: Callable[..., dict[str, str]] = check_points,
+    runner: Callable[..., tuple[list[dict[str, Any]], dict[str, Any]]] = run_point,
 ) -> list[dict[str, Any]]:
-    """Run every point on the testbed (see the module docstring); returns all summary rows."""
+    """Run every point on the testbed (see the module docstring); returns all summary rows.
+    `check` and `runner`: how the points are checked and run (realrun.fleet's for many edges;
+    same signatures as `check_points` and `run_point`)."""
     from simulator.runner import manifest
 
-    skipped = check_points(scenario_path, points, options)
+    skipped = check(scenario_path, points, options)
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     used: dict[int, dict[str, Any]] = {}
     finished: list[int] = []
@@ -395,7 +405,7 @@ def run_local(
                 if progress is not None:
                     progress(f"point {index}: {message}")
 
-            point_rows, used[point.index] = run_point(
+            point_rows, used[point.index] = runner(
                 scenario_path, point, options, point_dir, command, report
             )
             rows.extend(point_rows)

@@ -213,8 +213,14 @@ def run_testbed(
     uplink_meter: Callable[[], float | None] | None = None,
     speed_probe: bool = False,
     sampling: SamplingSpec | None = None,
+    edge: int = 0,
+    only: tuple[int, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every runnable policy of `point` on the testbed; returns the summary rows.
+
+    `edge`: which edge of the scenario this is (its synthetic acceptance stream, and the
+    `edge` of its records; realrun.fleet runs one process per edge). `only`: run just this
+    (seed, policy label) session.
 
     `transport`: the httpx transport of the edge's client (a software link shaper), closed
     with it. `link_info`: the manifest's `testbed.link` entry. `acceptance`: "real" or
@@ -280,6 +286,8 @@ def run_testbed(
             # would hand each policy its own stretch of it (and a ranking of the drift)
             for seed in model.seeds:
                 for index, entry in runnable:
+                    if only is not None and only != (seed, entry.label):
+                        continue
                     policy = make_policy(entry.name, entry.params, policy_seed(seed, entry.label))
                     if speed_probe:
                         probe = probe_speeds(
@@ -304,7 +312,7 @@ def run_testbed(
                     records, spans = [], []
                     for request in range(model.prompts.count):
                         tokens = format_prompt(draft, prompts[request % len(prompts)])
-                        stream = synthetic.stream(seed, 0, request, n_new) if synthetic else None
+                        stream = synthetic.stream(seed, edge, request, n_new) if synthetic else None
                         before = uplink_meter() if uplink_meter is not None else None
                         record, _, timeline = run_edge(
                             policy,
@@ -318,6 +326,7 @@ def run_testbed(
                             acceptance_stream=stream,
                             sampling=edge_sampling,
                         )
+                        record.edge = edge
                         after = uplink_meter() if before is not None else None
                         if before is not None and after is not None:
                             record.uplink_bytes = round(after - before)

@@ -2,9 +2,10 @@
 
 Three kinds: "tbf-netns" (the server runs in its own network namespace behind a veth pair
 whose tbf qdiscs set the uplink and downlink rates, trace-driven; a user-space relay adds the
-one-way latency, as this kernel has no netem; realrun.link.netns, realrun.link.relay), "software" (an
-httpx transport that holds bodies back by the same channel arithmetic as the simulator;
-realrun.link.softlink) and "none" (plain loopback).
+one-way latency, as this kernel has no netem; realrun.link.netns, realrun.link.relay),
+"software" (an httpx transport that holds bodies back by the same channel arithmetic as the
+simulator; realrun.link.softlink) and "none" (plain loopback). Many edges, each with its own
+link: realrun.link.edge_link.
 
     with open_link(LinkSpec.from_point(point), "auto", server_port=p) as link:
         server = Popen(link.server_command_prefix + [..., "--host", link.server_host, ...])

@@ -1,0 +1,313 @@
+"""A many-edge testbed run: N edge processes, each behind its own shaped link, one batching cloud.
+
+For a scenario with `[[edge_groups]]` (`pipesd realrun local` sends it here), per sweep point:
+one cloud server on loopback (batching by the point's `[cloud]`: realrun.local.batch_rule),
+then per seed the edges' links (kernel shaping: each edge in its own namespace with its own
+tbf qdiscs and delay relay, realrun.link.edge_link; without root, each edge shapes its own
+link in process, realrun.link.softlink), and per runnable policy one process per edge
+(realrun.fleet_edge), all started together at one time on the machine's clock. The cloud
+batches their NAVs across edges. Each edge's files land in
+`points/p<i>/edges/<policy>_s<seed>/e<j>/`; the point's `results.csv` holds every edge's
+requests (`edge` column) and `summary.csv` one row per (policy, seed, edge).
+
+Teardown: the server and the edges get SIGKILL when this process dies (Linux's parent-death
+signal), are terminated on every exit path, and a watchdog (realrun.link.reaper) deletes the
+run's namespaces even after SIGKILL. Clocks: every edge reports when it started against the
+start it was given (`clock.json`); a spread above CLOCK_SKEW_LIMIT_S is an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import pickle
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from realrun.local import (
+    LocalOptions,
+    ServerError,
+    cloud_server,
+    free_port,
+    log_tail,
+    run_local,
+)
+from realrun.local import batch_rule as point_batch_rule
+from realrun.testbed import skip_reason
+from simulator.errors import ConfigError
+from simulator.fleet import edge_specs
+from simulator.results import write_table
+from simulator.scenario import SweepPoint
+
+MAX_EDGES = 16
+"""Most edges one machine runs (each edge is a process with its own draft model)."""
+START_DELAY_S = 0.3
+"""The common start: this long after the last edge said it was ready."""
+READY_TIMEOUT_S = 300.0
+"""Longest the edges may take to load their drafts and reach the server."""
+CLOCK_SKEW_LIMIT_S = 0.05
+"""Most an edge may start after the common start (its draft loaded too slowly otherwise)."""
+EDGE_TIMEOUT_S = 3600.0
+"""Longest one (policy, seed) session of the fleet may take."""
+
+
+def fleet_size(point: SweepPoint) -> int:
+    """Edges of the point's scenario."""
+    return sum(group.count for group in point.scenario.model.edge_groups) or 1
+
+
+def check_fleet(
+    scenario_path: Path, points: Sequence[SweepPoint], options: LocalOptions
+) -> dict[str, str]:
+    """Refuse fleet settings the testbed cannot run (one-line ConfigError each); returns the
+    skipped policies (label -> reason)."""
+    for point in points:
+        edges = fleet_size(point)
+        if edges > MAX_EDGES:
+            raise ConfigError(scenario_path, "edge_groups", f"the testbed runs at most "
+                              f"{MAX_EDGES} edges on one machine (got {edges})")  # fmt: skip
+        for i, group in enumerate(point.scenario.model.edge_groups):
+            if group.arrival != "closed" or group.start_spread_s > 0:
+                raise ConfigError(scenario_path, f"edge_groups[{i}].arrival", "the testbed's "
+                                  "edges run requests back to back from one start (arrival = "
+                                  "'closed', start_spread_s = 0)")  # fmt: skip
+    if options.sampling is not None:
+        raise ConfigError("--temperature", str(options.sampling.temperature),
+                          "not available on a many-edge testbed (greedy only)")  # fmt: skip
+    if options.shaping not in ("auto", "tbf", "software", "none"):
+        raise ConfigError("--shaping", options.shaping, "must be auto, tbf, software or none")
+    scenario = points[0].scenario
+    skipped = {e.label: r for e in scenario.policies if (r := fleet_skip_reason(e.name))}
+    if len(skipped) == len(scenario.policies):
+        raise ConfigError(scenario_path, "policies", f"no policy the many-edge testbed can run "
+                          f"(skipped: {', '.join(skipped)})")  # fmt: skip
+    return skipped
+
+
+def fleet_skip_reason(name: str) -> str | None:
+    """Why a policy cannot run on the many-edge testbed (None: it can)."""
+    reason = skip_reason(name)
+    if reason == "needs a fleet of edges":
+        return "the server does not execute a DiP-SD plan's batches yet"
+    return reason
+
+
+def kernel_shaping(mode: str) -> bool:
+    """Whether edges get namespaces with tbf qdiscs (else software or no shaping); ConfigError
+    for "tbf" where it is unavailable."""
+    from realrun.link.netns import unavailable_reason
+
+    if mode in ("software", "none"):
+        return False
+    reason = unavailable_reason()
+    if reason is not None and mode == "tbf":
+        raise ConfigError("--shaping", "tbf", f"not available here: {reason}")
+    return reason is None
+
+
+@contextlib.contextmanager
+def edge_links(point: SweepPoint, seed: int, port: int, kernel: bool) -> Iterator[list[Any]]:
+    """The edges' kernel links for `seed` (an empty list without kernel shaping)."""
+    from realrun.fleet_edge import edge_link_spec
+    from realrun.link.edge_link import EdgeLink
+
+    links: list[Any] = []
+    try:
+        if kernel:
+            for edge in range(fleet_size(point)):
+                links.append(EdgeLink(edge, edge_link_spec(point, seed, edge), port))
+        yield links
+    finally:
+        for link in links:
+            link.close()
+
+
+def run_session(
+    scenario_path: Path,
+    point: SweepPoint,
+    options: LocalOptions,
+    seed: int,
+    label: str,
+    links: list[Any],
+    port: int,
+    session_dir: Path,
+) -> list[Path]:
+    """One (seed, policy) session on every edge at once; the edges' output folders."""
+    from realrun.link.reaper import die_with_parent
+
+    edges = fleet_size(point)
+    go, pickled = session_dir / "go", session_dir / "point.pickle"
+    session_dir.mkdir(parents=True, exist_ok=True)
+    with pickled.open("wb") as handle:  # the point as resolved here, every --set applied
+        pickle.dump(point, handle)
+    shaping = "tbf" if links else ("software" if options.shaping != "none" else "none")
+    processes: list[tuple[subprocess.Popen[bytes], Path]] = []
+    folders = []
+    try:
+        for edge in range(edges):
+            folder = session_dir / f"e{edge}"
+            folder.mkdir(parents=True, exist_ok=True)
+            prefix = links[edge].exec_prefix() if links else []
+            url = links[edge].url if links else f"http://127.0.0.1:{port}"
+            command = [*prefix, sys.executable, "-m", "realrun.fleet_edge",
+                       "--scenario", str(scenario_path), "--point", str(pickled),
+                       "--seed", str(seed), "--policy", label, "--edge", str(edge), "--server", url,
+                       "--draft", str(options.draft), "--threads", str(options.draft_threads),
+                       "--acceptance", options.acceptance, "--shaping", shaping,
+                       "--go", str(go), "--out", str(folder)]  # fmt: skip
+            log = folder / "edge.log"
+            with log.open("wb") as handle:
+                process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=handle,
+                                           stderr=handle, preexec_fn=die_with_parent)  # fmt: skip
+            processes.append((process, log))
+            folders.append(folder)
+        wait_ready(processes, folders)
+        start_epoch = time.time() + START_DELAY_S
+        go.write_text(repr(start_epoch))
+        time.sleep(max(0.0, start_epoch - time.time()))
+        for link in links:
+            link.start_clock()
+        deadline = time.monotonic() + EDGE_TIMEOUT_S
+        for process, log in processes:
+            code = process.wait(max(1.0, deadline - time.monotonic()))
+            if code != 0:
+                raise ServerError(f"edge process exited with code {code}; last lines of {log}:\n"
+                                  f"{log_tail(log)}")  # fmt: skip
+    finally:
+        for process, _ in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return folders
+
+
+def wait_ready(processes: Sequence[tuple[subprocess.Popen[bytes], Path]],
+               folders: Sequence[Path]) -> None:  # fmt: skip
+    """Wait until every edge has loaded its draft (OUT/ready); ServerError if one dies first
+    or READY_TIMEOUT_S passes."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not all((folder / "ready").is_file() for folder in folders):
+        for process, log in processes:
+            if process.poll() is not None:
+                raise ServerError(f"edge process exited with code {process.returncode} before "
+                                  f"its start; last lines of {log}:\n{log_tail(log)}")  # fmt: skip
+        if time.monotonic() > deadline:
+            raise ServerError(f"the edges were not ready within {READY_TIMEOUT_S:.0f} s")
+        time.sleep(0.05)
+
+
+def clock_check(folders: Sequence[Path]) -> dict[str, Any]:
+    """How far apart the edges started (one clock: this machine's); ServerError past the
+    limit (an edge that loaded its draft too slowly)."""
+    late = []
+    for folder in folders:
+        info = json.loads((folder / "clock.json").read_text())
+        late.append(info["started_epoch_s"] - info["start_epoch_s"])
+    spread = max(late) - min(late)
+    if max(late) > CLOCK_SKEW_LIMIT_S:
+        limit_ms = CLOCK_SKEW_LIMIT_S * 1e3
+        raise ServerError(f"an edge started {max(late) * 1e3:.0f} ms after the common start "
+                          f"(limit {limit_ms:.0f} ms): its draft loaded too slowly")  # fmt: skip
+    return {"late_max_s": max(late), "spread_s": spread, "clock": "one machine's real-time clock"}
+
+
+def read_rows(path: Path, extra: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """A CSV table's header and rows (numbers as floats), each row with `extra` in front."""
+
+    def value(text: str) -> Any:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = [extra | {k: value(v) for k, v in row.items()} for row in reader]
+        return list(reader.fieldnames or []), rows
+
+
+def run_fleet(
+    scenario_path: Path,
+    points: Sequence[SweepPoint],
+    options: LocalOptions,
+    out_dir: Path,
+    command: Sequence[str],
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """`pipesd realrun local` for a scenario with `[[edge_groups]]`: realrun.local.run_local's
+    folder, manifest and teardown, each point run by `run_fleet_point`."""
+    return run_local(scenario_path, points, options, out_dir, command, progress,
+                     check=check_fleet, runner=run_fleet_point)  # fmt: skip
+
+
+def run_fleet_point(
+    scenario_path: Path,
+    point: SweepPoint,
+    options: LocalOptions,
+    point_dir: Path,
+    command: Sequence[str],
+    progress: Callable[[str], None] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One sweep point on the many-edge testbed (see the module docstring); returns the summary
+    rows (one per policy, seed and edge) and what was used."""
+    from realrun.link.reaper import start_reaper, stop_reaper
+    from realrun.link.shaping import LinkSpec, ShapedLink
+
+    kernel = kernel_shaping(options.shaping)
+    reaper = start_reaper() if kernel else None
+    port = free_port()
+    rule = point_batch_rule(point)
+    model = point.scenario.model
+    runnable = [e.label for e in point.scenario.policies if not fleet_skip_reason(e.name)]
+    loopback = ShapedLink(LinkSpec.from_point(point), port)
+    summary: tuple[list[str], list[dict[str, Any]]] = ([], [])
+    results: tuple[list[str], list[dict[str, Any]]] = ([], [])
+    used: dict[str, Any] = {"edges": fleet_size(point), "sessions": {}, "links": {}}
+    used["batching"] = {"max_batch": rule.max_batch, "batch_window_s": rule.window_s,
+                        "rule": "policies/batching.py (the simulator's)"}  # fmt: skip
+    try:
+        with cloud_server(loopback, port, options, point_dir / "server.log", rule) as server:
+            used["server"], used["health"] = server.command, server.health
+            for seed in model.seeds:
+                with edge_links(point, seed, port, kernel) as links:
+                    used["links"][str(seed)] = [link.describe() for link in links] or _soft_links(
+                        point, seed, options
+                    )
+                    for label in runnable:
+                        session = point_dir / "edges" / f"{label}_s{seed}"
+                        folders = run_session(scenario_path, point, options, seed, label,
+                                              links, port, session)  # fmt: skip
+                        used["sessions"][f"{label}_s{seed}"] = clock_check(folders)
+                        for edge, folder in enumerate(folders):
+                            extra = {"edge": edge}
+                            head, rows = read_rows(folder / "summary.csv", extra)
+                            summary = (summary[0] or ["edge", *head], summary[1] + rows)
+                            head, rows = read_rows(folder / "results.csv", {})
+                            results = (results[0] or head, results[1] + rows)
+                        if progress is not None:
+                            progress(f"{label} seed {seed}: {len(folders)} edges done")
+    finally:
+        if reaper is not None:
+            stop_reaper(reaper)
+    write_table(point_dir / "summary.csv", *summary)
+    write_table(point_dir / "results.csv", *results)
+    return summary[1], used
+
+
+def _soft_links(point: SweepPoint, seed: int, options: LocalOptions) -> list[dict[str, Any]]:
+    """The edges' links without kernel shaping (software-shaped in each edge, or none)."""
+    from realrun.fleet_edge import edge_link_spec
+
+    kind = "software (in each edge process)" if options.shaping != "none" else "none"
+    return [
+        {"kind": kind, "edge": e, **edge_link_spec(point, seed, e).describe()}
+        for e in range(len(edge_specs(point.scenario, seed)))
+    ]
+
+
+__all__ = ["MAX_EDGES", "check_fleet", "fleet_size", "run_fleet", "run_fleet_point"]
