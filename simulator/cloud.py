@@ -115,6 +115,10 @@ class Cloud:
         self._timeline = timeline
         self.process = None if self.exclusive else env.process(self._serve())
 
+    def factor_at(self, t_s: float) -> float:
+        """The target's speed factor at time t (1 without a compute trace)."""
+        return self._speed.at(t_s) if self._speed is not None else 1.0
+
     def arrive(self, job: Job, at_s: float) -> None:
         """Announce that `job` joins the queue at time `at_s` (not earlier than now)."""
         if self.exclusive:

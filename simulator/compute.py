@@ -182,6 +182,11 @@ class EdgeSpeed:
         self.thermal = thermal
         self.next_s = -math.inf if (trace is not None or thermal is not None) else math.inf
 
+    def factor(self, t_s: float) -> float:
+        """The speed factor for work starting at t (a read: no work is done)."""
+        factor = self.cursor.at(t_s) if self.cursor is not None else 1.0
+        return factor * self.thermal.factor(t_s) if self.thermal is not None else factor
+
     def scale(self, t_s: float, work_s: float) -> float:
         """The time `work_s` started at t takes; sets `next_s`."""
         factor = 1.0

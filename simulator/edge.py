@@ -209,12 +209,15 @@ class Edge:
         """α, β, γ and the NAV round trip at time t, as an oracle is allowed to know them."""
         cfg, up, down = self.config, self.up, self.down
         answer_bytes = cfg.payload.result_bytes(1)
+        edge_factor = cfg.compute_factor
+        if cfg.speed is not None:  # a compute trace or thermal throttling: the speed at t
+            edge_factor *= cfg.speed.factor(t)
         return CostHints(
             up.overhead_s,
             cfg.payload.per_draft_token * 8.0 / (up.bandwidth.at(t) * 1e6),
-            cfg.draft.decode_s(context) / cfg.compute_factor,
+            cfg.draft.decode_s(context) / edge_factor,
             2 * up.latency_s
-            + cfg.target.forward_s(2, context)
+            + cfg.target.forward_s(2, context) / self.cloud.factor_at(t)
             + down.overhead_s
             + down.bandwidth.finish_time(t, answer_bytes)
             - t,

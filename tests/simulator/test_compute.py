@@ -19,7 +19,11 @@ from simulator.errors import ConfigError
 from simulator.profile import ThermalProfile
 from simulator.scenario import expand_sweep
 
-POLICIES = [{"name": "vanilla", "draft_len": 4}, {"name": "pipesd", "autotune": False}]
+POLICIES = [
+    {"name": "vanilla", "draft_len": 4},
+    {"name": "pipesd", "autotune": False},
+    {"name": "oracle"},  # its true costs read the trace at the round's time
+]
 PROMPTS = {"count": 3, "prompt_len": 32, "max_new_tokens": 48}
 
 
@@ -35,7 +39,7 @@ def trace_file(tmp_path: Path, name: str, rows: list[tuple[float, float]]) -> st
     return name
 
 
-@pytest.mark.parametrize("label", ["vanilla", "pipesd"])
+@pytest.mark.parametrize("label", ["vanilla", "pipesd", "oracle"])
 @pytest.mark.parametrize(
     ("rows", "factor"),
     [
