@@ -302,7 +302,14 @@ def test_many_edges_keep_every_invariant(
     assert first.records == run_one(path, seed=seed, timeline=True).records
 
 
-def test_split_inference_matches_its_closed_form(write_scenario) -> None:
+@pytest.mark.parametrize(
+    ("policy", "fraction"),
+    [({"name": "split"}, 0.25), ({"name": "split", "edge_fraction": 0.5}, 0.5)],
+    ids=["profile's split", "policy's split"],
+)
+def test_split_inference_matches_its_closed_form(
+    write_scenario, policy: dict[str, object], fraction: float
+) -> None:
     split = {
         "edge_fraction": 0.25,
         "edge_forward_s": 0.2,
@@ -310,7 +317,7 @@ def test_split_inference_matches_its_closed_form(write_scenario) -> None:
         "hidden_state_bytes": 8192,
     }
     path = write_scenario(
-        policies=[{"name": "split"}],
+        policies=[policy],
         profile_changes={**CONSTANT_COSTS, "split": split},
         edge={"compute_factor": 0.5},
         prompts={"count": 2, "prompt_len": 32, "max_new_tokens": 50},
@@ -319,11 +326,11 @@ def test_split_inference_matches_its_closed_form(write_scenario) -> None:
     profile = scenario.profile.profile
     link = profile.link
     per_token = (
-        0.25 * 0.2 / 0.5
+        fraction * 0.2 / 0.5
         + link.uplink_overhead_s
         + (64 + 8192) * 8 / (link.uplink_mbps * 1e6)
         + 2 * link.one_way_latency_s
-        + 0.75 * profile.target_latency.forward_base_s
+        + (1 - fraction) * profile.target_latency.forward_base_s
         + link.downlink_overhead_s
         + (64 + 5) * 8 / (link.downlink_mbps * 1e6)
     )
