@@ -24,25 +24,31 @@ class UploadCostEstimator:
         """Add one measured upload and refit."""
         if n_tokens <= 0:
             return
-        self._samples.append((n_tokens, duration_s))
-        self._sn += n_tokens
-        self._sd += duration_s
-        self._snn += n_tokens * n_tokens
-        self._snd += n_tokens * duration_s
-        if len(self._samples) > self._window:
-            old_n, old_d = self._samples.popleft()
-            self._sn -= old_n
-            self._sd -= old_d
-            self._snn -= old_n * old_n
-            self._snd -= old_n * old_d
-        count = len(self._samples)
-        var_n = self._snn - self._sn * self._sn / count
-        if var_n > 1e-9 * max(self._snn, 1.0):
-            beta = max((self._snd - self._sn * self._sd / count) / var_n, 0.0)
+        samples = self._samples  # sums in locals: once per upload, the same arithmetic
+        samples.append((n_tokens, duration_s))
+        sn = self._sn + n_tokens
+        sd = self._sd + duration_s
+        snn = self._snn + n_tokens * n_tokens
+        snd = self._snd + n_tokens * duration_s
+        count = len(samples)
+        if count > self._window:
+            old_n, old_d = samples.popleft()
+            count -= 1
+            sn -= old_n
+            sd -= old_d
+            snn -= old_n * old_n
+            snd -= old_n * old_d
+        self._sn, self._sd, self._snn, self._snd = sn, sd, snn, snd
+        var_n = snn - sn * sn / count
+        if var_n > 1e-9 * (snn if snn > 1.0 else 1.0):
+            beta = (snd - sn * sd / count) / var_n
+            beta = 0.0 if beta < 0.0 else beta  # max(beta, 0.0), exactly
             self.beta_s = beta
-            self.alpha_s = max((self._sd - beta * self._sn) / count, 0.0)
+            alpha = (sd - beta * sn) / count
+            self.alpha_s = 0.0 if alpha < 0.0 else alpha
         else:
-            self.beta_s = max((duration_s - self.alpha_s) / n_tokens, 0.0)
+            beta = (duration_s - self.alpha_s) / n_tokens
+            self.beta_s = 0.0 if beta < 0.0 else beta
 
 
 class MovingAverage:

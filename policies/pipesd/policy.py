@@ -160,8 +160,10 @@ class PipeSD(Policy):
         self.draft_lengths = MovingAverage(float(params.initial_window), params.window_history)
         self.autotuner = ThresholdAutotuner(params, seed) if params.autotune else None
         self.tuner_step_s = params.tuner_step_s
+        self._point: tuple[float, float] | None = None
         if self.autotuner is not None:
-            self._set_thresholds(*self.autotuner.point)
+            self._point = self.autotuner.point
+            self._set_thresholds(*self._point)
         self.window = params.initial_window
         self.replans = 0
         self._plan_inputs = (-1.0, -1.0, -1.0)
@@ -236,7 +238,8 @@ class PipeSD(Policy):
         self._maybe_replan()
 
     def on_draft(self, confidence: float, draft_time_s: float, pending: bool) -> Decision:
-        self.gamma.observe(draft_time_s)
+        gamma = self.gamma  # ExponentialAverage.observe, inlined (once per drafted token)
+        gamma.value += gamma.weight * (draft_time_s - gamma.value)
         confidences = self._confidences
         confidences.append(confidence)
         self._c1 *= confidence
@@ -257,7 +260,10 @@ class PipeSD(Policy):
     def on_result(self, outcome: VerifyOutcome) -> Decision:
         if self.autotuner is not None and self._last_result_s is not None:
             elapsed = outcome.now_s - self._last_result_s
-            self._set_thresholds(*self.autotuner.observe(elapsed, outcome.accepted + 1))
+            point = self.autotuner.observe(elapsed, outcome.accepted + 1)
+            if point is not self._point:  # the tuner moved (observe returns the same tuple)
+                self._point = point
+                self._set_thresholds(*point)
         self._last_result_s = outcome.now_s
         window = planning_window(self.draft_lengths.value, self.params.max_draft_len)
         if window != self.window:
