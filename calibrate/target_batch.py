@@ -29,6 +29,8 @@ import numpy as np
 
 from calibrate.fit import FitReport, fit_target_latency
 from calibrate.samples import ForwardSample, PrefillSample
+from models.registry import resolve_model
+from realrun.cloud.llama_target import LlamaTarget
 from simulator.profile import TargetLatency
 
 CLOCKS = ("wall", "cpu")
@@ -120,9 +122,6 @@ def fit_batches(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m calibrate.target_batch`: measure, fit, print and write OUT (JSON)."""
-    from models.registry import resolve_model
-    from realrun.cloud.llama_target import LlamaTarget  # loads llama_cpp (optional package)
-
     parser = argparse.ArgumentParser(prog="python -m calibrate.target_batch")
     parser.add_argument("--model", default="smollm2-135m", help="GGUF file or registry name")
     parser.add_argument("--threads", type=int, default=1)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from realrun.cloud.settings import ServerSettings
+from realrun.fleet import run_fleet
 from simulator.errors import ConfigError
 from simulator.outdir import claim_out_dir, out_dir_arg
 
@@ -340,7 +341,6 @@ def testbed_requests(points: list[Any]) -> int:
 
 def run_local_command(args: argparse.Namespace, argv: list[str]) -> int:
     """Execute `pipesd realrun local`."""
-    from realrun.fleet import run_fleet
     from realrun.local import LOCAL_KIND, run_local
     from simulator.scenario import expand_sweep
 

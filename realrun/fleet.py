@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from realrun.link.netns import unavailable_reason
+from realrun.link.reaper import die_with_parent, start_reaper, stop_reaper
 from realrun.local import (
     LocalOptions,
     ServerError,
@@ -100,8 +102,6 @@ def fleet_skip_reason(name: str) -> str | None:
 def kernel_shaping(mode: str) -> bool:
     """Whether edges get namespaces with tbf qdiscs (else software or no shaping); ConfigError
     for "tbf" where it is unavailable."""
-    from realrun.link.netns import unavailable_reason
-
     if mode in ("software", "none"):
         return False
     reason = unavailable_reason()
@@ -113,8 +113,8 @@ def kernel_shaping(mode: str) -> bool:
 @contextlib.contextmanager
 def edge_links(point: SweepPoint, seed: int, port: int, kernel: bool) -> Iterator[list[Any]]:
     """The edges' kernel links for `seed` (an empty list without kernel shaping)."""
-    from realrun.fleet_edge import edge_link_spec
-    from realrun.link.edge_link import EdgeLink
+    from realrun.fleet_edge import edge_link_spec  # imports httpx (realrun.link.shaping)
+    from realrun.link.edge_link import EdgeLink  # imports httpx (realrun.link.shaping)
 
     links: list[Any] = []
     try:
@@ -138,8 +138,6 @@ def run_session(
     session_dir: Path,
 ) -> list[Path]:
     """One (seed, policy) session on every edge at once; the edges' output folders."""
-    from realrun.link.reaper import die_with_parent
-
     edges = fleet_size(point)
     go, pickled = session_dir / "go", session_dir / "point.pickle"
     session_dir.mkdir(parents=True, exist_ok=True)
@@ -255,8 +253,7 @@ def run_fleet_point(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One sweep point on the many-edge testbed (see the module docstring); returns the summary
     rows (one per policy, seed and edge) and what was used."""
-    from realrun.link.reaper import start_reaper, stop_reaper
-    from realrun.link.shaping import LinkSpec, ShapedLink
+    from realrun.link.shaping import LinkSpec, ShapedLink  # imports httpx
 
     kernel = kernel_shaping(options.shaping)
     reaper = start_reaper() if kernel else None
@@ -301,7 +298,7 @@ def run_fleet_point(
 
 def _soft_links(point: SweepPoint, seed: int, options: LocalOptions) -> list[dict[str, Any]]:
     """The edges' links without kernel shaping (software-shaped in each edge, or none)."""
-    from realrun.fleet_edge import edge_link_spec
+    from realrun.fleet_edge import edge_link_spec  # imports httpx (realrun.link.shaping)
 
     kind = "software (in each edge process)" if options.shaping != "none" else "none"
     return [

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from realrun.link.shaping import LinkSpec
+from realrun.testbed import run_testbed
 from simulator.errors import ConfigError
 from simulator.fleet import edge_specs
 
@@ -45,8 +46,6 @@ def edge_link_spec(point, seed: int, edge: int) -> LinkSpec:  # type: ignore[no-
 
 def main(argv: list[str] | None = None) -> int:
     """Run the edge's session (see the module docstring)."""
-    from realrun.testbed import run_testbed  # loads llama_cpp when it runs (optional package)
-
     parser = argparse.ArgumentParser(prog="python -m realrun.fleet_edge")
     parser.add_argument("--scenario", type=Path, required=True)
     parser.add_argument("--point", type=Path, required=True, help="the sweep point (pickle)")
