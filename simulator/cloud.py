@@ -151,7 +151,7 @@ class Cloud:
             self.process.interrupt()
 
     def _start_alone(self, job: Job, now: float) -> None:
-        """`_start([job], now)` without the batch's bookkeeping (the one-edge fast path)."""
+        """Begin serving `job` alone at `now` (the one-edge fast path calls it directly)."""
         service = job.service_s
         if self._speed is not None:
             service = job.service_s = service / self._speed.at(now)
@@ -175,19 +175,17 @@ class Cloud:
     def _start(self, jobs: list[Job], now: float) -> None:
         """Begin serving `jobs` together at `now` (which may lie ahead of SimPy's clock)."""
         if len(jobs) == 1:
-            service = jobs[0].service_s
-        else:
-            batch: list[Any] = jobs  # batchable jobs: `positions` and `context` each
-            service = self.target.forward_s(
-                sum(j.positions for j in batch),
-                sum(j.context for j in batch),
-                len(batch),
-                sum(j.positions * j.context for j in batch),
-            )
+            self._start_alone(jobs[0], now)
+            return
+        batch: list[Any] = jobs  # batchable jobs: `positions` and `context` each
+        service = self.target.forward_s(
+            sum(j.positions for j in batch),
+            sum(j.context for j in batch),
+            len(batch),
+            sum(j.positions * j.context for j in batch),
+        )
         if self._speed is not None:
             service /= self._speed.at(now)
-            if len(jobs) == 1:
-                jobs[0].service_s = service
         done = now + service
         share = service / len(jobs)
         for job in jobs:
