@@ -34,6 +34,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000, help="requests per policy")
     parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="rounds over every policy; each policy's least wall time counts (a loaded machine)",
+    )
+    parser.add_argument(
         "--cloud-paths",
         action="store_true",
         help="also time the cloud's general queueing process against the one-edge fast path",
@@ -42,11 +48,19 @@ def main() -> None:
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     scenario = expand_sweep(SCENARIO, [f"prompts.count={args.requests}"])[0].scenario
     rows = []
+    walls: dict[str, float] = {}
     with threadpool_limits(limits=1):
+        for _ in range(args.repeats - 1):  # rounds over every policy: the least wall counts
+            for entry in scenario.policies:
+                start = time.perf_counter()
+                simulate(scenario, entry, seed=1)
+                wall = time.perf_counter() - start
+                walls[entry.label] = min(wall, walls.get(entry.label, wall))
         for entry in scenario.policies:
             start = time.perf_counter()
             result = simulate(scenario, entry, seed=1)
             wall = time.perf_counter() - start
+            wall = min(wall, walls.get(entry.label, wall))
             tokens = sum(r.new_tokens for r in result.records)
             drafted = sum(r.drafted for r in result.records)
             navs = sum(r.navs for r in result.records)
@@ -54,8 +68,8 @@ def main() -> None:
     vanilla = next(r for r in rows if r[0] == "vanilla")
     reference, per_nav_reference = vanilla[5], vanilla[4] / vanilla[3]
     print(
-        f"one edge, one core, S1, {args.requests} requests x 128 tokens per policy "
-        f"(load average {os.getloadavg()[0]:.1f} at the end)"
+        f"one edge, one core, S1, {args.requests} requests x 128 tokens per policy, least of "
+        f"{args.repeats} (load average {os.getloadavg()[0]:.1f} at the end)"
     )
     print(
         f"{'policy':22s} {'tokens':>8s} {'drafted':>8s} {'NAVs':>7s} {'wall s':>7s} "
