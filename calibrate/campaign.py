@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import json
 import os
 import platform
@@ -47,7 +48,11 @@ from calibrate.campaign_plan import (
     select,
     validate_args,
 )
-from calibrate.measure_target import TORCH_VERSIONS, served_target_part
+from calibrate.measure_target import TORCH_VERSIONS, measure_target, served_target_part
+from calibrate.options import TargetOptions
+from calibrate.target_served_torch import profile_torch_served_target
+from models.shape_gguf import build_shape_gguf, default_file_name
+from models.shapes import get_shape
 from simulator.errors import ConfigError
 from simulator.outdir import MANIFEST, claim_out_dir, read_manifest
 from simulator.profile import load_profile
@@ -83,8 +88,6 @@ class CampaignOptions:
             raise ConfigError("--device", str(self.device), "allowed: cuda, cpu")
         if self.budget_s is not None and not (0 < self.budget_s < float("inf")):
             raise ConfigError("--budget-s", str(self.budget_s), "must be a number of seconds > 0")
-        from models.shapes import get_shape
-
         for shape in self.shapes or ():
             try:
                 get_shape(shape)
@@ -228,8 +231,6 @@ class Campaign:
 
     def _measure_served(self, step: Step, energy: bool) -> Any:
         """The served TorchTarget measured for `step` (`energy`: one context, windows)."""
-        from calibrate.target_served_torch import profile_torch_served_target
-
         grid = self.options.grid
         tokens = grid.tokens
         contexts = (grid.contexts[len(grid.contexts) // 2],) if energy else grid.contexts
@@ -301,9 +302,6 @@ class Campaign:
         return new_part("power", values, notes, {}, samples, versions, self.command)
 
     def _batched(self, step: Step) -> Part:
-        from calibrate.measure_target import measure_target
-        from calibrate.options import TargetOptions
-
         grid = self.options.grid
         options = TargetOptions(
             model=step.shape,
@@ -321,8 +319,6 @@ class Campaign:
 
     def _validate(self, step: Step) -> list[str]:
         """`pipesd validate` in a child process (validation sits above calibrate)."""
-        from models.shape_gguf import build_shape_gguf, default_file_name
-
         device = self.options.device
         draft_shape = DRAFT_SHAPES[device]
         draft = self.out / "models" / default_file_name(draft_shape, "Q4_K_M")
@@ -354,8 +350,6 @@ class Campaign:
 def _release_memory(device: str) -> None:
     """Give the finished step's GPU memory back (the next model, or the validation's server in
     another process, needs it)."""
-    import gc
-
     gc.collect()
     if device == "cuda":
         import torch  # optional (extra 'models'): only a cuda campaign gets here

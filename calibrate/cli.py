@@ -31,6 +31,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from calibrate.acceptance_cli import add_acceptance_parsers
 from calibrate.assemble import PART_KINDS, save_part
+from calibrate.campaign import add_campaign_parser
 from calibrate.cli_files import DEFAULT_BASE, add_file_parsers, int_list
 from calibrate.measure import measure, measure_profile
 from calibrate.options import (
@@ -83,6 +84,7 @@ def add_parser(subparsers: Any) -> None:
     add_acceptance_parsers(sub)
     # Subcommands defined in other modules register here: `add_xxx_parser(sub)`, each setting
     # `handler` with `set_defaults` (e.g. `pipesd calibrate campaign`, issue 20).
+    add_campaign_parser(sub)
 
 
 def _measures(

@@ -194,3 +194,17 @@ def test_plan_only_prints_the_plan_and_writes_nothing(tmp_path: Path, capsys) ->
     printed = capsys.readouterr().out
     assert printed.startswith("plan: ") and "(budget 540 s)" in printed
     assert f"validate-{DEFAULT_SHAPES[0]}" in printed.split("dropped")[0]
+
+
+def test_the_command_line_prints_the_plan(tmp_path: Path, capsys) -> None:
+    from pipesd.cli import main
+
+    out = tmp_path / "campaign"
+    argv = ["calibrate", "campaign", "--device", "cuda", "--out", str(out), "--budget-s", "540",
+            "--plan-only"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("plan: ") and f"served-{DEFAULT_SHAPES[0]}-static" in printed
+    assert not out.exists()
+    code = main(["calibrate", "campaign", "--device", "cpu", "--shapes", "nope", "--out", str(out)])
+    assert code == 2 and "--shapes" in capsys.readouterr().err
