@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             cloud_timeout_s=60.0,
             edge=args.edge,
             only=(args.seed, args.policy),
+            batch_sizes=True,
         )
         clock_info = {"start_epoch_s": started["given_s"], "started_epoch_s": started["epoch_s"]}
         (args.out / "clock.json").write_text(json.dumps(clock_info) + "\n")

@@ -215,12 +215,14 @@ def run_testbed(
     sampling: SamplingSpec | None = None,
     edge: int = 0,
     only: tuple[int, str] | None = None,
+    batch_sizes: bool = False,
 ) -> list[dict[str, Any]]:
     """Run every runnable policy of `point` on the testbed; returns the summary rows.
 
     `edge`: which edge of the scenario this is (its synthetic acceptance stream, and the
     `edge` of its records; realrun.fleet runs one process per edge). `only`: run just this
-    (seed, policy label) session.
+    (seed, policy label) session. `batch_sizes`: write OUT/batches.csv, the size of the
+    cloud's batch each of this edge's NAVs was verified in (the server's answer).
 
     `transport`: the httpx transport of the edge's client (a software link shaper), closed
     with it. `link_info`: the manifest's `testbed.link` entry. `acceptance`: "real" or
@@ -271,8 +273,19 @@ def run_testbed(
     compute: dict[str, list[dict[str, Any]]] = {"edge": [], "cloud": []}  # COMPUTE_FILES
     skipped: dict[str, str] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
+    sizes: list[int] = []
+    batch_rows: list[dict[str, Any]] = []
+
+    class SizedClient(CloudClient):
+        """The client, noting the batch size of every verification's answer."""
+
+        def verify(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            answer = super().verify(*args, **kwargs)
+            sizes.append(int(answer.get("batch_size", 1)))
+            return answer
+
     try:
-        with CloudClient(server, token, timeout=cloud_timeout_s, transport=transport) as cloud:
+        with SizedClient(server, token, timeout=cloud_timeout_s, transport=transport) as cloud:
             # an unreachable server at the start is the caller's error
             check_vocabularies(int(draft.n_vocab()), int(cloud.health()["n_vocab"]), acceptance)
             runnable = []
@@ -309,6 +322,7 @@ def run_testbed(
                     )
                     origin = time.perf_counter()
                     startup_probes(policy, cloud)
+                    sizes.clear()  # probes are no NAVs of a request
                     records, spans = [], []
                     for request in range(model.prompts.count):
                         tokens = format_prompt(draft, prompts[request % len(prompts)])
@@ -327,6 +341,12 @@ def run_testbed(
                             sampling=edge_sampling,
                         )
                         record.edge = edge
+                        batch_rows.extend(
+                            {"policy": entry.label, "seed": seed, "edge": edge,
+                             "request": request, "nav": i, "batch_size": size}
+                            for i, size in enumerate(sizes)
+                        )  # fmt: skip
+                        sizes.clear()
                         after = uplink_meter() if before is not None else None
                         if before is not None and after is not None:
                             record.uplink_bytes = round(after - before)
@@ -384,6 +404,9 @@ def run_testbed(
                        "predicted_s", "factor"]  # fmt: skip
     for side, rows_of_side in compute.items():
         write_table(out_dir / COMPUTE_FILES[side], compute_columns, rows_of_side)
+    if batch_sizes:
+        batch_columns = ["policy", "seed", "edge", "request", "nav", "batch_size"]
+        write_table(out_dir / "batches.csv", batch_columns, batch_rows)
     if speed_probe:
         speed_columns = ["point", *axes, "policy", "seed", *SpeedProbe.columns()]
         write_table(out_dir / "speeds.csv", speed_columns, speeds)

@@ -121,6 +121,9 @@ def test_two_edges_share_one_cloud_through_the_software_shaper(tmp_path):
         rows = list(csv.DictReader(handle))
     assert sorted(row["edge"] for row in rows) == ["0", "1"]
     assert all(int(row["new_tokens"]) == 4 for row in rows)
+    with (out / "points" / "p0" / "batches.csv").open(newline="") as handle:
+        sizes = [int(row["batch_size"]) for row in csv.DictReader(handle)]
+    assert sizes and all(1 <= size <= 2 for size in sizes)  # [cloud] max_batch = 2
 
 
 def descendants(pid: int) -> set[int]:
