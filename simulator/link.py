@@ -161,6 +161,10 @@ class Transmission(NamedTuple):
     arrive_s: float
 
 
+_new_tuple = tuple.__new__
+"""Builds a Transmission without its Python-level `__new__` (once per message)."""
+
+
 class Channel:
     """A serialised one-way channel: messages queue behind each other in send order.
 
@@ -208,11 +212,15 @@ class Channel:
             at_s, deferred_bytes = heapq.heappop(self.deferred)
             self._occupy(at_s if at_s > self.free_at else self.free_at, deferred_bytes)
             self.bytes_sent += deferred_bytes
-        start = send_s if send_s > self.free_at else self.free_at
-        finish = self._occupy(start + self.overhead_s, n_bytes)
+        free_at = self.free_at
+        start = send_s if send_s > free_at else free_at
+        if self.burst_bytes > 0.0:
+            finish = self._occupy(start + self.overhead_s, n_bytes)
+        else:  # _occupy without a bucket, inlined (once per message)
+            finish = self.free_at = self.bandwidth.finish_time(start + self.overhead_s, n_bytes)
         self.bytes_sent += n_bytes
         self.messages += 1
-        return Transmission(start, finish, finish + self.latency_s)
+        return _new_tuple(Transmission, (start, finish, finish + self.latency_s))
 
     def _occupy(self, begin: float, n_bytes: float) -> float:
         """Put `n_bytes` on the channel from `begin` (token bucket first): when they are out."""
