@@ -18,6 +18,7 @@ from typing import TextIO
 
 import numpy as np
 
+from policies.picospec.topk_acceptance import TopKEffect
 from simulator.errors import ConfigError
 from simulator.inputs import MAX_TRACE_BYTES, check_regular
 from simulator.profile import (
@@ -270,6 +271,23 @@ class HmmSampler:
         return self._confidence(rng, np.minimum(bins, len(self.marginal_cum) - 1))
 
 
+def with_topk(accepted: np.ndarray, topk: TopKEffect, rng: np.random.Generator) -> np.ndarray:
+    """The verdicts when the edge verifies against the target's renormalised top-K.
+
+    The mean acceptance moves from `topk.exact_acceptance` (a) to `topk.topk_acceptance`
+    (a_K), measured on a trace with the target's top-K (policies/picospec/topk_acceptance.py):
+    below a, each acceptance survives with probability a_K / a; above it (renormalising raises
+    p̃ on the top-K), each rejection turns into an acceptance with probability
+    (a_K - a) / (1 - a). The draws come from their own stream, so the exact verdicts stay
+    common to every policy and the adjustment only thins or fills them in.
+    """
+    a, a_k = topk.exact_acceptance, min(topk.topk_acceptance, 1.0)
+    u = rng.random(accepted.size)
+    if a_k <= a:
+        return accepted & (u < (a_k / a if a > 0 else 1.0))
+    return accepted | (u < (a_k - a) / (1.0 - a))
+
+
 class AcceptanceModel:
     """Builds AcceptanceStreams from a validated acceptance spec."""
 
@@ -288,8 +306,27 @@ class AcceptanceModel:
                     f"({self.replay.longest} positions)",
                 )
 
-    def stream(self, seed: int, edge: int, request: int, n_positions: int) -> AcceptanceStream:
-        """The outcomes of request `request` of edge `edge` under `seed`, `n_positions` long."""
+    def stream(
+        self,
+        seed: int,
+        edge: int,
+        request: int,
+        n_positions: int,
+        topk: TopKEffect | None = None,
+    ) -> AcceptanceStream:
+        """The outcomes of request `request` of edge `edge` under `seed`, `n_positions` long;
+        with `topk` (a policy verifying against a top-K downlink), adjusted by `with_topk`."""
+        base = self._stream(seed, edge, request, n_positions)
+        if topk is None:
+            return base
+        rng = np.random.default_rng(np.random.SeedSequence([seed, edge, request, 0x70C]))
+        accepted = with_topk(base.accepted, topk, rng)
+        return AcceptanceStream(
+            base.confidence, accepted, _next_reject(accepted), base.off_path_confidence
+        )
+
+    def _stream(self, seed: int, edge: int, request: int, n_positions: int) -> AcceptanceStream:
+        """The exact-verification outcomes (common random numbers across policies)."""
         rng = np.random.default_rng(np.random.SeedSequence([seed, edge, request, 0x5EED]))
         spec = self.spec
         if isinstance(spec, IIDAcceptance):

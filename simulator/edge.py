@@ -21,6 +21,7 @@ from typing import Any
 import simpy
 
 from policies.base import CostHints, Mode, Policy
+from policies.picospec.topk_acceptance import TopKEffect
 from policies.session import ANSWER, DONE, DRAFT, ROUND, SEND, VERIFY, SpeculativeSession
 from simulator.acceptance import AcceptanceModel
 from simulator.ar_stream import cloud_request, split_request
@@ -115,6 +116,8 @@ class EdgeConfig:
     split: SplitProfile | None = None
     speed: EdgeSpeed | None = None
     """A compute trace and/or thermal throttling (simulator/compute.py); None: constant."""
+    topk: TopKEffect | None = None
+    """Acceptance with a top-K downlink (PicoSpec's edge-side verification); None: exact."""
 
 
 @dataclass
@@ -229,7 +232,7 @@ class Edge:
         payload, timeline, core = cfg.payload, self.timeline, self.core
         n_new, prompt_len = cfg.max_new_tokens, cfg.prompt_len
         record = RequestRecord(request=index, edge=cfg.edge, prompt_len=prompt_len, start_s=arrived)
-        stream = self.acceptance.stream(cfg.seed, cfg.edge, index, n_new)
+        stream = self.acceptance.stream(cfg.seed, cfg.edge, index, n_new, cfg.topk)
         confidence, off_path = stream.confidence, stream.off_path_confidence
         next_reject = stream.next_reject
         n_off = len(off_path)

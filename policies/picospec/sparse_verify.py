@@ -209,9 +209,66 @@ def sparse_step(
     Builds p̃ = sparse_target(topk_indices, topk_probs, q, tail) and runs exact_step(p̃, q,
     x, rng): accept with min(1, p̃(x)/q(x)), else resample from max(0, p̃ - q). The emitted
     token is distributed exactly as p̃; with K = V (or a top-K holding all of p's support) p̃
-    = p and the step is lossless.
+    = p and the step is lossless. The default tail runs `verify_topk` on the draft's
+    non-zero entries (the edge's own code path).
     """
+    if tail == "renormalise":
+        q_arr = _distribution("q", q)
+        support = np.flatnonzero(q_arr)
+        return verify_topk(topk_indices, topk_probs, support, q_arr[support], x, rng)
     return exact_step(sparse_target(topk_indices, topk_probs, q, tail), q, x, rng)
+
+
+def verify_topk(
+    topk_ids: ArrayLike,
+    topk_probs: ArrayLike,
+    draft_ids: ArrayLike,
+    draft_probs: ArrayLike,
+    x: int,
+    rng: np.random.Generator,
+) -> tuple[bool, int]:
+    """The edge's verification from sparse inputs only: (accepted, emitted token).
+
+    The cloud sent the target's top-K (`topk_ids`, `topk_probs`); the edge holds its draft q
+    as (`draft_ids`, `draft_probs`), summing to 1, e.g. a renormalised top-K of the draft's
+    own logits; `x` is the drafted token. With p̃ = top-K probabilities / their sum (the
+    ``"renormalise"`` fill): accept with min(1, p̃(x)/q(x)) (x outside the top-K: p̃(x) = 0,
+    never accepted), else sample the residual max(0, p̃ - q), which lives on the top-K ids
+    only (p̃ itself if the residual is all zero). The emitted token is distributed exactly
+    as p̃ (the module docstring's identity), and no vocabulary-sized array is built, so this
+    is what realrun's edge runs; `sparse_step` with the default tail is this same function.
+    """
+    ids = np.asarray(topk_ids)
+    probs = np.asarray(topk_probs, dtype=np.float64)
+    q_ids = np.asarray(draft_ids)
+    q_probs = np.asarray(draft_probs, dtype=np.float64)
+    for name, i, v in (("top-K", ids, probs), ("draft", q_ids, q_probs)):
+        if i.ndim != 1 or i.shape != v.shape or i.size == 0:
+            raise ValueError(f"{name} ids and probabilities must be 1-D, non-empty, equal length")
+        if not np.issubdtype(i.dtype, np.integer) or np.unique(i).size != i.size:
+            raise ValueError(f"{name} ids must be distinct integers")
+        if not np.all(np.isfinite(v)) or np.any(v < 0):
+            raise ValueError(f"{name} probabilities must be finite and non-negative")
+    covered = float(probs.sum())
+    if covered <= 0 or covered > 1 + SUM_TOLERANCE:
+        raise ValueError(f"top-K probabilities must sum to a value in (0, 1], got {covered!r}")
+    if abs(q_probs.sum() - 1.0) > SUM_TOLERANCE:
+        raise ValueError(f"draft probabilities must sum to 1, sum to {q_probs.sum()!r}")
+    q_at = q_probs[q_ids == x]
+    if q_at.size == 0 or q_at[0] <= 0:
+        raise ValueError(f"draft token {x} has draft probability 0")
+    target = probs / covered
+    p_at = target[ids == x]
+    if rng.random() * q_at[0] < (p_at[0] if p_at.size else 0.0):
+        return True, int(x)
+    q_on_top = np.zeros_like(target)
+    position = {int(t): j for j, t in enumerate(q_ids)}
+    for j, t in enumerate(ids):
+        k = position.get(int(t))
+        if k is not None:
+            q_on_top[j] = q_probs[k]
+    residual = np.maximum(target - q_on_top, 0.0)
+    return False, int(ids[_sample(residual if residual.sum() > 0 else target, rng)])
 
 
 def speculative_output(target: ArrayLike, q: ArrayLike) -> NDArray[np.float64]:
