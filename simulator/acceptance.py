@@ -18,7 +18,7 @@ from typing import TextIO
 
 import numpy as np
 
-from policies.picospec.topk_acceptance import TopKEffect
+from policies.picospec.topk_acceptance import TopKEffect, topk_effect
 from simulator.errors import ConfigError
 from simulator.inputs import MAX_TRACE_BYTES, check_regular
 from simulator.profile import (
@@ -269,6 +269,38 @@ class HmmSampler:
         """n confidences from the stationary marginal (tokens drafted on a wrong prefix)."""
         bins = np.searchsorted(self.marginal_cum, rng.random(n), side="right")
         return self._confidence(rng, np.minimum(bins, len(self.marginal_cum) - 1))
+
+
+def topk_effect_from_trace(path: Path, k: int) -> TopKEffect:
+    """The top-`k` downlink's effect (policies/picospec/topk_acceptance.py) measured on an
+    acceptance trace recorded with the target's top-K (columns token, confidence,
+    accept_prob, top_ids, top_probs; calibrate/acceptance.py). One-line ConfigError when the
+    trace lacks them or recorded fewer than `k` entries per position."""
+    check_regular(path, "acceptance trace", MAX_TRACE_BYTES)
+    tokens, q_x, accept, ids, probs = [], [], [], [], []
+    try:
+        with _open_text(path) as handle:
+            reader = csv.DictReader(line for line in handle if not line.startswith("#"))
+            need = {"token", "confidence", "accept_prob", "top_ids", "top_probs"}
+            missing = need - set(reader.fieldnames or [])
+            if missing:
+                raise ConfigError(path, "header", f"no top-K columns {sorted(missing)}")
+            for row in reader:
+                tokens.append(int(row["token"]))
+                q_x.append(float(row["confidence"]))
+                accept.append(float(row["accept_prob"]))
+                ids.append([int(t) for t in row["top_ids"].split()])
+                probs.append([float(v) for v in row["top_probs"].split()])
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read acceptance trace ({exc.strerror})") from None
+    except (UnicodeDecodeError, csv.Error, EOFError, gzip.BadGzipFile, ValueError) as exc:
+        raise ConfigError(path, "", f"not a top-K acceptance trace ({exc})") from None
+    recorded = min((len(i) for i in ids), default=0)
+    if not 1 <= k <= recorded:
+        raise ConfigError(
+            path, "top_ids", f"downlink top-{k} needs K in [1, {recorded}] (recorded per position)"
+        )
+    return topk_effect(tokens, q_x, accept, ids, probs, k)
 
 
 def with_topk(accepted: np.ndarray, topk: TopKEffect, rng: np.random.Generator) -> np.ndarray:

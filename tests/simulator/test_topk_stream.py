@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from policies.picospec.topk_acceptance import TopKEffect
-from simulator.acceptance import AcceptanceModel, with_topk
+from simulator.acceptance import AcceptanceModel, topk_effect_from_trace, with_topk
+from simulator.errors import ConfigError
 from simulator.profile import ConstantConfidence, IIDAcceptance
 
 MODEL = AcceptanceModel(
@@ -40,3 +42,24 @@ def test_with_topk_edge_rates() -> None:
     assert with_topk(ones, TopKEffect(4, 0.7, 0.7, 0.1), rng).all()
     assert not with_topk(ones, TopKEffect(1, 0.7, 0.0, 0.5), rng).any()
     assert with_topk(~ones, TopKEffect(4, 0.5, 1.0, 0.0), rng).all()
+
+
+REPO = Path(__file__).resolve().parents[2]
+TRACE = REPO / "scenarios" / "acceptance" / "smollm2-q4_0.reference.heldout.csv.gz"
+
+
+def test_effect_from_the_shipped_top32_trace() -> None:
+    """Tail mass (the distribution error) falls with K; K = 1 loses acceptance."""
+    effects = [topk_effect_from_trace(TRACE, k) for k in (1, 4, 16, 32)]
+    tv = [e.tv_error for e in effects]
+    assert tv == sorted(tv, reverse=True) and 0 < tv[-1] < tv[0] < 1
+    assert effects[0].retention < 1
+    with pytest.raises(ConfigError, match="top_ids"):
+        topk_effect_from_trace(TRACE, 33)
+
+
+def test_trace_without_topk_columns_is_one_line_error(tmp_path: Path) -> None:
+    trace = tmp_path / "t.csv"
+    trace.write_text("sequence,position,confidence,accepted\n0,0,0.5,1\n")
+    with pytest.raises(ConfigError, match="no top-K columns"):
+        topk_effect_from_trace(trace, 4)
