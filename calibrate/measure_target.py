@@ -2,7 +2,9 @@
 
 - torch (`calibrate.target`): eager transformers, batched, a named shape with random weights
   or a local Hugging Face folder, on cuda (default) or the CPU; energy from NVML where present.
-- llama (`calibrate.target_llama`): the testbed server's llama.cpp target on the CPU, batch 1.
+- llama (`calibrate.target_llama`): the testbed server's llama.cpp target on the CPU, batch 1;
+  with `--batch-sizes` above 1 the forward model is fitted on batched verification instead
+  (`calibrate.target_batch`: the server's `verify_batch`).
 - torch-served (`calibrate.target_served_torch`): the testbed server's TorchTarget (static
   cache, CUDA graphs on a GPU), batch 1.
 
@@ -21,6 +23,7 @@ from calibrate.assemble import Part, new_part
 from calibrate.fit import FitReport
 from calibrate.options import TargetOptions
 from calibrate.target import TargetMeasurements, fit_measurements, profile_target
+from calibrate.target_batch import BatchGrid, fit_batches, measure_llama_batches
 from calibrate.target_llama import (
     BATCH_NOTE,
     DEFAULT_CONTEXT_LENGTHS,
@@ -158,6 +161,15 @@ def _llama_part(options: TargetOptions, say: Say, command: str) -> Part:
         for line in measured.lines():
             say(line)
         latency, reports = measured.fit()
+        batch_note = BATCH_NOTE
+        batches = options.batch_sizes or (1,)
+        if max(batches) > 1:  # batched verification, as the server batches (target_batch)
+            grid = BatchGrid(batches, tuple(tokens), tuple(contexts), options.repetitions,
+                             options.warmup)  # fmt: skip
+            _, forward = measure_llama_batches(path, options.threads, grid, say=say)
+            latency, reports["forward"] = fit_batches(measured.prefill, forward)
+            batch_note = (f"forward fitted on batched verification (LlamaTarget.verify_batch, "
+                          f"batch sizes {list(batches)}; calibrate/target_batch.py)")  # fmt: skip
     except ValueError as exc:
         raise ConfigError("calibrate target", "", str(exc)) from None
     how = (
@@ -178,6 +190,7 @@ def _llama_part(options: TargetOptions, say: Say, command: str) -> Part:
         package_versions(["llama-cpp-python"]),
         command,
         {"target.llama_system_info": measured.system_info},
+        batch_note,
     )
 
 
@@ -231,6 +244,7 @@ def served_target_part(
     versions: dict[str, str],
     command: str,
     extra_notes: dict[str, str] | None = None,
+    batch_note: str = BATCH_NOTE,
 ) -> Part:
     """The target part of a served-target profiler (llama.cpp or torch-served): the fitted
     batch-1 latency, the model, the power fields (`power_labels`: what busy and idle power
@@ -244,7 +258,7 @@ def served_target_part(
         },
     }
     notes = {
-        "target_latency": f"{how}; {BATCH_NOTE}; {forward_mape_note(reports['forward'])}",
+        "target_latency": f"{how}; {batch_note}; {forward_mape_note(reports['forward'])}",
         **(extra_notes or {}),
     }
     power, power_notes = measured.power_fields(*power_labels)

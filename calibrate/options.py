@@ -136,7 +136,7 @@ class TargetOptions:
             raise ConfigError("--threads", "", "required with --backend llama (llama.cpp threads)")
         if self.threads is not None:
             _check_int("threads", self.threads, 1)
-        if self.backend != "torch" and self.batch_sizes not in (None, (1,)):
+        if self.backend == "torch-served" and self.batch_sizes not in (None, (1,)):
             raise _bad(
                 "batch_sizes",
                 self.batch_sizes,

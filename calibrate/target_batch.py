@@ -31,6 +31,7 @@ from calibrate.fit import FitReport, fit_target_latency
 from calibrate.samples import ForwardSample, PrefillSample
 from models.registry import resolve_model
 from realrun.cloud.llama_target import LlamaTarget
+from simulator.errors import ConfigError
 from simulator.profile import TargetLatency
 
 CLOCKS = ("wall", "cpu")
@@ -112,6 +113,26 @@ def measure_batches(
     return prefill, forward
 
 
+def measure_llama_batches(
+    model_path: Path,
+    threads: int,
+    grid: BatchGrid,
+    clock: str = "wall",
+    seed: int = 0,
+    say: Callable[[str], None] | None = None,
+) -> tuple[list[PrefillSample], list[ForwardSample]]:
+    """`measure_batches` on a LlamaTarget (as the server holds it) sized for `grid`: a KV slot
+    per sequence of the largest batch, each long enough for the largest context and the
+    rounds' growth."""
+    rounds = (grid.warmup + grid.repetitions) * len(grid.batch_sizes) * len(grid.token_counts)
+    n_ctx = max(grid.contexts) + rounds * (max(grid.token_counts) + 1) + 16
+    target = LlamaTarget(model_path, threads, n_ctx=n_ctx, kv_slots=max(grid.batch_sizes))
+    try:
+        return measure_batches(target, grid, clock, threads, seed, say)
+    finally:
+        target.close()
+
+
 def fit_batches(
     prefill: Sequence[PrefillSample], forward: Sequence[ForwardSample]
 ) -> tuple[TargetLatency, FitReport]:
@@ -156,17 +177,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if args.out.exists():
         parser.error(f"--out: {args.out} exists (never overwritten)")
-    rounds = (grid.warmup + grid.repetitions) * len(grid.batch_sizes) * len(grid.token_counts)
-    n_ctx = max(grid.contexts) + rounds * (max(grid.token_counts) + 1) + 16
-    target = LlamaTarget(
-        resolve_model(args.model), args.threads, n_ctx=n_ctx, kv_slots=max(grid.batch_sizes)
-    )
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr)
+
     try:
-        prefill, forward = measure_batches(
-            target, grid, args.clock, args.threads, args.seed, lambda m: print(m, file=sys.stderr)
-        )
-    finally:
-        target.close()
+        path = resolve_model(args.model)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    prefill, forward = measure_llama_batches(path, args.threads, grid, args.clock, args.seed, say)
     latency, report = fit_batches(prefill, forward)
     result = {
         "model": str(args.model),

@@ -41,7 +41,7 @@ def one_line_error(make: Any) -> str:
         (lambda: TargetOptions("m", backend="onnx"), "--backend"),
         (lambda: TargetOptions("tiny", threads=2), "--threads"),
         (lambda: TargetOptions("m", backend="llama"), "--threads"),
-        (lambda: TargetOptions("m", backend="llama", threads=1, batch_sizes=(1, 2)), "--batch"),
+        (lambda: TargetOptions("m", backend="torch-served", batch_sizes=(1, 2)), "--batch"),
         (lambda: TargetOptions("m", backend="llama", threads=1, device="cuda"), "--device"),
         (lambda: TargetOptions("m", backend="llama", threads=1, dtype="float32"), "--dtype"),
         (lambda: TargetOptions("m", backend="torch-served", device="gpu"), "--device"),

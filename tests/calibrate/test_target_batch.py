@@ -65,3 +65,17 @@ def test_llama_target_batches_through_its_server_call(tmp_path):
     assert result["forward"]["forward_base_s"] > 0
     with pytest.raises(SystemExit):  # never overwrites
         main(argv)
+
+
+@needs_smollm2
+def test_calibrate_target_with_batch_sizes_fits_the_batched_forward(tmp_path):
+    from pipesd.cli import main as pipesd_main
+
+    out = tmp_path / "target.json"
+    argv = ["calibrate", "target", "--backend", "llama", "--model", "smollm2-135m", "--threads",
+            "1", "--batch-sizes", "1,2,3", "--token-counts", "1,2,3", "--context-lengths", "16,32",
+            "--prompt-lengths", "8,16,32", "--repetitions", "1", "--warmup", "0",
+            "--out", str(out)]  # fmt: skip
+    assert pipesd_main(argv) == 0
+    part = json.loads(out.read_text())
+    assert "batched verification" in part["notes"]["target_latency"]

@@ -163,7 +163,7 @@ LLAMA = ["--backend", "llama", "--model", "x", "--threads", "1"]
         (["--backend", "onnx", "--model", "smollm2-135m", "--threads", "1"], "--backend"),
         (["--backend", "llama", "--model", "smollm2-135m"], "--threads"),
         (["--backend", "llama", "--model", "smollm2-135m", "--threads", "0"], "--threads"),
-        ([*LLAMA, "--batch-sizes", "1,2"], "--batch-sizes"),
+        (["--backend", "torch-served", "--model", "x", "--batch-sizes", "1,2"], "--batch-sizes"),
         ([*LLAMA, "--device", "cuda"], "--device"),
         ([*LLAMA, "--dtype", "float32"], "--dtype"),
         (["--backend", "llama", "--model", "no-such-model", "--threads", "1"], "model"),
