@@ -78,6 +78,9 @@ def add_acceptance_parsers(sub: Any) -> None:
     pair.add_argument("--target", default="smollm2-135m", help="target GGUF, or smollm2-135m")
     pair.add_argument("--dir", type=Path, help="where to write (default: the models folder)")
     pair.add_argument("--measure", action="store_true", help="measure acceptance and speed")
+    pair.add_argument(
+        "--speed-only", action="store_true", help="with --measure: decode speeds, no acceptance"
+    )
     _prompt_arguments(pair, FAMILIES, SPLITS, limit=20, split="heldout")
     pair.add_argument("--max-new-tokens", type=int, default=48)
     pair.add_argument("--threads", type=int, default=1)
@@ -171,32 +174,39 @@ def run_pair(args: argparse.Namespace, command: str, say: Say) -> int:
         recipe = _recipe_of(draft)
     if not args.measure:
         return 0
-    prompts = _prompts(args)
+    prompts = [] if args.speed_only else _prompts(args)
     try:
         figures = measure_pair(
             draft, target, [p.text for p in prompts], args.max_new_tokens, args.threads
         )
     except ValueError as exc:
         raise ConfigError("calibrate pair", "", str(exc)) from None
-    row = {
-        "recipe": recipe,
-        "draft": draft.name,
-        "target": target.name,
+    setting = {
         "family": args.family,
         "split": args.split,
         "prompts": len(prompts),
         "max_new_tokens": args.max_new_tokens,
+    }
+    row = {
+        "recipe": recipe,
+        "draft": draft.name,
+        "target": target.name,
+        **({} if args.speed_only else setting),
         "threads": args.threads,
         **{k: round(v, 4) for k, v in figures.items()},
         "command": command,
         "versions": _versions(),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    print(
-        f"{recipe}: acceptance {figures['position_acceptance']:.3f} per position "
+    accepted = (
+        ""
+        if args.speed_only
+        else f"acceptance {figures['position_acceptance']:.3f} per position "
         f"({figures['drafted_acceptance']:.3f} of drafted, "
-        f"{figures['mean_accepted_per_round']:.2f} accepted per round), draft "
-        f"{figures['draft_ms_per_token']:.1f} ms/token vs target "
+        f"{figures['mean_accepted_per_round']:.2f} accepted per round), "
+    )
+    print(
+        f"{recipe}: {accepted}draft {figures['draft_ms_per_token']:.1f} ms/token vs target "
         f"{figures['target_ms_per_token']:.1f} (ratio {figures['draft_time_ratio']:.2f})"
     )
     if args.results is not None:

@@ -2,7 +2,8 @@
 
 `measure_pair` runs the acceptance recorder (`calibrate.acceptance.record_acceptance`, greedy
 verification, llama.cpp) on the given prompts and times one-token decode steps of both models
-(`decode_ms`), alternating draft and target so that the machine's drift hits both alike. The
+(`decode_speeds`), alternating draft and target step by step so that the machine's drift hits
+both alike. The
 figures: the position acceptance rate (P(accept) of a draft token on the correct prefix, what
 the simulator's streams model), the rate over all drafted tokens, the mean accepted per round,
 and the draft's decode time per token relative to the target's.
@@ -22,27 +23,21 @@ from calibrate.acceptance import record_acceptance
 from models.prompts import format_prompt
 
 DECODE_PROMPT = "Write a Python function that returns the n-th Fibonacci number."
-"""The prompt decoded when timing (formatted through the chat template, then 32 steps)."""
+"""The prompt decoded when timing (formatted through the chat template, then 96 steps)."""
 
 
-def decode_ms(llama: Any, prompt: list[int], steps: int) -> float:
-    """Median milliseconds of one single-token decode step after `prompt` (greedy)."""
-    llama.reset()
-    llama._ctx.kv_cache_clear()
-    llama.eval(prompt)
-    times = []
-    for _ in range(steps):
-        token = int(np.argmax(llama.scores[llama.n_tokens - 1]))
-        began = time.perf_counter()
-        llama.eval([token])
-        times.append(time.perf_counter() - began)
-    return 1e3 * statistics.median(times)
+def _step_s(llama: Any) -> float:
+    """Seconds of one greedy single-token decode step of a loaded model."""
+    token = int(np.argmax(llama.scores[llama.n_tokens - 1]))
+    began = time.perf_counter()
+    llama.eval([token])
+    return time.perf_counter() - began
 
 
-def decode_speeds(
-    draft: Path, target: Path, threads: int, steps: int = 32, rounds: int = 3
-) -> tuple[float, float]:
-    """(draft ms/token, target ms/token): medians over `rounds` alternating timings."""
+def decode_speeds(draft: Path, target: Path, threads: int, steps: int = 96) -> tuple[float, float]:
+    """(draft ms/token, target ms/token): medians of `steps` single-token decode steps after
+    the same prompt, draft and target alternating step by step (so that a change of the
+    machine's load within the measurement hits both alike)."""
     # llama_cpp is heavy and optional: imported only when a pair is measured.
     import llama_cpp
 
@@ -60,11 +55,13 @@ def decode_speeds(
     ]
     try:
         prompt = format_prompt(loaded[1], DECODE_PROMPT)
+        for llama in loaded:
+            llama.eval(prompt)
         timings: list[list[float]] = [[], []]
-        for _ in range(rounds):
+        for _ in range(steps):
             for i, llama in enumerate(loaded):
-                timings[i].append(decode_ms(llama, prompt, steps))
-        return statistics.median(timings[0]), statistics.median(timings[1])
+                timings[i].append(_step_s(llama))
+        return 1e3 * statistics.median(timings[0]), 1e3 * statistics.median(timings[1])
     finally:
         for llama in loaded:
             llama.close()
@@ -79,7 +76,16 @@ def measure_pair(
     draft_len: int = 4,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
-    """Acceptance and speed of one pair (module docstring), as a flat dict of figures."""
+    """Acceptance and speed of one pair (module docstring), as a flat dict of figures; speed
+    only when `prompts` is empty."""
+    draft_ms, target_ms = decode_speeds(draft, target, threads)
+    speed = {
+        "draft_ms_per_token": draft_ms,
+        "target_ms_per_token": target_ms,
+        "draft_time_ratio": draft_ms / target_ms,
+    }
+    if not prompts:
+        return speed
     rec = record_acceptance(
         draft,
         target,
@@ -90,17 +96,14 @@ def measure_pair(
         top_k=0,
         progress=progress,
     )
-    draft_ms, target_ms = decode_speeds(draft, target, threads)
     return {
         "position_acceptance": rec.position_acceptance_rate,
         "drafted_acceptance": rec.acceptance_rate,
         "mean_accepted_per_round": rec.mean_accepted_per_round,
         "positions": len(rec.positions),
-        "draft_ms_per_token": draft_ms,
-        "target_ms_per_token": target_ms,
-        "draft_time_ratio": draft_ms / target_ms,
+        **speed,
         "seconds": rec.seconds,
     }
 
 
-__all__ = ["decode_ms", "decode_speeds", "measure_pair"]
+__all__ = ["decode_speeds", "measure_pair"]
