@@ -152,7 +152,12 @@ def _add_target(sub: Any) -> None:
         "--dtype", choices=("bfloat16", "float16", "float32"), help="torch (default bfloat16)"
     )
     target.add_argument("--token-counts", type=_ints, help=BY_BACKEND)
-    target.add_argument("--batch-sizes", type=_ints, help="llama: 1 only; " + BY_BACKEND)
+    target.add_argument(
+        "--batch-sizes",
+        type=_ints,
+        help="torch-served: 1 only; llama: above 1 fits the forward on batched verification "
+        "(calibrate/target_batch.py); " + BY_BACKEND,
+    )
     target.add_argument("--context-lengths", type=_ints, help=BY_BACKEND)
     target.add_argument("--prompt-lengths", type=_ints, help=BY_BACKEND)
     target.add_argument("--repetitions", type=int, default=5)
