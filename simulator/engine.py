@@ -11,14 +11,17 @@ cloud's batches.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import simpy
 
+from policies.picospec.topk_acceptance import TopKEffect
 from policies.registry import make_policy
 from policies.seeding import policy_seed
-from simulator.acceptance import AcceptanceModel
+from simulator.acceptance import AcceptanceModel, topk_effect_from_trace
 from simulator.cloud import Cloud
 from simulator.compute import ComputeTrace, edge_speed
 from simulator.dipsd_plan import fleet_plan, plan_batches
@@ -26,8 +29,9 @@ from simulator.edge import Edge, EdgeConfig, SessionStats
 from simulator.fleet import edge_specs
 from simulator.link import Channel
 from simulator.payload import payload_for
+from simulator.profile import LoadedProfile
 from simulator.records import RequestRecord, Span
-from simulator.scenario import PolicyEntry, Scenario
+from simulator.scenario import PayloadSection, PolicyEntry, Scenario
 
 
 @dataclass
@@ -45,6 +49,33 @@ class SimResult:
     cloud_jobs: int = 0
     plan_throughput_tokens_per_s: float = math.nan
     """DiP-SD: the optimiser's closed-form throughput for the plan the run executed."""
+
+
+@functools.lru_cache(maxsize=32)
+def _topk_effect(trace: Path, k: int) -> TopKEffect:
+    """The trace's top-K effect, read once per process (the same file in every run)."""
+    return topk_effect_from_trace(trace, k)
+
+
+def topk_for(loaded: LoadedProfile, payload: PayloadSection) -> TopKEffect | None:
+    """The effect of the policy's top-K downlink on acceptance: from the profile's
+    `topk_trace` when the answer carries the top-K at every position (with the exact p(x)
+    per position, acceptance is exact); None otherwise."""
+    trace = loaded.profile.topk_trace
+    if not payload.downlink_top_k or trace is None:
+        return None
+    if payload.downlink_scheme != "topk_every_position":
+        return None
+    return _topk_effect((loaded.path.parent / trace).resolve(), payload.downlink_top_k)
+
+
+def topk_state(loaded: LoadedProfile, payload: PayloadSection) -> dict[str, float]:
+    """policy_state entries for a top-K downlink: the distribution error (TV between the
+    sparse-verified output and the target) and the acceptance it implies."""
+    topk = topk_for(loaded, payload)
+    if topk is None:
+        return {}
+    return {"topk_tv_error": topk.tv_error, "topk_acceptance": topk.topk_acceptance}
 
 
 def simulate(
@@ -103,7 +134,9 @@ def simulate(
                 model.acceptance or own.acceptance,
                 scenario.base_dir if model.acceptance else spec_dir,
             )
+        topk = topk_for(spec.profile, entry.payload)
         config = EdgeConfig(
+            topk=topk,
             draft=own.draft_latency,
             target=target_latency,
             power=own.power,
@@ -137,7 +170,7 @@ def simulate(
     return SimResult(
         records=[r for edge in edges for r in edge.records],
         session=session,
-        policy_state=policies[0].state(),
+        policy_state={**policies[0].state(), **topk_state(scenario.profile, entry.payload)},
         cloud_busy_s=cloud.busy_s,
         end_s=env.now,
         timeline=timeline,

@@ -388,6 +388,12 @@ class Profile(Strict):
     edge_thermal: ThermalProfile | None = Field(
         None, description="the edge throttles under sustained drafting (off: constant speed)"
     )
+    topk_trace: str | None = Field(
+        None,
+        description="an acceptance trace recorded with the target's top-K (path relative to "
+        "the profile): the acceptance and distribution error of a policy verifying against a "
+        "top-K downlink (payload.downlink_top_k); None: exact acceptance whatever K",
+    )
 
 
 class LoadedProfile(BaseModel):

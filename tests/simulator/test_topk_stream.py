@@ -9,8 +9,10 @@ import pytest
 
 from policies.picospec.topk_acceptance import TopKEffect
 from simulator.acceptance import AcceptanceModel, topk_effect_from_trace, with_topk
+from simulator.engine import simulate
 from simulator.errors import ConfigError
 from simulator.profile import ConstantConfidence, IIDAcceptance
+from simulator.scenario import expand_sweep
 
 MODEL = AcceptanceModel(
     IIDAcceptance(kind="iid", rate=0.8, confidence=ConstantConfidence(kind="constant", value=0.9)),
@@ -63,3 +65,49 @@ def test_trace_without_topk_columns_is_one_line_error(tmp_path: Path) -> None:
     trace.write_text("sequence,position,confidence,accepted\n0,0,0.5,1\n")
     with pytest.raises(ConfigError, match="no top-K columns"):
         topk_effect_from_trace(trace, 4)
+
+
+POLICIES = (
+    '\n[[policies]]\nname = "picospec"\npayload = { kind = "token_prob", downlink_top_k = 1 }\n'
+    '\n[[policies]]\nname = "picospec"\nlabel = "exact-p"\npayload = { kind = "token_prob", '
+    'downlink_top_k = 1, downlink_scheme = "exact_p_then_topk" }\n'
+)
+
+
+def _scenario(write_scenario, **changes):
+    """The first point of a scenario running vanilla and both PicoSpec downlink schemes."""
+    path = write_scenario(policies=[{"name": "vanilla"}], **changes)
+    path.write_text(path.read_text() + POLICIES)
+    return expand_sweep(path)[0].scenario
+
+
+def test_profile_topk_trace_changes_picospec_and_reports_the_error(write_scenario) -> None:
+    """With the profile's topk_trace, a top-K downlink changes acceptance and reports the TV
+    error; the exact-p(x) variant and Vanilla are untouched."""
+    plain = _scenario(write_scenario)  # read before the next call rewrites profile.json
+    traced = _scenario(write_scenario, profile_changes={"topk_trace": str(TRACE)})
+    result = simulate(traced, traced.policies[1], 1)
+    expected = topk_effect_from_trace(TRACE, 1)
+    assert result.policy_state["topk_tv_error"] == pytest.approx(expected.tv_error)
+    assert result.records != simulate(plain, plain.policies[1], 1).records
+    for index in (0, 2):
+        run = simulate(traced, traced.policies[index], 1)
+        assert "topk_tv_error" not in run.policy_state
+        assert run.records == simulate(plain, plain.policies[index], 1).records
+
+
+def test_missing_trace_or_too_large_k_is_a_config_error(write_scenario) -> None:
+    missing = _scenario(write_scenario, profile_changes={"topk_trace": "missing.csv.gz"})
+    with pytest.raises(ConfigError, match=r"missing\.csv\.gz"):
+        simulate(missing, missing.policies[1], 1)
+    path = write_scenario(
+        policies=[{"name": "vanilla"}], profile_changes={"topk_trace": str(TRACE)}
+    )
+    path.write_text(
+        path.read_text()
+        + '\n[[policies]]\nname = "picospec"\n'
+        + 'payload = { kind = "token_prob", downlink_top_k = 64 }\n'
+    )
+    wide = expand_sweep(path)[0].scenario
+    with pytest.raises(ConfigError, match="top-64"):
+        simulate(wide, wide.policies[1], 1)
