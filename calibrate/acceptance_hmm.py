@@ -219,9 +219,7 @@ def fit_hmm(
     if not states or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in states):
         raise ValueError(f"fit_hmm: states must be positive integers (got {list(states)!r})")
     confidence = np.concatenate([c for c, _ in sequences])
-    edges = (
-        confidence_edges(confidence, bins) if edges is None else np.asarray(edges, dtype=float)
-    )
+    edges = confidence_edges(confidence, bins) if edges is None else np.asarray(edges, dtype=float)
     symbols = 2 * (len(edges) - 1)
     encoded = encode(sequences, edges)
     train = [e for i, e in enumerate(encoded) if i % VALIDATION_EVERY != VALIDATION_EVERY - 1]
