@@ -35,6 +35,7 @@ from realrun.link.reaper import die_with_parent, start_reaper, stop_reaper
 from realrun.local import (
     LocalOptions,
     ServerError,
+    check_window,
     cloud_server,
     free_port,
     log_tail,
@@ -70,6 +71,7 @@ def check_fleet(
 ) -> dict[str, str]:
     """Refuse fleet settings the testbed cannot run (one-line ConfigError each); returns the
     skipped policies (label -> reason)."""
+    check_window(scenario_path, points)
     for point in points:
         edges = fleet_size(point)
         if edges > MAX_EDGES:

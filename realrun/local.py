@@ -119,15 +119,14 @@ def check_points(
         for point in points:
             check_sampling(options.sampling, point.scenario, options.acceptance)
 
-    for point in points:
-        window_s = point.scenario.model.cloud.batch_window_s
-        if window_s > MAX_SERVER_WINDOW_S:
-            why = f"the testbed's server takes at most {MAX_SERVER_WINDOW_S:g} s"
-            raise ConfigError(scenario_path, "cloud.batch_window_s", f"{why} (got {window_s:g})")
+    check_window(scenario_path, points)
     scenario = points[0].scenario
     if scenario.model.edge_groups:
         raise ConfigError(
-            scenario_path, "edge_groups", "the testbed runs one edge (remove [[edge_groups]])"
+            scenario_path,
+            "edge_groups",
+            "validation and this runner take one edge (remove [[edge_groups]]); many edges "
+            "run with `pipesd realrun local` (realrun.fleet)",
         )
     skipped = {e.label: r for e in scenario.policies if (r := skip_reason(e.name))}
     if len(skipped) == len(scenario.policies):
@@ -138,6 +137,15 @@ def check_points(
             "it runs edge-drafting policies",
         )
     return skipped
+
+
+def check_window(scenario_path: Path, points: Sequence[SweepPoint]) -> None:
+    """Refuse a batching window the server does not take (one-line ConfigError)."""
+    for point in points:
+        window_s = point.scenario.model.cloud.batch_window_s
+        if window_s > MAX_SERVER_WINDOW_S:
+            why = f"the testbed's server takes at most {MAX_SERVER_WINDOW_S:g} s"
+            raise ConfigError(scenario_path, "cloud.batch_window_s", f"{why} (got {window_s:g})")
 
 
 def batch_rule(point: SweepPoint) -> BatchRule:

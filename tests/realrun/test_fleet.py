@@ -33,7 +33,9 @@ PROFILE = REPO / "scenarios" / "profiles" / "cpu-testbed.json"
 VANILLA = '[[policies]]\nname = "vanilla"\ndraft_len = 2\n'
 
 
-def fleet_toml(groups: str, policies: str = VANILLA, tokens: int = 4) -> str:
+def fleet_toml(
+    groups: str, policies: str = VANILLA, tokens: int = 4, window_s: float = 0.002
+) -> str:
     reference = policies.split('name = "')[1].split('"')[0]
     return f"""
 reference_policy = "{reference}"
@@ -50,7 +52,7 @@ prompt_len = 16
 max_new_tokens = {tokens}
 [cloud]
 max_batch = 2
-batch_window_s = 0.002
+batch_window_s = {window_s}
 {groups}
 {policies}
 """
@@ -72,11 +74,12 @@ def options(**changes) -> LocalOptions:
         (group(2, "start_spread_s = 1.0"), {}, "edge_groups[0].arrival"),
         (group(2), {"sampling": SamplingSpec(0.8)}, "--temperature"),
         (group(2), {"shaping": "carrier-pigeon"}, "--shaping"),
+        (group(2), {}, "cloud.batch_window_s"),
     ],
 )
 def test_bad_fleet_settings_are_one_line(tmp_path, groups, change, field):
     path = tmp_path / "fleet.toml"
-    path.write_text(fleet_toml(groups))
+    path.write_text(fleet_toml(groups, window_s=2.0 if field == "cloud.batch_window_s" else 0.002))
     with pytest.raises(ConfigError) as info:
         check_fleet(path, expand_sweep(path), options(**change))
     assert field in str(info.value) and "\n" not in str(info.value)
