@@ -114,9 +114,11 @@ def read_trace(path: Path) -> tuple[dict[str, Any], list[PositionRecord]]:
     path = Path(path)
     try:
         text = gzip.decompress(path.read_bytes()).decode("utf-8")
+    except (gzip.BadGzipFile, EOFError):
+        raise ConfigError(path, "", "acceptance trace is not a gzip file (.csv.gz)") from None
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise ConfigError(path, "", f"cannot read acceptance trace (not gzip? {reason})") from None
+        raise ConfigError(path, "", f"cannot read acceptance trace ({reason})") from None
     except UnicodeDecodeError:
         raise ConfigError(path, "", "acceptance trace is not UTF-8 text") from None
     lines = text.split("\n")

@@ -85,6 +85,8 @@ def _copy(
     if callable(keep_blocks):
         keep_blocks = list(keep_blocks(count))
     keep = list(range(count)) if keep_blocks is None else sorted({int(b) for b in keep_blocks})
+    if not keep:
+        raise _bad(f"every block would be dropped: keep at least one of the {count} blocks")
     if len(keep) != (count if keep_blocks is None else len(keep_blocks)) or (
         not keep or keep[0] < 0 or keep[-1] >= count
     ):

@@ -100,7 +100,7 @@ GOOD_ROW = "0,0,5,0.9,1,1.0,5 7,0.8 0.1"
 @pytest.mark.parametrize(
     "content, message",
     [
-        (None, "not gzip"),
+        (None, "not a gzip file"),
         ("sequence,position\n", "expected the trace header"),
         (MAGIC + "{not json\n" + HEADER + "\n" + GOOD_ROW + "\n", "provenance is not JSON"),
         (MAGIC + "{}\nsequence,position\n", "header must be"),
