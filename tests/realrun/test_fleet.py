@@ -178,3 +178,30 @@ def test_a_killed_fleet_run_leaves_nothing_behind(tmp_path):
     while any(alive(p) for p in started) or any(n.startswith(prefix) for n in netns.namespaces()):
         assert time.monotonic() < deadline, "processes or namespaces outlived the killed run"
         time.sleep(0.1)
+
+
+def write_results(folder: Path, rows: list[dict[str, object]]) -> Path:
+    folder.mkdir()
+    columns = ["policy", "seed", "edge", "request", "start_s", "end_s", "new_tokens", "tpt_ms"]
+    with (folder / "results.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder
+
+
+def test_fleet_comparison_matches_edges_and_reports_errors(tmp_path, capsys):
+    from realrun.fleet_compare import compare, main
+
+    def row(edge: int, tpt: float, end: float) -> dict[str, object]:
+        return {"policy": "vanilla", "seed": 1, "edge": edge, "request": 0, "start_s": 0.0,
+                "end_s": end, "new_tokens": 10, "tpt_ms": tpt}  # fmt: skip
+
+    sim = write_results(tmp_path / "sim", [row(0, 11.0, 1.0), row(1, 18.0, 2.0)])
+    bed = write_results(tmp_path / "bed", [row(0, 10.0, 1.0), row(1, 20.0, 4.0), row(2, 5, 1)])
+    edges, fleets = compare(sim, bed)
+    assert [e["edge"] for e in edges] == ["0", "1"]  # edge 2 only on one side
+    assert [round(e["tpt_error"], 6) for e in edges] == [0.1, -0.1]
+    assert fleets[0]["sim_tokens_per_s"] == 10.0 and fleets[0]["testbed_tokens_per_s"] == 5.0
+    assert main([str(sim), str(bed)]) == 0
+    assert "median 10.0%" in capsys.readouterr().out
