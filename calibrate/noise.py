@@ -68,7 +68,8 @@ REMEASURE_PASSES = 2
 
 CLOCKS = {
     "wall": "wall-clock time (perf_counter)",
-    "cpu": "process CPU time / compute threads (a preempted run's waiting is not counted)",
+    "cpu": "CPU time (one compute thread: its own; more: the process's / threads; a "
+    "preempted run's waiting is not counted)",
 }
 """What a run's time is read from (`calibrate.served`'s `clock`)."""
 

@@ -19,11 +19,15 @@ the server's own measurement of its own calls:
   kept (interleaved over contexts and token counts, so a drift of the machine spreads over all).
 
 Times are the target's own (`target_ms`, wall clock) with `clock="wall"`; with
-`clock="cpu"`, this process's CPU time around each call (`time.process_time`) divided by the
-compute threads: on a CPU target computing on one thread, the time a dedicated core would take,
-with none of the waiting a busy machine adds (on this VM under two CPU hogs, a 16-token
-prefill of the tiny test model took 40-66 ms by the wall clock and 9.4-9.8 ms of CPU time,
-9.4-9.7 ms quiet). With several threads, spinning threads make it only an approximation;
+`clock="cpu"`, CPU time around each call: the calling thread's (`time.thread_time`) when the
+target computes on one thread (llama.cpp and torch then compute on the caller's thread), else
+the process's (`time.process_time`) divided by the threads. On one thread it is the time a
+dedicated core would take, with none of the waiting a busy machine adds (on this VM under two
+CPU hogs, a 16-token prefill of the tiny test model took 40-66 ms by the wall clock and
+9.4-9.8 ms of CPU time, 9.4-9.7 ms quiet; the tiny torch target fitted within 14% of its
+quiet fit). Not everywhere: LlamaTarget's verifications still took about 2x the CPU time under
+the hogs (cause not established). With several threads, spinning threads make it only an
+approximation;
 `resolve_clock("auto", ...)` picks "cpu" for one CPU thread, "wall" otherwise. The profilers
 default to "wall": `validate --recalibrate` measures the machine as its real run will find
 it, contention included.
@@ -147,18 +151,20 @@ def time_served(
     threads: int = 1,
 ) -> ServedTimings:
     """Measure `target` through its session methods (see the module docstring). `clock`:
-    "wall" (the target's own target_ms) or "cpu" (this process's CPU time around each call,
-    / `threads`)."""
+    "wall" (the target's own target_ms) or "cpu" (the calling thread's CPU time around each
+    call with one thread, else the process's / `threads`)."""
     if clock not in CLOCKS:
         raise ValueError(f"time_served: clock must be one of {', '.join(CLOCKS)} (got {clock!r})")
     rng = np.random.default_rng(seed)
 
+    cpu_time = time.thread_time if threads == 1 else time.process_time
+
     def timed(call: Callable[[], Any], wall_ms: Callable[[Any], float]) -> tuple[Any, float]:
         """(the call's result, its seconds on `clock`)."""
-        cpu_start = time.process_time()
+        cpu_start = cpu_time()
         result = call()
         if clock == "cpu":
-            return result, (time.process_time() - cpu_start) / threads
+            return result, (cpu_time() - cpu_start) / threads
         return result, wall_ms(result) / 1e3
 
     def ids(n: int) -> list[int]:

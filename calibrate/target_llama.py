@@ -223,7 +223,7 @@ def profile_llama_target(
     server's) default; every context + the summed token counts and every prompt must fit it.
     `energy_meter`: "auto" (RAPL), None, a meter (`read_j()`, `name()`) or a callable making one.
     `progress`, if given, receives one line per round. `clock` (`calibrate.served`): "wall"
-    (default: the server's own target_ms), "cpu" (process CPU time / threads: a busy
+    (default: the server's own target_ms), "cpu" (CPU time: a busy
     machine's preemption is not counted) or "auto" (cpu with one thread, else wall). Needs
     llama-cpp-python.
     """

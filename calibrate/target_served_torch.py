@@ -104,7 +104,7 @@ def profile_torch_served_target(
     built model). `n_ctx` must be the server's (`--n-ctx`, 2048 by default): the static cache's
     length sets the attention cost. Grids: distinct integers >= 1 (prompts >= 2); token counts
     at most 65 (the server's max_verify + 1). `clock` (`calibrate.served`): "wall" (default),
-    "cpu" (process CPU time / torch threads, CPU only) or "auto" (cpu on a CPU with one torch
+    "cpu" (CPU time, CPU only) or "auto" (cpu on a CPU with one torch
     thread, else wall). ValueError for anything out of range.
     """
     import torch
