@@ -156,12 +156,38 @@ def run_session(
             folder.mkdir(parents=True, exist_ok=True)
             prefix = links[edge].exec_prefix() if links else []
             url = links[edge].url if links else f"http://127.0.0.1:{port}"
-            command = [*prefix, sys.executable, "-m", "realrun.fleet_edge",
-                       "--scenario", str(scenario_path), "--point", str(pickled),
-                       "--seed", str(seed), "--policy", label, "--edge", str(edge), "--server", url,
-                       "--draft", str(options.draft), "--threads", str(options.draft_threads),
-                       "--acceptance", options.acceptance, "--shaping", shaping,
-                       "--go", str(go), "--out", str(folder)]  # fmt: skip
+            command = [
+                *prefix,
+                sys.executable,
+                "-m",
+                "realrun.fleet_edge",
+                "--scenario",
+                str(scenario_path),
+                "--point",
+                str(pickled),
+                "--seed",
+                str(seed),
+                "--policy",
+                label,
+                "--edge",
+                str(edge),
+                "--server",
+                url,
+                "--draft",
+                str(options.draft),
+                "--threads",
+                str(options.draft_threads),
+                "--acceptance",
+                options.acceptance,
+                "--shaping",
+                shaping,
+                "--go",
+                str(go),
+                "--out",
+                str(folder),
+            ]
+            if links:
+                command += ["--uplink-device", links[edge].uplink_device]
             log = folder / "edge.log"
             with log.open("wb") as handle:
                 process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=handle,

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from realrun.link.edge_link import uplink_meter
 from realrun.link.shaping import LinkSpec
 from realrun.testbed import run_testbed
 from simulator.errors import ConfigError
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--acceptance", default="real")
     parser.add_argument("--shaping", choices=("tbf", "software", "none"), default="tbf")
     parser.add_argument("--go", type=Path, required=True, help="file holding the start time")
+    parser.add_argument("--uplink-device", help="the namespace's veth end (tbf: its counter)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     try:
@@ -97,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             edge=args.edge,
             only=(args.seed, args.policy),
             batch_sizes=True,
+            uplink_meter=(
+                (lambda: uplink_meter(args.uplink_device)) if args.uplink_device else None
+            ),
         )
         clock_info = {"start_epoch_s": started["given_s"], "started_epoch_s": started["epoch_s"]}
         (args.out / "clock.json").write_text(json.dumps(clock_info) + "\n")

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from realrun.link.netns import FRAMING, Namespace, RateReplay
+from realrun.link.netns import FRAMING, Namespace, RateReplay, qdisc_sent
 from realrun.link.relay import DelayRelay
 from realrun.link.shaping import LinkSpec, describe_bandwidth
 from simulator.link import TraceBandwidth
@@ -60,9 +60,11 @@ class EdgeLink:
         swapped = "downlink" if direction == "uplink" else "uplink"
         self.namespace.set_rate(swapped, mbps)
 
-    def uplink_payload_bytes(self) -> float:
-        """Bytes the edge has put on its uplink (tc's counter of the namespace's end)."""
-        return self.namespace.downlink_sent()[0] / FRAMING
+    @property
+    def uplink_device(self) -> str:
+        """The veth end inside the edge's namespace: its egress tbf is the uplink (the edge
+        reads its counter from inside: `uplink_meter`)."""
+        return self.namespace.cloud_dev
 
     def describe(self) -> dict[str, Any]:
         """The edge's link for the manifest (its tbf qdiscs under their true directions)."""
@@ -89,4 +91,10 @@ class EdgeLink:
         self.namespace.delete()
 
 
-__all__ = ["EdgeLink"]
+def uplink_meter(device: str) -> float:
+    """Payload bytes sent so far through `device`'s tbf (run inside the edge's namespace):
+    frames, headers and ACKs included, in the simulator's units (realrun.link.netns)."""
+    return qdisc_sent(["tc", "-s", "qdisc", "show", "dev", device])[0] / FRAMING
+
+
+__all__ = ["EdgeLink", "uplink_meter"]
