@@ -165,6 +165,7 @@ class PipeSD(Policy):
             self._point = self.autotuner.point
             self._set_thresholds(*self._point)
         self.window = params.initial_window
+        self._window_due = True  # N̂ to recompute: draft lengths observed since the last time
         self.replans = 0
         self._plan_inputs = (-1.0, -1.0, -1.0)
         self._boundaries: frozenset[int] = frozenset()
@@ -249,6 +250,7 @@ class PipeSD(Policy):
                 self._deferred_verify = True
             else:
                 self.draft_lengths.observe(float(k))
+                self._window_due = True
                 self._confidences, self._c1 = [], 1.0
             return VERIFY
         if pending:
@@ -265,7 +267,10 @@ class PipeSD(Policy):
                 self._point = point
                 self._set_thresholds(*point)
         self._last_result_s = outcome.now_s
-        window = planning_window(self.draft_lengths.value, self.params.max_draft_len)
+        window = self.window
+        if self._window_due:  # else the mean draft length, so N̂, is unchanged
+            self._window_due = False
+            window = planning_window(self.draft_lengths.value, self.params.max_draft_len)
         if window != self.window:
             self.window = window
             self._replan()
@@ -276,6 +281,7 @@ class PipeSD(Policy):
         self._reset_draft(survivors)
         if survivors and deferred:
             self.draft_lengths.observe(float(len(survivors)))
+            self._window_due = True
             self._reset_draft()
             return Decision.VERIFY
         if survivors and self.params.pipeline:
