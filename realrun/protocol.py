@@ -40,6 +40,16 @@ it; `verify` with nothing uploaded is one plain target decode step). Each `verif
   delta) divided by `batch_size`, None where no meter exists (the CPU).
 - ``close``  ``{"session": str}`` -> ``{"closed": true}``
 
+Edge-side verification (PicoSpec). `sampling` may carry ``"top_k": int`` (1..max_top_k; 0
+or absent: the server verifies as above). Such a session's uploads carry token ids only (no
+`dists`), and each verify answers ``{"topk": [[[ids], [probs]], ...], "target_ms", ...}``
+instead of `accepted`/`token`: the target's top-K (decreasing probability, not
+renormalised) of softmax(row / temperature) at each of the n verified positions plus the
+bonus one. The edge decides (realrun.edge.topk_verify) and its next `upload` or `verify`
+must carry ``"outcome": [accepted, token]`` (token among the top-K sent at position
+`accepted`); the server then keeps `accepted` drafts and makes `token` the pending one. A
+missing, unexpected or out-of-range outcome is a 422.
+
 Ordering and speculative uploads (realrun.cloud.ordering). `upload`, `verify` and `close` may carry
 ``"seq": int`` (0, 1, 2, ... per session, in [0, 2**31)): numbered requests are applied in
 that order whatever connection brought them (a request waits for its turn, 409 after the
@@ -76,7 +86,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from realrun.cloud.verifier import Rule, Sampling, SparseDist, Synthetic
+from realrun.cloud.verifier import Rule, Sampling, SparseDist, Synthetic, TopK
 
 CONTENT_TYPE = "application/msgpack"
 TOKEN_HEADER = "X-PipeSD-Token"
@@ -104,6 +114,9 @@ class Limits:
     max_body_bytes: int = 64 * 1024
     max_session_len: int = 2048
     """Most tokens in one session (prompt + generated): the target's context size."""
+    max_top_k: int = 256
+    """Largest `sampling.top_k` (edge-side verification): a verify answer holds top_k
+    (id, probability) pairs per verified position."""
 
 
 def encode(obj: dict[str, Any]) -> bytes:
@@ -172,7 +185,7 @@ def parse_open(obj: dict[str, Any], limits: Limits) -> tuple[list[int], Rule | N
     if synthetic is not None:
         return prompt, _synthetic(synthetic, limits)
     if sampling is not None:
-        return prompt, _sampling(sampling)
+        return prompt, _sampling(sampling, limits)
     return prompt, None
 
 
@@ -189,9 +202,12 @@ def _synthetic(value: Any, limits: Limits) -> Synthetic:
     return Synthetic(tuple(bool(v) for v in verdicts))
 
 
-def _sampling(value: Any) -> Sampling:
-    if not isinstance(value, dict) or set(value) != {"temperature", "seed"}:
-        raise ProtocolError(422, "'sampling' must be a map {'temperature': float, 'seed': int}")
+def _sampling(value: Any, limits: Limits) -> Sampling | TopK:
+    keys = {"temperature", "seed"}
+    if not isinstance(value, dict) or not keys <= set(value) <= keys | {"top_k"}:
+        raise ProtocolError(
+            422, "'sampling' must be a map {'temperature': float, 'seed': int, 'top_k'?: int}"
+        )
     temperature, seed = value["temperature"], value["seed"]
     if isinstance(temperature, bool) or not isinstance(temperature, int | float):
         raise ProtocolError(422, "'sampling.temperature' must be a number")
@@ -199,6 +215,11 @@ def _sampling(value: Any) -> Sampling:
         raise ProtocolError(422, f"'sampling.temperature' must be in (0, {MAX_TEMPERATURE}]")
     if not _int(seed) or not 0 <= seed < 2**63:
         raise ProtocolError(422, "'sampling.seed' must be an integer in [0, 2**63)")
+    top_k = value.get("top_k", 0)
+    if not _int(top_k) or not 0 <= top_k <= limits.max_top_k:
+        raise ProtocolError(422, f"'sampling.top_k' must be an integer in [0, {limits.max_top_k}]")
+    if top_k:
+        return TopK(float(temperature), int(min(top_k, limits.n_vocab)))
     return Sampling(float(temperature), int(seed))
 
 
@@ -255,6 +276,23 @@ def parse_drafts(obj: dict[str, Any], limits: Limits, min_len: int = 1) -> Draft
             raise ProtocolError(422, "'dists' must be a list with one distribution per token")
         dists = [_dist(d, t, limits) for d, t in zip(dists, tokens, strict=True)]
     return Drafts(tokens, probs, dists)
+
+
+def parse_outcome(obj: dict[str, Any], limits: Limits) -> tuple[int, int] | None:
+    """The optional `outcome` [accepted, token] of an upload, verify or close: the edge's
+    decision on its session's latest top-K verify answer (None: not carried)."""
+    value = obj.get("outcome")
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 2 or not all(_int(v) for v in value):
+        raise ProtocolError(422, "'outcome' must be [accepted, token] (two integers)")
+    accepted, token = value
+    if not 0 <= accepted <= limits.max_upload or not 0 <= token < limits.n_vocab:
+        raise ProtocolError(
+            422,
+            f"'outcome': accepted in [0, {limits.max_upload}], token in [0, {limits.n_vocab})",
+        )
+    return int(accepted), int(token)
 
 
 MAX_SEQ = 2**31
@@ -314,10 +352,26 @@ def parse_close(obj: dict[str, Any], limits: Limits) -> str:
     return session_id(obj)
 
 
+def _topk_row(row: Any) -> bool:
+    """Whether `row` is [[ids...], [probs...]] of equal, non-zero length."""
+    return (
+        isinstance(row, list)
+        and len(row) == 2
+        and all(isinstance(part, list) for part in row)
+        and 0 < len(row[0]) == len(row[1])
+        and all(_int(i) and i >= 0 for i in row[0])
+    )
+
+
 def check_verify_result(obj: Any) -> dict[str, Any]:
     """A verify response, checked (used by the client): ValueError if malformed."""
     if not isinstance(obj, dict):
         raise ValueError("verify response is not a map")
+    if "topk" in obj:
+        rows = obj["topk"]
+        if not isinstance(rows, list) or not rows or not all(_topk_row(r) for r in rows):
+            raise ValueError(f"verify response has a bad 'topk': {obj!r}"[:300])
+        return obj
     if not _int(obj.get("accepted")) or obj["accepted"] < 0 or not _int(obj.get("token")):
         raise ValueError(f"verify response lacks integer 'accepted'/'token': {obj!r}")
     if not _int(obj.get("batch_size", 1)) or obj.get("batch_size", 1) < 1:
@@ -338,6 +392,7 @@ __all__ = [
     "parse_close",
     "parse_drafts",
     "parse_open",
+    "parse_outcome",
     "parse_seq",
     "parse_upload",
     "parse_verify",

@@ -23,7 +23,7 @@ from realrun.cloud.guards import ByteBudget, ClientCounter, RateLimiter
 from realrun.cloud.ordering import Sequencer, follow_up
 from realrun.cloud.sessions import SessionTable
 from realrun.cloud.settings import ServerSettings
-from realrun.cloud.verifier import Rule, Sampling, Synthetic
+from realrun.cloud.verifier import Rule, Sampling, Synthetic, TopK
 from realrun.protocol import Drafts, Limits, ProtocolError
 
 
@@ -40,6 +40,8 @@ class VerifyRequest:
     sid: str
     n: int
     drafts: Drafts | None
+    outcome: tuple[int, int] | None = None
+    """The edge's (accepted, token) for the session's previous top-K verify (TopK rule)."""
 
 
 @dataclass
@@ -147,6 +149,35 @@ def check_drafts(cloud: Cloud, session: Session, drafts: Drafts, total: int) -> 
         raise ProtocolError(422, "session would exceed the target's context size")
 
 
+def settle(cloud: Cloud, sid: str, session: Session, outcome: tuple[int, int] | None) -> None:
+    """Apply the edge's decision on a TopK session's previous verify (PicoSpec's edge-side
+    verification): that verify kept every draft and a placeholder pending token; keep the
+    `accepted` leading drafts and make the edge's `token` (which must be in the top-K it was
+    sent at that position) the pending one. The backends roll their KV cache back to the
+    committed tokens before their next forward. 422 if an outcome is due and missing, not
+    due and sent, or out of range."""
+    rule = session.rule
+    due = isinstance(rule, TopK) and rule.awaiting is not None
+    if outcome is None:
+        if due:
+            raise ProtocolError(422, "'outcome' of the session's previous top-K verify missing")
+        return
+    if not due:
+        raise ProtocolError(422, "'outcome' sent but no top-K verify awaits one")
+    assert isinstance(rule, TopK) and rule.awaiting is not None
+    accepted, token = outcome
+    if accepted > rule.awaiting:
+        raise ProtocolError(
+            422, f"'outcome' accepts {accepted} drafts of the {rule.awaiting} verified"
+        )
+    if token not in rule.rows[accepted][0]:
+        raise ProtocolError(422, "'outcome' token is not in the top-K sent at its position")
+    del session.committed[len(session.committed) - (rule.awaiting - accepted) :]
+    session.pending = token
+    cloud.table.chain(sid).whole = accepted == rule.awaiting
+    rule.awaiting, rule.rows = None, []
+
+
 def store(cloud: Cloud, sid: str, drafts: Drafts) -> int:
     """Append drafts to the target's session."""
     if drafts.dists is None:
@@ -182,11 +213,18 @@ def trimmed(cloud: Cloud, session: Session, upload: protocol.Upload) -> Drafts |
     )
 
 
-def apply_upload(cloud: Cloud, upload: protocol.Upload, start_s: float) -> dict[str, Any]:
-    """Append an upload's drafts (or none of a stale conditional one); `start_s`: when the
-    request began waiting (perf_counter), for `queued_ms`."""
+def apply_upload(
+    cloud: Cloud,
+    upload: protocol.Upload,
+    start_s: float,
+    outcome: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """Append an upload's drafts (or none of a stale conditional one), after the `outcome` it
+    carries (`settle`); `start_s`: when the request began waiting (perf_counter), for
+    `queued_ms`."""
     with cloud.lock:
         session = session_of(cloud, upload.sid)
+        settle(cloud, upload.sid, session, outcome)
         check_drafts(cloud, session, upload.drafts, len(session.uploaded))
         drafts = trimmed(cloud, session, upload)
         kept = len(drafts.tokens) if drafts is not None else 0
@@ -215,6 +253,7 @@ def verify(cloud: Cloud, request: VerifyRequest, start_s: float) -> dict[str, An
 def admit(cloud: Cloud, request: VerifyRequest) -> None:
     """Check one verify against its session and store the tokens it carries."""
     session = session_of(cloud, request.sid)
+    settle(cloud, request.sid, session, request.outcome)
     drafts = request.drafts or Drafts([], None, None)
     total = len(session.uploaded) + len(drafts.tokens)
     if request.n != total:
@@ -246,12 +285,15 @@ def run_batch(cloud: Cloud, requests: list[VerifyRequest]) -> list[dict[str, Any
             result = next(results)
             cloud.table.chain(request.sid).verified(result.accepted, request.n)
             answer |= {
-                "accepted": result.accepted,
-                "token": result.token,
                 "target_ms": result.target_ms,
                 "energy_j": energy,
                 "batch_size": result.batch_size,
             }
+            rule = cloud.target.sessions[request.sid].rule
+            if isinstance(rule, TopK):  # the edge decides (`settle` applies its outcome)
+                answer["topk"] = [[ids.tolist(), probs.tolist()] for ids, probs in rule.rows]
+            else:
+                answer |= {"accepted": result.accepted, "token": result.token}
     return answers
 
 

@@ -188,6 +188,8 @@ class LlamaTarget(SessionBook):
     def _verify_group(self, sids: list[str]) -> dict[str, VerifyResult]:
         self._make_resident(sids)
         sessions = [self.sessions[sid] for sid in sids]
+        for sid, s in zip(sids, sessions, strict=True):  # a top-K outcome may have rolled back
+            self._truncate(sid, len(s.committed))
         parts = [
             (self.slots[sid], len(s.committed), [s.pending, *s.uploaded])
             for sid, s in zip(sids, sessions, strict=True)

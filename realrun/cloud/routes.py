@@ -68,14 +68,18 @@ class Routes:
     async def upload(self, _request: Request, obj: dict[str, Any], _client: str) -> dict[str, Any]:
         """`upload`: drafts for the session's next verification (maybe conditional)."""
         upload = protocol.parse_upload(obj, self.cloud.limits)
+        outcome = protocol.parse_outcome(obj, self.cloud.limits)
         async with in_turn(self.cloud, upload.sid, upload.seq) as start:
-            return await run_in_threadpool(handlers.apply_upload, self.cloud, upload, start)
+            return await run_in_threadpool(
+                handlers.apply_upload, self.cloud, upload, start, outcome
+            )
 
     async def verify(self, _request: Request, obj: dict[str, Any], _client: str) -> dict[str, Any]:
         """`verify`: the session's uploads (and those the request carries), in a batch."""
         sid, n, drafts = protocol.parse_verify(obj, self.cloud.limits)
         async with in_turn(self.cloud, sid, protocol.parse_seq(obj)) as start:
-            request = VerifyRequest(sid, n, drafts)
+            outcome = protocol.parse_outcome(obj, self.cloud.limits)
+            request = VerifyRequest(sid, n, drafts, outcome)
             return await run_in_threadpool(handlers.verify, self.cloud, request, start)
 
     async def close(self, _request: Request, obj: dict[str, Any], _client: str) -> dict[str, Any]:

@@ -383,6 +383,7 @@ class TorchTarget(SessionBook):
             raise ValueError(
                 f"session would hold {base + 1 + len(drafts)} tokens; n_ctx is {self.n_ctx}"
             )
+        self._set_length(base)  # a top-K outcome may have rolled the session back
         self._sync()
         start = time.perf_counter()
         try:

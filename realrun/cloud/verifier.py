@@ -28,6 +28,10 @@ turns the rows into (accepted, token): the number of leading drafts kept and the
   the top-K cannot be uploaded at all and the rest are accepted with min(1, S·p/q) instead of
   min(1, p/q); the output is then not exactly p.
 
+- `TopK`: PicoSpec's edge-side verification. The rule keeps every draft and the top-K rows
+  for the answer; the edge runs `verify_topk` and reports (accepted, token), with which the
+  server rolls its session back to the accepted prefix (realrun.cloud.handlers.settle).
+
 Greedy and Synthetic need only each row's argmax (ties: the first maximal index, as np.argmax
 and torch.argmax); a backend that has it already (computed on the device, say) passes it as
 `argmax(j)` so those rules never fetch a full row. Only Sampling reads rows, and only the ones
@@ -90,7 +94,22 @@ class Sampling:
         self.rng = np.random.default_rng(self.seed)
 
 
-Rule = Greedy | Synthetic | Sampling
+@dataclass
+class TopK:
+    """Edge-side verification (PicoSpec): the server answers each verify with the target's
+    top-`top_k` (ids, probabilities of softmax(row / `temperature`)) at every verified
+    position plus the bonus one, instead of a decision; the edge decides
+    (realrun.edge.topk_verify) and reports (accepted, token) as the next request's `outcome`.
+    `rows`: the latest verify's top-K rows; `awaiting`: drafts it verified, None when no
+    outcome is due."""
+
+    temperature: float
+    top_k: int
+    rows: list[tuple[NDArray[np.int64], NDArray[np.float64]]] = field(default_factory=list)
+    awaiting: int | None = None
+
+
+Rule = Greedy | Synthetic | Sampling | TopK
 
 
 def softmax(logits: NDArray[np.float32], temperature: float) -> NDArray[np.float64]:
@@ -118,6 +137,8 @@ def decide(
     """
     if isinstance(rule, Sampling):
         return _sampling(rule, rows, drafts, dists)
+    if isinstance(rule, TopK):
+        return _topk(rule, rows, len(drafts))
     if argmax is None:
         argmax = partial(_row_argmax, rows)
     if isinstance(rule, Synthetic):
@@ -158,6 +179,24 @@ def _sampling(
     return len(drafts), int(rule.rng.choice(p.size, p=p))
 
 
+def top_k_row(
+    logits: NDArray[np.float32], temperature: float, k: int
+) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """The `k` most likely ids of softmax(logits / temperature) (decreasing probability, ties
+    towards the lower id) and their probabilities (not renormalised); k >= V: all."""
+    p = softmax(logits, temperature)
+    ids = np.argsort(-p, kind="stable")[:k].astype(np.int64)
+    return ids, p[ids]
+
+
+def _topk(rule: TopK, rows: Rows, n_drafts: int) -> tuple[int, int]:
+    """Store the top-K of every row for the answer; the session then holds every draft and a
+    placeholder pending token (the bonus row's argmax) until the edge's outcome."""
+    rule.rows = [top_k_row(rows(j), rule.temperature, rule.top_k) for j in range(n_drafts + 1)]
+    rule.awaiting = n_drafts
+    return n_drafts, int(rule.rows[-1][0][0])
+
+
 __all__ = [
     "Argmax",
     "Greedy",
@@ -166,6 +205,8 @@ __all__ = [
     "Sampling",
     "SparseDist",
     "Synthetic",
+    "TopK",
     "decide",
     "softmax",
+    "top_k_row",
 ]
