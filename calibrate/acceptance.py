@@ -196,7 +196,7 @@ def _n_ctx(longest_prompt: int, max_new_tokens: int, draft_len: int) -> int:
 
 
 def _load(path: Path, threads: int, n_ctx: int, logits_all: bool) -> Any:
-    import llama_cpp
+    import llama_cpp  # optional (extra 'models'): llama.cpp only when a model runs
 
     path = Path(path)
     if not path.is_file():
@@ -378,7 +378,7 @@ def record_acceptance(
     position. `progress`, if given, receives one line per prompt. See the module docstring
     for what is recorded and how. Needs llama-cpp-python.
     """
-    import llama_cpp
+    import llama_cpp  # optional (extra 'models'): llama.cpp only when a model runs
 
     max_new_tokens = _count("max_new_tokens", max_new_tokens, 1)
     draft_len = _count("draft_len", draft_len, 1)

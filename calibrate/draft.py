@@ -224,7 +224,7 @@ def _lengths(name: str, values: Any) -> list[int]:
 def _zen_text() -> str:
     """The Zen of Python, from the standard library (importing `this` prints it: muted)."""
     with contextlib.redirect_stdout(io.StringIO()):
-        import this
+        import this  # prints the Zen of Python when first imported (muted here)
     return codecs.decode(this.s, "rot13")
 
 
@@ -271,7 +271,7 @@ def _timed_eval(llama: Any, tokens: Sequence[int]) -> float:
 
 
 def _load(model_path: Path, threads: int, n_ctx: int) -> Any:
-    import llama_cpp
+    import llama_cpp  # optional (extra 'models'): llama.cpp only when a model runs
 
     if not model_path.is_file():
         raise ConfigError("model", "", f"no such file: {model_path} (expected a .gguf file)")
@@ -320,7 +320,7 @@ def profile_draft(
         raise ValueError(f"profile_draft: pause_s must be a number >= 0 (got {pause_s!r})")
     say = progress or (lambda _line: None)
 
-    import llama_cpp
+    import llama_cpp  # optional (extra 'models'): llama.cpp only when a model runs
 
     steps = warmup + repetitions
     needed = max(max(prompts), max(contexts) + steps)

@@ -32,6 +32,7 @@ all the same.
 
 from __future__ import annotations
 
+import inspect
 import math
 import platform
 import time
@@ -252,7 +253,7 @@ def _grid(name: str, values: Any) -> tuple[int, ...]:
 
 
 def _device_name(device: Any) -> str:
-    import torch
+    import torch  # optional (extra 'models'): loaded only when used
 
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -314,8 +315,6 @@ def _open_meter(energy_meter: Any, device: Any) -> tuple[EnergyMeter | None, str
 
 def _logits_kwargs(model: Any, keep: int) -> dict[str, int]:
     """Ask for the logits of the last `keep` positions only, if the model supports it."""
-    import inspect
-
     parameters = inspect.signature(model.forward).parameters
     for name in ("logits_to_keep", "num_logits_to_keep"):
         if name in parameters:
@@ -405,9 +404,9 @@ def profile_target(
     meter that cannot be opened (PowerUnavailable) leaves energy None with its reason.
     `progress`, if given, receives one line per measured configuration.
     """
-    import torch
-    import transformers
-    from transformers.cache_utils import DynamicCache
+    import torch  # optional (extra 'models'): loaded only when used
+    import transformers  # optional (extra 'models'): loaded only when used
+    from transformers.cache_utils import DynamicCache  # optional, as transformers
 
     tokens = _grid("token_counts", token_counts)
     batches = _grid("batch_sizes", batch_sizes)

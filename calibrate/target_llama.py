@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from calibrate.assemble import machine_info
 from calibrate.fit import (
     FitReport,
     _affine,
@@ -48,6 +49,7 @@ from calibrate.target import (
     _open_meter,
 )
 from models.registry import gguf_file_type
+from realrun.cloud.llama_target import LlamaTarget
 from simulator.profile import TargetLatency
 
 DEFAULT_TOKEN_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16)
@@ -196,8 +198,6 @@ def _shape_of(metadata: dict[str, str], n_vocab: int) -> dict[str, Any]:
 
 
 def _cpu_name() -> str:
-    from calibrate.assemble import machine_info
-
     return machine_info()["cpu"]
 
 
@@ -227,9 +227,7 @@ def profile_llama_target(
     machine's preemption is not counted) or "auto" (cpu with one thread, else wall). Needs
     llama-cpp-python.
     """
-    import llama_cpp
-
-    from realrun.cloud.llama_target import LlamaTarget
+    import llama_cpp  # optional (extra 'models'): llama.cpp only when a model runs
 
     threads = _count("threads", threads, 1)
     tokens = _grid("token_counts", token_counts)

@@ -39,6 +39,7 @@ from calibrate.target_llama import (
     DEFAULT_TOKEN_COUNTS,
     fit_single_sequence,
 )
+from realrun.cloud.torch_target import TorchTarget
 from simulator.profile import TargetLatency
 
 
@@ -107,10 +108,8 @@ def profile_torch_served_target(
     "cpu" (CPU time, CPU only) or "auto" (cpu on a CPU with one torch
     thread, else wall). ValueError for anything out of range.
     """
-    import torch
-    import transformers
-
-    from realrun.cloud.torch_target import TorchTarget
+    import torch  # optional (extra 'models'): loaded only when used
+    import transformers  # optional (extra 'models'): loaded only when used
 
     tokens = _grid("token_counts", token_counts)
     contexts = _grid("context_lengths", context_lengths)

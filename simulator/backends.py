@@ -118,7 +118,7 @@ class RayBackend:
 
     def __init__(self, address: str | None, num_cpus: int | None = None) -> None:
         try:
-            import ray
+            import ray  # optional (extra 'ray')
         except ImportError:
             raise ConfigError(
                 "--backend", "ray", "Ray is not installed (pip install 'pipesd-kit[ray]')"

@@ -28,6 +28,7 @@ from realrun.link.probeapp import MAX_PROBE_BYTES
 from realrun.link.shaping import LinkSpec, ShapedLink, open_link
 from simulator.errors import ConfigError
 from simulator.link import ConstantBandwidth
+from simulator.scenario import expand_sweep
 
 
 def free_port() -> int:
@@ -125,8 +126,6 @@ def measure_spec(
 
 def _spec_from_args(args: argparse.Namespace) -> LinkSpec:
     if args.scenario:
-        from simulator.scenario import expand_sweep
-
         return LinkSpec.from_point(expand_sweep(args.scenario, args.overrides)[0])
     for flag, value, low in (
         ("--uplink-mbps", args.uplink_mbps, 0.0),

@@ -39,7 +39,7 @@ async def probe_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Serve the probe app until interrupted."""
-    import uvicorn
+    import uvicorn  # optional (extra 'realrun'): the server only when served
 
     parser = argparse.ArgumentParser(
         prog="realrun.link.probeapp", description=__doc__.splitlines()[0]
