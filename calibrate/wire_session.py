@@ -27,9 +27,8 @@ from typing import Any
 from calibrate.wire import PacketTap, ack_share
 from realrun.link import netns
 from realrun.local import LocalOptions, cloud_server, free_port
-from realrun.testbed import run_testbed
+from realrun.testbed import body_limit, policy_payload, run_testbed
 from simulator.errors import ConfigError
-from simulator.payload import payload_for
 from simulator.scenario import SweepPoint, expand_sweep
 
 ONE_MESSAGE_PER_NAV = ("vanilla", "hsl", "edgellm", "pmin", "hf_heuristic")
@@ -96,12 +95,13 @@ def session_point(scenario_path: Path, requests: int) -> SweepPoint:
 
 def session_wire(
     results: Path,
-    per_token_bytes: int,
+    per_token_bytes: int | dict[str, int],
     token_id_bytes: int,
     ack_share: float,
     policies: tuple[str, ...],
 ) -> SessionWire:
-    """The measurement from a testbed results.csv of such a session (see the module)."""
+    """The measurement from a testbed results.csv of such a session (see the module);
+    `per_token_bytes`: one size for all, or each policy label's own (its payload)."""
     messages = requests = 0
     uplink = tokens = prompt = 0.0
     with results.open(newline="") as handle:
@@ -109,7 +109,12 @@ def session_wire(
             requests += 1
             messages += int(row["navs"]) + 1
             uplink += float(row["uplink_bytes"])
-            tokens += int(row["verified"]) * per_token_bytes
+            size = (
+                per_token_bytes[row["policy"]]
+                if isinstance(per_token_bytes, dict)
+                else per_token_bytes
+            )
+            tokens += int(row["verified"]) * size
             prompt += int(row["prompt_len"]) * token_id_bytes
     if messages == 0:
         raise ConfigError(str(results), "", "no request was run")
@@ -131,12 +136,12 @@ def measure_session_wire(
         raise ConfigError("calibrate wire --session", "", f"needs kernel shaping: {reason}")
     point = session_point(scenario_path, requests)
     scenario = point.scenario
-    payload = payload_for(scenario.profile.profile.payload, scenario.model.payload)
+    payloads = {entry.label: policy_payload(scenario, entry) for entry in scenario.policies}
     options = replace(options, shaping="tbf", acceptance="synthetic", speed_probe=False)
     port = free_port()
     with (
         open_link(LinkSpec.from_point(point), mode="tbf", server_port=port) as link,
-        cloud_server(link, port, options, out_dir / "server.log"),
+        cloud_server(link, port, options, out_dir / "server.log", None, body_limit(scenario)),
     ):
         tap = PacketTap(link.namespace.edge_dev)
         try:
@@ -159,9 +164,9 @@ def measure_session_wire(
         share = ack_share(frames, link.namespace.edge_address)
     names = tuple(p.label for p in scenario.policies)
     say(f"wire: {requests} requests of {', '.join(names)} through tbf at {SESSION_MBPS:g} Mbit/s")
-    return session_wire(
-        out_dir / "results.csv", payload.per_draft_token, payload.token_id, share, names
-    )
+    per_token = {label: payload.per_draft_token for label, payload in payloads.items()}
+    token_id = next(iter(payloads.values())).token_id
+    return session_wire(out_dir / "results.csv", per_token, token_id, share, names)
 
 
 def session_payload_values(m: SessionWire) -> dict[str, Any]:

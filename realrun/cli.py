@@ -76,6 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     limit("--header-timeout-s", float, d.header_timeout_s, "to receive a request's headers")
     limit("--body-timeout-s", float, d.body_timeout_s, "to receive a request's body")
     limit("--keep-alive-s", float, d.keep_alive_s, "an idle keep-alive connection is closed")
+    limit("--max-body-bytes", int, d.max_body_bytes, "bytes of one request body (413 past it)")
     limit(
         "--max-buffered-bytes",
         int,

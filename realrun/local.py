@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from policies.batching import BatchRule
+from realrun.cloud.settings import ServerSettings, settings_for_body
 from realrun.link.reaper import die_with_parent
 from simulator.errors import ConfigError
 from simulator.outdir import claim_out_dir
@@ -111,10 +112,13 @@ def check_points(
     scenario_path: Path, points: Sequence[SweepPoint], options: LocalOptions | None = None
 ) -> dict[str, str]:
     """Refuse what the testbed cannot run (fleets, no runnable policy, sampling settings that
-    do not fit a point: realrun.testbed.check_sampling); returns the skipped policies
+    do not fit a point: realrun.testbed.check_sampling; payloads needing request bodies past
+    the server's ceiling: realrun.testbed.body_limit); returns the skipped policies
     (label -> reason)."""
-    from realrun.testbed import check_sampling, skip_reason
+    from realrun.testbed import body_limit, check_sampling, skip_reason
 
+    for point in points:
+        body_limit(point.scenario)
     if options is not None:
         for point in points:
             check_sampling(options.sampling, point.scenario, options.acceptance)
@@ -221,11 +225,18 @@ def wait_healthy(
 
 @contextlib.contextmanager
 def cloud_server(
-    link: Any, port: int, options: LocalOptions, log_path: Path, rule: BatchRule | None = None
+    link: Any,
+    port: int,
+    options: LocalOptions,
+    log_path: Path,
+    rule: BatchRule | None = None,
+    body_bytes: int | None = None,
 ) -> Iterator[RunningServer]:
     """Run the cloud server behind `link` on `port` while the block runs, batching by `rule`
-    (the scenario's `[cloud]`: `batch_rule`; None: the defaults)."""
+    (the scenario's `[cloud]`: `batch_rule`; None: the defaults), taking request bodies of
+    `body_bytes` (the scenario's `realrun.testbed.body_limit`; None: the default)."""
     rule = rule if rule is not None else BatchRule()
+    settings = settings_for_body(ServerSettings(), body_bytes or ServerSettings.max_body_bytes)
     command = [
         *link.server_command_prefix,
         sys.executable,
@@ -249,6 +260,10 @@ def cloud_server(
         str(rule.max_batch),
         "--batch-window-ms",
         repr(rule.window_s * 1e3),
+        "--max-body-bytes",
+        str(settings.max_body_bytes),
+        "--max-buffered-bytes",
+        str(settings.max_buffered_bytes),
     ]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
@@ -316,7 +331,7 @@ def run_point(
     """One sweep point: shaped link, server, testbed, teardown; returns the summary rows and
     what was used (the link's description, the server's command and health)."""
     from realrun.link.shaping import LinkSpec, open_link
-    from realrun.testbed import check_sampling, run_testbed, sampling_info
+    from realrun.testbed import body_limit, check_sampling, run_testbed, sampling_info
 
     top_k = check_sampling(options.sampling, point.scenario, options.acceptance)
     port = free_port()
@@ -324,7 +339,9 @@ def run_point(
     rule = batch_rule(point)
     with (
         open_link(spec, mode=options.shaping, server_port=port) as link,
-        cloud_server(link, port, options, point_dir / "server.log", rule) as server,
+        cloud_server(
+            link, port, options, point_dir / "server.log", rule, body_limit(point.scenario)
+        ) as server,
     ):
         rows = run_testbed(
             scenario_path,

@@ -25,7 +25,12 @@ it; `verify` with nothing uploaded is one plain target decode step). Each `verif
   token): the draft distribution the token was drawn from, as [ids, probs] (distinct ids, 1..V
   of them, probabilities in [0, 1], renormalised over the ids by the server; the token must
   be among the ids with p > 0); required by a sampling session for every token, refused by
-  the others.
+  the others. ``"rows": bin, "row_bytes": 2|4|8`` (optional, together): PipeSD's full
+  draft distributions, one probability row over the whole vocabulary per token, packed as
+  little-endian float16/float32/float64 (n_tokens x n_vocab x row_bytes bytes); each row
+  finite, in [0, 1], summing to 1 within 1 %, and giving its token p > 0. Any rule accepts
+  them; the rules use the ids (greedy) or `dists` (sampling), so rows are checked and
+  carried, not used: they are the bytes PipeSD's regime puts on the link.
 - ``verify`` ``{"session": str, "n": int, "tokens"?: [...], "probs"?: [...],
   "dists"?: [...]}``: the optional fields (same rules as upload, 0..max_upload tokens) are
   appended to the session's uploads first, so one request can carry a whole NAV. `n` must
@@ -230,6 +235,49 @@ class Drafts:
     tokens: list[int]
     probs: list[float] | None
     dists: list[SparseDist] | None
+    rows: np.ndarray | None = None
+    """Full draft distributions (tokens x n_vocab, float32), checked and carried (`rows`)."""
+
+
+ROW_DTYPES = {2: "<f2", 4: "<f4", 8: "<f8"}
+"""Bytes per probability of a `rows` field and their little-endian numpy dtypes."""
+ROW_SUM_TOLERANCE = 0.01
+"""How far a full row's sum may be from 1 (float16 rounding of 49,152 entries stays far
+below)."""
+
+
+def encode_rows(rows: np.ndarray, row_bytes: int) -> dict[str, Any]:
+    """The `rows` and `row_bytes` fields for probability rows (tokens x n_vocab)."""
+    if row_bytes not in ROW_DTYPES:
+        raise ValueError(f"row_bytes must be one of {sorted(ROW_DTYPES)} (got {row_bytes!r})")
+    data = np.ascontiguousarray(rows, dtype=ROW_DTYPES[row_bytes]).tobytes()
+    return {"rows": data, "row_bytes": row_bytes}
+
+
+def _rows(obj: dict[str, Any], tokens: list[int], limits: Limits) -> np.ndarray | None:
+    """The checked `rows` of a request (None if it has none); 422 on any violation."""
+    data, row_bytes = obj.get("rows"), obj.get("row_bytes")
+    if data is None and row_bytes is None:
+        return None
+    if not isinstance(data, bytes) or row_bytes not in ROW_DTYPES or not _int(row_bytes):
+        raise ProtocolError(
+            422, f"'rows' must be msgpack binary with 'row_bytes' in {sorted(ROW_DTYPES)}"
+        )
+    if len(data) != len(tokens) * limits.n_vocab * row_bytes:
+        raise ProtocolError(
+            422, f"'rows' must hold {len(tokens)} x {limits.n_vocab} x {row_bytes} bytes"
+        )
+    values = np.frombuffer(data, dtype=ROW_DTYPES[row_bytes]).astype(np.float32)
+    rows = values.reshape(len(tokens), limits.n_vocab)
+    bounded = rows.min(initial=0.0) >= 0 and rows.max(initial=0.0) <= 1
+    if not (np.all(np.isfinite(rows)) and bounded):
+        raise ProtocolError(422, "'rows' must hold probabilities in [0, 1]")
+    sums = rows.sum(axis=1, dtype=np.float64)
+    if np.any(np.abs(sums - 1.0) > ROW_SUM_TOLERANCE):
+        raise ProtocolError(422, f"'rows': each row must sum to 1 (within {ROW_SUM_TOLERANCE:g})")
+    if tokens and np.any(rows[np.arange(len(tokens)), tokens] <= 0):
+        raise ProtocolError(422, "'rows': each draft token must have p > 0 in its row")
+    return rows
 
 
 def _probability(value: Any, name: str) -> float:
@@ -275,7 +323,7 @@ def parse_drafts(obj: dict[str, Any], limits: Limits, min_len: int = 1) -> Draft
         if not isinstance(dists, list) or len(dists) != len(tokens):
             raise ProtocolError(422, "'dists' must be a list with one distribution per token")
         dists = [_dist(d, t, limits) for d, t in zip(dists, tokens, strict=True)]
-    return Drafts(tokens, probs, dists)
+    return Drafts(tokens, probs, dists, _rows(obj, tokens, limits))
 
 
 def parse_outcome(obj: dict[str, Any], limits: Limits) -> tuple[int, int] | None:
@@ -341,8 +389,8 @@ def parse_verify(obj: dict[str, Any], limits: Limits) -> tuple[str, int, Drafts 
     if not _int(n) or not 0 <= n <= limits.max_upload:
         raise ProtocolError(422, f"'n' must be an integer in [0, {limits.max_upload}]")
     if "tokens" not in obj:
-        if "probs" in obj or "dists" in obj:
-            raise ProtocolError(422, "'probs'/'dists' need 'tokens'")
+        if any(name in obj for name in ("probs", "dists", "rows", "row_bytes")):
+            raise ProtocolError(422, "'probs'/'dists'/'rows' need 'tokens'")
         return sid, n, None
     return sid, n, parse_drafts(obj, limits, min_len=0)
 
@@ -389,6 +437,7 @@ __all__ = [
     "check_verify_result",
     "decode",
     "encode",
+    "encode_rows",
     "parse_close",
     "parse_drafts",
     "parse_open",

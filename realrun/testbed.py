@@ -32,8 +32,10 @@ from models.prompts import default_prompts, format_prompt
 from policies.base import Mode
 from policies.registry import POLICIES, make_policy
 from policies.seeding import policy_seed
+from realrun.cloud.settings import ServerSettings, body_limit_bytes
 from simulator.acceptance import AcceptanceModel
 from simulator.errors import ConfigError
+from simulator.payload import Payload, payload_for
 from simulator.records import RECORD_FIELDS, Span
 from simulator.results import write_json, write_table
 from simulator.runner import (
@@ -44,7 +46,7 @@ from simulator.runner import (
     summary_columns,
     summary_rows,
 )
-from simulator.scenario import Scenario, SweepPoint
+from simulator.scenario import PayloadSection, PolicyEntry, Scenario, SweepPoint
 
 if TYPE_CHECKING:
     import httpx
@@ -109,8 +111,11 @@ class SamplingSpec:
     top_k: int | None = None
 
 
-def sampling_top_k(scenario: Scenario, top_k: int | None) -> tuple[int, str]:
-    """(top-K of the edge's draft distributions, where it comes from) for `scenario`.
+def sampling_top_k(
+    scenario: Scenario, top_k: int | None, payload: PayloadSection | None = None
+) -> tuple[int, str]:
+    """(top-K of the edge's draft distributions, where it comes from) for `scenario` (and a
+    policy's `payload`, default the scenario's `[payload]`).
 
     Default: the scenario's `payload.top_k` when `payload.kind` is "topk"; otherwise (full
     distributions, or token ids or probabilities only, which speculative sampling cannot use)
@@ -129,7 +134,7 @@ def sampling_top_k(scenario: Scenario, top_k: int | None) -> tuple[int, str]:
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= fits:
             raise ConfigError("--top-k", str(top_k), f"must be an integer in [1, {fits}] ({why})")
         return top_k, "--top-k"
-    payload = scenario.model.payload
+    payload = payload if payload is not None else scenario.model.payload
     if payload.kind != "topk":
         return fits, f"largest fitting the body limit (payload.kind = {payload.kind!r})"
     if payload.top_k > fits:
@@ -161,7 +166,66 @@ def check_sampling(
             "cannot be combined with --acceptance synthetic (the acceptance stream, not "
             "sampling, decides what is accepted)",
         )
+    for entry in scenario.policies:  # each policy's own payload must fit too
+        sampling_top_k(scenario, sampling.top_k, entry.payload)
     return sampling_top_k(scenario, sampling.top_k)
+
+
+def policy_payload(scenario: Scenario, entry: PolicyEntry) -> Payload:
+    """The byte sizes of what `entry` sends (its own payload, or the scenario's)."""
+    return payload_for(scenario.profile.profile.payload, entry.payload)
+
+
+def states_full(scenario: Scenario, entry: PolicyEntry) -> bool:
+    """Whether the scenario states `entry`'s payload kind as "full" (its own `payload` table
+    or the scenario's `[payload]`): the schema's default kind is "full" too, but scenarios
+    that leave it out are run greedily with one probability per token, as before."""
+    raw_entries = [e for e in scenario.raw.get("policies", []) if isinstance(e, dict)]
+    own = next((e for e in raw_entries if e.get("label", e.get("name")) == entry.label), {})
+    stated = own.get("payload", {}).get("kind") or scenario.raw.get("payload", {}).get("kind")
+    return entry.payload.kind == "full" and stated == "full"
+
+
+def full_row_bytes(scenario: Scenario, entry: PolicyEntry) -> int | None:
+    """Bytes per probability of `entry`'s full draft distributions on the wire (None unless
+    the scenario states its payload kind as "full": `states_full`): the profile's
+    `probability_bytes` rounded down to a float width (2, 4 or 8: float16/32/64; msgpack's
+    9-byte float64 travels as 8)."""
+    from realrun.protocol import ROW_DTYPES  # msgpack, as the other protocol imports here
+
+    if not states_full(scenario, entry):
+        return None
+    size = max(scenario.profile.profile.payload.probability_bytes, 2)
+    return max(b for b in ROW_DTYPES if b <= size)
+
+
+def body_limit(scenario: Scenario) -> int:
+    """The server's request-body limit this scenario needs: the largest message any of its
+    full-row policies (`full_row_bytes`) can send (tokens_per_message drafts of its payload,
+    with the header), with the margin of realrun.cloud.settings.body_limit_bytes (one-line
+    ConfigError past its ceiling, naming the policy's payload); the default 64 KiB otherwise
+    (ids and probabilities, or top-K distributions sized to fit it: `sampling_top_k`)."""
+    tokens = tokens_per_message(scenario)
+    limit = ServerSettings.max_body_bytes
+    for entry in scenario.policies:
+        if full_row_bytes(scenario, entry) is None:
+            continue
+        largest = policy_payload(scenario, entry).batch_bytes(tokens)
+        field = f"policies.{entry.label}.payload ({entry.payload.kind}, {tokens} tokens)"
+        limit = max(limit, body_limit_bytes(largest, str(scenario.path), field))
+    return limit
+
+
+def check_body_limit(scenario: Scenario, server_max_body_bytes: int, server: str) -> None:
+    """One-line ConfigError if the server's body limit is below what `scenario` needs."""
+    needed = body_limit(scenario)
+    if server_max_body_bytes < needed:
+        raise ConfigError(
+            server,
+            "max_body_bytes",
+            f"the server takes request bodies up to {server_max_body_bytes} bytes, this "
+            f"scenario's payloads need {needed}: start it with --max-body-bytes {needed}",
+        )
 
 
 def tokens_per_message(scenario: Scenario) -> int:
@@ -287,7 +351,10 @@ def run_testbed(
     try:
         with SizedClient(server, token, timeout=cloud_timeout_s, transport=transport) as cloud:
             # an unreachable server at the start is the caller's error
-            check_vocabularies(int(draft.n_vocab()), int(cloud.health()["n_vocab"]), acceptance)
+            health = cloud.health()
+            check_vocabularies(int(draft.n_vocab()), int(health["n_vocab"]), acceptance)
+            settings = health.get("settings", {})
+            check_body_limit(scenario, int(settings.get("max_body_bytes", 0)), server)
             runnable = []
             for index, entry in enumerate(scenario.policies):
                 reason = skip_reason(entry.name)
@@ -316,10 +383,15 @@ def run_testbed(
                     if on_start is not None:
                         on_start()
                     edge_sampling = (
-                        EdgeSampling(float(sampling.temperature), top_k[0], seed)
-                        if sampling is not None and top_k is not None
+                        EdgeSampling(
+                            float(sampling.temperature),
+                            sampling_top_k(scenario, sampling.top_k, entry.payload)[0],
+                            seed,
+                        )
+                        if sampling is not None
                         else None
                     )
+                    row_bytes = full_row_bytes(scenario, entry) if sampling is None else None
                     origin = time.perf_counter()
                     startup_probes(policy, cloud)
                     sizes.clear()  # probes are no NAVs of a request
@@ -339,6 +411,7 @@ def run_testbed(
                             clock_origin=origin,
                             acceptance_stream=stream,
                             sampling=edge_sampling,
+                            full_rows=row_bytes,
                         )
                         record.edge = edge
                         batch_rows.extend(
@@ -419,6 +492,11 @@ def run_testbed(
         "threads": threads,
         "acceptance": acceptance,
         "sampling": sampling_info(sampling, top_k),
+        "full_rows": {
+            entry.label: f"float{8 * size} rows over the vocabulary, every uploaded token"
+            for entry in scenario.policies
+            if sampling is None and (size := full_row_bytes(scenario, entry)) is not None
+        },
         "cloud_timeout_s": cloud_timeout_s,
         "uplink_bytes": (
             "the link's counter over each request (wire bytes in payload units)"

@@ -11,7 +11,7 @@ the settings it ran under.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from policies.batching import DEFAULT_BATCH_WINDOW_S, DEFAULT_MAX_BATCH
@@ -79,6 +79,39 @@ class ServerSettings:
         return asdict(self)
 
 
+MAX_BODY_CEILING_BYTES = 64 * MIB
+"""The hard ceiling of a derived body limit: a scenario needing more is refused."""
+BODY_SAFETY_FACTOR = 1.5
+"""Margin of a derived body limit over the largest message the payload model predicts."""
+BODY_SLACK_BYTES = 4096
+"""Bytes added to a derived limit for the body's keys, session id, `seq`, array headers."""
+
+
+def body_limit_bytes(largest_message_bytes: int, source: str, field: str) -> int:
+    """The request-body limit for messages of at most `largest_message_bytes` (the payload
+    model's largest uplink message): that x BODY_SAFETY_FACTOR + BODY_SLACK_BYTES, at least
+    the default 64 KiB; one-line ConfigError (naming `source` and `field`) past
+    MAX_BODY_CEILING_BYTES."""
+    limit = math.ceil(largest_message_bytes * BODY_SAFETY_FACTOR) + BODY_SLACK_BYTES
+    if limit > MAX_BODY_CEILING_BYTES:
+        raise ConfigError(
+            source,
+            field,
+            f"its largest message ({largest_message_bytes} bytes) needs a {limit / MIB:.1f} "
+            f"MiB request body, over the server's ceiling of {MAX_BODY_CEILING_BYTES // MIB} "
+            "MiB (send fewer tokens per message, fewer bytes per probability or a smaller "
+            "vocabulary)",
+        )
+    return max(ServerSettings.max_body_bytes, limit)
+
+
+def settings_for_body(settings: ServerSettings, max_body_bytes: int) -> ServerSettings:
+    """`settings` admitting bodies of `max_body_bytes`: the global buffered-bytes bound grows
+    to at least 4 bodies (so it admits one in the half left to large bodies, twice over)."""
+    buffered = max(settings.max_buffered_bytes, 4 * max_body_bytes)
+    return replace(settings, max_body_bytes=max_body_bytes, max_buffered_bytes=buffered)
+
+
 def _problem(name: str, value: Any, default: Any) -> str:
     """Why `value` is no valid setting `name` ("" if it is): integers >= 1 where the default
     is an integer, finite positive numbers otherwise; the batch window in [0, 1000] ms; the
@@ -108,6 +141,7 @@ SETTING_FLAGS = {
     "header_timeout_s": "--header-timeout-s",
     "body_timeout_s": "--body-timeout-s",
     "keep_alive_s": "--keep-alive-s",
+    "max_body_bytes": "--max-body-bytes",
     "max_buffered_bytes": "--max-buffered-bytes",
     "batch_window_ms": "--batch-window-ms",
     "max_batch": "--max-batch",
@@ -115,4 +149,11 @@ SETTING_FLAGS = {
 """The settings `pipesd realrun cloud` takes as options (the others keep their defaults)."""
 
 
-__all__ = ["MIB", "SETTING_FLAGS", "ServerSettings"]
+__all__ = [
+    "MAX_BODY_CEILING_BYTES",
+    "MIB",
+    "SETTING_FLAGS",
+    "ServerSettings",
+    "body_limit_bytes",
+    "settings_for_body",
+]

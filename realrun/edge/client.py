@@ -7,21 +7,31 @@ from typing import Any
 
 import httpx
 import msgpack
+import numpy as np
 
-from realrun.protocol import CONTENT_TYPE, TOKEN_HEADER, check_verify_result, encode
+from realrun.protocol import CONTENT_TYPE, TOKEN_HEADER, check_verify_result, encode, encode_rows
 
 Dist = tuple[Sequence[int], Sequence[float]]
 """A draft distribution: (token ids, their probabilities)."""
 
+Rows = tuple[np.ndarray, int]
+"""Full draft distributions (tokens x n_vocab probabilities) and the bytes per probability
+they travel in (2, 4 or 8: float16/32/64, realrun.protocol `rows`)."""
+
 
 def _drafts(
-    tokens: Sequence[int], probs: Sequence[float] | None, dists: Sequence[Dist] | None
+    tokens: Sequence[int],
+    probs: Sequence[float] | None,
+    dists: Sequence[Dist] | None,
+    rows: Rows | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"tokens": [int(t) for t in tokens]}
     if probs is not None:
         body["probs"] = [float(p) for p in probs]
     if dists is not None:
         body["dists"] = [[[int(i) for i in ids], [float(p) for p in ps]] for ids, ps in dists]
+    if rows is not None:
+        body |= encode_rows(*rows)
     return body
 
 
@@ -114,10 +124,12 @@ class CloudClient:
         seq: int | None = None,
         at: int | None = None,
         after: int | None = None,
+        rows: Rows | None = None,
     ) -> dict[str, Any]:
         """Upload drafts; `seq` orders the request, `at` + `after` make it conditional on the
-        session's `after`-th verify (realrun.protocol, realrun.cloud.ordering)."""
-        body = {"session": session, **_drafts(tokens, probs, dists)}
+        session's `after`-th verify (realrun.protocol, realrun.cloud.ordering); `rows`: the
+        drafts' full distributions (PipeSD's payload)."""
+        body = {"session": session, **_drafts(tokens, probs, dists, rows)}
         body |= _extra(seq=seq, at=at, after=after)
         return self._post("upload", body)
 
@@ -129,15 +141,17 @@ class CloudClient:
         probs: Sequence[float] | None = None,
         dists: Sequence[Dist] | None = None,
         seq: int | None = None,
+        rows: Rows | None = None,
     ) -> dict[str, Any]:
-        """Verify the `n` tokens uploaded since the last verify, `tokens` (sent along) included."""
+        """Verify the `n` tokens uploaded since the last verify, `tokens` (sent along, with
+        their full `rows` if given) included."""
         body: dict[str, Any] = {"session": session, "n": int(n), **_extra(seq=seq)}
         if tokens is not None:
-            body |= _drafts(tokens, probs, dists)
+            body |= _drafts(tokens, probs, dists, rows)
         return check_verify_result(self._post("verify", body))
 
     def close(self, session: str, seq: int | None = None) -> dict[str, Any]:
         return self._post("close", {"session": session, **_extra(seq=seq)})
 
 
-__all__ = ["CloudClient", "CloudError"]
+__all__ = ["CloudClient", "CloudError", "Rows"]

@@ -66,15 +66,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def thread_server(model_path: Path) -> Iterator[str]:
-    """The verification server in a uvicorn thread on loopback; yields its URL."""
+def thread_server(model_path: Path, **settings: Any) -> Iterator[str]:
+    """The verification server in a uvicorn thread on loopback (`settings`: ServerSettings
+    fields by name); yields its URL."""
     import uvicorn
 
     from realrun.cloud.llama_target import LlamaTarget
     from realrun.cloud.server import create_app
 
     target = LlamaTarget(model_path, threads=THREADS, n_ctx=512)
-    app = create_app(model_path, target=target, rate_limit_per_s=None)
+    app = create_app(model_path, target=target, **({"rate_limit_per_s": None} | settings))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     # accepted connections inherit it (Linux); without it every answer here waited ~40 ms for
     # the client's delayed ACK (Nagle); the subprocess server showed no such delay
