@@ -13,14 +13,27 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from models.registry import MODEL_NAMES, resolve_model
+from models.shapes import SHAPES, get_shape
 from realrun.cloud.settings import ServerSettings
 from realrun.fleet import run_fleet
+from realrun.local import (
+    ACCEPTANCE_MODES,
+    LOCAL_KIND,
+    SHAPING_MODES,
+    LocalOptions,
+    ServerError,
+    run_local,
+)
+from realrun.testbed import SamplingSpec, check_sampling, run_testbed, skip_reason
 from simulator.errors import ConfigError
 from simulator.outdir import claim_out_dir, out_dir_arg
+from simulator.scenario import expand_sweep
 
 if TYPE_CHECKING:
-    from realrun.local import LocalOptions
-    from realrun.testbed import SamplingSpec
     from simulator.scenario import SweepPoint
 
 EXIT_INTERRUPTED = 130
@@ -97,7 +110,6 @@ def add_force_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by `pipesd realrun local` and `pipesd validate` (validation.cli)."""
-    from realrun.local import ACCEPTANCE_MODES, SHAPING_MODES
 
     parser.add_argument("scenario", type=Path, help="scenario TOML file")
     parser.add_argument(
@@ -167,8 +179,7 @@ def sampling_spec(args: argparse.Namespace) -> SamplingSpec | None:
     """The sampling flags (None: greedy); one-line ConfigError for --top-k without
     --temperature, values out of range, or --acceptance synthetic (the checks that depend on
     the scenario: `check_sampling_points`)."""
-    from realrun.protocol import MAX_TEMPERATURE
-    from realrun.testbed import SamplingSpec
+    from realrun.protocol import MAX_TEMPERATURE  # loads msgpack (optional) when imported
 
     if args.temperature is None:
         if args.top_k is not None:
@@ -194,7 +205,6 @@ def check_sampling_points(
     sampling: SamplingSpec | None, points: list[SweepPoint], acceptance: str = "real"
 ) -> None:
     """Refuse sampling settings that some point cannot run, before anything starts."""
-    from realrun.testbed import check_sampling
 
     for point in points:
         check_sampling(sampling, point.scenario, acceptance)
@@ -248,8 +258,6 @@ def add_parser(subparsers: Any) -> None:
 
 def local_options(args: argparse.Namespace) -> LocalOptions:
     """LocalOptions from the shared testbed flags (models resolved, threads checked)."""
-    from models.registry import resolve_model
-    from realrun.local import LocalOptions
 
     sampling = sampling_spec(args)  # flag errors first: they need no model
     if not re.fullmatch(r"cpu|cuda(:\d+)?", args.target_device):
@@ -285,8 +293,6 @@ def local_options(args: argparse.Namespace) -> LocalOptions:
 def torch_target_arg(value: str) -> Path | str:
     """A torch target as the server will load it: an existing file or folder (absolute path),
     a named shape, or a known GGUF name; ConfigError (one line) otherwise."""
-    from models.registry import MODEL_NAMES, resolve_model
-    from models.shapes import SHAPES, get_shape
 
     path = Path(value).expanduser()
     if path.exists():
@@ -315,8 +321,6 @@ def make_out(args: argparse.Namespace, kind: str, argv: list[str]) -> None:
 @contextlib.contextmanager
 def testbed_progress(quiet: bool, total: int) -> Iterator[Callable[[str], None]]:
     """A progress bar on stderr advanced once per finished request (silent with --quiet)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     bar = Progress(
         TextColumn("[bold]testbed"),
@@ -333,7 +337,6 @@ def testbed_progress(quiet: bool, total: int) -> Iterator[Callable[[str], None]]
 
 def testbed_requests(points: list[Any]) -> int:
     """Requests the testbed runs over all points (for the progress bar)."""
-    from realrun.testbed import skip_reason
 
     scenario = points[0].scenario
     runnable = sum(1 for e in scenario.policies if skip_reason(e.name) is None)
@@ -342,8 +345,6 @@ def testbed_requests(points: list[Any]) -> int:
 
 def run_local_command(args: argparse.Namespace, argv: list[str]) -> int:
     """Execute `pipesd realrun local`."""
-    from realrun.local import LOCAL_KIND, run_local
-    from simulator.scenario import expand_sweep
 
     points = expand_sweep(args.scenario, args.overrides, args.sweep)
     options = local_options(args)
@@ -379,7 +380,6 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     """Execute `pipesd realrun <role>`."""
     try:
         from realrun.cloud.server import serve  # fastapi, uvicorn: the 'realrun' extra
-        from realrun.testbed import run_testbed
     except ImportError as exc:
         raise ConfigError(
             "realrun", args.role, f"{exc.name} is not installed (pip install -e '.[realrun]')"
@@ -387,8 +387,6 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.role == "cloud":
         return serve(args)
     if args.role == "local":
-        from realrun.local import ServerError
-
         try:
             return run_local_command(args, argv)
         except ServerError as exc:
@@ -396,10 +394,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             return 1
         except KeyboardInterrupt:
             return interrupted(args.out)
-    import httpx
-
-    from models.registry import resolve_model
-    from simulator.scenario import expand_sweep
+    import httpx  # optional (extra 'realrun'): the testbed's HTTP client
 
     point = expand_sweep(args.scenario, args.overrides)[0]
     sampling = sampling_spec(args)

@@ -30,13 +30,21 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from policies.batching import BatchRule
 from realrun.cloud.settings import ServerSettings, settings_for_body
 from realrun.link.reaper import die_with_parent
+from realrun.testbed import (
+    SamplingSpec,
+    body_limit,
+    check_sampling,
+    run_testbed,
+    sampling_info,
+    skip_reason,
+)
 from simulator.errors import ConfigError
 from simulator.outdir import claim_out_dir
 from simulator.provenance import package_versions
 from simulator.results import write_json, write_table
+from simulator.runner import manifest
 
 if TYPE_CHECKING:
-    from realrun.testbed import SamplingSpec
     from simulator.scenario import SweepPoint
 
 LOCAL_KIND = "realrun local"
@@ -115,8 +123,6 @@ def check_points(
     do not fit a point: realrun.testbed.check_sampling; payloads needing request bodies past
     the server's ceiling: realrun.testbed.body_limit); returns the skipped policies
     (label -> reason)."""
-    from realrun.testbed import body_limit, check_sampling, skip_reason
-
     for point in points:
         body_limit(point.scenario)
     if options is not None:
@@ -198,8 +204,8 @@ def wait_healthy(
     process: subprocess.Popen[bytes], url: str, log_path: Path, timeout_s: float
 ) -> dict[str, Any]:
     """Poll `url`/v1/health until the server answers; ServerError if it dies or times out."""
-    import httpx
-    import msgpack
+    import httpx  # optional (extra 'realrun'): the testbed's HTTP client
+    import msgpack  # optional (extra 'realrun'): the testbed's wire format
 
     deadline = time.monotonic() + timeout_s
     while True:
@@ -330,8 +336,7 @@ def run_point(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One sweep point: shaped link, server, testbed, teardown; returns the summary rows and
     what was used (the link's description, the server's command and health)."""
-    from realrun.link.shaping import LinkSpec, open_link
-    from realrun.testbed import body_limit, check_sampling, run_testbed, sampling_info
+    from realrun.link.shaping import LinkSpec, open_link  # loads httpx (optional) when imported
 
     top_k = check_sampling(options.sampling, point.scenario, options.acceptance)
     port = free_port()
@@ -381,8 +386,6 @@ def run_local(
     """Run every point on the testbed (see the module docstring); returns all summary rows.
     `check` and `runner`: how the points are checked and run (realrun.fleet's for many edges;
     same signatures as `check_points` and `run_point`)."""
-    from simulator.runner import manifest
-
     skipped = check(scenario_path, points, options)
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     used: dict[int, dict[str, Any]] = {}

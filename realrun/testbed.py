@@ -95,7 +95,7 @@ def refill_s(point: SweepPoint) -> float:
     """How long the point's link needs to refill its token buckets after a burst of use (the
     slower direction, at its rate at t = 0), so a session starts on an idle link as the
     simulator's does."""
-    from realrun.link.shaping import LinkSpec
+    from realrun.link.shaping import LinkSpec  # loads httpx (optional) when imported
 
     spec = LinkSpec.from_point(point)
     rate = min(spec.uplink.at(0.0), spec.downlink.at(0.0)) * 1e6 / 8
@@ -123,8 +123,8 @@ def sampling_top_k(
     (realrun.edge.executor.max_sampling_top_k: the full vocabulary never does, 64 KiB bodies).
     One-line ConfigError if `top_k` (or the scenario's) is below 1 or does not fit.
     """
-    from realrun.edge.executor import max_sampling_top_k
-    from realrun.protocol import Limits
+    from realrun.edge.executor import max_sampling_top_k  # loads httpx (optional) when imported
+    from realrun.protocol import Limits  # loads msgpack (optional) when imported
 
     tokens = tokens_per_message(scenario)
     fits = max_sampling_top_k(tokens)
@@ -152,7 +152,7 @@ def check_sampling(
 ) -> tuple[int, str] | None:
     """Refuse bad sampling settings (one-line ConfigError naming the flag and the allowed
     range); returns `sampling_top_k` (None: greedy)."""
-    from realrun.protocol import MAX_TEMPERATURE
+    from realrun.protocol import MAX_TEMPERATURE  # loads msgpack (optional) when imported
 
     if sampling is None:
         return None
@@ -230,7 +230,7 @@ def check_body_limit(scenario: Scenario, server_max_body_bytes: int, server: str
 
 def tokens_per_message(scenario: Scenario) -> int:
     """Most draft tokens the edge sends in one request (its per-NAV cap)."""
-    from realrun.protocol import Limits
+    from realrun.protocol import Limits  # loads msgpack (optional) when imported
 
     return min(scenario.model.edge.max_draft_tokens, Limits(n_vocab=1).max_upload)
 
