@@ -242,7 +242,10 @@ def cloud_server(
     (the scenario's `[cloud]`: `batch_rule`; None: the defaults), taking request bodies of
     `body_bytes` (the scenario's `realrun.testbed.body_limit`; None: the default)."""
     rule = rule if rule is not None else BatchRule()
-    settings = settings_for_body(ServerSettings(), body_bytes or ServerSettings.max_body_bytes)
+    spec = getattr(link, "spec", None)  # a shaped link: its uplink sets the body timeout
+    uplink_mbps = spec.uplink.at(0.0) if spec is not None else None
+    body = body_bytes or ServerSettings.max_body_bytes
+    settings = settings_for_body(ServerSettings(), body, uplink_mbps)
     command = [
         *link.server_command_prefix,
         sys.executable,
@@ -270,6 +273,8 @@ def cloud_server(
         str(settings.max_body_bytes),
         "--max-buffered-bytes",
         str(settings.max_buffered_bytes),
+        "--body-timeout-s",
+        repr(settings.body_timeout_s),
     ]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:

@@ -105,11 +105,28 @@ def body_limit_bytes(largest_message_bytes: int, source: str, field: str) -> int
     return max(ServerSettings.max_body_bytes, limit)
 
 
-def settings_for_body(settings: ServerSettings, max_body_bytes: int) -> ServerSettings:
+def settings_for_body(
+    settings: ServerSettings, max_body_bytes: int, uplink_mbps: float | None = None
+) -> ServerSettings:
     """`settings` admitting bodies of `max_body_bytes`: the global buffered-bytes bound grows
-    to at least 4 bodies (so it admits one in the half left to large bodies, twice over)."""
+    to at least 4 bodies (so it admits one in the half left to large bodies, twice over), and
+    with the link's `uplink_mbps` the body timeout to at least BODY_TIMEOUT_FACTOR times such
+    a body's transmission time (a full-row NAV at a few Mbit/s takes seconds)."""
     buffered = max(settings.max_buffered_bytes, 4 * max_body_bytes)
-    return replace(settings, max_body_bytes=max_body_bytes, max_buffered_bytes=buffered)
+    timeout_s = settings.body_timeout_s
+    if uplink_mbps is not None and uplink_mbps > 0:
+        send_s = max_body_bytes * 8 / (uplink_mbps * 1e6)
+        timeout_s = max(timeout_s, math.ceil(BODY_TIMEOUT_FACTOR * send_s))
+    return replace(
+        settings,
+        max_body_bytes=max_body_bytes,
+        max_buffered_bytes=buffered,
+        body_timeout_s=float(timeout_s),
+    )
+
+
+BODY_TIMEOUT_FACTOR = 4.0
+"""Margin of a derived body timeout over the largest body's transmission at the link rate."""
 
 
 def _problem(name: str, value: Any, default: Any) -> str:

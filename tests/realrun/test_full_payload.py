@@ -99,6 +99,10 @@ def test_body_limit_is_derived_with_a_margin_and_bounded():
     assert settings.max_body_bytes == 40 << 20
     # the global budget admits such a body, even in the half left to large bodies
     assert settings.max_buffered_bytes // 2 >= settings.max_body_bytes
+    assert settings.body_timeout_s == ServerSettings.body_timeout_s
+    # at 10 Mbit/s a 40 MiB body takes 33.6 s: the body timeout grows to 4x that
+    slow = settings_for_body(ServerSettings(), 40 << 20, uplink_mbps=10.0)
+    assert slow.body_timeout_s == pytest.approx(135.0)
 
 
 def _scenario(tmp_path: Path, profile: Path = PROFILE, max_draft: int = 16) -> Path:
@@ -127,6 +131,16 @@ def test_scenario_body_limit_comes_from_the_policy_payloads(tmp_path):
     assert "\n" not in str(info.value) and f"--max-body-bytes {body_limit(scenario)}" in str(
         info.value
     )
+
+
+def test_a_scenario_level_full_payload_sends_rows_for_every_policy(tmp_path):
+    path = _scenario(tmp_path)
+    path.write_text(path.read_text() + '[payload]\nkind = "full"\n')
+    scenario = expand_sweep(path)[0].scenario
+    assert [full_row_bytes(scenario, e) for e in scenario.policies] == [8, 8]
+    path.write_text(path.read_text().replace('kind = "full"\n', 'kind = "token_prob"\n'))
+    scenario = expand_sweep(path)[0].scenario  # pipesd's own table still says full
+    assert [full_row_bytes(scenario, e) for e in scenario.policies] == [None, 8]
 
 
 def test_a_scenario_past_the_ceiling_gets_one_line(tmp_path):
