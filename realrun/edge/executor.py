@@ -81,6 +81,15 @@ were drawn from q given the guess, which is the server's token, with draws indep
 the server's. A NAV's top-K distributions must fit one request body (the server's
 `Limits.max_body_bytes`: `max_sampling_top_k`; ValueError otherwise).
 
+Edge-side verification (PicoSpec; `EdgeSampling.downlink_top_k` = K > 0). The session is
+opened with `sampling.top_k` = K: uploads carry token ids only (q stays at the edge), and each
+NAV's answer is the target's top-K rows instead of a decision. The main thread decides when it
+processes the answer (realrun.edge.topk_verify.decide_topk, the simulator's `verify_topk`, with
+draws from `EdgeSampling.verify_rng`) and the decision (accepted, token) rides as `outcome` on
+the next upload or NAV. Uploads drafted while a NAV is pending are held until its outcome is
+known (the server could not judge them before it) and then sent in order, the first carrying
+the outcome. The output is the target's top-K-truncated sampling at T.
+
 Cloud lost (offline fallback). A transport error (connection refused or reset, a timeout: the
 client's `timeout`), an HTTP 5xx, or a 404 (the session vanished: the server restarted) ends
 the cloud's part of the request. The edge keeps everything committed and its speculative
@@ -123,7 +132,13 @@ from policies.base import Mode, Policy
 from policies.session import ANSWER, DONE, SEND, VERIFY, SpeculativeSession
 from realrun.cloud.verifier import SparseDist
 from realrun.edge.client import CloudClient, CloudError
-from realrun.protocol import MAX_TEMPERATURE, ROW_DTYPES, Limits, encode, encode_rows
+from realrun.edge.topk_verify import decide_topk, rows_of
+from realrun.protocol import (
+    MAX_TEMPERATURE,
+    Limits,
+    check_verify_result,
+    encode,
+)
 from simulator.acceptance import AcceptanceStream
 from simulator.records import RequestRecord, Span
 
@@ -212,34 +227,19 @@ class GreedyDraft(_LlamaDraft):
         return token, confidence, None
 
 
-class FullRowDraft(GreedyDraft):
-    """Greedy drafting that keeps each token's whole draft distribution (softmax of its logit
-    row, float32), so every upload carries it: PipeSD's full-distribution payload
-    (`full_rows` of run_edge; realrun.protocol `rows`, `row_bytes` bytes per probability)."""
-
-    def __init__(self, llama: Any, row_bytes: int) -> None:
-        super().__init__(llama)
-        self.row_bytes = row_bytes
-        self.ids = np.arange(self.n_vocab, dtype=np.int64)
-
-    def step(self, context: Sequence[int]) -> tuple[int, float, SparseDist | None]:
-        """(argmax token, its probability, the full distribution over the vocabulary)."""
-        row = self.logits(context)
-        token = int(np.argmax(row))
-        e = np.exp(row - row[token])
-        probs = (e / e.sum()).astype(np.float32)
-        return token, float(probs[token]), SparseDist(self.ids, probs)
-
-
 @dataclass(frozen=True)
 class EdgeSampling:
     """Speculative sampling at the edge (module docstring, "Sampling"): the draft samples at
     `temperature` from its `top_k` most likely tokens (`top_k` >= the vocabulary: all of them),
-    with random draws derived from `seed`; ValueError on values the server would refuse."""
+    with random draws derived from `seed`; ValueError on values the server would refuse.
+    `downlink_top_k` > 0: PicoSpec's edge-side verification (module docstring, "Edge-side
+    verification"): the server answers with its top-`downlink_top_k` rows and the edge decides;
+    0: the server verifies."""
 
     temperature: float
     top_k: int
     seed: int
+    downlink_top_k: int = 0
 
     def __post_init__(self) -> None:
         t = self.temperature
@@ -252,6 +252,10 @@ class EdgeSampling:
                 raise ValueError(f"EdgeSampling: {name} must be an integer >= {low}")
         if self.seed >= 2**63:
             raise ValueError("EdgeSampling: seed must be below 2**63")
+        most = Limits(n_vocab=1).max_top_k
+        k = self.downlink_top_k
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 0 <= k <= most:
+            raise ValueError(f"EdgeSampling: downlink_top_k must be an integer in [0, {most}]")
 
     def server_seed(self, request: int) -> int:
         """The seed of request `request`'s server session (its accept/resample draws), in
@@ -265,9 +269,15 @@ class EdgeSampling:
         entropy = [self.seed, request]
         return np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=(_EDGE_STREAM,)))
 
+    def verify_rng(self, request: int) -> np.random.Generator:
+        """The Generator of the edge's accept/resample draws (edge-side verification)."""
+        entropy = [self.seed, request]
+        return np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=(_VERIFY_STREAM,)))
 
-_EDGE_STREAM, _SERVER_STREAM = 0, 1
-"""Spawn keys separating the edge's draws from the server session's seed."""
+
+_EDGE_STREAM, _SERVER_STREAM, _VERIFY_STREAM = 0, 1, 2
+"""Spawn keys separating the edge's draws, the server session's seed and the edge's own
+verification draws."""
 
 
 def top_k_distribution(row: NDArray[np.float64], temperature: float, top_k: int) -> SparseDist:
@@ -344,13 +354,13 @@ class _Job:
     tokens: list[tuple[int, int]] = field(default_factory=list)  # (absolute position, id)
     probs: list[float] | None = None  # greedy: the draft's probability of each token
     dists: list[SparseDist] | None = None  # sampling: the distribution each was drawn from
-    rows: tuple[NDArray[np.float32], int] | None = None  # full rows, bytes per probability
     after_nav: int | None = None  # proactive: queued while this NAV was pending
     nav: int = 0
     m: int = 0
     first: int = 0  # a NAV's first output position
     ready_s: float = 0.0
     seq: int | None = None  # the server's order number (all but open and stop)
+    outcome: tuple[int, int] | None = None  # edge-side verification: the last NAV's decision
 
 
 class _Worker:
@@ -455,7 +465,11 @@ class _Worker:
         elif self.sampling is not None:
             rule = (float(self.sampling.temperature), self.sampling.server_seed(self.request))
             body["sampling"] = {"temperature": rule[0], "seed": rule[1]}
-            answer = self.cloud.open(self.prompt, sampling=rule)
+            if self.sampling.downlink_top_k:  # the client's open has no top_k: the same body
+                body["sampling"]["top_k"] = int(self.sampling.downlink_top_k)
+                answer = self.cloud._post("open", body)
+            else:
+                answer = self.cloud.open(self.prompt, sampling=rule)
         else:
             answer = self.cloud.open(self.prompt)
         self._count(body, answer)
@@ -468,16 +482,20 @@ class _Worker:
         tokens = [tok for _, tok in job.tokens]
         dists = _wire(job.dists)
         body: dict[str, Any] = {"session": self.session, "tokens": tokens, "seq": job.seq}
-        body |= _drafts_body(job.probs, dists, job.rows)
+        body |= _drafts_body(job.probs, dists)
         condition: dict[str, int] = {}
         if job.after_nav is not None:
             condition = {"at": job.tokens[0][0] - len(self.prompt), "after": job.after_nav}
             body |= condition
         self._message_began(job.seq)
         start = self.clock()
-        answer = self.cloud.upload(
-            self.session, tokens, job.probs, dists, seq=job.seq, rows=job.rows, **condition
-        )
+        if job.outcome is not None:  # edge-side verification (the client has no `outcome`)
+            body["outcome"] = list(job.outcome)
+            answer = self.cloud._post("upload", body)
+        else:
+            answer = self.cloud.upload(
+                self.session, tokens, job.probs, dists, seq=job.seq, **condition
+            )
         end = self.clock()
         alone = self._message_alone(job.seq)
         self._count(body, answer)
@@ -505,21 +523,31 @@ class _Worker:
         assert self.session is not None
         tokens = [tok for _, tok in job.tokens]
         probs, dists = (job.probs, _wire(job.dists)) if tokens else (None, None)
-        rows = job.rows if tokens else None
         body: dict[str, Any] = {"session": self.session, "n": job.m, "seq": job.seq}
         if tokens:
-            body |= {"tokens": tokens, **_drafts_body(probs, dists, rows)}
+            body |= {"tokens": tokens, **_drafts_body(probs, dists)}
         self._message_began(job.seq)
         start = self.clock()
-        answer = self.cloud.verify(
-            self.session, job.m, tokens or None, probs, dists, seq=job.seq, rows=rows
-        )
+        if job.outcome is not None:  # edge-side verification (the client has no `outcome`)
+            body["outcome"] = list(job.outcome)
+            answer = check_verify_result(self.cloud._post("verify", body))
+        else:
+            answer = self.cloud.verify(
+                self.session, job.m, tokens or None, probs, dists, seq=job.seq
+            )
         arrived = self.clock()
         alone = self._message_alone(job.seq)
         self._count(body, answer)
-        accepted, token = int(answer["accepted"]), int(answer["token"])
-        if not 0 <= accepted <= job.m:
-            raise RuntimeError(f"run_edge: the server accepted {accepted} of {job.m}")
+        accepted: int | None
+        token: Any
+        if "topk" in answer:  # the edge decides (main thread): the rows ride in `token`
+            accepted, token = None, rows_of(answer)
+            if len(token) != job.m + 1:
+                raise RuntimeError(f"run_edge: {len(token)} top-K rows for {job.m} drafts")
+        else:
+            accepted, token = int(answer["accepted"]), int(answer["token"])
+            if not 0 <= accepted <= job.m:
+                raise RuntimeError(f"run_edge: the server accepted {accepted} of {job.m}")
         last = job.first + job.m
         nav_span = Span("cloud", start, arrived, "NAV", self.request, job.first, last, job.ready_s)
         with self.lock:
@@ -553,13 +581,10 @@ def _wire(dists: list[SparseDist] | None) -> list[tuple[list[int], list[float]]]
 
 
 def _drafts_body(
-    probs: list[float] | None,
-    dists: list[tuple[list[int], list[float]]] | None,
-    rows: tuple[NDArray[np.float32], int] | None = None,
+    probs: list[float] | None, dists: list[tuple[list[int], list[float]]] | None
 ) -> dict[str, Any]:
-    """The `probs` / `dists` / `rows` fields of a request body as the client sends them
-    (counted)."""
-    body: dict[str, Any] = {} if rows is None else encode_rows(*rows)
+    """The `probs` / `dists` fields of a request body as the client sends them (counted)."""
+    body: dict[str, Any] = {}
     if probs is not None:
         body["probs"] = probs
     if dists is not None:
@@ -583,7 +608,6 @@ def run_edge(
     clock_origin: float | None = None,
     acceptance_stream: AcceptanceStream | None = None,
     sampling: EdgeSampling | None = None,
-    full_rows: int | None = None,
 ) -> tuple[RequestRecord, list[int], list[Span]]:
     """One request under a speculative `policy`: (record, output tokens, timeline).
 
@@ -596,12 +620,8 @@ def run_edge(
     its top-K distributions of `max_draft_tokens` tokens must fit one request body
     (`max_sampling_top_k`). The output is the committed tokens, `max_new_tokens` of them (no
     stop at end-of-generation tokens); when the cloud is lost the draft finishes them alone
-    (module docstring). `full_rows`: greedy drafting whose uploads carry each token's whole
-    draft distribution in `full_rows` bytes per probability (2, 4 or 8; PipeSD's payload:
-    `FullRowDraft`); not with `sampling`.
+    (module docstring).
     """
-    if full_rows is not None and (sampling is not None or full_rows not in ROW_DTYPES):
-        raise ValueError(f"run_edge: full_rows must be one of {sorted(ROW_DTYPES)}, greedy only")
     if policy.mode != Mode.SPECULATIVE:
         raise ValueError(_UNSUPPORTED)
     if policy.is_oracle:
@@ -621,7 +641,8 @@ def run_edge(
         if stream is not None:
             raise ValueError("run_edge: sampling and synthetic acceptance cannot be combined")
         fits = max_sampling_top_k(max_draft_tokens)
-        if min(sampling.top_k, int(draft_llama.n_vocab())) > fits:
+        uploads_q = not sampling.downlink_top_k  # edge-side verification uploads ids only
+        if uploads_q and min(sampling.top_k, int(draft_llama.n_vocab())) > fits:
             raise ValueError(
                 f"run_edge: top-{sampling.top_k} distributions of {max_draft_tokens} tokens may "
                 f"exceed the server's body limit (at most top-{fits})"
@@ -636,11 +657,9 @@ def run_edge(
     record = RequestRecord(request=request_index, prompt_len=prompt_len, start_s=clock())
     timeline: list[Span] = []
     draft: Draft = (
-        SamplingDraft(draft_llama, sampling, request_index)
-        if sampling is not None
-        else FullRowDraft(draft_llama, full_rows)
-        if full_rows is not None
-        else GreedyDraft(draft_llama)
+        GreedyDraft(draft_llama)
+        if sampling is None
+        else SamplingDraft(draft_llama, sampling, request_index)
     )
     worker = _Worker(cloud, prompt, clock, request_index, stream, sampling)
     worker.start()
@@ -652,7 +671,10 @@ def run_edge(
         record.edge_busy_s += dt
         timeline.append(Span("draft", t, t + dt, "prefill", request_index, 0, 0))
         core = SpeculativeSession(policy, max_draft_tokens)
-        output = _loop(core, draft, worker, record, timeline, prompt, n_new, clock, stream)
+        judge = None
+        if sampling is not None and sampling.downlink_top_k:
+            judge = sampling.verify_rng(request_index)
+        output = _loop(core, draft, worker, record, timeline, prompt, n_new, clock, stream, judge)
         worker.put(_Job("close"))
     finally:
         worker.stop(timeout_s=60)
@@ -704,9 +726,11 @@ def _loop(
     n_new: int,
     clock: Clock,
     stream: AcceptanceStream | None,
+    judge: np.random.Generator | None = None,
 ) -> list[int]:
     """The request's tokens, drafting and talking to the cloud as `core` says (the same
-    bookkeeping as the simulator's edge); `core.begin` has been called."""
+    bookkeeping as the simulator's edge); `core.begin` has been called. `judge`: the edge
+    verifies (top-K answers, module docstring) with these draws; None: the server does."""
     index = record.request
     toks: list[int] = []  # committed + speculative tokens; len(toks) == core.drafted_end
     confs: list[float] = []
@@ -716,6 +740,8 @@ def _loop(
     nav_count = 0
     answer: tuple[Any, ...] | None = None
     off_index = 0
+    held: list[_Job] = []  # edge-side verification: proactive uploads wait for the outcome
+    outcome: tuple[int, int] | None = None  # decided, not yet sent
     lost: list[BaseException] = []  # the worker's report that the cloud is gone
     step = core.begin(record, len(prompt), n_new, record.start_s)
 
@@ -743,7 +769,7 @@ def _loop(
 
     def send(nav_request: bool) -> int:
         """Queue [sent_end, drafted_end) as a NAV or an upload; returns the next step."""
-        nonlocal nav, nav_count
+        nonlocal nav, nav_count, outcome
         base, sent_end, drafted_end = len(prompt), core.sent_end, core.drafted_end
         job = _Job(
             "verify" if nav_request else "upload",
@@ -751,22 +777,22 @@ def _loop(
             after_nav=nav,
             ready_s=clock(),
         )
-        if sampling:  # the dists carry q(d); no `probs` (the simulator's topk/full payloads)
+        if judge is not None:  # edge-side verification: ids only, q stays here
+            job.outcome, outcome = outcome, None
+        elif sampling:  # the dists carry q(d); no `probs` (the simulator's topk/full payloads)
             job.dists = [d for d in dists[sent_end:drafted_end] if d is not None]
             if len(job.dists) != len(job.tokens):
                 raise RuntimeError("run_edge: a speculative token without its distribution")
         else:
             job.probs = [min(max(c, 0.0), 1.0) for c in confs[sent_end:drafted_end]]
-        if isinstance(draft, FullRowDraft) and job.tokens:  # PipeSD: every token's whole row
-            rows = [d.probs for d in dists[sent_end:drafted_end] if d is not None]
-            if len(rows) != len(job.tokens):
-                raise RuntimeError("run_edge: a speculative token without its full row")
-            job.rows = (np.stack(rows), draft.row_bytes)
         if nav_request:
             nav_count += 1
             nav = job.nav = nav_count
             job.m, job.first = drafted_end - core.committed, core.committed
-        worker.put(job)
+        if judge is not None and nav is not None and not nav_request:
+            held.append(job)  # the server cannot judge it before the NAV's outcome
+        else:
+            worker.put(job)
         return core.sent(nav_request)
 
     try:
@@ -787,6 +813,16 @@ def _loop(
                     answer = None
                     start, end = core.nav_start, core.nav_end
                     m = end - start
+                    if accepted is None:  # top-K rows: the edge decides (realrun.edge.topk_verify)
+                        assert judge is not None
+                        mine = [d for d in dists[start:end] if d is not None]
+                        accepted, token = decide_topk(token, toks[start:end], mine, judge)
+                        outcome = (accepted, token)
+                        if held:  # the first held upload carries it; the rest follow in order
+                            held[0].outcome, outcome = outcome, None
+                            for job in held:
+                                worker.put(job)
+                            held.clear()
                     if stream is not None:
                         expected = min(stream.next_reject[start] - start, m)
                         if accepted != expected:

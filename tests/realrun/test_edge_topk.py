@@ -166,3 +166,66 @@ def test_llama_target_rolls_its_kv_cache_back_to_the_outcome():
         assert np.allclose(rolled[1], reference[1], atol=1e-3)
     finally:
         target.close()
+
+
+def _policy(name: str):
+    from policies.registry import make_policy, params_model
+
+    params = params_model(name)(**({"autotune": False} if name == "pipesd" else {}))
+    return make_policy(name, params, 0)
+
+
+@needs_smollm2
+def test_run_edge_emits_only_the_targets_top_k():
+    """run_edge with `downlink_top_k`: the server (synthetic target, SmolLM2's vocabulary)
+    sends top-K rows, the edge decides and reports outcomes (a missing or wrong one is a 422,
+    which would raise); every output token lies in the synthetic target's top-K there."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python (extra 'models') is not installed")
+    from edge_support import open_draft
+    from test_server_limits import served
+
+    from realrun.edge.client import CloudClient
+    from realrun.edge.executor import EdgeSampling, run_edge
+
+    draft = open_draft(smollm2_path())
+    k, n_new = 4, 24
+    try:
+        target = SyntheticTarget(n_vocab=int(draft.n_vocab()), seed=5)
+        prompt = list(draft.tokenize(b"Once upon a time", add_bos=False, special=False))
+        app = create_app("", target=target, rate_limit_per_s=None)
+        with served(app) as url, CloudClient(url) as cloud:
+            sampling = EdgeSampling(1.0, 8, seed=9, downlink_top_k=k)
+            record, output, _ = run_edge(
+                _policy("vanilla"), draft, cloud, prompt, n_new, sampling=sampling
+            )
+        assert len(output) == n_new and record.local_tokens == 0 and record.navs >= 1
+        sequence = [*prompt, *output]
+        for i in range(len(prompt), len(sequence)):
+            p = softmax(target.row(sequence[i - 1], i - 1), 1.0)
+            assert sequence[i] in np.argsort(-p, kind="stable")[:k], i
+    finally:
+        draft.close()
+
+
+@needs_smollm2
+def test_run_edge_holds_proactive_uploads_for_the_outcome():
+    """PipeSD (proactive, conditional uploads) with edge-side verification against SmolLM2
+    itself (draft = target: most drafts are accepted): uploads drafted during a NAV wait for
+    its outcome and carry it; the run ends with every token verified by the cloud."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python (extra 'models') is not installed")
+    from edge_support import open_draft, thread_server
+
+    from realrun.edge.client import CloudClient
+    from realrun.edge.executor import EdgeSampling, run_edge
+
+    draft = open_draft(smollm2_path())
+    try:
+        prompt = list(draft.tokenize(b"Once upon a time", add_bos=False, special=False))
+        with thread_server(smollm2_path()) as url, CloudClient(url) as cloud:
+            sampling = EdgeSampling(0.8, 16, seed=4, downlink_top_k=16)
+            record, output, _ = run_edge(
+                _policy("pipesd"), draft, cloud, prompt, 32, sampling=sampling
+            )
+        assert len(output) == 32 and record.local_tokens == 0 and record.accepted > 0
+    finally:
+        draft.close()
