@@ -135,9 +135,11 @@ from realrun.edge.client import CloudClient, CloudError
 from realrun.edge.topk_verify import decide_topk, rows_of
 from realrun.protocol import (
     MAX_TEMPERATURE,
+    ROW_DTYPES,
     Limits,
     check_verify_result,
     encode,
+    encode_rows,
 )
 from simulator.acceptance import AcceptanceStream
 from simulator.records import RequestRecord, Span
@@ -225,6 +227,25 @@ class GreedyDraft(_LlamaDraft):
         """(next token, confidence for the policy, None: a deterministic choice)."""
         token, confidence = self.next(context)
         return token, confidence, None
+
+
+class FullRowDraft(GreedyDraft):
+    """Greedy drafting that keeps each token's whole draft distribution (softmax of its logit
+    row, float32), so every upload carries it: PipeSD's full-distribution payload
+    (`full_rows` of run_edge; realrun.protocol `rows`, `row_bytes` bytes per probability)."""
+
+    def __init__(self, llama: Any, row_bytes: int) -> None:
+        super().__init__(llama)
+        self.row_bytes = row_bytes
+        self.ids = np.arange(self.n_vocab, dtype=np.int64)
+
+    def step(self, context: Sequence[int]) -> tuple[int, float, SparseDist | None]:
+        """(argmax token, its probability, the full distribution over the vocabulary)."""
+        row = self.logits(context)
+        token = int(np.argmax(row))
+        e = np.exp(row - row[token])
+        probs = (e / e.sum()).astype(np.float32)
+        return token, float(probs[token]), SparseDist(self.ids, probs)
 
 
 @dataclass(frozen=True)
@@ -354,6 +375,7 @@ class _Job:
     tokens: list[tuple[int, int]] = field(default_factory=list)  # (absolute position, id)
     probs: list[float] | None = None  # greedy: the draft's probability of each token
     dists: list[SparseDist] | None = None  # sampling: the distribution each was drawn from
+    rows: tuple[NDArray[np.float32], int] | None = None  # full rows, bytes per probability
     after_nav: int | None = None  # proactive: queued while this NAV was pending
     nav: int = 0
     m: int = 0
@@ -482,7 +504,7 @@ class _Worker:
         tokens = [tok for _, tok in job.tokens]
         dists = _wire(job.dists)
         body: dict[str, Any] = {"session": self.session, "tokens": tokens, "seq": job.seq}
-        body |= _drafts_body(job.probs, dists)
+        body |= _drafts_body(job.probs, dists, job.rows)
         condition: dict[str, int] = {}
         if job.after_nav is not None:
             condition = {"at": job.tokens[0][0] - len(self.prompt), "after": job.after_nav}
@@ -494,7 +516,7 @@ class _Worker:
             answer = self.cloud._post("upload", body)
         else:
             answer = self.cloud.upload(
-                self.session, tokens, job.probs, dists, seq=job.seq, **condition
+                self.session, tokens, job.probs, dists, seq=job.seq, rows=job.rows, **condition
             )
         end = self.clock()
         alone = self._message_alone(job.seq)
@@ -523,9 +545,10 @@ class _Worker:
         assert self.session is not None
         tokens = [tok for _, tok in job.tokens]
         probs, dists = (job.probs, _wire(job.dists)) if tokens else (None, None)
+        rows = job.rows if tokens else None
         body: dict[str, Any] = {"session": self.session, "n": job.m, "seq": job.seq}
         if tokens:
-            body |= {"tokens": tokens, **_drafts_body(probs, dists)}
+            body |= {"tokens": tokens, **_drafts_body(probs, dists, rows)}
         self._message_began(job.seq)
         start = self.clock()
         if job.outcome is not None:  # edge-side verification (the client has no `outcome`)
@@ -533,7 +556,7 @@ class _Worker:
             answer = check_verify_result(self.cloud._post("verify", body))
         else:
             answer = self.cloud.verify(
-                self.session, job.m, tokens or None, probs, dists, seq=job.seq
+                self.session, job.m, tokens or None, probs, dists, seq=job.seq, rows=rows
             )
         arrived = self.clock()
         alone = self._message_alone(job.seq)
@@ -581,10 +604,13 @@ def _wire(dists: list[SparseDist] | None) -> list[tuple[list[int], list[float]]]
 
 
 def _drafts_body(
-    probs: list[float] | None, dists: list[tuple[list[int], list[float]]] | None
+    probs: list[float] | None,
+    dists: list[tuple[list[int], list[float]]] | None,
+    rows: tuple[NDArray[np.float32], int] | None = None,
 ) -> dict[str, Any]:
-    """The `probs` / `dists` fields of a request body as the client sends them (counted)."""
-    body: dict[str, Any] = {}
+    """The `probs` / `dists` / `rows` fields of a request body as the client sends them
+    (counted)."""
+    body: dict[str, Any] = {} if rows is None else encode_rows(*rows)
     if probs is not None:
         body["probs"] = probs
     if dists is not None:
@@ -608,6 +634,7 @@ def run_edge(
     clock_origin: float | None = None,
     acceptance_stream: AcceptanceStream | None = None,
     sampling: EdgeSampling | None = None,
+    full_rows: int | None = None,
 ) -> tuple[RequestRecord, list[int], list[Span]]:
     """One request under a speculative `policy`: (record, output tokens, timeline).
 
@@ -620,8 +647,12 @@ def run_edge(
     its top-K distributions of `max_draft_tokens` tokens must fit one request body
     (`max_sampling_top_k`). The output is the committed tokens, `max_new_tokens` of them (no
     stop at end-of-generation tokens); when the cloud is lost the draft finishes them alone
-    (module docstring).
+    (module docstring). `full_rows`: greedy drafting whose uploads carry each token's whole
+    draft distribution in `full_rows` bytes per probability (2, 4 or 8; PipeSD's payload:
+    `FullRowDraft`); not with `sampling`.
     """
+    if full_rows is not None and (sampling is not None or full_rows not in ROW_DTYPES):
+        raise ValueError(f"run_edge: full_rows must be one of {sorted(ROW_DTYPES)}, greedy only")
     if policy.mode != Mode.SPECULATIVE:
         raise ValueError(_UNSUPPORTED)
     if policy.is_oracle:
@@ -657,9 +688,11 @@ def run_edge(
     record = RequestRecord(request=request_index, prompt_len=prompt_len, start_s=clock())
     timeline: list[Span] = []
     draft: Draft = (
-        GreedyDraft(draft_llama)
-        if sampling is None
-        else SamplingDraft(draft_llama, sampling, request_index)
+        SamplingDraft(draft_llama, sampling, request_index)
+        if sampling is not None
+        else FullRowDraft(draft_llama, full_rows)
+        if full_rows is not None
+        else GreedyDraft(draft_llama)
     )
     worker = _Worker(cloud, prompt, clock, request_index, stream, sampling)
     worker.start()
@@ -785,6 +818,11 @@ def _loop(
                 raise RuntimeError("run_edge: a speculative token without its distribution")
         else:
             job.probs = [min(max(c, 0.0), 1.0) for c in confs[sent_end:drafted_end]]
+        if isinstance(draft, FullRowDraft) and job.tokens:  # PipeSD: every token's whole row
+            rows = [d.probs for d in dists[sent_end:drafted_end] if d is not None]
+            if len(rows) != len(job.tokens):
+                raise RuntimeError("run_edge: a speculative token without its full row")
+            job.rows = (np.stack(rows), draft.row_bytes)
         if nav_request:
             nav_count += 1
             nav = job.nav = nav_count
