@@ -66,6 +66,10 @@ def test_revalidate_compares_the_recorded_real_run_with_a_fresh_simulation(
     assert separated["pairs"] == 18 and 0 < separated["separated_pairs"] <= 18
 
 
+FIXED_RULE_POLICIES = {"vanilla", "hsl"}
+"""Policies whose drafting does not adapt to measured costs: a slower draft can only slow them."""
+
+
 def test_revalidate_with_another_profile_changes_only_the_simulated_side(in_repo, tmp_path, capsys):
     slow = json.loads((RUN11 / "calibration" / "profile.json").read_text())
     slow["draft_latency"]["decode_base_s"] *= 2
@@ -79,7 +83,9 @@ def test_revalidate_with_another_profile_changes_only_the_simulated_side(in_repo
     before, after = read_rows(base / "validation.csv"), read_rows(moved / "validation.csv")
     for a, b in zip(before, after, strict=True):
         assert a["tpt_ms_real"] == b["tpt_ms_real"]
-        assert float(b["tpt_ms_sim"]) > float(a["tpt_ms_sim"])
+        assert b["tpt_ms_sim"] != a["tpt_ms_sim"]
+        if a["policy_name"] in FIXED_RULE_POLICIES:  # an adaptive policy may re-plan for the better
+            assert float(b["tpt_ms_sim"]) > float(a["tpt_ms_sim"])
 
 
 def test_revalidate_bad_sources_are_one_line_exit_2(in_repo, tmp_path, capsys):
