@@ -29,6 +29,15 @@ from validation.validate import (
 )
 
 
+def plausible(speed: float) -> bool:
+    """A measured speed relative to calibration: finite and within 50x either way.
+
+    Wide on purpose: on a busy machine (CI, issue 21) the run may be several times slower than
+    its calibration; a unit slip (ms for s) would be 1000x off.
+    """
+    return 0.02 < speed < 50
+
+
 def summary_row(point: int, policy: str, tpt: float, **metrics: float) -> dict[str, str]:
     """A summary.csv row as text, as csv.DictReader gives it."""
     row = {"point": str(point), "uplink_mbps": "10", "policy": policy, "policy_name": policy}
@@ -163,12 +172,12 @@ def test_validate_end_to_end_errors_recompute_from_both_sides(write_scenario, tm
                 assert row[f"{metric}_err"] == ""
         # the diagnostic: speeds from both sides' results, the re-simulation's error
         speed = float(row["edge_speed"])
-        assert 0.2 < speed < 5 and 0.2 < float(row["cloud_speed"]) < 5
+        assert plausible(speed) and plausible(float(row["cloud_speed"]))
         at_speed, r = float(row["tpt_ms_sim_at_run_speed"]), float(row["tpt_ms_real"])
         assert float(row["tpt_ms_err_at_run_speed"]) == pytest.approx((at_speed - r) / r, abs=1e-5)
         # the second prediction: each session at the speeds its reference showed before it
-        assert 0.2 < float(row["edge_speed_probe"]) < 5
-        assert 0.2 < float(row["cloud_speed_probe"]) < 5
+        assert plausible(float(row["edge_speed_probe"]))
+        assert plausible(float(row["cloud_speed_probe"]))
         probed, r = float(row["tpt_ms_sim_probed"]), float(row["tpt_ms_real"])
         assert float(row["tpt_ms_err_probed"]) == pytest.approx((probed - r) / r, abs=1e-5)
         # the goals' prediction: every session at the compute traces recorded during it
