@@ -164,12 +164,10 @@ def test_realrun_local_sweep_writes_the_simulators_schema(
 def test_interrupted_run_keeps_finished_points_and_stops_the_server(
     write_scenario, options, tmp_path, monkeypatch
 ):
-    import realrun.testbed
-
     scenario = write_scenario(policies=POLICIES[:1], link=LINK, prompts=PROMPTS)
     points = expand_sweep(scenario, [], ["link.uplink_mbps=20,80"])
     ports: list[int] = []
-    real_testbed = realrun.testbed.run_testbed
+    real_testbed = local.run_testbed
 
     def recorded_free_port() -> int:
         ports.append(free_port())
@@ -182,7 +180,7 @@ def test_interrupted_run_keeps_finished_points_and_stops_the_server(
         return real_testbed(scenario_path, point, *args, **kwargs)
 
     monkeypatch.setattr(local, "free_port", recorded_free_port)
-    monkeypatch.setattr(realrun.testbed, "run_testbed", testbed)
+    monkeypatch.setattr(local, "run_testbed", testbed)
     out = tmp_path / "local"
     with pytest.raises(KeyboardInterrupt):
         run_local(scenario, points, options, out, ["test"])
