@@ -29,7 +29,7 @@ given number and flash attention on (as realrun's edge loads its draft), then me
   is `burst` steps after an idle `pause_s` (an edge drafts a few tokens, then waits for the
   verification). It matters on this VM: a step right after 60 ms of anything else (sleep,
   another model, a busy loop) takes ~16% longer than in a tight loop, and a testbed's draft
-  runs at the former speed (README, validation).
+  runs at the former speed (docs/validation.md).
 
 Prompt tokens are deterministic: the tokenised text of Python's `this` module (the Zen of
 Python), repeated to the length needed. Nothing is made up or slept on: every number is a

@@ -6,8 +6,9 @@ through its public methods only (`calibrate.served.time_served`: prefill vs prom
 verification vs tokens verified and context, interleaved rounds after warm-up, unstable
 configurations re-measured), so every time is the server's own measurement of its own calls.
 
-Batch size is 1 only: the server verifies one sequence at a time, and llama-cpp-python's `Llama`
-exposes no multi-sequence context. `fit_single_sequence` therefore fits the forward model
+Batch size is 1 here: one sequence per verification. Batched verification (the server's
+`LlamaTarget.verify_batch`) is measured by `calibrate.target_batch` (`pipesd calibrate target
+--backend llama --batch-sizes ...`). `fit_single_sequence` therefore fits the forward model
 without the batch term (forward_per_extra_sequence_s = 0, not measured) from the same pieces
 `calibrate.fit.fit_target_latency` is made of (that fitter needs 2+ batch sizes).
 

@@ -1,5 +1,5 @@
 """`pipesd figures`: figures from run folders, and the run-independent DiP-SD, PicoSpec,
-validation and README figures. `add_parser` registers the subcommand, `run` executes it."""
+validation and documentation figures. `add_parser` registers the subcommand, `run` executes it."""
 
 from __future__ import annotations
 

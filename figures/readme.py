@@ -1,8 +1,8 @@
-"""The README's figures: run the shipped scenarios in-process into a temporary folder and
-write the main figures to docs/figures/.
+"""The figures of README.md and docs/results.md: run the shipped scenarios in-process into a
+temporary folder and write the main figures to docs/figures/.
 
 The scenarios run at their own sizes (all four take about 20 s on one core), so the figures
-show the same runs as the README's tables; only the Gantt chart's S1 run is cut to two
+show the same runs as docs/results.md's tables; only the Gantt chart's S1 run is cut to two
 requests and one seed, since it only shows the first rounds of one request.
 """
 

@@ -1,4 +1,4 @@
-"""Aggregate per-request records into the summary metrics defined in the README."""
+"""Aggregate per-request records into the summary metrics defined in docs/results.md."""
 
 from __future__ import annotations
 

@@ -72,7 +72,7 @@ def add_validate_parser(subparsers: Any) -> None:
         action="store_true",
         help="re-measure the draft's and the target's latency just before the real run and "
         "simulate with PROFILE's copy holding them (OUT/calibration/): this machine's speed "
-        "drifts, see README",
+        "drifts, see docs/validation.md",
     )
     validate.add_argument(
         "--rank",

@@ -1,6 +1,6 @@
 """A short speed reference taken by the testbed right before each session.
 
-Why: this machine's speed drifts by tens of percent within minutes (README, validation), so a
+Why: this machine's speed drifts by tens of percent within minutes (docs/validation.md), so a
 profile measured even one minute before a run mispredicts it. Before each (policy, seed)
 session the testbed times a fixed workload through the very objects the session then uses:
 `steps` greedy draft steps with the edge's draft (realrun.edge.executor's `GreedyDraft`), and
