@@ -120,10 +120,10 @@ def sampling_top_k(
     Default: the scenario's `payload.top_k` when `payload.kind` is "topk"; otherwise (full
     distributions, or token ids or probabilities only, which speculative sampling cannot use)
     the largest K whose distributions of a whole NAV fit one request body of the server
-    (realrun.edge.executor.max_sampling_top_k: the full vocabulary never does, 64 KiB bodies).
+    (realrun.edge.drafts.max_sampling_top_k: the full vocabulary never does, 64 KiB bodies).
     One-line ConfigError if `top_k` (or the scenario's) is below 1 or does not fit.
     """
-    from realrun.edge.executor import max_sampling_top_k  # loads httpx (optional) when imported
+    from realrun.edge.drafts import max_sampling_top_k  # loads msgpack (optional) when imported
     from realrun.protocol import Limits  # loads msgpack (optional) when imported
 
     tokens = tokens_per_message(scenario)

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from realrun.edge.client import CloudClient
-from realrun.edge.executor import GreedyDraft
+from realrun.edge.drafts import GreedyDraft
 from simulator.profile import DraftLatency, TargetLatency
 from simulator.records import RequestRecord, Span
 
