@@ -90,20 +90,25 @@ def test_cpu_clock_fit_under_cpu_hogs_stays_near_the_quiet_fit() -> None:
     pytest.importorskip("torch", reason="torch (extra 'models') is not installed")
     from simulator.profile import TargetLatency
 
-    quiet = _profile_in_a_fresh_process()
+    before = _profile_in_a_fresh_process()
     with _hogs() as hogs:
         busy = _profile_in_a_fresh_process()
         assert all(hog.poll() is None for hog in hogs)  # they were busy all along
-    assert quiet["clock"] == busy["clock"] == "cpu"
-    quiet_latency = TargetLatency(**quiet["latency"])
+    after = _profile_in_a_fresh_process()  # a second quiet fit: the quiet side is noisy too
+    assert before["clock"] == busy["clock"] == after["clock"] == "cpu"
+    quiet = [TargetLatency(**fit["latency"]) for fit in (before, after)]
     busy_latency = TargetLatency(**busy["latency"])
+
+    def near_a_quiet_fit(time_of) -> bool:
+        """The busy fit within TOLERANCE of the band the two quiet fits span."""
+        low, high = sorted(time_of(latency) for latency in quiet)
+        return low * (1 - TOLERANCE) <= time_of(busy_latency) <= high * (1 + TOLERANCE)
+
     for n in TORCH_GRID["token_counts"]:
         for c in TORCH_GRID["context_lengths"]:
-            ratio = busy_latency.forward_s(n, c) / quiet_latency.forward_s(n, c)
-            assert abs(ratio - 1) <= TOLERANCE, (n, c, ratio)
+            assert near_a_quiet_fit(lambda lat: lat.forward_s(n, c)), (n, c)  # noqa: B023
     for length in TORCH_GRID["prompt_lengths"]:
-        ratio = busy_latency.prefill_s(length) / quiet_latency.prefill_s(length)
-        assert abs(ratio - 1) <= TOLERANCE, (length, ratio)
+        assert near_a_quiet_fit(lambda lat: lat.prefill_s(length)), length  # noqa: B023
 
 
 @needs_smollm2
