@@ -303,8 +303,8 @@ def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 def merge_points(out_dir: Path, finished: Sequence[int]) -> None:
     """Rewrite OUT/summary.csv and results.csv (and speeds.csv and the compute traces, where
-    the points have them) from the finished points' own tables."""
-    optional = ("speeds.csv", "compute_edge.csv", "compute_cloud.csv")
+    the points have them, and outputs.csv) from the finished points' own tables."""
+    optional = ("speeds.csv", "compute_edge.csv", "compute_cloud.csv", "outputs.csv")
     for name in ("summary.csv", "results.csv", *optional):
         columns: list[str] = []
         rows: list[dict[str, str]] = []

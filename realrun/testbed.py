@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from models.prompts import default_prompts, format_prompt
+from models.prompts import family_prompts, format_prompt
 from policies.base import Mode
 from policies.registry import POLICIES, make_policy
 from policies.seeding import policy_seed
@@ -52,6 +52,11 @@ if TYPE_CHECKING:
     import httpx
 
 ACCEPTANCE = ("real", "synthetic")
+
+OUTPUT_COLUMNS = ("point", "policy", "seed", "request", "tokens")
+"""outputs.csv: each request's output token ids, space-separated (request r's prompt is the
+scenario's prompt family's r-th, cycling), so that the output can be checked against the
+target's own greedy output (validation.lossless)."""
 
 COMPUTE_FILES = {"edge": "compute_edge.csv", "cloud": "compute_cloud.csv"}
 """The speed each request's draft and target ran at against the profile, per session (its
@@ -320,7 +325,7 @@ def run_testbed(
     n_new = model.prompts.max_new_tokens
     max_draft = tokens_per_message(scenario)
     synthetic = acceptance_model(scenario) if acceptance == "synthetic" else None
-    prompts = default_prompts()
+    prompts = [p.text for p in family_prompts(model.prompts.family, model.prompts.split)]
     draft = llama_cpp.Llama(
         model_path=str(draft_path),
         n_threads=threads,
@@ -339,6 +344,7 @@ def run_testbed(
     out_dir.mkdir(parents=True, exist_ok=True)
     sizes: list[int] = []
     batch_rows: list[dict[str, Any]] = []
+    outputs: list[dict[str, Any]] = []  # OUTPUT_COLUMNS, for validation's lossless check
 
     class SizedClient(CloudClient):
         """The client, noting the batch size of every verification's answer."""
@@ -400,7 +406,7 @@ def run_testbed(
                         tokens = format_prompt(draft, prompts[request % len(prompts)])
                         stream = synthetic.stream(seed, edge, request, n_new) if synthetic else None
                         before = uplink_meter() if uplink_meter is not None else None
-                        record, _, timeline = run_edge(
+                        record, output, timeline = run_edge(
                             policy,
                             draft,
                             cloud,
@@ -424,6 +430,9 @@ def run_testbed(
                         if before is not None and after is not None:
                             record.uplink_bytes = round(after - before)
                         records.append(record)
+                        outputs.append({"point": point.index, "policy": entry.label,
+                                        "seed": seed, "request": request,
+                                        "tokens": " ".join(map(str, output))})  # fmt: skip
                         spans.extend(timeline)
                         speed = request_speed(
                             record,
@@ -477,6 +486,7 @@ def run_testbed(
                        "predicted_s", "factor"]  # fmt: skip
     for side, rows_of_side in compute.items():
         write_table(out_dir / COMPUTE_FILES[side], compute_columns, rows_of_side)
+    write_table(out_dir / "outputs.csv", OUTPUT_COLUMNS, outputs)
     if batch_sizes:
         batch_columns = ["policy", "seed", "edge", "request", "nav", "batch_size"]
         write_table(out_dir / "batches.csv", batch_columns, batch_rows)

@@ -82,6 +82,14 @@ class PromptsSection(Strict):
     count: int = Field(ge=1, le=1_000_000)
     prompt_len: int = Field(ge=1, le=1_000_000)
     max_new_tokens: int = Field(ge=2, le=1_000_000)
+    family: Literal["default", "humaneval", "reference"] = Field(
+        "default",
+        description="the testbed's prompt texts (models.prompts.FAMILIES), request r taking "
+        "the family's prompt r (cycling); the simulator uses prompt_len alone",
+    )
+    split: Literal["all", "fit", "heldout"] = Field(
+        "all", description="which of the family's prompts (models.prompts.SPLITS)"
+    )
 
 
 class PayloadSection(Strict):

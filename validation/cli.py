@@ -30,6 +30,7 @@ from simulator.inputs import MAX_TRACE_BYTES, check_regular
 from simulator.outdir import out_dir_arg
 from simulator.results import write_json
 from simulator.scenario import SweepPoint
+from validation.lossless import lossless_line
 from validation.ranking import (
     PairPlan,
     plan_outcome,
@@ -209,6 +210,17 @@ def print_validation(
         f"p90 {_percent(p90).lstrip('+')} (goal <= {100 * GOAL_P90:.0f}%: {verdict(met['p90'])})",
         highlight=False,
     )
+    others = headline.get("abs_error_median_p90", {})
+    if others:
+        console.print(
+            "; ".join(f"{name} |error| median {_percent(others[m][0]).lstrip('+')}, p90 "
+                      f"{_percent(others[m][1]).lstrip('+')}"
+                      for m, name in (("nav_count", "NAV count"),
+                                      ("mean_accepted_len", "accepted length"))),
+            highlight=False,
+        )  # fmt: skip
+    if "lossless" in headline:
+        console.print(lossless_line(headline["lossless"]), highlight=False)
     if headline["ranking_identical"]:
         console.print("TPT ranking: identical at every sweep point (goal: identical: met)")
     else:

@@ -25,6 +25,7 @@ from simulator.errors import ConfigError
 from simulator.results import write_json, write_table
 from simulator.runner import run_scenario
 from simulator.scenario import SweepPoint, expand_sweep
+from validation.lossless import check_lossless
 from validation.replay import resimulate_replayed
 from validation.speeds import (
     mean_speeds,
@@ -265,6 +266,9 @@ def summarise_validation(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "rows": len(rows),
         "tpt_abs_error_median": median,
         "tpt_abs_error_p90": p90,
+        "abs_error_median_p90": {
+            metric: error_stats([r[f"{metric}_err"] for r in rows]) for metric in METRICS
+        },
         "ranking_identical": not mismatches,
         "ranking_mismatches": mismatches,
         "goals": {
@@ -372,16 +376,17 @@ def run_validation(
     (out_dir / "validation.csv").unlink(missing_ok=True)
     probing = replace(options, speed_probe=True)  # the second prediction's reference
     run_local(scenario_path, points, probing, out_dir / "real", command, progress)
+    lossless = check_lossless(out_dir / "real", points, options, out_dir)
     recalibration = (
         {"path": str(recalibrated_from), "sha256": sha256(recalibrated_from)}
         if recalibrated_from is not None
         else None
     )
-    origin = {"recalibrated_from": recalibration}
-    compared = simulate_and_compare(
+    origin = {"recalibrated_from": recalibration, "lossless": lossless}
+    rows, headline = simulate_and_compare(
         scenario_path, profile_path, points, out_dir, command, skipped, origin
     )
-    return (*compared, skipped)
+    return rows, {**headline, "lossless": lossless}, skipped
 
 
 def simulate_and_compare(

@@ -216,6 +216,11 @@ def test_validate_end_to_end_errors_recompute_from_both_sides(write_scenario, tm
     errors = [float(r["tpt_ms_err"]) for r in rows]
     assert manifest["tpt_abs_error_median"] == pytest.approx(error_stats(errors)[0], rel=1e-5)
     assert manifest["skipped"] == {"cloud_ar": "not an edge-drafting policy"}
+    # real acceptance: every output is the target's own greedy output (validation.lossless)
+    lossless = manifest["lossless"]
+    assert lossless["checked"] and lossless["passed"] and lossless["requests"] == 2
+    assert "lossless check: 2 of 2 requests" in printed and "NAV count |error|" in printed
+    assert set(manifest["abs_error_median_p90"]) == set(METRICS)
     assert manifest["profile"]["path"] == str(profile)
     assert json.loads((out / "sim" / "manifest.json").read_text())["profiles"] == {
         str(profile.resolve()): manifest["profile"]["sha256"]
