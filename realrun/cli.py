@@ -28,7 +28,7 @@ from realrun.local import (
     ServerError,
     run_local,
 )
-from realrun.testbed import SamplingSpec, check_sampling, run_testbed, skip_reason
+from realrun.testbed import SamplingSpec, check_sampling, entry_skip_reason, run_testbed
 from simulator.errors import ConfigError
 from simulator.outdir import claim_out_dir, out_dir_arg
 from simulator.scenario import expand_sweep
@@ -162,7 +162,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="T",
         help="speculative sampling at temperature T in (0, 100]: the draft samples from its "
         "top-K, the server verifies by rejection sampling, each request seeded by the "
-        "scenario's (seed, request); default: greedy. Not with --acceptance synthetic",
+        "scenario's (seed, request); a policy whose payload sets downlink_top_k (PicoSpec) "
+        "verifies at the edge on the target's top-K instead; default: greedy (every policy "
+        "verified by the server). Not with --acceptance synthetic",
     )
     parser.add_argument(
         "--top-k",
@@ -226,7 +228,8 @@ def add_parser(subparsers: Any) -> None:
         description=(
             "Run every edge-drafting policy of SCENARIO (first sweep point) on this machine: "
             "the draft with llama.cpp (greedy, or sampling with --temperature), verification "
-            "by the server at --server. Writes "
+            "by the server at --server (with --temperature, at the edge on the target's top-K "
+            "for policies whose payload sets downlink_top_k). Writes "
             "OUT/summary.csv, results.csv, manifest.json and timelines/ in the simulator's "
             "schema. The link is not shaped yet."
         ),
@@ -335,11 +338,11 @@ def testbed_progress(quiet: bool, total: int) -> Iterator[Callable[[str], None]]
         yield lambda message: bar.update(task, advance=1, current=message)
 
 
-def testbed_requests(points: list[Any]) -> int:
+def testbed_requests(points: list[Any], sampling: SamplingSpec | None = None) -> int:
     """Requests the testbed runs over all points (for the progress bar)."""
 
     scenario = points[0].scenario
-    runnable = sum(1 for e in scenario.policies if skip_reason(e.name) is None)
+    runnable = sum(1 for e in scenario.policies if entry_skip_reason(e, sampling) is None)
     return len(points) * runnable * len(scenario.model.seeds) * scenario.model.prompts.count
 
 
@@ -352,7 +355,8 @@ def run_local_command(args: argparse.Namespace, argv: list[str]) -> int:
     make_out(args, LOCAL_KIND, argv)
     many = bool(points[0].scenario.model.edge_groups)  # a process per edge (realrun.fleet)
     runner = run_fleet if many else run_local
-    with testbed_progress(args.quiet, testbed_requests(points)) as progress:
+    total = testbed_requests(points, options.sampling)
+    with testbed_progress(args.quiet, total) as progress:
         rows = runner(args.scenario, points, options, args.out, ["pipesd", *argv], progress)
     if not args.quiet:
         axes = list(points[0].axes)

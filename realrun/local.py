@@ -34,9 +34,10 @@ from realrun.testbed import (
     SamplingSpec,
     body_limit,
     check_sampling,
+    entry_skip_reason,
     run_testbed,
     sampling_info,
-    skip_reason,
+    verification,
 )
 from simulator.errors import ConfigError
 from simulator.outdir import claim_out_dir
@@ -138,7 +139,8 @@ def check_points(
             "validation and this runner take one edge (remove [[edge_groups]]); many edges "
             "run with `pipesd realrun local` (realrun.fleet)",
         )
-    skipped = {e.label: r for e in scenario.policies if (r := skip_reason(e.name))}
+    sampling = options.sampling if options is not None else None
+    skipped = {e.label: r for e in scenario.policies if (r := entry_skip_reason(e, sampling))}
     if len(skipped) == len(scenario.policies):
         raise ConfigError(
             scenario_path,
@@ -375,6 +377,11 @@ def run_point(
                             "rule": "policies/batching.py (the simulator's)"}  # fmt: skip
         if options.sampling is not None:
             used["sampling"] = sampling_info(options.sampling, top_k)
+        used["verification"] = {
+            entry.label: verification(entry, options.sampling, options.acceptance)
+            for entry in point.scenario.policies
+            if entry_skip_reason(entry, options.sampling) is None
+        }
     return rows, used
 
 
@@ -415,6 +422,11 @@ def run_local(
                     "top_k": options.sampling.top_k,  # None: per point (points.<i>.sampling)
                 }
             ),
+            "verification": {  # per point too: points.<i>.verification
+                entry.label: verification(entry, options.sampling, options.acceptance)
+                for entry in points[0].scenario.policies
+                if entry_skip_reason(entry, options.sampling) is None
+            },
             "points": {str(i): used[i] for i in finished},
             "finished_points": finished,
             "skipped": skipped,

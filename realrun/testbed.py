@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     import httpx
 
 ACCEPTANCE = ("real", "synthetic")
+"""Where acceptance comes from: the target's own verification, or the scenario's model."""
 
 OUTPUT_COLUMNS = ("point", "policy", "seed", "request", "tokens")
 """outputs.csv: each request's output token ids, space-separated (request r's prompt is the
@@ -61,7 +62,10 @@ target's own greedy output (validation.lossless)."""
 COMPUTE_FILES = {"edge": "compute_edge.csv", "cloud": "compute_cloud.csv"}
 """The speed each request's draft and target ran at against the profile, per session (its
 t_s from the session's start): compute traces the simulator can replay (validation)."""
-"""Where acceptance comes from: the target's own verification, or the scenario's model."""
+
+VERIFICATION_COLUMNS = ("verification", "downlink_top_k")
+"""results.csv columns the testbed adds to the simulator's: "edge_topk" (PicoSpec's edge-side
+verification on the target's top-`downlink_top_k`) or "server" (`downlink_top_k` 0)."""
 
 
 def skip_reason(name: str) -> str | None:
@@ -173,6 +177,7 @@ def check_sampling(
         )
     for entry in scenario.policies:  # each policy's own payload must fit too
         sampling_top_k(scenario, sampling.top_k, entry.payload)
+    check_edge_top_k(scenario, sampling)
     return sampling_top_k(scenario, sampling.top_k)
 
 
@@ -264,6 +269,72 @@ def sampling_info(
     }
 
 
+EXACT_P_SKIP = (
+    "downlink_scheme 'exact_p_then_topk' is simulated only: the testbed's edge-side "
+    "verification sends the target's top-K at every verified position"
+)
+"""Why a PicoSpec variant whose answer carries exact p(x) is skipped in a sampling run."""
+
+
+def edge_top_k(entry: PolicyEntry, sampling: SamplingSpec | None) -> int:
+    """K of `entry`'s edge-side top-K verification on the testbed (PicoSpec), 0: the server
+    verifies.
+
+    The rule: a policy whose payload sets `downlink_top_k` = K > 0 (scheme
+    "topk_every_position") verifies at the edge, by separate rejection sampling on the
+    target's top-K (realrun.edge.topk_verify), when the run samples (`--temperature`).
+    Greedy runs keep server verification for every policy: greedy verification keeps a draft
+    iff it is the target's argmax, which is always in the top-K, so the edge would decide
+    exactly as the server does. Synthetic acceptance never samples (`check_sampling`).
+    """
+    payload = entry.payload
+    if sampling is None or not payload.downlink_top_k:
+        return 0
+    if payload.downlink_scheme != "topk_every_position":
+        return 0
+    return int(payload.downlink_top_k)
+
+
+def entry_skip_reason(entry: PolicyEntry, sampling: SamplingSpec | None) -> str | None:
+    """Why the testbed cannot run `entry` in this run (None: it can): `skip_reason`, and in
+    a sampling run a top-K downlink whose scheme the testbed does not implement
+    (`EXACT_P_SKIP`)."""
+    reason = skip_reason(entry.name)
+    if reason is not None or sampling is None or not entry.payload.downlink_top_k:
+        return reason
+    return EXACT_P_SKIP if entry.payload.downlink_scheme != "topk_every_position" else None
+
+
+def check_edge_top_k(scenario: Scenario, sampling: SamplingSpec | None) -> None:
+    """Refuse a `downlink_top_k` the server cannot send in a sampling run (one-line
+    ConfigError naming the policy's field and the allowed range)."""
+    from realrun.protocol import Limits  # loads msgpack (optional) when imported
+
+    most = Limits(n_vocab=1).max_top_k
+    for entry in scenario.policies:
+        k = edge_top_k(entry, sampling)
+        if k > most and entry_skip_reason(entry, sampling) is None:
+            raise ConfigError(
+                scenario.path,
+                f"policies.{entry.label}.payload.downlink_top_k",
+                f"edge-side top-K verification (--temperature) takes 1..{most} (the server's "
+                f"largest top-K answer; got {k})",
+            )
+
+
+def verification(entry: PolicyEntry, sampling: SamplingSpec | None, acceptance: str) -> str:
+    """Where and how `entry`'s drafts are verified in this run (results.csv's
+    `verification` and the manifest's `testbed.verification`)."""
+    k = edge_top_k(entry, sampling)
+    if k:
+        return f"edge: separate rejection sampling on the target's top-{k} (edge_topk)"
+    if acceptance == "synthetic":
+        return "server: the scenario's synthetic acceptance stream"
+    if sampling is not None:
+        return "server: speculative rejection sampling"
+    return "server: greedy"
+
+
 def run_testbed(
     scenario_path: Path,
     point: SweepPoint,
@@ -285,6 +356,7 @@ def run_testbed(
     edge: int = 0,
     only: tuple[int, str] | None = None,
     batch_sizes: bool = False,
+    fleet_plan: tuple[tuple[tuple[int, ...], ...], int] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every runnable policy of `point` on the testbed; returns the summary rows.
 
@@ -292,6 +364,9 @@ def run_testbed(
     `edge` of its records; realrun.fleet runs one process per edge). `only`: run just this
     (seed, policy label) session. `batch_sizes`: write OUT/batches.csv, the size of the
     cloud's batch each of this edge's NAVs was verified in (the server's answer).
+    `fleet_plan`: (a DiP-SD plan's batches, this edge's draft length), realrun.fleet's: a
+    fleet-plan policy runs with that length and seats its sessions in the plan on the server
+    (its last request's session retires the edge there).
 
     `transport`: the httpx transport of the edge's client (a software link shaper), closed
     with it. `link_info`: the manifest's `testbed.link` entry. `acceptance`: "real" or
@@ -354,6 +429,11 @@ def run_testbed(
             sizes.append(int(answer.get("batch_size", 1)))
             return answer
 
+        def open(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            return super().open(*args, plan=seat.get("plan"), **kwargs)
+
+    seat: dict[str, Any] = {}  # the current request's place in a DiP-SD plan, if any
+
     try:
         with SizedClient(server, token, timeout=cloud_timeout_s, transport=transport) as cloud:
             # an unreachable server at the start is the caller's error
@@ -363,7 +443,9 @@ def run_testbed(
             check_body_limit(scenario, int(settings.get("max_body_bytes", 0)), server)
             runnable = []
             for index, entry in enumerate(scenario.policies):
-                reason = skip_reason(entry.name)
+                reason = entry_skip_reason(entry, sampling)
+                if fleet_plan is not None and POLICIES[entry.name][1].uses_fleet_plan:
+                    reason = None
                 if reason:
                     skipped[entry.label] = reason
                 else:
@@ -375,6 +457,9 @@ def run_testbed(
                     if only is not None and only != (seed, entry.label):
                         continue
                     policy = make_policy(entry.name, entry.params, policy_seed(seed, entry.label))
+                    planned = fleet_plan is not None and policy.uses_fleet_plan
+                    if planned:
+                        policy.on_fleet_plan(fleet_plan[1])  # type: ignore[index]
                     if speed_probe:
                         probe = probe_speeds(
                             draft,
@@ -393,6 +478,7 @@ def run_testbed(
                             float(sampling.temperature),
                             sampling_top_k(scenario, sampling.top_k, entry.payload)[0],
                             seed,
+                            downlink_top_k=edge_top_k(entry, sampling),
                         )
                         if sampling is not None
                         else None
@@ -403,6 +489,12 @@ def run_testbed(
                     sizes.clear()  # probes are no NAVs of a request
                     records, spans = [], []
                     for request in range(model.prompts.count):
+                        last = request == model.prompts.count - 1
+                        seat["plan"] = (
+                            {"batches": fleet_plan[0], "edge": edge, "last": last}  # type: ignore[index]
+                            if planned
+                            else None
+                        )
                         tokens = format_prompt(draft, prompts[request % len(prompts)])
                         stream = synthetic.stream(seed, edge, request, n_new) if synthetic else None
                         before = uplink_meter() if uplink_meter is not None else None
@@ -470,7 +562,10 @@ def run_testbed(
                         plan_throughput_tokens_per_s=math.nan,
                     )
                     outcomes.setdefault(index, []).append(outcome)
-                    rows.extend(request_rows(Task(point, index, seed), outcome))
+                    k = edge_top_k(entry, sampling)
+                    checked = {"verification": "edge_topk" if k else "server", "downlink_top_k": k}
+                    task = Task(point, index, seed)
+                    rows.extend(row | checked for row in request_rows(task, outcome))
                     name = f"timeline_p{point.index}_{index}_{entry.label}_s{seed}.csv"
                     write_table(
                         out_dir / "timelines" / name,
@@ -480,7 +575,8 @@ def run_testbed(
     finally:
         draft.close()
     axes = list(point.axes)
-    columns = ["point", *axes, "policy", "policy_name", "seed", *RECORD_FIELDS, "ttft_ms", "tpt_ms"]
+    columns = ["point", *axes, "policy", "policy_name", "seed", *RECORD_FIELDS, "ttft_ms", "tpt_ms",
+               *VERIFICATION_COLUMNS]  # fmt: skip
     write_table(out_dir / "results.csv", columns, rows)
     compute_columns = ["point", *axes, "policy", "seed", "request", "t_s", "measured_s",
                        "predicted_s", "factor"]  # fmt: skip
@@ -502,6 +598,11 @@ def run_testbed(
         "threads": threads,
         "acceptance": acceptance,
         "sampling": sampling_info(sampling, top_k),
+        "verification": {
+            entry.label: verification(entry, sampling, acceptance)
+            for entry in scenario.policies
+            if entry.label not in skipped
+        },
         "full_rows": {
             entry.label: f"float{8 * size} rows over the vocabulary, every uploaded token"
             for entry in scenario.policies

@@ -40,6 +40,11 @@ def _extra(**fields: int | None) -> dict[str, int]:
     return {name: int(value) for name, value in fields.items() if value is not None}
 
 
+def _outcome(outcome: tuple[int, int] | None) -> dict[str, list[int]]:
+    """The `outcome` field (the edge's decision on a top-K verify answer), if there is one."""
+    return {} if outcome is None else {"outcome": [int(outcome[0]), int(outcome[1])]}
+
+
 class CloudError(RuntimeError):
     """The server refused a request (`status` is the HTTP status, `message` its reason)."""
 
@@ -105,14 +110,24 @@ class CloudClient:
         prompt: Sequence[int],
         synthetic_accepted: Sequence[bool | int] | None = None,
         sampling: tuple[float, int] | None = None,
+        top_k: int = 0,
+        plan: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Open a session: greedy, or `synthetic_accepted` verdicts per output position, or
-        `sampling` = (temperature, seed)."""
+        `sampling` = (temperature, seed); with `sampling`, `top_k` > 0 asks for the target's
+        top-K rows instead of the server's decision (PicoSpec's edge-side verification).
+        `plan`: the session's seat in a DiP-SD plan (realrun.protocol, `open`)."""
         body: dict[str, Any] = {"prompt": [int(t) for t in prompt]}
+        if plan is not None:
+            body["plan"] = plan
         if synthetic_accepted is not None:
             body["synthetic"] = {"accepted": [int(bool(v)) for v in synthetic_accepted]}
         if sampling is not None:
             body["sampling"] = {"temperature": float(sampling[0]), "seed": int(sampling[1])}
+            if top_k:
+                body["sampling"]["top_k"] = int(top_k)
+        elif top_k:
+            raise ValueError("CloudClient.open: top_k needs sampling (temperature, seed)")
         return self._post("open", body)
 
     def upload(
@@ -125,12 +140,14 @@ class CloudClient:
         at: int | None = None,
         after: int | None = None,
         rows: Rows | None = None,
+        outcome: tuple[int, int] | None = None,
     ) -> dict[str, Any]:
         """Upload drafts; `seq` orders the request, `at` + `after` make it conditional on the
         session's `after`-th verify (realrun.protocol, realrun.cloud.ordering); `rows`: the
-        drafts' full distributions (PipeSD's payload)."""
+        drafts' full distributions (PipeSD's payload); `outcome`: the edge's (accepted,
+        token) for the last top-K verify (edge-side verification)."""
         body = {"session": session, **_drafts(tokens, probs, dists, rows)}
-        body |= _extra(seq=seq, at=at, after=after)
+        body |= _extra(seq=seq, at=at, after=after) | _outcome(outcome)
         return self._post("upload", body)
 
     def verify(
@@ -142,10 +159,12 @@ class CloudClient:
         dists: Sequence[Dist] | None = None,
         seq: int | None = None,
         rows: Rows | None = None,
+        outcome: tuple[int, int] | None = None,
     ) -> dict[str, Any]:
         """Verify the `n` tokens uploaded since the last verify, `tokens` (sent along, with
-        their full `rows` if given) included."""
+        their full `rows` if given) included; `outcome` as for `upload`."""
         body: dict[str, Any] = {"session": session, "n": int(n), **_extra(seq=seq)}
+        body |= _outcome(outcome)
         if tokens is not None:
             body |= _drafts(tokens, probs, dists, rows)
         return check_verify_result(self._post("verify", body))

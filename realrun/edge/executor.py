@@ -141,12 +141,7 @@ from realrun.edge.drafts import (
     top_k_distribution,
 )
 from realrun.edge.topk_verify import decide_topk, rows_of
-from realrun.protocol import (
-    ROW_DTYPES,
-    check_verify_result,
-    encode,
-    encode_rows,
-)
+from realrun.protocol import ROW_DTYPES, encode, encode_rows
 from simulator.acceptance import AcceptanceStream
 from simulator.records import RequestRecord, Span
 
@@ -289,12 +284,10 @@ class _Worker:
             answer = self.cloud.open(self.prompt, synthetic_accepted=verdicts)
         elif self.sampling is not None:
             rule = (float(self.sampling.temperature), self.sampling.server_seed(self.request))
+            top_k = int(self.sampling.downlink_top_k)
             body["sampling"] = {"temperature": rule[0], "seed": rule[1]}
-            if self.sampling.downlink_top_k:  # the client's open has no top_k: the same body
-                body["sampling"]["top_k"] = int(self.sampling.downlink_top_k)
-                answer = self.cloud._post("open", body)
-            else:
-                answer = self.cloud.open(self.prompt, sampling=rule)
+            body["sampling"] |= {"top_k": top_k} if top_k else {}
+            answer = self.cloud.open(self.prompt, sampling=rule, top_k=top_k)
         else:
             answer = self.cloud.open(self.prompt)
         self._count(body, answer)
@@ -314,13 +307,18 @@ class _Worker:
             body |= condition
         self._message_began(job.seq)
         start = self.clock()
-        if job.outcome is not None:  # edge-side verification (the client has no `outcome`)
+        if job.outcome is not None:  # edge-side verification: the last NAV's decision
             body["outcome"] = list(job.outcome)
-            answer = self.cloud._post("upload", body)
-        else:
-            answer = self.cloud.upload(
-                self.session, tokens, job.probs, dists, seq=job.seq, rows=job.rows, **condition
-            )
+        answer = self.cloud.upload(
+            self.session,
+            tokens,
+            job.probs,
+            dists,
+            seq=job.seq,
+            rows=job.rows,
+            outcome=job.outcome,
+            **condition,
+        )
         end = self.clock()
         alone = self._message_alone(job.seq)
         self._count(body, answer)
@@ -354,13 +352,18 @@ class _Worker:
             body |= {"tokens": tokens, **_drafts_body(probs, dists, rows)}
         self._message_began(job.seq)
         start = self.clock()
-        if job.outcome is not None:  # edge-side verification (the client has no `outcome`)
+        if job.outcome is not None:  # edge-side verification: the last NAV's decision
             body["outcome"] = list(job.outcome)
-            answer = check_verify_result(self.cloud._post("verify", body))
-        else:
-            answer = self.cloud.verify(
-                self.session, job.m, tokens or None, probs, dists, seq=job.seq, rows=rows
-            )
+        answer = self.cloud.verify(
+            self.session,
+            job.m,
+            tokens or None,
+            probs,
+            dists,
+            seq=job.seq,
+            rows=rows,
+            outcome=job.outcome,
+        )
         arrived = self.clock()
         alone = self._message_alone(job.seq)
         self._count(body, answer)
