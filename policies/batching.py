@@ -85,5 +85,11 @@ class BatchRule:
             return deadline
         return batch
 
+    def started(
+        self, batch: Sequence[Waiting], key: Callable[[Waiting], Hashable] | None = None
+    ) -> None:
+        """The batch `take` returned has started: nothing to note (the rule keeps no state;
+        a DiP-SD plan's turns do: policies/dipsd/turns.py)."""
+
 
 __all__ = ["DEFAULT_BATCH_WINDOW_S", "DEFAULT_MAX_BATCH", "BatchRule", "Waiting"]

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import simpy
 
 from policies.batching import BatchRule
+from policies.dipsd.turns import PlanTurns
 from simulator.compute import ComputeTrace, SpeedCursor
 from simulator.profile import TargetLatency
 from simulator.records import RequestRecord, Span
@@ -96,8 +97,8 @@ class Cloud:
         self.fastest = max(speed.fastest, 1.0) if speed is not None else 1.0
         """The largest speed factor: service_s / fastest bounds any job's service from below."""
         self.plan = plan
-        self._active = {edge for batch in plan for edge in batch} if plan else set()
-        self._turn = 0
+        self.turns = PlanTurns(plan) if plan else None
+        """The plan's turns (policies/dipsd/turns.py: the server's rule too)."""
         self.exclusive = exclusive and max_batch == 1 and plan is None
         self.max_batch = max_batch
         self.batch_window_s = batch_window_s
@@ -139,11 +140,16 @@ class Cloud:
 
     def retire(self, edge: int) -> None:
         """An edge has finished all its requests: plan batches stop waiting for it."""
-        self._active.discard(edge)
+        if self.turns is not None:
+            self.turns.retire(edge)
         wake = self._wake
-        if self.plan is not None and wake is not None and not wake.triggered:
+        if self.plan is None or wake is None:
+            return
+        if not wake.triggered:
             succeed_at(wake, 0.0)
             self._wake_at = self.env.now
+        elif self._wake_at > self.env.now:  # asleep until a later arrival: ask the turns now
+            self.env.timeout(0.0).callbacks.append(self._ring)
 
     def _ring(self, _event: simpy.Event) -> None:
         if self._wake is not None and not self._ringing and self.process is not None:
@@ -200,26 +206,15 @@ class Cloud:
 
     def _take_plan_batch(self) -> list[Job] | float:
         """Under a DiP-SD plan: a non-NAV job, or the current batch once complete, else wait."""
-        queue, plan = self.queue, self.plan
-        assert plan is not None
-        for job in queue:
-            if not job.nav:
-                queue.remove(job)
-                return [job]
-        for _ in range(len(plan)):
-            members = [edge for edge in plan[self._turn] if edge in self._active]
-            if members:
-                break
-            self._turn = (self._turn + 1) % len(plan)
-        else:
-            return math.inf
-        waiting = {job.record.edge: job for job in queue}
-        if any(edge not in waiting for edge in members):
-            return math.inf
-        batch = [waiting[edge] for edge in members]
+        queue, turns = self.queue, self.turns
+        assert turns is not None
+        picked = turns.take(queue, key=_plan_edge)
+        if isinstance(picked, float):
+            return picked
+        batch = [queue[i] for i in picked]
         for job in batch:
             queue.remove(job)
-        self._turn = (self._turn + 1) % len(plan)
+        turns.started(batch, key=_plan_edge)
         return batch
 
     def _take_batch(self, now: float) -> list[Job] | float:
@@ -259,3 +254,8 @@ class Cloud:
                 yield wake
             self._wake = None
             self._ringing = False
+
+
+def _plan_edge(job: Job) -> int | None:
+    """A job's edge in a DiP-SD plan's turns (None: not a NAV, served alone first)."""
+    return job.record.edge if job.nav else None

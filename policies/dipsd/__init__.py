@@ -8,5 +8,6 @@ Modules: `cost_model` (FLOPs, times, memory and the pipeline's period S), `plan`
 and its throughput), `optimiser` (assignment MILP alternated with Dinkelbach lengths, then a
 local search), `brute_force` (the reference optimum on small systems), `autoregressive` (the
 paper's AD baselines), `constants` (the paper's system), `sampling` (random small systems for
-tests and benchmarks) and `policy` (the edge side: draft the planned length, wait).
+tests and benchmarks), `policy` (the edge side: draft the planned length, wait) and `turns`
+(the cloud side: which waiting NAVs form the plan's next batch, for simulator and server).
 """

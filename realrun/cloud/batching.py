@@ -9,6 +9,9 @@ for that (woken by every new arrival to ask again), then for `lock` (the model's
 work such as a prefill goes first), asks again, runs `process(items)` once while holding
 `lock`, and hands every caller its own result or exception. Then the next waiting caller, if
 any, leads. With one client and no window, a request costs what it cost unbatched.
+
+With a DiP-SD plan's turns (policies/dipsd/turns.py) as the rule, the keys are the items'
+edges: the plan's batches are verified in turn, each once all its active edges' items wait.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Generic, TypeVar
 
 from policies.batching import BatchRule
+from policies.dipsd.turns import PlanTurns
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -48,13 +52,13 @@ class Batcher(Generic[Item, Result]):
     def __init__(
         self,
         process: Callable[[list[Item]], list[Result | BaseException]],
-        rule: BatchRule,
+        rule: BatchRule | PlanTurns,
         lock: threading.Lock | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.process = process
         self.rule = rule
-        self.max_batch = rule.max_batch
+        self.max_batch = rule.max_batch if isinstance(rule, BatchRule) else len(rule.edges)
         self.clock = clock
         self.lock = lock if lock is not None else threading.Lock()
         self.cond = threading.Condition()
@@ -85,18 +89,24 @@ class Batcher(Generic[Item, Result]):
 
     def _lead(self) -> None:
         """Run one batch (called without the condition's lock, as the only leader)."""
-        with self.cond:
-            self._ready()
-        with self.lock:
-            with self.cond:  # more may have come meanwhile; a closed window stays closed
-                batch = [self.queue[i] for i in self._ready()]
-                self.queue = [t for t in self.queue if t not in batch]
-            try:
-                results = self.process([t.item for t in batch])
-                if len(results) != len(batch):
-                    raise RuntimeError("Batcher: process returned the wrong number of results")
-            except BaseException as exc:  # every caller of the batch learns of it
-                results = [exc] * len(batch)
+        while True:
+            with self.cond:
+                self._ready()
+            with self.lock:
+                with self.cond:  # more may have come meanwhile; a closed window stays closed
+                    picked = self.rule.take(self.queue, self.clock(), key=_key)
+                    if isinstance(picked, float):
+                        continue  # (a plan's turn moved on) wait again, without the model
+                    batch = [self.queue[i] for i in picked]
+                    self.queue = [t for t in self.queue if t not in batch]
+                    self.rule.started(batch, key=_key)
+                try:
+                    results = self.process([t.item for t in batch])
+                    if len(results) != len(batch):
+                        raise RuntimeError("Batcher: process returned the wrong number of results")
+                except BaseException as exc:  # every caller of the batch learns of it
+                    results = [exc] * len(batch)
+            break
         with self.cond:
             for ticket, result in zip(batch, results, strict=True):
                 if isinstance(result, BaseException):
@@ -117,4 +127,66 @@ def _key(ticket: _Ticket) -> Hashable:  # type: ignore[type-arg]
     return ticket.key
 
 
-__all__ = ["Batcher"]
+@dataclass(frozen=True)
+class PlanSeat:
+    """A session's place in a DiP-SD plan (its `open` says it): the plan's batches of edge
+    indices in verification order, the session's edge, and whether it is the edge's last
+    request (its close retires the edge)."""
+
+    batches: tuple[tuple[int, ...], ...]
+    edge: int
+    last: bool
+
+
+class PlanBatching(Generic[Item, Result]):
+    """The server's DiP-SD plan in progress: one Batcher over the plan's turns, and which open
+    session is which edge. A plan starts with its first session and ends when all its edges
+    have retired (their last session closed or expired); one plan at a time."""
+
+    def __init__(
+        self, process: Callable[[list[Item]], list[Result | BaseException]], lock: threading.Lock
+    ) -> None:
+        self.process = process
+        self.lock = lock
+        self.mutex = threading.Lock()
+        self.batcher: Batcher[Item, Result] | None = None
+        self.seats: dict[str, PlanSeat] = {}
+
+    def join(self, sid: str, seat: PlanSeat) -> None:
+        """Session `sid` takes `seat`; ValueError if another plan is in progress."""
+        with self.mutex:
+            if self.batcher is None:
+                self.batcher = Batcher(self.process, PlanTurns(seat.batches), self.lock)
+            turns = self.batcher.rule
+            assert isinstance(turns, PlanTurns)
+            if turns.batches != seat.batches:
+                raise ValueError("another DiP-SD plan is in progress on this server")
+            if seat.edge not in turns.active:
+                raise ValueError(f"edge {seat.edge} of the plan has already retired")
+            self.seats[sid] = seat
+
+    def submit(self, sid: str, item: Item) -> Result | None:
+        """Process `item` in its plan's turn (blocks), or None if `sid` has no seat."""
+        with self.mutex:
+            seat, batcher = self.seats.get(sid), self.batcher
+        if seat is None or batcher is None:
+            return None
+        return batcher.submit(seat.edge, item)
+
+    def leave(self, sid: str, retire: bool = False) -> None:
+        """Session `sid` is closed (or expired: `retire`); its edge retires if it was the
+        edge's last session (or `retire`), and the plan ends when no edge is left."""
+        with self.mutex:
+            seat, batcher = self.seats.pop(sid, None), self.batcher
+            if seat is None or batcher is None or not (seat.last or retire):
+                return
+            turns = batcher.rule
+            assert isinstance(turns, PlanTurns)
+            with batcher.cond:  # a leader waiting for this edge asks the turns again
+                turns.retire(seat.edge)
+                batcher.cond.notify_all()
+            if not turns.active:
+                self.batcher = None
+
+
+__all__ = ["Batcher", "PlanBatching", "PlanSeat"]

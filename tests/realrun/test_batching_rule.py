@@ -1,5 +1,6 @@
-"""One batching rule (policies/batching.py): the simulator's cloud and the server's Batcher
-form the same batches at the same times from one scripted arrival sequence."""
+"""One batching rule (policies/batching.py), and one rule for a DiP-SD plan's turns
+(policies/dipsd/turns.py): the simulator's cloud and the server's Batcher form the same batches
+at the same times from one scripted arrival sequence."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 import simpy
 
 from policies.batching import BatchRule
-from realrun.cloud.batching import Batcher
+from policies.dipsd.turns import PlanTurns
+from realrun.cloud.batching import Batcher, PlanBatching, PlanSeat
 from simulator.cloud import Cloud, Job
 
 UNIT_S = 0.2
@@ -143,3 +145,133 @@ def test_window_unbatchable_head_and_empty_queue():
 def test_bad_rule(max_batch, window_s):
     with pytest.raises(ValueError):
         BatchRule(max_batch, window_s)
+
+
+# ------------------------------------------------------------------------------ DiP-SD plans
+
+PLAN = ((0, 2), (1, 3))
+"""A plan of two batches of two edges, verified in turn."""
+PLAN_ARRIVALS = ((1, 0.0), (0, 0.5), (3, 1.0), (2, 2.0), (0, 4.5), (2, 5.0), (1, 7.0), (2, 10.0))
+"""(edge, arrival in units) of each NAV, in order of arrival."""
+RETIREMENTS = ((3, 8.5), (0, 11.0))
+"""(edge, time in units) at which an edge finishes its last request."""
+PLAN_EXPECTED = [((1, 3), 2.0), ((0, 2), 4.0), ((4, 5), 6.0), ((6,), 8.5), ((7,), 11.0)]
+"""(NAVs, start in units), worked out by hand: batch (0, 2) goes first though (1, 3) was complete
+earlier; a batch waits for its active edges only (edge 3's retirement starts NAV 6 alone, edge
+0's NAV 7)."""
+
+
+class Edge:
+    """The record of a NAV: its edge."""
+
+    cloud_busy_s = 0.0
+
+    def __init__(self, edge: int) -> None:
+        self.edge = edge
+
+
+def plan_simulated() -> list[tuple[tuple[int, ...], float]]:
+    env = simpy.Environment()
+    cloud = Cloud(env, None, FlatTarget(), plan=PLAN)  # type: ignore[arg-type]
+    starts: list[tuple[int, float]] = []
+    for index, (edge, at) in enumerate(PLAN_ARRIVALS):
+        cloud.arrive(Nav(index, starts, Edge(edge)), at)  # type: ignore[arg-type]
+
+    def retire(edge: int, at: float):
+        yield env.timeout(at)
+        cloud.retire(edge)
+
+    for edge, at in RETIREMENTS:
+        env.process(retire(edge, at))
+    env.run(until=20)
+    return batches(starts)
+
+
+def plan_served() -> list[tuple[tuple[int, ...], float]]:
+    origin = time.monotonic()
+    starts: list[tuple[int, float]] = []
+
+    def process(items: list[int]) -> list[int]:
+        now = (time.monotonic() - origin) / UNIT_S
+        starts.extend((i, now) for i in items)
+        time.sleep(SERVICE * UNIT_S)
+        return items
+
+    plans: PlanBatching[int, int] = PlanBatching(process, threading.Lock())
+    for edge, _ in RETIREMENTS:  # the session whose close retires its edge
+        plans.join(f"last{edge}", PlanSeat(PLAN, edge, last=True))
+
+    def client(index: int, edge: int, at: float) -> None:
+        plans.join(f"s{index}", PlanSeat(PLAN, edge, last=False))
+        time.sleep(max(0.0, origin + at * UNIT_S - time.monotonic()))
+        assert plans.submit(f"s{index}", index) == index
+        plans.leave(f"s{index}")
+
+    def retire(edge: int, at: float) -> None:
+        time.sleep(max(0.0, origin + at * UNIT_S - time.monotonic()))
+        plans.leave(f"last{edge}")
+
+    threads = [
+        threading.Thread(target=client, args=(i, edge, at))
+        for i, (edge, at) in enumerate(PLAN_ARRIVALS)
+    ] + [threading.Thread(target=retire, args=retirement) for retirement in RETIREMENTS]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert plans.batcher is not None  # edges 1 and 2 never retired: the plan is still on
+    return batches(starts)
+
+
+def test_simulator_verifies_the_plans_worked_turns():
+    assert plan_simulated() == PLAN_EXPECTED
+
+
+def test_server_verifies_the_simulators_plan_turns_at_its_times():
+    got = plan_served()
+    assert [members for members, _ in got] == [members for members, _ in PLAN_EXPECTED]
+    for (_, start), (_, expected) in zip(got, PLAN_EXPECTED, strict=True):
+        assert start == pytest.approx(expected, abs=0.3)  # 60 ms: thread wake-ups
+
+
+def test_plan_turns_serve_a_job_outside_the_plan_first_and_only_look():
+    turns = PlanTurns(PLAN)
+
+    class Job:
+        def __init__(self, edge: int | None) -> None:
+            self.edge = edge
+
+    queue = [Job(0), Job(2), Job(None)]
+    assert turns.take(queue) == [2]  # a prefill alone, first
+    turns.started([queue[2]])
+    assert turns.turn == 0  # no turn moved
+    assert turns.take(queue[:2]) == [0, 1] and turns.take(queue[:2]) == [0, 1]  # take only looks
+    turns.started(queue[:2])
+    assert turns.take([Job(1)]) == math.inf  # edge 3's NAV is missing
+    turns.retire(3)
+    assert turns.take([Job(1)]) == [0]
+    for edge in (0, 1, 2):
+        turns.retire(edge)
+    assert turns.take([Job(1)]) == math.inf  # everyone retired
+
+
+@pytest.mark.parametrize("batches", [(), ((0,), ()), ((0, 1), (1,))])
+def test_bad_plan(batches):
+    with pytest.raises(ValueError):
+        PlanTurns(batches)
+
+
+def test_a_second_plan_and_a_retired_edge_are_refused():
+    plans: PlanBatching[int, int] = PlanBatching(lambda items: items, threading.Lock())
+    plans.join("a", PlanSeat(PLAN, 0, last=True))
+    with pytest.raises(ValueError, match="another DiP-SD plan"):
+        plans.join("b", PlanSeat(((0, 1),), 0, last=False))
+    plans.leave("a")
+    with pytest.raises(ValueError, match="retired"):
+        plans.join("c", PlanSeat(PLAN, 0, last=False))
+    for edge in (1, 2, 3):
+        plans.join(f"l{edge}", PlanSeat(PLAN, edge, last=True))
+        plans.leave(f"l{edge}")
+    assert plans.batcher is None  # the plan is over: a new one may start
+    plans.join("d", PlanSeat(((0, 1),), 1, last=False))
+    assert plans.submit("nobody", 5) is None  # a session outside the plan
