@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from calibrate.fit import FitReport
+from calibrate.fit_report import FitReport
 from calibrate.noise import noise_notes
 from simulator.errors import ConfigError, from_validation_error
 from simulator.inputs import load_json

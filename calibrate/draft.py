@@ -54,7 +54,8 @@ from typing import Any
 
 import numpy as np
 
-from calibrate.fit import FitReport, fit_draft_latency
+from calibrate.fit import fit_draft_latency
+from calibrate.fit_report import FitReport
 from calibrate.noise import REMEASURE_PASSES, TYPICAL, Repeated, TimingStats, unstable_warning
 from calibrate.samples import AcceptanceSample, DecodeSample, PrefillSample
 from models.registry import gguf_file_type

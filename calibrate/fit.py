@@ -1,24 +1,11 @@
 """Fitters that turn calibration samples into the profile's latency, link and acceptance models.
 
-One shape throughout, after scikit-learn: a model is configured at construction (arguments
-checked there, messages naming the argument and its allowed values), `fit(X, y)` returns the
-fitted model, `predict(X)` answers. Every fit comes with a `FitReport` whose headline number is
-the held-out MAPE from deterministic k-fold cross-validation (goal: <= 5%). Latency and link
-reports give it twice: per sample, and per configuration (the median of a configuration's
-repeated samples, predicted by a model fitted without any of them), with the samples' timing
-noise beside it, so that a noisy machine and a wrong model can be told apart.
-
-Latency and link models are affine with non-negative coefficients and intercept (a latency
-cannot shrink as work grows, nor start below zero): non-negative least squares on [1, x]
-columns (`scipy.optimize.nnls`). Where the profile schema needs the intercept > 0 (a draft's
-decode step, a target's forward pass: each has a fixed cost), it is bounded below by
-MIN_BASE_FRACTION (1%) of the fastest sample (where NNLS's intercept falls below the bound,
-the intercept is set to it and the slopes fitted again), so noisy samples that extrapolate to
-0 still give a valid model; its report says the bound held, and the held-out MAPE (folds
-fitted with the same bound) shows what it costs. By default each sample's residual is
-divided by its measured value ("relative" weighting), so the fit minimises squared relative
-error: the quantity MAPE measures, and the right weighting for timing noise that scales with
-the time measured.
+Each fitter checks its samples, fits (`calibrate.fit_affine.AffineModel` for latency and link,
+binned rates for acceptance) and returns the model with its `calibrate.fit_report.FitReport`.
+Where the profile schema needs the intercept > 0 (a draft's decode step, a target's forward
+pass: each has a fixed cost), it is bounded below by MIN_BASE_FRACTION (1%) of the fastest
+sample, so noisy samples that extrapolate to 0 still give a valid model; its report says the
+bound held, and the held-out MAPE (folds fitted with the same bound) shows what it costs.
 
 Every failure raises ValueError (TypeError for a sample of the wrong kind) with a one-line
 message saying what is wrong: too few samples (and how many are needed), a feature that never
@@ -31,12 +18,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.optimize import nnls
 
+from calibrate.fit_affine import AffineModel, cross_validate
+from calibrate.fit_report import DEFAULT_FOLDS, FitReport, fold_index
 from calibrate.samples import (
     AcceptanceSample,
     DecodeSample,
@@ -51,476 +38,6 @@ from simulator.profile import (
     TableCurve,
     TargetLatency,
 )
-
-DEFAULT_FOLDS = 5
-"""k of k-fold cross-validation (k = min(DEFAULT_FOLDS, n) for n samples)."""
-
-MIN_CONFIGS = 3
-"""Fewest configurations (distinct feature vectors) the per-configuration held-out MAPE needs."""
-
-MAPE_GOAL = 0.05
-"""Fit-quality goal from the calibration issue: held-out MAPE <= 5%."""
-
-WEIGHTINGS = ("relative", "absolute")
-"""How AffineModel weighs residuals: divided by the measured y, or as they are."""
-
-
-# --------------------------------------------------------------------------------------------
-# Metrics and reports
-# --------------------------------------------------------------------------------------------
-
-
-def mape(y_true: Sequence[float] | np.ndarray, y_pred: Sequence[float] | np.ndarray) -> float:
-    """Mean absolute percentage error, as a fraction: mean(|y_pred - y_true| / |y_true|).
-
-    0.05 means 5%. Every y_true must be non-zero (ValueError otherwise).
-    """
-    truth = np.asarray(y_true, dtype=float)
-    pred = np.asarray(y_pred, dtype=float)
-    if truth.shape != pred.shape or truth.ndim != 1 or truth.size == 0:
-        raise ValueError(
-            f"mape: y_true and y_pred must be equal-length, non-empty 1-D arrays "
-            f"(got shapes {truth.shape} and {pred.shape})"
-        )
-    zero = np.flatnonzero(truth == 0.0)
-    if zero.size:
-        raise ValueError(f"mape: y_true must be non-zero (sample {int(zero[0])} is 0)")
-    return float(np.mean(np.abs(pred - truth) / np.abs(truth)))
-
-
-@dataclass(frozen=True)
-class FitReport:
-    """How well a fitted model predicts data it was not fitted on.
-
-    `mape_holdout` is the held-out mean absolute percentage error, as a fraction (0.05 = 5%):
-    the n samples are split into k = min(5, n) folds deterministically (sorted by their
-    features, sample of rank r goes to fold r mod k, so the folds do not depend on the order the
-    samples were given in and each spans the measured range); each fold is predicted by the
-    model refitted on the other k - 1 folds, and the mean of |predicted - measured| / measured
-    is taken over all n samples (pooled, not a mean of per-fold means). `mape_train` is the same
-    error of the model fitted on all samples, predicting those samples.
-
-    A sample's error mixes the model's error with the timing noise of one measurement, and
-    repetitions of one configuration (samples with identical features) fall in training and
-    test folds alike. Latency and link reports therefore also hold, over the `n_configs`
-    configurations: `mape_holdout_config`, the held-out MAPE per configuration: configurations
-    (sorted by their features) go to k = min(5, n_configs) folds as samples do above, each fold's
-    configurations are predicted by the model refitted on the samples of the other folds' ones,
-    and the error is taken against each configuration's median time (mean over configurations);
-    and `noise_spread`, the timing noise of single samples: the median over configurations
-    measured more than once of (median absolute deviation of its samples / its median time).
-    `mape_holdout_config` is NaN with fewer than MIN_CONFIGS (3) configurations, `noise_spread`
-    when no configuration was measured twice; both are NaN (and `n_configs` 0) for acceptance.
-
-    Acceptance models predict a probability of a binary outcome, for which MAPE means nothing:
-    their reports hold NaN in the MAPE fields and fill `brier_holdout` / `brier_train` (mean
-    squared difference between predicted probability and outcome 0/1; lower is better, 0.25
-    is a coin flip's score on balanced outcomes) and `calibration_error_holdout` (held-out
-    expected calibration error, an absolute probability: for each fold and each confidence
-    bin, |P(accept) of the table fitted on the other folds - acceptance rate observed in the
-    fold|, averaged with weights = the fold's samples in the bin, over all n samples). The
-    calibration error includes the sampling noise of the held-out folds, so it overstates the
-    table's error on few samples and shrinks as samples grow (about 0.03 at 5k samples and 0.01
-    at 50k with 10 bins).
-    """
-
-    n_samples: int
-    mape_holdout: float
-    mape_train: float
-    method: str
-    brier_holdout: float = math.nan
-    brier_train: float = math.nan
-    calibration_error_holdout: float = math.nan
-    mape_holdout_config: float = math.nan
-    noise_spread: float = math.nan
-    n_configs: int = 0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.n_samples, bool) or not isinstance(self.n_samples, int | np.integer):
-            raise ValueError(
-                f"FitReport.n_samples must be an integer >= 1 (got {self.n_samples!r})"
-            )
-        if self.n_samples < 1:
-            raise ValueError(f"FitReport.n_samples must be an integer >= 1 (got {self.n_samples})")
-        if (
-            isinstance(self.n_configs, bool)
-            or not isinstance(self.n_configs, int | np.integer)
-            or not 0 <= self.n_configs <= self.n_samples
-        ):
-            raise ValueError(
-                f"FitReport.n_configs must be an integer in [0, n_samples = {self.n_samples}] "
-                f"(got {self.n_configs!r})"
-            )
-        for name in (
-            "mape_holdout",
-            "mape_train",
-            "brier_holdout",
-            "brier_train",
-            "calibration_error_holdout",
-            "mape_holdout_config",
-            "noise_spread",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int | float | np.floating) or not (
-                math.isnan(value) or 0.0 <= value < math.inf
-            ):
-                raise ValueError(
-                    f"FitReport.{name} must be a finite number >= 0 or NaN (got {value!r})"
-                )
-        if not isinstance(self.method, str) or not self.method:
-            raise ValueError(f"FitReport.method must be a non-empty string (got {self.method!r})")
-
-    def passes(self, goal: float = MAPE_GOAL) -> bool:
-        """Whether the fit meets `goal`. Latency and link models: held-out MAPE per
-        configuration <= goal where measured, else per sample (the simulator uses a
-        configuration's typical time: the per-sample error adds single-timing noise it never
-        sees). Acceptance models (MAPE NaN): held-out calibration error <= goal (absolute
-        probability). False when none was measured."""
-        if isinstance(goal, bool) or not isinstance(goal, int | float) or not 0.0 < goal < math.inf:
-            raise ValueError(f"passes: goal must be a finite number > 0 (got {goal!r})")
-        if not math.isnan(self.mape_holdout_config):
-            return self.mape_holdout_config <= goal
-        if not math.isnan(self.mape_holdout):
-            return self.mape_holdout <= goal
-        if not math.isnan(self.calibration_error_holdout):
-            return self.calibration_error_holdout <= goal
-        return False
-
-    def note(self) -> str:
-        """One line for a profile's provenance notes."""
-        if math.isnan(self.mape_holdout):
-            return (
-                f"held-out Brier {self.brier_holdout:.4f}, calibration error "
-                f"{self.calibration_error_holdout:.4f} (train Brier {self.brier_train:.4f}, "
-                f"{self.n_samples} samples; {self.method})"
-            )
-        per_sample = f"{100 * self.mape_holdout:.2f}%"
-        train = f"train {100 * self.mape_train:.2f}%, {self.n_samples} samples"
-        if not self.n_configs:  # no configuration-level metrics (a report built by hand)
-            return f"held-out MAPE {per_sample} ({train}; {self.method})"
-        configs = f"{self.n_configs} configuration{'s' if self.n_configs != 1 else ''}"
-        noise = (
-            f"timing noise {100 * self.noise_spread:.2f}%"
-            if not math.isnan(self.noise_spread)
-            else "timing noise not measured: no configuration repeated"
-        )
-        if math.isnan(self.mape_holdout_config):
-            return (
-                f"held-out MAPE {per_sample} per sample (per configuration not computed: "
-                f"{configs}, needs {MIN_CONFIGS}; {noise}; {train}; {self.method})"
-            )
-        return (
-            f"held-out MAPE {100 * self.mape_holdout_config:.2f}% per configuration "
-            f"({per_sample} per sample, {noise}; {train} in {configs}; {self.method})"
-        )
-
-
-def _folds(keys: np.ndarray, folds: int) -> tuple[np.ndarray, int]:
-    """Fold index per sample: samples sorted by the columns of `keys` (first column first),
-    rank r goes to fold r mod k, k = min(folds, n)."""
-    n = keys.shape[0]
-    k = min(folds, n)
-    order = np.lexsort(keys.T[::-1]) if keys.shape[1] else np.arange(n)
-    fold_of = np.empty(n, dtype=int)
-    fold_of[order] = np.arange(n) % k
-    return fold_of, k
-
-
-def _configurations(design: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(distinct feature vectors sorted by their columns, first column first; the index of
-    each sample's configuration in them)."""
-    keys, inverse = np.unique(design, axis=0, return_inverse=True)
-    return keys, inverse.reshape(-1)
-
-
-def _noise_spread(target: np.ndarray, config_of: np.ndarray, medians: np.ndarray) -> float:
-    """Median over configurations with 2+ samples of MAD / median; NaN if there are none."""
-    spreads = [
-        float(np.median(np.abs(target[config_of == c] - medians[c]))) / abs(medians[c])
-        for c in range(medians.size)
-        if np.count_nonzero(config_of == c) > 1
-    ]
-    return float(np.median(spreads)) if spreads else math.nan
-
-
-def _check_folds(folds: Any) -> int:
-    if isinstance(folds, bool) or not isinstance(folds, int | np.integer) or folds < 2:
-        raise ValueError(f"folds must be an integer >= 2 (got {folds!r})")
-    return int(folds)
-
-
-# --------------------------------------------------------------------------------------------
-# The affine model
-# --------------------------------------------------------------------------------------------
-
-
-class AffineModel:
-    """y = intercept_ + coef_ · x, fitted by (non-negative) weighted least squares.
-
-    Arguments (checked here, ValueError naming the argument otherwise):
-    - `feature_names`: one non-empty, distinct name per column of X (used in messages);
-      default a single feature "x".
-    - `weighting`: "relative" (default: residuals divided by y, i.e. least squared relative
-      error; every y must be > 0) or "absolute" (ordinary least squares).
-    - `nonnegative`: True (default) constrains intercept and coefficients to >= 0
-      (`scipy.optimize.nnls`); False fits them unconstrained (`numpy.linalg.lstsq`).
-    - `min_intercept`: a lower bound on the intercept (default 0: none beyond `nonnegative`).
-      When the solution above has a smaller intercept, the best fit within the bound has the
-      intercept at the bound, and the slopes are fitted to y - bound (`intercept_at_bound_`
-      then says so).
-
-    `fit` needs at least as many samples as parameters (features + 1), every feature must take
-    at least two distinct values, and no feature may be an affine combination of the others;
-    otherwise its slope is not identified and `fit` says which. After `fit`: `intercept_`
-    (float) and `coef_` (array, one per feature).
-    """
-
-    def __init__(
-        self,
-        feature_names: Sequence[str] = ("x",),
-        *,
-        weighting: str = "relative",
-        nonnegative: bool = True,
-        min_intercept: float = 0.0,
-    ) -> None:
-        if isinstance(feature_names, str) or not isinstance(feature_names, Sequence):
-            raise ValueError(
-                f"AffineModel: feature_names must be a sequence of strings (got {feature_names!r})"
-            )
-        names = tuple(feature_names)
-        if not names or not all(isinstance(n, str) and n for n in names):
-            raise ValueError(
-                f"AffineModel: feature_names must hold at least one non-empty string "
-                f"(got {feature_names!r})"
-            )
-        if len(set(names)) != len(names):
-            raise ValueError(f"AffineModel: feature_names must be distinct (got {names!r})")
-        if weighting not in WEIGHTINGS:
-            raise ValueError(
-                f"AffineModel: weighting must be one of {', '.join(WEIGHTINGS)} (got {weighting!r})"
-            )
-        if not isinstance(nonnegative, bool | np.bool_):
-            raise ValueError(
-                f"AffineModel: nonnegative must be True or False (got {nonnegative!r})"
-            )
-        if (
-            isinstance(min_intercept, bool)
-            or not isinstance(min_intercept, int | float | np.floating)
-            or not 0.0 <= min_intercept < math.inf
-        ):
-            raise ValueError(
-                f"AffineModel: min_intercept must be a finite number >= 0 (got {min_intercept!r})"
-            )
-        self.feature_names = names
-        self.weighting = weighting
-        self.nonnegative = bool(nonnegative)
-        self.min_intercept = float(min_intercept)
-        self.intercept_: float | None = None
-        self.coef_: np.ndarray | None = None
-        self.intercept_at_bound_ = False
-
-    def __repr__(self) -> str:
-        state = (
-            f", intercept_={self.intercept_!r}, coef_={self.coef_.tolist()!r}"
-            if self.coef_ is not None
-            else ""
-        )
-        return (
-            f"AffineModel(feature_names={self.feature_names!r}, weighting={self.weighting!r}, "
-            f"nonnegative={self.nonnegative!r}, min_intercept={self.min_intercept!r}{state})"
-        )
-
-    @property
-    def n_features(self) -> int:
-        """Number of columns of X."""
-        return len(self.feature_names)
-
-    @property
-    def n_params(self) -> int:
-        """Number of fitted parameters: one slope per feature plus the intercept."""
-        return self.n_features + 1
-
-    def get_params(self) -> dict[str, Any]:
-        """The construction arguments."""
-        return {
-            "feature_names": self.feature_names,
-            "weighting": self.weighting,
-            "nonnegative": self.nonnegative,
-            "min_intercept": self.min_intercept,
-        }
-
-    def clone(self) -> AffineModel:
-        """An unfitted model with the same arguments."""
-        return AffineModel(**self.get_params())
-
-    @property
-    def method(self) -> str:
-        """How the model is fitted, in words (for reports)."""
-        solver = "nnls" if self.nonnegative else "lstsq"
-        return f"affine {solver}, {self.weighting} weights"
-
-    def _design(self, X: Any) -> np.ndarray:
-        """X as a finite (n, n_features) float array."""
-        array = np.asarray(X, dtype=float)
-        if array.ndim == 1 and self.n_features == 1:
-            array = array.reshape(-1, 1)
-        if array.ndim != 2 or array.shape[1] != self.n_features:
-            raise ValueError(
-                f"X must have shape (n, {self.n_features}) for features "
-                f"{', '.join(self.feature_names)} (got shape {array.shape})"
-            )
-        bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
-        if bad.size:
-            raise ValueError(f"X must be finite (sample {int(bad[0])} is not)")
-        return array
-
-    def _target(self, y: Any, n: int) -> np.ndarray:
-        """y as a finite length-n float array (> 0 under relative weighting)."""
-        values = np.asarray(y, dtype=float)
-        if values.shape != (n,):
-            raise ValueError(f"y must have shape ({n},) to match X (got shape {values.shape})")
-        bad = np.flatnonzero(~np.isfinite(values))
-        if bad.size:
-            raise ValueError(f"y must be finite (sample {int(bad[0])} is {values[bad[0]]})")
-        if self.weighting == "relative":
-            bad = np.flatnonzero(values <= 0.0)
-            if bad.size:
-                raise ValueError(
-                    f"y must be > 0 with relative weighting (sample {int(bad[0])} is "
-                    f"{values[bad[0]]})"
-                )
-        return values
-
-    def _check_identifiable(self, X: np.ndarray) -> None:
-        """ValueError naming a feature whose slope the samples cannot determine."""
-        n = X.shape[0]
-        if n < self.n_params:
-            raise ValueError(
-                f"needs at least {self.n_params} samples to fit {self.n_params} parameters "
-                f"(intercept and a slope for {', '.join(self.feature_names)}) (got {n})"
-            )
-        for j, name in enumerate(self.feature_names):
-            if np.all(X[:, j] == X[0, j]):
-                raise ValueError(
-                    f"every sample has {name} = {X[0, j]:g}: its slope cannot be identified "
-                    f"(needs at least 2 distinct {name} values)"
-                )
-        design = _scaled(np.column_stack([np.ones(n), X]))
-        rank = np.linalg.matrix_rank(design)
-        if rank < self.n_params:
-            involved = [
-                name
-                for j, name in enumerate(self.feature_names)
-                if np.linalg.matrix_rank(np.delete(design, j + 1, axis=1)) == rank
-            ]
-            raise ValueError(
-                f"{', '.join(involved)} vary together (an affine combination of one another "
-                f"across the samples): their slopes cannot be separated; vary them independently"
-            )
-
-    def _solve(self, X: np.ndarray, y: np.ndarray) -> AffineModel:
-        """Fit without the identifiability checks (used on cross-validation folds)."""
-        design = np.column_stack([np.ones(X.shape[0]), X])
-        weights = 1.0 / y if self.weighting == "relative" else np.ones_like(y)
-        design = design * weights[:, None]
-        target = y * weights
-        scale = np.max(np.abs(design), axis=0)
-        scale[scale == 0.0] = 1.0
-        if self.nonnegative:
-            solution, _ = nnls(design / scale, target)
-        else:
-            solution = np.linalg.lstsq(design / scale, target, rcond=None)[0]
-        params = solution / scale
-        self.intercept_at_bound_ = bool(params[0] < self.min_intercept)
-        if self.intercept_at_bound_:
-            # The best fit over the smaller set {intercept >= bound} then has the intercept
-            # at the bound (the objective is convex and its minimum lies outside the set), so
-            # the slopes are the best fit to y - bound.
-            rest = target - self.min_intercept * design[:, 0]
-            slopes = design[:, 1:] / scale[1:]
-            if self.nonnegative:
-                solution, _ = nnls(slopes, rest)
-            else:
-                solution = np.linalg.lstsq(slopes, rest, rcond=None)[0]
-            params = np.concatenate([[self.min_intercept], solution / scale[1:]])
-        self.intercept_ = float(params[0])
-        self.coef_ = params[1:].astype(float)
-        return self
-
-    def fit(self, X: Any, y: Any) -> AffineModel:
-        """Fit to samples X (n, n_features; 1-D allowed for one feature) and y (n,); returns
-        self, fitted."""
-        design = self._design(X)
-        target = self._target(y, design.shape[0])
-        self._check_identifiable(design)
-        return self._solve(design, target)
-
-    def predict(self, X: Any) -> np.ndarray:
-        """intercept_ + X @ coef_ for X of shape (n, n_features) (1-D for one feature)."""
-        if self.coef_ is None or self.intercept_ is None:
-            raise ValueError("AffineModel is not fitted: call fit(X, y) first")
-        return self.intercept_ + self._design(X) @ self.coef_
-
-
-def _scaled(design: np.ndarray) -> np.ndarray:
-    """Columns divided by their largest magnitude (for rank decisions independent of units)."""
-    scale = np.max(np.abs(design), axis=0)
-    scale[scale == 0.0] = 1.0
-    return design / scale
-
-
-def cross_validate(model: AffineModel, X: Any, y: Any, folds: int = DEFAULT_FOLDS) -> FitReport:
-    """The FitReport of `model`'s arguments on (X, y): held-out MAPE from k-fold
-    cross-validation, k = min(folds, n), and training MAPE of the fit on all samples; the
-    held-out MAPE per configuration from k = min(folds, configurations) folds of
-    configurations (NaN below MIN_CONFIGS configurations) and the timing noise (see FitReport).
-
-    `model` is used as a template (its arguments); it is not modified. Folds are fitted
-    without identifiability checks: a training fold that happens not to identify a slope still
-    gets NNLS's solution, and the held-out error shows what that costs.
-    """
-    folds = _check_folds(folds)
-    template = model.clone()
-    design = template._design(X)
-    target = template._target(y, design.shape[0])
-    n = design.shape[0]
-    if n < 2:
-        raise ValueError(f"cross-validation needs at least 2 samples (got {n})")
-    full = template.clone().fit(design, target)
-    fold_of, k = _folds(design, folds)
-    held_out = np.empty(n)
-    for fold in range(k):
-        test = fold_of == fold
-        part = template.clone()._solve(design[~test], target[~test])
-        held_out[test] = part.predict(design[test])
-    keys, config_of = _configurations(design)
-    medians = np.array([np.median(target[config_of == c]) for c in range(keys.shape[0])])
-    method = f"{template.method}, {k}-fold CV"
-    mape_config = math.nan
-    if keys.shape[0] >= MIN_CONFIGS:
-        config_fold, k_config = _folds(keys, folds)
-        held_config = np.empty(keys.shape[0])
-        for fold in range(k_config):
-            test = config_fold == fold
-            train = ~test[config_of]
-            part = template.clone()._solve(design[train], target[train])
-            held_config[test] = part.predict(keys[test])
-        mape_config = mape(medians, held_config)
-        method = f"{method}, {k_config}-fold by configuration"
-    return FitReport(
-        n_samples=n,
-        mape_holdout=mape(target, held_out),
-        mape_train=mape(target, full.predict(design)),
-        method=method,
-        mape_holdout_config=mape_config,
-        noise_spread=_noise_spread(target, config_of, medians),
-        n_configs=int(keys.shape[0]),
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Profile fitters
-# --------------------------------------------------------------------------------------------
 
 
 def _samples(what: str, samples: Any, kind: type) -> list:
@@ -693,33 +210,54 @@ def fit_target_latency(
     independently; forward_base_s, which the schema needs > 0, is bounded below by
     MIN_BASE_FRACTION of the fastest forward sample.
     """
+    return fit_target_parts("fit_target_latency", prefill, forward, batched=True)
+
+
+def fit_target_parts(
+    caller: str,
+    prefill: Sequence[PrefillSample],
+    forward: Sequence[ForwardSample],
+    *,
+    batched: bool,
+) -> tuple[TargetLatency, dict[str, FitReport]]:
+    """The target latency model and its reports, with messages naming `caller`: as
+    `fit_target_latency` when `batched`, else from batch-1 samples without the batch term
+    (forward_per_extra_sequence_s = 0; ValueError if a forward sample has batch != 1), so the
+    batched and single-sequence fitters share one forward model."""
     prefill_base, prefill_per_token, prefill_squared, pre_report = _fit_target_prefill(
-        "fit_target_latency", prefill
+        caller, prefill
     )
-    fwd = _samples("fit_target_latency: forward", forward, ForwardSample)
+    what = f"{caller}: forward"
+    fwd = _samples(what, forward, ForwardSample)
+    if not batched:
+        wide = [s for s in fwd if s.batch != 1]
+        if wide:
+            raise ValueError(
+                f"{what}: every sample must have batch 1 (got batch {wide[0].batch}); "
+                "fit batched samples with calibrate.fit.fit_target_latency"
+            )
+    features = [
+        _feature("new_positions", [s.new_positions for s in fwd], "forward_per_token_s"),
+        _feature("context_len", [s.context_len for s in fwd], "forward_per_context_token_s"),
+    ]
+    if batched:
+        batches = [s.batch for s in fwd]
+        features.append(_feature("batch", batches, "forward_per_extra_sequence_s", offset=1.0))
+    features.append(_position_context(fwd))
     fwd_y = np.array([s.seconds for s in fwd], dtype=float)
-    fwd_model, fwd_report = _affine(
-        "fit_target_latency: forward",
-        "forward_base_s",
-        [
-            _feature("new_positions", [s.new_positions for s in fwd], "forward_per_token_s"),
-            _feature("context_len", [s.context_len for s in fwd], "forward_per_context_token_s"),
-            _feature("batch", [s.batch for s in fwd], "forward_per_extra_sequence_s", offset=1.0),
-            _position_context(fwd),
-        ],
-        fwd_y,
-        positive=True,
-    )
+    fwd_model, fwd_report = _affine(what, "forward_base_s", features, fwd_y, positive=True)
     assert fwd_model.coef_ is not None
+    coef = [float(c) for c in fwd_model.coef_]
+    extra_sequence_s = coef.pop(2) if batched else 0.0
     latency = TargetLatency(
         prefill_base_s=prefill_base,
         prefill_per_token_s=prefill_per_token,
         prefill_per_token_squared_s=prefill_squared,
         forward_base_s=fwd_model.intercept_,
-        forward_per_token_s=float(fwd_model.coef_[0]),
-        forward_per_context_token_s=float(fwd_model.coef_[1]),
-        forward_per_extra_sequence_s=float(fwd_model.coef_[2]),
-        forward_per_position_context_s=float(fwd_model.coef_[3]),
+        forward_per_token_s=coef[0],
+        forward_per_context_token_s=coef[1],
+        forward_per_extra_sequence_s=extra_sequence_s,
+        forward_per_position_context_s=coef[2],
     )
     return latency, {"prefill": pre_report, "forward": fwd_report}
 
@@ -810,7 +348,7 @@ def fit_acceptance(
     counts, rates = _table(index, accepted, bins)
 
     outcome = accepted.astype(float)
-    fold_of, k = _folds(confidence.reshape(-1, 1), DEFAULT_FOLDS)
+    fold_of, k = fold_index(confidence.reshape(-1, 1), DEFAULT_FOLDS)
     held_out = np.empty(n)
     calibration = 0.0
     for fold in range(k):
@@ -839,17 +377,10 @@ def fit_acceptance(
 
 
 __all__ = [
-    "DEFAULT_FOLDS",
-    "MAPE_GOAL",
     "MIN_BASE_FRACTION",
-    "MIN_CONFIGS",
-    "WEIGHTINGS",
-    "AffineModel",
-    "FitReport",
-    "cross_validate",
     "fit_acceptance",
     "fit_draft_latency",
     "fit_link",
     "fit_target_latency",
-    "mape",
+    "fit_target_parts",
 ]

@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from calibrate.fit import FitReport, fit_link
+from calibrate.fit import fit_link
+from calibrate.fit_report import FitReport
 from calibrate.samples import TransferSample
 
 CONTENT_TYPE = "application/msgpack"

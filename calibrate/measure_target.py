@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from calibrate.assemble import Part, new_part
-from calibrate.fit import FitReport
+from calibrate.fit_report import FitReport
 from calibrate.options import TargetOptions
 from calibrate.target import TargetMeasurements, fit_measurements, profile_target
 from calibrate.target_batch import BatchGrid, fit_batches, measure_llama_batches

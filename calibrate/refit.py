@@ -19,13 +19,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from calibrate.assemble import Part, report_dict
-from calibrate.fit import (
-    FitReport,
-    fit_acceptance,
-    fit_draft_latency,
-    fit_link,
-    fit_target_latency,
-)
+from calibrate.fit import fit_acceptance, fit_draft_latency, fit_link, fit_target_latency
+from calibrate.fit_report import FitReport
 from calibrate.link import median_overhead
 from calibrate.samples import (
     AcceptanceSample,

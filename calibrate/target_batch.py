@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from calibrate.fit import FitReport, fit_target_latency
+from calibrate.fit import fit_target_latency
+from calibrate.fit_report import FitReport
 from calibrate.samples import ForwardSample, PrefillSample
 from models.registry import resolve_model
 from realrun.cloud.llama_target import LlamaTarget

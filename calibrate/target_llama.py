@@ -9,8 +9,8 @@ configurations re-measured), so every time is the server's own measurement of it
 Batch size is 1 here: one sequence per verification. Batched verification (the server's
 `LlamaTarget.verify_batch`) is measured by `calibrate.target_batch` (`pipesd calibrate target
 --backend llama --batch-sizes ...`). `fit_single_sequence` therefore fits the forward model
-without the batch term (forward_per_extra_sequence_s = 0, not measured) from the same pieces
-`calibrate.fit.fit_target_latency` is made of (that fitter needs 2+ batch sizes).
+without the batch term (forward_per_extra_sequence_s = 0, not measured) with
+`calibrate.fit.fit_target_parts`, as `fit_target_latency` does (that fitter needs 2+ batch sizes).
 
 Energy: the CPU packages' RAPL counters (`realrun.cloud.energy.RaplMeter`) read around every kept
 verification (RAPL updates about every millisecond, fine enough for one forward); they count
@@ -28,17 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from calibrate.assemble import machine_info
-from calibrate.fit import (
-    FitReport,
-    _affine,
-    _feature,
-    _fit_target_prefill,
-    _position_context,
-    _samples,
-)
+from calibrate.fit import fit_target_parts
+from calibrate.fit_report import FitReport
 from calibrate.samples import ForwardSample, PrefillSample
 from calibrate.served import resolve_clock, served_needs, time_served
 from calibrate.target import (
@@ -87,43 +79,12 @@ def fit_single_sequence(
     forward_per_extra_sequence_s = 0 (the forward report's method says so). ValueError if a
     forward sample has batch != 1 (use `fit_target_latency` then) or the fit is not identified.
     """
-    what = "fit_single_sequence: forward"
-    prefill_base, prefill_per_token, prefill_squared, pre_report = _fit_target_prefill(
-        "fit_single_sequence", prefill
+    latency, reports = fit_target_parts("fit_single_sequence", prefill, forward, batched=False)
+    forward_report = reports["forward"]
+    reports["forward"] = dataclasses.replace(
+        forward_report, method=f"{forward_report.method}; {BATCH_NOTE}"
     )
-    fwd = _samples(what, forward, ForwardSample)
-    batched = [s for s in fwd if s.batch != 1]
-    if batched:
-        raise ValueError(
-            f"{what}: every sample must have batch 1 (got batch {batched[0].batch}); "
-            "fit batched samples with calibrate.fit.fit_target_latency"
-        )
-    y = np.array([s.seconds for s in fwd], dtype=float)
-    model, report = _affine(
-        what,
-        "forward_base_s",
-        [
-            _feature("new_positions", [s.new_positions for s in fwd], "forward_per_token_s"),
-            _feature("context_len", [s.context_len for s in fwd], "forward_per_context_token_s"),
-            _position_context(fwd),
-        ],
-        y,
-        positive=True,
-    )
-    assert model.coef_ is not None and model.intercept_ is not None
-    base = model.intercept_
-    latency = TargetLatency(
-        prefill_base_s=prefill_base,
-        prefill_per_token_s=prefill_per_token,
-        prefill_per_token_squared_s=prefill_squared,
-        forward_base_s=base,
-        forward_per_token_s=float(model.coef_[0]),
-        forward_per_context_token_s=float(model.coef_[1]),
-        forward_per_extra_sequence_s=0.0,
-        forward_per_position_context_s=float(model.coef_[2]),
-    )
-    report = dataclasses.replace(report, method=f"{report.method}; {BATCH_NOTE}")
-    return latency, {"prefill": pre_report, "forward": report}
+    return latency, reports
 
 
 FORWARD_MAPE_PREFIX = "held-out MAPE forward "

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from calibrate.fit import FitReport
+from calibrate.fit_report import FitReport
 from calibrate.served import resolve_clock, served_needs, time_served
 from calibrate.target import (
     AUTO,

@@ -11,7 +11,7 @@ import pytest
 from model_marks import needs_smollm2, smollm2_path
 
 from calibrate.draft import DraftMeasurements, fit_measurements, profile_draft
-from calibrate.fit import FitReport
+from calibrate.fit_report import FitReport
 from calibrate.samples import DecodeSample, PrefillSample
 from simulator.profile import DraftLatency
 

@@ -13,15 +13,13 @@ from scipy.optimize import nnls
 
 from calibrate.fit import (
     MIN_BASE_FRACTION,
-    AffineModel,
-    FitReport,
-    cross_validate,
     fit_acceptance,
     fit_draft_latency,
     fit_link,
     fit_target_latency,
-    mape,
 )
+from calibrate.fit_affine import AffineModel, cross_validate
+from calibrate.fit_report import FitReport, mape
 from calibrate.samples import (
     AcceptanceSample,
     DecodeSample,
