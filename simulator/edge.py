@@ -32,6 +32,9 @@ from simulator.payload import Payload
 from simulator.profile import DraftLatency, PowerProfile, SplitProfile, TargetLatency
 from simulator.records import RequestRecord, Span
 
+_CLOUD_STREAMS = (Mode.CLOUD_AUTOREGRESSIVE, Mode.SPLIT_INFERENCE)
+"""Modes whose requests run on the cloud's token streams (simulator/ar_stream.py), in SimPy."""
+
 
 class PendingNav(Job):
     """A NAV on its way: covers positions [start, end); `eta` known once the cloud starts it."""
@@ -159,30 +162,52 @@ class Edge:
             for position in range(config.max_new_tokens)
         ]
         """The draft's time for the token at each output position (the same every request)."""
+        self._alone = cloud.exclusive and policy.mode not in _CLOUD_STREAMS
+        """The only process (one edge, the cloud's fast path): the edge keeps SimPy's clock
+        itself (`_now`) and yields once, at the end, instead of once per answer."""
+        self._now = env.now
         self.process = env.process(self._run())
+
+    def _wait_until(self, t: float) -> simpy.Event | None:
+        """Advance the clock to `t` when later: alone, as SimPy's arithmetic would (now +
+        (t - now), so the times are bit-identical) and None; else the timeout to yield."""
+        now = self._now if self._alone else self.env.now
+        if t <= now:
+            return None
+        if self._alone:
+            self._now = now + (t - now)
+            return None
+        return self.env.timeout(t - now)
+
+    def now(self) -> float:
+        """The simulation's time as this edge sees it (see `_alone`)."""
+        return self._now if self._alone else self.env.now
 
     def _run(self) -> Generator[simpy.Event, Any, None]:
         env, cfg = self.env, self.config
-        if cfg.start_s > env.now:
-            yield env.timeout(cfg.start_s - env.now)
+        start = env.now
+        if (wait := self._wait_until(cfg.start_s)) is not None:
+            yield wait
         yield from self._probe()
         for index in range(cfg.requests):
-            arrived = env.now
+            arrived = self.now()
             if cfg.arrivals is not None:
                 arrived = cfg.arrivals[index]
-                if arrived > env.now:
-                    yield env.timeout(arrived - env.now)
+                if (wait := self._wait_until(arrived)) is not None:
+                    yield wait
             if self.policy.mode == Mode.CLOUD_AUTOREGRESSIVE:
                 yield from cloud_request(self, index, arrived)
             elif self.policy.mode == Mode.SPLIT_INFERENCE:
                 yield from split_request(self, index, arrived)
             else:
                 yield from self._speculative_request(index, arrived)
+        if self._alone and self._now > start:  # start + (now - start) == now: start is 0
+            yield env.timeout(self._now - start)
         self.cloud.retire(cfg.edge)
 
     def _probe(self) -> Generator[simpy.Event, Any, None]:
         """PipeSD-style start-up probes: uploads of a few token sizes, one after another."""
-        t = self.env.now
+        t = begun = self.now()
         for size in self.policy.startup_probe_sizes():
             n_bytes = self.config.payload.batch_bytes(size)
             tx = self.up.transmit(t, n_bytes)
@@ -192,9 +217,9 @@ class Edge:
             t = answered
             self.session.probe_messages += 1
             self.session.probe_bytes += n_bytes
-        self.session.probe_time_s = t - self.env.now
-        if t > self.env.now:
-            yield self.env.timeout(t - self.env.now)
+        self.session.probe_time_s = t - begun
+        if (wait := self._wait_until(t)) is not None:
+            yield wait
 
     def finish(self, record: RequestRecord) -> None:
         """A request is complete: its energies from the profile's power figures; keep it."""
@@ -236,7 +261,8 @@ class Edge:
         confidence, off_path = stream.confidence, stream.off_path_confidence
         next_reject = stream.next_reject
         n_off = len(off_path)
-        t = env.now
+        alone = self._alone
+        t = now = self.now()  # alone: SimPy's clock as the edge keeps it (see `_alone`)
         prompt = payload.prompt_bytes(prompt_len)
         tx = up.transmit(t, prompt)
         record.uplink_bytes += prompt
@@ -347,9 +373,12 @@ class Edge:
                         yield nav.arrived
                     elif eta > t:
                         t = eta
-                    if t > env.now:
+                    if alone:  # as the timeout below would move SimPy's clock
+                        if t > now:
+                            now += t - now
+                    elif t > env.now:
                         yield env.timeout(t - env.now)
-                    t = env.now
+                    t = now if alone else env.now
                     # -- the answer is processed at local time t ----------------------------
                     up.defer(nav.eta, ack_bytes)  # type: ignore[arg-type]
                     start, end = nav.start, nav.end
@@ -408,7 +437,10 @@ class Edge:
             if step and step != ANSWER:  # SEND or VERIFY
                 step = send(t, step == VERIFY)
 
-        if t > env.now:
+        if alone:
+            self._now = now
+            self._wait_until(t)
+        elif t > env.now:
             yield env.timeout(t - env.now)
         core.finish(t)
         self.finish(record)

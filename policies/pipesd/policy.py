@@ -110,6 +110,7 @@ class ThresholdAutotuner:
         self.point = start if in_range else self.tuner.ask()
         self._elapsed_s = 0.0
         self._tokens = 0
+        self.window_tokens = params.tune_window_tokens
         self._baseline: float | None = None
         self._recent: deque[float] = deque(maxlen=params.drift_windows)
         self.evaluations = 0
@@ -119,8 +120,12 @@ class ThresholdAutotuner:
         """Account one decoding interval; return the thresholds to use next."""
         self._elapsed_s += elapsed_s
         self._tokens += tokens
-        if self._tokens < self.params.tune_window_tokens:
+        if self._tokens < self.window_tokens:
             return self.point
+        return self.evaluate()
+
+    def evaluate(self) -> tuple[float, float]:
+        """A window is complete: tell the tuner (or watch for drift); the thresholds to use."""
         objective = self._elapsed_s / self._tokens
         self._elapsed_s, self._tokens = 0.0, 0
         if not self.tuner.done:
@@ -235,8 +240,15 @@ class PipeSD(Policy):
         self._last_result_s = event.now_s
 
     def on_upload(self, n_tokens: int, duration_s: float) -> None:
-        self.upload.observe(n_tokens, duration_s)
-        self._maybe_replan()
+        upload = self.upload
+        upload.observe(n_tokens, duration_s)
+        a_lo, a_hi, b_lo, b_hi, g_lo, g_hi = self._bands  # _maybe_replan, inlined (per upload)
+        if not (
+            a_lo <= upload.alpha_s <= a_hi
+            and b_lo <= upload.beta_s <= b_hi
+            and g_lo <= self.gamma.value <= g_hi
+        ):
+            self._replan()
 
     def on_draft(self, confidence: float, draft_time_s: float, pending: bool) -> Decision:
         gamma = self.gamma  # ExponentialAverage.observe, inlined (once per drafted token)
@@ -260,32 +272,42 @@ class PipeSD(Policy):
         return CONTINUE
 
     def on_result(self, outcome: VerifyOutcome) -> Decision:
-        if self.autotuner is not None and self._last_result_s is not None:
-            elapsed = outcome.now_s - self._last_result_s
-            point = self.autotuner.observe(elapsed, outcome.accepted + 1)
-            if point is not self._point:  # the tuner moved (observe returns the same tuple)
-                self._point = point
-                self._set_thresholds(*point)
-        self._last_result_s = outcome.now_s
+        _, accepted, surviving, surviving_sent, now_s = outcome
+        tuner = self.autotuner
+        if tuner is not None and self._last_result_s is not None:
+            # ThresholdAutotuner.observe, inlined (once per answer): a step per full window
+            tuner._elapsed_s += now_s - self._last_result_s
+            tuner._tokens += accepted + 1
+            if tuner._tokens >= tuner.window_tokens:
+                point = tuner.evaluate()
+                if point is not self._point:  # the tuner moved (it returns the same tuple)
+                    self._point = point
+                    self._set_thresholds(*point)
+        self._last_result_s = now_s
         window = self.window
         if self._window_due:  # else the mean draft length, so N̂, is unchanged
             self._window_due = False
-            window = planning_window(self.draft_lengths.value, self.params.max_draft_len)
+            window = planning_window(self.draft_lengths.value, self._max_len)
         if window != self.window:
             self.window = window
             self._replan()
-        else:
-            self._maybe_replan()
+        else:  # _maybe_replan for γ alone: α and β last moved in on_upload, which checked them
+            g_lo, g_hi = self._bands[4:]
+            if not g_lo <= self.gamma.value <= g_hi:
+                self._replan()
         deferred = self._deferred_verify
-        survivors = self._confidences[-outcome.surviving :] if outcome.surviving else []
+        survivors = self._confidences[-surviving:] if surviving else None
+        if not survivors:  # _reset_draft(), inlined (the usual case)
+            self._confidences, self._c1, self._deferred_verify = [], 1.0, False
+            return CONTINUE
         self._reset_draft(survivors)
-        if survivors and deferred:
+        if deferred:
             self.draft_lengths.observe(float(len(survivors)))
             self._window_due = True
             self._reset_draft()
             return Decision.VERIFY
-        if survivors and self.params.pipeline:
-            unsent = len(survivors) - outcome.surviving_sent
+        if self._pipeline:
+            unsent = len(survivors) - surviving_sent
             if unsent > 0 and self._is_boundary(len(survivors)):
                 return Decision.SEND
         return Decision.CONTINUE
