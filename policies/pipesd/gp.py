@@ -48,13 +48,27 @@ class Hyperparameters:
 
 def matern52(a: np.ndarray, b: np.ndarray, length_scales: tuple[float, float]) -> np.ndarray:
     """The Matern 5/2 correlation between the rows of `a` (n, 2) and `b` (m, 2): (n, m)."""
+    return _matern52_scaled(a, _ScaledPoints(b, length_scales), length_scales)
+
+
+class _ScaledPoints:
+    """Points divided by the length scales and their squared norms: what `matern52` computes
+    for its `b`, kept for the candidates, which every observation is compared with."""
+
+    __slots__ = ("scaled_t", "squared")
+
+    def __init__(self, points: np.ndarray, length_scales: tuple[float, float]) -> None:
+        scaled = points / np.asarray(length_scales)
+        self.scaled_t = scaled.T
+        self.squared = (scaled * scaled).sum(1)[None, :]
+
+
+def _matern52_scaled(
+    a: np.ndarray, b: _ScaledPoints, length_scales: tuple[float, float]
+) -> np.ndarray:
+    """`matern52` against points already scaled (the same arithmetic, so the same bits)."""
     scaled_a = a / np.asarray(length_scales)
-    scaled_b = b / np.asarray(length_scales)
-    sq = (
-        (scaled_a * scaled_a).sum(1)[:, None]
-        + (scaled_b * scaled_b).sum(1)[None, :]
-        - 2.0 * scaled_a @ scaled_b.T
-    )
+    sq = (scaled_a * scaled_a).sum(1)[:, None] + b.squared - 2.0 * scaled_a @ b.scaled_t
     s = SQRT5 * np.sqrt(np.maximum(sq, 0.0))
     return (1.0 + s + s * s / 3.0) * np.exp(-s)
 
@@ -113,6 +127,7 @@ class CandidatePosterior:
     def __init__(self, candidates: np.ndarray, hyper: Hyperparameters) -> None:
         self.candidates = np.asarray(candidates, dtype=float)
         self.hyper = hyper
+        self._scaled = _ScaledPoints(self.candidates, hyper.length_scales)
         m = len(self.candidates)
         self._x = np.empty((0, 2))
         self._y: list[float] = []
@@ -134,7 +149,7 @@ class CandidatePosterior:
         k = hyper.amplitude * matern52(x, x, hyper.length_scales)
         k[np.diag_indices_from(k)] += hyper.noise + JITTER
         chol = np.linalg.cholesky(k)
-        k_cand = hyper.amplitude * matern52(x, posterior.candidates, hyper.length_scales)
+        k_cand = hyper.amplitude * _matern52_scaled(x, posterior._scaled, hyper.length_scales)
         v = solve_triangular(chol, k_cand, lower=True, check_finite=False)
         posterior._x, posterior._y = x, [float(value) for value in y]
         posterior._chol, posterior._v, posterior._v_sq = chol, v, (v * v).sum(0)
@@ -172,7 +187,7 @@ class CandidatePosterior:
         chol[:n, :n] = self._chol
         chol[n, :n] = row
         chol[n, n] = diag
-        k_cand = hyper.amplitude * matern52(point, self.candidates, hyper.length_scales)[0]
+        k_cand = hyper.amplitude * _matern52_scaled(point, self._scaled, hyper.length_scales)[0]
         v_row = (k_cand - row @ self._v) / diag
         self._chol = chol
         self._v = np.vstack([self._v, v_row])
