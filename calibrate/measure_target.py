@@ -22,7 +22,7 @@ from typing import Any
 from calibrate.assemble import Part, new_part
 from calibrate.fit_report import FitReport
 from calibrate.options import TargetOptions
-from calibrate.target import TargetMeasurements, fit_measurements, profile_target
+from calibrate.target import profile_target
 from calibrate.target_batch import BatchGrid, fit_batches, measure_llama_batches
 from calibrate.target_llama import (
     BATCH_NOTE,
@@ -32,6 +32,7 @@ from calibrate.target_llama import (
     forward_mape_note,
     profile_llama_target,
 )
+from calibrate.target_results import TargetMeasurements, fit_measurements
 from calibrate.target_served_torch import profile_torch_served_target
 from models.registry import resolve_model
 from models.shapes import SHAPES, build_random_model, get_shape

@@ -58,15 +58,11 @@ from typing import Any
 
 import numpy as np
 
-from calibrate.noise import BEST_CASE, CLOCKS, Repeated
+from calibrate.noise import BEST_CASE, CLOCKS, Repeated, TimingStats
 from calibrate.samples import ForwardSample, PrefillSample
-from calibrate.target import (
-    EnergyMeter,
-    TimingStats,
-    VerificationRun,
-    _energy_window,
-    time_prefills,
-)
+from calibrate.target_results import VerificationRun
+from calibrate.target_timing import _energy_window, time_prefills
+from realrun.cloud.energy import EnergyMeter
 
 AUTO_CLOCK = "auto"
 """`clock` default: "cpu" on a CPU target computing on one thread, "wall" otherwise."""

@@ -33,14 +33,8 @@ from calibrate.fit import fit_target_parts
 from calibrate.fit_report import FitReport
 from calibrate.samples import ForwardSample, PrefillSample
 from calibrate.served import resolve_clock, served_needs, time_served
-from calibrate.target import (
-    AUTO,
-    SEED,
-    TargetMeasurements,
-    _count,
-    _grid,
-    _open_meter,
-)
+from calibrate.target_results import TargetMeasurements
+from calibrate.target_setup import AUTO, SEED, _count, _grid, _open_meter
 from models.registry import gguf_file_type
 from realrun.cloud.llama_target import LlamaTarget
 from simulator.profile import TargetLatency
@@ -137,7 +131,7 @@ class LlamaTargetMeasurements(TargetMeasurements):
 
 
 def _shape_of(metadata: dict[str, str], n_vocab: int) -> dict[str, Any]:
-    """The model's dimensions from its GGUF metadata (the keys `calibrate.target` reports)."""
+    """The model's dimensions from its GGUF metadata (the keys `calibrate.target_setup` reports)."""
     arch = metadata.get("general.architecture", "")
 
     def number(key: str) -> int | None:
@@ -217,7 +211,7 @@ def profile_llama_target(
                     f"profile_llama_target: needs {needed} positions (largest context + summed "
                     f"token counts, or largest prompt) but {what} is {limit}; measure less"
                 )
-        # calibrate.target's meter choice: "auto" on a CPU device is RAPL
+        # calibrate.target_setup's meter choice: "auto" on a CPU device is RAPL
         meter, energy_reason = _open_meter(energy_meter, types.SimpleNamespace(type="cpu"))
         timed = time_served(
             target,

@@ -23,22 +23,14 @@ from typing import Any
 
 from calibrate.fit_report import FitReport
 from calibrate.served import resolve_clock, served_needs, time_served
-from calibrate.target import (
-    AUTO,
-    SEED,
-    TargetMeasurements,
-    _count,
-    _device_name,
-    _grid,
-    _open_meter,
-    _shape_of,
-)
 from calibrate.target_llama import (
     DEFAULT_CONTEXT_LENGTHS,
     DEFAULT_PROMPT_LENGTHS,
     DEFAULT_TOKEN_COUNTS,
     fit_single_sequence,
 )
+from calibrate.target_results import TargetMeasurements
+from calibrate.target_setup import AUTO, SEED, _count, _device_name, _grid, _open_meter, _shape_of
 from realrun.cloud.torch_target import TorchTarget
 from simulator.profile import TargetLatency
 

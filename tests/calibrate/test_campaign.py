@@ -76,7 +76,7 @@ def test_validation_needs_its_targets_served_profile() -> None:
 def test_energy_windows_cover_the_counters_resolution(phase_s: float, monkeypatch) -> None:
     """A counter that advances only every NVML_UPDATE_S (the slowest NVML seen), read around a
     window of 5 ms verifications at a steady 300 W: the window's mean power is within 5%."""
-    from calibrate import target
+    from calibrate import target_timing as target
 
     clock = {"t": 0.0}
     monkeypatch.setattr(target.time, "perf_counter", lambda: clock["t"])

@@ -10,7 +10,8 @@ pytest.importorskip("transformers")
 
 from calibrate.fit import fit_target_latency  # noqa: E402
 from calibrate.samples import ForwardSample, PrefillSample  # noqa: E402
-from calibrate.target import TargetMeasurements, profile_target  # noqa: E402
+from calibrate.target import profile_target  # noqa: E402
+from calibrate.target_results import TargetMeasurements  # noqa: E402
 from models.shapes import build_random_model  # noqa: E402
 from realrun.cloud.energy import NvmlEnergyMeter, PowerUnavailable  # noqa: E402
 from simulator.profile import TargetLatency  # noqa: E402
