@@ -125,7 +125,7 @@ def check_points(
     the server's ceiling: realrun.testbed.body_limit); returns the skipped policies
     (label -> reason)."""
     for point in points:
-        body_limit(point.scenario)
+        body_limit(point.scenario, options.sampling if options is not None else None)
     if options is not None:
         for point in points:
             check_sampling(options.sampling, point.scenario, options.acceptance)
@@ -352,7 +352,12 @@ def run_point(
     with (
         open_link(spec, mode=options.shaping, server_port=port) as link,
         cloud_server(
-            link, port, options, point_dir / "server.log", rule, body_limit(point.scenario)
+            link,
+            port,
+            options,
+            point_dir / "server.log",
+            rule,
+            body_limit(point.scenario, options.sampling),
         ) as server,
     ):
         rows = run_testbed(

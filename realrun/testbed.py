@@ -68,6 +68,10 @@ VERIFICATION_COLUMNS = ("verification", "downlink_top_k")
 verification on the target's top-`downlink_top_k`) or "server" (`downlink_top_k` 0)."""
 
 
+NEEDS_FLEET = "needs a fleet of edges"
+"""`skip_reason` of a fleet-plan policy (DiP-SD): a many-edge testbed runs it."""
+
+
 def skip_reason(name: str) -> str | None:
     """Why a policy cannot run on the testbed (None: it can)."""
     policy_class = POLICIES[name][1]
@@ -76,7 +80,7 @@ def skip_reason(name: str) -> str | None:
     if getattr(policy_class, "is_oracle", False):
         return "needs future acceptance outcomes"
     if getattr(policy_class, "uses_fleet_plan", False):
-        return "needs a fleet of edges"
+        return NEEDS_FLEET
     return None
 
 
@@ -209,15 +213,21 @@ def full_row_bytes(scenario: Scenario, entry: PolicyEntry) -> int | None:
     return max(b for b in ROW_DTYPES if b <= size)
 
 
-def body_limit(scenario: Scenario) -> int:
+def body_limit(scenario: Scenario, sampling: SamplingSpec | None = None) -> int:
     """The server's request-body limit this scenario needs: the largest message any of its
-    full-row policies (`full_row_bytes`) can send (tokens_per_message drafts of its payload,
-    with the header), with the margin of realrun.cloud.settings.body_limit_bytes (one-line
-    ConfigError past its ceiling, naming the policy's payload); the default 64 KiB otherwise
-    (ids and probabilities, or top-K distributions sized to fit it: `sampling_top_k`)."""
+    full-row policies (`full_row_bytes`) that a testbed edge runs can send (tokens_per_message
+    drafts of its payload, with the header), with the margin of
+    realrun.cloud.settings.body_limit_bytes (one-line ConfigError past its ceiling, naming the
+    policy's payload); the default 64 KiB otherwise (ids and probabilities, or top-K
+    distributions sized to fit it: `sampling_top_k`; a sampling run sends no full rows).
+    Policies no testbed edge runs (cloud-only, split, oracles) send nothing and count not."""
     tokens = tokens_per_message(scenario)
     limit = ServerSettings.max_body_bytes
+    if sampling is not None:
+        return limit
     for entry in scenario.policies:
+        if skip_reason(entry.name) not in (None, NEEDS_FLEET):
+            continue
         if full_row_bytes(scenario, entry) is None:
             continue
         largest = policy_payload(scenario, entry).batch_bytes(tokens)
@@ -226,9 +236,14 @@ def body_limit(scenario: Scenario) -> int:
     return limit
 
 
-def check_body_limit(scenario: Scenario, server_max_body_bytes: int, server: str) -> None:
+def check_body_limit(
+    scenario: Scenario,
+    server_max_body_bytes: int,
+    server: str,
+    sampling: SamplingSpec | None = None,
+) -> None:
     """One-line ConfigError if the server's body limit is below what `scenario` needs."""
-    needed = body_limit(scenario)
+    needed = body_limit(scenario, sampling)
     if server_max_body_bytes < needed:
         raise ConfigError(
             server,
@@ -363,7 +378,9 @@ def run_testbed(
     `edge`: which edge of the scenario this is (its synthetic acceptance stream, and the
     `edge` of its records; realrun.fleet runs one process per edge). `only`: run just this
     (seed, policy label) session. `batch_sizes`: write OUT/batches.csv, the size of the
-    cloud's batch each of this edge's NAVs was verified in (the server's answer).
+    cloud's batch each of this edge's NAVs was verified in and that batch's target time (the
+    server's answer), and count each record's `cloud_busy_s` as the simulator does (its share:
+    each batch's target time split among its NAVs, plus its prefill).
     `fleet_plan`: (a DiP-SD plan's batches, this edge's draft length), realrun.fleet's: a
     fleet-plan policy runs with that length and seats its sessions in the plan on the server
     (its last request's session retires the edge there).
@@ -417,7 +434,8 @@ def run_testbed(
     compute: dict[str, list[dict[str, Any]]] = {"edge": [], "cloud": []}  # COMPUTE_FILES
     skipped: dict[str, str] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
-    sizes: list[int] = []
+    sizes: list[tuple[int, float]] = []  # (batch size, the batch's target ms) of each NAV
+    prefill_ms: list[float] = []
     batch_rows: list[dict[str, Any]] = []
     outputs: list[dict[str, Any]] = []  # OUTPUT_COLUMNS, for validation's lossless check
 
@@ -426,11 +444,13 @@ def run_testbed(
 
         def verify(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
             answer = super().verify(*args, **kwargs)
-            sizes.append(int(answer.get("batch_size", 1)))
+            sizes.append((int(answer.get("batch_size", 1)), float(answer.get("target_ms", 0.0))))
             return answer
 
         def open(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-            return super().open(*args, plan=seat.get("plan"), **kwargs)
+            answer = super().open(*args, plan=seat.get("plan"), **kwargs)
+            prefill_ms.append(float(answer.get("prefill_ms", 0.0)))
+            return answer
 
     seat: dict[str, Any] = {}  # the current request's place in a DiP-SD plan, if any
 
@@ -440,7 +460,7 @@ def run_testbed(
             health = cloud.health()
             check_vocabularies(int(draft.n_vocab()), int(health["n_vocab"]), acceptance)
             settings = health.get("settings", {})
-            check_body_limit(scenario, int(settings.get("max_body_bytes", 0)), server)
+            check_body_limit(scenario, int(settings.get("max_body_bytes", 0)), server, sampling)
             runnable = []
             for index, entry in enumerate(scenario.policies):
                 reason = entry_skip_reason(entry, sampling)
@@ -487,6 +507,7 @@ def run_testbed(
                     origin = time.perf_counter()
                     startup_probes(policy, cloud)
                     sizes.clear()  # probes are no NAVs of a request
+                    prefill_ms.clear()
                     records, spans = [], []
                     for request in range(model.prompts.count):
                         last = request == model.prompts.count - 1
@@ -514,10 +535,14 @@ def run_testbed(
                         record.edge = edge
                         batch_rows.extend(
                             {"policy": entry.label, "seed": seed, "edge": edge,
-                             "request": request, "nav": i, "batch_size": size}
-                            for i, size in enumerate(sizes)
+                             "request": request, "nav": i, "batch_size": size, "target_ms": ms}
+                            for i, (size, ms) in enumerate(sizes)
                         )  # fmt: skip
+                        if batch_sizes:  # the request's share of the cloud, as simulated
+                            shared_ms = sum(ms / size for size, ms in sizes) + sum(prefill_ms)
+                            record.cloud_busy_s = shared_ms / 1e3
                         sizes.clear()
+                        prefill_ms.clear()
                         after = uplink_meter() if before is not None else None
                         if before is not None and after is not None:
                             record.uplink_bytes = round(after - before)
@@ -584,7 +609,7 @@ def run_testbed(
         write_table(out_dir / COMPUTE_FILES[side], compute_columns, rows_of_side)
     write_table(out_dir / "outputs.csv", OUTPUT_COLUMNS, outputs)
     if batch_sizes:
-        batch_columns = ["policy", "seed", "edge", "request", "nav", "batch_size"]
+        batch_columns = ["policy", "seed", "edge", "request", "nav", "batch_size", "target_ms"]
         write_table(out_dir / "batches.csv", batch_columns, batch_rows)
     if speed_probe:
         speed_columns = ["point", *axes, "policy", "seed", *SpeedProbe.columns()]

@@ -89,6 +89,27 @@ def test_a_top_k_the_server_cannot_send_is_a_one_line_error(write_scenario, tmp_
     assert len(err.splitlines()) == 1 and "downlink_top_k" in err and "1..256" in err
 
 
+@pytest.mark.parametrize("name", ["picospec_llama", "picospec_qwen"])
+def test_the_shipped_picospec_scenarios_sample_on_the_testbed(name):
+    """A sampling run of PicoSpec's scenarios starts (the skipped cloud-only policy's full
+    rows do not size the server's body) with both top-16 PicoSpec variants at the edge."""
+    from realrun.local import LocalOptions, check_points
+    from realrun.testbed import body_limit
+
+    path = Path(__file__).parents[2] / "scenarios" / f"{name}.toml"
+    points = expand_sweep(path)
+    sampling = SamplingSpec(0.8)
+    options = LocalOptions(target=Path("t.gguf"), draft=Path("d.gguf"), sampling=sampling)
+    skipped = check_points(path, points, options)
+    assert set(skipped) == {"cloud_ar", "split", "picospec-exact-p", "oracle"}
+    assert body_limit(points[0].scenario, sampling) == 64 * 1024
+    modes = {e.label: edge_top_k(e, sampling) for e in points[0].scenario.policies
+             if e.label not in skipped}  # fmt: skip
+    assert modes == {"vanilla": 0, "picospec": 16, "picospec-no-truncation": 16}
+    with pytest.raises(ConfigError, match=r"policies\.vanilla\.payload \(full"):
+        body_limit(points[0].scenario)  # greedy: vanilla's full rows at 64 tokens a message
+
+
 class Recorder:
     """Wraps run_edge and CloudClient.verify: each run's sampling and output, and whether each
     verify answer carried top-K rows (the edge decides) or the server's decision."""
