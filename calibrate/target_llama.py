@@ -34,7 +34,7 @@ from calibrate.fit_report import FitReport
 from calibrate.samples import ForwardSample, PrefillSample
 from calibrate.served import resolve_clock, served_needs, time_served
 from calibrate.target_results import TargetMeasurements
-from calibrate.target_setup import AUTO, SEED, _count, _grid, _open_meter
+from calibrate.target_setup import AUTO, SEED, _count, _open_meter, _served_grids
 from models.registry import gguf_file_type
 from realrun.cloud.llama_target import LlamaTarget
 from simulator.profile import TargetLatency
@@ -186,16 +186,9 @@ def profile_llama_target(
     import llama_cpp  # optional (extra 'models'): llama.cpp only when a model runs
 
     threads = _count("threads", threads, 1)
-    tokens = _grid("token_counts", token_counts)
-    contexts = _grid("context_lengths", context_lengths)
-    prompts = _grid("prompt_lengths", prompt_lengths)
-    if min(prompts) < 2:
-        raise ValueError(
-            f"profile_llama_target: prompt lengths must be >= 2 (the server prefills all but the "
-            f"last prompt token; got {min(prompts)})"
-        )
-    repetitions = _count("repetitions", repetitions, 1)
-    warmup = _count("warmup", warmup, 0)
+    tokens, contexts, prompts, repetitions, warmup = _served_grids(
+        "profile_llama_target", token_counts, context_lengths, prompt_lengths, repetitions, warmup
+    )
     if not isinstance(idle_window_s, int | float) or not idle_window_s > 0:
         raise ValueError(f"profile_llama_target: idle_window_s must be > 0 (got {idle_window_s!r})")
     path = Path(model_path)

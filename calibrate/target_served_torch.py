@@ -30,7 +30,14 @@ from calibrate.target_llama import (
     fit_single_sequence,
 )
 from calibrate.target_results import TargetMeasurements
-from calibrate.target_setup import AUTO, SEED, _count, _device_name, _grid, _open_meter, _shape_of
+from calibrate.target_setup import (
+    AUTO,
+    SEED,
+    _device_name,
+    _open_meter,
+    _served_grids,
+    _shape_of,
+)
 from realrun.cloud.torch_target import TorchTarget
 from simulator.profile import TargetLatency
 
@@ -103,16 +110,14 @@ def profile_torch_served_target(
     import torch  # optional (extra 'models'): loaded only when used
     import transformers  # optional (extra 'models'): loaded only when used
 
-    tokens = _grid("token_counts", token_counts)
-    contexts = _grid("context_lengths", context_lengths)
-    prompts = _grid("prompt_lengths", prompt_lengths)
-    if min(prompts) < 2:
-        raise ValueError(
-            "profile_torch_served_target: prompt lengths must be >= 2 (the server prefills all "
-            f"but the last prompt token; got {min(prompts)})"
-        )
-    repetitions = _count("repetitions", repetitions, 1)
-    warmup = _count("warmup", warmup, 0)
+    tokens, contexts, prompts, repetitions, warmup = _served_grids(
+        "profile_torch_served_target",
+        token_counts,
+        context_lengths,
+        prompt_lengths,
+        repetitions,
+        warmup,
+    )
     say = progress or (lambda _line: None)
     target = TorchTarget(
         model, device, dtype, mode, n_ctx=n_ctx, compile_backend=compile_backend, threads=threads

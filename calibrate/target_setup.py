@@ -49,6 +49,34 @@ def _grid(name: str, values: Any) -> tuple[int, ...]:
     return checked
 
 
+def _served_grids(
+    caller: str,
+    token_counts: Any,
+    context_lengths: Any,
+    prompt_lengths: Any,
+    repetitions: Any,
+    warmup: Any,
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int, int]:
+    """(tokens, contexts, prompts, repetitions, warmup) of a profiler timing a target through
+    its server methods, checked: prompts must be >= 2 (the server prefills all but the last
+    prompt token), messages name `caller`."""
+    tokens = _grid("token_counts", token_counts)
+    contexts = _grid("context_lengths", context_lengths)
+    prompts = _grid("prompt_lengths", prompt_lengths)
+    if min(prompts) < 2:
+        raise ValueError(
+            f"{caller}: prompt lengths must be >= 2 (the server prefills all but the last "
+            f"prompt token; got {min(prompts)})"
+        )
+    return (
+        tokens,
+        contexts,
+        prompts,
+        _count("repetitions", repetitions, 1),
+        _count("warmup", warmup, 0),
+    )
+
+
 def _device_name(device: Any) -> str:
     import torch  # optional (extra 'models'): loaded only when used
 
