@@ -13,8 +13,11 @@ cloud batch size of every NAV (the manifest: their histogram per session).
 
 Teardown: the server and the edges get SIGKILL when this process dies (Linux's parent-death
 signal), are terminated on every exit path, and a watchdog (realrun.link.reaper) deletes the
-run's namespaces even after SIGKILL. Clocks: every edge reports when it started against the
-start it was given (`clock.json`); a spread above CLOCK_SKEW_LIMIT_S is an error.
+run's namespaces even after SIGKILL. DiP-SD: per seed the plan is computed once from the scenario
+as the simulator computes it (simulator.dipsd_plan), each edge gets its draft length and seats
+its sessions in the plan on the server, which verifies the plan's batches in turn
+(policies/dipsd/turns.py, the simulator's rule). Clocks: every edge reports when it started
+against the start it was given (`clock.json`); a spread above CLOCK_SKEW_LIMIT_S is an error.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from policies.registry import POLICIES
 from realrun.link.netns import unavailable_reason
 from realrun.link.reaper import die_with_parent, start_reaper, stop_reaper
 from realrun.local import (
@@ -42,7 +46,8 @@ from realrun.local import (
     run_local,
 )
 from realrun.local import batch_rule as point_batch_rule
-from realrun.testbed import skip_reason
+from realrun.testbed import body_limit, skip_reason
+from simulator.dipsd_plan import fleet_plan, plan_batches
 from simulator.errors import ConfigError
 from simulator.fleet import edge_specs
 from simulator.results import write_table
@@ -82,6 +87,11 @@ def check_fleet(
                 raise ConfigError(scenario_path, f"edge_groups[{i}].arrival", "the testbed's "
                                   "edges run requests back to back from one start (arrival = "
                                   "'closed', start_spread_s = 0)")  # fmt: skip
+    for point in points:
+        body_limit(point.scenario)  # one line if a payload needs bodies past the ceiling
+        planned = [e for e in point.scenario.policies if _uses_plan(e.name)]
+        for seed in point.scenario.model.seeds if planned else ():
+            session_plan(point, seed)  # one line if the scenario cannot make a plan
     if options.sampling is not None:
         raise ConfigError("--temperature", str(options.sampling.temperature),
                           "not available on a many-edge testbed (greedy only)")  # fmt: skip
@@ -97,10 +107,34 @@ def check_fleet(
 
 def fleet_skip_reason(name: str) -> str | None:
     """Why a policy cannot run on the many-edge testbed (None: it can)."""
-    reason = skip_reason(name)
-    if reason == "needs a fleet of edges":
-        return "the server does not execute a DiP-SD plan's batches yet"
-    return reason
+    return None if _uses_plan(name) else skip_reason(name)
+
+
+def _uses_plan(name: str) -> bool:
+    """Whether the policy drafts by a fleet plan (DiP-SD)."""
+    return bool(getattr(POLICIES[name][1], "uses_fleet_plan", False))
+
+
+def session_plan(point: SweepPoint, seed: int) -> dict[str, Any]:
+    """DiP-SD's plan for `seed`'s edges, computed as the simulator computes it: the batches
+    (edge indices, in verification order), each edge's draft length, the planned throughput."""
+    plan = fleet_plan(point.scenario, edge_specs(point.scenario, seed))
+    return {
+        "batches": [list(batch) for batch in plan_batches(plan)],
+        "lengths": list(plan.lengths),
+        "throughput_tokens_per_s": plan.throughput_tokens_per_s,
+    }
+
+
+def server_link(point: SweepPoint, port: int) -> Any:
+    """The server's loopback link, with the slowest edge's spec (its uplink sets the server's
+    body timeout: realrun.local.cloud_server)."""
+    from realrun.fleet_edge import edge_link_spec  # imports httpx (realrun.link.shaping)
+    from realrun.link.shaping import ShapedLink  # imports httpx
+
+    specs = [edge_link_spec(point, seed, edge) for seed in point.scenario.model.seeds
+             for edge in range(fleet_size(point))]  # fmt: skip
+    return ShapedLink(min(specs, key=lambda spec: spec.uplink.at(0.0)), port)
 
 
 def kernel_shaping(mode: str) -> bool:
@@ -140,13 +174,17 @@ def run_session(
     links: list[Any],
     port: int,
     session_dir: Path,
+    plan: dict[str, Any] | None = None,
 ) -> list[Path]:
-    """One (seed, policy) session on every edge at once; the edges' output folders."""
+    """One (seed, policy) session on every edge at once (a DiP-SD `plan`: `session_plan`,
+    handed to every edge); the edges' output folders."""
     edges = fleet_size(point)
     go, pickled = session_dir / "go", session_dir / "point.pickle"
     session_dir.mkdir(parents=True, exist_ok=True)
     with pickled.open("wb") as handle:  # the point as resolved here, every --set applied
         pickle.dump(point, handle)
+    if plan is not None:
+        (session_dir / "plan.json").write_text(json.dumps(plan) + "\n")
     shaping = "tbf" if links else ("software" if options.shaping != "none" else "none")
     processes: list[tuple[subprocess.Popen[bytes], Path]] = []
     folders = []
@@ -188,6 +226,8 @@ def run_session(
             ]
             if links:
                 command += ["--uplink-device", links[edge].uplink_device]
+            if plan is not None:
+                command += ["--plan", str(session_dir / "plan.json")]
             log = folder / "edge.log"
             with log.open("wb") as handle:
                 process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=handle,
@@ -292,15 +332,13 @@ def run_fleet_point(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One sweep point on the many-edge testbed (see the module docstring); returns the summary
     rows (one per policy, seed and edge) and what was used."""
-    from realrun.link.shaping import LinkSpec, ShapedLink  # imports httpx
-
     kernel = kernel_shaping(options.shaping)
     reaper = start_reaper() if kernel else None
     port = free_port()
     rule = point_batch_rule(point)
     model = point.scenario.model
     runnable = [e.label for e in point.scenario.policies if not fleet_skip_reason(e.name)]
-    loopback = ShapedLink(LinkSpec.from_point(point), port)
+    loopback = server_link(point, port)
     summary: tuple[list[str], list[dict[str, Any]]] = ([], [])
     results: tuple[list[str], list[dict[str, Any]]] = ([], [])
     batches: tuple[list[str], list[dict[str, Any]]] = ([], [])
@@ -308,7 +346,9 @@ def run_fleet_point(
     used["batching"] = {"max_batch": rule.max_batch, "batch_window_s": rule.window_s,
                         "rule": "policies/batching.py (the simulator's)"}  # fmt: skip
     try:
-        with cloud_server(loopback, port, options, point_dir / "server.log", rule) as server:
+        body = body_limit(point.scenario)
+        log = point_dir / "server.log"
+        with cloud_server(loopback, port, options, log, rule, body) as server:
             used["server"], used["health"] = server.command, server.health
             for seed in model.seeds:
                 with edge_links(point, seed, port, kernel) as links:
@@ -317,8 +357,10 @@ def run_fleet_point(
                     )
                     for label in runnable:
                         session = point_dir / "edges" / f"{label}_s{seed}"
+                        name = next(e.name for e in point.scenario.policies if e.label == label)
+                        plan = session_plan(point, seed) if _uses_plan(name) else None
                         folders = run_session(scenario_path, point, options, seed, label,
-                                              links, port, session)  # fmt: skip
+                                              links, port, session, plan)  # fmt: skip
                         clocks = clock_check(folders)
                         navs: list[dict[str, Any]] = []
                         for folder in folders:
@@ -326,6 +368,8 @@ def run_fleet_point(
                             batches = (batches[0] or head, batches[1] + rows)
                             navs.extend(rows)
                         used["sessions"][f"{label}_s{seed}"] = clocks | batch_stats(navs)
+                        if plan is not None:
+                            used["sessions"][f"{label}_s{seed}"]["plan"] = plan
                         for edge, folder in enumerate(folders):
                             extra = {"edge": edge}
                             head, rows = read_rows(folder / "summary.csv", extra)

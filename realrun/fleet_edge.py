@@ -10,7 +10,8 @@ writing the testbed's files into `--out`. Each edge, once its draft is loaded, w
 (`clock.json`: the start they were given and the one they saw), so the fleet can check how far
 apart the edges' clocks began. With `--shaping software` the edge shapes its own link in
 process (realrun.link.softlink, from the scenario's spec of this edge); with "tbf" the
-namespace's qdiscs shape it.
+namespace's qdiscs shape it. With `--plan` (realrun.fleet.session_plan's JSON) a DiP-SD policy
+drafts its planned length and seats its sessions in the plan on the server.
 """
 
 from __future__ import annotations
@@ -60,12 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shaping", choices=("tbf", "software", "none"), default="tbf")
     parser.add_argument("--go", type=Path, required=True, help="file holding the start time")
     parser.add_argument("--uplink-device", help="the namespace's veth end (tbf: its counter)")
+    parser.add_argument("--plan", type=Path, help="a DiP-SD plan (JSON: batches, lengths)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     try:
         with args.point.open("rb") as handle:  # written by realrun.fleet for this run
             point = pickle.load(handle)
-        transport = None
+        transport, fleet_plan = None, None
+        if args.plan is not None:
+            plan = json.loads(args.plan.read_text())  # written by realrun.fleet for this run
+            batches = tuple(tuple(int(e) for e in batch) for batch in plan["batches"])
+            fleet_plan = (batches, int(plan["lengths"][args.edge]))
         if args.shaping == "software":
             from realrun.link.softlink import LinkClock, ShapedTransport  # imports httpx
 
@@ -99,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             edge=args.edge,
             only=(args.seed, args.policy),
             batch_sizes=True,
+            fleet_plan=fleet_plan,
             uplink_meter=(
                 (lambda: uplink_meter(args.uplink_device)) if args.uplink_device else None
             ),

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from policies.batching import BatchRule
 from realrun import protocol
 from realrun.cloud.backend import Session, TargetBackend
-from realrun.cloud.batching import Batcher
+from realrun.cloud.batching import Batcher, PlanBatching, PlanSeat
 from realrun.cloud.guards import ByteBudget, ClientCounter, RateLimiter
 from realrun.cloud.ordering import Sequencer, follow_up
 from realrun.cloud.sessions import SessionTable
@@ -57,6 +57,8 @@ class Cloud:
     table: SessionTable = field(init=False)
     sequencer: Sequencer = field(init=False)
     batcher: Batcher[VerifyRequest, dict[str, Any]] = field(init=False)
+    plans: PlanBatching[VerifyRequest, dict[str, Any]] = field(init=False)
+    """Verifies of sessions seated in a DiP-SD plan, batched by its turns."""
     limiter: RateLimiter | None = field(init=False)
     inflight: ClientCounter = field(init=False)
     budget: ByteBudget = field(init=False)
@@ -71,6 +73,7 @@ class Cloud:
         window_s = s.batch_window_ms / 1e3
         rule = BatchRule(max_batch, window_s)
         self.batcher = Batcher(lambda batch: run_batch(self, batch), rule, self.lock)
+        self.plans = PlanBatching(lambda batch: run_batch(self, batch), self.lock)
         self.limiter = RateLimiter(s.rate_limit_per_s) if s.rate_limit_per_s else None
         self.inflight = ClientCounter(s.max_inflight_per_client)
         self.budget = ByteBudget(s.max_buffered_bytes, s.max_buffered_bytes // 2)
@@ -79,8 +82,11 @@ class Cloud:
 # ------------------------------------------------------------------------------ open, close
 
 
-def open_session(cloud: Cloud, prompt: list[int], rule: Rule | None, client: str) -> dict[str, Any]:
-    """Open a session for `client` (429 past its or the global session limit)."""
+def open_session(
+    cloud: Cloud, prompt: list[int], rule: Rule | None, client: str, seat: PlanSeat | None = None
+) -> dict[str, Any]:
+    """Open a session for `client` (429 past its or the global session limit), seated in a
+    DiP-SD plan if `seat` (409 if another plan is in progress)."""
     if rule is not None and not cloud.target.supports_rules:
         raise ProtocolError(422, "this server's backend verifies greedily only")
     with cloud.table.reserve(client), cloud.lock:
@@ -89,6 +95,12 @@ def open_session(cloud: Cloud, prompt: list[int], rule: Rule | None, client: str
         else:
             sid, ms = cloud.target.open(prompt, rule)
         cloud.table.add(sid, client)
+    if seat is not None:
+        try:
+            cloud.plans.join(sid, seat)
+        except ValueError as exc:
+            close_session(cloud, sid)
+            raise ProtocolError(409, str(exc)) from None
     return {"session": sid, "n_prompt": len(prompt), "prefill_ms": ms}
 
 
@@ -98,6 +110,7 @@ def close_session(cloud: Cloud, sid: str) -> dict[str, Any]:
         session_of(cloud, sid)
         cloud.target.drop(sid)
         cloud.table.remove(sid)
+    cloud.plans.leave(sid)
     return {"closed": True}
 
 
@@ -107,6 +120,8 @@ def drop_sessions(cloud: Cloud, sids: list[str]) -> None:
         for sid in sids:
             if sid in cloud.target.sessions:
                 cloud.target.drop(sid)
+    for sid in sids:
+        cloud.plans.leave(sid, retire=True)  # an edge gone silent: its batch stops waiting
 
 
 def health(cloud: Cloud) -> dict[str, Any]:
@@ -245,7 +260,9 @@ def apply_upload(
 def verify(cloud: Cloud, request: VerifyRequest, start_s: float) -> dict[str, Any]:
     """Verify in the next batch that has room (blocks until answered); `start_s` as for
     apply_upload."""
-    answer = cloud.batcher.submit(request.sid, request)
+    answer = cloud.plans.submit(request.sid, request)
+    if answer is None:
+        answer = cloud.batcher.submit(request.sid, request)
     waited_ms = 1e3 * (time.perf_counter() - start_s) - answer["target_ms"]
     return answer | {"queued_ms": max(waited_ms, 0.0)}
 

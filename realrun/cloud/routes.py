@@ -60,8 +60,11 @@ class Routes:
     async def open(self, _request: Request, obj: dict[str, Any], client: str) -> dict[str, Any]:
         """`open`: a new session (idle ones are expired first, so they never lock clients out)."""
         prompt, rule = protocol.parse_open(obj, self.cloud.limits)
+        seat = protocol.parse_plan(obj)
         await reap(self.cloud, self.log)
-        answer = await run_in_threadpool(handlers.open_session, self.cloud, prompt, rule, client)
+        answer = await run_in_threadpool(
+            handlers.open_session, self.cloud, prompt, rule, client, seat
+        )
         self.cloud.sequencer.begin(answer["session"])
         return answer
 

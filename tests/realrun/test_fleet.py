@@ -180,28 +180,42 @@ def test_a_killed_fleet_run_leaves_nothing_behind(tmp_path):
         time.sleep(0.1)
 
 
-def write_results(folder: Path, rows: list[dict[str, object]]) -> Path:
-    folder.mkdir()
-    columns = ["policy", "seed", "edge", "request", "start_s", "end_s", "new_tokens", "tpt_ms"]
-    with (folder / "results.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, columns)
+def write_csv(path: Path, rows: list[dict[str, object]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    return folder
 
 
 def test_fleet_comparison_matches_edges_and_reports_errors(tmp_path, capsys):
     from realrun.fleet_compare import compare, main
 
-    def row(edge: int, tpt: float, end: float) -> dict[str, object]:
-        return {"policy": "vanilla", "seed": 1, "edge": edge, "request": 0, "start_s": 0.0,
-                "end_s": end, "new_tokens": 10, "tpt_ms": tpt}  # fmt: skip
+    def row(edge: int, tpt: float, end: float, busy: float) -> dict[str, object]:
+        return {"point": 0, "policy": "vanilla", "seed": 1, "edge": edge, "request": 0,
+                "start_s": 0.0, "end_s": end, "new_tokens": 10, "tpt_ms": tpt,
+                "cloud_busy_s": busy}  # fmt: skip
 
-    sim = write_results(tmp_path / "sim", [row(0, 11.0, 1.0), row(1, 18.0, 2.0)])
-    bed = write_results(tmp_path / "bed", [row(0, 10.0, 1.0), row(1, 20.0, 4.0), row(2, 5, 1)])
+    def nav(edge: int, size: int) -> dict[str, object]:
+        return {"policy": "vanilla", "seed": 1, "edge": edge, "batch_size": size}
+
+    sim, bed = tmp_path / "sim", tmp_path / "bed"
+    write_csv(sim / "results.csv", [row(0, 11.0, 1.0, 0.5), row(1, 18.0, 2.0, 0.5)])
+    write_csv(sim / "summary.csv", [{"point": 0, "policy": "vanilla", "mean_batch_size": 1.5}])
+    write_csv(bed / "results.csv", [row(0, 10.0, 1.0, 1.0), row(1, 20.0, 4.0, 1.0),
+                                    row(2, 5.0, 1.0, 0.0)])  # fmt: skip
+    write_csv(bed / "points" / "p0" / "batches.csv", [nav(0, 2), nav(1, 2), nav(2, 1)])
     edges, fleets = compare(sim, bed)
     assert [e["edge"] for e in edges] == ["0", "1"]  # edge 2 only on one side
     assert [round(e["tpt_error"], 6) for e in edges] == [0.1, -0.1]
-    assert fleets[0]["sim_tokens_per_s"] == 10.0 and fleets[0]["testbed_tokens_per_s"] == 5.0
-    assert main([str(sim), str(bed)]) == 0
+    (fleet,) = fleets
+    assert fleet["tpt_abs_error_median"] == pytest.approx(0.1)
+    assert fleet["tpt_abs_error_p90"] == pytest.approx(0.1)
+    assert fleet["sim_tokens_per_s"] == 10.0 and fleet["testbed_tokens_per_s"] == 5.0
+    assert fleet["sim_cloud_utilisation"] == 0.5 and fleet["testbed_cloud_utilisation"] == 0.5
+    # 3 prefills alone and 3 NAVs in 2 batches (one of 2, counted through its two NAVs)
+    assert fleet["sim_mean_batch_size"] == 1.5 and fleet["testbed_mean_batch_size"] == 1.2
+    out = tmp_path / "table.csv"
+    assert main([str(sim), str(bed), "--out", str(out)]) == 0
     assert "median 10.0%" in capsys.readouterr().out
+    assert out.is_file() and (tmp_path / "table_fleet.csv").is_file()
