@@ -1,10 +1,14 @@
 """DiP-SD on the many-edge testbed and the fleet's server settings: the plan travels in `open`
 (bad seats are one 422 line), a server verifies the plan's batches in turn (synthetic target,
-no model), the fleet checks that a plan can be made, and the fleet's server gets the
-scenario's body limit and the slowest edge's link."""
+no model), the fleet checks that a plan can be made, the fleet's server gets the scenario's body
+limit and the slowest edge's link, and four SmolLM2 edges run DiP-SD's plan end to end."""
 
 from __future__ import annotations
 
+import csv
+import importlib.util
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +19,7 @@ pytest.importorskip("fastapi", reason="fastapi is not installed (extra 'realrun'
 pytest.importorskip("httpx", reason="httpx is not installed (extra 'realrun')")
 
 from fastapi.testclient import TestClient
+from model_marks import needs_smollm2, smollm2_path
 
 import realrun.fleet as fleet
 from realrun.cloud.server import create_app
@@ -25,6 +30,7 @@ from realrun.local import LocalOptions
 from realrun.protocol import ProtocolError, decode, encode, parse_plan
 from realrun.testbed import body_limit
 from simulator.dipsd_plan import fleet_plan, plan_batches
+from simulator.engine import simulate
 from simulator.errors import ConfigError
 from simulator.fleet import edge_specs
 from simulator.scenario import expand_sweep
@@ -32,6 +38,12 @@ from simulator.scenario import expand_sweep
 REPO = Path(__file__).resolve().parents[2]
 DIPSD = REPO / "scenarios" / "testbed_fleet_dipsd.toml"
 PLAN = [[0, 2], [1, 3]]
+PIPESD = [sys.executable, "-c", "import sys; from pipesd.cli import main; sys.exit(main())"]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 @pytest.mark.parametrize(
@@ -160,3 +172,27 @@ def test_the_fleets_server_gets_the_body_limit_and_the_slowest_link(tmp_path, mo
     assert seen["body_bytes"] == body_limit(point.scenario) > ServerSettings.max_body_bytes
     assert seen["link"].spec.uplink.at(0.0) == pytest.approx(0.2)  # the slow group's
     assert (seen["rule"].max_batch, seen["rule"].window_s) == (4, 0.002)
+
+
+@needs_smollm2
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                    reason="llama-cpp-python (extra 'models') is not installed")  # fmt: skip
+def test_four_edges_run_dipsds_plan_through_the_software_shaper(tmp_path):
+    text = DIPSD.read_text().split('[[policies]]\nname = "vanilla"')[0]
+    text = text.replace('reference_policy = "vanilla"', 'reference_policy = "dipsd"')
+    path = tmp_path / "fleet.toml"
+    path.write_text(text.replace('profile = "profiles/', f'profile = "{REPO}/scenarios/profiles/'))
+    model, out = str(smollm2_path()), tmp_path / "out"
+    sets = ["--set", "prompts.count=1", "--set", "prompts.max_new_tokens=6"]
+    argv = ["realrun", "local", str(path), "--target", model, "--draft", model, *sets]
+    argv += ["--acceptance", "synthetic", "--shaping", "software", "--quiet", "--out", str(out)]
+    done = subprocess.run([*PIPESD, *argv], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = read_csv(out / "results.csv")
+    assert sorted(row["edge"] for row in rows) == ["0", "1", "2", "3"]
+    scenario = expand_sweep(path, [s for s in sets if s != "--set"])[0].scenario
+    simulated = simulate(scenario, scenario.policies[0], seed=1)
+    navs = {str(r.edge): r.navs for r in simulated.records}  # synthetic acceptance: the same
+    assert {row["edge"]: int(row["navs"]) for row in rows} == navs
+    sizes = [int(row["batch_size"]) for row in read_csv(out / "points" / "p0" / "batches.csv")]
+    assert set(sizes) <= {1, 2} and 2 in sizes  # the plan's batches: two edges each
