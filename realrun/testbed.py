@@ -10,7 +10,9 @@ a seed (policies interleaved in time, so the machine's drift does not rank them)
 faces the simulator's acceptance outcomes for the same (seed, edge 0, request). With
 `sampling` the edge drafts by sampling and the server verifies by speculative sampling
 (realrun.edge.executor, "Sampling"), each request seeded by its (seed, request), so a run is
-reproducible; greedy otherwise.
+reproducible; greedy otherwise. In a sampling run a policy whose payload sets `downlink_top_k`
+(PicoSpec) is verified at the edge on the target's top-K instead (`edge_top_k`; results.csv's
+`verification` and the manifest say which ran).
 
 One sweep point per call (the caller loops over points, each with its own output folder).
 What the testbed cannot take from the scenario: many edges, and policies that are not
