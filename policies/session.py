@@ -97,6 +97,7 @@ class SpeculativeSession:
         "record",
         "sent_end",
         "surviving",
+        "uploaded",
         "verify_at",
     )
 
@@ -108,6 +109,9 @@ class SpeculativeSession:
         self._on_draft = policy.on_draft
         self.drafts_while_pending = policy.drafts_while_pending
         self.is_oracle = policy.is_oracle
+        self.uploaded = policy.on_upload
+        """An upload of `n_tokens` was answered `duration_s` after it was sent (a report):
+        `uploaded(n_tokens, duration_s)` tells the policy (its `on_upload`, bound once)."""
         self.max_draft = max_draft_tokens
         """Safety cap: a VERIFY is forced once this many tokens are speculative."""
         self.n_new = self.limit = 0
@@ -250,10 +254,6 @@ class SpeculativeSession:
         if self.policy.on_round_start(accept_run, hints) == _VERIFY:
             return VERIFY
         return self._next_step()
-
-    def uploaded(self, n_tokens: int, duration_s: float) -> None:
-        """An upload of `n_tokens` was answered `duration_s` after it was sent (a report)."""
-        self.policy.on_upload(n_tokens, duration_s)
 
     def finish(self, end_s: float) -> None:
         """The request ends at `end_s` with its `max_new_tokens` generated."""

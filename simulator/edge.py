@@ -285,7 +285,7 @@ class Edge:
         target = cfg.target
         min_down = down.min_delivery_s()
         soonest = 1.0 / self.cloud.fastest  # of a service: a compute trace may speed it up
-        drafted, sent = core.drafted, core.sent
+        drafted, sent, uploaded = core.drafted, core.sent, core.uploaded
         reports: list[tuple[float, int, float]] = []  # heap: (known at, tokens, duration)
         next_report_s = math.inf  # reports[0][0], the soonest a report is known
         # when the last earlier message is answered: an upload sent before then may queue
@@ -353,7 +353,7 @@ class Edge:
             while t >= next_report_s:
                 _, n_tokens, duration = heapq.heappop(reports)
                 next_report_s = reports[0][0] if reports else math.inf
-                core.uploaded(n_tokens, duration)
+                uploaded(n_tokens, duration)
             if nav is not None:
                 eta = nav.eta
                 if step == DRAFT and (eta is None or eta > t):  # draft on while pending

@@ -98,25 +98,26 @@ def _fastest_ends(n: int, alpha: float, beta: float, gamma: float) -> list[int]:
 
 
 def _finish_from_ends(ends: list[int], alpha: float, beta: float, gamma: float) -> float:
-    """The plan's finish time by the closed form, computed exactly as the greedy computes it."""
-    n = ends[-1]
-    starts = [0, *ends[:-1]]
-    count = len(ends)
-    return max(
-        _term(end, count - m, start, n, alpha, beta, gamma)
-        for m, (start, end) in enumerate(zip(starts, ends, strict=True))
-    )
+    """The plan's finish time by the closed form, computed exactly as the greedy computes it.
 
-
-def _term(
-    end: int, batches_left: int, start: int, n: int, alpha: float, beta: float, gamma: float
-) -> float:
-    """Finish time if the batch (start, end] waits for its last token and the rest queue behind.
-
-    `batches_left` counts this batch and the ones after it. The value grows with `end` and
+    A batch (start, end] with `batches_left` batches from it to the last (itself included)
+    contributes the term gamma * end + batches_left * alpha + beta * (n - start): its finish
+    if it waits for its last token and the rest queue behind it. The term grows with `end` and
     `batches_left` and falls with `start`, also in floating point, which the greedy relies on.
+    The plan's finish is the largest term (written out here and in `_earliest_start`, which
+    must compute it identically: these run at every re-plan).
     """
-    return gamma * end + batches_left * alpha + beta * (n - start)
+    n = ends[-1]
+    batches_left = len(ends)
+    start = 0
+    finish = -math.inf
+    for end in ends:
+        term = gamma * end + batches_left * alpha + beta * (n - start)
+        if term > finish:
+            finish = term
+        start = end
+        batches_left -= 1
+    return finish
 
 
 def _fewest_ends(n: int, limit: float, alpha: float, beta: float, gamma: float) -> list[int]:
@@ -138,11 +139,13 @@ def _fewest_ends(n: int, limit: float, alpha: float, beta: float, gamma: float) 
 def _earliest_start(
     end: int, batches_left: int, limit: float, n: int, alpha: float, beta: float, gamma: float
 ) -> int:
-    """The smallest start in [0, end) whose batch (start, end] keeps its term within `limit`."""
+    """The smallest start in [0, end) whose batch (start, end] keeps its term (see
+    `_finish_from_ends`) within `limit`."""
     low, high = 0, end - 1
+    head = gamma * end + batches_left * alpha  # the term's first two summands, as it adds them
     while low < high:
         middle = (low + high) // 2
-        if _term(end, batches_left, middle, n, alpha, beta, gamma) <= limit:
+        if head + beta * (n - middle) <= limit:
             high = middle
         else:
             low = middle + 1

@@ -178,11 +178,6 @@ class PipeSD(Policy):
         self._reset_draft()
         self._last_result_s: float | None = None
 
-    @property
-    def tuner_steps(self) -> int:  # type: ignore[override]
-        """BO steps run so far (each a tell + ask): the executor charges their compute."""
-        return self.autotuner.evaluations if self.autotuner is not None else 0
-
     # -- planning -----------------------------------------------------------------------------
     def _replan(self) -> None:
         """Recompute batch boundaries for the current N̂ and α, β, γ estimates."""
@@ -280,6 +275,7 @@ class PipeSD(Policy):
             tuner._tokens += accepted + 1
             if tuner._tokens >= tuner.window_tokens:
                 point = tuner.evaluate()
+                self.tuner_steps = tuner.evaluations  # BO steps so far: the executor charges them
                 if point is not self._point:  # the tuner moved (it returns the same tuple)
                     self._point = point
                     self._set_thresholds(*point)
