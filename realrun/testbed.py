@@ -478,7 +478,9 @@ def run_testbed(
                 for index, entry in runnable:
                     if only is not None and only != (seed, entry.label):
                         continue
-                    policy = make_policy(entry.name, entry.params, policy_seed(seed, entry.label))
+                    policy = make_policy(
+                        entry.name, entry.params, policy_seed(seed, entry.label, edge)
+                    )
                     planned = fleet_plan is not None and policy.uses_fleet_plan
                     if planned:
                         policy.on_fleet_plan(fleet_plan[1])  # type: ignore[index]
