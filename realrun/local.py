@@ -430,7 +430,7 @@ def run_local(
             "verification": {  # per point too: points.<i>.verification
                 entry.label: verification(entry, options.sampling, options.acceptance)
                 for entry in points[0].scenario.policies
-                if entry_skip_reason(entry, options.sampling) is None
+                if entry.label not in skipped  # the runner's check (a fleet runs DiP-SD)
             },
             "points": {str(i): used[i] for i in finished},
             "finished_points": finished,
