@@ -23,9 +23,10 @@ from simulator.profile import MIN_SPEED_FACTOR
 from simulator.results import write_atomic
 from simulator.runner import Task, execute, summary_rows
 from simulator.scenario import ScenarioModel, SweepPoint
+from validation.draws import draw_seeds
 
 Session = tuple[int, str, int]
-"""(sweep point, policy label, seed): one testbed session, one simulation."""
+"""(sweep point, policy label, seed): one testbed session, one simulation per acceptance draw."""
 
 
 def recorded_traces(real: Path) -> dict[Session, dict[str, list[tuple[float, float]]]] | None:
@@ -82,11 +83,13 @@ def write_traces(
 
 
 def resimulate_sessions(
-    points: Sequence[SweepPoint], sessions: dict[Session, Callable[[ScenarioModel], ScenarioModel]]
+    points: Sequence[SweepPoint],
+    sessions: dict[Session, Callable[[ScenarioModel], ScenarioModel]],
+    draws: int = 1,
 ) -> dict[tuple[int, str], float]:
     """TPT (ms) per (point, policy) the simulator predicts when each session of `sessions` runs
     with its scenario model changed by its function (the seeds of a policy not listed do not
-    count)."""
+    count), each `draws` times (`draw_seeds`), all averaged."""
     by_policy: dict[tuple[int, str], list[tuple[int, Callable[[ScenarioModel], ScenarioModel]]]]
     by_policy = {}
     for (index, policy, seed), change in sorted(sessions.items(), key=lambda item: item[0]):
@@ -99,7 +102,8 @@ def resimulate_sessions(
         outcomes = []
         for seed, change in runs:
             moved = replace(point, scenario=replace(scenario, model=change(scenario.model)))
-            outcomes.append(execute((Task(moved, position, seed), False)))
+            for drawn in draw_seeds(seed, draws):
+                outcomes.append(execute((Task(moved, position, drawn), False)))
         row = next(r for r in summary_rows(point, {position: outcomes}) if r["policy"] == policy)
         predicted[(index, policy)] = float(row["tpt_ms"])
     return predicted
@@ -123,10 +127,11 @@ def with_traces(paths: dict[str, Path]) -> Callable[[ScenarioModel], ScenarioMod
 
 
 def resimulate_replayed(
-    points: Sequence[SweepPoint], real: Path, sim: Path
+    points: Sequence[SweepPoint], real: Path, sim: Path, draws: int = 1
 ) -> dict[tuple[int, str], float] | None:
     """TPT (ms) per (point, policy) with every session at its recorded compute traces (the
-    trace files written to SIM/compute/); None where the real run recorded none."""
+    trace files written to SIM/compute/), `draws` acceptance draws each; None where the real
+    run recorded none."""
     traces = recorded_traces(real)
     if traces is None:
         return None
@@ -134,7 +139,8 @@ def resimulate_replayed(
     with (real / "results.csv").open(newline="") as handle:
         sessions = {(int(r["point"]), r["policy"], int(r["seed"])) for r in csv.DictReader(handle)}
     # a session without a recorded request (every one offline) runs at the profile's speed
-    return resimulate_sessions(points, {key: with_traces(paths.get(key, {})) for key in sessions})
+    changes = {key: with_traces(paths.get(key, {})) for key in sessions}
+    return resimulate_sessions(points, changes, draws)
 
 
 __all__ = [

@@ -86,4 +86,5 @@ def revalidate(
             "validation_sha256": sha256(validation) if validation.is_file() else None,
         }
     }
-    return simulate_and_compare(scenario, profile, points, out_dir, command, skipped, origin)
+    draws = int(read_manifest(source / "manifest.json").get("acceptance_draws", 1))  # as SOURCE
+    return simulate_and_compare(scenario, profile, points, out_dir, command, skipped, origin, draws)

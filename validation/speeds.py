@@ -51,11 +51,14 @@ def measured_speeds(
 
 
 def resimulate(
-    points: Sequence[SweepPoint], factors: dict[tuple[int, str, int], tuple[float, float]]
+    points: Sequence[SweepPoint],
+    factors: dict[tuple[int, str, int], tuple[float, float]],
+    draws: int = 1,
 ) -> dict[tuple[int, str], float]:
     """TPT (ms) per (point, policy) the simulator predicts when each (point, policy, seed) of
     `factors` runs with the draft and the target at its own (edge, cloud) speed factors
-    (relative to the profile; > 1: faster)."""
+    (relative to the profile; > 1: faster), `draws` acceptance draws each
+    (validation.replay.draw_seeds)."""
 
     def faster(edge: float, cloud: float) -> Callable[[ScenarioModel], ScenarioModel]:
         def change(model: ScenarioModel) -> ScenarioModel:
@@ -71,11 +74,11 @@ def resimulate(
         return change
 
     sessions = {key: faster(edge, cloud) for key, (edge, cloud) in factors.items()}
-    return resimulate_sessions(points, sessions)
+    return resimulate_sessions(points, sessions, draws)
 
 
 def resimulate_at_measured_speeds(
-    out_dir: Path, points: Sequence[SweepPoint]
+    out_dir: Path, points: Sequence[SweepPoint], draws: int = 1
 ) -> dict[tuple[int, str], float]:
     """TPT (ms) the simulator predicts per (point, policy) with the draft and the target at the
     speeds the testbed showed during the real run (`measured_speeds`): a diagnostic that
@@ -86,7 +89,7 @@ def resimulate_at_measured_speeds(
         for (index, policy), speeds in measured_speeds(out_dir, points).items()
         for seed in points[index].scenario.model.seeds
     }
-    return resimulate(points, factors)
+    return resimulate(points, factors, draws)
 
 
 def probed_speeds(path: Path) -> dict[tuple[int, str, int], tuple[float, float]]:

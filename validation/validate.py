@@ -25,6 +25,7 @@ from simulator.errors import ConfigError
 from simulator.results import write_json, write_table
 from simulator.runner import run_scenario
 from simulator.scenario import SweepPoint, expand_sweep
+from validation.draws import acceptance_draws, with_draws
 from validation.lossless import check_lossless
 from validation.replay import resimulate_replayed
 from validation.speeds import (
@@ -383,8 +384,9 @@ def run_validation(
         else None
     )
     origin = {"recalibrated_from": recalibration, "lossless": lossless}
+    draws = acceptance_draws(options.acceptance)
     rows, headline = simulate_and_compare(
-        scenario_path, profile_path, points, out_dir, command, skipped, origin
+        scenario_path, profile_path, points, out_dir, command, skipped, origin, draws
     )
     return rows, {**headline, "lossless": lossless}, skipped
 
@@ -397,11 +399,14 @@ def simulate_and_compare(
     command: Sequence[str],
     skipped: dict[str, str],
     origin: dict[str, Any],
+    draws: int = 1,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Simulate `points` into OUT/sim, then compare with OUT/real: the speeds, both
     re-simulated predictions, validation.csv and manifest.json (with `origin`: where the
-    profile or the real side came from). Returns the rows and the headline figures."""
-    run_scenario(scenario_path, points, out_dir / "sim", command, record_timeline=True)
+    profile or the real side came from). `draws`: simulated acceptance streams per real
+    session (`acceptance_draws`). Returns the rows and the headline figures."""
+    simulated = with_draws(points, draws)
+    run_scenario(scenario_path, simulated, out_dir / "sim", command, record_timeline=True)
     extra = {
         "kind": "revalidate" if "revalidated_from" in origin else "validate",  # simulator.outdir
         "command": list(command),
@@ -413,11 +418,12 @@ def simulate_and_compare(
         "metrics": list(METRICS),
         "error": "(sim - real) / real",
         "skipped": skipped,
+        "acceptance_draws": draws,
     }
     speeds = measured_speeds(out_dir, points)
-    predicted = resimulate_at_measured_speeds(out_dir, points)
+    predicted = resimulate_at_measured_speeds(out_dir, points, draws)
     probes = probed_speeds(out_dir / "real" / "speeds.csv")
-    probed = resimulate(points, probes)
-    replayed = resimulate_replayed(points, out_dir / "real", out_dir / "sim")
+    probed = resimulate(points, probes, draws)
+    replayed = resimulate_replayed(points, out_dir / "real", out_dir / "sim", draws)
     axes = list(points[0].axes)
     return write_validation(out_dir, axes, extra, speeds, predicted, probes, probed, replayed)

@@ -112,3 +112,28 @@ def test_revalidate_replays_recorded_traces_beside_the_other_predictions(
     replayed, mean = predictions["replayed_compute_traces"], predictions["mean_run_speed"]
     assert replayed["tpt_abs_error_median"] == pytest.approx(mean["tpt_abs_error_median"], abs=1e-3)
     assert sorted(p.name for p in (new / "sim" / "compute").iterdir())[0].endswith("_cloud.csv")
+
+
+def test_acceptance_draws_average_the_sessions_simulated_with_their_draw_seeds(
+    write_scenario, tmp_path
+) -> None:
+    from simulator.runner import run_scenario
+    from validation.draws import acceptance_draws, draw_seeds, with_draws
+    from validation.replay import resimulate_sessions
+    from validation.validate import validation_points
+
+    assert draw_seeds(3, 3) == [3, 1_000_003, 2_000_003] and draw_seeds(5, 1) == [5]
+    with pytest.raises(ValueError):
+        draw_seeds(1, 0)
+    assert acceptance_draws("real") > 1 and acceptance_draws("synthetic") == 1
+    scenario = write_scenario(prompts={"count": 2, "prompt_len": 16, "max_new_tokens": 24})
+    points = validation_points(scenario, tmp_path / "profile.json", [], [])
+    same = {(0, "vanilla", 1): lambda model: model}
+    one, three = (resimulate_sessions(points, same, n)[(0, "vanilla")] for n in (1, 3))
+    drawn = with_draws(points, 3)
+    assert list(drawn[0].scenario.model.seeds) == draw_seeds(1, 3)
+    assert list(points[0].scenario.model.seeds) == [1]  # the real side's points unchanged
+    run_scenario(scenario, drawn, tmp_path / "sim", ["test"])
+    summary = read_rows(tmp_path / "sim" / "summary.csv")
+    assert three == pytest.approx(float(summary[0]["tpt_ms"]), rel=1e-5)
+    assert one != pytest.approx(three, rel=1e-6)  # the assumed Beta model is random per seed

@@ -14,6 +14,7 @@ import pytest
 from model_marks import needs_smollm2, smollm2_path
 
 from pipesd.cli import main
+from validation.draws import ACCEPTANCE_DRAWS
 from validation.speeds import resimulate
 from validation.validate import (
     METRICS,
@@ -203,7 +204,9 @@ def test_validate_end_to_end_errors_recompute_from_both_sides(write_scenario, tm
         assert float(probe["edge_speed"]) == pytest.approx(predicted, rel=1e-5)
     # at the profile's own speeds, the re-simulation is the simulation
     points = validation_points(scenario, profile, [], [])
-    same = resimulate(points, {(0, "vanilla", 1): (1.0, 1.0)})
+    draws = json.loads((out / "manifest.json").read_text())["acceptance_draws"]
+    assert draws == ACCEPTANCE_DRAWS  # real acceptance: the simulator averages its draws
+    same = resimulate(points, {(0, "vanilla", 1): (1.0, 1.0)}, draws)
     assert same[(0, "vanilla")] == pytest.approx(float(sim["vanilla"]["tpt_ms"]), rel=1e-5)
     manifest = json.loads((out / "manifest.json").read_text())
     assert "at_run_speed_diagnostic" in manifest and "draft/target speeds" in printed
