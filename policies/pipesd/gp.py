@@ -35,6 +35,9 @@ AMPLITUDE_BOUNDS = (0.01, 1000.0)
 JITTER = 1e-10
 """Added to the diagonal as in scikit-learn's GaussianProcessRegressor (alpha)."""
 SQRT5 = math.sqrt(5.0)
+_SUM = np.add.reduce
+_INV_SQ = 1.0 / LENGTH_SCALES**2
+"""1 / length scale², as `fit_hyperparameters` divides by them (computed once)."""
 
 
 @dataclass(frozen=True)
@@ -74,12 +77,19 @@ def _matern52_scaled(
 
 
 def normalise(y: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """(y - mean) / std, the mean and the std (1 when all values are equal), as normalize_y."""
-    mean = float(y.mean())
-    std = float(y.std())
+    """(y - mean) / std, the mean and the std (1 when all values are equal), as normalize_y.
+
+    The mean and std are numpy's `y.mean()` and `y.std()` step by step (the same pairwise sum,
+    divisions and square root, so the same bits) without their wrappers, which cost more than
+    the arithmetic on a few dozen values.
+    """
+    n = len(y)
+    mean = float(_SUM(y)) / n
+    centred = y - mean
+    std = math.sqrt(float(_SUM(centred * centred)) / n)
     if std == 0.0:
         std = 1.0
-    return (y - mean) / std, mean, std
+    return centred / std, mean, std
 
 
 def fit_hyperparameters(x: np.ndarray, y_norm: np.ndarray) -> Hyperparameters:
@@ -92,7 +102,7 @@ def fit_hyperparameters(x: np.ndarray, y_norm: np.ndarray) -> Hyperparameters:
     n = len(y_norm)
     d1 = (x[:, None, 0] - x[None, :, 0]) ** 2
     d2 = (x[:, None, 1] - x[None, :, 1]) ** 2
-    inv_sq = 1.0 / LENGTH_SCALES**2
+    inv_sq = _INV_SQ
     r = np.sqrt(d1[None, None] * inv_sq[:, None, None, None] + d2 * inv_sq[None, :, None, None])
     s = SQRT5 * r
     corr = (1.0 + s + s * s / 3.0) * np.exp(-s)
@@ -207,8 +217,11 @@ class CandidatePosterior:
         """EI for minimisation at every candidate: E[max(y_best - f - xi, 0)] (skopt's form)."""
         mu, sigma = self.predict()
         improvement = float(self.y.min()) - mu - xi
-        ei = np.zeros_like(mu)
         positive = sigma > 0.0
+        if positive.all():  # the usual case: no masks (elementwise, so the same values)
+            z = improvement / sigma
+            return improvement * ndtr(z) + sigma * np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+        ei = np.zeros_like(mu)
         z = improvement[positive] / sigma[positive]
         ei[positive] = improvement[positive] * ndtr(z) + sigma[positive] * np.exp(
             -0.5 * z * z
