@@ -62,6 +62,9 @@ READY_TIMEOUT_S = 300.0
 CLOCK_SKEW_LIMIT_S = 0.25
 """Most an edge may start after the common start (the manifest keeps the measured spread; past
 this the machine is too busy for the edges to start together)."""
+KV_SLOTS = 8
+"""The fewest sessions the fleet's server keeps in its KV cache (the server's default); more
+edges get one slot each, so no session is evicted and re-prefilled (a cost not simulated)."""
 EDGE_TIMEOUT_S = 3600.0
 """Longest one (policy, seed) session of the fleet may take."""
 
@@ -348,7 +351,8 @@ def run_fleet_point(
     try:
         body = body_limit(point.scenario)
         log = point_dir / "server.log"
-        with cloud_server(loopback, port, options, log, rule, body) as server:
+        slots = max(KV_SLOTS, fleet_size(point))  # every edge's session stays resident
+        with cloud_server(loopback, port, options, log, rule, body, slots) as server:
             used["server"], used["health"] = server.command, server.health
             for seed in model.seeds:
                 with edge_links(point, seed, port, kernel) as links:

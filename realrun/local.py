@@ -239,10 +239,12 @@ def cloud_server(
     log_path: Path,
     rule: BatchRule | None = None,
     body_bytes: int | None = None,
+    kv_slots: int | None = None,
 ) -> Iterator[RunningServer]:
     """Run the cloud server behind `link` on `port` while the block runs, batching by `rule`
     (the scenario's `[cloud]`: `batch_rule`; None: the defaults), taking request bodies of
-    `body_bytes` (the scenario's `realrun.testbed.body_limit`; None: the default)."""
+    `body_bytes` (the scenario's `realrun.testbed.body_limit`; None: the default), keeping
+    `kv_slots` sessions in the llama target's KV cache (None: the server's default, 8)."""
     rule = rule if rule is not None else BatchRule()
     spec = getattr(link, "spec", None)  # a shaped link: its uplink sets the body timeout
     uplink_mbps = spec.uplink.at(0.0) if spec is not None else None
@@ -278,6 +280,8 @@ def cloud_server(
         "--body-timeout-s",
         repr(settings.body_timeout_s),
     ]
+    if kv_slots is not None:
+        command += ["--kv-slots", str(kv_slots)]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         # a session of its own: Ctrl-C reaches only this process, which then stops the server

@@ -154,16 +154,18 @@ class Started(Exception):
     """Raised by the fake server once it has seen its arguments."""
 
 
-def test_the_fleets_server_gets_the_body_limit_and_the_slowest_link(tmp_path, monkeypatch):
+def test_the_fleets_server_gets_the_body_limit_the_slowest_link_and_a_slot_per_edge(
+    tmp_path, monkeypatch
+):
     text = DIPSD.read_text().replace('kind = "token_prob"', 'kind = "full"')
-    text = text.replace('name = "dipsd"', 'name = "pipesd"')
+    text = text.replace('name = "dipsd"', 'name = "pipesd"').replace("count = 2", "count = 5")
     path = tmp_path / "fleet.toml"
     path.write_text(text.replace('profile = "profiles/', f'profile = "{REPO}/scenarios/profiles/'))
     point = expand_sweep(path)[0]
     seen = {}
 
-    def fake_server(link, port, options, log_path, rule=None, body_bytes=None):
-        seen.update(link=link, body_bytes=body_bytes, rule=rule)
+    def fake_server(link, port, options, log_path, rule=None, body_bytes=None, kv_slots=None):
+        seen.update(link=link, body_bytes=body_bytes, rule=rule, kv_slots=kv_slots)
         raise Started
 
     monkeypatch.setattr(fleet, "cloud_server", fake_server)
@@ -172,6 +174,7 @@ def test_the_fleets_server_gets_the_body_limit_and_the_slowest_link(tmp_path, mo
     assert seen["body_bytes"] == body_limit(point.scenario) > ServerSettings.max_body_bytes
     assert seen["link"].spec.uplink.at(0.0) == pytest.approx(0.2)  # the slow group's
     assert (seen["rule"].max_batch, seen["rule"].window_s) == (4, 0.002)
+    assert seen["kv_slots"] == 10  # one KV slot per edge: no session evicted
 
 
 @needs_smollm2
