@@ -18,7 +18,7 @@ it; `verify` with nothing uploaded is one plain target decode step). Each `verif
   past the list are rejections; at most max_session_len entries); `sampling` asks for
   speculative sampling at `temperature` in (0, 100] with a session Generator seeded by `seed`
   in [0, 2**63). ``"plan"?: {"batches": [[int, ...], ...], "edge": int, "last": bool}``
-  seats the session in a DiP-SD plan (realrun.cloud.batching.PlanSeat): its verifies wait for
+  seats the session in a DiP-SD plan (realrun.cloud.batching.parse_plan): its verifies wait for
   their batch's turn (policies/dipsd/turns.py), and closing the edge's `last` session retires it.
 - ``upload`` ``{"session": str, "tokens": [int, ...], "probs"?: [float, ...],
   "dists"?: [[[int, ...], [float, ...]], ...]}`` -> ``{"pending": int}``, the number of tokens
@@ -93,7 +93,6 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from realrun.cloud.batching import PlanSeat
 from realrun.cloud.verifier import Rule, Sampling, SparseDist, Synthetic, TopK
 
 CONTENT_TYPE = "application/msgpack"
@@ -195,34 +194,6 @@ def parse_open(obj: dict[str, Any], limits: Limits) -> tuple[list[int], Rule | N
     if sampling is not None:
         return prompt, _sampling(sampling, limits)
     return prompt, None
-
-
-MAX_PLAN_EDGES = 256
-"""Most edges in one DiP-SD plan an `open` may carry."""
-
-
-def parse_plan(obj: dict[str, Any]) -> PlanSeat | None:
-    """The optional DiP-SD plan seat of an `open` request (None: no plan)."""
-    value = obj.get("plan")
-    if value is None:
-        return None
-    shape = "'plan' must be a map {'batches': [[int, ...], ...], 'edge': int, 'last': bool}"
-    if not isinstance(value, dict) or set(value) != {"batches", "edge", "last"}:
-        raise ProtocolError(422, shape)
-    batches, edge, last = value["batches"], value["edge"], value["last"]
-    if (
-        not isinstance(batches, list)
-        or not all(isinstance(b, list) and b and all(_int(e) for e in b) for b in batches)
-        or not isinstance(last, bool)
-        or not _int(edge)
-    ):
-        raise ProtocolError(422, shape)
-    edges = [e for b in batches for e in b]
-    if not edges or len(edges) > MAX_PLAN_EDGES or len(set(edges)) != len(edges):
-        raise ProtocolError(422, f"'plan.batches' must hold 1..{MAX_PLAN_EDGES} distinct edges")
-    if edge not in edges:
-        raise ProtocolError(422, "'plan.edge' must be one of the plan's edges")
-    return PlanSeat(tuple(tuple(b) for b in batches), edge, last)
 
 
 def _synthetic(value: Any, limits: Limits) -> Synthetic:

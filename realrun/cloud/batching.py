@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from policies.batching import BatchRule
 from policies.dipsd.turns import PlanTurns
@@ -189,4 +189,37 @@ class PlanBatching(Generic[Item, Result]):
                 self.batcher = None
 
 
-__all__ = ["Batcher", "PlanBatching", "PlanSeat"]
+MAX_PLAN_EDGES = 256
+"""Most edges in one DiP-SD plan an `open` may carry."""
+
+
+def parse_plan(obj: dict[str, Any]) -> PlanSeat | None:
+    """The optional DiP-SD plan seat of an `open` request (None: no plan); ValueError (one
+    line, the server's 422) if malformed."""
+    value = obj.get("plan")
+    if value is None:
+        return None
+    shape = "'plan' must be a map {'batches': [[int, ...], ...], 'edge': int, 'last': bool}"
+    if not isinstance(value, dict) or set(value) != {"batches", "edge", "last"}:
+        raise ValueError(shape)
+    batches, edge, last = value["batches"], value["edge"], value["last"]
+    if (
+        not isinstance(batches, list)
+        or not all(isinstance(b, list) and b and all(_is_int(e) for e in b) for b in batches)
+        or not isinstance(last, bool)
+        or not _is_int(edge)
+    ):
+        raise ValueError(shape)
+    edges = [e for b in batches for e in b]
+    if not edges or len(edges) > MAX_PLAN_EDGES or len(set(edges)) != len(edges):
+        raise ValueError(f"'plan.batches' must hold 1..{MAX_PLAN_EDGES} distinct edges")
+    if edge not in edges:
+        raise ValueError("'plan.edge' must be one of the plan's edges")
+    return PlanSeat(tuple(tuple(b) for b in batches), edge, last)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+__all__ = ["Batcher", "PlanBatching", "PlanSeat", "parse_plan"]

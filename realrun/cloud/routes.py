@@ -19,6 +19,7 @@ from starlette.requests import Request
 
 from realrun import protocol
 from realrun.cloud import handlers
+from realrun.cloud.batching import parse_plan
 from realrun.cloud.endpoints import OneLineLog
 from realrun.cloud.handlers import Cloud, VerifyRequest
 from realrun.protocol import ProtocolError
@@ -60,7 +61,10 @@ class Routes:
     async def open(self, _request: Request, obj: dict[str, Any], client: str) -> dict[str, Any]:
         """`open`: a new session (idle ones are expired first, so they never lock clients out)."""
         prompt, rule = protocol.parse_open(obj, self.cloud.limits)
-        seat = protocol.parse_plan(obj)
+        try:
+            seat = parse_plan(obj)
+        except ValueError as exc:
+            raise ProtocolError(422, str(exc)) from None
         await reap(self.cloud, self.log)
         answer = await run_in_threadpool(
             handlers.open_session, self.cloud, prompt, rule, client, seat

@@ -22,12 +22,13 @@ from fastapi.testclient import TestClient
 from model_marks import needs_smollm2, smollm2_path
 
 import realrun.fleet as fleet
+from realrun.cloud.batching import parse_plan
 from realrun.cloud.server import create_app
 from realrun.cloud.settings import ServerSettings
 from realrun.cloud.synthetic_target import SyntheticTarget
 from realrun.fleet import check_fleet, fleet_skip_reason, session_plan
 from realrun.local import LocalOptions
-from realrun.protocol import ProtocolError, decode, encode, parse_plan
+from realrun.protocol import decode, encode
 from realrun.testbed import body_limit
 from simulator.dipsd_plan import fleet_plan, plan_batches
 from simulator.engine import simulate
@@ -59,9 +60,13 @@ def read_csv(path: Path) -> list[dict[str, str]]:
     ],
 )
 def test_a_bad_plan_seat_is_one_422_line(plan):
-    with pytest.raises(ProtocolError) as info:
+    with pytest.raises(ValueError) as info:
         parse_plan({"prompt": [1], "plan": plan})
-    assert info.value.status == 422 and "\n" not in str(info.value)
+    assert "\n" not in str(info.value)
+    app = create_app("synthetic", target=SyntheticTarget(n_vocab=1000), rate_limit_per_s=None)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        status, answer = post(client, "open", {"prompt": [1], "plan": plan})
+    assert status == 422 and "plan" in answer["error"], answer
 
 
 def test_a_plan_seat_parses():
