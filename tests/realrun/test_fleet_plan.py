@@ -17,6 +17,7 @@ import pytest
 
 pytest.importorskip("fastapi", reason="fastapi is not installed (extra 'realrun')")
 pytest.importorskip("httpx", reason="httpx is not installed (extra 'realrun')")
+pytest.importorskip("msgpack", reason="msgpack is not installed (extra 'realrun')")
 
 from fastapi.testclient import TestClient
 from model_marks import needs_smollm2, smollm2_path
