@@ -250,9 +250,9 @@ class PipeSD(Policy):
         gamma.value += gamma.weight * (draft_time_s - gamma.value)
         confidences = self._confidences
         confidences.append(confidence)
-        self._c1 *= confidence
+        c1 = self._c1 = self._c1 * confidence
         k = len(confidences)
-        if self._c1 < self._r1_active or confidence < self._r2_active or k >= self._max_len:
+        if c1 < self._r1_active or confidence < self._r2_active or k >= self._max_len:
             if pending:
                 self._deferred_verify = True
             else:
