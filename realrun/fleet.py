@@ -9,7 +9,9 @@ link in process, realrun.link.softlink), and per runnable policy one process per
 batches their NAVs across edges. Each edge's files land in
 `points/p<i>/edges/<policy>_s<seed>/e<j>/`; the point's `results.csv` holds every edge's
 requests (`edge` column), `summary.csv` one row per (policy, seed, edge) and `batches.csv` the
-cloud batch size of every NAV (the manifest: their histogram per session).
+cloud batch size of every NAV (the manifest: their histogram per session). The compute
+traces: `compute_edge.csv` (each edge's requests' draft speed against the profile) and
+`compute_cloud.csv` (each cloud batch's, regrouped from its edges' NAVs: realrun.fleet_trace).
 
 Teardown: the server and the edges get SIGKILL when this process dies (Linux's parent-death
 signal), are terminated on every exit path, and a watchdog (realrun.link.reaper) deletes the
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from policies.registry import POLICIES
+from realrun.fleet_trace import CLOUD_COLUMNS, cloud_rows
 from realrun.link.netns import unavailable_reason
 from realrun.link.reaper import die_with_parent, start_reaper, stop_reaper
 from realrun.local import (
@@ -46,7 +49,7 @@ from realrun.local import (
     run_local,
 )
 from realrun.local import batch_rule as point_batch_rule
-from realrun.testbed import body_limit, skip_reason
+from realrun.testbed import COMPUTE_FILES, body_limit, skip_reason
 from simulator.dipsd_plan import fleet_plan, plan_batches
 from simulator.errors import ConfigError
 from simulator.fleet import edge_specs
@@ -345,6 +348,8 @@ def run_fleet_point(
     summary: tuple[list[str], list[dict[str, Any]]] = ([], [])
     results: tuple[list[str], list[dict[str, Any]]] = ([], [])
     batches: tuple[list[str], list[dict[str, Any]]] = ([], [])
+    drafts: tuple[list[str], list[dict[str, Any]]] = ([], [])  # the edges' compute traces
+    cloud: list[dict[str, Any]] = []  # the cloud's, one row per batch (realrun.fleet_trace)
     used: dict[str, Any] = {"edges": fleet_size(point), "sessions": {}, "links": {}}
     used["batching"] = {"max_batch": rule.max_batch, "batch_window_s": rule.window_s,
                         "rule": "policies/batching.py (the simulator's)"}  # fmt: skip
@@ -369,8 +374,11 @@ def run_fleet_point(
                         navs: list[dict[str, Any]] = []
                         for folder in folders:
                             head, rows = read_rows(folder / "batches.csv", {})
-                            batches = (batches[0] or head, batches[1] + rows)
+                            batches = (batches[0] or [*head, "batch"], batches[1] + rows)
                             navs.extend(rows)
+                        run = {"point": point.index, **point.axes, "policy": label, "seed": seed}
+                        target = point.scenario.profile.profile.target_latency
+                        cloud.extend(cloud_rows(run, navs, target))  # numbers each NAV's batch
                         used["sessions"][f"{label}_s{seed}"] = clocks | batch_stats(navs)
                         if plan is not None:
                             used["sessions"][f"{label}_s{seed}"]["plan"] = plan
@@ -380,6 +388,8 @@ def run_fleet_point(
                             summary = (summary[0] or ["edge", *head], summary[1] + rows)
                             head, rows = read_rows(folder / "results.csv", {})
                             results = (results[0] or head, results[1] + rows)
+                            head, rows = read_rows(folder / COMPUTE_FILES["edge"], extra)
+                            drafts = (drafts[0] or [*head, "edge"], drafts[1] + rows)
                         if progress is not None:
                             progress(f"{label} seed {seed}: {len(folders)} edges done")
     finally:
@@ -388,6 +398,9 @@ def run_fleet_point(
     write_table(point_dir / "summary.csv", *summary)
     write_table(point_dir / "results.csv", *results)
     write_table(point_dir / "batches.csv", *batches)
+    write_table(point_dir / COMPUTE_FILES["edge"], *drafts)
+    cloud_head = ["point", *point.axes, "policy", "seed", *CLOUD_COLUMNS]
+    write_table(point_dir / COMPUTE_FILES["cloud"], cloud_head, cloud)
     return summary[1], used
 
 

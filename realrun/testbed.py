@@ -53,6 +53,8 @@ from simulator.scenario import PayloadSection, PolicyEntry, Scenario, SweepPoint
 if TYPE_CHECKING:
     import httpx
 
+    from realrun.request_costs import Answer
+
 ACCEPTANCE = ("real", "synthetic")
 """Where acceptance comes from: the target's own verification, or the scenario's model."""
 
@@ -412,8 +414,11 @@ def run_testbed(
     import llama_cpp  # optional: llama-cpp-python runs the edge's draft
 
     from realrun.edge.client import CloudClient  # optional: httpx
-    from realrun.edge.executor import EdgeSampling, run_edge, startup_probes  # httpx, llama_cpp
-    from realrun.edge.speed_probe import SpeedProbe, probe_speeds, request_speed  # the same
+    from realrun.edge.drafts import EdgeSampling  # loads msgpack (optional) when imported
+    from realrun.edge.executor import run_edge  # httpx, llama_cpp
+    from realrun.edge.speed_probe import SpeedProbe, probe_speeds  # the same
+    from realrun.edge.startup_probes import startup_probes  # httpx
+    from realrun.request_costs import NAV_COLUMNS, cloud_share_s, compute_rows, nav_rows  # same
 
     model = scenario.model
     n_new = model.prompts.max_new_tokens
@@ -436,7 +441,7 @@ def run_testbed(
     compute: dict[str, list[dict[str, Any]]] = {"edge": [], "cloud": []}  # COMPUTE_FILES
     skipped: dict[str, str] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
-    sizes: list[tuple[int, float]] = []  # (batch size, the batch's target ms) of each NAV
+    sizes: list[Answer] = []  # each NAV's (batch size, batch's target ms, arrival)
     prefill_ms: list[float] = []
     batch_rows: list[dict[str, Any]] = []
     outputs: list[dict[str, Any]] = []  # OUTPUT_COLUMNS, for validation's lossless check
@@ -446,7 +451,8 @@ def run_testbed(
 
         def verify(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
             answer = super().verify(*args, **kwargs)
-            sizes.append((int(answer.get("batch_size", 1)), float(answer.get("target_ms", 0.0))))
+            size, ms = int(answer.get("batch_size", 1)), float(answer.get("target_ms", 0.0))
+            sizes.append((size, ms, time.perf_counter()))
             return answer
 
         def open(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -537,14 +543,18 @@ def run_testbed(
                             full_rows=row_bytes,
                         )
                         record.edge = edge
+                        session = {"point": point.index, **point.axes, "policy": entry.label}
+                        session |= {"seed": seed, "request": request}
+                        costs = compute_rows(session, record, timeline, scenario.profile.profile)
+                        for side, row in costs.items():
+                            compute[side].append(row)
                         batch_rows.extend(
                             {"policy": entry.label, "seed": seed, "edge": edge,
-                             "request": request, "nav": i, "batch_size": size, "target_ms": ms}
-                            for i, (size, ms) in enumerate(sizes)
+                             "request": request} | row
+                            for row in nav_rows(sizes, timeline, origin, record.prompt_len)
                         )  # fmt: skip
                         if batch_sizes:  # the request's share of the cloud, as simulated
-                            shared_ms = sum(ms / size for size, ms in sizes) + sum(prefill_ms)
-                            record.cloud_busy_s = shared_ms / 1e3
+                            record.cloud_busy_s = cloud_share_s(sizes, prefill_ms)
                         sizes.clear()
                         prefill_ms.clear()
                         after = uplink_meter() if before is not None else None
@@ -555,27 +565,6 @@ def run_testbed(
                                         "seed": seed, "request": request,
                                         "tokens": " ".join(map(str, output))})  # fmt: skip
                         spans.extend(timeline)
-                        speed = request_speed(
-                            record,
-                            timeline,
-                            scenario.profile.profile.draft_latency,
-                            scenario.profile.profile.target_latency,
-                        )
-                        session = {"point": point.index, **point.axes, "policy": entry.label}
-                        session |= {"seed": seed, "request": request, "t_s": speed.start_s}
-                        for side, measured, predicted in (
-                            ("edge", speed.edge_s, speed.edge_predicted_s),
-                            ("cloud", speed.cloud_s, speed.cloud_predicted_s),
-                        ):
-                            if measured > 0:
-                                compute[side].append(
-                                    session
-                                    | {
-                                        "measured_s": measured,
-                                        "predicted_s": predicted,
-                                        "factor": predicted / measured,
-                                    }
-                                )
                         if progress is not None:
                             progress(f"{entry.label} seed {seed} request {request}")
                     outcome = TaskOutcome(
@@ -613,7 +602,7 @@ def run_testbed(
         write_table(out_dir / COMPUTE_FILES[side], compute_columns, rows_of_side)
     write_table(out_dir / "outputs.csv", OUTPUT_COLUMNS, outputs)
     if batch_sizes:
-        batch_columns = ["policy", "seed", "edge", "request", "nav", "batch_size", "target_ms"]
+        batch_columns = ["policy", "seed", "edge", "request", *NAV_COLUMNS]
         write_table(out_dir / "batches.csv", batch_columns, batch_rows)
     if speed_probe:
         speed_columns = ["point", *axes, "policy", "seed", *SpeedProbe.columns()]

@@ -21,7 +21,7 @@ from realrun.testbed import COMPUTE_FILES
 from simulator.compute import MAX_SPEED_FACTOR
 from simulator.profile import MIN_SPEED_FACTOR
 from simulator.results import write_atomic
-from simulator.runner import Task, execute, summary_rows
+from simulator.runner import Task, TaskOutcome, execute, summary_rows
 from simulator.scenario import ScenarioModel, SweepPoint
 from validation.draws import draw_seeds
 
@@ -82,6 +82,33 @@ def write_traces(
     return paths
 
 
+def simulate_sessions(
+    points: Sequence[SweepPoint],
+    sessions: dict[Session, Callable[[ScenarioModel], ScenarioModel]],
+    draws: int = 1,
+) -> dict[tuple[int, str], tuple[int, list[tuple[Task, TaskOutcome]]]]:
+    """Per (point, policy): the policy's position in the point and the simulations of its
+    sessions in `sessions`, each with its scenario model changed by its function, `draws`
+    times (`draw_seeds`)."""
+    by_policy: dict[tuple[int, str], list[tuple[int, Callable[[ScenarioModel], ScenarioModel]]]]
+    by_policy = {}
+    for (index, policy, seed), change in sorted(sessions.items(), key=lambda item: item[0]):
+        by_policy.setdefault((index, policy), []).append((seed, change))
+    simulated = {}
+    for (index, policy), runs in by_policy.items():
+        point = points[index]
+        scenario = point.scenario
+        position = next(i for i, p in enumerate(scenario.policies) if p.label == policy)
+        done = []
+        for seed, change in runs:
+            moved = replace(point, scenario=replace(scenario, model=change(scenario.model)))
+            for drawn in draw_seeds(seed, draws):
+                task = Task(moved, position, drawn)
+                done.append((task, execute((task, False))))
+        simulated[(index, policy)] = (position, done)
+    return simulated
+
+
 def resimulate_sessions(
     points: Sequence[SweepPoint],
     sessions: dict[Session, Callable[[ScenarioModel], ScenarioModel]],
@@ -90,22 +117,11 @@ def resimulate_sessions(
     """TPT (ms) per (point, policy) the simulator predicts when each session of `sessions` runs
     with its scenario model changed by its function (the seeds of a policy not listed do not
     count), each `draws` times (`draw_seeds`), all averaged."""
-    by_policy: dict[tuple[int, str], list[tuple[int, Callable[[ScenarioModel], ScenarioModel]]]]
-    by_policy = {}
-    for (index, policy, seed), change in sorted(sessions.items(), key=lambda item: item[0]):
-        by_policy.setdefault((index, policy), []).append((seed, change))
     predicted = {}
-    for (index, policy), runs in by_policy.items():
-        point = points[index]
-        scenario = point.scenario
-        position = next(i for i, p in enumerate(scenario.policies) if p.label == policy)
-        outcomes = []
-        for seed, change in runs:
-            moved = replace(point, scenario=replace(scenario, model=change(scenario.model)))
-            for drawn in draw_seeds(seed, draws):
-                outcomes.append(execute((Task(moved, position, drawn), False)))
-        row = next(r for r in summary_rows(point, {position: outcomes}) if r["policy"] == policy)
-        predicted[(index, policy)] = float(row["tpt_ms"])
+    for (index, policy), (position, done) in simulate_sessions(points, sessions, draws).items():
+        outcomes = [outcome for _, outcome in done]
+        rows = summary_rows(points[index], {position: outcomes})
+        predicted[(index, policy)] = float(next(r for r in rows if r["policy"] == policy)["tpt_ms"])
     return predicted
 
 
@@ -147,6 +163,7 @@ __all__ = [
     "recorded_traces",
     "resimulate_replayed",
     "resimulate_sessions",
+    "simulate_sessions",
     "trace_rows",
     "with_traces",
     "write_traces",
