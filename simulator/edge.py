@@ -145,6 +145,7 @@ class Edge:
         downlink: Channel,
         acceptance: AcceptanceModel,
         timeline: list[Span] | None,
+        services: dict[tuple[int, int], float] | None = None,
     ) -> None:
         self.env, self.config, self.policy, self.cloud = env, config, policy, cloud
         self.up, self.down, self.acceptance = uplink, downlink, acceptance
@@ -162,8 +163,9 @@ class Edge:
             for position in range(config.max_new_tokens)
         ]
         """The draft's time for the token at each output position (the same every request)."""
-        self._services: dict[tuple[int, int], float] = {}
-        """A NAV's service time by (drafts verified, context): requests repeat the same few."""
+        self._services = {} if services is None else services
+        """A NAV's service time by (drafts verified, context), shared by the edges of a run
+        (one target): requests repeat the same few."""
         self._alone = cloud.exclusive and policy.mode not in _CLOUD_STREAMS and env.now == 0.0
         """The only process (one edge, the cloud's fast path): the edge keeps SimPy's clock
         itself (`_now`) and yields once, at the end (exactly: from 0), not once per answer."""

@@ -125,6 +125,7 @@ def simulate(
     )
     payload = payload_for(profile.payload, entry.payload)  # the policy's own payload
     edges = []
+    services: dict[tuple[int, int], float] = {}  # NAV service times, for every edge's target
     acceptance_models: dict[int, AcceptanceModel] = {}
     for spec, policy in zip(specs, policies, strict=True):
         own = spec.profile.profile
@@ -160,7 +161,9 @@ def simulate(
             spec.downlink, spec.downlink_overhead_s, spec.one_way_latency_s, spec.burst_bytes
         )
         edge_acceptance = acceptance if own is profile else acceptance_models[id(own)]
-        edges.append(Edge(env, config, policy, cloud, uplink, downlink, edge_acceptance, timeline))
+        edges.append(
+            Edge(env, config, policy, cloud, uplink, downlink, edge_acceptance, timeline, services)
+        )
     env.run(until=env.all_of([edge.process for edge in edges]))
     session = SessionStats()
     for edge in edges:
