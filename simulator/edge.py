@@ -321,7 +321,8 @@ class Edge:
                     service = services[m, context] = target.forward_s(m + 1, context)
             else:
                 service = 0.0
-                up.defer(answered, ack_bytes)
+                if ack_bytes:  # (defer ignores 0 bytes: the call skipped)
+                    up.defer(answered, ack_bytes)
             if n_tokens and now >= link_idle_at:  # learnt with the answer (a NAV's: its pass)
                 heappush(reports, (answered + service, n_tokens, answered - now))
                 next_report_s = reports[0][0]
@@ -389,7 +390,8 @@ class Edge:
                         yield env.timeout(t - env.now)
                     t = now if alone else env.now
                     # -- the answer is processed at local time t ----------------------------
-                    up.defer(nav.eta, ack_bytes)  # type: ignore[arg-type]
+                    if ack_bytes:
+                        up.defer(nav.eta, ack_bytes)  # type: ignore[arg-type]
                     start, end = nav.start, nav.end
                     reject = next_reject[start]
                     accepted = min(reject - start, end - start)
