@@ -12,7 +12,7 @@ given number and flash attention on (as realrun's edge loads its draft), then me
 - per-token decode time vs context length: for each context length C, C prompt tokens are
   prefilled (not timed) and the state saved; then draft steps are timed, each one
   `eval([token])` plus choosing the next token from the logits (argmax and its softmax
-  probability), as the edge executor (realrun/edge/executor.py) drafts: with a 49k vocabulary the
+  probability), as the edge (realrun/edge/drafts.py) drafts: with a 49k vocabulary the
   choice costs about 0.3 ms, a tenth of a small draft's step. The steps are taken in *visits*
   (`VISIT_STEPS` back-to-back steps, or one burst): each round visits every context in turn,
   restoring its saved state (KV cache and tokens, `Llama.load_state`), taking one visit's
@@ -58,6 +58,7 @@ from calibrate.fit import fit_draft_latency
 from calibrate.fit_report import FitReport
 from calibrate.noise import REMEASURE_PASSES, TYPICAL, Repeated, TimingStats, unstable_warning
 from calibrate.samples import AcceptanceSample, DecodeSample, PrefillSample
+from calibrate.target_timing import time_prefills
 from models.registry import gguf_file_type
 from simulator.errors import ConfigError
 from simulator.profile import DraftLatency
@@ -338,41 +339,25 @@ def profile_draft(
         tokens = _token_stream(llama, needed)
 
         say(f"draft: {path.name}, {threads} thread(s), n_ctx {llama.n_ctx()}")
-        for length in prompts:
-            for _ in range(warmup):
-                _clear(llama)
-                _timed_eval(llama, tokens[:length])
-        prefill: Repeated[int, PrefillSample] = Repeated(prompts, TYPICAL)
 
-        def prefill_round(lengths: Sequence[int]) -> list[int]:
-            for length in lengths:
-                _clear(llama)
-                seconds = _timed_eval(llama, tokens[:length])
-                prefill.add(length, seconds, PrefillSample(prompt_len=length, seconds=seconds))
-            return list(lengths)
+        def prefill_once(length: int) -> float:
+            """One prefill of `length` prompt tokens from an empty cache, timed."""
+            _clear(llama)
+            return _timed_eval(llama, tokens[:length])
 
-        for rep in range(repetitions):
-            prefill_round(prompts)
-            say(f"prefill: round {rep + 1}/{repetitions} over {len(prompts)} prompt lengths")
-
-        def prefill_pass(lengths: list[int]) -> list[int]:
-            for _ in range(repetitions):
-                prefill_round(lengths)
-            return lengths
-
-        prefill.remeasure(prefill_pass, say, lambda length: f"prompt {length}")
+        prefill = time_prefills(prefill_once, prompts, warmup, repetitions, say, statistic=TYPICAL)
         decode = _time_decode(llama, tokens, contexts, warmup, repetitions, burst, pause_s, say)
         kept_steps = decode.kept(grouped=True)
         measured = DraftMeasurements(
             model_path=path,
             threads=threads,
-            prefill=tuple(prefill.kept()),
+            prefill=prefill.kept,
             decode=tuple(sample for sample, _ in kept_steps),
             confidences=tuple(confidence for _, confidence in kept_steps),
             llama_cpp_version=str(llama_cpp.__version__),
             n_vocab=n_vocab,
             n_ctx=int(llama.n_ctx()),
-            prefill_stats=tuple(LengthStats.at(n, prefill.stats(n)) for n in prompts),
+            prefill_stats=tuple(LengthStats.at(n, prefill.stats[n]) for n in prompts),
             decode_stats=tuple(LengthStats.at(c, decode.stats(c)) for c in contexts),
             repetitions=repetitions,
             warmup=warmup,
@@ -382,10 +367,10 @@ def profile_draft(
             n_params=int(llama._model.n_params()),
             file_type=gguf_file_type(llama),
             system_info=llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip(),
-            prefill_rejected=tuple(prefill.rejected()),
+            prefill_rejected=prefill.rejected,
             decode_rejected=tuple(decode.rejected(grouped=True)),
             noise={
-                "prefill": prefill.noise_rows(lambda length: {"prompt_len": length}),
+                "prefill": prefill.noise,
                 "decode": decode.noise_rows(lambda context: {"context": context}),
             },
         )

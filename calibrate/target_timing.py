@@ -34,15 +34,18 @@ def time_prefills(
     repetitions: int,
     say: Callable[[str], None],
     clock: str = "wall",
+    statistic: str = BEST_CASE,
 ) -> PrefillTimings:
     """Prefill samples and per-length timing: `warmup` discarded runs per length, then
     `repetitions` rounds over every length in turn (interleaved, so drift spreads evenly);
-    lengths whose times vary too much are re-measured (`calibrate.noise`: a prefill is a
-    best-case service time, summarised by its minimum, outliers rejected)."""
+    lengths whose times vary too much are re-measured (`calibrate.noise`: a target's prefill
+    is a best-case service time, summarised by its minimum, outliers rejected; `statistic`
+    TYPICAL for an edge draft's, which shares its device). `prefill_once(length)` runs and
+    times one prefill, from whatever state it sets up (the draft clears its cache first)."""
     for length in prompts:
         for _ in range(warmup):
             prefill_once(length)
-    repeated: Repeated[int, PrefillSample] = Repeated(prompts, BEST_CASE, clock)
+    repeated: Repeated[int, PrefillSample] = Repeated(prompts, statistic, clock)
 
     def run_round(lengths: Sequence[int]) -> list[int]:
         for length in lengths:
