@@ -30,6 +30,7 @@ from simulator.inputs import MAX_TRACE_BYTES, check_regular
 from simulator.outdir import out_dir_arg
 from simulator.results import write_json
 from simulator.scenario import SweepPoint
+from validation.fleet_cli import run_fleet_validate
 from validation.lossless import lossless_line
 from validation.ranking import (
     PairPlan,
@@ -335,6 +336,8 @@ def run_validate(args: argparse.Namespace, argv: list[str]) -> int:
         raise ConfigError("--pilot-from" if args.pilot_from else "--max-requests", "",
                           "only with --rank")  # fmt: skip
     points = validation_points(args.scenario, args.profile, args.overrides, args.sweep)
+    if points[0].scenario.model.edge_groups:  # many edges: the fleet's own validation
+        return run_fleet_validate(args, argv, points)
     options = local_options(args)
     check_sampling_points(options.sampling, points, options.acceptance)
     overrides = list(args.overrides)

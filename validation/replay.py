@@ -86,10 +86,10 @@ def simulate_sessions(
     points: Sequence[SweepPoint],
     sessions: dict[Session, Callable[[ScenarioModel], ScenarioModel]],
     draws: int = 1,
-) -> dict[tuple[int, str], tuple[int, list[tuple[Task, TaskOutcome]]]]:
+) -> dict[tuple[int, str], tuple[int, list[tuple[int, Task, TaskOutcome]]]]:
     """Per (point, policy): the policy's position in the point and the simulations of its
-    sessions in `sessions`, each with its scenario model changed by its function, `draws`
-    times (`draw_seeds`)."""
+    sessions in `sessions` (session seed, task, outcome), each with its scenario model changed
+    by its function, `draws` times (`draw_seeds`)."""
     by_policy: dict[tuple[int, str], list[tuple[int, Callable[[ScenarioModel], ScenarioModel]]]]
     by_policy = {}
     for (index, policy, seed), change in sorted(sessions.items(), key=lambda item: item[0]):
@@ -104,7 +104,7 @@ def simulate_sessions(
             moved = replace(point, scenario=replace(scenario, model=change(scenario.model)))
             for drawn in draw_seeds(seed, draws):
                 task = Task(moved, position, drawn)
-                done.append((task, execute((task, False))))
+                done.append((seed, task, execute((task, False))))
         simulated[(index, policy)] = (position, done)
     return simulated
 
@@ -119,7 +119,7 @@ def resimulate_sessions(
     count), each `draws` times (`draw_seeds`), all averaged."""
     predicted = {}
     for (index, policy), (position, done) in simulate_sessions(points, sessions, draws).items():
-        outcomes = [outcome for _, outcome in done]
+        outcomes = [outcome for _, _, outcome in done]
         rows = summary_rows(points[index], {position: outcomes})
         predicted[(index, policy)] = float(next(r for r in rows if r["policy"] == policy)["tpt_ms"])
     return predicted

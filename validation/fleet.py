@@ -1,0 +1,262 @@
+"""`pipesd validate` for a scenario with `[[edge_groups]]`: the many-edge testbed against the
+simulator, per edge and per policy, with three predictions of the same real run.
+
+The real side is `pipesd realrun local`'s fleet (realrun.fleet: one process per edge, one
+batching cloud) in OUT/real; it records every edge's draft speed per request and the cloud's
+per batch against the profile (realrun.fleet_trace). The simulator then predicts each session
+(point, policy, seed) three times, each written as a `pipesd run`-like folder:
+- OUT/sim: calibration alone (the profile, recalibrated just before with --recalibrate);
+- OUT/sim_replayed: the recorded compute traces replayed, every edge as its own `[[edge_groups]]`
+  entry with its own draft trace and the cloud with its own (OUT/sim_replayed/compute/): on
+  this machine the edges and the server share its cores, which the calibration, one model
+  at a time, cannot see; the traces carry it;
+- OUT/sim_run_speed: every edge and the cloud at their mean speed over the session (recorded
+  predicted over measured time), a constant factor each.
+Each is compared with the real run by realrun.fleet_compare (validation.fleet_table writes
+the tables). DiP-SD re-plans from the edges' speeds in the simulator; where a prediction's plan
+differs from the one the testbed ran, the manifest says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from policies.registry import POLICIES
+from realrun.fleet import run_fleet, session_plan
+from realrun.local import REALRUN_PACKAGES, LocalOptions
+from realrun.testbed import COMPUTE_FILES
+from simulator.compute import MAX_SPEED_FACTOR
+from simulator.errors import ConfigError
+from simulator.profile import MIN_SPEED_FACTOR
+from simulator.provenance import package_versions
+from simulator.results import write_json, write_table
+from simulator.runner import RECORD_FIELDS, request_rows, summary_columns, summary_rows
+from simulator.scenario import ScenarioModel, SweepPoint
+from validation.draws import acceptance_draws
+from validation.fleet_table import FleetTables, fleet_tables, write_fleet_tables
+from validation.replay import Session, simulate_sessions, write_traces
+from validation.validate import sha256
+
+PREDICTIONS = {
+    "calibration": "sim",
+    "replayed": "sim_replayed",
+    "run_speed": "sim_run_speed",
+}
+"""Each prediction's folder in OUT (see the module docstring)."""
+
+Change = Callable[[ScenarioModel], ScenarioModel]
+
+
+def check_fleet_validation(scenario_path: Path, points: Sequence[SweepPoint]) -> None:
+    """Refuse speeds the testbed cannot run (one-line ConfigError): its edges and server run at
+    the machine's own speed, which the validation measures, so the scenario sets none."""
+    for point in points:
+        model = point.scenario.model
+        for section in ("edge", "cloud"):
+            part = getattr(model, section)
+            if part.compute_factor != 1.0 or part.compute_trace is not None:
+                raise ConfigError(scenario_path, f"{section}.compute_factor", "a many-edge "
+                                  "validation runs at the machine's own speed: leave "
+                                  "compute_factor and compute_trace unset")  # fmt: skip
+        for i, group in enumerate(model.edge_groups):
+            if (
+                group.compute_factor not in (None, 1.0)
+                or group.compute_spread
+                or (group.compute_trace is not None)
+            ):
+                raise ConfigError(scenario_path, f"edge_groups[{i}].compute_factor", "a "
+                                  "many-edge validation runs at the machine's own speed: "
+                                  "leave compute_factor, compute_spread and compute_trace "
+                                  "unset")  # fmt: skip
+
+
+def split_point(point: SweepPoint) -> SweepPoint:
+    """The point with one `[[edge_groups]]` entry per edge (each a copy of its group with
+    count 1: the same edges, in the same order, the same random draws), so each edge can take
+    its own compute trace or factor."""
+    scenario = point.scenario
+    groups, profiles = [], []
+    for number, group in enumerate(scenario.model.edge_groups):
+        own = scenario.group_profiles[number] if scenario.group_profiles else None
+        for _ in range(group.count):
+            groups.append(group.model_copy(update={"count": 1}))
+            profiles.append(own)
+    edge = scenario.model.edge.model_copy(update={"compute_trace_repeat": False})
+    model = scenario.model.model_copy(update={"edge_groups": groups, "edge": edge})
+    split = replace(scenario, model=model, group_profiles=tuple(profiles))
+    return replace(point, scenario=split)
+
+
+def per_edge(edges: dict[int, dict[str, Any]], cloud: dict[str, Any]) -> Change:
+    """A change of a split point's model (`split_point`): edge e's group updated by
+    `edges[e]`, the cloud by `cloud` (traces not looped: past its end a trace holds)."""
+
+    def change(model: ScenarioModel) -> ScenarioModel:
+        groups = [g.model_copy(update=edges.get(i, {})) for i, g in enumerate(model.edge_groups)]
+        section = model.cloud.model_copy(update={"compute_trace_repeat": False, **cloud})
+        return model.model_copy(update={"edge_groups": groups, "cloud": section})
+
+    return change
+
+
+def read_costs(real: Path) -> dict[Session, dict[str, list[dict[str, str]]]]:
+    """Per session, the recorded compute rows by side ("edge<e>" per edge, "cloud"), from
+    every point's compute_edge.csv and compute_cloud.csv (realrun.fleet)."""
+    costs: dict[Session, dict[str, list[dict[str, str]]]] = {}
+    for side, name in COMPUTE_FILES.items():
+        for path in sorted(real.glob(f"points/p*/{name}")):
+            with path.open(newline="") as handle:
+                for row in csv.DictReader(handle):
+                    key = (int(row["point"]), row["policy"], int(row["seed"]))
+                    label = f"edge{row['edge']}" if side == "edge" else "cloud"
+                    costs.setdefault(key, {}).setdefault(label, []).append(row)
+    return costs
+
+
+def bounded(factor: float) -> float:
+    """A speed factor within the simulator's bounds."""
+    return min(max(factor, MIN_SPEED_FACTOR), MAX_SPEED_FACTOR)
+
+
+def replay_changes(
+    costs: dict[Session, dict[str, list[dict[str, str]]]], folder: Path
+) -> dict[Session, Change]:
+    """Per session: each edge's and the cloud's recorded trace (written to `folder`)."""
+    traces = {
+        key: {side: [(float(r["t_s"]), float(r["factor"])) for r in rows
+                     if float(r["factor"]) > 0] for side, rows in sides.items()}
+        for key, sides in costs.items()
+    }  # fmt: skip
+    paths = write_traces(traces, folder)
+    changes = {}
+    for key, sides in paths.items():
+        edges = {int(side[4:]): {"compute_trace": str(path)}
+                 for side, path in sides.items() if side.startswith("edge")}  # fmt: skip
+        cloud = {"compute_trace": str(sides["cloud"])} if "cloud" in sides else {}
+        changes[key] = per_edge(edges, cloud)
+    return changes
+
+
+def mean_factor(rows: Sequence[dict[str, str]]) -> float:
+    """Predicted over measured time over rows (a side's mean speed against the profile)."""
+    measured = sum(float(r["measured_s"]) for r in rows)
+    return bounded(sum(float(r["predicted_s"]) for r in rows) / measured)
+
+
+def run_speed_changes(
+    costs: dict[Session, dict[str, list[dict[str, str]]]], points: Sequence[SweepPoint]
+) -> tuple[dict[Session, Change], dict[str, dict[str, float]]]:
+    """Per session: each edge and the cloud at its mean recorded speed; and those factors."""
+    changes, factors = {}, {}
+    for (index, policy, seed), sides in costs.items():
+        base = points[index].scenario.model.edge.compute_factor
+        mine = {side: mean_factor(rows) for side, rows in sides.items()}
+        edges = {int(side[4:]): {"compute_factor": bounded(base * factor)}
+                 for side, factor in mine.items() if side.startswith("edge")}  # fmt: skip
+        cloud = {"compute_factor": mine["cloud"]} if "cloud" in mine else {}
+        changes[(index, policy, seed)] = per_edge(edges, cloud)
+        factors[f"p{index}_{policy}_s{seed}"] = mine
+    return changes, factors
+
+
+def real_sessions(real: Path) -> set[Session]:
+    """The sessions the real run has requests of."""
+    with (real / "results.csv").open(newline="") as handle:
+        return {(int(r["point"]), r["policy"], int(r["seed"])) for r in csv.DictReader(handle)}
+
+
+def simulate_into(
+    points: Sequence[SweepPoint], changes: dict[Session, Change], draws: int, folder: Path
+) -> dict[str, Any]:
+    """Simulate every session with its change (`draws` acceptance draws each, rows under the
+    session's own seed) into `folder`'s results.csv and summary.csv; the DiP-SD plans it used
+    (per session, as validation.fleet compares them with the run's)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    requests, summary, plans = [], [], {}
+    for (index, policy), (position, done) in simulate_sessions(points, changes, draws).items():
+        for seed, task, outcome in done:
+            requests += [row | {"seed": seed} for row in request_rows(task, outcome)]
+            entry = task.point.scenario.policies[position]
+            if getattr(POLICIES[entry.name][1], "uses_fleet_plan", False):
+                plans[f"{policy}_s{seed}"] = session_plan(task.point, task.seed)
+        rows = summary_rows(points[index], {position: [o for _, _, o in done]})
+        summary += [row for row in rows if row["policy"] == policy]
+    axes = list(points[0].axes)
+    columns = ["point", *axes, "policy", "policy_name", "seed", *RECORD_FIELDS, "ttft_ms", "tpt_ms"]
+    write_table(folder / "results.csv", columns, requests)
+    write_table(folder / "summary.csv", summary_columns(points), summary)
+    return plans
+
+
+def run_plans(real: Path) -> dict[str, Any]:
+    """The DiP-SD plans the testbed ran, per `<policy>_s<seed>` (its manifest)."""
+    data = json.loads((real / "manifest.json").read_text())
+    sessions = {}
+    for point in (data.get("testbed", {}).get("points") or {}).values():
+        for name, session in (point.get("sessions") or {}).items():
+            if "plan" in session:
+                sessions[name] = session["plan"]
+    return sessions
+
+
+def validate_fleet(
+    scenario_path: Path,
+    profile_path: Path,
+    points: Sequence[SweepPoint],
+    options: LocalOptions,
+    out_dir: Path,
+    command: Sequence[str],
+    progress: Callable[[str], None] | None = None,
+    origin: dict[str, Any] | None = None,
+) -> FleetTables:
+    """Run the fleet into OUT/real, the three predictions into their folders, write the
+    tables and OUT/manifest.json (with `origin`: the recalibration); returns the tables."""
+    check_fleet_validation(scenario_path, points)
+    real = out_dir / "real"
+    run_fleet(scenario_path, points, options, real, command, progress)
+    split = [split_point(point) for point in points]
+    sessions = real_sessions(real)
+    costs = read_costs(real)
+    draws = acceptance_draws(options.acceptance)
+    folders = {name: out_dir / folder for name, folder in PREDICTIONS.items()}
+    replayed = replay_changes(costs, folders["replayed"] / "compute")
+    at_speed, factors = run_speed_changes(costs, split)
+    changes = {
+        "calibration": dict.fromkeys(sessions, per_edge({}, {})),
+        "replayed": {key: replayed.get(key, per_edge({}, {})) for key in sessions},
+        "run_speed": {key: at_speed.get(key, per_edge({}, {})) for key in sessions},
+    }
+    ran = run_plans(real)
+    plans = {}
+    for name, folder in folders.items():
+        used = simulate_into(split, changes[name], draws, folder)
+        plans[name] = {key: plan == ran.get(key) for key, plan in used.items()}
+    tables = fleet_tables(folders, real)
+    write_fleet_tables(tables, out_dir)
+    write_json(out_dir / "manifest.json", {
+        "kind": "validate",
+        "fleet": True,
+        "command": list(command),
+        "scenario": {"path": str(scenario_path.resolve()), "sha256": sha256(scenario_path)},
+        "profile": {"path": str(profile_path.resolve()), "sha256": sha256(profile_path)},
+        **(origin or {}),
+        "seeds": {str(p.index): list(p.scenario.model.seeds) for p in points},
+        "versions": package_versions((*REALRUN_PACKAGES, "numpy", "scipy", "simpy")),
+        "real": str(real),
+        "predictions": {name: str(folder) for name, folder in folders.items()},
+        "acceptance_draws": draws,
+        "mean_run_speeds": factors,
+        "dipsd_plan_as_run": plans,
+        "lossless": "not checked in a many-edge run",
+        "headline": tables.headline,
+        "status": "complete",
+    })  # fmt: skip
+    return tables
+
+
+__all__ = ["check_fleet_validation", "split_point", "validate_fleet"]
