@@ -173,6 +173,7 @@ class Channel:
     """
 
     __slots__ = (
+        "_bytes_per_s",
         "bandwidth",
         "burst_bytes",
         "bytes_sent",
@@ -188,6 +189,10 @@ class Channel:
         self, bandwidth: Bandwidth, overhead_s: float, latency_s: float, burst_bytes: float = 0.0
     ) -> None:
         self.bandwidth = bandwidth
+        self._bytes_per_s = (
+            bandwidth._bytes_per_s if isinstance(bandwidth, ConstantBandwidth) else None
+        )
+        """A constant bandwidth's rate: `transmit` computes its finish time itself."""
         self.overhead_s = overhead_s
         self.latency_s = latency_s
         self.burst_bytes = float(burst_bytes)
@@ -216,6 +221,8 @@ class Channel:
         start = send_s if send_s > free_at else free_at
         if self.burst_bytes > 0.0:
             finish = self._occupy(start + self.overhead_s, n_bytes)
+        elif (rate := self._bytes_per_s) is not None:  # ConstantBandwidth.finish_time, inlined
+            finish = self.free_at = start + self.overhead_s + n_bytes / rate
         else:  # _occupy without a bucket, inlined (once per message)
             finish = self.free_at = self.bandwidth.finish_time(start + self.overhead_s, n_bytes)
         self.bytes_sent += n_bytes
