@@ -164,8 +164,7 @@ class Edge:
         ]
         """The draft's time for the token at each output position (the same every request)."""
         self._services = {} if services is None else services
-        """A NAV's service time by (drafts verified, context), shared by the edges of a run
-        (one target): requests repeat the same few."""
+        """A NAV's service time by (drafts, context), shared by a run's edges (one target)."""
         self._alone = cloud.exclusive and policy.mode not in _CLOUD_STREAMS and env.now == 0.0
         """The only process (one edge, the cloud's fast path): the edge keeps SimPy's clock
         itself (`_now`) and yields once, at the end (exactly: from 0), not once per answer."""
@@ -175,13 +174,11 @@ class Edge:
     def _wait_until(self, t: float) -> simpy.Event | None:
         """Advance the clock to `t` when later: alone, as SimPy's arithmetic would (now +
         (t - now), so the times are bit-identical) and None; else the timeout to yield."""
-        now = self._now if self._alone else self.env.now
-        if t <= now:
-            return None
-        if self._alone:
-            self._now = now + (t - now)
-            return None
-        return self.env.timeout(t - now)
+        if not self._alone:
+            return self.env.timeout(t - self.env.now) if t > self.env.now else None
+        if t > self._now:
+            self._now += t - self._now
+        return None
 
     def now(self) -> float:
         """The simulation's time as this edge sees it (see `_alone`)."""
@@ -302,6 +299,7 @@ class Edge:
         policy, tuner_step_s = self.policy, self._tuner_step_s
         tuned = policy.tuner_steps  # the policy's tuner steps already charged
         services, arrive, heappush = self._services, self.cloud.arrive, heapq.heappush
+        reporting = type(policy).on_upload is not Policy.on_upload  # else nobody hears reports
 
         def send(now: float, nav_request: bool) -> int:
             """Send [sent_end, drafted_end) as a NAV or an upload; returns the next step."""
@@ -323,26 +321,16 @@ class Edge:
                 service = 0.0
                 if ack_bytes:  # (defer ignores 0 bytes: the call skipped)
                     up.defer(answered, ack_bytes)
-            if n_tokens and now >= link_idle_at:  # learnt with the answer (a NAV's: its pass)
-                heappush(reports, (answered + service, n_tokens, answered - now))
-                next_report_s = reports[0][0]
-            if answered > link_idle_at:
-                link_idle_at = answered
+            if reporting:
+                if n_tokens and now >= link_idle_at:  # learnt with the answer (a NAV's: its pass)
+                    heappush(reports, (answered + service, n_tokens, answered - now))
+                    next_report_s = reports[0][0]
+                if answered > link_idle_at:
+                    link_idle_at = answered
             if timeline is not None:
                 kind = "NAV" if nav_request else "batch"
-                timeline.append(
-                    Span(
-                        "uplink",
-                        tx.start_s,
-                        tx.finish_s,
-                        kind,
-                        index,
-                        sent_end,
-                        drafted_end,
-                        now,
-                        cfg.edge,
-                    )
-                )
+                args = (tx.start_s, tx.finish_s, kind, index, sent_end, drafted_end, now, cfg.edge)
+                timeline.append(Span("uplink", *args))
             if nav_request:
                 nav = PendingNav(
                     committed,
