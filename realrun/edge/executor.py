@@ -7,7 +7,7 @@ server (realrun/cloud/server.py through `CloudClient`).
 
 Threads. The main thread drafts, one token at a time (greedy: argmax of the draft's logits,
 confidence = its softmax probability; or sampling, below). Uploads and verifications are sent
-by a few uplink threads (`_Worker`), so drafting goes on while they are in flight, and an
+by a few uplink threads (`UplinkWorker`), so drafting goes on while they are in flight, and an
 upload need not wait for a pending NAV's answer. Every message but the open carries an order
 number (`seq`) and the server applies them in that order (realrun.cloud.ordering), whatever
 connection brought them. The main thread looks at what the uplink finished only between draft
@@ -113,25 +113,23 @@ Energies stay 0 (no meters here).
 
 Not supported (ValueError): cloud-only and split policies, and oracles (they need the true
 link and cloud costs, not only the future acceptance run).
+
+Modules. This one holds `run_edge` (the arguments, the draft, the uplink, the record);
+realrun/edge/request_loop.py the main thread's loop; realrun/edge/uplink.py the uplink threads;
+realrun/edge/offline.py the cloud-lost test and the local finish; realrun/edge/drafts.py the
+draft models; realrun/edge/topk_verify.py the edge-side decision; realrun/edge/startup_probes.py
+PipeSD's start-up probes.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
-import httpx
-import numpy as np
-from numpy.typing import NDArray
-
 from policies.base import Mode, Policy
-from policies.session import ANSWER, DONE, SEND, VERIFY, SpeculativeSession
-from realrun.cloud.verifier import SparseDist
-from realrun.edge.client import CloudClient, CloudError
+from policies.session import SpeculativeSession
+from realrun.edge.client import CloudClient
 from realrun.edge.drafts import (
     Draft,
     EdgeSampling,
@@ -139,295 +137,14 @@ from realrun.edge.drafts import (
     GreedyDraft,
     SamplingDraft,
     max_sampling_top_k,
-    top_k_distribution,
 )
-from realrun.edge.topk_verify import decide_topk, rows_of
-from realrun.protocol import ROW_DTYPES, encode, encode_rows
+from realrun.edge.request_loop import run_request_loop
+from realrun.edge.uplink import UplinkJob, UplinkWorker
+from realrun.protocol import ROW_DTYPES
 from simulator.acceptance import AcceptanceStream
 from simulator.records import RequestRecord, Span
 
 _UNSUPPORTED = "realrun edge supports speculative policies only for now"
-
-Clock = Callable[[], float]
-
-
-def cloud_lost(exc: BaseException) -> bool:
-    """Whether a failed cloud request means the cloud is gone (finish the request locally)
-    rather than a bug: transport errors and timeouts, HTTP 5xx, 404 (session lost)."""
-    if isinstance(exc, httpx.TransportError):
-        return True
-    return isinstance(exc, CloudError) and (exc.status >= 500 or exc.status == 404)
-
-
-class _CloudLost(Exception):
-    """Raised in the main thread when the worker reports the cloud lost."""
-
-
-# --------------------------------------------------------------------------------------------
-# The uplink worker
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Job:
-    kind: str  # "open", "upload", "verify", "close", "stop"
-    tokens: list[tuple[int, int]] = field(default_factory=list)  # (absolute position, id)
-    probs: list[float] | None = None  # greedy: the draft's probability of each token
-    dists: list[SparseDist] | None = None  # sampling: the distribution each was drawn from
-    rows: tuple[NDArray[np.float32], int] | None = None  # full rows, bytes per probability
-    after_nav: int | None = None  # proactive: queued while this NAV was pending
-    nav: int = 0
-    m: int = 0
-    first: int = 0  # a NAV's first output position
-    ready_s: float = 0.0
-    seq: int | None = None  # the server's order number (all but open and stop)
-    outcome: tuple[int, int] | None = None  # edge-side verification: the last NAV's decision
-
-
-class _Worker:
-    """Sends the request's cloud messages on `lanes` threads; reports by a queue.
-
-    The open goes first; the others are numbered (`seq`) in the order they were queued and
-    the server applies them in that order (realrun.cloud.ordering), so an upload queued while a NAV
-    is in flight is sent at once, overlapping it, as the simulator's uplink does. The first
-    failed request ends the work: ("offline", exc) when the cloud is lost, else ("error", exc);
-    jobs not yet started are skipped.
-    """
-
-    def __init__(
-        self,
-        cloud: CloudClient,
-        prompt: list[int],
-        clock: Clock,
-        request: int,
-        stream: AcceptanceStream | None,
-        sampling: EdgeSampling | None = None,
-        lanes: int = 4,
-    ) -> None:
-        self.cloud, self.clock, self.request, self.stream = cloud, clock, request, stream
-        self.sampling = sampling
-        self.jobs: queue.Queue[_Job] = queue.Queue()
-        self.events: queue.Queue[tuple[Any, ...]] = queue.Queue()
-        self.prompt = prompt
-        self.session: str | None = None
-        self.opened = threading.Event()
-        self.failed = threading.Event()
-        self.lock = threading.Lock()
-        self.next_seq = 0
-        self.messages = 0
-        self.up_bytes = 0
-        self.down_bytes = 0
-        self.spans: list[Span] = []
-        self._in_flight: set[int] = set()
-        self._shared: set[int] = set()
-        """Messages (by seq) in flight, and those that overlapped another: their durations
-        include the other's bytes, so they are not reported to `on_upload`."""
-        self.threads = [
-            threading.Thread(target=self._run, name=f"pipesd-edge-uplink-{i}", daemon=True)
-            for i in range(lanes)
-        ]
-
-    def start(self) -> None:
-        for thread in self.threads:
-            thread.start()
-
-    def put(self, job: _Job) -> None:
-        """Queue a job (from the main thread only: the order of calls is the server's)."""
-        if job.kind not in ("open", "stop"):
-            job.seq = self.next_seq
-            self.next_seq += 1
-        self.jobs.put(job)
-
-    def stop(self, timeout_s: float) -> None:
-        """Let every lane finish its queued work, then end them."""
-        for _ in self.threads:
-            self.jobs.put(_Job("stop"))
-        for thread in self.threads:
-            thread.join(timeout=timeout_s)
-
-    def _run(self) -> None:
-        while True:
-            job = self.jobs.get()
-            if job.kind == "stop":
-                return
-            if job.kind != "open":
-                self.opened.wait()
-            if self.failed.is_set():
-                continue
-            try:
-                self._do(job)
-            except BaseException as exc:  # handed to the main thread, once
-                with self.lock:
-                    if not self.failed.is_set():
-                        self.failed.set()
-                        self.events.put(("offline" if cloud_lost(exc) else "error", exc))
-            finally:
-                if job.kind == "open":
-                    self.opened.set()
-
-    def _count(self, body: dict[str, Any], answer: dict[str, Any]) -> None:
-        with self.lock:
-            self.messages += 1
-            self.up_bytes += len(encode(body))
-            self.down_bytes += len(encode(answer))
-
-    def _span(self, lane: str, start: float, end: float, label: str, job: _Job) -> None:
-        first = job.tokens[0][0] - len(self.prompt) if job.tokens else 0
-        last = first + len(job.tokens)
-        with self.lock:
-            self.spans.append(Span(lane, start, end, label, self.request, first, last, job.ready_s))
-
-    def _open(self) -> None:
-        body: dict[str, Any] = {"prompt": self.prompt}
-        if self.stream is not None:
-            verdicts = [int(a) for a in self.stream.accepted]
-            body["synthetic"] = {"accepted": verdicts}
-            answer = self.cloud.open(self.prompt, synthetic_accepted=verdicts)
-        elif self.sampling is not None:
-            rule = (float(self.sampling.temperature), self.sampling.server_seed(self.request))
-            top_k = int(self.sampling.downlink_top_k)
-            body["sampling"] = {"temperature": rule[0], "seed": rule[1]}
-            body["sampling"] |= {"top_k": top_k} if top_k else {}
-            answer = self.cloud.open(self.prompt, sampling=rule, top_k=top_k)
-        else:
-            answer = self.cloud.open(self.prompt)
-        self._count(body, answer)
-        self.session = str(answer["session"])
-
-    def _upload(self, job: _Job) -> None:
-        """Upload a token batch; a proactive one is conditional on its NAV (the server drops
-        it if the NAV's answer refutes it: the same rule as the main thread's)."""
-        assert self.session is not None
-        tokens = [tok for _, tok in job.tokens]
-        dists = _wire(job.dists)
-        body: dict[str, Any] = {"session": self.session, "tokens": tokens, "seq": job.seq}
-        body |= _drafts_body(job.probs, dists, job.rows)
-        condition: dict[str, int] = {}
-        if job.after_nav is not None:
-            condition = {"at": job.tokens[0][0] - len(self.prompt), "after": job.after_nav}
-            body |= condition
-        self._message_began(job.seq)
-        start = self.clock()
-        if job.outcome is not None:  # edge-side verification: the last NAV's decision
-            body["outcome"] = list(job.outcome)
-        answer = self.cloud.upload(
-            self.session,
-            tokens,
-            job.probs,
-            dists,
-            seq=job.seq,
-            rows=job.rows,
-            outcome=job.outcome,
-            **condition,
-        )
-        end = self.clock()
-        alone = self._message_alone(job.seq)
-        self._count(body, answer)
-        self._span("uplink", start, end, "stale batch" if answer.get("stale") else "batch", job)
-        queued_s = float(answer.get("queued_ms") or 0.0) / 1e3
-        if alone:  # a clean sample: no other message shared the link meanwhile
-            self.events.put(("upload", len(tokens), max(end - start - queued_s, 0.0)))
-
-    def _message_began(self, seq: int) -> None:
-        with self.lock:
-            if self._in_flight:
-                self._shared |= self._in_flight | {seq}
-            self._in_flight.add(seq)
-
-    def _message_alone(self, seq: int) -> bool:
-        """The message has been answered: whether no other was in flight at any time during it."""
-        with self.lock:
-            self._in_flight.discard(seq)
-            shared = seq in self._shared
-            self._shared.discard(seq)
-        return not shared
-
-    def _verify(self, job: _Job) -> None:
-        """A NAV: the unsent tokens and the verification in one request."""
-        assert self.session is not None
-        tokens = [tok for _, tok in job.tokens]
-        probs, dists = (job.probs, _wire(job.dists)) if tokens else (None, None)
-        rows = job.rows if tokens else None
-        body: dict[str, Any] = {"session": self.session, "n": job.m, "seq": job.seq}
-        if tokens:
-            body |= {"tokens": tokens, **_drafts_body(probs, dists, rows)}
-        self._message_began(job.seq)
-        start = self.clock()
-        if job.outcome is not None:  # edge-side verification: the last NAV's decision
-            body["outcome"] = list(job.outcome)
-        answer = self.cloud.verify(
-            self.session,
-            job.m,
-            tokens or None,
-            probs,
-            dists,
-            seq=job.seq,
-            rows=rows,
-            outcome=job.outcome,
-        )
-        arrived = self.clock()
-        alone = self._message_alone(job.seq)
-        self._count(body, answer)
-        accepted: int | None
-        token: Any
-        if "topk" in answer:  # the edge decides (main thread): the rows ride in `token`
-            accepted, token = None, rows_of(answer)
-            if len(token) != job.m + 1:
-                raise RuntimeError(f"run_edge: {len(token)} top-K rows for {job.m} drafts")
-        else:
-            accepted, token = int(answer["accepted"]), int(answer["token"])
-            if not 0 <= accepted <= job.m:
-                raise RuntimeError(f"run_edge: the server accepted {accepted} of {job.m}")
-        last = job.first + job.m
-        nav_span = Span("cloud", start, arrived, "NAV", self.request, job.first, last, job.ready_s)
-        with self.lock:
-            self.spans.append(nav_span)
-        target_s = float(answer.get("target_ms") or 0.0) / 1e3
-        queued_s = float(answer.get("queued_ms") or 0.0) / 1e3
-        if tokens and alone:
-            link_s = max(arrived - start - target_s - queued_s, 0.0)
-            self.events.put(("upload", len(tokens), link_s))
-        self.events.put(("answer", job.nav, accepted, token, target_s, arrived))
-
-    def _do(self, job: _Job) -> None:
-        if job.kind == "open":
-            self._open()
-        elif job.kind == "upload":
-            self._upload(job)
-        elif job.kind == "verify":
-            self._verify(job)
-        elif job.kind == "close":
-            if self.session is not None:
-                self.cloud.close(self.session, seq=job.seq)
-        else:  # pragma: no cover - internal misuse
-            raise RuntimeError(f"unknown job {job.kind!r}")
-
-
-def _wire(dists: list[SparseDist] | None) -> list[tuple[list[int], list[float]]] | None:
-    """Draft distributions as realrun.edge.client sends them: (ids, probs) lists."""
-    if dists is None:
-        return None
-    return [(d.ids.tolist(), d.probs.tolist()) for d in dists]
-
-
-def _drafts_body(
-    probs: list[float] | None,
-    dists: list[tuple[list[int], list[float]]] | None,
-    rows: tuple[NDArray[np.float32], int] | None = None,
-) -> dict[str, Any]:
-    """The `probs` / `dists` / `rows` fields of a request body as the client sends them
-    (counted)."""
-    body: dict[str, Any] = {} if rows is None else encode_rows(*rows)
-    if probs is not None:
-        body["probs"] = probs
-    if dists is not None:
-        body["dists"] = [[ids, ps] for ids, ps in dists]
-    return body
-
-
-# --------------------------------------------------------------------------------------------
-# The executor
-# --------------------------------------------------------------------------------------------
 
 
 def run_edge(
@@ -501,9 +218,9 @@ def run_edge(
         if full_rows is not None
         else GreedyDraft(draft_llama)
     )
-    worker = _Worker(cloud, prompt, clock, request_index, stream, sampling)
+    worker = UplinkWorker(cloud, prompt, clock, request_index, stream, sampling)
     worker.start()
-    worker.put(_Job("open", ready_s=record.start_s))
+    worker.put(UplinkJob("open", ready_s=record.start_s))
     try:
         t = clock()
         draft.prefill(prompt)
@@ -514,8 +231,10 @@ def run_edge(
         judge = None
         if sampling is not None and sampling.downlink_top_k:
             judge = sampling.verify_rng(request_index)
-        output = _loop(core, draft, worker, record, timeline, prompt, n_new, clock, stream, judge)
-        worker.put(_Job("close"))
+        output = run_request_loop(
+            core, draft, worker, record, timeline, prompt, n_new, clock, stream, judge
+        )
+        worker.put(UplinkJob("close"))
     finally:
         worker.stop(timeout_s=60)
     while not worker.events.empty():
@@ -528,246 +247,3 @@ def run_edge(
     timeline.extend(worker.spans)
     timeline.sort(key=lambda s: (s.start_s, s.end_s))
     return record, output, timeline
-
-
-def _finish_locally(
-    draft: Draft,
-    prompt: list[int],
-    toks: list[int],
-    n_new: int,
-    record: RequestRecord,
-    timeline: list[Span],
-    clock: Clock,
-) -> float:
-    """The draft's own decoding (greedy, or sampling as `draft` drafts) until `toks` holds
-    `n_new` tokens; returns when the first new token was ready (-1 if none was needed)."""
-    first = -1.0
-    while len(toks) < n_new:
-        position = len(toks)
-        t = clock()
-        token, _, _ = draft.step(prompt + toks)
-        dt = clock() - t
-        timeline.append(Span("draft", t, t + dt, "local", record.request, position, position + 1))
-        record.edge_busy_s += dt
-        record.drafted += 1
-        toks.append(token)
-        if first < 0:
-            first = t + dt
-    return first
-
-
-def _loop(
-    core: SpeculativeSession,
-    draft: Draft,
-    worker: _Worker,
-    record: RequestRecord,
-    timeline: list[Span],
-    prompt: list[int],
-    n_new: int,
-    clock: Clock,
-    stream: AcceptanceStream | None,
-    judge: np.random.Generator | None = None,
-) -> list[int]:
-    """The request's tokens, drafting and talking to the cloud as `core` says (the same
-    bookkeeping as the simulator's edge); `core.begin` has been called. `judge`: the edge
-    verifies (top-K answers, module docstring) with these draws; None: the server does."""
-    index = record.request
-    toks: list[int] = []  # committed + speculative tokens; len(toks) == core.drafted_end
-    confs: list[float] = []
-    dists: list[SparseDist | None] = []  # sampling: what each speculative token was drawn from
-    sampling = isinstance(draft, SamplingDraft)
-    nav: int | None = None  # the pending NAV's number
-    nav_count = 0
-    answer: tuple[Any, ...] | None = None
-    off_index = 0
-    held: list[_Job] = []  # edge-side verification: proactive uploads wait for the outcome
-    outcome: tuple[int, int] | None = None  # decided, not yet sent
-    lost: list[BaseException] = []  # the worker's report that the cloud is gone
-    step = core.begin(record, len(prompt), n_new, record.start_s)
-
-    def handle(event: tuple[Any, ...]) -> None:
-        nonlocal answer
-        kind = event[0]
-        if kind == "error":
-            raise event[1]
-        if kind == "offline":  # acted on once no answer is left to process
-            lost.append(event[1])
-        if kind == "upload":
-            core.uploaded(event[1], event[2])
-        elif kind == "answer":
-            if nav is None or event[1] != nav:
-                raise RuntimeError("run_edge: an answer for no pending NAV")
-            answer = event
-
-    def drain() -> None:
-        while True:
-            try:
-                event = worker.events.get_nowait()
-            except queue.Empty:
-                return
-            handle(event)
-
-    def send(nav_request: bool) -> int:
-        """Queue [sent_end, drafted_end) as a NAV or an upload; returns the next step."""
-        nonlocal nav, nav_count, outcome
-        base, sent_end, drafted_end = len(prompt), core.sent_end, core.drafted_end
-        job = _Job(
-            "verify" if nav_request else "upload",
-            tokens=[(base + i, toks[i]) for i in range(sent_end, drafted_end)],
-            after_nav=nav,
-            ready_s=clock(),
-        )
-        if judge is not None:  # edge-side verification: ids only, q stays here
-            job.outcome, outcome = outcome, None
-        elif sampling:  # the dists carry q(d); no `probs` (the simulator's topk/full payloads)
-            job.dists = [d for d in dists[sent_end:drafted_end] if d is not None]
-            if len(job.dists) != len(job.tokens):
-                raise RuntimeError("run_edge: a speculative token without its distribution")
-        else:
-            job.probs = [min(max(c, 0.0), 1.0) for c in confs[sent_end:drafted_end]]
-        if isinstance(draft, FullRowDraft) and job.tokens:  # PipeSD: every token's whole row
-            rows = [d.probs for d in dists[sent_end:drafted_end] if d is not None]
-            if len(rows) != len(job.tokens):
-                raise RuntimeError("run_edge: a speculative token without its full row")
-            job.rows = (np.stack(rows), draft.row_bytes)
-        if nav_request:
-            nav_count += 1
-            nav = job.nav = nav_count
-            job.m, job.first = drafted_end - core.committed, core.committed
-        if judge is not None and nav is not None and not nav_request:
-            held.append(job)  # the server cannot judge it before the NAV's outcome
-        else:
-            worker.put(job)
-        return core.sent(nav_request)
-
-    try:
-        while step != DONE:
-            drain()
-            if lost and answer is None:
-                raise _CloudLost(lost[0])
-            if nav is not None:
-                if step == ANSWER or answer is not None:
-                    while answer is None:
-                        if lost:
-                            raise _CloudLost(lost[0])
-                        handle(worker.events.get())
-                    drain()  # upload reports that came with it
-                    # -- the answer is processed now, at a token boundary ---------------------
-                    t = clock()
-                    _, _, accepted, token, target_s, arrived = answer
-                    answer = None
-                    start, end = core.nav_start, core.nav_end
-                    m = end - start
-                    if accepted is None:  # top-K rows: the edge decides (realrun.edge.topk_verify)
-                        assert judge is not None
-                        mine = [d for d in dists[start:end] if d is not None]
-                        accepted, token = decide_topk(token, toks[start:end], mine, judge)
-                        outcome = (accepted, token)
-                        if held:  # the first held upload carries it; the rest follow in order
-                            held[0].outcome, outcome = outcome, None
-                            for job in held:
-                                worker.put(job)
-                            held.clear()
-                    if stream is not None:
-                        expected = min(stream.next_reject[start] - start, m)
-                        if accepted != expected:
-                            raise RuntimeError(
-                                f"run_edge: the server accepted {accepted} of {m} at position "
-                                f"{start}, the acceptance stream {expected}"
-                            )
-                    guessed = core.drafted_end > end and (
-                        stream.next_reject[start] > end
-                        if stream is not None
-                        else toks[end] == token
-                    )
-                    nav = None
-                    tuned = core.policy.tuner_steps
-                    step = core.answered(accepted, guessed, t)
-                    if core.policy.tuner_steps != tuned:  # the policy's tuner ran on this CPU
-                        tuned_at = clock()  # the answer's bookkeeping and the BO step(s)
-                        record.edge_busy_s += tuned_at - t
-                        timeline.append(Span("draft", t, tuned_at, "tuner", index, start, end))
-                    if not core.surviving:  # rolled back: the answer's token ends the output
-                        del toks[start + accepted :]
-                        del confs[start + accepted :]
-                        del dists[start + accepted :]
-                        toks.append(token)
-                        confs.append(1.0)
-                        dists.append(None)  # the server's token: committed, never uploaded
-                    record.cloud_busy_s += target_s
-                    timeline.append(
-                        Span("result", arrived, t, f"{accepted}/{m} accepted", index, start, end)
-                    )
-                    if step in (SEND, VERIFY):
-                        step = send(step == VERIFY)
-                    continue
-            elif step == VERIFY:
-                step = send(True)
-                continue
-            # -- draft one token --------------------------------------------------------------
-            position = core.drafted_end
-            t = clock()
-            token, conf, dist = draft.step(prompt + toks)
-            dt = clock() - t
-            if stream is not None:  # the simulator's confidences (simulator/edge.py)
-                if position <= stream.next_reject[core.committed]:
-                    conf = stream.confidence[position]
-                else:
-                    off_path = stream.off_path_confidence
-                    conf = off_path[off_index % len(off_path)]
-                    off_index += 1
-            timeline.append(Span("draft", t, t + dt, "draft", index, position, position + 1))
-            toks.append(token)
-            confs.append(conf)
-            dists.append(dist)
-            step = core.drafted(conf, dt)
-            if core.drafted_end < len(toks):  # VERIFY_DROP_LAST: the token is discarded
-                toks.pop()
-                confs.pop()
-                dists.pop()
-            if step in (SEND, VERIFY):
-                step = send(step == VERIFY)
-    except _CloudLost as lost_cloud:
-        t = clock()
-        record.local_tokens = n_new - core.committed
-        if core.first_token_s < 0 and core.drafted_end > core.committed:
-            core.first_token_s = t
-        first_local = _finish_locally(draft, prompt, toks, n_new, record, timeline, clock)
-        if core.first_token_s < 0:
-            core.first_token_s = first_local
-        reason = str(lost_cloud.args[0]).splitlines()[0] if str(lost_cloud.args[0]) else ""
-        label = f"local: {type(lost_cloud.args[0]).__name__} {reason}".strip()
-        timeline.append(Span("offline", t, clock(), label, index, core.committed, n_new))
-
-    core.finish(clock())
-    return toks[:n_new]
-
-
-def startup_probes(policy: Policy, cloud: CloudClient, bytes_per_token: int = 5) -> int:
-    """PipeSD-style start-up probes, once per edge session: padded `/v1/probe` messages of
-    `policy.startup_probe_sizes()` token sizes, timed and reported to `on_upload`. Returns the
-    number of probes answered: probing stops when the cloud is lost (`cloud_lost`)."""
-    sent = 0
-    for size in policy.startup_probe_sizes():
-        start = time.perf_counter()
-        try:
-            cloud._post("probe", {"pad": b"\0" * (bytes_per_token * int(size))})
-        except Exception as exc:
-            if cloud_lost(exc):
-                break
-            raise
-        policy.on_upload(int(size), time.perf_counter() - start)
-        sent += 1
-    return sent
-
-
-__all__ = [
-    "EdgeSampling",
-    "GreedyDraft",
-    "SamplingDraft",
-    "cloud_lost",
-    "max_sampling_top_k",
-    "run_edge",
-    "startup_probes",
-    "top_k_distribution",
-]

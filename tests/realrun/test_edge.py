@@ -30,7 +30,8 @@ from policies.base import Decision, Policy
 from policies.checker import check_policy
 from policies.registry import make_policy, params_model
 from realrun.edge.client import CloudClient
-from realrun.edge.executor import run_edge, startup_probes
+from realrun.edge.executor import run_edge
+from realrun.edge.startup_probes import startup_probes
 from realrun.testbed import acceptance_model, run_testbed
 from simulator.engine import simulate
 from simulator.scenario import expand_sweep

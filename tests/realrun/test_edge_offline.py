@@ -37,7 +37,9 @@ from models.prompts import default_prompts, format_prompt
 from policies.base import Policy
 from policies.registry import make_policy, params_model
 from realrun.edge.client import CloudClient, CloudError
-from realrun.edge.executor import GreedyDraft, run_edge, startup_probes
+from realrun.edge.drafts import GreedyDraft
+from realrun.edge.executor import run_edge
+from realrun.edge.startup_probes import startup_probes
 from realrun.protocol import encode
 
 pytestmark = needs_smollm2

@@ -42,13 +42,13 @@ from models.prompts import default_prompts, format_prompt  # noqa: E402
 from policies.registry import make_policy, params_model  # noqa: E402
 from realrun.cloud.verifier import SparseDist, softmax  # noqa: E402
 from realrun.edge.client import CloudClient  # noqa: E402
-from realrun.edge.executor import (  # noqa: E402
+from realrun.edge.drafts import (  # noqa: E402
     EdgeSampling,
     SamplingDraft,
     max_sampling_top_k,
-    run_edge,
     top_k_distribution,
 )
+from realrun.edge.executor import run_edge  # noqa: E402
 from realrun.protocol import Limits, encode  # noqa: E402
 from realrun.testbed import SamplingSpec, acceptance_model, run_testbed, sampling_top_k  # noqa: E402
 from simulator.scenario import expand_sweep  # noqa: E402

@@ -185,7 +185,8 @@ def test_run_edge_emits_only_the_targets_top_k():
     from test_server_limits import served
 
     from realrun.edge.client import CloudClient
-    from realrun.edge.executor import EdgeSampling, run_edge
+    from realrun.edge.drafts import EdgeSampling
+    from realrun.edge.executor import run_edge
 
     draft = open_draft(smollm2_path())
     k, n_new = 4, 24
@@ -216,7 +217,8 @@ def test_run_edge_holds_proactive_uploads_for_the_outcome():
     from edge_support import open_draft, thread_server
 
     from realrun.edge.client import CloudClient
-    from realrun.edge.executor import EdgeSampling, run_edge
+    from realrun.edge.drafts import EdgeSampling
+    from realrun.edge.executor import run_edge
 
     draft = open_draft(smollm2_path())
     try:
