@@ -38,7 +38,7 @@ from simulator.results import write_json, write_table
 from simulator.runner import RECORD_FIELDS, request_rows, summary_columns, summary_rows
 from simulator.scenario import ScenarioModel, SweepPoint
 from validation.draws import acceptance_draws
-from validation.fleet_table import FleetTables, fleet_tables, write_fleet_tables
+from validation.fleet_table import NAMES, FleetTables, fleet_tables, write_fleet_tables
 from validation.replay import Session, simulate_sessions, write_traces
 from validation.validate import sha256
 
@@ -183,7 +183,7 @@ def simulate_into(
             requests += [row | {"seed": seed} for row in request_rows(task, outcome)]
             entry = task.point.scenario.policies[position]
             if getattr(POLICIES[entry.name][1], "uses_fleet_plan", False):
-                plans[f"{policy}_s{seed}"] = session_plan(task.point, task.seed)
+                plans[f"p{index}_{policy}_s{seed}"] = session_plan(task.point, task.seed)
         rows = summary_rows(points[index], {position: [o for _, _, o in done]})
         summary += [row for row in rows if row["policy"] == policy]
     axes = list(points[0].axes)
@@ -194,14 +194,25 @@ def simulate_into(
 
 
 def run_plans(real: Path) -> dict[str, Any]:
-    """The DiP-SD plans the testbed ran, per `<policy>_s<seed>` (its manifest)."""
+    """The DiP-SD plans the testbed ran, per `p<point>_<policy>_s<seed>` (its manifest)."""
     data = json.loads((real / "manifest.json").read_text())
     sessions = {}
-    for point in (data.get("testbed", {}).get("points") or {}).values():
+    for index, point in (data.get("testbed", {}).get("points") or {}).items():
         for name, session in (point.get("sessions") or {}).items():
             if "plan" in session:
-                sessions[name] = session["plan"]
+                sessions[f"p{index}_{name}"] = session["plan"]
     return sessions
+
+
+def plan_notes(plans: dict[str, dict[str, bool]]) -> list[str]:
+    """A line per prediction whose DiP-SD sessions ran another plan than the testbed's."""
+    return [
+        f"{NAMES[name]}: the simulator re-planned DiP-SD for the speeds it was given, so "
+        f"{', '.join(sorted(k for k, same in used.items() if not same))} verified another plan "
+        "than the testbed ran (manifest: dipsd_plan_as_run)"
+        for name, used in plans.items()
+        if not all(used.values())
+    ]
 
 
 def validate_fleet(
@@ -237,7 +248,7 @@ def validate_fleet(
         used = simulate_into(split, changes[name], draws, folder)
         plans[name] = {key: plan == ran.get(key) for key, plan in used.items()}
     tables = fleet_tables(folders, real)
-    write_fleet_tables(tables, out_dir)
+    write_fleet_tables(tables, out_dir, plan_notes(plans))
     write_json(out_dir / "manifest.json", {
         "kind": "validate",
         "fleet": True,

@@ -86,8 +86,8 @@ def _percent(value: float, sign: str = "+") -> str:
     return "-" if not math.isfinite(value) else f"{100 * value:{sign}.1f}%"
 
 
-def markdown(tables: FleetTables) -> str:
-    """Both tables and the headline as markdown."""
+def markdown(tables: FleetTables, notes: Sequence[str] = ()) -> str:
+    """Both tables and the headline as markdown, `notes` under the headline."""
     names = [name for name in NAMES if name in tables.headline]
     lines = ["# Many-edge validation", "", "|TPT error| over all edges (goal: median <= "
              f"{100 * GOAL_MEDIAN:.0f}%, applied to {NAMES[GOALS_APPLY_TO]}):", ""]  # fmt: skip
@@ -97,6 +97,7 @@ def markdown(tables: FleetTables) -> str:
         lines.append(f"| {NAMES[name]} | {h['edges']} | {_percent(h['tpt_abs_error_median'], '')} "
                      f"| {_percent(h['tpt_abs_error_p90'], '')} | "
                      f"{'met' if h['goal_median_met'] else 'missed'} |")  # fmt: skip
+    lines += ["", *(f"- {note}" for note in notes)] if notes else []
     lines += ["", "## Per policy", "", "| point | policy | prediction | median abs err | p90 | "
               "tokens/s sim (real) | batch size sim (real) | cloud util. sim (real) |",
               "|---|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
@@ -119,11 +120,11 @@ def markdown(tables: FleetTables) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_fleet_tables(tables: FleetTables, out_dir: Path) -> None:
-    """OUT/fleet_edges.csv, OUT/fleet_policies.csv and OUT/fleet_validation.md."""
+def write_fleet_tables(tables: FleetTables, out_dir: Path, notes: Sequence[str] = ()) -> None:
+    """OUT/fleet_edges.csv, OUT/fleet_policies.csv and OUT/fleet_validation.md (`notes`)."""
     for name, rows in (("fleet_edges.csv", tables.edges), ("fleet_policies.csv", tables.policies)):
         write_table(out_dir / name, _columns(rows), rows)
-    write_atomic(out_dir / "fleet_validation.md", markdown(tables))
+    write_atomic(out_dir / "fleet_validation.md", markdown(tables, notes))
 
 
 def _columns(rows: Sequence[dict[str, Any]]) -> list[str]:
