@@ -152,3 +152,23 @@ def test_two_edges_validate_through_the_software_shaper(tmp_path):
     assert manifest["scenario"]["sha256"] and manifest["profile"]["sha256"]
     assert set(manifest["headline"]) >= {"calibration", "replayed", "run_speed"}
     assert "| recorded compute traces replayed |" in (out / "fleet_validation.md").read_text()
+
+
+def test_dipsd_validates_with_the_plan_the_testbed_ran(tmp_path):
+    pytest.importorskip("fastapi", reason="fastapi is not installed (extra 'realrun')")
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python (extra 'models') is not installed")
+    from model_marks import smollm2_path
+
+    path = tmp_path / "fleet.toml"
+    text = fleet_toml(policies='name = "dipsd"').replace('"vanilla"', '"dipsd"')
+    path.write_text(text + '[acceptance]\nkind = "iid"\nrate = 0.7\n')
+    out = tmp_path / "out"
+    model = str(smollm2_path())
+    argv = ["validate", str(path), "--profile", str(PROFILE), "--target", model, "--draft", model]
+    argv += ["--acceptance", "synthetic", "--shaping", "software", "--quiet", "--out", str(out)]
+    done = subprocess.run([*PIPESD, *argv], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["dipsd_plan_as_run"]["calibration"] == {"p0_dipsd_s1": True}
+    with (out / "fleet_edges.csv").open(newline="") as handle:
+        assert sorted(row["edge"] for row in csv.DictReader(handle)) == ["0", "1", "2"]
