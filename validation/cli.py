@@ -126,6 +126,10 @@ def add_revalidate_parser(subparsers: Any) -> None:
 def run_revalidate(args: argparse.Namespace, argv: list[str]) -> int:
     """Execute `pipesd revalidate`."""
     manifest, scenario, profile = validation_source(args.source)
+    if manifest.get("fleet"):  # its traces are relative to its own profile (validation.fleet)
+        raise ConfigError(str(args.source / "manifest.json"), "fleet", "a many-edge "
+                          "validation: re-run `pipesd validate` (revalidate takes one "
+                          "edge)")  # fmt: skip
     if args.profile is not None:
         profile = args.profile
     elif profile is None:

@@ -1,7 +1,7 @@
 """`pipesd validate` of a many-edge scenario (validation/fleet*.py): one edge per group
 simulates as the scenario does, bad fleet settings are one line (exit 2), the batch term is
 measured into the profile, and a two-edge run through the software shaper writes the three
-predictions' tables and manifest."""
+predictions' tables and manifest (and `pipesd revalidate` refuses it in one line)."""
 
 from __future__ import annotations
 
@@ -152,6 +152,10 @@ def test_two_edges_validate_through_the_software_shaper(tmp_path):
     assert manifest["scenario"]["sha256"] and manifest["profile"]["sha256"]
     assert set(manifest["headline"]) >= {"calibration", "replayed", "run_speed"}
     assert "| recorded compute traces replayed |" in (out / "fleet_validation.md").read_text()
+    again = [*PIPESD, "revalidate", str(out), "--out", str(tmp_path / "again")]
+    refused = subprocess.run(again, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "many-edge" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
 
 
 def test_dipsd_validates_with_the_plan_the_testbed_ran(tmp_path):
