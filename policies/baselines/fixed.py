@@ -185,10 +185,15 @@ class EdgeLLM(Policy):
         elif n > 0:
             c1 = max(self._submitted_c1, 1e-12)
             self.threshold = min(self.params.cap, self.threshold / c1 ** ((n - n_acc) / n))
-        self._confidences = self._confidences[-outcome.surviving :] if outcome.surviving else []
+        if not outcome.surviving:  # the common case: nothing drafted past the verified tokens
+            self._confidences = []
+            self._c1 = 1.0
+            self._deferred_verify = False
+            return Decision.CONTINUE
+        self._confidences = self._confidences[-outcome.surviving :]
         self._c1 = product(self._confidences)
         deferred, self._deferred_verify = self._deferred_verify, False
-        if outcome.surviving and deferred:
+        if deferred:
             self._submit()
             return Decision.VERIFY
         return Decision.CONTINUE
