@@ -104,17 +104,59 @@ def per_edge(edges: dict[int, dict[str, Any]], cloud: dict[str, Any]) -> Change:
     return change
 
 
-def read_costs(real: Path) -> dict[Session, dict[str, list[dict[str, str]]]]:
-    """Per session, the recorded compute rows by side ("edge<e>" per edge, "cloud"), from
-    every point's compute_edge.csv and compute_cloud.csv (realrun.fleet)."""
-    costs: dict[Session, dict[str, list[dict[str, str]]]] = {}
-    for side, name in COMPUTE_FILES.items():
-        for path in sorted(real.glob(f"points/p*/{name}")):
+def read_costs(
+    real: Path, points: Sequence[SweepPoint]
+) -> dict[Session, dict[str, list[dict[str, Any]]]]:
+    """Per session, the recorded compute rows by side: "cloud" from every point's
+    compute_cloud.csv (one per batch, realrun.fleet_trace) and "edge<e>" per edge
+    (`edge_costs`)."""
+    costs: dict[Session, dict[str, list[dict[str, Any]]]] = {}
+    for path in sorted(real.glob(f"points/p*/{COMPUTE_FILES['cloud']}")):
+        with path.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                key = (int(row["point"]), row["policy"], int(row["seed"]))
+                costs.setdefault(key, {}).setdefault("cloud", []).append(row)
+    for key, edges in edge_costs(real, points).items():
+        costs.setdefault(key, {}).update(edges)
+    return costs
+
+
+def edge_costs(
+    real: Path, points: Sequence[SweepPoint]
+) -> dict[Session, dict[str, list[dict[str, Any]]]]:
+    """Per session and edge ("edge<e>"), two compute rows per request from the edge's timeline:
+    its draft prefill (at the start every edge and the server prefill at once, the machine's
+    busiest moment) and its draft steps together (as realrun.edge.speed_probe.request_speed
+    counts them), each the profile's time over the measured one. compute_edge.csv lumps both
+    into one factor per request, which would slow a whole request's steps by its prefill's
+    contention."""
+    costs: dict[Session, dict[str, list[dict[str, Any]]]] = {}
+    for folder in sorted(real.glob("points/p*/edges/*_s*/e*")):
+        index, edge = int(folder.parts[-4][1:]), int(folder.name[1:])
+        label, seed = folder.parts[-2].rsplit("_s", 1)
+        draft = points[index].scenario.profile.profile.draft_latency
+        with (folder / "results.csv").open(newline="") as handle:
+            prompt = {int(r["request"]): int(r["prompt_len"]) for r in csv.DictReader(handle)}
+        spans: dict[int, list[dict[str, str]]] = {}
+        for path in sorted((folder / "timelines").glob("*.csv")):
             with path.open(newline="") as handle:
-                for row in csv.DictReader(handle):
-                    key = (int(row["point"]), row["policy"], int(row["seed"]))
-                    label = f"edge{row['edge']}" if side == "edge" else "cloud"
-                    costs.setdefault(key, {}).setdefault(label, []).append(row)
+                for span in csv.DictReader(handle):
+                    if span["lane"] == "draft":
+                        spans.setdefault(int(span["request"]), []).append(span)
+        rows = costs.setdefault((index, label, int(seed)), {}).setdefault(f"edge{edge}", [])
+        for request, mine in sorted(spans.items()):
+            length = prompt[request]
+            prefill = [s for s in mine if s["label"] == "prefill"]
+            steps = [s for s in mine if s["label"] != "prefill"]
+            for part, times in (
+                (prefill, [draft.prefill_s(length)] * len(prefill)),
+                (steps, [draft.decode_s(length + int(s["first"])) for s in steps]),
+            ):
+                measured = sum(float(s["end_s"]) - float(s["start_s"]) for s in part)
+                if measured > 0:
+                    start = float(part[0]["start_s"])
+                    cost = {"measured_s": measured, "predicted_s": sum(times)}
+                    rows.append({"t_s": start, **cost, "factor": sum(times) / measured})
     return costs
 
 
@@ -124,7 +166,7 @@ def bounded(factor: float) -> float:
 
 
 def replay_changes(
-    costs: dict[Session, dict[str, list[dict[str, str]]]], folder: Path
+    costs: dict[Session, dict[str, list[dict[str, Any]]]], folder: Path
 ) -> dict[Session, Change]:
     """Per session: each edge's and the cloud's recorded trace (written to `folder`)."""
     traces = {
@@ -142,14 +184,14 @@ def replay_changes(
     return changes
 
 
-def mean_factor(rows: Sequence[dict[str, str]]) -> float:
+def mean_factor(rows: Sequence[dict[str, Any]]) -> float:
     """Predicted over measured time over rows (a side's mean speed against the profile)."""
     measured = sum(float(r["measured_s"]) for r in rows)
     return bounded(sum(float(r["predicted_s"]) for r in rows) / measured)
 
 
 def run_speed_changes(
-    costs: dict[Session, dict[str, list[dict[str, str]]]], points: Sequence[SweepPoint]
+    costs: dict[Session, dict[str, list[dict[str, Any]]]], points: Sequence[SweepPoint]
 ) -> tuple[dict[Session, Change], dict[str, dict[str, float]]]:
     """Per session: each edge and the cloud at its mean recorded speed; and those factors."""
     changes, factors = {}, {}
@@ -228,12 +270,26 @@ def validate_fleet(
     """Run the fleet into OUT/real, the three predictions into their folders, write the
     tables and OUT/manifest.json (with `origin`: the recalibration); returns the tables."""
     check_fleet_validation(scenario_path, points)
+    run_fleet(scenario_path, points, options, out_dir / "real", command, progress)
+    draws = acceptance_draws(options.acceptance)
+    return predict_fleet(scenario_path, profile_path, points, draws, out_dir, command, origin)
+
+
+def predict_fleet(
+    scenario_path: Path,
+    profile_path: Path,
+    points: Sequence[SweepPoint],
+    draws: int,
+    out_dir: Path,
+    command: Sequence[str],
+    origin: dict[str, Any] | None = None,
+) -> FleetTables:
+    """The three predictions of the fleet run in OUT/real (`draws` acceptance draws per
+    session), the tables and OUT/manifest.json."""
     real = out_dir / "real"
-    run_fleet(scenario_path, points, options, real, command, progress)
     split = [split_point(point) for point in points]
     sessions = real_sessions(real)
-    costs = read_costs(real)
-    draws = acceptance_draws(options.acceptance)
+    costs = read_costs(real, points)
     folders = {name: out_dir / folder for name, folder in PREDICTIONS.items()}
     replayed = replay_changes(costs, folders["replayed"] / "compute")
     at_speed, factors = run_speed_changes(costs, split)
@@ -270,4 +326,4 @@ def validate_fleet(
     return tables
 
 
-__all__ = ["check_fleet_validation", "split_point", "validate_fleet"]
+__all__ = ["check_fleet_validation", "predict_fleet", "split_point", "validate_fleet"]

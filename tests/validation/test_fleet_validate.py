@@ -146,6 +146,8 @@ def test_two_edges_validate_through_the_software_shaper(tmp_path):
     assert float(policy["testbed_mean_batch_size"]) >= 1
     traces = sorted(p.name for p in (out / "sim_replayed" / "compute").iterdir())
     assert traces == [f"p0_vanilla_s1_{side}.csv" for side in ("cloud", "edge0", "edge1")]
+    trace = (out / "sim_replayed" / "compute" / "p0_vanilla_s1_edge0.csv").read_text().split()
+    assert len(trace) == 3 and trace[1].startswith("0.0,")  # the draft's prefill, then its steps
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["fleet"] and manifest["status"] == "complete"
     assert manifest["seeds"] == {"0": [1]} and manifest["command"][1] == "validate"
