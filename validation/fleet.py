@@ -2,14 +2,14 @@
 simulator, per edge and per policy, with three predictions of the same real run.
 
 The real side is `pipesd realrun local`'s fleet (realrun.fleet: one process per edge, one
-batching cloud) in OUT/real; it records every edge's draft speed per request and the cloud's
-per batch against the profile (realrun.fleet_trace). The simulator then predicts each session
+batching cloud) in OUT/real; it records every edge's timeline and the cloud's speed per
+batch against the profile (realrun.fleet_trace). The simulator then predicts each session
 (point, policy, seed) three times, each written as a `pipesd run`-like folder:
 - OUT/sim: calibration alone (the profile, recalibrated just before with --recalibrate);
 - OUT/sim_replayed: the recorded compute traces replayed, every edge as its own `[[edge_groups]]`
-  entry with its own draft trace and the cloud with its own (OUT/sim_replayed/compute/): on
-  this machine the edges and the server share its cores, which the calibration, one model
-  at a time, cannot see; the traces carry it;
+  entry with its own draft trace (`edge_costs`) and the cloud with its own
+  (OUT/sim_replayed/compute/): on this machine the edges and the server share its cores,
+  which the calibration, one model at a time, cannot see; the traces carry it;
 - OUT/sim_run_speed: every edge and the cloud at their mean speed over the session (recorded
   predicted over measured time), a constant factor each.
 Each is compared with the real run by realrun.fleet_compare (validation.fleet_table writes
