@@ -138,6 +138,11 @@ class Policy(ABC):
         given once before the first request."""
         raise NotImplementedError(f"{type(self).__name__} does not take a fleet plan")
 
+    def given_fleet_plan(self) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """Policies with `uses_fleet_plan` only: a fixed fleet plan (batch index and draft
+        length per edge) the executor runs instead of optimising one; None: optimise."""
+        return None
+
     def split_edge_fraction(self, profiled: float) -> float:
         """Split inference only: the share of the target's layers the edge runs, given the
         profile's (`profiled`); the default keeps the profile's."""

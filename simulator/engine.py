@@ -6,7 +6,7 @@ verifier serving jobs in arrival order, alone or batched (simulator/cloud.py), a
 own token streams for cloud-only generation and split inference (simulator/ar_stream.py).
 Policies say what they need through their interface (policies/base.py): a fleet-planned
 policy (`uses_fleet_plan`) is given its draft length by the fleet plan, which also orders the
-cloud's batches.
+cloud's batches: the policy's own fixed plan where it gives one, else the optimiser's.
 """
 
 from __future__ import annotations
@@ -18,15 +18,18 @@ from pathlib import Path
 
 import simpy
 
+from policies.base import Policy
+from policies.dipsd.plan import Plan, make_plan
 from policies.picospec.topk_acceptance import TopKEffect
 from policies.registry import make_policy
 from policies.seeding import policy_seed
 from simulator.acceptance import AcceptanceModel, topk_effect_from_trace
 from simulator.cloud import Cloud
 from simulator.compute import ComputeTrace, edge_speed
-from simulator.dipsd_plan import fleet_plan, plan_batches
+from simulator.dipsd_plan import fleet_plan, fleet_system, plan_batches
 from simulator.edge import Edge, EdgeConfig, SessionStats
-from simulator.fleet import edge_specs
+from simulator.errors import ConfigError
+from simulator.fleet import EdgeSpec, edge_specs
 from simulator.link import Channel
 from simulator.payload import payload_for
 from simulator.profile import LoadedProfile
@@ -78,6 +81,21 @@ def topk_state(loaded: LoadedProfile, payload: PayloadSection) -> dict[str, floa
     return {"topk_tv_error": topk.tv_error, "topk_acceptance": topk.topk_acceptance}
 
 
+def scenario_plan(
+    scenario: Scenario, specs: list[EdgeSpec], entry: PolicyEntry, policy: Policy
+) -> Plan:
+    """The policy's fixed fleet plan (`given_fleet_plan`) if it has one, for as many edges as
+    the scenario's (else a one-line ConfigError), or else the optimiser's."""
+    given = policy.given_fleet_plan()
+    if given is None:
+        return fleet_plan(scenario, specs)
+    assignment, lengths = given
+    if len(lengths) != len(specs):
+        raise ConfigError(scenario.path, f"policies.{entry.label}.plan.lengths",
+                          f"plans {len(lengths)} edges; the scenario has {len(specs)}")  # fmt: skip
+    return make_plan(fleet_system(scenario, specs), assignment, lengths, ())
+
+
 def simulate(
     scenario: Scenario,
     entry: PolicyEntry,
@@ -102,7 +120,8 @@ def simulate(
         make_policy(entry.name, entry.params, policy_seed(seed, entry.label, spec.index))
         for spec in specs
     ]
-    plan = fleet_plan(scenario, specs) if policies[0].uses_fleet_plan else None
+    planned = policies[0].uses_fleet_plan
+    plan = scenario_plan(scenario, specs, entry, policies[0]) if planned else None
     if plan is not None:
         for spec, policy in zip(specs, policies, strict=True):
             policy.on_fleet_plan(plan.lengths[spec.index])
