@@ -13,8 +13,9 @@ batch against the profile (realrun.fleet_trace). The simulator then predicts eac
 - OUT/sim_run_speed: every edge and the cloud at their mean speed over the session (recorded
   predicted over measured time), a constant factor each.
 Each is compared with the real run by realrun.fleet_compare (validation.fleet_table writes
-the tables). DiP-SD re-plans from the edges' speeds in the simulator; where a prediction's plan
-differs from the one the testbed ran, the manifest says so.
+the tables). DiP-SD: every prediction executes the plan the testbed ran (batches and draft
+lengths from OUT/real/manifest.json, given as the policy's fixed `plan`), not one re-planned for
+the speeds it is given; a session whose manifest has none is re-planned, and the table says so.
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from policies.dipsd.policy import FixedPlan
 from policies.registry import POLICIES
 from realrun.fleet import run_fleet, session_plan
 from realrun.local import REALRUN_PACKAGES, LocalOptions
 from realrun.testbed import COMPUTE_FILES
 from simulator.compute import MAX_SPEED_FACTOR
-from simulator.errors import ConfigError
+from simulator.errors import ConfigError, from_validation_error
 from simulator.profile import MIN_SPEED_FACTOR
 from simulator.provenance import package_versions
 from simulator.results import write_json, write_table
@@ -212,20 +216,56 @@ def real_sessions(real: Path) -> set[Session]:
         return {(int(r["point"]), r["policy"], int(r["seed"])) for r in csv.DictReader(handle)}
 
 
+def with_plan(point: SweepPoint, label: str, plan: FixedPlan) -> SweepPoint:
+    """The point with policy `label` given `plan` as its fixed `plan` parameter, so the
+    simulator executes that plan instead of re-planning."""
+    scenario = point.scenario
+    entries = [
+        e.model_copy(update={"params": e.params.model_copy(update={"plan": plan})})
+        if e.label == label
+        else e
+        for e in scenario.policies
+    ]
+    return replace(point, scenario=replace(scenario, policies=tuple(entries)))
+
+
 def simulate_into(
-    points: Sequence[SweepPoint], changes: dict[Session, Change], draws: int, folder: Path
-) -> dict[str, Any]:
+    points: Sequence[SweepPoint],
+    changes: dict[Session, Change],
+    draws: int,
+    folder: Path,
+    ran: dict[str, FixedPlan] | None = None,
+) -> dict[str, dict[str, Any]]:
     """Simulate every session with its change (`draws` acceptance draws each, rows under the
-    session's own seed) into `folder`'s results.csv and summary.csv; the DiP-SD plans it used
-    (per session, as validation.fleet compares them with the run's)."""
+    session's own seed) into `folder`'s results.csv and summary.csv. A DiP-SD session
+    executes the plan the testbed ran (`ran`, per `p<point>_<policy>_s<seed>`: run_plans)
+    where there is one, else re-plans for the speeds it is given; returns per DiP-SD session
+    the plan it used (batches, lengths) and whence ("testbed" or "re-planned")."""
     folder.mkdir(parents=True, exist_ok=True)
+    ran = ran or {}
     requests, summary, plans = [], [], {}
-    for (index, policy), (position, done) in simulate_sessions(points, changes, draws).items():
+    done_by: dict[tuple[int, str], tuple[int, list[Any]]] = {}
+    for key, change in sorted(changes.items()):
+        index, policy, seed = key
+        name = f"p{index}_{policy}_s{seed}"
+        mine = list(points)
+        if name in ran:
+            mine[index] = with_plan(points[index], policy, ran[name])
+        for pair, (position, done) in simulate_sessions(mine, {key: change}, draws).items():
+            done_by.setdefault(pair, (position, []))[1].extend(done)
+            task = done[0][1]
+            if name in ran:
+                fixed = ran[name]
+                plans[name] = {"batches": [list(b) for b in fixed.batches],
+                               "lengths": list(fixed.lengths), "source": "testbed"}  # fmt: skip
+            elif getattr(POLICIES[points[index].scenario.policies[position].name][1],
+                         "uses_fleet_plan", False):  # fmt: skip
+                own = session_plan(task.point, task.seed)
+                plans[name] = {"batches": own["batches"], "lengths": own["lengths"],
+                               "source": "re-planned"}  # fmt: skip
+    for (index, policy), (position, done) in done_by.items():
         for seed, task, outcome in done:
             requests += [row | {"seed": seed} for row in request_rows(task, outcome)]
-            entry = task.point.scenario.policies[position]
-            if getattr(POLICIES[entry.name][1], "uses_fleet_plan", False):
-                plans[f"p{index}_{policy}_s{seed}"] = session_plan(task.point, task.seed)
         rows = summary_rows(points[index], {position: [o for _, _, o in done]})
         summary += [row for row in rows if row["policy"] == policy]
     axes = list(points[0].axes)
@@ -235,26 +275,49 @@ def simulate_into(
     return plans
 
 
-def run_plans(real: Path) -> dict[str, Any]:
-    """The DiP-SD plans the testbed ran, per `p<point>_<policy>_s<seed>` (its manifest)."""
-    data = json.loads((real / "manifest.json").read_text())
+def run_plans(real: Path) -> dict[str, FixedPlan]:
+    """The DiP-SD plans the testbed ran, per `p<point>_<policy>_s<seed>` (OUT/real's manifest;
+    one that is not a plan: one-line ConfigError)."""
+    manifest = real / "manifest.json"
+    data = json.loads(manifest.read_text())
     sessions = {}
     for index, point in (data.get("testbed", {}).get("points") or {}).items():
         for name, session in (point.get("sessions") or {}).items():
-            if "plan" in session:
-                sessions[f"p{index}_{name}"] = session["plan"]
+            if "plan" not in session:
+                continue
+            plan = session["plan"]
+            if isinstance(plan, dict):  # the run's planned throughput is not the plan's
+                plan = {k: v for k, v in plan.items() if k in ("batches", "lengths")}
+            try:
+                sessions[f"p{index}_{name}"] = FixedPlan.model_validate(plan)
+            except ValidationError as exc:
+                where = f"testbed.points.{index}.sessions.{name}.plan"
+                raise from_validation_error(manifest, exc, FixedPlan, prefix=where) from None
     return sessions
 
 
-def plan_notes(plans: dict[str, dict[str, bool]]) -> list[str]:
-    """A line per prediction whose DiP-SD sessions ran another plan than the testbed's."""
-    return [
-        f"{NAMES[name]}: the simulator re-planned DiP-SD for the speeds it was given, so "
-        f"{', '.join(sorted(k for k, same in used.items() if not same))} verified another plan "
-        "than the testbed ran (manifest: dipsd_plan_as_run)"
-        for name, used in plans.items()
-        if not all(used.values())
-    ]
+def same_plan(used: dict[str, Any], ran: FixedPlan | None) -> bool:
+    """Whether a prediction's DiP-SD plan has the batches and draft lengths the run had."""
+    if ran is None:
+        return False
+    return used["batches"] == [list(b) for b in ran.batches] and used["lengths"] == list(
+        ran.lengths
+    )
+
+
+def plan_notes(plans: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """A line per prediction with DiP-SD sessions: which plan they verified."""
+    notes = []
+    for name, used in plans.items():
+        replanned = sorted(key for key, plan in used.items() if plan["source"] != "testbed")
+        if used and not replanned:
+            notes.append(f"{NAMES[name]}: DiP-SD verified the plan the testbed ran (its "
+                         "manifest's batches and draft lengths)")  # fmt: skip
+        elif replanned:
+            notes.append(f"{NAMES[name]}: the run's manifest has no DiP-SD plan for "
+                         f"{', '.join(replanned)}; the simulator re-planned for the speeds it "
+                         "was given (manifest: dipsd_plans)")  # fmt: skip
+    return notes
 
 
 def validate_fleet(
@@ -299,10 +362,10 @@ def predict_fleet(
         "run_speed": {key: at_speed.get(key, per_edge({}, {})) for key in sessions},
     }
     ran = run_plans(real)
-    plans = {}
-    for name, folder in folders.items():
-        used = simulate_into(split, changes[name], draws, folder)
-        plans[name] = {key: plan == ran.get(key) for key, plan in used.items()}
+    plans = {name: simulate_into(split, changes[name], draws, folder, ran)
+             for name, folder in folders.items()}  # fmt: skip
+    as_run = {name: {key: same_plan(plan, ran.get(key)) for key, plan in used.items()}
+              for name, used in plans.items()}  # fmt: skip
     tables = fleet_tables(folders, real)
     write_fleet_tables(tables, out_dir, plan_notes(plans))
     write_json(out_dir / "manifest.json", {
@@ -318,7 +381,8 @@ def predict_fleet(
         "predictions": {name: str(folder) for name, folder in folders.items()},
         "acceptance_draws": draws,
         "mean_run_speeds": factors,
-        "dipsd_plan_as_run": plans,
+        "dipsd_plans": plans,
+        "dipsd_plan_as_run": as_run,
         "lossless": "not checked in a many-edge run",
         "headline": tables.headline,
         "status": "complete",
