@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from models.registry import MODEL_NAMES, resolve_model
 from models.shapes import SHAPES, get_shape
 from realrun.cloud.settings import ServerSettings
-from realrun.fleet import run_fleet
+from realrun.fleet import fleet_skip_reason, run_fleet
 from realrun.local import (
     ACCEPTANCE_MODES,
     LOCAL_KIND,
@@ -339,9 +339,14 @@ def testbed_progress(quiet: bool, total: int) -> Iterator[Callable[[str], None]]
 
 
 def testbed_requests(points: list[Any], sampling: SamplingSpec | None = None) -> int:
-    """Requests the testbed runs over all points (for the progress bar)."""
+    """Progress steps the testbed runs over all points (for the progress bar): requests on
+    one edge; on many edges (`[[edge_groups]]`) sessions, one per policy the fleet runs
+    (DiP-SD included) and seed, as realrun.fleet advances the bar once per session."""
 
     scenario = points[0].scenario
+    if scenario.model.edge_groups:
+        runnable = sum(1 for e in scenario.policies if fleet_skip_reason(e.name) is None)
+        return len(points) * runnable * len(scenario.model.seeds)
     runnable = sum(1 for e in scenario.policies if entry_skip_reason(e, sampling) is None)
     return len(points) * runnable * len(scenario.model.seeds) * scenario.model.prompts.count
 
