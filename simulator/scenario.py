@@ -406,7 +406,8 @@ def _check_policy_needs(
     group_profiles: tuple[LoadedProfile | None, ...],
 ) -> None:
     """Policies that need more than the basics: split inference a profile `split` section,
-    DiP-SD an i.i.d. acceptance model (its optimiser's assumption)."""
+    DiP-SD an i.i.d. acceptance model (its optimiser's assumption) and a fixed plan one draft
+    length per edge."""
     used = [profile, *(p for p in group_profiles if p is not None)]
     for entry in policies:
         for loaded in used:
@@ -417,6 +418,11 @@ def _check_policy_needs(
             if entry.name == "dipsd" and not isinstance(acceptance, IIDAcceptance):
                 problem = f"policy {entry.label!r} needs the 'iid' acceptance model"
                 raise ConfigError(path, "acceptance.kind", problem)
+        plan = getattr(entry.params, "plan", None)  # DiP-SD's fixed plan: one length per edge
+        edges = sum(group.count for group in model.edge_groups) or 1
+        if plan is not None and len(plan.lengths) != edges:
+            problem = f"plans {len(plan.lengths)} edges; the scenario has {edges}"
+            raise ConfigError(path, f"policies.{entry.label}.plan.lengths", problem)
 
 
 def _named_file(owner: Path, field: str, relative: str, what: str) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from policies.dipsd.policy import FixedPlan
 from simulator.dipsd_plan import fleet_plan, plan_batches
 from simulator.engine import simulate
 from simulator.errors import ConfigError
@@ -99,4 +100,12 @@ def test_bad_plans_are_refused_in_one_line(batches, lengths, field, problem) -> 
 def test_a_plan_for_another_edge_count_is_refused_in_one_line() -> None:
     overrides = [*SHORT, plan_override([[0, 1], [2, 3]], [3, 3, 3, 3])]
     with pytest.raises(ConfigError, match=r"plan\.lengths: plans 4 edges; the scenario has 6"):
-        run(overrides)
+        expand_sweep(SCENARIO, overrides)
+    # a plan given after loading (as the fleet validation gives the run's) is checked by the
+    # simulator itself
+    scenario = expand_sweep(SCENARIO, SHORT)[0].scenario
+    entry = next(p for p in scenario.policies if p.label == "dipsd")
+    plan = FixedPlan(batches=((0, 1), (2, 3)), lengths=(3, 3, 3, 3))
+    entry = entry.model_copy(update={"params": entry.params.model_copy(update={"plan": plan})})
+    with pytest.raises(ConfigError, match=r"plan\.lengths: plans 4 edges; the scenario has 6"):
+        simulate(scenario, entry, seed=1)
