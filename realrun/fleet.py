@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from policies.registry import POLICIES
+from policies.registry import POLICIES, make_policy
 from realrun.fleet_trace import CLOUD_COLUMNS, cloud_rows
 from realrun.link.netns import unavailable_reason
 from realrun.link.reaper import die_with_parent, start_reaper, stop_reaper
@@ -51,6 +51,7 @@ from realrun.local import (
 from realrun.local import batch_rule as point_batch_rule
 from realrun.testbed import COMPUTE_FILES, body_limit, skip_reason
 from simulator.dipsd_plan import fleet_plan, plan_batches
+from simulator.engine import scenario_plan
 from simulator.errors import ConfigError
 from simulator.fleet import edge_specs
 from simulator.results import write_table
@@ -96,8 +97,8 @@ def check_fleet(
     for point in points:
         body_limit(point.scenario)  # one line if a payload needs bodies past the ceiling
         planned = [e for e in point.scenario.policies if _uses_plan(e.name)]
-        for seed in point.scenario.model.seeds if planned else ():
-            session_plan(point, seed)  # one line if the scenario cannot make a plan
+        for seed, entry in ((s, e) for s in point.scenario.model.seeds for e in planned):
+            session_plan(point, seed, entry.label)  # one line if the scenario cannot make a plan
     if options.sampling is not None:
         raise ConfigError("--temperature", str(options.sampling.temperature),
                           "not available on a many-edge testbed (greedy only)")  # fmt: skip
@@ -121,10 +122,16 @@ def _uses_plan(name: str) -> bool:
     return bool(getattr(POLICIES[name][1], "uses_fleet_plan", False))
 
 
-def session_plan(point: SweepPoint, seed: int) -> dict[str, Any]:
-    """DiP-SD's plan for `seed`'s edges, computed as the simulator computes it: the batches
-    (edge indices, in verification order), each edge's draft length, the planned throughput."""
-    plan = fleet_plan(point.scenario, edge_specs(point.scenario, seed))
+def session_plan(point: SweepPoint, seed: int, label: str | None = None) -> dict[str, Any]:
+    """DiP-SD's plan for `seed`'s edges, made as the simulator makes it (policy `label`'s fixed
+    `plan` where it gives one, else the optimiser's): the batches (edge indices, in
+    verification order), each edge's draft length, the planned throughput."""
+    scenario, specs = point.scenario, edge_specs(point.scenario, seed)
+    entry = next((e for e in scenario.policies if e.label == label), None)
+    if entry is None:
+        plan = fleet_plan(scenario, specs)
+    else:
+        plan = scenario_plan(scenario, specs, entry, make_policy(entry.name, entry.params, seed))
     return {
         "batches": [list(batch) for batch in plan_batches(plan)],
         "lengths": list(plan.lengths),
@@ -367,7 +374,7 @@ def run_fleet_point(
                     for label in runnable:
                         session = point_dir / "edges" / f"{label}_s{seed}"
                         name = next(e.name for e in point.scenario.policies if e.label == label)
-                        plan = session_plan(point, seed) if _uses_plan(name) else None
+                        plan = session_plan(point, seed, label) if _uses_plan(name) else None
                         folders = run_session(scenario_path, point, options, seed, label,
                                               links, port, session, plan)  # fmt: skip
                         clocks = clock_check(folders)

@@ -260,7 +260,7 @@ def simulate_into(
                                "lengths": list(fixed.lengths), "source": "testbed"}  # fmt: skip
             elif getattr(POLICIES[points[index].scenario.policies[position].name][1],
                          "uses_fleet_plan", False):  # fmt: skip
-                own = session_plan(task.point, task.seed)
+                own = session_plan(task.point, task.seed, policy)
                 plans[name] = {"batches": own["batches"], "lengths": own["lengths"],
                                "source": "re-planned"}  # fmt: skip
     for (index, policy), (position, done) in done_by.items():

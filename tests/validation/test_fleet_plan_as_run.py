@@ -87,3 +87,13 @@ def test_a_bad_plan_in_the_runs_manifest_is_one_line(tmp_path, plan, field) -> N
         run_plans(real)
     assert str(error.value).startswith(str(real / "manifest.json") + ": testbed.points.0.")
     assert "\n" not in str(error.value)
+
+
+def test_the_testbed_runs_a_scenarios_fixed_plan() -> None:
+    fixed = f"policies.dipsd.plan={{batches={RAN['batches']}, lengths={RAN['lengths']}}}"
+    point = expand_sweep(SCENARIO, [*SHORT, fixed])[0]
+    plan = session_plan(point, 1, "dipsd")
+    # the run's batches in their order, each listing its edges in index order
+    assert plan["batches"] == [sorted(b) for b in RAN["batches"]]
+    assert plan["lengths"] == RAN["lengths"]
+    assert {k: session_plan(point, 1)[k] for k in RAN} != RAN  # no label: the optimiser's
