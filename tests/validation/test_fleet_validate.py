@@ -176,5 +176,9 @@ def test_dipsd_validates_with_the_plan_the_testbed_ran(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["dipsd_plan_as_run"]["calibration"] == {"p0_dipsd_s1": True}
+    for name in ("calibration", "replayed", "run_speed"):  # all three check the run's plan
+        assert manifest["dipsd_plans"][name]["p0_dipsd_s1"]["source"] == "testbed"
+        assert manifest["dipsd_plan_as_run"][name] == {"p0_dipsd_s1": True}
+    assert "DiP-SD verified the plan the testbed ran" in (out / "fleet_validation.md").read_text()
     with (out / "fleet_edges.csv").open(newline="") as handle:
         assert sorted(row["edge"] for row in csv.DictReader(handle)) == ["0", "1", "2"]
