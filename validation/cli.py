@@ -210,7 +210,8 @@ def print_validation(
             highlight=False,
         )
     console.print(
-        f"|TPT error| over {headline['rows']} rows: median {_percent(median).lstrip('+')} "
+        f"calibration alone: |TPT error| over {headline['rows']} rows: "
+        f"median {_percent(median).lstrip('+')} "
         f"(goal <= {100 * GOAL_MEDIAN:.0f}%: {verdict(met['median'])}), "
         f"p90 {_percent(p90).lstrip('+')} (goal <= {100 * GOAL_P90:.0f}%: {verdict(met['p90'])})",
         highlight=False,
@@ -227,9 +228,11 @@ def print_validation(
     if "lossless" in headline:
         console.print(lossless_line(headline["lossless"]), highlight=False)
     if headline["ranking_identical"]:
-        console.print("TPT ranking: identical at every sweep point (goal: identical: met)")
+        console.print("calibration alone: TPT ranking identical at every sweep point (goal: met)")
     else:
-        console.print("TPT ranking differs (goal: identical: missed):", highlight=False)
+        console.print(
+            "calibration alone: TPT ranking differs (goal: identical: missed):", highlight=False
+        )
         for mismatch in headline["ranking_mismatches"]:
             console.print(
                 f"  point {mismatch['point']}: real {' < '.join(mismatch['real'])}; "
@@ -239,7 +242,8 @@ def print_validation(
     separated = headline.get("ranking_of_separated_pairs")
     if separated:
         console.print(
-            f"TPT ranking of the {separated['separated_pairs']} of {separated['pairs']} policy "
+            f"calibration alone: TPT ranking of the {separated['separated_pairs']} of "
+            f"{separated['pairs']} policy "
             "pairs the real run separates beyond chance (paired t-test over its requests, 95%): "
             f"{'identical' if separated['identical'] else 'differs'}",
             highlight=False,
@@ -256,6 +260,14 @@ def print_validation(
         console.print(f"skipped (the testbed cannot run them): {listed}", highlight=False)
 
 
+def _separated_cell(separated: dict[str, Any] | None) -> str:
+    """'k of n in order' for validate.separated_ranking's figures ('-' when not computed)."""
+    if separated is None:
+        return "-"
+    total = separated["separated_pairs"]
+    return f"{total - len(separated['mismatches'])} of {total} in order"
+
+
 PREDICTION_NAMES = {
     "calibration": "calibration alone",
     "replayed_compute_traces": "recorded compute traces replayed",
@@ -267,7 +279,8 @@ def print_predictions(console: Console, predictions: dict[str, Any]) -> None:
     """The three predictions side by side (validation.validate.three_predictions), the one
     the goals apply to marked; a run that recorded no compute traces says so in one line."""
     table = Table(header_style="bold", title="TPT predictions of this run")
-    for title in ("prediction", "median |err|", "p90 |err|", "ranking", "goals"):
+    titles = ("prediction", "median |err|", "p90 |err|", "ranking", "separated pairs", "goals")
+    for title in titles:
         table.add_column(title, justify="left" if title == "prediction" else "right")
     for key, name in PREDICTION_NAMES.items():
         figures = predictions.get(key)
@@ -279,9 +292,15 @@ def print_predictions(console: Console, predictions: dict[str, Any]) -> None:
             _percent(figures["tpt_abs_error_median"]).lstrip("+"),
             _percent(figures["tpt_abs_error_p90"]).lstrip("+"),
             "identical" if figures["ranking_identical"] else "differs",
+            _separated_cell(figures.get("separated_pairs")),
             "met" if goals["median"] and goals["p90"] else "missed",
         )
     console.print(table)
+    console.print(
+        "separated pairs: of the policy pairs the real run separates beyond chance (paired "
+        "t-test, 95%), how many the prediction orders as the real run does",
+        highlight=False,
+    )
     if predictions.get("replayed_compute_traces") is None:
         console.print(
             "no compute traces recorded in this run (real/compute_edge.csv, compute_cloud.csv: "

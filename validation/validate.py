@@ -309,9 +309,8 @@ def write_validation(
         row.update(zip(REPLAYED, (tpt, relative_error(tpt, row["tpt_ms_real"])), strict=True))
     write_table(out_dir / "validation.csv", validation_columns(axes), rows)
     headline = summarise_validation(rows)
-    headline["ranking_of_separated_pairs"] = separated_ranking(
-        rows, separated_pairs(out_dir / "real" / "results.csv")
-    )
+    pairs = separated_pairs(out_dir / "real" / "results.csv")
+    headline["ranking_of_separated_pairs"] = separated_ranking(rows, pairs)
     at_speed = error_stats([r["tpt_ms_err_at_run_speed"] for r in rows])
     at_speed_mismatches = ranking_mismatches(
         [{**r, "tpt_ms_sim": r["tpt_ms_sim_at_run_speed"]} for r in rows]
@@ -333,20 +332,28 @@ def write_validation(
             "reference timed just before it (realrun.edge.speed_probe): a prediction that uses no "
             "timing of the validated sessions",
         }
-    headline["predictions"] = three_predictions(rows, replayed is not None)
+    headline["predictions"] = three_predictions(rows, replayed is not None, pairs)
     write_json(out_dir / "manifest.json", {**extra_manifest, **headline, "status": "complete"})
     return rows, headline
 
 
-def three_predictions(rows: Sequence[dict[str, Any]], recorded: bool) -> dict[str, Any]:
+def three_predictions(
+    rows: Sequence[dict[str, Any]],
+    recorded: bool,
+    pairs: dict[int, list[tuple[str, str, float, float]]] | None = None,
+) -> dict[str, Any]:
     """The headline figures (`summarise_validation`) of the three predictions side by side:
     calibration alone, the recorded compute traces replayed (None where the run recorded
-    none) and each policy at its mean run speed; which one the goals apply to, and why."""
+    none) and each policy at its mean run speed; which one the goals apply to, and why.
+    With the real run's separated `pairs`, each prediction's order of those pairs too."""
 
     def summary(column: str) -> dict[str, Any]:
         moved = [{**r, "tpt_ms_sim": r[f"tpt_ms_sim{column}"],
                   "tpt_ms_err": r[f"tpt_ms_err{column}"]} for r in rows]  # fmt: skip
-        return summarise_validation(moved)
+        figures = summarise_validation(moved)
+        if pairs is not None:
+            figures["separated_pairs"] = separated_ranking(moved, pairs)
+        return figures
 
     return {
         "calibration": summary(""),
