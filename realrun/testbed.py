@@ -283,7 +283,7 @@ def sampling_info(
         "top_k": top_k[0],
         "top_k_from": top_k[1],
         "confidence": "max q (the top-1 probability of the draft distribution drawn from)",
-        "seeds": "per (scenario seed, request): realrun.edge.executor.EdgeSampling (edge draws, "
+        "seeds": "per (scenario seed, request): realrun.edge.drafts.EdgeSampling (edge draws, "
         "and the server session's seed)",
     }
 

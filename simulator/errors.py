@@ -17,6 +17,11 @@ class ConfigError(Exception):
         where = f"{self.source}: {field}: " if field else f"{self.source}: "
         super().__init__(where + problem)
 
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, str, str]]:
+        """Pickle by the three fields, so an error raised in a worker process reaches the
+        parent as itself (Exception's default pickling passes one argument)."""
+        return (ConfigError, (self.source, self.field, self.problem))
+
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
     """The pydantic models an annotation admits (through Annotated, Optional and unions)."""

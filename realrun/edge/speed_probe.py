@@ -3,7 +3,7 @@
 Why: this machine's speed drifts by tens of percent within minutes (docs/validation.md), so a
 profile measured even one minute before a run mispredicts it. Before each (policy, seed)
 session the testbed times a fixed workload through the very objects the session then uses:
-`steps` greedy draft steps with the edge's draft (realrun.edge.executor's `GreedyDraft`), and
+`steps` greedy draft steps with the edge's draft (realrun.edge.drafts' `GreedyDraft`), and
 `verifies` verifications of `tokens` drafts each on a throwaway session of the cloud server (the
 server's reported target time). Each speed is the profile's predicted time for that workload
 over the measured time (> 1: faster than the profile). `pipesd validate` simulates every
