@@ -7,6 +7,7 @@ server's batches (one batch: one size and one target-time float, which every NAV
 given; NAVs sharing both are split in time order), and each batch's speed against the profile
 is its predicted forward over its NAVs (the simulator's batch cost, simulator/cloud.py) over its
 measured target time: the cloud's compute trace (compute_cloud.csv, one row per batch).
+`prefill_row` adds the cloud's other job, each request's prompt prefill, which those rows miss.
 """
 
 from __future__ import annotations
@@ -66,4 +67,26 @@ def cloud_rows(
     return rows
 
 
-__all__ = ["CLOUD_COLUMNS", "batch_predicted_s", "cloud_rows", "group_batches"]
+def prefill_row(
+    prompt_len: int,
+    cloud_busy_s: float,
+    navs: Sequence[dict[str, Any]],
+    sent_s: float,
+    target: TargetLatency,
+) -> dict[str, Any] | None:
+    """A request's cloud prefill as a compute row (t_s, measured_s, predicted_s, factor), or
+    None where it has none: its measured time is the request's cloud share less its NAVs'
+    (`cloud_busy_s` is the share realrun.request_costs.cloud_share_s counts: each batch's target
+    time over its size, plus the prefill), and it ends when the request's first message after
+    the open was sent (`sent_s`: the edge sends nothing before the open's answer). Without it
+    the simulator serves a prefill at the speed of the batch before it, though under the same
+    contention a 40-token prefill runs far nearer the profile than a small batch does."""
+    measured = cloud_busy_s - sum(float(n["target_ms"]) / int(n["batch_size"]) for n in navs) / 1e3
+    if measured <= 0:
+        return None
+    predicted = target.prefill_s(prompt_len)
+    return {"t_s": sent_s - measured, "measured_s": measured, "predicted_s": predicted,
+            "factor": predicted / measured}  # fmt: skip
+
+
+__all__ = ["CLOUD_COLUMNS", "batch_predicted_s", "cloud_rows", "group_batches", "prefill_row"]

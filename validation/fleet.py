@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from policies.dipsd.policy import FixedPlan
 from policies.registry import POLICIES
 from realrun.fleet import run_fleet, session_plan
+from realrun.fleet_trace import prefill_row
 from realrun.local import REALRUN_PACKAGES, LocalOptions
 from realrun.testbed import COMPUTE_FILES
 from simulator.compute import MAX_SPEED_FACTOR
@@ -120,8 +121,45 @@ def read_costs(
             for row in csv.DictReader(handle):
                 key = (int(row["point"]), row["policy"], int(row["seed"]))
                 costs.setdefault(key, {}).setdefault("cloud", []).append(row)
+    for key, rows in prefill_costs(real, points).items():
+        cloud = costs.setdefault(key, {}).setdefault("cloud", [])
+        cloud += rows
+        cloud.sort(key=lambda row: float(row["t_s"]))
     for key, edges in edge_costs(real, points).items():
         costs.setdefault(key, {}).update(edges)
+    return costs
+
+
+def prefill_costs(real: Path, points: Sequence[SweepPoint]) -> dict[Session, list[dict[str, Any]]]:
+    """Per session, a cloud compute row per request for its prompt prefill
+    (realrun.fleet_trace.prefill_row): the cloud's per-batch trace has none, so the simulator
+    would serve every prefill at the speed of the batch before it."""
+    costs: dict[Session, list[dict[str, Any]]] = {}
+    for folder in sorted(real.glob("points/p*/edges/*_s*/e*")):
+        index = int(folder.parts[-4][1:])
+        label, seed = folder.parts[-2].rsplit("_s", 1)
+        target = points[index].scenario.profile.profile.target_latency
+        navs: dict[int, list[dict[str, str]]] = {}
+        with (folder / "batches.csv").open(newline="") as handle:
+            for nav in csv.DictReader(handle):
+                navs.setdefault(int(nav["request"]), []).append(nav)
+        sent: dict[int, float] = {}  # each request's first message after its open
+        for path in sorted((folder / "timelines").glob("*.csv")):
+            with path.open(newline="") as handle:
+                for span in csv.DictReader(handle):
+                    if span["lane"] in ("cloud", "uplink"):
+                        request, start = int(span["request"]), float(span["start_s"])
+                        sent[request] = min(sent.get(request, start), start)
+        rows = costs.setdefault((index, label, int(seed)), [])
+        with (folder / "results.csv").open(newline="") as handle:
+            for record in csv.DictReader(handle):
+                request = int(record["request"])
+                if request not in sent:
+                    continue
+                row = prefill_row(int(record["prompt_len"]), float(record["cloud_busy_s"]),
+                                  navs.get(request, []), sent[request], target)  # fmt: skip
+                if row is not None:
+                    rows.append(row)
     return costs
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from realrun.fleet_trace import batch_predicted_s, cloud_rows, group_batches
+from realrun.fleet_trace import batch_predicted_s, cloud_rows, group_batches, prefill_row
 from simulator.profile import TargetLatency
 
 TARGET = TargetLatency(
@@ -59,3 +59,17 @@ def test_cloud_rows_give_each_batch_its_factor():
     assert rows[1]["measured_s"] == pytest.approx(0.05)
     assert rows[1]["factor"] == pytest.approx(TARGET.forward_s(6, 80, 2, 240) / 0.05)
     assert all(r["policy"] == "vanilla" and r["seed"] == 1 for r in rows)
+
+
+def test_a_requests_prefill_is_its_cloud_share_less_its_navs():
+    """The prefill's time is the request's cloud share (each batch's target time over its size,
+    plus the prefill) less its NAVs' shares; it ended when the first message after the open
+    was sent."""
+    navs = [nav(0, 2, 50.0, 1.0), nav(0, 1, 20.0, 1.2)]
+    row = prefill_row(40, 0.025 + 0.020 + 0.100, navs, sent_s=0.5, target=TARGET)
+    assert row is not None
+    assert row["measured_s"] == pytest.approx(0.100)
+    assert row["t_s"] == pytest.approx(0.4)
+    assert row["predicted_s"] == pytest.approx(TARGET.prefill_s(40))
+    assert row["factor"] == pytest.approx(TARGET.prefill_s(40) / 0.100)
+    assert prefill_row(40, 0.045, navs, sent_s=0.5, target=TARGET) is None  # no prefill left
