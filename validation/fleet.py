@@ -113,8 +113,8 @@ def read_costs(
     real: Path, points: Sequence[SweepPoint]
 ) -> dict[Session, dict[str, list[dict[str, Any]]]]:
     """Per session, the recorded compute rows by side: "cloud" from every point's
-    compute_cloud.csv (one per batch, realrun.fleet_trace) and "edge<e>" per edge
-    (`edge_costs`)."""
+    compute_cloud.csv (one per batch, realrun.fleet_trace) with each request's prefill
+    (`prefill_costs`), in time order, and "edge<e>" per edge (`edge_costs`)."""
     costs: dict[Session, dict[str, list[dict[str, Any]]]] = {}
     for path in sorted(real.glob(f"points/p*/{COMPUTE_FILES['cloud']}")):
         with path.open(newline="") as handle:
