@@ -139,6 +139,8 @@ def prefill_costs(real: Path, points: Sequence[SweepPoint]) -> dict[Session, lis
         index = int(folder.parts[-4][1:])
         label, seed = folder.parts[-2].rsplit("_s", 1)
         target = points[index].scenario.profile.profile.target_latency
+        if not (folder / "batches.csv").is_file():  # no NAV shares: the prefill is unknown
+            continue
         navs: dict[int, list[dict[str, str]]] = {}
         with (folder / "batches.csv").open(newline="") as handle:
             for nav in csv.DictReader(handle):
