@@ -207,13 +207,17 @@ def states_full(scenario: Scenario, entry: PolicyEntry) -> bool:
 def full_row_bytes(scenario: Scenario, entry: PolicyEntry) -> int | None:
     """Bytes per probability of `entry`'s full draft distributions on the wire (None unless
     the scenario states its payload kind as "full": `states_full`): the profile's
+    `row_probability_bytes` (what the simulator charges then too), else its
     `probability_bytes` rounded down to a float width (2, 4 or 8: float16/32/64; msgpack's
-    9-byte float64 travels as 8)."""
+    9-byte float64 travels as 8, one byte less than the simulator charges)."""
     from realrun.protocol import ROW_DTYPES  # msgpack, as the other protocol imports here
 
     if not states_full(scenario, entry):
         return None
-    size = max(scenario.profile.profile.payload.probability_bytes, 2)
+    payload = scenario.profile.profile.payload
+    if payload.row_probability_bytes is not None:
+        return payload.row_probability_bytes
+    size = max(payload.probability_bytes, 2)
     return max(b for b in ROW_DTYPES if b <= size)
 
 

@@ -48,6 +48,12 @@ class Payload:
         return self.message_header + self.token_id
 
 
+def row_probability_bytes(profile: PayloadProfile) -> int:
+    """Bytes per probability in a full draft distribution on the wire: the profile's packed
+    row width when it states one, else its `probability_bytes` (one msgpack number each)."""
+    return profile.row_probability_bytes or profile.probability_bytes
+
+
 def payload_for(profile: PayloadProfile, section: PayloadSection) -> Payload:
     """Bytes per draft token for the scenario's payload kind.
 
@@ -63,7 +69,9 @@ def payload_for(profile: PayloadProfile, section: PayloadSection) -> Payload:
         "token_id": ident,
         "token_prob": ident + prob,
         "topk": ident + MSGPACK_ARRAY_HEADER_BYTES + section.top_k * (profile.index_bytes + prob),
-        "full": ident + MSGPACK_ARRAY_HEADER_BYTES + profile.vocab_size * prob,
+        "full": ident
+        + MSGPACK_ARRAY_HEADER_BYTES
+        + profile.vocab_size * row_probability_bytes(profile),
     }[section.kind]
     per_answer = (
         MSGPACK_ARRAY_HEADER_BYTES + section.downlink_top_k * (profile.index_bytes + prob)

@@ -310,6 +310,11 @@ class PayloadProfile(Strict):
     index_bytes: int = Field(
         5, ge=1, le=MAX_ITEM_BYTES, description="one vocabulary index in a sparse list"
     )
+    row_probability_bytes: Literal[2, 4, 8] | None = Field(
+        None,
+        description="one probability of a full draft distribution sent as a packed row "
+        "(float16/32/64, as the testbed sends them); None: probability_bytes",
+    )
     message_header_bytes: int = Field(64, ge=0, le=MAX_MESSAGE_BYTES)
     message_ack_bytes: int = Field(
         0,

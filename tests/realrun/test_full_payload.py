@@ -212,3 +212,21 @@ def test_pipesd_full_rows_end_to_end_through_the_software_shaper():
                 assert info.value.status == 413
     finally:
         draft.close()
+
+
+def test_simulator_and_testbed_agree_on_a_stated_row_width(tmp_path):
+    """A profile's `row_probability_bytes` is what the testbed packs and what the simulator
+    charges per probability of a full row; without it the simulator charges probability_bytes."""
+    from simulator.payload import MSGPACK_ARRAY_HEADER_BYTES, payload_for
+
+    scenario = expand_sweep(_scenario(tmp_path))[0].scenario
+    _, pipesd = scenario.policies
+    payload_profile = scenario.profile.profile.payload
+    assert payload_profile.row_probability_bytes == 8  # the CPU testbed's profile states it
+    assert full_row_bytes(scenario, pipesd) == 8
+    per_token = payload_for(payload_profile, pipesd.payload).per_draft_token
+    base = payload_profile.token_id_bytes + MSGPACK_ARRAY_HEADER_BYTES
+    assert per_token == base + payload_profile.vocab_size * 8
+    unstated = payload_profile.model_copy(update={"row_probability_bytes": None})
+    unstated_per_token = payload_for(unstated, pipesd.payload).per_draft_token
+    assert unstated_per_token == base + payload_profile.vocab_size * 9
