@@ -55,6 +55,13 @@ class CloudError(RuntimeError):
         self.path = path
 
 
+KEEPALIVE_EXPIRY_S = 2.0
+"""The client drops a connection idle this long, well before the server closes it
+(realrun.cloud.settings.ServerSettings.keep_alive_s, 5 s): with equal timeouts a request sent
+on a connection the server is closing fails ("Server disconnected without sending a
+response"), and the edge took that for a lost cloud (runs 16 and 18, one request each)."""
+
+
 class CloudClient:
     """`CloudClient("http://127.0.0.1:8600", token)`: open/upload/verify/close return dicts.
 
@@ -74,7 +81,11 @@ class CloudClient:
         if token:
             headers[TOKEN_HEADER] = token
         self.http = httpx.Client(
-            base_url=url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+            base_url=url.rstrip("/"),
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S),
         )
 
     def __enter__(self) -> CloudClient:
