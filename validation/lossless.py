@@ -7,7 +7,9 @@ request r's prompt is the scenario's prompt family's r-th (cycling). The referen
 attention, one token per step, no stop at end of generation, as the testbed's edge), computed
 once per distinct (prompt, max_new_tokens). Greedy verification by a llama.cpp target only:
 synthetic acceptance keeps only positions, and sampling is lossless in distribution, not
-token for token.
+token for token. A request the edge finished with its draft alone after losing the cloud
+(`local_tokens`, realrun/edge/offline.py: availability over losslessness, by design) passes
+when its cloud-verified tokens equal the reference, and is counted apart.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from simulator.results import write_table
 from simulator.scenario import SweepPoint
 
 LOSSLESS_COLUMNS = ("point", "policy", "seed", "request", "prompt_id", "tokens", "equal",
-                    "first_mismatch")  # fmt: skip
+                    "first_mismatch", "local_tokens", "verified_equal")  # fmt: skip
 """OUT/lossless.csv: each request's verdict; `first_mismatch` is the first output position
-where it parts from the reference (empty when equal)."""
+where it parts from the reference (empty when equal); `local_tokens` the output the edge's
+draft finished alone after the cloud was lost (results.csv), `verified_equal` whether the
+tokens before them (the cloud-verified ones) equal the reference."""
 
 MAX_LISTED = 10
 """Mismatching requests listed in the manifest (all are in lossless.csv)."""
@@ -47,6 +51,15 @@ def read_outputs(path: Path) -> list[dict[str, str]]:
     """OUT/real/outputs.csv as rows of text."""
     with path.open(newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def read_local_tokens(results: Path) -> dict[tuple[str, str, str, str], int]:
+    """Per (point, policy, seed, request), the tokens its edge finished alone (results.csv)."""
+    if not results.is_file():
+        return {}
+    with results.open(newline="") as handle:
+        return {(r["point"], r["policy"], r["seed"], r["request"]): int(r.get("local_tokens") or 0)
+                for r in csv.DictReader(handle)}  # fmt: skip
 
 
 def check_lossless(
@@ -71,6 +84,7 @@ def check_lossless(
         def reference(target: Path, prompt: str, n: int, threads: int) -> list[int]:
             return target_greedy(target, prompt, n, threads, stop_at_eos=False)
 
+    local = read_local_tokens(real_dir / "results.csv")
     by_index = {point.index: point for point in points}
     cache: dict[tuple[str, int], list[int]] = {}
     rows: list[dict[str, Any]] = []
@@ -87,16 +101,23 @@ def check_lossless(
         expected = cache[(prompt.id, n)]
         mismatch = first_mismatch(tokens, expected)
         equal = mismatch is None
+        key = (out["point"], out["policy"], out["seed"], out["request"])
+        n_local = local.get(key, 0)
+        verified_equal = equal or (n_local > 0 and mismatch >= len(tokens) - n_local)
         rows.append({**{k: out[k] for k in ("point", "policy", "seed", "request")},
                      "prompt_id": prompt.id, "tokens": len(tokens), "equal": int(equal),
-                     "first_mismatch": "" if equal else mismatch})  # fmt: skip
+                     "first_mismatch": "" if equal else mismatch, "local_tokens": n_local,
+                     "verified_equal": int(verified_equal)})  # fmt: skip
     write_table(out_dir / "lossless.csv", LOSSLESS_COLUMNS, rows)
-    failed = [row for row in rows if not row["equal"]]
+    failed = [row for row in rows if not row["verified_equal"]]
+    finished_locally = [row for row in rows if row["local_tokens"]]
     return {
         "checked": True,
         "requests": len(rows),
-        "equal": len(rows) - len(failed),
+        "equal": sum(row["equal"] for row in rows),
         "passed": bool(rows) and not failed,
+        "finished_locally": len(finished_locally),
+        "finished_locally_rows": finished_locally[:MAX_LISTED],
         "mismatches": failed[:MAX_LISTED],
         "references": len(cache),
         "reference": "calibrate.acceptance.target_greedy: the target loaded as the server "
@@ -110,5 +131,8 @@ def lossless_line(entry: dict[str, Any]) -> str:
     if not entry.get("checked"):
         return f"lossless check: not run ({entry.get('reason', 'no outputs')})"
     verdict = "passed" if entry["passed"] else "FAILED"
+    local = entry.get("finished_locally", 0)
+    note = (f"; {local} finished by the draft alone after the cloud was lost, their "
+            "cloud-verified tokens checked" if local else "")  # fmt: skip
     return (f"lossless check: {entry['equal']} of {entry['requests']} requests equal the "
-            f"target's own greedy output ({verdict}; OUT/lossless.csv)")  # fmt: skip
+            f"target's own greedy output{note} ({verdict}; OUT/lossless.csv)")  # fmt: skip

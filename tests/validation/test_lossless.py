@@ -120,3 +120,32 @@ def test_real_scenario_runs_heldout_humaneval_at_their_mean_length():
     assert len(used) == prompts.count  # distinct prompts, none repeated
     lengths = [len(format_prompt(vocab, p.text)) for p in used]
     assert prompts.prompt_len == round(statistics.mean(lengths))
+
+
+def test_a_request_finished_locally_is_checked_on_its_verified_tokens(write_scenario, tmp_path):
+    scenario = write_scenario(prompts={"count": 2, "prompt_len": 16, "max_new_tokens": 6})
+    points = validation_points(scenario, tmp_path / "profile.json", [], [])
+    texts = [p.text for p in family_prompts("default")]
+    good = [ord(c) for c in texts[0][:6]]
+    local_tail = [*good[:4], 0, 0]  # parts at 4: the draft alone made the last 2
+    write_outputs(
+        tmp_path / "real", [(0, "vanilla", 1, 0, local_tail), (0, "pipesd", 1, 0, local_tail)]
+    )
+    with (tmp_path / "real" / "results.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["point", "policy", "seed", "request", "local_tokens"])
+        writer.writerow([0, "vanilla", 1, 0, 2])  # the cloud was lost after 4 tokens
+        writer.writerow([0, "pipesd", 1, 0, 1])  # lost after 5: token 4 was verified, and wrong
+    options = LocalOptions(target=tmp_path / "t.gguf", draft=tmp_path / "d.gguf")
+    entry = check_lossless(
+        tmp_path / "real", points, options, tmp_path, reference=fake_reference([])
+    )
+    assert entry["equal"] == 0 and entry["finished_locally"] == 2
+    assert [m["policy"] for m in entry["mismatches"]] == ["pipesd"] and not entry["passed"]
+    line = lossless_line(entry)
+    assert "2 finished by the draft alone" in line and "FAILED" in line
+    write_outputs(tmp_path / "real", [(0, "vanilla", 1, 0, local_tail)])
+    entry = check_lossless(
+        tmp_path / "real", points, options, tmp_path, reference=fake_reference([])
+    )
+    assert entry["passed"] and entry["finished_locally"] == 1
