@@ -476,16 +476,22 @@ def test_resume_over_a_damaged_run_is_one_line(
 
 @pytest.mark.parametrize(
     ("depth", "scenario_arg"),
-    [(200_000, "scenario.toml"), (0, "/dev/zero"), (0, "fifo.toml")],
-    ids=["deep TOML", "/dev/zero", "FIFO"],
+    [
+        pytest.param(200_000, "scenario.toml", id="deep TOML"),
+        pytest.param(0, "/dev/zero", id="/dev/zero"),
+        pytest.param(
+            0,
+            "fifo.toml",
+            id="FIFO",
+            marks=pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform"),
+        ),
+    ],
 )
 def test_subprocess_no_traceback_no_hang(tmp_path: Path, depth: int, scenario_arg: str) -> None:
     scenario_text = "v = " + "[" * depth + "]" * depth + "\n" if depth else None
     if scenario_text is not None:
         (tmp_path / "scenario.toml").write_text(scenario_text)
     if scenario_arg == "fifo.toml":
-        if not hasattr(os, "mkfifo"):
-            pytest.skip("no FIFOs on this platform")
         os.mkfifo(tmp_path / "fifo.toml")
     result = subprocess.run(
         [sys.executable, "-m", "pipesd.cli", "run", scenario_arg, "--out", "out", "--quiet"],

@@ -126,7 +126,6 @@ class TargetBackend(Protocol):
 
     def open(self, prompt: list[int], rule: Rule | None = None) -> tuple[str, float]:
         """A new session holding `prompt` (all but its last token prefilled): (id, ms)."""
-        ...
 
     def upload(
         self,
@@ -136,19 +135,15 @@ class TargetBackend(Protocol):
         dists: list[SparseDist] | None = None,
     ) -> int:
         """Append drafts to `sid`'s next verification: the number uploaded since the last."""
-        ...
 
     def verify_batch(self, sids: list[str]) -> list[VerifyResult]:
         """Verify the uploads of distinct sessions, one result each, in order."""
-        ...
 
     def drop(self, sid: str) -> None:
         """Forget a session and free what it held."""
-        ...
 
     def close(self) -> None:
         """Release the model."""
-        ...
 
 
 __all__ = ["Session", "SessionBook", "TargetBackend", "VerifyResult"]
