@@ -27,7 +27,8 @@ from typing import Any
 from calibrate.wire import PacketTap, ack_share
 from realrun.link import netns
 from realrun.local import LocalOptions, cloud_server, free_port
-from realrun.testbed import body_limit, policy_payload, run_testbed
+from realrun.testbed import run_testbed
+from realrun.testbed_rules import body_limit, policy_payload
 from simulator.errors import ConfigError
 from simulator.scenario import SweepPoint, expand_sweep
 

@@ -28,7 +28,8 @@ from realrun.local import (
     ServerError,
     run_local,
 )
-from realrun.testbed import SamplingSpec, check_sampling, entry_skip_reason, run_testbed
+from realrun.testbed import run_testbed
+from realrun.testbed_rules import SamplingSpec, check_sampling, entry_skip_reason
 from simulator.errors import ConfigError
 from simulator.outdir import claim_out_dir, out_dir_arg
 from simulator.scenario import expand_sweep

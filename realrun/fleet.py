@@ -49,7 +49,8 @@ from realrun.local import (
     run_local,
 )
 from realrun.local import batch_rule as point_batch_rule
-from realrun.testbed import COMPUTE_FILES, body_limit, skip_reason
+from realrun.testbed import COMPUTE_FILES
+from realrun.testbed_rules import body_limit, skip_reason
 from simulator.dipsd_plan import fleet_plan, plan_batches
 from simulator.engine import scenario_plan
 from simulator.errors import ConfigError

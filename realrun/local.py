@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from policies.batching import BatchRule
 from realrun.cloud.settings import ServerSettings, settings_for_body
 from realrun.link.reaper import die_with_parent
-from realrun.testbed import (
+from realrun.testbed import run_testbed
+from realrun.testbed_rules import (
     SamplingSpec,
     body_limit,
     check_sampling,
     entry_skip_reason,
-    run_testbed,
     sampling_info,
     verification,
 )
@@ -100,7 +100,7 @@ class LocalOptions:
     `target`: a GGUF file for the llama backend; for the torch backend also a Hugging Face
     folder or a named random-weight shape (models/shapes.py). `target_device`: the server's
     `--device` (cpu, cuda, cuda:N). `sampling`: speculative sampling at the edge and the
-    server (realrun.testbed.SamplingSpec; None: greedy); not with synthetic acceptance.
+    server (realrun.testbed_rules.SamplingSpec; None: greedy); not with synthetic acceptance.
     """
 
     target: Path | str
@@ -121,8 +121,8 @@ def check_points(
     scenario_path: Path, points: Sequence[SweepPoint], options: LocalOptions | None = None
 ) -> dict[str, str]:
     """Refuse what the testbed cannot run (fleets, no runnable policy, sampling settings that
-    do not fit a point: realrun.testbed.check_sampling; payloads needing request bodies past
-    the server's ceiling: realrun.testbed.body_limit); returns the skipped policies
+    do not fit a point: realrun.testbed_rules.check_sampling; payloads needing request bodies past
+    the server's ceiling: realrun.testbed_rules.body_limit); returns the skipped policies
     (label -> reason)."""
     for point in points:
         body_limit(point.scenario, options.sampling if options is not None else None)
@@ -243,7 +243,7 @@ def cloud_server(
 ) -> Iterator[RunningServer]:
     """Run the cloud server behind `link` on `port` while the block runs, batching by `rule`
     (the scenario's `[cloud]`: `batch_rule`; None: the defaults), taking request bodies of
-    `body_bytes` (the scenario's `realrun.testbed.body_limit`; None: the default), keeping
+    `body_bytes` (the scenario's `realrun.testbed_rules.body_limit`; None: the default), keeping
     `kv_slots` sessions in the llama target's KV cache (None: the server's default, 8)."""
     rule = rule if rule is not None else BatchRule()
     spec = getattr(link, "spec", None)  # a shaped link: its uplink sets the body timeout

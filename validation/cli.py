@@ -24,7 +24,7 @@ from realrun.cli import (
     testbed_requests,
 )
 from realrun.local import ServerError
-from realrun.testbed import skip_reason
+from realrun.testbed_rules import skip_reason
 from simulator.errors import ConfigError
 from simulator.inputs import MAX_TRACE_BYTES, check_regular
 from simulator.outdir import out_dir_arg
@@ -345,7 +345,7 @@ def rank_plan(
 
 
 def skip_reasons(points: list[SweepPoint]) -> dict[str, str]:
-    """The policies the testbed cannot run, by label (realrun.testbed.skip_reason)."""
+    """The policies the testbed cannot run, by label (realrun.testbed_rules.skip_reason)."""
     return {
         entry.label: reason
         for entry in points[0].scenario.policies

@@ -89,7 +89,7 @@ draws from `EdgeSampling.verify_rng`) and the decision (accepted, token) rides a
 the next upload or NAV. Uploads drafted while a NAV is pending are held until its outcome is
 known (the server could not judge them before it) and then sent in order, the first carrying
 the outcome. The output is the target's top-K-truncated sampling at T. The testbed selects
-it from a policy's payload (realrun.testbed.edge_top_k).
+it from a policy's payload (realrun.testbed_rules.edge_top_k).
 
 Cloud lost (offline fallback). A transport error (connection refused or reset, a timeout: the
 client's `timeout`), an HTTP 5xx, or a 404 (the session vanished: the server restarted) ends

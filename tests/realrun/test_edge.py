@@ -32,7 +32,8 @@ from policies.registry import make_policy, params_model
 from realrun.edge.client import CloudClient
 from realrun.edge.executor import run_edge
 from realrun.edge.startup_probes import startup_probes
-from realrun.testbed import acceptance_model, run_testbed
+from realrun.testbed import run_testbed
+from realrun.testbed_rules import acceptance_model
 from simulator.engine import simulate
 from simulator.scenario import expand_sweep
 

@@ -50,7 +50,8 @@ from realrun.edge.drafts import (  # noqa: E402
 )
 from realrun.edge.executor import run_edge  # noqa: E402
 from realrun.protocol import Limits, encode  # noqa: E402
-from realrun.testbed import SamplingSpec, acceptance_model, run_testbed, sampling_top_k  # noqa: E402
+from realrun.testbed import run_testbed  # noqa: E402
+from realrun.testbed_rules import SamplingSpec, acceptance_model, sampling_top_k  # noqa: E402
 from simulator.scenario import expand_sweep  # noqa: E402
 
 N = 300

@@ -22,7 +22,7 @@ from model_marks import needs_smollm2, smollm2_path
 from realrun.fleet import MAX_EDGES, check_fleet
 from realrun.link import netns
 from realrun.local import LocalOptions
-from realrun.testbed import SamplingSpec
+from realrun.testbed_rules import SamplingSpec
 from simulator.errors import ConfigError
 from simulator.scenario import expand_sweep
 

@@ -30,7 +30,7 @@ from realrun.cloud.synthetic_target import SyntheticTarget
 from realrun.fleet import check_fleet, fleet_skip_reason, session_plan
 from realrun.local import LocalOptions
 from realrun.protocol import decode, encode
-from realrun.testbed import body_limit
+from realrun.testbed_rules import body_limit
 from simulator.dipsd_plan import fleet_plan, plan_batches
 from simulator.engine import simulate
 from simulator.errors import ConfigError

@@ -2,7 +2,7 @@
 
 The `rows` field of realrun.protocol (float16/32/64 bytes, checked by the server), the server's
 body limit derived from the scenario's per-policy payloads and bounded by a ceiling
-(realrun.cloud.settings.body_limit_bytes, realrun.testbed.body_limit), and one PipeSD session
+(realrun.cloud.settings.body_limit_bytes, realrun.testbed_rules.body_limit), and one PipeSD session
 with full rows end to end on SmolLM2 through the software shaper: lossless, and the bytes of
 the rows really travel.
 """
@@ -25,7 +25,7 @@ from realrun.cloud.settings import (
     settings_for_body,
 )
 from realrun.protocol import Limits, ProtocolError, encode_rows, parse_drafts, parse_verify
-from realrun.testbed import body_limit, check_body_limit, full_row_bytes, policy_payload
+from realrun.testbed_rules import body_limit, check_body_limit, full_row_bytes, policy_payload
 from simulator.errors import ConfigError
 from simulator.scenario import expand_sweep
 

@@ -23,7 +23,7 @@ pytest.importorskip("msgpack", reason="msgpack is not installed (extra 'realrun'
 
 from model_marks import needs_smollm2, smollm2_path
 
-from realrun.testbed import (
+from realrun.testbed_rules import (
     EXACT_P_SKIP,
     SamplingSpec,
     check_sampling,
@@ -94,7 +94,7 @@ def test_the_shipped_picospec_scenarios_sample_on_the_testbed(name):
     """A sampling run of PicoSpec's scenarios starts (the skipped cloud-only policy's full
     rows do not size the server's body) with both top-16 PicoSpec variants at the edge."""
     from realrun.local import LocalOptions, check_points
-    from realrun.testbed import body_limit
+    from realrun.testbed_rules import body_limit
 
     path = Path(__file__).parents[2] / "scenarios" / f"{name}.toml"
     points = expand_sweep(path)

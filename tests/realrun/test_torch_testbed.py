@@ -12,7 +12,7 @@ import pytest
 from model_marks import needs_smollm2
 
 from realrun.cli import local_options, torch_target_arg
-from realrun.testbed import check_vocabularies
+from realrun.testbed_rules import check_vocabularies
 from simulator.errors import ConfigError
 
 
