@@ -15,15 +15,12 @@ is present (without one the engine's hot path is what it was).
 from __future__ import annotations
 
 import bisect
-import csv
 import math
 from pathlib import Path
 
-from simulator.errors import ConfigError
-from simulator.inputs import MAX_TRACE_BYTES, check_regular
+from simulator.inputs import read_step_trace
 from simulator.profile import MIN_SPEED_FACTOR, ThermalProfile
 
-MAX_TRACE_S = 1e9
 """Latest step time accepted in a compute trace (about 30 years)."""
 MAX_SPEED_FACTOR = 1e6
 """Fastest factor accepted in a compute trace (as the cloud's compute_factor)."""
@@ -49,44 +46,10 @@ class ComputeTrace:
         """Read a trace CSV with columns t_s, factor (a header row is required): times finite,
         from 0 and increasing strictly, factors finite in [MIN_SPEED_FACTOR, MAX_SPEED_FACTOR];
         anything else is a one-line ConfigError naming the file and the line."""
-        check_regular(path, "compute trace", MAX_TRACE_BYTES)
-        times: list[float] = []
-        factors: list[float] = []
-        try:
-            with path.open(newline="") as handle:
-                reader = csv.DictReader(handle)
-                if not {"t_s", "factor"} <= set(reader.fieldnames or []):
-                    raise ConfigError(path, "header", "compute trace needs columns t_s, factor")
-                for line, row in enumerate(reader, start=2):
-                    try:
-                        t, factor = float(row["t_s"]), float(row["factor"])
-                    except (TypeError, ValueError):
-                        problem = "t_s and factor must be numbers"
-                        raise ConfigError(path, f"line {line}", problem) from None
-                    if not (math.isfinite(t) and abs(t) <= MAX_TRACE_S):
-                        problem = f"t_s must be finite and at most {MAX_TRACE_S:g} (got {t})"
-                        raise ConfigError(path, f"line {line}", problem)
-                    if not (
-                        math.isfinite(factor) and MIN_SPEED_FACTOR <= factor <= MAX_SPEED_FACTOR
-                    ):
-                        problem = (
-                            f"factor must be in [{MIN_SPEED_FACTOR:g}, {MAX_SPEED_FACTOR:g}] "
-                            f"(got {factor})"
-                        )
-                        raise ConfigError(path, f"line {line}", problem)
-                    if times and t <= times[-1]:
-                        raise ConfigError(path, f"line {line}", "t_s must increase strictly")
-                    times.append(t)
-                    factors.append(factor)
-        except OSError as exc:
-            raise ConfigError(path, "", f"cannot read compute trace ({exc.strerror})") from None
-        except (UnicodeDecodeError, csv.Error) as exc:
-            raise ConfigError(path, "", f"not a CSV text file ({exc})") from None
-        if not times:
-            raise ConfigError(path, "", "compute trace holds no rows")
-        if times[0] != 0.0:
-            raise ConfigError(path, "line 2", f"the first t_s must be 0 (got {times[0]})")
-        return cls(times, factors, repeat, str(path))
+        times, values = read_step_trace(
+            path, "compute trace", "factor", MIN_SPEED_FACTOR, MAX_SPEED_FACTOR
+        )
+        return cls(times, values, repeat, str(path))
 
     @property
     def constant(self) -> float | None:

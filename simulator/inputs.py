@@ -8,6 +8,7 @@ file and the field, never a hang, a memory blow-up or a RecursionError.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -95,3 +96,48 @@ def check_data(data: Any, source: str | Path, prefix: str = "", finite: bool = T
             else:
                 items = [(f"{where}[{i}]", v) for i, v in enumerate(value)]
             stack.extend((v, w, depth + 1) for w, v in reversed(items))
+
+
+MAX_TRACE_S = 1e9
+"""The longest time a step-function trace may name (s)."""
+
+
+def read_step_trace(
+    path: Path, what: str, column: str, low: float, high: float
+) -> tuple[list[float], list[float]]:
+    """Read a step-function trace CSV with columns t_s and `column` (a header row is required):
+    times finite, from 0 and increasing strictly, values finite in [low, high]; anything else
+    is a one-line ConfigError naming the file (`what` says which trace) and the line."""
+    check_regular(path, what, MAX_TRACE_BYTES)
+    times: list[float] = []
+    values: list[float] = []
+    try:
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            if not {"t_s", column} <= set(reader.fieldnames or []):
+                raise ConfigError(path, "header", f"{what} needs columns t_s, {column}")
+            for line, row in enumerate(reader, start=2):
+                try:
+                    t, value = float(row["t_s"]), float(row[column])
+                except (TypeError, ValueError):
+                    problem = f"t_s and {column} must be numbers"
+                    raise ConfigError(path, f"line {line}", problem) from None
+                if not (math.isfinite(t) and abs(t) <= MAX_TRACE_S):
+                    problem = f"t_s must be finite and at most {MAX_TRACE_S:g} (got {t})"
+                    raise ConfigError(path, f"line {line}", problem)
+                if not (math.isfinite(value) and low <= value <= high):
+                    problem = f"{column} must be in [{low:g}, {high:g}] (got {value})"
+                    raise ConfigError(path, f"line {line}", problem)
+                if times and t <= times[-1]:
+                    raise ConfigError(path, f"line {line}", "t_s must increase strictly")
+                times.append(t)
+                values.append(value)
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read {what} ({exc.strerror})") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(path, "", f"not a CSV text file ({exc})") from None
+    if not times:
+        raise ConfigError(path, "", f"{what} holds no rows")
+    if times[0] != 0.0:
+        raise ConfigError(path, "line 2", f"the first t_s must be 0 (got {times[0]})")
+    return times, values

@@ -11,17 +11,14 @@ many bytes of a message pass at once; the rest goes at the bandwidth. Burst 0 is
 from __future__ import annotations
 
 import bisect
-import csv
 import heapq
 import math
 from pathlib import Path
 from typing import NamedTuple
 
-from simulator.errors import ConfigError
-from simulator.inputs import MAX_TRACE_BYTES, check_regular
+from simulator.inputs import read_step_trace
 from simulator.profile import MAX_MBPS, MIN_MBPS
 
-MAX_TRACE_S = 1e9
 """Latest step time accepted in a bandwidth trace (about 30 years)."""
 BITS_PER_MEGABIT = 1e6
 
@@ -81,39 +78,8 @@ class TraceBandwidth:
     def from_csv(cls, path: Path, repeat: bool) -> TraceBandwidth:
         """Read a trace CSV with columns t_s, mbps (a header row is required); times finite
         and increasing from 0, rates in (0, MAX_MBPS]."""
-        check_regular(path, "trace", MAX_TRACE_BYTES)
-        times, rates = [], []
-        try:
-            with path.open(newline="") as handle:
-                reader = csv.DictReader(handle)
-                if not {"t_s", "mbps"} <= set(reader.fieldnames or []):
-                    raise ConfigError(path, "header", "trace needs columns t_s, mbps")
-                for line, row in enumerate(reader, start=2):
-                    try:
-                        t, rate = float(row["t_s"]), float(row["mbps"])
-                    except (TypeError, ValueError):
-                        raise ConfigError(
-                            path, f"line {line}", "t_s and mbps must be numbers"
-                        ) from None
-                    if not (math.isfinite(t) and abs(t) <= MAX_TRACE_S):
-                        problem = f"t_s must be finite and at most {MAX_TRACE_S:g} (got {t})"
-                        raise ConfigError(path, f"line {line}", problem)
-                    if not (math.isfinite(rate) and MIN_MBPS <= rate <= MAX_MBPS):
-                        problem = f"mbps must be in [{MIN_MBPS:g}, {MAX_MBPS:g}] (got {rate})"
-                        raise ConfigError(path, f"line {line}", problem)
-                    if times and t <= times[-1]:
-                        raise ConfigError(path, f"line {line}", "t_s must increase strictly")
-                    times.append(t)
-                    rates.append(rate)
-        except OSError as exc:
-            raise ConfigError(path, "", f"cannot read trace ({exc.strerror})") from None
-        except (UnicodeDecodeError, csv.Error) as exc:
-            raise ConfigError(path, "", f"not a CSV text file ({exc})") from None
-        if not times:
-            raise ConfigError(path, "", "trace holds no rows")
-        if times[0] != 0.0:
-            raise ConfigError(path, "line 2", f"the first t_s must be 0 (got {times[0]})")
-        return cls(times, rates, repeat, str(path))
+        times, values = read_step_trace(path, "trace", "mbps", MIN_MBPS, MAX_MBPS)
+        return cls(times, values, repeat, str(path))
 
     def _locate(self, t_s: float) -> tuple[int, float, int]:
         """(step index, time offset into the period, number of whole periods) for time t."""
