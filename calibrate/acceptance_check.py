@@ -65,18 +65,12 @@ def _figures(
     return out
 
 
-def policy_check(
-    scenario: Path,
-    model: HmmAcceptance,
-    heldout_trace: Path,
-    prompts: int | None = None,
-    seeds: list[int] | None = None,
-    policies: list[str] | None = None,
-) -> list[PolicyRow]:
-    """Simulate every policy of `scenario` under `model` and under a replay of `heldout_trace`
-    (optionally with fewer prompts, other seeds, or only the policies labelled in `policies`)."""
-    path = Path(scenario)
-    raw = read_scenario_file(path)
+def _prepared(
+    scenario: Path, prompts: int | None, seeds: list[int] | None, policies: list[str] | None
+) -> dict[str, Any]:
+    """The scenario's raw table without its sweep, with the check's requests, seeds and
+    policies."""
+    raw = read_scenario_file(Path(scenario))
     raw.pop("sweep", None)
     if prompts is not None:
         raw.setdefault("prompts", {})["count"] = prompts
@@ -87,9 +81,57 @@ def policy_check(
         raw["policies"] = kept
         if raw.get("reference_policy", "vanilla") not in policies:
             raw["reference_policy"] = kept[0].get("label", kept[0]["name"])
-    fitted = _figures(raw, path, model.model_dump(mode="json"))
-    replay = _figures(raw, path, {"kind": "replay", "trace": str(Path(heldout_trace).resolve())})
+    return raw
+
+
+def _replay(trace: Path) -> dict[str, Any]:
+    return {"kind": "replay", "trace": str(Path(trace).resolve())}
+
+
+def policy_check(
+    scenario: Path,
+    model: HmmAcceptance,
+    heldout_trace: Path,
+    prompts: int | None = None,
+    seeds: list[int] | None = None,
+    policies: list[str] | None = None,
+) -> list[PolicyRow]:
+    """Simulate every policy of `scenario` under `model` and under a replay of `heldout_trace`
+    (optionally with fewer prompts, other seeds, or only the policies labelled in `policies`)."""
+    raw = _prepared(scenario, prompts, seeds, policies)
+    fitted = _figures(raw, Path(scenario), model.model_dump(mode="json"))
+    replay = _figures(raw, Path(scenario), _replay(heldout_trace))
     return [PolicyRow(label, fitted[label], replay[label]) for label in fitted]
+
+
+SEED_SHIFT = 1_000_000
+"""The noise reference's seeds: the check's, shifted by this."""
+
+
+def reference_rows(
+    scenario: Path,
+    heldout_trace: Path,
+    fitting_trace: Path | None,
+    prompts: int | None = None,
+    seeds: list[int] | None = None,
+    policies: list[str] | None = None,
+) -> dict[str, list[PolicyRow]]:
+    """What the check would show with no model at all, to read its medians against:
+    "noise", the held-out replay under other seeds (the simulation's own sampling noise), and,
+    given the fitting traces, "fitting traces", their replay (the difference between the two
+    prompt sets, which no model fitted to one of them can remove)."""
+    raw = _prepared(scenario, prompts, seeds, policies)
+    path = Path(scenario)
+    replay = _figures(raw, path, _replay(heldout_trace))
+    shifted = copy.deepcopy(raw)
+    shifted["seeds"] = [seed + SEED_SHIFT for seed in raw.get("seeds", [0])]
+    others = {"noise": _figures(shifted, path, _replay(heldout_trace))}
+    if fitting_trace is not None:
+        others["fitting traces"] = _figures(raw, path, _replay(fitting_trace))
+    return {
+        name: [PolicyRow(label, figures[label], replay[label]) for label in figures]
+        for name, figures in others.items()
+    }
 
 
 def medians(rows: list[PolicyRow]) -> dict[str, float]:
@@ -175,6 +217,7 @@ __all__ = [
     "kendall_tau",
     "medians",
     "policy_check",
+    "reference_rows",
     "sensitivity_lines",
     "table_lines",
 ]

@@ -29,7 +29,13 @@ import numpy as np
 from pydantic import ValidationError
 
 from calibrate.acceptance import record_acceptance
-from calibrate.acceptance_check import policy_check, sensitivity_lines, table_lines
+from calibrate.acceptance_check import (
+    medians,
+    policy_check,
+    reference_rows,
+    sensitivity_lines,
+    table_lines,
+)
 from calibrate.acceptance_hmm import fit_hmm
 from calibrate.acceptance_report import compare_lines, model_sequences, stats
 from calibrate.acceptance_trace import read_trace, write_trace_gz
@@ -109,8 +115,22 @@ def add_acceptance_parsers(sub: Any) -> None:
     check.add_argument("--model", type=Path, required=True, help="model JSON (acceptance-fit)")
     check.add_argument("--heldout", type=Path, required=True, help="held-out trace")
     check.add_argument("--scenario", type=Path, default=Path("scenarios/pipesd_s1.toml"))
-    check.add_argument("--prompts", type=int, help="requests per edge (default: the scenario's)")
-    check.add_argument("--seeds", type=_states, help="seeds (default: the scenario's)")
+    check.add_argument(
+        "--prompts",
+        type=int,
+        default=CHECK_PROMPTS,
+        help=f"requests per edge (default {CHECK_PROMPTS}: with 8 seeds the simulation's own "
+        "noise is about 1%%, with S1's 20 x 3 it is 4-6%% on NAV count and draft length)",
+    )
+    check.add_argument(
+        "--seeds", type=_states, default=CHECK_SEEDS, help="seeds (default 1,2,...,8)"
+    )
+    check.add_argument(
+        "--fitting",
+        type=Path,
+        help="the fitting traces as one file: also show their replay against the held-out "
+        "replay (how far the two prompt sets differ with no model at all)",
+    )
     check.add_argument(
         "--sensitivity",
         type=Path,
@@ -119,6 +139,12 @@ def add_acceptance_parsers(sub: Any) -> None:
         "fitted model and replay of --heldout (Markdown)",
     )
     check.set_defaults(handler=run_check)
+
+
+CHECK_PROMPTS = 100
+CHECK_SEEDS = list(range(1, 9))
+"""The policy-level check's sample: 800 requests per policy, so that its medians are not
+the simulation's noise (printed beside them)."""
 
 
 def _prompt_arguments(
@@ -131,13 +157,31 @@ def _prompt_arguments(
     parser.add_argument("--family", choices=families, default="humaneval", help="prompt family")
     parser.add_argument("--split", choices=splits, default=split, help="prompt split")
     parser.add_argument("--limit", type=int, default=limit, help="first N prompts of the split")
+    parser.add_argument(
+        "--start",
+        type=int,
+        default=0,
+        help="skip the split's first N prompts (to record in shards)",
+    )
 
 
 def _prompts(args: argparse.Namespace) -> list[Any]:
+    """The split's prompts from `--start` on, at most `--limit` of them."""
+    if args.start < 0:
+        raise ConfigError("--start", "", f"must be 0 or more (got {args.start})")
     try:
-        return family_prompts(args.family, args.split, args.limit)
+        prompts = family_prompts(args.family, args.split)
+        if args.limit is not None:
+            family_prompts(args.family, args.split, args.limit)  # the same check of --limit
     except ValueError as exc:
         raise ConfigError("--family/--split/--limit", "", str(exc)) from None
+    end = None if args.limit is None else args.start + args.limit
+    chosen = prompts[args.start : end]
+    if not chosen:
+        raise ConfigError(
+            "--start", "", f"{args.start} skips all {len(prompts)} prompts of the split"
+        )
+    return chosen
 
 
 def _recipe_of(draft: Path) -> str:
@@ -236,6 +280,7 @@ def run_traces(args: argparse.Namespace, command: str, say: Say) -> int:
         "target_sha256": sha256(target),
         "family": args.family,
         "split": args.split,
+        "start": args.start,
         "prompt_ids": [p.id for p in prompts],
         "max_new_tokens": args.max_new_tokens,
         "draft_len": args.draft_len,
@@ -366,10 +411,20 @@ def run_check(args: argparse.Namespace, command: str, say: Say) -> int:
         say(f"simulated in {time.perf_counter() - began:.1f} s ({command})")
         return 0
     rows = policy_check(args.scenario, model, args.heldout, args.prompts, args.seeds)
+    references = reference_rows(args.scenario, args.heldout, args.fitting, args.prompts, args.seeds)
     say(f"simulated in {time.perf_counter() - began:.1f} s ({command})")
     for line in table_lines(rows):
         print(line)
+    for name, reference in references.items():
+        figures = ", ".join(f"{f} {100 * v:.2f}%" for f, v in medians(reference).items())
+        print(f"for reference, {REFERENCE_LABELS[name]}: {figures}")
     return 0
+
+
+REFERENCE_LABELS = {
+    "noise": "the held-out replay under other seeds (the simulation's sampling noise)",
+    "fitting traces": "the fitting traces replayed, no model (the prompt sets' difference)",
+}
 
 
 __all__ = ["add_acceptance_parsers", "load_model", "run_check", "run_fit", "run_pair", "run_traces"]

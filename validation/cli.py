@@ -42,7 +42,7 @@ from validation.ranking import (
     seeds_for,
     simulated_tpts,
 )
-from validation.recalibrate import recalibrated_profile
+from validation.recalibrate import recalibrate_for_run
 from validation.revalidate import command_options, revalidate, validation_source
 from validation.validate import (
     GOAL_MEDIAN,
@@ -378,12 +378,9 @@ def run_validate(args: argparse.Namespace, argv: list[str]) -> int:
         write_json(args.out / "ranking_plan.json", plan_record(plans, requests, seeds))
     profile = args.profile
     if args.recalibrate:
-        say = (lambda _line: None) if args.quiet else print
-        profile = recalibrated_profile(
-            args.profile, options.draft, options.draft_threads, options.target,
-            options.target_threads, args.out / "calibration", say, " ".join(command),
-            options.target_backend, options.target_device,
-        )  # fmt: skip
+        profile = recalibrate_for_run(
+            args.profile, options, points, args.out / "calibration", args.quiet, " ".join(command)
+        )
         points = validation_points(args.scenario, profile, overrides, args.sweep)
     try:
         with testbed_progress(args.quiet, testbed_requests(points)) as progress:

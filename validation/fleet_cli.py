@@ -18,7 +18,7 @@ from simulator.scenario import SweepPoint
 from validation.fleet import check_fleet_validation, validate_fleet
 from validation.fleet_batch import add_batch_term, batch_grid
 from validation.fleet_table import NAMES, FleetTables
-from validation.recalibrate import recalibrated_profile
+from validation.recalibrate import recalibrate_for_run
 from validation.validate import sha256, validation_points
 
 NO_BATCH_TERM = "not measured ({why}): the profile's forward terms stand (its extra sequence {s} s)"
@@ -43,11 +43,9 @@ def run_fleet_validate(args: argparse.Namespace, argv: list[str], points: list[S
     }
     if args.recalibrate:
         say = (lambda _line: None) if args.quiet else print
-        profile = recalibrated_profile(
-            args.profile, options.draft, options.draft_threads, options.target,
-            options.target_threads, args.out / "calibration", say, " ".join(command),
-            options.target_backend, options.target_device,
-        )  # fmt: skip
+        profile = recalibrate_for_run(
+            args.profile, options, points, args.out / "calibration", args.quiet, " ".join(command)
+        )
         origin["recalibrated_from"] = {"path": str(args.profile), "sha256": sha256(args.profile)}
         if options.target_backend == "llama":
             origin["batch_term"] = add_batch_term(

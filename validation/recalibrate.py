@@ -13,20 +13,29 @@ as in the given profile.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from calibrate.assemble import Part, save_part, write_profile
 from calibrate.measure import measure_draft, measure_target
 from calibrate.options import DraftOptions, TargetOptions
+from models.prompts import family_prompts, format_prompt
+from realrun.local import LocalOptions
+from realrun.testbed_rules import tokens_per_message
 from simulator.errors import ConfigError
 from simulator.profile import Profile, load_profile
+from simulator.scenario import Scenario, SweepPoint
 
 PROMPT_LENGTHS = [16, 24, 32, 48, 64, 96, 128]
-"""Prefill grid for both models (tokens), that of scenarios/profiles/parts/cpu-testbed.*."""
+"""Prefill grid for both models (tokens), that of scenarios/profiles/parts/cpu-testbed.*;
+`extended` carries it (and the context grids) up to what the run's requests reach."""
 
 DRAFT_CONTEXTS = [32, 64, 96, 128, 192, 256]
 TARGET_CONTEXTS = [32, 64, 96, 128, 192]
+GRID_GROWTH = 1.5
+"""Each point added past a grid's end is at most this factor beyond the one before."""
+GRID_ROUND = 16
 TARGET_TOKEN_COUNTS = [1, 2, 3, 4, 5, 6, 8]
 REPETITIONS = 5
 WARMUP = 2
@@ -39,6 +48,43 @@ PAUSE_MS = 60.0
 for a verification (calibrate.draft: back to back they run ~16% faster on this VM)."""
 
 
+@dataclass(frozen=True)
+class Extent:
+    """The longest prompt and context (tokens) the run's requests reach, so that the
+    latency models are measured there instead of extrapolated (issue 14's run 18 reached
+    context ~310 on a grid ending at 192)."""
+
+    prompt_tokens: int
+    context_tokens: int
+
+
+def extended(grid: list[int], longest: int) -> tuple[int, ...]:
+    """`grid` with points added, each at most GRID_GROWTH x the one before, until it reaches
+    `longest` rounded up to GRID_ROUND; unchanged when it already does."""
+    points = list(grid)
+    end = -(-longest // GRID_ROUND) * GRID_ROUND
+    while points[-1] < end:
+        step = -(-int(points[-1] * GRID_GROWTH) // GRID_ROUND) * GRID_ROUND
+        points.append(min(step, end))
+    return tuple(points)
+
+
+def run_extent(scenario: Scenario, draft: Path) -> Extent:
+    """The run's longest prompt (the scenario's prompt texts, as the testbed formats them
+    with the draft's chat template) and its longest context: that prompt, every new token
+    and the longest draft the edge may send."""
+    # llama_cpp is heavy and optional: only the vocabulary is loaded, to count tokens.
+    import llama_cpp
+
+    prompts_section = scenario.model.prompts
+    texts = [p.text for p in family_prompts(prompts_section.family, prompts_section.split)]
+    used = texts[: min(len(texts), prompts_section.count)]
+    vocab = llama_cpp.Llama(model_path=str(draft), vocab_only=True, verbose=False)
+    longest_prompt = max(len(format_prompt(vocab, text)) for text in used)
+    context = longest_prompt + prompts_section.max_new_tokens + tokens_per_message(scenario)
+    return Extent(prompt_tokens=longest_prompt, context_tokens=context)
+
+
 def measure_parts(
     draft: Path,
     draft_threads: int,
@@ -48,8 +94,10 @@ def measure_parts(
     command: str,
     target_backend: str = "llama",
     target_device: str = "cpu",
+    extent: Extent | None = None,
 ) -> tuple[Part, Part]:
-    """(draft part, target part), measured now (about a minute for the CPU testbed's pair).
+    """(draft part, target part), measured now (about a minute for the CPU testbed's pair),
+    on the grids above carried up to `extent` when given.
 
     The target as the run's server holds it: `target_backend` "llama" (CPU only: a llama.cpp
     target on a GPU is refused, its calibration runs on the CPU) or "torch" (TorchTarget on
@@ -61,11 +109,14 @@ def measure_parts(
             f"re-measures a llama.cpp target on the CPU only (the run's is on {target_device}); "
             "use --target-backend torch, or calibrate the profile by hand",
         )
+    prompts = extended(PROMPT_LENGTHS, extent.prompt_tokens if extent else 0)
+    draft_contexts = extended(DRAFT_CONTEXTS, extent.context_tokens if extent else 0)
+    target_contexts = extended(TARGET_CONTEXTS, extent.context_tokens if extent else 0)
     draft_options = DraftOptions(
         model=draft,
         threads=draft_threads,
-        prompt_lengths=tuple(PROMPT_LENGTHS),
-        context_lengths=tuple(DRAFT_CONTEXTS),
+        prompt_lengths=prompts,
+        context_lengths=draft_contexts,
         repetitions=DRAFT_REPETITIONS,
         warmup=DRAFT_WARMUP,
         burst=BURST,
@@ -77,8 +128,8 @@ def measure_parts(
         threads=target_threads,
         device=None if target_backend == "llama" else target_device,
         token_counts=tuple(TARGET_TOKEN_COUNTS),
-        context_lengths=tuple(TARGET_CONTEXTS),
-        prompt_lengths=tuple(PROMPT_LENGTHS),
+        context_lengths=target_contexts,
+        prompt_lengths=prompts,
         repetitions=REPETITIONS,
         warmup=WARMUP,
     )
@@ -123,15 +174,18 @@ def recalibrated_profile(
     command: str,
     target_backend: str = "llama",
     target_device: str = "cpu",
+    extent: Extent | None = None,
 ) -> Path:
-    """Measure both models now and write OUT/draft.json, OUT/target.json (the parts) and
-    OUT/profile.json (see the module docstring); returns the profile's path."""
+    """Measure both models now (up to `extent`, see `measure_parts`) and write
+    OUT/draft.json, OUT/target.json (the parts) and OUT/profile.json (see the module
+    docstring); returns the profile's path."""
     if not base_path.is_file():
         raise ConfigError("--profile", "", f"profile file {str(base_path)!r} not found")
     out_dir.mkdir(parents=True, exist_ok=True)
     draft_part, target_part = measure_parts(
-        draft, draft_threads, target, target_threads, say, command, target_backend, target_device
-    )
+        draft, draft_threads, target, target_threads, say, command, target_backend, target_device,
+        extent,
+    )  # fmt: skip
     save_part(draft_part, out_dir / "draft.json")
     save_part(target_part, out_dir / "target.json")
     profile = replace_latencies(base_path, draft_part, target_part, command)
@@ -140,4 +194,26 @@ def recalibrated_profile(
     return path
 
 
-__all__ = ["recalibrated_profile", "replace_latencies"]
+def recalibrate_for_run(
+    base_path: Path,
+    options: LocalOptions,
+    points: Sequence[SweepPoint],
+    out_dir: Path,
+    quiet: bool,
+    command: str,
+) -> Path:
+    """`recalibrated_profile` for a validation run: its models, threads and backend, with the
+    grids carried up to the longest prompt and context of any of its sweep points."""
+    extents = [run_extent(point.scenario, options.draft) for point in points]
+    extent = Extent(
+        prompt_tokens=max(e.prompt_tokens for e in extents),
+        context_tokens=max(e.context_tokens for e in extents),
+    )
+    return recalibrated_profile(
+        base_path, options.draft, options.draft_threads, options.target, options.target_threads,
+        out_dir, (lambda _line: None) if quiet else print, command, options.target_backend,
+        options.target_device, extent,
+    )  # fmt: skip
+
+
+__all__ = ["Extent", "extended", "recalibrated_profile", "replace_latencies", "run_extent"]

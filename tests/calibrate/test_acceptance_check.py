@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibrate.acceptance_check import TOLERANCE, medians, policy_check, table_lines
+from calibrate.acceptance_check import (
+    TOLERANCE,
+    medians,
+    policy_check,
+    reference_rows,
+    table_lines,
+)
 from simulator.acceptance import HmmSampler
 from simulator.profile import HmmAcceptance
 
@@ -32,9 +38,9 @@ WRONG = TRUE.model_copy(update={"transition": [[0.0, 1.0], [1.0, 0.0]]})
 """The same regimes alternating at every position: the right marginals, no runs."""
 
 
-def held_out(path: Path) -> Path:
-    rng = np.random.default_rng(11)
-    sampler = HmmSampler.of(TRUE)
+def held_out(path: Path, truth: HmmAcceptance = TRUE, seed: int = 11) -> Path:
+    rng = np.random.default_rng(seed)
+    sampler = HmmSampler.of(truth)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["sequence", "position", "confidence", "accepted"])
@@ -68,3 +74,21 @@ def test_kendall_tau_of_rankings() -> None:
     reverse = {k: {"tpt_ms": -v["tpt_ms"]} for k, v in a.items()}
     assert kendall_tau(a, a) == 1.0 and kendall_tau(a, reverse) == -1.0
     assert kendall_tau(a, b) == pytest.approx(1 / 3)
+
+
+def test_reference_rows_separate_noise_and_prompt_sets_from_the_model(tmp_path: Path) -> None:
+    """The check's references: the held-out replay under other seeds (noise, small but not
+    zero), and a fitting trace's replay: none at all when it is the held-out trace itself,
+    small when drawn from the same truth, large when drawn from a truth without runs."""
+    trace = held_out(tmp_path / "held.csv")
+    same = reference_rows(S1, trace, trace, 12, [1, 2], POLICIES)
+    assert set(same) == {"noise", "fitting traces"}
+    assert all(v == 0 for v in medians(same["fitting traces"]).values())
+    noise = medians(same["noise"])
+    assert 0 < max(noise.values()) <= 2 * TOLERANCE
+    sibling = held_out(tmp_path / "sibling.csv", seed=12)
+    near = medians(reference_rows(S1, trace, sibling, 12, [1, 2], POLICIES)["fitting traces"])
+    other = held_out(tmp_path / "other.csv", truth=WRONG)
+    far = medians(reference_rows(S1, trace, other, 12, [1, 2], POLICIES)["fitting traces"])
+    assert max(far.values()) > 3 * max(near.values())
+    assert set(reference_rows(S1, trace, None, 12, [1], POLICIES)) == {"noise"}

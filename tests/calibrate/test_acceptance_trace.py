@@ -168,3 +168,27 @@ def test_fit_command_writes_a_model_with_provenance(tmp_path: Path, capsys) -> N
     assert main(argv) == 2  # never overwritten
     assert "exists" in capsys.readouterr().err
     assert math.isfinite(data["report"]["heldout"]["rate"])
+
+
+def test_traces_can_be_recorded_in_shards_of_a_split() -> None:
+    """`--start N --limit M`: the split's prompts N .. N+M-1 (the fitting split recorded in
+    shards on two cores); a start past the split's end is refused in one line."""
+    import argparse
+
+    from calibrate.acceptance_cli import _prompts
+    from models.prompts import family_prompts
+
+    def chosen(start: int, limit: int | None) -> list[str]:
+        args = argparse.Namespace(family="humaneval", split="fit", start=start, limit=limit)
+        return [p.id for p in _prompts(args)]
+
+    every = [p.id for p in family_prompts("humaneval", "fit")]
+    assert chosen(0, None) == every and chosen(0, 5) == every[:5]
+    assert chosen(48, 37) + chosen(85, 37) == every[48:122]
+    assert chosen(len(every) - 2, 10) == every[-2:]
+    with pytest.raises(ConfigError, match="--start"):
+        chosen(len(every), None)
+    with pytest.raises(ConfigError, match="--start"):
+        chosen(-1, None)
+    with pytest.raises(ConfigError, match="--limit"):
+        chosen(0, 0)

@@ -73,3 +73,47 @@ def test_a_torch_target_is_measured_as_the_server_serves_it(tmp_path, monkeypatc
     assert isinstance(target, TargetOptions) and target.backend == "torch-served"
     assert target.model == "tiny" and target.device == "cuda:1" and target.threads == 2
     assert target.batch_sizes is None
+
+
+def test_grids_reach_the_runs_longest_prompt_and_context():
+    """Run 18 reached context ~310 on a target grid ending at 192 (extrapolated): each grid is
+    carried past its end in steps of at most GRID_GROWTH, rounded, until it covers the run."""
+    prompts = recalibrate.extended(recalibrate.PROMPT_LENGTHS, 258)
+    assert prompts[: len(recalibrate.PROMPT_LENGTHS)] == tuple(recalibrate.PROMPT_LENGTHS)
+    assert prompts[-1] == 272 and prompts[-1] >= 258
+    for before, after in zip(prompts, prompts[1:], strict=False):
+        assert before < after <= before * recalibrate.GRID_GROWTH + recalibrate.GRID_ROUND
+    assert recalibrate.extended(recalibrate.TARGET_CONTEXTS, 100) == tuple(
+        recalibrate.TARGET_CONTEXTS
+    )
+    assert recalibrate.extended(recalibrate.TARGET_CONTEXTS, 370)[-1] == 384
+
+
+def test_the_run_extent_extends_both_models_grids(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(recalibrate, "measure_draft", lambda o, s, c: seen.update(d=o))
+    monkeypatch.setattr(recalibrate, "measure_target", lambda o, s, c: seen.update(t=o))
+    extent = recalibrate.Extent(prompt_tokens=258, context_tokens=370)
+    recalibrate.measure_parts(tmp_path, 1, tmp_path, 1, print, "x", extent=extent)
+    assert seen["d"].prompt_lengths[-1] == seen["t"].prompt_lengths[-1] == 272
+    assert seen["d"].context_lengths[-1] == seen["t"].context_lengths[-1] == 384
+    recalibrate.measure_parts(tmp_path, 1, tmp_path, 1, print, "x")
+    assert seen["d"].context_lengths[-1] == recalibrate.DRAFT_CONTEXTS[-1]
+
+
+@needs_smollm2
+def test_run_extent_counts_the_scenarios_prompts_as_the_testbed_formats_them():
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python (extra 'models') is not installed")
+    from realrun.testbed_rules import tokens_per_message
+    from validation.validate import validation_points
+
+    root = Path(__file__).resolve().parents[2] / "scenarios"
+    points = validation_points(
+        root / "testbed_cpu_real.toml", root / "profiles" / "cpu-testbed-q4_0-hmm.json", [], []
+    )
+    extent = recalibrate.run_extent(points[0].scenario, smollm2_path())
+    # the 18 held-out HumanEval prompts of the scenario's comment: the longest is 258 tokens
+    assert extent.prompt_tokens == 258
+    longest_draft = tokens_per_message(points[0].scenario)  # the per-NAV cap of the protocol
+    assert extent.context_tokens == 258 + points[0].scenario.model.prompts.max_new_tokens + 64
+    assert longest_draft == 64
