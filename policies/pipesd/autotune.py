@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, nullcontext
 from numbers import Real
 from typing import Any, Literal, Protocol
 
@@ -33,6 +34,18 @@ _BLAS = ThreadpoolController()
 """The GPs work on matrices of a few dozen rows: BLAS threads only add contention (a step took
 5x longer with two threads on a busy 2-core machine, the numpy GP's re-fit up to 40x), so
 each step runs on one."""
+
+_UNLIMITED = nullcontext()
+
+
+def _one_blas_thread() -> AbstractContextManager[object]:
+    """BLAS on one thread for a step: `_BLAS.limit`, or nothing when every BLAS library runs
+    on one thread already (a caller's `threadpool_limits`), since entering a limit costs 5-30 µs
+    and checking the libraries' thread counts under 1 µs."""
+    if all(library.num_threads == 1 for library in _BLAS.lib_controllers):
+        return _UNLIMITED
+    return _BLAS.limit(limits=1)
+
 
 REFIT_EVERY = 4
 """The numpy GP re-fits its kernel hyper-parameters every this many observations."""
@@ -200,7 +213,7 @@ class GpThresholdTuner(_BudgetedTuner):
         self._objectives.append(objective)
         if len(self._objectives) < self.n_initial_points:
             return
-        with _BLAS.limit(limits=1):  # one limit per step: entering one costs tens of µs
+        with _one_blas_thread():  # one limit per step: entering one costs tens of µs
             self._update()
             ei = self._posterior.expected_improvement(self.xi)  # type: ignore[union-attr]
         self._next = self._candidates[int(np.argmax(ei))]
@@ -276,12 +289,12 @@ class SkoptThresholdTuner(_BudgetedTuner):
         )
 
     def _propose(self) -> Point:
-        with _BLAS.limit(limits=1):
+        with _one_blas_thread():
             r1, r2 = self._optimizer.ask()
         return (float(r1), float(r2))
 
     def _observe(self, point: Point, objective: float) -> None:
-        with _BLAS.limit(limits=1):
+        with _one_blas_thread():
             self._optimizer.tell(list(point), objective)
 
 
@@ -359,4 +372,6 @@ def _checked_objective(objective: float) -> float:
 
 
 def _is_real(value: object) -> bool:
+    if type(value) is float:  # the usual case, without the ABC check (per tell)
+        return True
     return isinstance(value, Real) and not isinstance(value, bool)

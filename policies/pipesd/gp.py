@@ -157,7 +157,7 @@ class CandidatePosterior:
         posterior = cls(candidates, hyper)
         x = np.asarray(x, dtype=float).reshape(-1, 2)
         k = hyper.amplitude * matern52(x, x, hyper.length_scales)
-        k[np.diag_indices_from(k)] += hyper.noise + JITTER
+        k.reshape(-1)[:: len(x) + 1] += hyper.noise + JITTER  # the diagonal (k is contiguous)
         chol = np.linalg.cholesky(k)
         k_cand = hyper.amplitude * _matern52_scaled(x, posterior._scaled, hyper.length_scales)
         v = solve_triangular(chol, k_cand, lower=True, check_finite=False)
@@ -200,14 +200,18 @@ class CandidatePosterior:
         k_cand = hyper.amplitude * _matern52_scaled(point, self._scaled, hyper.length_scales)[0]
         v_row = (k_cand - row @ self._v) / diag
         self._chol = chol
-        self._v = np.vstack([self._v, v_row])
+        self._v = np.concatenate((self._v, v_row[None, :]))  # vstack without its wrappers
         self._v_sq += v_row * v_row
-        self._x = np.vstack([self._x, point])
+        self._x = np.concatenate((self._x, point))
         self._y.append(float(objective))
 
     def predict(self) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and standard deviation at the candidates, in the objective's units."""
-        y_norm, mean, std = normalise(self.y)
+        return self._predict(self.y)
+
+    def _predict(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`predict` for the observed objectives `y` as an array (EI has them already)."""
+        y_norm, mean, std = normalise(y)
         weights = _forward(self._chol, y_norm)
         mu = self._v.T @ weights
         var = np.maximum(self.hyper.amplitude - self._v_sq, 0.0)
@@ -215,8 +219,9 @@ class CandidatePosterior:
 
     def expected_improvement(self, xi: float) -> np.ndarray:
         """EI for minimisation at every candidate: E[max(y_best - f - xi, 0)] (skopt's form)."""
-        mu, sigma = self.predict()
-        improvement = float(self.y.min()) - mu - xi
+        y = self.y
+        mu, sigma = self._predict(y)
+        improvement = float(min(self._y)) - mu - xi  # y.min(): the same float, no array call
         positive = sigma > 0.0
         if positive.all():  # the usual case: no masks (elementwise, so the same values)
             z = improvement / sigma
