@@ -171,5 +171,6 @@ def _check_sizes(sizes: Sequence[int]) -> None:
 
 def _check_costs(alpha_s: float, beta_s: float, gamma_s: float) -> None:
     for name, value in (("alpha_s", alpha_s), ("beta_s", beta_s), ("gamma_s", gamma_s)):
-        if not (isinstance(value, Real) and math.isfinite(value) and value >= 0):
+        real = type(value) is float or isinstance(value, Real)  # floats skip the ABC check
+        if not (real and math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a finite number >= 0 seconds, got {value!r}")
