@@ -11,11 +11,10 @@ from the source and is measured as it is.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import os
-import sys
 from pathlib import Path
+
+from models.quiet import c_output_silenced
 
 FILE_TYPES = (
     "F16",
@@ -53,7 +52,7 @@ def quantize_gguf(source: Path, out: Path, file_type: str, threads: int = 1) -> 
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{file_type}")
     params.allow_requantize = True
     params.nthread = threads
-    with _quiet():
+    with c_output_silenced():
         status = llama_cpp.llama_model_quantize(
             str(source).encode(), str(out).encode(), ctypes.byref(params)
         )
@@ -62,24 +61,6 @@ def quantize_gguf(source: Path, out: Path, file_type: str, threads: int = 1) -> 
             f"quantize_gguf: llama.cpp failed to quantise {source.name} to {file_type}"
         )
     return out
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Send file descriptors 1 and 2 to /dev/null (llama.cpp logs every tensor from C)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 1)
-        os.dup2(null, 2)
-        yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, null):
-            os.close(fd)
 
 
 __all__ = ["FILE_TYPES", "quantize_gguf"]

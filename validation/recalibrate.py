@@ -21,6 +21,7 @@ from calibrate.assemble import Part, save_part, write_profile
 from calibrate.measure import measure_draft, measure_target
 from calibrate.options import DraftOptions, TargetOptions
 from models.prompts import family_prompts, format_prompt
+from models.quiet import c_output_silenced
 from realrun.local import LocalOptions
 from realrun.testbed_rules import tokens_per_message
 from simulator.errors import ConfigError
@@ -79,7 +80,8 @@ def run_extent(scenario: Scenario, draft: Path) -> Extent:
     prompts_section = scenario.model.prompts
     texts = [p.text for p in family_prompts(prompts_section.family, prompts_section.split)]
     used = texts[: min(len(texts), prompts_section.count)]
-    vocab = llama_cpp.Llama(model_path=str(draft), vocab_only=True, verbose=False)
+    with c_output_silenced():  # llama.cpp warns about the vocabulary's zero context from C
+        vocab = llama_cpp.Llama(model_path=str(draft), vocab_only=True, verbose=False)
     longest_prompt = max(len(format_prompt(vocab, text)) for text in used)
     context = longest_prompt + prompts_section.max_new_tokens + tokens_per_message(scenario)
     return Extent(prompt_tokens=longest_prompt, context_tokens=context)
