@@ -152,8 +152,42 @@ class ThresholdAutotuner:
 class PipeSD(Policy):
     """The PipeSD edge policy."""
 
+    __slots__ = (
+        "_bands",
+        "_boundaries",
+        "_c1",
+        "_confidences",
+        "_deferred_verify",
+        "_history",
+        "_last_result_s",
+        "_max_len",
+        "_pipeline",
+        "_plan_inputs",
+        "_point",
+        "_r1_active",
+        "_r2_active",
+        "_use_sequence",
+        "_use_token",
+        "_window_due",
+        "autotuner",
+        "draft_lengths",
+        "drafts_while_pending",
+        "gamma",
+        "params",
+        "r1",
+        "r2",
+        "replans",
+        "tuner_step_s",
+        "tuner_steps",
+        "upload",
+        "window",
+    )
+    """Its state in the object itself: with a thousand edges taking turns, a call touches fewer
+    cold cache lines than through an instance dict."""
+
     def __init__(self, params: PipeSDParams, seed: int) -> None:
         self.params = params
+        self.tuner_steps = 0  # (a slot: Policy's class default is shadowed)
         self.drafts_while_pending = params.proactive
         self._use_sequence = params.trigger in ("dual", "sequence")
         self._use_token = params.trigger in ("dual", "token")
