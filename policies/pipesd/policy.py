@@ -8,6 +8,7 @@ only), `autotune=false` (fixed thresholds), `proactive=false` (wait while a NAV 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from typing import Annotated, Literal
@@ -76,6 +77,15 @@ class PipeSDParams(PolicyParams):
             if not 0.0 < low < high <= 1.0:
                 raise ValueError(f"tune_{name}_range must satisfy 0 < low < high <= 1")
         return self
+
+
+@functools.lru_cache(maxsize=4096, typed=True)
+def _planned_boundaries(
+    window: int, alpha_s: float, beta_s: float, gamma_s: float
+) -> frozenset[int]:
+    """The DP plan's batch ends for these inputs, kept per inputs (a pure function): the edges
+    of a fleet start from the same priors and probe the same links, so they plan alike."""
+    return frozenset(batch_boundaries(plan_batches(window, alpha_s, beta_s, gamma_s)))
 
 
 class ThresholdAutotuner:
@@ -228,8 +238,7 @@ class PipeSD(Policy):
             size = self.params.fixed_batch
             self._boundaries = frozenset(range(size, self.window + 1, size)) | {self.window}
         else:
-            sizes = plan_batches(self.window, alpha, beta, gamma)
-            self._boundaries = frozenset(batch_boundaries(sizes))
+            self._boundaries = _planned_boundaries(self.window, alpha, beta, gamma)
         self.replans += 1
 
     def _maybe_replan(self) -> None:
