@@ -13,6 +13,8 @@ class UploadCostEstimator:
     its prior and β is solved from the latest measurement; both are clamped to be non-negative.
     """
 
+    __slots__ = ("_samples", "_sd", "_sn", "_snd", "_snn", "_window", "alpha_s", "beta_s")
+
     def __init__(self, alpha_s: float, beta_s: float, window: int = 64) -> None:
         self.alpha_s = alpha_s
         self.beta_s = beta_s
@@ -53,6 +55,8 @@ class UploadCostEstimator:
 
 class MovingAverage:
     """Mean of the last `window` observations, starting from a prior value."""
+
+    __slots__ = ("_initial", "_sum", "_values")
 
     def __init__(self, initial: float, window: int) -> None:
         self._values: deque[float] = deque(maxlen=window)
