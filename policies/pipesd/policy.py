@@ -99,6 +99,19 @@ class ThresholdAutotuner:
     better).
     """
 
+    __slots__ = (
+        "_baseline",
+        "_elapsed_s",
+        "_recent",
+        "_tokens",
+        "evaluations",
+        "params",
+        "point",
+        "restarts",
+        "tuner",
+        "window_tokens",
+    )
+
     def __init__(self, params: PipeSDParams, seed: int) -> None:
         self.params = params
         self.tuner = threshold_tuner(
