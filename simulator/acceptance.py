@@ -378,7 +378,11 @@ class AcceptanceModel:
             if spec.block:
                 confidence, accepted = self.replay.block_bootstrap(rng, n_positions, spec.block)
             else:
-                start = int(rng.integers(len(self.replay.sequences)))
+                start = (
+                    request
+                    if spec.order == "request"
+                    else int(rng.integers(len(self.replay.sequences)))
+                )
                 confidence, accepted = self.replay.take(start, n_positions)
             off_path = confidence[rng.permutation(n_positions)]
             return AcceptanceStream(

@@ -253,6 +253,17 @@ class ReplayAcceptance(Strict):
         ge=0,
         description="0: replay whole sequences; L > 0: moving-block bootstrap of L positions",
     )
+    order: Literal["random", "request"] = Field(
+        "random",
+        description="whole sequences: from a random one per request, or request r from sequence "
+        "r (cycling), e.g. the trace of the very prompts a testbed run used, in its order",
+    )
+
+    @model_validator(mode="after")
+    def _whole_sequences_in_order(self) -> ReplayAcceptance:
+        if self.order == "request" and self.block:
+            raise ValueError("order = 'request' replays whole sequences (block must be 0)")
+        return self
 
 
 class HmmAcceptance(Strict):

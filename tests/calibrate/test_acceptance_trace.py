@@ -88,6 +88,23 @@ def test_simulator_replays_and_bootstraps_the_trace(tmp_path: Path) -> None:
         AcceptanceModel(ReplayAcceptance(kind="replay", trace="t.csv.gz", block=21), tmp_path)
 
 
+def test_replay_in_request_order_gives_request_r_sequence_r(tmp_path: Path) -> None:
+    """order = "request": request r replays sequence r (cycling), whatever the seed: the trace
+    of the very prompts a testbed run used, in its order; whole sequences only."""
+    written = records()
+    write_trace_gz(written, tmp_path / "t.csv.gz", PROVENANCE)
+    spec = ReplayAcceptance(kind="replay", trace="t.csv.gz", order="request")
+    model = AcceptanceModel(spec, tmp_path)
+    for request in range(5):
+        sequence = [r for r in written if r.sequence == request % 3]
+        for seed in (1, 7):
+            stream = model.stream(seed=seed, edge=0, request=request, n_positions=20)
+            assert stream.confidence == [r.confidence for r in sequence]
+            assert list(stream.accepted) == [r.accepted for r in sequence]
+    with pytest.raises(ValueError, match="whole sequences"):
+        ReplayAcceptance(kind="replay", trace="t.csv.gz", order="request", block=5)
+
+
 def _gz(path: Path, text: str) -> Path:
     path.write_bytes(gzip.compress(text.encode("utf-8")))
     return path
