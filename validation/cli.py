@@ -118,6 +118,12 @@ def add_revalidate_parser(subparsers: Any) -> None:
     revalidate.add_argument(
         "--profile", type=Path, help="simulate with this profile instead of SOURCE's"
     )
+    revalidate.add_argument(
+        "--scenario",
+        type=Path,
+        help="the scenario at this path instead of the manifest's (a kept copy of a scenario "
+        "edited since; its sha256 must be the manifest's)",
+    )
     revalidate.add_argument("--quiet", action="store_true", help="no table, only the verdict")
     revalidate.add_argument("--out", type=out_dir_arg, required=True, help="output folder")
     add_force_argument(revalidate)
@@ -125,7 +131,7 @@ def add_revalidate_parser(subparsers: Any) -> None:
 
 def run_revalidate(args: argparse.Namespace, argv: list[str]) -> int:
     """Execute `pipesd revalidate`."""
-    manifest, scenario, profile = validation_source(args.source)
+    manifest, scenario, profile = validation_source(args.source, args.scenario)
     if manifest.get("fleet"):  # its traces are relative to its own profile (validation.fleet)
         raise ConfigError(str(args.source / "manifest.json"), "fleet", "a many-edge "
                           "validation: re-run `pipesd validate` (revalidate takes one "

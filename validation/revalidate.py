@@ -30,10 +30,13 @@ def command_options(command: Sequence[str], flag: str) -> list[str]:
     return values
 
 
-def validation_source(source: Path) -> tuple[dict[str, Any], Path, Path | None]:
+def validation_source(
+    source: Path, scenario_file: Path | None = None
+) -> tuple[dict[str, Any], Path, Path | None]:
     """A finished validation folder's manifest, the scenario its real run used and the profile
     it simulated (None where it is no longer where the manifest says); one-line ConfigError
-    for a folder that is not one, or whose scenario changed since."""
+    for a folder that is not one, or whose scenario changed since. `scenario_file`: the
+    scenario at another path (a kept copy of a scenario edited since), with the same sha256."""
     manifest_path = source / "manifest.json"
     if not manifest_path.exists():
         raise ConfigError(str(source), "", "no manifest.json: not a validation folder")
@@ -49,12 +52,15 @@ def validation_source(source: Path) -> tuple[dict[str, Any], Path, Path | None]:
     missing = [f"real/{name}" for name in REAL_FILES[:2] if not (source / "real" / name).is_file()]
     if missing:
         raise ConfigError(str(source), "", f"missing {', '.join(missing)}")
+    if scenario_file is not None:
+        scenario = scenario_file
     if not scenario.is_file():
-        raise ConfigError(str(manifest_path), "scenario.path", f"{str(scenario)!r} not found")
+        where = "--scenario" if scenario_file is not None else "scenario.path"
+        raise ConfigError(str(manifest_path), where, f"{str(scenario)!r} not found")
     if sha256(scenario) != scenario_hash:
         raise ConfigError(
-            str(scenario), "", "changed since the validation ran (its sha256 differs from the "
-            "manifest's): the real run is no longer the scenario's"
+            str(scenario), "", "differs from the scenario the validation ran (its sha256 is not "
+            "the manifest's): the real run is no longer the scenario's (--scenario: a kept copy)"
         )  # fmt: skip
     candidates = [source / "calibration" / "profile.json", Path(manifest["profile"]["path"])]
     profile = next((p for p in candidates if p.is_file() and sha256(p) == profile_hash), None)

@@ -16,6 +16,7 @@ from validation.validate import METRICS, validation_points
 
 REPO = Path(__file__).resolve().parents[2]
 RUN11 = Path("docs/validation/cpu-run11")
+SCENARIO = Path("scenarios/testbed_cpu.toml")
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -99,9 +100,30 @@ def test_revalidate_bad_sources_are_one_line_exit_2(in_repo, tmp_path, capsys):
     (changed / "manifest.json").write_text(json.dumps(manifest))
     assert main(["revalidate", str(changed), "--out", out]) == 2
     err = capsys.readouterr().err
-    assert "testbed_cpu.toml" in err and "changed since" in err and len(err.splitlines()) == 1
+    assert "testbed_cpu.toml" in err and "is not the manifest's" in err
+    assert len(err.splitlines()) == 1
+    other = tmp_path / "other.toml"
+    other.write_text(SCENARIO.read_text() + "\n# edited\n")
+    assert main(["revalidate", str(RUN11), "--scenario", str(other), "--out", out]) == 2
+    assert "other.toml" in capsys.readouterr().err
+    missing = str(tmp_path / "nope.toml")
+    assert main(["revalidate", str(RUN11), "--scenario", missing, "--out", out]) == 2
+    assert "--scenario" in capsys.readouterr().err
     (changed / "real" / "results.csv").unlink()
     assert main(["revalidate", str(changed), "--out", out]) == 2
     assert "missing real/results.csv" in capsys.readouterr().err
     assert main(["revalidate", str(RUN11), "--out", str(RUN11)]) == 2
     assert "must differ from SOURCE" in capsys.readouterr().err
+
+
+def test_revalidate_takes_a_kept_copy_of_a_scenario_edited_since(in_repo, tmp_path, capsys):
+    """--scenario: the same bytes at another path (the scenario itself edited after the run)
+    give the same comparison as the manifest's own path."""
+    kept = tmp_path / "kept.toml"
+    kept.write_bytes(SCENARIO.read_bytes())
+    own, copy = tmp_path / "own", tmp_path / "copy"
+    assert main(["revalidate", str(RUN11), "--quiet", "--out", str(own)]) == 0
+    assert main(["revalidate", str(RUN11), "--quiet", "--scenario", str(kept),
+                 "--out", str(copy)]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert read_rows(own / "validation.csv") == read_rows(copy / "validation.csv")
