@@ -46,135 +46,28 @@ Prompts are formatted with the target's chat template when its GGUF has one (Smo
 with its default system message), as one user message; otherwise used as raw text.
 Prompts and their formatting live in `models.prompts` (families, fitting and held-out splits).
 
-The results: `write_trace` writes the simulator's replay trace (columns sequence, position,
-confidence, accepted; `simulator.acceptance.ReplayTraces.load` reads it), `samples` gives the
-`AcceptanceSample`s `calibrate.fit.fit_acceptance` fits, and `AcceptanceRecording` has the
-summary statistics (acceptance rates, mean accepted length per round).
+The results live in `calibrate.acceptance_recording`: `write_trace` writes the simulator's replay
+trace (columns sequence, position, confidence, accepted; `simulator.acceptance.ReplayTraces.load`
+reads it), `samples` gives the `AcceptanceSample`s `calibrate.fit.fit_acceptance` fits, and
+`AcceptanceRecording` has the summary statistics (acceptance rates, mean accepted length per
+round).
 """
 
 from __future__ import annotations
 
-import csv
-import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from calibrate.samples import AcceptanceSample
+from calibrate.acceptance_recording import AcceptanceRecording, PositionRecord, RoundRecord
 from models.llama_load import CTX_ROUND, FLASH_ATTENTION, eos_tokens
 from models.prompts import format_prompt
 
 CTX_MARGIN = 8
 """Extra context slots beyond prompt + max_new_tokens + draft_len."""
-
-
-# --------------------------------------------------------------------------------------------
-# Results
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PositionRecord:
-    """One drafted token on the correct prefix: sequence (prompt index), output position,
-    the draft's top-1 probability, and the target's greedy verdict; then the drafted token id,
-    the sampling acceptance probability min(1, p/q) at temperature 1 (p the target's
-    probability of the token, q the draft's), and the target's top-K ids and probabilities
-    (most probable first; empty when recorded with top_k 0)."""
-
-    sequence: int
-    position: int
-    confidence: float
-    accepted: bool
-    token: int = -1
-    accept_prob: float = math.nan
-    top_ids: tuple[int, ...] = ()
-    top_probs: tuple[float, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class RoundRecord:
-    """One draft-verify round: output position of its first drafted token, tokens drafted,
-    tokens accepted (0..drafted)."""
-
-    sequence: int
-    position: int
-    drafted: int
-    accepted: int
-
-
-@dataclass(frozen=True)
-class AcceptanceRecording:
-    """What `record_acceptance` recorded (see the module docstring).
-
-    `outputs[s]` is the token ids generated for prompt s; `prompt_tokens[s]` the tokens of the
-    formatted prompt. `seconds` is the wall-clock time of the whole recording.
-    """
-
-    draft_path: Path
-    target_path: Path
-    prompts: tuple[str, ...]
-    prompt_tokens: tuple[tuple[int, ...], ...]
-    outputs: tuple[tuple[int, ...], ...]
-    positions: tuple[PositionRecord, ...]
-    rounds: tuple[RoundRecord, ...]
-    draft_len: int
-    max_new_tokens: int
-    threads: int
-    seconds: float
-    llama_cpp_version: str = ""
-
-    @property
-    def drafted(self) -> int:
-        """Tokens drafted, on- and off-path."""
-        return sum(r.drafted for r in self.rounds)
-
-    @property
-    def accepted(self) -> int:
-        """Drafted tokens the target accepted."""
-        return sum(r.accepted for r in self.rounds)
-
-    @property
-    def acceptance_rate(self) -> float:
-        """Accepted / drafted tokens (off-path tokens count as drafted, not accepted)."""
-        return self.accepted / self.drafted if self.drafted else math.nan
-
-    @property
-    def position_acceptance_rate(self) -> float:
-        """Accepted / recorded (on-path) positions: P(accept) as the replay trace has it."""
-        return self.accepted / len(self.positions) if self.positions else math.nan
-
-    @property
-    def mean_accepted_per_round(self) -> float:
-        """Mean accepted draft tokens per round."""
-        return self.accepted / len(self.rounds) if self.rounds else math.nan
-
-    @property
-    def generated(self) -> int:
-        """Output tokens over all prompts."""
-        return sum(len(o) for o in self.outputs)
-
-    def lines(self) -> list[str]:
-        """A short human-readable summary."""
-        conf = np.array([p.confidence for p in self.positions], dtype=float)
-        return [
-            f"draft {self.draft_path.name} -> target {self.target_path.name}: "
-            f"{len(self.prompts)} prompt(s), max {self.max_new_tokens} new tokens, draft_len "
-            f"{self.draft_len}, {self.threads} thread(s), {self.seconds:.1f} s",
-            f"rounds {len(self.rounds)}, drafted {self.drafted}, accepted {self.accepted} "
-            f"(acceptance rate {self.acceptance_rate:.3f}; on-path positions "
-            f"{len(self.positions)}, rate {self.position_acceptance_rate:.3f}), mean accepted "
-            f"per round {self.mean_accepted_per_round:.3f}, generated {self.generated} tokens",
-            "draft confidence on recorded positions: "
-            + (
-                f"mean {conf.mean():.3f}, median {np.median(conf):.3f}"
-                if conf.size
-                else "none recorded"
-            ),
-        ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -505,56 +398,8 @@ def first_mismatch(a: Sequence[int], b: Sequence[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-# --------------------------------------------------------------------------------------------
-# Outputs for the simulator and the fitter
-# --------------------------------------------------------------------------------------------
-
-
-TRACE_COLUMNS = ("sequence", "position", "confidence", "accepted")
-"""The replay trace's columns (`simulator.acceptance.ReplayTraces.load`)."""
-
-
-def write_trace(rec: AcceptanceRecording, path: Path) -> Path:
-    """Write the replay trace CSV: one row per recorded position (confidence exact, accepted
-    as 1/0). ValueError if nothing was recorded. Returns `path`."""
-    if not rec.positions:
-        raise ValueError("write_trace: the recording holds no positions")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(TRACE_COLUMNS)
-        for p in rec.positions:
-            writer.writerow([p.sequence, p.position, repr(float(p.confidence)), int(p.accepted)])
-    return path
-
-
-def write_rounds(rec: AcceptanceRecording, path: Path) -> Path:
-    """Write the per-round CSV (sequence, position, drafted, accepted). Returns `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(("sequence", "position", "drafted", "accepted"))
-        for r in rec.rounds:
-            writer.writerow([r.sequence, r.position, r.drafted, r.accepted])
-    return path
-
-
-def samples(rec: AcceptanceRecording) -> list[AcceptanceSample]:
-    """The recorded positions as `AcceptanceSample`s, for `calibrate.fit.fit_acceptance`."""
-    return [AcceptanceSample(confidence=p.confidence, accepted=p.accepted) for p in rec.positions]
-
-
 __all__ = [
-    "TRACE_COLUMNS",
-    "AcceptanceRecording",
-    "PositionRecord",
-    "RoundRecord",
     "first_mismatch",
     "record_acceptance",
-    "samples",
     "target_greedy",
-    "write_rounds",
-    "write_trace",
 ]

@@ -6,7 +6,7 @@ Format (version 1), gzip-compressed UTF-8 text:
   recipe, draft and target files and checksums, prompt family and split, generation settings,
   package versions, command);
 - line 2: the header `sequence,position,token,confidence,accepted,accept_prob,top_ids,top_probs`;
-- one row per recorded position (`calibrate.acceptance.PositionRecord`): confidence and
+- one row per recorded position (`calibrate.acceptance_recording.PositionRecord`): confidence and
   accept_prob as Python's shortest exact float text, accepted as 1/0, the target's top-K ids
   and probabilities as space-separated lists (probabilities to 4 significant digits).
 
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from calibrate.acceptance import PositionRecord
+from calibrate.acceptance_recording import PositionRecord
 from simulator.errors import ConfigError
 
 MAGIC = "# pipesd-acceptance-trace 1 "

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from calibrate.acceptance import record_acceptance, samples, write_trace
+from calibrate.acceptance import record_acceptance
+from calibrate.acceptance_recording import samples, write_trace
 from calibrate.assemble import Part, assemble, new_part, save_part, write_profile
 from calibrate.draft import VISIT_STEPS, fit_measurements, profile_draft
 from calibrate.fit import fit_acceptance

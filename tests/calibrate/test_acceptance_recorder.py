@@ -10,12 +10,10 @@ import numpy as np
 import pytest
 from model_marks import needs_smollm2, smollm2_path
 
-from calibrate.acceptance import (
+from calibrate.acceptance import first_mismatch, record_acceptance, target_greedy
+from calibrate.acceptance_recording import (
     AcceptanceRecording,
-    first_mismatch,
-    record_acceptance,
     samples,
-    target_greedy,
     write_rounds,
     write_trace,
 )

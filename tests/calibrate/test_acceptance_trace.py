@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibrate.acceptance import PositionRecord
+from calibrate.acceptance_recording import PositionRecord
 from calibrate.acceptance_trace import COLUMNS, MAGIC, read_trace, write_trace_gz
 from pipesd.cli import main
 from simulator.acceptance import AcceptanceModel, ReplayTraces
