@@ -43,7 +43,12 @@ from validation.ranking import (
     simulated_tpts,
 )
 from validation.recalibrate import recalibrate_for_run
-from validation.revalidate import command_options, revalidate, validation_source
+from validation.revalidate import (
+    command_options,
+    prompts_replayed_profile,
+    revalidate,
+    validation_source,
+)
 from validation.validate import (
     GOAL_MEDIAN,
     GOAL_P90,
@@ -124,6 +129,14 @@ def add_revalidate_parser(subparsers: Any) -> None:
         help="the scenario at this path instead of the manifest's (a kept copy of a scenario "
         "edited since; its sha256 must be the manifest's)",
     )
+    revalidate.add_argument(
+        "--replay-acceptance",
+        type=Path,
+        metavar="TRACE",
+        help="simulate with the acceptance of TRACE replayed in request order (request r, "
+        "sequence r; OUT/profile.json): with the trace of the run's own prompts, the timing "
+        "model alone is compared",
+    )
     revalidate.add_argument("--quiet", action="store_true", help="no table, only the verdict")
     revalidate.add_argument("--out", type=out_dir_arg, required=True, help="output folder")
     add_force_argument(revalidate)
@@ -149,7 +162,20 @@ def run_revalidate(args: argparse.Namespace, argv: list[str]) -> int:
     )
     if args.out.resolve() == args.source.resolve():
         raise ConfigError("--out", str(args.out), "must differ from SOURCE (it is read)")
+    replayed = args.replay_acceptance
+    if replayed is not None and points[0].scenario.model.acceptance is not None:
+        raise ConfigError(str(scenario), "acceptance", "the scenario sets its own acceptance "
+                          "(its real run replayed that stream): --replay-acceptance is for "
+                          "real-acceptance runs")  # fmt: skip
+    if replayed is not None and not replayed.is_file():
+        raise ConfigError("--replay-acceptance", str(replayed), "trace file not found")
     make_out(args, "revalidate", argv)
+    if replayed is not None:
+        profile = prompts_replayed_profile(profile, replayed, args.out)
+        points = validation_points(
+            scenario, profile, command_options(recorded, "--set"),
+            command_options(recorded, "--sweep"),
+        )  # fmt: skip
     skipped = {str(k): str(v) for k, v in (manifest.get("skipped") or {}).items()}
     rows, headline = revalidate(
         args.source, scenario, profile, points, args.out, ["pipesd", *argv], skipped

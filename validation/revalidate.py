@@ -3,14 +3,18 @@ current simulator, from its manifest (scenario, overrides, profile); no testbed,
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from calibrate.assemble import write_profile
 from realrun.testbed import COMPUTE_FILES
+from simulator.acceptance import ReplayTraces
 from simulator.errors import ConfigError
 from simulator.outdir import read_manifest
+from simulator.profile import Profile, load_profile
 from simulator.scenario import SweepPoint
 from validation.validate import sha256, simulate_and_compare
 
@@ -65,6 +69,31 @@ def validation_source(
     candidates = [source / "calibration" / "profile.json", Path(manifest["profile"]["path"])]
     profile = next((p for p in candidates if p.is_file() and sha256(p) == profile_hash), None)
     return manifest, scenario, profile
+
+
+def prompts_replayed_profile(profile_path: Path, trace: Path, out_dir: Path) -> Path:
+    """A copy of the profile at `profile_path` (OUT/profile.json) whose acceptance replays
+    `trace` in request order (request r, sequence r): with the trace of the very prompts a
+    real-acceptance run used, in its order, the comparison isolates the timing model from the
+    acceptance model. The trace is named relative to the copy, so the folder can move with
+    the repository."""
+    if not trace.is_file():
+        raise ConfigError("--replay-acceptance", str(trace), "trace file not found")
+    loaded = load_profile(profile_path)
+    data = loaded.profile.model_dump(mode="json")
+    out_path = out_dir / "profile.json"
+    relative = os.path.relpath(trace.resolve(), out_dir.resolve())
+    data["acceptance"] = {"kind": "replay", "trace": relative, "order": "request"}
+    notes = data["provenance"]["notes"]
+    notes["acceptance"] = (
+        f"{trace} replayed in request order (request r, sequence r): the acceptance of the "
+        f"run's own prompts, a diagnostic of the timing model, not a prediction; everything "
+        f"else as in {profile_path} (sha256 {loaded.sha256[:12]})"
+    )
+    profile = Profile.model_validate(data)
+    ReplayTraces.load(out_dir / relative)  # a bad trace: one line now, not mid-simulation
+    write_profile(profile, out_path)
+    return out_path
 
 
 def revalidate(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def test_grids_reach_the_runs_longest_prompt_and_context():
     prompts = recalibrate.extended(recalibrate.PROMPT_LENGTHS, 258)
     assert prompts[: len(recalibrate.PROMPT_LENGTHS)] == tuple(recalibrate.PROMPT_LENGTHS)
     assert prompts[-1] == 272 and prompts[-1] >= 258
-    for before, after in zip(prompts, prompts[1:], strict=False):
+    for before, after in itertools.pairwise(prompts):
         assert before < after <= before * recalibrate.GRID_GROWTH + recalibrate.GRID_ROUND
     assert recalibrate.extended(recalibrate.TARGET_CONTEXTS, 100) == tuple(
         recalibrate.TARGET_CONTEXTS
@@ -112,8 +113,8 @@ def test_run_extent_counts_the_scenarios_prompts_as_the_testbed_formats_them():
         root / "testbed_cpu_real.toml", root / "profiles" / "cpu-testbed-q4_0-hmm.json", [], []
     )
     extent = recalibrate.run_extent(points[0].scenario, smollm2_path())
-    # the 18 held-out HumanEval prompts of the scenario's comment: the longest is 258 tokens
-    assert extent.prompt_tokens == 258
+    # HumanEval's 42 held-out prompts, as the scenario's comment counts them: at most 351 tokens
+    assert extent.prompt_tokens == 351
     longest_draft = tokens_per_message(points[0].scenario)  # the per-NAV cap of the protocol
-    assert extent.context_tokens == 258 + points[0].scenario.model.prompts.max_new_tokens + 64
+    assert extent.context_tokens == 351 + points[0].scenario.model.prompts.max_new_tokens + 64
     assert longest_draft == 64

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -127,3 +128,48 @@ def test_revalidate_takes_a_kept_copy_of_a_scenario_edited_since(in_repo, tmp_pa
                  "--out", str(copy)]) == 0  # fmt: skip
     capsys.readouterr()
     assert read_rows(own / "validation.csv") == read_rows(copy / "validation.csv")
+
+
+def test_replay_acceptance_simulates_the_runs_own_prompts_in_request_order(
+    in_repo, tmp_path, capsys
+):
+    """--replay-acceptance TRACE on a real-acceptance run (run 20, 18 prompts): OUT/profile.json
+    is the run's profile with its acceptance replaced by TRACE replayed request by request
+    (named relative to OUT), and it is the profile simulated: Vanilla's NAV count is then the
+    traces' own (243 real; the trace recorder's batch shapes flip a few near ties: 250)."""
+    run20, kept = Path("docs/validation/cpu-run20-real18"), "scenarios/testbed_cpu_real18.toml"
+    trace = Path("scenarios/acceptance/smollm2-q4_0.humaneval.heldout.csv.gz")
+    out = tmp_path / "out"
+    assert main(["revalidate", str(run20), "--scenario", kept, "--quiet",
+                 "--replay-acceptance", str(trace), "--out", str(out)]) == 0  # fmt: skip
+    capsys.readouterr()
+    written = json.loads((out / "profile.json").read_text())
+    relative = os.path.relpath(trace.resolve(), out.resolve())
+    assert written["acceptance"] == {
+        "kind": "replay",
+        "trace": relative,
+        "block": 0,
+        "order": "request",
+    }
+    assert "request order" in written["provenance"]["notes"]["acceptance"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["profile"]["path"] == str(out / "profile.json")
+    vanilla = [r for r in read_rows(out / "validation.csv") if r["policy"] == "vanilla"]
+    assert {float(r["nav_count_sim"]) for r in vanilla} == {250.0}
+
+
+def test_replay_acceptance_is_refused_in_one_line_where_it_cannot_apply(in_repo, tmp_path, capsys):
+    """A synthetic-acceptance run's scenario sets its own acceptance (the stream its testbed
+    replayed), and a missing trace is a missing trace: one line each, exit 2, no OUT."""
+    trace = Path("scenarios/acceptance/smollm2-q4_0.humaneval.heldout.csv.gz")
+    out = tmp_path / "out"
+    assert main(["revalidate", str(RUN11), "--replay-acceptance", str(trace),
+                 "--out", str(out)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "sets its own acceptance" in err and len(err.splitlines()) == 1
+    run20, kept = "docs/validation/cpu-run20-real18", "scenarios/testbed_cpu_real18.toml"
+    assert main(["revalidate", run20, "--scenario", kept, "--replay-acceptance",
+                 str(tmp_path / "nope.csv"), "--out", str(out)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "--replay-acceptance" in err and "not found" in err and len(err.splitlines()) == 1
+    assert not out.exists()
