@@ -30,7 +30,8 @@ import simulator.engine as engine
 from policies.base import Decision, Policy, VerifyOutcome
 from policies.registry import make_policy
 from simulator.engine import simulate
-from simulator.scenario import PolicyEntry, Scenario, expand_sweep
+from simulator.scenario import Scenario, expand_sweep
+from simulator.scenario_sections import PolicyEntry
 
 ROOT = Path(__file__).resolve().parents[1]
 

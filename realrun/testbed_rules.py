@@ -16,7 +16,8 @@ from realrun.cloud.settings import ServerSettings, body_limit_bytes
 from simulator.acceptance import AcceptanceModel
 from simulator.errors import ConfigError
 from simulator.payload import Payload, payload_for
-from simulator.scenario import PayloadSection, PolicyEntry, Scenario, SweepPoint
+from simulator.scenario import Scenario, SweepPoint
+from simulator.scenario_sections import PayloadSection, PolicyEntry
 
 NEEDS_FLEET = "needs a fleet of edges"
 """`skip_reason` of a fleet-plan policy (DiP-SD): a many-edge testbed runs it."""

@@ -34,7 +34,8 @@ from simulator.link import Channel
 from simulator.payload import payload_for
 from simulator.profile import LoadedProfile
 from simulator.records import RequestRecord, Span
-from simulator.scenario import PayloadSection, PolicyEntry, Scenario
+from simulator.scenario import Scenario
+from simulator.scenario_sections import PayloadSection, PolicyEntry
 
 
 @dataclass

@@ -14,7 +14,8 @@ import numpy as np
 from simulator.compute import ComputeTrace
 from simulator.link import Bandwidth, ConstantBandwidth, TraceBandwidth
 from simulator.profile import LoadedProfile
-from simulator.scenario import EdgeGroup, Scenario
+from simulator.scenario import Scenario
+from simulator.scenario_sections import EdgeGroup
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from simulator.profile import PayloadProfile
-from simulator.scenario import PayloadSection
+from simulator.scenario_sections import PayloadSection
 
 MSGPACK_ARRAY_HEADER_BYTES = 5
 

@@ -41,7 +41,8 @@ from simulator.profile import MIN_SPEED_FACTOR
 from simulator.provenance import package_versions
 from simulator.results import write_json, write_table
 from simulator.runner import RECORD_FIELDS, request_rows, summary_columns, summary_rows
-from simulator.scenario import ScenarioModel, SweepPoint
+from simulator.scenario import SweepPoint
+from simulator.scenario_sections import ScenarioModel
 from validation.draws import acceptance_draws
 from validation.fleet_table import NAMES, FleetTables, fleet_tables, write_fleet_tables
 from validation.replay import Session, simulate_sessions, write_traces

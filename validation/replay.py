@@ -22,7 +22,8 @@ from simulator.compute import MAX_SPEED_FACTOR
 from simulator.profile import MIN_SPEED_FACTOR
 from simulator.results import write_atomic
 from simulator.runner import Task, TaskOutcome, execute, summary_rows
-from simulator.scenario import ScenarioModel, SweepPoint
+from simulator.scenario import SweepPoint
+from simulator.scenario_sections import ScenarioModel
 from validation.draws import draw_seeds
 
 Session = tuple[int, str, int]

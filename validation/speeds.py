@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.scenario import ScenarioModel, SweepPoint
+from simulator.scenario import SweepPoint
+from simulator.scenario_sections import ScenarioModel
 from validation.replay import resimulate_sessions
 
 

@@ -16,7 +16,7 @@ from model_marks import needs_smollm2, smollm2_path
 from models.prompts import FAMILIES, SPLITS, family_prompts
 from realrun.local import LocalOptions
 from realrun.testbed_rules import SamplingSpec
-from simulator.scenario import PromptsSection
+from simulator.scenario_sections import PromptsSection
 from validation.lossless import check_lossless, lossless_line, not_checked
 from validation.validate import validation_points
 
