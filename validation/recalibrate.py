@@ -37,6 +37,7 @@ TARGET_CONTEXTS = [32, 64, 96, 128, 192]
 GRID_GROWTH = 1.5
 """Each point added past a grid's end is at most this factor beyond the one before."""
 GRID_ROUND = 16
+"""Points added past a grid's end are multiples of this many tokens."""
 TARGET_TOKEN_COUNTS = [1, 2, 3, 4, 5, 6, 8]
 REPETITIONS = 5
 WARMUP = 2
