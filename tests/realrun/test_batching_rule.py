@@ -66,6 +66,23 @@ def batches(starts: list[tuple[int, float]]) -> list[tuple[tuple[int, ...], floa
     return [(tuple(sorted(members)), start) for start, members in sorted(grouped.items())]
 
 
+def run_all(threads: list[threading.Thread]) -> None:
+    """Start every client (and retirement) thread, then wait for all of them."""
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+
+def assert_same_batches(
+    got: list[tuple[tuple[int, ...], float]], expected: list[tuple[tuple[int, ...], float]]
+) -> None:
+    """The same members batch by batch, each batch starting at the expected time."""
+    assert [members for members, _ in got] == [members for members, _ in expected]
+    for (_, start), (_, at) in zip(got, expected, strict=True):
+        assert start == pytest.approx(at, abs=0.3)  # 60 ms: thread wake-ups
+
+
 def simulated() -> list[tuple[tuple[int, ...], float]]:
     env = simpy.Environment()
     cloud = Cloud(env, None, FlatTarget(), max_batch=MAX_BATCH, batch_window_s=WINDOW)  # type: ignore[arg-type]
@@ -93,10 +110,7 @@ def served() -> list[tuple[tuple[int, ...], float]]:
         assert batcher.submit(index, index) == index
 
     threads = [threading.Thread(target=client, args=(i, at)) for i, at in enumerate(ARRIVALS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+    run_all(threads)
     # group by the batch's first start (members of one batch share it exactly)
     return batches(starts)
 
@@ -106,10 +120,7 @@ def test_simulator_forms_the_worked_batches():
 
 
 def test_server_forms_the_simulators_batches_at_its_times():
-    got = served()
-    assert [members for members, _ in got] == [members for members, _ in EXPECTED]
-    for (_, start), (_, expected) in zip(got, EXPECTED, strict=True):
-        assert start == pytest.approx(expected, abs=0.3)  # 60 ms: thread wake-ups
+    assert_same_batches(served(), EXPECTED)
 
 
 def test_a_sessions_second_item_waits_for_a_later_batch():
@@ -215,10 +226,7 @@ def plan_served() -> list[tuple[tuple[int, ...], float]]:
         threading.Thread(target=client, args=(i, edge, at))
         for i, (edge, at) in enumerate(PLAN_ARRIVALS)
     ] + [threading.Thread(target=retire, args=retirement) for retirement in RETIREMENTS]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+    run_all(threads)
     assert plans.batcher is not None  # edges 1 and 2 never retired: the plan is still on
     return batches(starts)
 
@@ -228,10 +236,7 @@ def test_simulator_verifies_the_plans_worked_turns():
 
 
 def test_server_verifies_the_simulators_plan_turns_at_its_times():
-    got = plan_served()
-    assert [members for members, _ in got] == [members for members, _ in PLAN_EXPECTED]
-    for (_, start), (_, expected) in zip(got, PLAN_EXPECTED, strict=True):
-        assert start == pytest.approx(expected, abs=0.3)  # 60 ms: thread wake-ups
+    assert_same_batches(plan_served(), PLAN_EXPECTED)
 
 
 def test_plan_turns_serve_a_job_outside_the_plan_first_and_only_look():

@@ -123,19 +123,27 @@ def test_the_batch_term_is_measured_into_the_profile(tmp_path):
     assert len(samples) == 2 * 2 * 2 * 2 and {s["batch"] for s in samples} == {1, 2}
 
 
+def validate_with_smollm2(scenario: Path, out: Path) -> None:
+    """`pipesd validate` on the fleet scenario: SmolLM2 as target and draft, synthetic
+    acceptance, the software shaper; it must exit 0."""
+    from model_marks import smollm2_path
+
+    model = str(smollm2_path())
+    argv = ["validate", str(scenario), "--profile", str(PROFILE), "--target", model]
+    argv += ["--draft", model, "--acceptance", "synthetic", "--shaping", "software", "--quiet"]
+    done = subprocess.run([*PIPESD, *argv, "--out", str(out)], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_two_edges_validate_through_the_software_shaper(tmp_path):
     pytest.importorskip("fastapi", reason="fastapi is not installed (extra 'realrun')")
     pytest.importorskip("llama_cpp", reason="llama-cpp-python (extra 'models') is not installed")
-    from model_marks import smollm2_path
 
     path = tmp_path / "fleet.toml"
     path.write_text(fleet_toml().replace("count = 2", "count = 1"))
     out = tmp_path / "out"
-    model = str(smollm2_path())
-    argv = ["validate", str(path), "--profile", str(PROFILE), "--target", model, "--draft", model]
-    argv += ["--acceptance", "synthetic", "--shaping", "software", "--quiet", "--out", str(out)]
-    done = subprocess.run([*PIPESD, *argv], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    validate_with_smollm2(path, out)
     with (out / "fleet_edges.csv").open(newline="") as handle:
         edges = list(csv.DictReader(handle))
     assert sorted(row["edge"] for row in edges) == ["0", "1"]
@@ -163,17 +171,12 @@ def test_two_edges_validate_through_the_software_shaper(tmp_path):
 def test_dipsd_validates_with_the_plan_the_testbed_ran(tmp_path):
     pytest.importorskip("fastapi", reason="fastapi is not installed (extra 'realrun')")
     pytest.importorskip("llama_cpp", reason="llama-cpp-python (extra 'models') is not installed")
-    from model_marks import smollm2_path
 
     path = tmp_path / "fleet.toml"
     text = fleet_toml(policies='name = "dipsd"').replace('"vanilla"', '"dipsd"')
     path.write_text(text + '[acceptance]\nkind = "iid"\nrate = 0.7\n')
     out = tmp_path / "out"
-    model = str(smollm2_path())
-    argv = ["validate", str(path), "--profile", str(PROFILE), "--target", model, "--draft", model]
-    argv += ["--acceptance", "synthetic", "--shaping", "software", "--quiet", "--out", str(out)]
-    done = subprocess.run([*PIPESD, *argv], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    validate_with_smollm2(path, out)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["dipsd_plan_as_run"]["calibration"] == {"p0_dipsd_s1": True}
     for name in ("calibration", "replayed", "run_speed"):  # all three check the run's plan
