@@ -9,7 +9,6 @@ only), `autotune=false` (fixed thresholds), `proactive=false` (wait while a NAV 
 from __future__ import annotations
 
 import functools
-import math
 from collections import deque
 from typing import Annotated, Literal
 
@@ -23,6 +22,7 @@ from policies.pipesd.estimators import (
     ExponentialAverage,
     MovingAverage,
     UploadCostEstimator,
+    planning_window,
     tolerance_band,
 )
 
@@ -181,7 +181,6 @@ class PipeSD(Policy):
         "_c1",
         "_confidences",
         "_deferred_verify",
-        "_history",
         "_last_result_s",
         "_max_len",
         "_pipeline",
@@ -220,7 +219,6 @@ class PipeSD(Policy):
         self.upload = UploadCostEstimator(params.initial_alpha_s, params.initial_beta_s)
         self.gamma = ExponentialAverage(params.initial_gamma_s, weight=1.0 / 32.0)
         self.draft_lengths = MovingAverage(float(params.initial_window), params.window_history)
-        self._history = params.window_history  # the draft lengths' window (inlined observe)
         self.autotuner = ThresholdAutotuner(params, seed) if params.autotune else None
         self.tuner_step_s = params.tuner_step_s
         self._point: tuple[float, float] | None = None
@@ -313,12 +311,7 @@ class PipeSD(Policy):
             if pending:
                 self._deferred_verify = True
             else:
-                lengths = self.draft_lengths  # MovingAverage.observe, inlined (once per draft)
-                values = lengths._values
-                if len(values) == self._history:
-                    lengths._sum -= values[0]
-                values.append(float(k))
-                lengths._sum += k  # (+ float(k): the same sum)
+                self.draft_lengths.observe(float(k))
                 self._window_due = True
                 self._confidences, self._c1 = [], 1.0
             return VERIFY
@@ -345,14 +338,7 @@ class PipeSD(Policy):
         window = self.window
         if self._window_due:  # else the mean draft length, so N̂, is unchanged
             self._window_due = False
-            lengths = self.draft_lengths  # planning_window(lengths.value, ...), inlined
-            values = lengths._values
-            mean = lengths._sum / len(values) if values else lengths._initial
-            window = math.ceil(mean - 1e-9)
-            if window > self._max_len:
-                window = self._max_len
-            elif window < 1:
-                window = 1
+            window = planning_window(self.draft_lengths.value, self._max_len)
         if window != self.window:
             self.window = window
             self._replan()
