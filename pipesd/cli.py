@@ -29,7 +29,8 @@ from simulator.errors import ConfigError
 from simulator.outdir import out_dir_arg
 from simulator.runner import plan_tasks, run_scenario
 from simulator.scenario import expand_sweep
-from validation.cli import add_revalidate_parser, add_validate_parser, run_revalidate, run_validate
+from validation.cli import add_validate_parser, run_validate
+from validation.revalidate_cli import add_revalidate_parser, run_revalidate
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130

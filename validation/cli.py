@@ -1,5 +1,6 @@
-"""`pipesd validate` and `pipesd revalidate`: parse the flags, call `validation.validate`, print
-the table and the verdict. The testbed flags are `pipesd realrun local`'s (`realrun.cli`)."""
+"""`pipesd validate`: parse the flags, call `validation.validate`, print the table and the
+verdict (also for `pipesd revalidate`, `validation.revalidate_cli`). The testbed flags are
+`pipesd realrun local`'s (`realrun.cli`)."""
 
 from __future__ import annotations
 
@@ -43,12 +44,6 @@ from validation.ranking import (
     simulated_tpts,
 )
 from validation.recalibrate import recalibrate_for_run
-from validation.revalidate import (
-    command_options,
-    prompts_replayed_profile,
-    revalidate,
-    validation_source,
-)
 from validation.validate import (
     GOAL_MEDIAN,
     GOAL_P90,
@@ -105,84 +100,6 @@ def add_validate_parser(subparsers: Any) -> None:
     )
     validate.add_argument("--out", type=out_dir_arg, required=True, help="output folder")
     add_force_argument(validate)
-
-
-def add_revalidate_parser(subparsers: Any) -> None:
-    """Register `pipesd revalidate`."""
-    revalidate = subparsers.add_parser(
-        "revalidate",
-        help="compare a finished validation's real run with the current simulator",
-        description=(
-            "Re-simulate SOURCE (an OUT folder of `pipesd validate`) with the current simulator "
-            "and its profile, or --profile, and compare it with SOURCE's real run as validate "
-            "does: OUT/validation.csv, OUT/real/ (copied), OUT/sim/, OUT/manifest.json. No "
-            "testbed, no models: a model change can be checked against every recorded run."
-        ),
-    )
-    revalidate.add_argument("source", type=Path, help="a `pipesd validate` output folder")
-    revalidate.add_argument(
-        "--profile", type=Path, help="simulate with this profile instead of SOURCE's"
-    )
-    revalidate.add_argument(
-        "--scenario",
-        type=Path,
-        help="the scenario at this path instead of the manifest's (a kept copy of a scenario "
-        "edited since; its sha256 must be the manifest's)",
-    )
-    revalidate.add_argument(
-        "--replay-acceptance",
-        type=Path,
-        metavar="TRACE",
-        help="simulate with the acceptance of TRACE replayed in request order (request r, "
-        "sequence r; OUT/profile.json): with the trace of the run's own prompts, the timing "
-        "model alone is compared",
-    )
-    revalidate.add_argument("--quiet", action="store_true", help="no table, only the verdict")
-    revalidate.add_argument("--out", type=out_dir_arg, required=True, help="output folder")
-    add_force_argument(revalidate)
-
-
-def run_revalidate(args: argparse.Namespace, argv: list[str]) -> int:
-    """Execute `pipesd revalidate`."""
-    manifest, scenario, profile = validation_source(args.source, args.scenario)
-    if manifest.get("fleet"):  # its traces are relative to its own profile (validation.fleet)
-        raise ConfigError(str(args.source / "manifest.json"), "fleet", "a many-edge "
-                          "validation: re-run `pipesd validate` (revalidate takes one "
-                          "edge)")  # fmt: skip
-    if args.profile is not None:
-        profile = args.profile
-    elif profile is None:
-        raise ConfigError(
-            str(args.source / "manifest.json"), "profile", "the profile it simulated is not in "
-            "calibration/profile.json nor at its recorded path (or changed): give --profile"
-        )  # fmt: skip
-    recorded = [str(word) for word in manifest["command"]]
-    points = validation_points(
-        scenario, profile, command_options(recorded, "--set"), command_options(recorded, "--sweep")
-    )
-    if args.out.resolve() == args.source.resolve():
-        raise ConfigError("--out", str(args.out), "must differ from SOURCE (it is read)")
-    replayed = args.replay_acceptance
-    if replayed is not None and points[0].scenario.model.acceptance is not None:
-        raise ConfigError(str(scenario), "acceptance", "the scenario sets its own acceptance "
-                          "(its real run replayed that stream): --replay-acceptance is for "
-                          "real-acceptance runs")  # fmt: skip
-    if replayed is not None and not replayed.is_file():
-        raise ConfigError("--replay-acceptance", str(replayed), "trace file not found")
-    make_out(args, "revalidate", argv)
-    if replayed is not None:
-        profile = prompts_replayed_profile(profile, replayed, args.out)
-        points = validation_points(
-            scenario, profile, command_options(recorded, "--set"),
-            command_options(recorded, "--sweep"),
-        )  # fmt: skip
-    skipped = {str(k): str(v) for k, v in (manifest.get("skipped") or {}).items()}
-    rows, headline = revalidate(
-        args.source, scenario, profile, points, args.out, ["pipesd", *argv], skipped
-    )
-    print_validation(rows, list(points[0].axes), headline, skipped, not args.quiet)
-    print(f"wrote {args.out}/validation.csv, manifest.json, real/, sim/")
-    return 0
 
 
 def _percent(value: float) -> str:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from calibrate.acceptance_check_cli import load_model
 from calibrate.assemble import write_profile
 from realrun.testbed import COMPUTE_FILES
 from simulator.acceptance import ReplayTraces
@@ -71,28 +72,36 @@ def validation_source(
     return manifest, scenario, profile
 
 
-def prompts_replayed_profile(profile_path: Path, trace: Path, out_dir: Path) -> Path:
-    """A copy of the profile at `profile_path` (OUT/profile.json) whose acceptance replays
-    `trace` in request order (request r, sequence r): with the trace of the very prompts a
-    real-acceptance run used, in its order, the comparison isolates the timing model from the
-    acceptance model. The trace is named relative to the copy, so the folder can move with
-    the repository."""
-    if not trace.is_file():
-        raise ConfigError("--replay-acceptance", str(trace), "trace file not found")
+def swapped_acceptance_profile(
+    profile_path: Path, out_dir: Path, trace: Path | None, model: Path | None
+) -> Path:
+    """A copy of the profile at `profile_path` (OUT/profile.json) with its acceptance replaced.
+
+    `trace`: replayed in request order (request r, sequence r); with the trace of the very
+    prompts a real-acceptance run used, in its order, the comparison isolates the timing model
+    from the acceptance model. `model`: an `acceptance-fit` model JSON, so any fitted model
+    can be judged against a recorded testbed run. Files are named relative to the copy, so
+    the folder can move with the repository."""
     loaded = load_profile(profile_path)
     data = loaded.profile.model_dump(mode="json")
     out_path = out_dir / "profile.json"
-    relative = os.path.relpath(trace.resolve(), out_dir.resolve())
-    data["acceptance"] = {"kind": "replay", "trace": relative, "order": "request"}
-    notes = data["provenance"]["notes"]
-    notes["acceptance"] = (
-        f"{trace} replayed in request order (request r, sequence r): the acceptance of the "
-        f"run's own prompts, a diagnostic of the timing model, not a prediction; everything "
-        f"else as in {profile_path} (sha256 {loaded.sha256[:12]})"
-    )
-    profile = Profile.model_validate(data)
-    ReplayTraces.load(out_dir / relative)  # a bad trace: one line now, not mid-simulation
-    write_profile(profile, out_path)
+    rest = f"everything else as in {profile_path} (sha256 {loaded.sha256[:12]})"
+    if trace is not None:
+        if not trace.is_file():
+            raise ConfigError("--replay-acceptance", str(trace), "trace file not found")
+        relative = os.path.relpath(trace.resolve(), out_dir.resolve())
+        data["acceptance"] = {"kind": "replay", "trace": relative, "order": "request"}
+        note = (
+            f"{trace} replayed in request order (request r, sequence r): the acceptance of the "
+            f"run's own prompts, a diagnostic of the timing model, not a prediction; {rest}"
+        )
+        ReplayTraces.load(out_dir / relative)  # a bad trace: one line now, not mid-simulation
+    else:
+        assert model is not None
+        data["acceptance"] = load_model(model).model_dump(mode="json")
+        note = f"the fitted model {model} (sha256 {sha256(model)[:12]}); {rest}"
+    data["provenance"]["notes"]["acceptance"] = note
+    write_profile(Profile.model_validate(data), out_path)
     return out_path
 
 

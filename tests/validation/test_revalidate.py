@@ -172,4 +172,26 @@ def test_replay_acceptance_is_refused_in_one_line_where_it_cannot_apply(in_repo,
                  str(tmp_path / "nope.csv"), "--out", str(out)]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert "--replay-acceptance" in err and "not found" in err and len(err.splitlines()) == 1
+    assert main(["revalidate", run20, "--scenario", kept, "--acceptance-model",
+                 str(tmp_path / "nope.json"), "--out", str(out)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "--acceptance-model" in err and "not found" in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_acceptance_model_simulates_a_fitted_model_on_a_recorded_run(in_repo, tmp_path, capsys):
+    """--acceptance-model MODEL on a real-acceptance run: OUT/profile.json is the run's profile
+    with the model's acceptance (the note names it), and it is the profile simulated."""
+    run20, kept = "docs/validation/cpu-run20-real18", "scenarios/testbed_cpu_real18.toml"
+    model = Path("scenarios/acceptance/smollm2-q4_0.hmm.json")
+    out = tmp_path / "out"
+    assert main(["revalidate", run20, "--scenario", kept, "--quiet", "--acceptance-model",
+                 str(model), "--out", str(out)]) == 0  # fmt: skip
+    capsys.readouterr()
+    written = json.loads((out / "profile.json").read_text())
+    fitted = json.loads(model.read_text())["acceptance"]
+    assert written["acceptance"]["kind"] == "hmm"
+    assert written["acceptance"]["transition"] == fitted["transition"]
+    assert str(model) in written["provenance"]["notes"]["acceptance"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["profile"]["path"] == str(out / "profile.json")
