@@ -73,15 +73,21 @@ def validation_source(
 
 
 def swapped_acceptance_profile(
-    profile_path: Path, out_dir: Path, trace: Path | None, model: Path | None
+    profile_path: Path,
+    out_dir: Path,
+    trace: Path | None,
+    model: Path | None,
+    order: str = "request",
 ) -> Path:
     """A copy of the profile at `profile_path` (OUT/profile.json) with its acceptance replaced.
 
     `trace`: replayed in request order (request r, sequence r); with the trace of the very
     prompts a real-acceptance run used, in its order, the comparison isolates the timing model
-    from the acceptance model. `model`: an `acceptance-fit` model JSON, so any fitted model
-    can be judged against a recorded testbed run. Files are named relative to the copy, so
-    the folder can move with the repository."""
+    from the acceptance model. With `order` "random", each request replays a random sequence
+    (another prompt set, e.g. a model's fitting traces: the model-free prediction). `model`:
+    an `acceptance-fit` model JSON, so any fitted model can be judged against a recorded
+    testbed run. Files are named relative to the copy, so the folder can move with the
+    repository."""
     loaded = load_profile(profile_path)
     data = loaded.profile.model_dump(mode="json")
     out_path = out_dir / "profile.json"
@@ -90,10 +96,12 @@ def swapped_acceptance_profile(
         if not trace.is_file():
             raise ConfigError("--replay-acceptance", str(trace), "trace file not found")
         relative = os.path.relpath(trace.resolve(), out_dir.resolve())
-        data["acceptance"] = {"kind": "replay", "trace": relative, "order": "request"}
+        data["acceptance"] = {"kind": "replay", "trace": relative, "order": order}
         note = (
             f"{trace} replayed in request order (request r, sequence r): the acceptance of the "
             f"run's own prompts, a diagnostic of the timing model, not a prediction; {rest}"
+            if order == "request"
+            else f"{trace} replayed, each request a random sequence; {rest}"
         )
         ReplayTraces.load(out_dir / relative)  # a bad trace: one line now, not mid-simulation
     else:

@@ -50,6 +50,13 @@ def add_revalidate_parser(subparsers: Any) -> None:
         "sequence r; OUT/profile.json): with the trace of the run's own prompts, the timing "
         "model alone is compared",
     )
+    revalidate.add_argument(
+        "--replay-order",
+        choices=("request", "random"),
+        default="request",
+        help="with --replay-acceptance: request r replays sequence r (the run's own prompts), "
+        "or each request a random sequence (another prompt set, e.g. the fitting traces)",
+    )
     swap.add_argument(
         "--acceptance-model",
         type=Path,
@@ -93,7 +100,7 @@ def run_revalidate(args: argparse.Namespace, argv: list[str]) -> int:
     make_out(args, "revalidate", argv)
     if swap is not None:
         profile = swapped_acceptance_profile(
-            profile, args.out, args.replay_acceptance, args.acceptance_model
+            profile, args.out, args.replay_acceptance, args.acceptance_model, args.replay_order
         )
         points = validation_points(
             scenario, profile, command_options(recorded, "--set"),

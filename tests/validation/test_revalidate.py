@@ -179,9 +179,10 @@ def test_replay_acceptance_is_refused_in_one_line_where_it_cannot_apply(in_repo,
     assert not out.exists()
 
 
-def test_acceptance_model_simulates_a_fitted_model_on_a_recorded_run(in_repo, tmp_path, capsys):
+def test_a_fitted_model_or_another_prompt_sets_replay_on_a_recorded_run(in_repo, tmp_path, capsys):
     """--acceptance-model MODEL on a real-acceptance run: OUT/profile.json is the run's profile
-    with the model's acceptance (the note names it), and it is the profile simulated."""
+    with the model's acceptance (the note names it), and it is the profile simulated; the
+    fitting traces replayed in random order likewise (--replay-order random)."""
     run20, kept = "docs/validation/cpu-run20-real18", "scenarios/testbed_cpu_real18.toml"
     model = Path("scenarios/acceptance/smollm2-q4_0.hmm.json")
     out = tmp_path / "out"
@@ -195,3 +196,11 @@ def test_acceptance_model_simulates_a_fitted_model_on_a_recorded_run(in_repo, tm
     assert str(model) in written["provenance"]["notes"]["acceptance"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["profile"]["path"] == str(out / "profile.json")
+    fitting = Path("scenarios/acceptance/smollm2-q4_0.humaneval.fit122.csv.gz")
+    assert main(["revalidate", run20, "--scenario", kept, "--quiet", "--replay-acceptance",
+                 str(fitting), "--replay-order", "random", "--out", str(out),
+                 "--force"]) == 0  # fmt: skip
+    capsys.readouterr()
+    written = json.loads((out / "profile.json").read_text())
+    assert written["acceptance"]["order"] == "random"
+    assert "random sequence" in written["provenance"]["notes"]["acceptance"]
