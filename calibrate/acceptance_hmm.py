@@ -7,7 +7,9 @@ chain (initial distribution pi at a request's first position, transition matrix 
 bins are quantiles of the fitting confidences (`confidence_edges`); within a bin the confidence
 is drawn from the bin's own empirical quantiles, so both the confidence distribution and the
 calibration curve P(accept | confidence) are kept at bin resolution, and runs come from the
-regimes.
+regimes. The fitting sequences' lengths are kept too: each sequence starts from `pi` (an
+output's first tokens are the easiest), and a simulated request longer than a recorded output
+runs on as a new sequence, as a replay of the traces does.
 
 `fit_hmm` runs Baum-Welch with scaled forward-backward passes (numpy, all sequences of a batch
 at once, padded and masked) from several seeded starts and keeps the best; the number of
@@ -239,6 +241,7 @@ def fit_hmm(
         initial=[float(v) for v in hmm.pi],
         transition=[[float(v) for v in row] for row in hmm.a],
         emission=hmm.e.reshape(chosen, symbols // 2, 2).tolist(),
+        sequence_lengths=[len(c) for c, _ in sequences],
         source=source,
     )
     return HmmFit(model, chosen, selection, loglik / everything.positions)

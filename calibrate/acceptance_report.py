@@ -102,10 +102,10 @@ def stats(sequences: Sequence[Pair]) -> AcceptanceStats:
 def model_sequences(
     model: HmmAcceptance, lengths: Sequence[int], seed: int, replicas: int = 20
 ) -> list[Pair]:
-    """`replicas` sequences per length in `lengths`, drawn from `model` (seeded)."""
+    """`replicas` sequences per length in `lengths`, each one whole sequence of `model` (seeded)."""
     sampler = HmmSampler.of(model)
     rng = np.random.default_rng(seed)
-    return [sampler.sample(rng, n) for _ in range(replicas) for n in lengths]
+    return [sampler.sequence(rng, n) for _ in range(replicas) for n in lengths]
 
 
 def compare_lines(fitted: AcceptanceStats, held: AcceptanceStats) -> list[str]:

@@ -206,7 +206,9 @@ class HmmSampler:
 
     Regimes are drawn segment by segment (a geometric sojourn, then a jump to another regime),
     so the Python loop runs once per regime change, not per position; emissions and
-    confidences are then drawn for all positions at once.
+    confidences are then drawn for all positions at once. With `lengths` (the model's
+    `sequence_lengths`), a request is made of whole sequences of drawn lengths, each from the
+    initial distribution, cut at n.
     """
 
     initial_cum: np.ndarray
@@ -215,6 +217,7 @@ class HmmSampler:
     emission_cum: np.ndarray
     within: np.ndarray
     marginal_cum: np.ndarray
+    lengths: np.ndarray | None = None
 
     @classmethod
     def of(cls, spec: HmmAcceptance) -> HmmSampler:
@@ -235,6 +238,7 @@ class HmmSampler:
             np.cumsum(e, 1),
             np.asarray(spec.within, dtype=float),
             np.cumsum(bins / bins.sum()),
+            None if spec.sequence_lengths is None else np.asarray(spec.sequence_lengths),
         )
 
     def _states(self, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -260,6 +264,19 @@ class HmmSampler:
 
     def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(confidence, accepted) for n positions of one request."""
+        if self.lengths is None:
+            return self.sequence(rng, n)
+        confs, accs, have = [], [], 0
+        while have < n:
+            length = int(self.lengths[rng.integers(self.lengths.size)])
+            conf, acc = self.sequence(rng, min(length, n - have))
+            confs.append(conf)
+            accs.append(acc)
+            have += conf.size
+        return np.concatenate(confs), np.concatenate(accs)
+
+    def sequence(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(confidence, accepted) for n positions of one sequence, from the initial regime."""
         states = self._states(rng, n)
         cells = (rng.random(n)[:, None] > self.emission_cum[states]).sum(1)
         cells = np.minimum(cells, self.emission_cum.shape[1] - 1)

@@ -272,7 +272,10 @@ class HmmAcceptance(Strict):
     first position, `transition` K x K); in regime k a position falls in confidence bin b and
     is accepted or not with probability `emission[k][b]` = [P(b, rejected), P(b, accepted)];
     its confidence is drawn from the bin's quantiles `within[b]` (increasing, inside the bin).
-    `source` says where it was fitted from."""
+    `sequence_lengths`: the fitting sequences' lengths (their outputs ended there); a request
+    runs on past a length drawn from them as a new sequence from `initial`, as a replay
+    continues into the next trace (None: one sequence per request). `source` says where it
+    was fitted from."""
 
     kind: Literal["hmm"]
     edges: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(min_length=2)
@@ -280,6 +283,7 @@ class HmmAcceptance(Strict):
     initial: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(min_length=1)
     transition: list[list[Annotated[float, Field(ge=0.0, le=1.0)]]]
     emission: list[list[list[Annotated[float, Field(ge=0.0, le=1.0)]]]]
+    sequence_lengths: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=1)
     source: str = ""
 
     @model_validator(mode="after")

@@ -33,6 +33,7 @@ def test_fit_recovers_a_known_hmm() -> None:
     assert fit.states == 2
     assert fit.selection[2] > fit.selection[1]
     model = fit.model
+    assert model.sequence_lengths == [len(c) for c, _ in data]  # kept for the sampler
     assert np.allclose(model.transition, KNOWN.transition, atol=0.04)
     assert np.allclose(model.emission, KNOWN.emission, atol=0.05)
     assert np.allclose(model.initial, KNOWN.initial, atol=0.15)

@@ -288,3 +288,27 @@ def test_hmm_stream_follows_its_bins_and_regimes() -> None:
     assert nxt[prev].mean() > nxt[~prev].mean() + 0.2  # runs
     for s in streams[:5]:
         assert s.next_reject == _next_reject(np.asarray(s.accepted))
+
+
+def test_hmm_with_sequence_lengths_starts_each_sequence_from_the_initial_regime() -> None:
+    """A request runs on past a drawn length as a new sequence from `initial`: here a first
+    regime that emits (easy bin, accepted) once and hands over to an absorbing rejecting one,
+    so with lengths [5] exactly positions 0, 5, 10 are accepted; without lengths only 0."""
+    spec = HmmAcceptance(
+        kind="hmm",
+        edges=[0.0, 0.5, 1.0],
+        within=[[0.1, 0.2], [0.8, 0.9]],
+        initial=[1.0, 0.0],
+        transition=[[0.0, 1.0], [0.0, 1.0]],
+        emission=[[[0.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 0.0]]],
+        sequence_lengths=[5],
+    )
+    stream = AcceptanceModel(spec, HERE).stream(3, 0, 1, 12)
+    assert np.flatnonzero(stream.accepted).tolist() == [0, 5, 10]
+    assert all((c >= 0.8) == a for c, a in zip(stream.confidence, stream.accepted, strict=True))
+    one = AcceptanceModel(spec.model_copy(update={"sequence_lengths": None}), HERE)
+    assert np.flatnonzero(one.stream(3, 0, 1, 12).accepted).tolist() == [0]
+    with pytest.raises(ValueError):
+        HmmAcceptance.model_validate({**spec.model_dump(), "sequence_lengths": [0]})
+    with pytest.raises(ValueError):
+        HmmAcceptance.model_validate({**spec.model_dump(), "sequence_lengths": []})
