@@ -52,15 +52,43 @@ REFERENCE_LABELS = {
 }
 
 
-def state_list(text: str) -> list[int]:
-    """argparse type: positive integers separated by commas (state counts, seeds)."""
+def _int_list(text: str, least: int) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected integers like 1,2,3,4 (got {text!r})") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers (got {text!r})")
+    if not values or min(values) < least:
+        what = "positive integers" if least == 1 else f"integers >= {least}"
+        raise argparse.ArgumentTypeError(f"expected {what} (got {text!r})")
     return values
+
+
+def state_list(text: str) -> list[int]:
+    """argparse type: positive integers separated by commas (state counts, seeds)."""
+    return _int_list(text, 1)
+
+
+def start_list(text: str) -> list[int]:
+    """argparse type: integers >= 0 separated by commas (start-state counts)."""
+    return _int_list(text, 0)
+
+
+START_STATES = [0, 2, 4, 6]
+"""Start-state counts `acceptance-fit` and `acceptance-crossval` try by default."""
+
+
+def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model's settings, shared by `acceptance-fit` and `acceptance-crossval`."""
+    parser.add_argument(
+        "--states", type=state_list, default=[1, 2, 3, 4], help="regime counts tried"
+    )
+    parser.add_argument(
+        "--start-states",
+        type=start_list,
+        default=START_STATES,
+        help="start-state counts tried (each with every regime count; default 0,2,4,6)",
+    )
+    parser.add_argument("--bins", type=int, default=8, help="confidence bins (quantiles)")
 
 
 def trace_sequences(paths: list[Path]) -> list[Pair]:
@@ -120,10 +148,7 @@ def add_check_parsers(sub: Any) -> None:
         "--traces", type=Path, nargs="+", required=True, help="every trace (all prompts)"
     )
     crossval.add_argument("--folds", type=int, default=4, help="folds (sequence i: fold i %% K)")
-    crossval.add_argument(
-        "--states", type=state_list, default=[1, 2, 3, 4], help="state counts tried per fold"
-    )
-    crossval.add_argument("--bins", type=int, default=8, help="confidence bins (quantiles)")
+    add_fit_arguments(crossval)
     crossval.add_argument("--fit-seed", type=int, default=0, help="EM seed (as acceptance-fit)")
     _sample_arguments(crossval)
     crossval.set_defaults(handler=run_crossval)
@@ -202,12 +227,14 @@ def run_crossval(args: argparse.Namespace, command: str, say: Say) -> int:
             args.prompts,
             args.seeds,
             say=say,
+            start_states=args.start_states,
         )
     except ValueError as exc:
         raise ConfigError("--folds", "", str(exc)) from None
     say(f"fitted and simulated in {time.perf_counter() - began:.1f} s ({command})")
     print(
-        f"{len(sequences)} prompts in {args.folds} folds; states chosen per fold: {chosen}; "
+        f"{len(sequences)} prompts in {args.folds} folds; start states + regimes chosen per "
+        f"fold: {', '.join(f'{a}+{b}' for a, b in chosen)}; "
         "figures averaged over the folds (each prompt held out once)"
     )
     for line in table_lines(rows):
@@ -217,9 +244,11 @@ def run_crossval(args: argparse.Namespace, command: str, say: Say) -> int:
 
 __all__ = [
     "add_check_parsers",
+    "add_fit_arguments",
     "load_model",
     "run_check",
     "run_crossval",
+    "start_list",
     "state_list",
     "trace_sequences",
 ]

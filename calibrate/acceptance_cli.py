@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from calibrate.acceptance import record_acceptance
-from calibrate.acceptance_check_cli import state_list
-from calibrate.acceptance_hmm import fit_hmm
+from calibrate.acceptance_check_cli import add_fit_arguments
+from calibrate.acceptance_hmm import Batch, as_hmm, encode, fit_hmm, log_likelihood
 from calibrate.acceptance_report import compare_lines, model_sequences, stats
 from calibrate.acceptance_trace import read_trace, write_trace_gz
 from calibrate.assemble import new_part, save_part
@@ -78,8 +78,7 @@ def add_acceptance_parsers(sub: Any) -> None:
     fit = sub.add_parser("acceptance-fit", help="fit the HMM acceptance model to traces")
     fit.add_argument("--traces", type=Path, nargs="+", required=True, help="fitting traces")
     fit.add_argument("--heldout", type=Path, nargs="+", required=True, help="held-out traces")
-    fit.add_argument("--states", type=state_list, default=[1, 2, 3, 4], help="state counts tried")
-    fit.add_argument("--bins", type=int, default=8, help="confidence bins (quantiles)")
+    add_fit_arguments(fit)
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--out", type=Path, required=True, help="model JSON to write")
     fit.add_argument(
@@ -267,26 +266,38 @@ def run_fit(args: argparse.Namespace, command: str, say: Say) -> int:
     )
     began = time.perf_counter()
     try:
-        fit = fit_hmm(fitting, args.states, args.bins, args.seed, source=source)
+        fit = fit_hmm(
+            fitting, args.states, args.bins, args.seed, source=source,
+            start_states=args.start_states,
+        )  # fmt: skip
     except ValueError as exc:
         raise ConfigError("--traces", "", str(exc)) from None
     say(f"fitted in {time.perf_counter() - began:.1f} s")
     lengths = [len(c) for c, _ in held]
     fitted_stats = stats(model_sequences(fit.model, lengths, args.seed))
     held_stats = stats(held)
+    selection = {f"{start}+{k}": v for (start, k), v in fit.selection.items()}
     say(
-        "held-out log-likelihood per position by state count: "
-        + ", ".join(f"{k}: {v:.4f}" for k, v in fit.selection.items())
+        "validation log-likelihood per position by start states + regimes: "
+        + ", ".join(f"{sk}: {v:.4f}" for sk, v in selection.items())
     )
-    print(f"chosen: {fit.states} states")
+    edges = np.asarray(fit.model.edges)
+    held_loglik = log_likelihood(as_hmm(fit.model), Batch.of(encode(held, edges)))
+    held_per_position = held_loglik / sum(len(c) for c, _ in held)
+    print(
+        f"chosen: {fit.start_states} start states + {fit.states} regimes; held-out traces' "
+        f"log-likelihood per position {held_per_position:.4f}"
+    )
     for line in compare_lines(fitted_stats, held_stats):
         print(line)
     record = {
         "acceptance": fit.model.model_dump(mode="json"),
         "fit": {
+            "start_states": fit.start_states,
             "states": fit.states,
-            "selection_heldout_loglik_per_position": {str(k): v for k, v in fit.selection.items()},
+            "selection_heldout_loglik_per_position": selection,
             "train_loglik_per_position": fit.train_loglik_per_position,
+            "heldout_traces_loglik_per_position": held_per_position,
             "bins": args.bins,
             "seed": args.seed,
             "fitting_positions": int(sum(len(c) for c, _ in fitting)),
@@ -308,7 +319,8 @@ def run_fit(args: argparse.Namespace, command: str, say: Say) -> int:
     print(f"wrote {args.out}")
     if args.part is not None:
         how = (
-            f"hidden Markov model ({fit.states} regimes, {len(fit.model.edges) - 1} confidence "
+            f"hidden Markov model ({fit.start_states} start states, {fit.states} regimes, "
+            f"{len(fit.model.edges) - 1} confidence "
             f"bins) fitted by EM to real traces of {source or 'the given traces'} "
             f"({record['fit']['fitting_positions']} positions); held-out acceptance "
             f"{held_stats.rate:.3f}, model {fitted_stats.rate:.3f}; model file {args.out.name}"

@@ -98,10 +98,11 @@ def cross_validate(
     seeds: list[int] | None = None,
     policies: list[str] | None = None,
     say: Say | None = None,
-) -> tuple[list[PolicyRow], list[int]]:
-    """(rows of fold-averaged model figures against fold-averaged replays, the state count
-    chosen in each fold). Sequence i goes to fold i % `folds`. ValueError if a fold would be
-    empty or its fitting side too small for `fit_hmm`."""
+    start_states: Sequence[int] = (0,),
+) -> tuple[list[PolicyRow], list[tuple[int, int]]]:
+    """(rows of fold-averaged model figures against fold-averaged replays, the (start states,
+    regimes) chosen in each fold). Sequence i goes to fold i % `folds`. ValueError if a fold
+    would be empty or its fitting side too small for `fit_hmm`."""
     if not 2 <= folds <= len(sequences):
         raise ValueError(f"folds must be in [2, {len(sequences)}] (got {folds})")
     raw = check_scenario(scenario, prompts, seeds, policies)
@@ -111,8 +112,9 @@ def cross_validate(
         for k in range(folds):
             held = [s for i, s in enumerate(sequences) if i % folds == k]
             fitting = [s for i, s in enumerate(sequences) if i % folds != k]
-            fit = fit_hmm(fitting, states, bins, seed, source=f"fold {k + 1} of {folds}")
-            chosen.append(fit.states)
+            source = f"fold {k + 1} of {folds}"
+            fit = fit_hmm(fitting, states, bins, seed, source=source, start_states=start_states)
+            chosen.append((fit.start_states, fit.states))
             fitted_runs.append(policy_figures(raw, path, fit.model.model_dump(mode="json")))
             trace = write_replay_csv(held, Path(folder) / f"fold{k}.csv")
             replay_runs.append(policy_figures(raw, path, replay_of(trace)))
@@ -122,7 +124,7 @@ def cross_validate(
                 )
                 say(
                     f"fold {k + 1}/{folds}: {len(fitting)} fitting, {len(held)} held-out prompts, "
-                    f"{fit.states} states; "
+                    f"{fit.start_states} start states + {fit.states} regimes; "
                     + ", ".join(f"{f} {100 * v:.1f}%" for f, v in med.items())
                 )
     fitted, replay = _averaged(fitted_runs), _averaged(replay_runs)

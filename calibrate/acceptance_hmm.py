@@ -7,15 +7,20 @@ chain (initial distribution pi at a request's first position, transition matrix 
 bins are quantiles of the fitting confidences (`confidence_edges`); within a bin the confidence
 is drawn from the bin's own empirical quantiles, so both the confidence distribution and the
 calibration curve P(accept | confidence) are kept at bin resolution, and runs come from the
-regimes. The fitting sequences' lengths are kept too: each sequence starts from `pi` (an
+regimes. Real outputs also open in a fixed way (two unsure tokens, then several near-certain
+ones echoing the prompt), which regimes with geometric sojourns smear over tens of positions:
+with S start states, the first S states are a sequence's first S positions, one after another
+(state i moves to i + 1, the last into the K steady regimes, which never return), each with
+its own emissions (zeros in pi and A stay zero under EM). The fitting sequences' lengths are
+kept too: each sequence starts from `pi` (an
 output's first tokens are the easiest), and a simulated request longer than a recorded output
 runs on as a new sequence, as a replay of the traces does.
 
 `fit_hmm` runs Baum-Welch with scaled forward-backward passes (numpy, all sequences of a batch
-at once, padded and masked) from several seeded starts and keeps the best; the number of
-regimes is chosen by the log-likelihood per position on held-out sequences (every
-`VALIDATION_EVERY`-th fitting sequence), then refitted on all of them. States are ordered by
-acceptance probability (label switching removed). The result is the simulator's
+at once, padded and masked) from several seeded starts and keeps the best; the numbers of
+start states and regimes are chosen by the log-likelihood per position on held-out sequences
+(every `VALIDATION_EVERY`-th fitting sequence), then refitted on all of them. Steady states
+are ordered by acceptance probability (label switching removed). The result is the simulator's
 `HmmAcceptance` (`simulator.acceptance` samples it).
 """
 
@@ -145,10 +150,28 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / x.sum(axis=-1, keepdims=True)
 
 
-def _start(k: int, symbols: int, marginal: np.ndarray, rng: np.random.Generator) -> Hmm:
+def _masks(k: int, start_states: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where pi and A may be non-zero: everywhere, or with `start_states` S a start in state
+    0, state i < S - 1 moving to i + 1 only, state S - 1 to one of the steady states (S and
+    up), and the steady states among themselves."""
+    if not start_states:
+        return np.ones(k), np.ones((k, k))
+    pi = np.zeros(k)
+    pi[0] = 1.0
+    a = np.zeros((k, k))
+    for i in range(start_states - 1):
+        a[i, i + 1] = 1.0
+    a[start_states - 1 :, start_states:] = 1.0
+    return pi, a
+
+
+def _start(
+    k: int, symbols: int, marginal: np.ndarray, rng: np.random.Generator, start_states: int = 0
+) -> Hmm:
     e = _normalise(rng.dirichlet(np.ones(symbols), size=k) * 0.5 + marginal[None, :])
-    a = _normalise(np.full((k, k), 0.1 / max(k - 1, 1)) + np.eye(k) * 0.9)
-    return Hmm(np.full(k, 1.0 / k), a, e)
+    pi_mask, a_mask = _masks(k, start_states)
+    a = _normalise((np.full((k, k), 0.1 / max(k - 1, 1)) + np.eye(k) * 0.9) * a_mask)
+    return Hmm(_normalise(pi_mask), a, e)
 
 
 def baum_welch(
@@ -159,45 +182,66 @@ def baum_welch(
     restarts: int = 3,
     iterations: int = 200,
     tolerance: float = 1e-6,
+    start_states: int = 0,
+    history: list[list[float]] | None = None,
 ) -> tuple[Hmm, float]:
-    """The best of `restarts` EM runs (seeded) with `k` states: (model, log-likelihood)."""
+    """The best of `restarts` EM runs (seeded) with `k` states, the first `start_states` of
+    them a start phase (module docstring): (model, log-likelihood). Each run's
+    log-likelihoods, iteration by iteration, are appended to `history`."""
     marginal = np.bincount(batch.symbols[batch.mask], minlength=symbols) + 1.0
     marginal = marginal / marginal.sum()
+    pi_mask, a_mask = _masks(k, start_states)
     best: tuple[Hmm, float] | None = None
     for r in range(restarts):
-        hmm = _start(k, symbols, marginal, np.random.default_rng([seed, k, r]))
+        hmm = _start(k, symbols, marginal, np.random.default_rng([seed, k, r]), start_states)
         previous = -math.inf
+        trace = []
         for _ in range(iterations):
             loglik, first, xi, counts = _forward_backward(hmm, batch)
+            trace.append(loglik)
             hmm = Hmm(
-                _normalise(first + PSEUDO_COUNT),
-                _normalise(xi + PSEUDO_COUNT),
+                _normalise((first + PSEUDO_COUNT) * pi_mask),
+                _normalise((xi + PSEUDO_COUNT) * a_mask),
                 _normalise(counts + PSEUDO_COUNT),
             )
             if loglik - previous < tolerance * batch.positions:
                 break
             previous = loglik
         loglik = log_likelihood(hmm, batch)
+        if history is not None:
+            history.append([*trace, loglik])
         if best is None or loglik > best[1]:
             best = (hmm, loglik)
     assert best is not None
-    return _ordered(best[0]), best[1]
+    return _ordered(best[0], start_states), best[1]
 
 
-def _ordered(hmm: Hmm) -> Hmm:
-    """States sorted by their acceptance probability (odd symbols are accepted ones)."""
-    order = np.argsort(hmm.e[:, 1::2].sum(1), kind="stable")
+def _ordered(hmm: Hmm, start_states: int = 0) -> Hmm:
+    """States sorted by their acceptance probability (odd symbols are accepted ones); start
+    states stay first, in their order."""
+    steady = np.argsort(hmm.e[start_states:, 1::2].sum(1), kind="stable") + start_states
+    order = np.concatenate([np.arange(start_states), steady])
     return Hmm(hmm.pi[order], hmm.a[np.ix_(order, order)], hmm.e[order])
 
 
 @dataclass(frozen=True)
 class HmmFit:
-    """The chosen model, and the held-out log-likelihood per position for each state count."""
+    """The chosen model, its numbers of start states and regimes, and the held-out
+    log-likelihood per position for each (start states, regimes) pair tried."""
 
     model: HmmAcceptance
     states: int
-    selection: dict[int, float]
+    selection: dict[tuple[int, int], float]
     train_loglik_per_position: float
+    start_states: int = 0
+
+
+def _counts(values: Sequence[int], name: str, least: int) -> None:
+    """ValueError unless `values` are integers, at least `least` each (and there is one)."""
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < least]
+    if not values or bad:
+        what = "positive integers" if least == 1 else "integers >= 0"
+        raise ValueError(f"fit_hmm: {name} must be {what} (got {list(values)!r})")
 
 
 def fit_hmm(
@@ -209,42 +253,49 @@ def fit_hmm(
     iterations: int = 200,
     source: str = "",
     edges: Sequence[float] | None = None,
+    start_states: Sequence[int] = (0,),
 ) -> HmmFit:
     """Fit the regime-switching model to `sequences` (module docstring): `bins` quantile bins
-    of confidence unless `edges` are given; each state count in `states` is tried. ValueError
-    if there are fewer than VALIDATION_EVERY sequences or a bad state count."""
+    of confidence unless `edges` are given; every pair of a start-state count in
+    `start_states` and a regime count in `states` is tried. ValueError if there are fewer
+    than VALIDATION_EVERY sequences or a bad count."""
     if len(sequences) < VALIDATION_EVERY:
         raise ValueError(
             f"fit_hmm: need at least {VALIDATION_EVERY} sequences to choose the number of "
             f"states (got {len(sequences)})"
         )
-    if not states or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in states):
-        raise ValueError(f"fit_hmm: states must be positive integers (got {list(states)!r})")
+    _counts(states, "states", 1)
+    _counts(start_states, "start_states", 0)
     confidence = np.concatenate([c for c, _ in sequences])
     edges = confidence_edges(confidence, bins) if edges is None else np.asarray(edges, dtype=float)
     symbols = 2 * (len(edges) - 1)
     encoded = encode(sequences, edges)
     train = [e for i, e in enumerate(encoded) if i % VALIDATION_EVERY != VALIDATION_EVERY - 1]
     held = [e for i, e in enumerate(encoded) if i % VALIDATION_EVERY == VALIDATION_EVERY - 1]
-    held_batch = Batch.of(held)
+    held_batch, train_batch = Batch.of(held), Batch.of(train)
     selection = {}
-    for k in states:
-        hmm, _ = baum_welch(Batch.of(train), k, symbols, seed, restarts, iterations)
-        selection[k] = log_likelihood(hmm, held_batch) / held_batch.positions
-    chosen = max(selection, key=lambda k: (selection[k], -k))
-    everything = Batch.of(encoded)
-    hmm, loglik = baum_welch(everything, chosen, symbols, seed, restarts, iterations)
+    for start in start_states:
+        for k in states:
+            hmm, _ = baum_welch(
+                train_batch, start + k, symbols, seed, restarts, iterations, start_states=start
+            )
+            selection[(start, k)] = log_likelihood(hmm, held_batch) / held_batch.positions
+    start, chosen = max(selection, key=lambda sk: (selection[sk], -sum(sk), -sk[0]))
+    everything, total = Batch.of(encoded), start + chosen
+    hmm, loglik = baum_welch(
+        everything, total, symbols, seed, restarts, iterations, start_states=start
+    )
     model = HmmAcceptance(
         kind="hmm",
         edges=[float(v) for v in edges],
         within=within_quantiles(confidence, edges),
         initial=[float(v) for v in hmm.pi],
         transition=[[float(v) for v in row] for row in hmm.a],
-        emission=hmm.e.reshape(chosen, symbols // 2, 2).tolist(),
+        emission=hmm.e.reshape(total, symbols // 2, 2).tolist(),
         sequence_lengths=[len(c) for c, _ in sequences],
         source=source,
     )
-    return HmmFit(model, chosen, selection, loglik / everything.positions)
+    return HmmFit(model, chosen, selection, loglik / everything.positions, start)
 
 
 def as_hmm(model: HmmAcceptance) -> Hmm:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import numpy as np
 import pytest
 
-from calibrate.acceptance_hmm import Batch, as_hmm, encode, fit_hmm, log_likelihood
+from calibrate.acceptance_hmm import Batch, as_hmm, baum_welch, encode, fit_hmm, log_likelihood
 from calibrate.acceptance_report import compare_lines, model_sequences, run_lengths, stats
 from simulator.acceptance import HmmSampler
 from simulator.profile import HmmAcceptance
@@ -31,7 +34,7 @@ def test_fit_recovers_a_known_hmm() -> None:
     data = sequences(KNOWN, 120, 100, seed=1)
     fit = fit_hmm(data, states=(1, 2), edges=KNOWN.edges, seed=0, restarts=2, iterations=150)
     assert fit.states == 2
-    assert fit.selection[2] > fit.selection[1]
+    assert fit.selection[(0, 2)] > fit.selection[(0, 1)]
     model = fit.model
     assert model.sequence_lengths == [len(c) for c, _ in data]  # kept for the sampler
     assert np.allclose(model.transition, KNOWN.transition, atol=0.04)
@@ -97,3 +100,76 @@ def test_fit_refuses_too_few_sequences() -> None:
 def test_schema_refuses_inconsistent_models(change: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         HmmAcceptance.model_validate({**KNOWN.model_dump(), **change})
+
+
+STARTED = HmmAcceptance(
+    kind="hmm",
+    edges=[0.0, 0.5, 1.0],
+    within=[[0.1, 0.3, 0.45], [0.6, 0.9, 0.99]],
+    initial=[1.0, 0.0, 0.0, 0.0],
+    transition=[
+        [0.0, 1.0, 0.0, 0.0],
+        [0.0, 0.0, 0.2, 0.8],
+        [0.0, 0.0, 0.9, 0.1],
+        [0.0, 0.0, 0.05, 0.95],
+    ],
+    emission=[
+        [[0.7, 0.2], [0.05, 0.05]],
+        [[0.0, 0.02], [0.0, 0.98]],
+        [[0.5, 0.1], [0.2, 0.2]],
+        [[0.05, 0.05], [0.1, 0.8]],
+    ],
+)
+"""KNOWN after a start phase of two positions: an unsure one, then a near-certain one."""
+
+
+def test_fit_recovers_a_start_phase_and_em_never_decreases() -> None:
+    data = sequences(STARTED, 200, 60, seed=13)
+    fit = fit_hmm(data, states=(2,), edges=STARTED.edges, seed=0, restarts=2, start_states=(2,))
+    model = fit.model
+    assert (fit.start_states, fit.states) == (2, 2) and len(model.initial) == 4
+    assert model.initial == [1.0, 0.0, 0.0, 0.0]
+    a = np.asarray(model.transition)
+    assert a[0, 1] == 1.0 and a[1, :2].sum() == 0.0 and a[2:, :2].sum() == 0.0
+    assert np.allclose(model.emission[:2], STARTED.emission[:2], atol=0.07)
+    assert np.allclose(a[2:, 2:], np.asarray(STARTED.transition)[2:, 2:], atol=0.05)
+    plain = fit_hmm(data, states=(2,), edges=STARTED.edges, seed=0, restarts=2)
+    held = Batch.of(encode(sequences(STARTED, 60, 60, seed=14), np.asarray(STARTED.edges)))
+    assert log_likelihood(as_hmm(model), held) > log_likelihood(as_hmm(plain.model), held)
+    chosen = fit_hmm(data, states=(2,), edges=STARTED.edges, seed=0, restarts=2,
+                     start_states=(0, 2))  # fmt: skip
+    assert chosen.start_states == 2 and set(chosen.selection) == {(0, 2), (2, 2)}
+    history: list[list[float]] = []
+    batch = Batch.of(encode(data, np.asarray(STARTED.edges)))
+    baum_welch(batch, 4, 4, seed=0, restarts=2, iterations=80, start_states=2, history=history)
+    for trace in history:
+        assert np.all(np.diff(trace) >= -1e-9 * abs(trace[0]))
+
+
+def test_fit_command_with_a_start_phase(tmp_path, capsys) -> None:
+    from pipesd.cli import main
+
+    paths = []
+    for name, seed in (("fit", 17), ("held", 18)):
+        path = tmp_path / f"{name}.csv"
+        rows = ["sequence,position,confidence,accepted"]
+        for i, (conf, acc) in enumerate(sequences(STARTED, 8, 30 + seed, seed=seed)):
+            cells = enumerate(zip(conf, acc, strict=True))
+            rows += [f"{i},{p},{c:.6f},{int(a)}" for p, (c, a) in cells]
+        path.write_text("\n".join(rows) + "\n")
+        paths.append(str(path))
+    out = tmp_path / "model.json"
+    argv = ["calibrate", "acceptance-fit", "--traces", paths[0], "--heldout", paths[1]]
+    argv += ["--states", "1,2", "--bins", "2", "--start-states", "2"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "chosen: 2 start states" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["fit"]["start_states"] == 2
+    assert set(data["fit"]["selection_heldout_loglik_per_position"]) == {"2+1", "2+2"}
+    assert math.isfinite(data["fit"]["heldout_traces_loglik_per_position"])
+    model = HmmAcceptance.model_validate(data["acceptance"])
+    assert model.sequence_lengths == [47] * 8 and model.initial[0] == 1.0
+    with pytest.raises(SystemExit) as exc:
+        main([*argv[:-1], "-1", "--out", str(tmp_path / "bad.json")])
+    assert exc.value.code == 2
+    assert "--start-states" in capsys.readouterr().err
