@@ -16,7 +16,8 @@
 
 Each subcommand parses its flags into the options of `calibrate.options` and calls the
 measurement (`calibrate.measure`); heavy libraries (llama.cpp, torch) load only when it runs.
-Pairs and acceptance traces: `calibrate.acceptance_cli`.
+Pairs, acceptance traces and fits: `calibrate.acceptance_cli`; their policy-level checks:
+`calibrate.acceptance_check_cli`.
 """
 
 from __future__ import annotations
