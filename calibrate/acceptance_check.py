@@ -141,15 +141,20 @@ def medians(rows: list[PolicyRow]) -> dict[str, float]:
     return {f: statistics.median(r.error(f) for r in drafting) for f in FIGURES}
 
 
-def table_lines(rows: list[PolicyRow]) -> list[str]:
-    """The table: per policy, each figure fitted / replay and the relative difference."""
+def table_lines(rows: list[PolicyRow], noise: list[PolicyRow] | None = None) -> list[str]:
+    """The table: per policy, each figure fitted / replay and the relative difference; with
+    `noise` (the replay against itself under other seeds), each policy's own noise beside it
+    (PipeSD's tuned variants: one tuning run per seed, so several percent)."""
+    own = {r.label: r for r in noise or []}
     head = f"{'policy':24}" + "".join(f" {f + ' fit/replay (diff)':>34}" for f in FIGURES)
-    lines = [head]
+    lines = [head + ("   noise: " + " / ".join(FIGURES) if own else "")]
     for r in rows:
         cells = []
         for f in FIGURES:
             diff = f"{100 * r.error(f):5.1f}%" if r.drafts else "   -  "
             cells.append(f" {r.fitted[f]:11.3f} / {r.replay[f]:11.3f} ({diff})")
+        if r.label in own and r.drafts:
+            cells.append("   " + " / ".join(f"{100 * own[r.label].error(f):.1f}%" for f in FIGURES))
         lines.append(f"{r.label:24}" + "".join(cells))
     med = medians(rows)
     verdict = all(v <= TOLERANCE for v in med.values())

@@ -195,7 +195,7 @@ def run_check(args: argparse.Namespace, command: str, say: Say) -> int:
             args.scenario, held, args.prompt_draws, prompts=args.prompts, seeds=args.seeds
         )
     say(f"simulated in {time.perf_counter() - began:.1f} s ({command})")
-    for line in table_lines(rows):
+    for line in table_lines(rows, references["noise"]):
         print(line)
     for name, reference in references.items():
         print(f"for reference, {REFERENCE_LABELS[name]}: {_percentages(medians(reference))}")

@@ -64,6 +64,11 @@ def test_true_model_passes_and_a_model_without_runs_does_not(tmp_path: Path) -> 
     bad = medians(bad_rows)
     assert max(bad.values()) > 3 * max(good.values()), table_lines(bad_rows)
     assert "median over drafting policies" in table_lines(rows)[-1]
+    noise = reference_rows(S1, trace, None, 12, [1, 2], POLICIES)["noise"]
+    with_noise = table_lines(rows, noise)
+    assert "noise:" in with_noise[0] and with_noise[-1] == table_lines(rows)[-1]
+    assert with_noise[1] == table_lines(rows)[1]  # cloud_ar drafts nothing: no noise shown
+    assert with_noise[2].count("%") == table_lines(rows)[2].count("%") + 3
 
 
 def test_kendall_tau_of_rankings() -> None:
