@@ -217,7 +217,7 @@ def run_crossval(args: argparse.Namespace, command: str, say: Say) -> int:
     sequences = trace_sequences(args.traces)
     began = time.perf_counter()
     try:
-        rows, chosen = cross_validate(
+        rows, noise, chosen = cross_validate(
             args.scenario,
             sequences,
             args.folds,
@@ -237,8 +237,9 @@ def run_crossval(args: argparse.Namespace, command: str, say: Say) -> int:
         f"fold: {', '.join(f'{a}+{b}' for a, b in chosen)}; "
         "figures averaged over the folds (each prompt held out once)"
     )
-    for line in table_lines(rows):
+    for line in table_lines(rows, noise):
         print(line)
+    print(f"for reference, {REFERENCE_LABELS['noise']}: {_percentages(medians(noise))}")
     return 0
 
 

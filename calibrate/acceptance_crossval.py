@@ -28,6 +28,7 @@ import numpy as np
 
 from calibrate.acceptance_check import (
     FIGURES,
+    SEED_SHIFT,
     PolicyRow,
     check_scenario,
     medians,
@@ -99,15 +100,17 @@ def cross_validate(
     policies: list[str] | None = None,
     say: Say | None = None,
     start_states: Sequence[int] = (0,),
-) -> tuple[list[PolicyRow], list[tuple[int, int]]]:
-    """(rows of fold-averaged model figures against fold-averaged replays, the (start states,
-    regimes) chosen in each fold). Sequence i goes to fold i % `folds`. ValueError if a fold
-    would be empty or its fitting side too small for `fit_hmm`."""
+) -> tuple[list[PolicyRow], list[PolicyRow], list[tuple[int, int]]]:
+    """(rows of fold-averaged model figures against fold-averaged replays; the same replays
+    under other seeds against them, the simulation's own noise; the (start states, regimes)
+    chosen in each fold). Sequence i goes to fold i % `folds`. ValueError if a fold would be
+    empty or its fitting side too small for `fit_hmm`."""
     if not 2 <= folds <= len(sequences):
         raise ValueError(f"folds must be in [2, {len(sequences)}] (got {folds})")
     raw = check_scenario(scenario, prompts, seeds, policies)
+    shifted = {**raw, "seeds": [seed + SEED_SHIFT for seed in raw.get("seeds", [0])]}
     path = Path(scenario)
-    fitted_runs, replay_runs, chosen = [], [], []
+    fitted_runs, replay_runs, noise_runs, chosen = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="pipesd-crossval-") as folder:
         for k in range(folds):
             held = [s for i, s in enumerate(sequences) if i % folds == k]
@@ -118,6 +121,7 @@ def cross_validate(
             fitted_runs.append(policy_figures(raw, path, fit.model.model_dump(mode="json")))
             trace = write_replay_csv(held, Path(folder) / f"fold{k}.csv")
             replay_runs.append(policy_figures(raw, path, replay_of(trace)))
+            noise_runs.append(policy_figures(shifted, path, replay_of(trace)))
             if say is not None:
                 med = medians(
                     [PolicyRow(x, fitted_runs[-1][x], replay_runs[-1][x]) for x in fitted_runs[-1]]
@@ -127,8 +131,9 @@ def cross_validate(
                     f"{fit.start_states} start states + {fit.states} regimes; "
                     + ", ".join(f"{f} {100 * v:.1f}%" for f, v in med.items())
                 )
-    fitted, replay = _averaged(fitted_runs), _averaged(replay_runs)
-    return [PolicyRow(label, fitted[label], replay[label]) for label in fitted], chosen
+    fitted, replay, noise = _averaged(fitted_runs), _averaged(replay_runs), _averaged(noise_runs)
+    rows = [PolicyRow(label, fitted[label], replay[label]) for label in fitted]
+    return rows, [PolicyRow(label, noise[label], replay[label]) for label in noise], chosen
 
 
 __all__ = ["cross_validate", "prompt_bootstrap", "write_replay_csv"]
