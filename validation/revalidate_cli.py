@@ -90,6 +90,9 @@ def run_revalidate(args: argparse.Namespace, argv: list[str]) -> int:
     if args.out.resolve() == args.source.resolve():
         raise ConfigError("--out", str(args.out), "must differ from SOURCE (it is read)")
     swap = args.replay_acceptance or args.acceptance_model
+    if args.replay_order != "request" and args.replay_acceptance is None:
+        only = "applies to --replay-acceptance only"
+        raise ConfigError("--replay-order", args.replay_order, only)
     if swap is not None and points[0].scenario.model.acceptance is not None:
         raise ConfigError(str(scenario), "acceptance", "the scenario sets its own acceptance "
                           "(its real run replayed that stream): --replay-acceptance and "

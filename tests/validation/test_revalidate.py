@@ -176,6 +176,10 @@ def test_replay_acceptance_is_refused_in_one_line_where_it_cannot_apply(in_repo,
                  str(tmp_path / "nope.json"), "--out", str(out)]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert "--acceptance-model" in err and "not found" in err and len(err.splitlines()) == 1
+    assert main(["revalidate", run20, "--scenario", kept, "--replay-order", "random",
+                 "--out", str(out)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "--replay-order" in err and "--replay-acceptance only" in err
     assert not out.exists()
 
 
