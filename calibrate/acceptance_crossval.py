@@ -18,6 +18,7 @@ folds and the held-out side in one).
 
 from __future__ import annotations
 
+import copy
 import csv
 import statistics
 import tempfile
@@ -36,6 +37,7 @@ from calibrate.acceptance_check import (
     replay_of,
 )
 from calibrate.acceptance_hmm import Pair, fit_hmm
+from simulator.scenario import validate_scenario
 
 Say = Callable[[str], None]
 
@@ -108,6 +110,7 @@ def cross_validate(
     if not 2 <= folds <= len(sequences):
         raise ValueError(f"folds must be in [2, {len(sequences)}] (got {folds})")
     raw = check_scenario(scenario, prompts, seeds, policies)
+    validate_scenario(copy.deepcopy(raw), Path(scenario))  # bad settings: before any fit
     shifted = {**raw, "seeds": [seed + SEED_SHIFT for seed in raw.get("seeds", [0])]}
     path = Path(scenario)
     fitted_runs, replay_runs, noise_runs, chosen = [], [], [], []

@@ -63,3 +63,7 @@ def test_crossval_cli_bad_folds_is_one_line(tmp_path: Path, capsys: pytest.Captu
     assert main(["calibrate", "acceptance-crossval", "--traces", str(trace), "--folds", "9"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["pipesd: error: --folds: folds must be in [2, 3] (got 9)"]
+    argv = ["calibrate", "acceptance-crossval", "--traces", str(trace), "--folds", "2"]
+    assert main([*argv, "--prompts", "0"]) == 2  # refused before any fold is fitted
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "prompts.count" in err[0]
