@@ -109,6 +109,11 @@ SEED_SHIFT = 1_000_000
 """The noise reference's seeds: the check's, shifted by this."""
 
 
+def with_shifted_seeds(raw: dict[str, Any]) -> dict[str, Any]:
+    """The check's scenario table with its seeds shifted by SEED_SHIFT (the noise reference)."""
+    return {**copy.deepcopy(raw), "seeds": [seed + SEED_SHIFT for seed in raw.get("seeds", [0])]}
+
+
 def reference_rows(
     scenario: Path,
     heldout_trace: Path,
@@ -124,9 +129,7 @@ def reference_rows(
     raw = check_scenario(scenario, prompts, seeds, policies)
     path = Path(scenario)
     replay = policy_figures(raw, path, replay_of(heldout_trace))
-    shifted = copy.deepcopy(raw)
-    shifted["seeds"] = [seed + SEED_SHIFT for seed in raw.get("seeds", [0])]
-    others = {"noise": policy_figures(shifted, path, replay_of(heldout_trace))}
+    others = {"noise": policy_figures(with_shifted_seeds(raw), path, replay_of(heldout_trace))}
     if fitting_trace is not None:
         others["fitting traces"] = policy_figures(raw, path, replay_of(fitting_trace))
     return {
@@ -229,4 +232,5 @@ __all__ = [
     "replay_of",
     "sensitivity_lines",
     "table_lines",
+    "with_shifted_seeds",
 ]

@@ -35,6 +35,7 @@ from calibrate.acceptance_check import (
 )
 from calibrate.acceptance_crossval import cross_validate, prompt_bootstrap
 from calibrate.acceptance_hmm import Pair
+from calibrate.cli_files import int_list
 from simulator.acceptance import ReplayTraces
 from simulator.errors import ConfigError, from_validation_error
 from simulator.profile import HmmAcceptance
@@ -52,25 +53,14 @@ REFERENCE_LABELS = {
 }
 
 
-def _int_list(text: str, least: int) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like 1,2,3,4 (got {text!r})") from None
-    if not values or min(values) < least:
-        what = "positive integers" if least == 1 else f"integers >= {least}"
-        raise argparse.ArgumentTypeError(f"expected {what} (got {text!r})")
-    return values
-
-
 def state_list(text: str) -> list[int]:
     """argparse type: positive integers separated by commas (state counts, seeds)."""
-    return _int_list(text, 1)
+    return int_list(text, 1, "integers like 1,2,3,4", "positive")
 
 
 def start_list(text: str) -> list[int]:
     """argparse type: integers >= 0 separated by commas (start-state counts)."""
-    return _int_list(text, 0)
+    return int_list(text, 0, "integers like 0,2,4,6", "non-negative")
 
 
 START_STATES = [0, 2, 4, 6]

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from calibrate.acceptance import record_acceptance
-from calibrate.acceptance_check_cli import add_fit_arguments
-from calibrate.acceptance_hmm import Batch, as_hmm, encode, fit_hmm, log_likelihood
+from calibrate.acceptance_check_cli import add_fit_arguments, trace_sequences
+from calibrate.acceptance_hmm import Batch, Pair, as_hmm, encode, fit_hmm, log_likelihood
 from calibrate.acceptance_report import compare_lines, model_sequences, stats
 from calibrate.acceptance_trace import read_trace, write_trace_gz
 from calibrate.assemble import new_part, save_part
@@ -35,7 +35,6 @@ from calibrate.pairs import measure_pair
 from models.pairs import build_pair, sha256
 from models.prompts import FAMILIES, SPLITS, family_prompts
 from models.registry import models_dir, resolve_model
-from simulator.acceptance import ReplayTraces
 from simulator.errors import ConfigError
 from simulator.provenance import package_versions
 
@@ -242,13 +241,10 @@ def run_traces(args: argparse.Namespace, command: str, say: Say) -> int:
     return 0
 
 
-def _sequences(paths: list[Path]) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[dict]]:
-    sequences, provenance = [], []
-    for path in paths:
-        if path.name.endswith(".gz"):
-            provenance.append(read_trace(path)[0])
-        sequences += list(ReplayTraces.load(path).sequences)
-    return sequences, provenance
+def _sequences(paths: list[Path]) -> tuple[list[Pair], list[dict]]:
+    """Every sequence of the traces, and the provenance of those `calibrate traces` wrote."""
+    provenance = [read_trace(path)[0] for path in paths if path.name.endswith(".gz")]
+    return trace_sequences(paths), provenance
 
 
 def run_fit(args: argparse.Namespace, command: str, say: Say) -> int:

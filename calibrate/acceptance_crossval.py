@@ -19,7 +19,6 @@ folds and the held-out side in one).
 from __future__ import annotations
 
 import copy
-import csv
 import statistics
 import tempfile
 from collections.abc import Callable, Sequence
@@ -29,14 +28,15 @@ import numpy as np
 
 from calibrate.acceptance_check import (
     FIGURES,
-    SEED_SHIFT,
     PolicyRow,
     check_scenario,
     medians,
     policy_figures,
     replay_of,
+    with_shifted_seeds,
 )
 from calibrate.acceptance_hmm import Pair, fit_hmm
+from calibrate.acceptance_recording import write_replay_rows
 from simulator.scenario import validate_scenario
 
 Say = Callable[[str], None]
@@ -44,15 +44,12 @@ Say = Callable[[str], None]
 
 def write_replay_csv(sequences: Sequence[Pair], path: Path) -> Path:
     """`sequences` as a replay trace (sequence, position, confidence, accepted), exact floats."""
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["sequence", "position", "confidence", "accepted"])
-        for s, (conf, acc) in enumerate(sequences):
-            writer.writerows(
-                [s, p, repr(float(c)), int(a)]
-                for p, (c, a) in enumerate(zip(conf, acc, strict=True))
-            )
-    return path
+    rows = (
+        (s, p, c, a)
+        for s, (conf, acc) in enumerate(sequences)
+        for p, (c, a) in enumerate(zip(conf, acc, strict=True))
+    )
+    return write_replay_rows(rows, path)
 
 
 def _averaged(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
@@ -111,7 +108,7 @@ def cross_validate(
         raise ValueError(f"folds must be in [2, {len(sequences)}] (got {folds})")
     raw = check_scenario(scenario, prompts, seeds, policies)
     validate_scenario(copy.deepcopy(raw), Path(scenario))  # bad settings: before any fit
-    shifted = {**raw, "seeds": [seed + SEED_SHIFT for seed in raw.get("seeds", [0])]}
+    shifted = with_shifted_seeds(raw)
     path = Path(scenario)
     fitted_runs, replay_runs, noise_runs, chosen = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="pipesd-crossval-") as folder:

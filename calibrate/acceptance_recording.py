@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,19 +126,26 @@ TRACE_COLUMNS = ("sequence", "position", "confidence", "accepted")
 """The replay trace's columns (`simulator.acceptance.ReplayTraces.load`)."""
 
 
-def write_trace(rec: AcceptanceRecording, path: Path) -> Path:
-    """Write the replay trace CSV: one row per recorded position (confidence exact, accepted
-    as 1/0). ValueError if nothing was recorded. Returns `path`."""
-    if not rec.positions:
-        raise ValueError("write_trace: the recording holds no positions")
+def write_replay_rows(rows: Iterable[tuple[int, int, float, bool]], path: Path) -> Path:
+    """Write a replay trace CSV from (sequence, position, confidence, accepted) rows
+    (confidence exact, accepted as 1/0). Returns `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(TRACE_COLUMNS)
-        for p in rec.positions:
-            writer.writerow([p.sequence, p.position, repr(float(p.confidence)), int(p.accepted)])
+        for sequence, position, confidence, accepted in rows:
+            writer.writerow([sequence, position, repr(float(confidence)), int(accepted)])
     return path
+
+
+def write_trace(rec: AcceptanceRecording, path: Path) -> Path:
+    """Write the replay trace CSV: one row per recorded position. ValueError if nothing was
+    recorded. Returns `path`."""
+    if not rec.positions:
+        raise ValueError("write_trace: the recording holds no positions")
+    rows = ((p.sequence, p.position, p.confidence, p.accepted) for p in rec.positions)
+    return write_replay_rows(rows, path)
 
 
 def write_rounds(rec: AcceptanceRecording, path: Path) -> Path:
@@ -163,6 +171,7 @@ __all__ = [
     "PositionRecord",
     "RoundRecord",
     "samples",
+    "write_replay_rows",
     "write_rounds",
     "write_trace",
 ]
