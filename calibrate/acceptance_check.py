@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from simulator.acceptance_spec import HmmAcceptance
 from simulator.engine import simulate
 from simulator.metrics import summarise
-from simulator.profile import HmmAcceptance
 from simulator.scenario import read_scenario_file, validate_scenario
 
 TOLERANCE = 0.03

@@ -3,18 +3,22 @@
     pipesd calibrate acceptance-check --model model.json --heldout HELD.csv.gz
                             [--fitting FIT.csv.gz] [--prompt-draws 8]
     pipesd calibrate acceptance-crossval --traces FIT.csv.gz HELD.csv.gz [--folds 4]
+    pipesd calibrate acceptance-folds --traces FIT.csv.gz HELD.csv.gz --out FOLDS.json
 
 `acceptance-check` compares a model with a replay of held-out traces
 (`calibrate.acceptance_check`) and prints what the comparison would show with no model error
 at all: the simulation's own noise, with `--fitting` the fitting prompts' replay, and with
 `--prompt-draws` the held-out prompts resampled (`calibrate.acceptance_crossval`).
-`acceptance-crossval` fits a model per fold and checks each against its fold. Bad input: one
-line, exit 2.
+`acceptance-crossval` fits a model per fold and checks each against its fold;
+`acceptance-folds` saves such fold models as one per-request model for a testbed run over the
+whole family (`calibrate.acceptance_folds`, `pipesd revalidate --acceptance-model`). Bad input:
+one line, exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import time
@@ -34,11 +38,14 @@ from calibrate.acceptance_check import (
     table_lines,
 )
 from calibrate.acceptance_crossval import cross_validate, prompt_bootstrap
+from calibrate.acceptance_folds import family_sequences, fit_folds
 from calibrate.acceptance_hmm import Pair
 from calibrate.cli_files import int_list
+from models.prompts import FAMILIES, SPLITS
 from simulator.acceptance import ReplayTraces
+from simulator.acceptance_spec import ByRequestAcceptance, HmmAcceptance
 from simulator.errors import ConfigError, from_validation_error
-from simulator.profile import HmmAcceptance
+from simulator.provenance import package_versions
 
 Say = Callable[[str], None]
 
@@ -143,9 +150,27 @@ def add_check_parsers(sub: Any) -> None:
     _sample_arguments(crossval)
     crossval.set_defaults(handler=run_crossval)
 
+    folds = sub.add_parser(
+        "acceptance-folds",
+        help="K-fold models as one per-request model: request r by the model without prompt r",
+    )
+    folds.add_argument(
+        "--traces", type=Path, nargs="+", required=True, help="traces covering the split"
+    )
+    folds.add_argument("--family", choices=FAMILIES, default="humaneval", help="prompt family")
+    folds.add_argument(
+        "--split", choices=SPLITS, default="all", help="the run's prompts, in request order"
+    )
+    folds.add_argument("--folds", type=int, default=4, help="folds (prompt r: fold r %% K)")
+    add_fit_arguments(folds)
+    folds.add_argument("--seed", type=int, default=0, help="EM seed (as acceptance-fit)")
+    folds.add_argument("--out", type=Path, required=True, help="model JSON to write")
+    folds.set_defaults(handler=run_folds)
 
-def load_model(path: Path) -> Any:
-    """The `HmmAcceptance` of a model JSON written by `acceptance-fit` (one-line errors)."""
+
+def load_model(path: Path, by_request: bool = False) -> Any:
+    """The `HmmAcceptance` of a model JSON written by `acceptance-fit`, or with `by_request`
+    also the `ByRequestAcceptance` of one written by `acceptance-folds` (one-line errors)."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
@@ -154,10 +179,16 @@ def load_model(path: Path) -> Any:
         raise ConfigError(path, "", "not a JSON file") from None
     if not isinstance(data, dict) or not isinstance(data.get("acceptance"), dict):
         raise ConfigError(path, "acceptance", "missing (expected acceptance-fit's output)")
+    kind: type[HmmAcceptance] | type[ByRequestAcceptance] = HmmAcceptance
+    if data["acceptance"].get("kind") == "by_request":
+        if not by_request:
+            why = "by_request (acceptance-folds' per-request models): give acceptance-fit's"
+            raise ConfigError(path, "acceptance.kind", why)
+        kind = ByRequestAcceptance
     try:
-        return HmmAcceptance.model_validate(data["acceptance"])
+        return kind.model_validate(data["acceptance"])
     except ValidationError as exc:
-        raise from_validation_error(path, exc, HmmAcceptance) from None
+        raise from_validation_error(path, exc, kind) from None
 
 
 def _percentages(values: dict[str, float]) -> str:
@@ -233,12 +264,60 @@ def run_crossval(args: argparse.Namespace, command: str, say: Say) -> int:
     return 0
 
 
+def run_folds(args: argparse.Namespace, command: str, say: Say) -> int:
+    """`pipesd calibrate acceptance-folds`."""
+    if args.out.exists():
+        raise ConfigError("--out", "", f"{args.out} exists (never overwritten)")
+    if args.bins < 1:
+        raise ConfigError("--bins", "", f"must be at least 1 (got {args.bins})")
+    prompt_ids, sequences = family_sequences(args.traces, args.family, args.split)
+    began = time.perf_counter()
+    try:
+        fitted = fit_folds(
+            prompt_ids, sequences, args.folds, args.states, args.bins, args.seed,
+            args.start_states, say,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise ConfigError("--folds", "", str(exc)) from None
+    say(f"fitted in {time.perf_counter() - began:.1f} s")
+    record = {
+        "acceptance": fitted.acceptance.model_dump(mode="json"),
+        "fit": {
+            "folds": args.folds,
+            "start_states_and_regimes": [list(c) for c in fitted.chosen],
+            "bins": args.bins,
+            "seed": args.seed,
+            "prompts": len(sequences),
+        },
+        "provenance": {
+            "traces": [str(p) for p in args.traces],
+            "trace_sha256": {
+                str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in args.traces
+            },
+            "family": args.family,
+            "split": args.split,
+            "command": command,
+            "versions": package_versions(("pipesd-kit", "numpy")),
+            "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    print(
+        f"{len(sequences)} prompts of {args.family}/{args.split} in {args.folds} folds; start "
+        f"states + regimes per fold: {', '.join(f'{a}+{b}' for a, b in fitted.chosen)}"
+    )
+    print(f"wrote {args.out}")
+    return 0
+
+
 __all__ = [
     "add_check_parsers",
     "add_fit_arguments",
     "load_model",
     "run_check",
     "run_crossval",
+    "run_folds",
     "start_list",
     "state_list",
     "trace_sequences",

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.profile import HmmAcceptance
+from simulator.acceptance_spec import HmmAcceptance
 
 PSEUDO_COUNT = 1e-3
 """Added to every emission and transition count in the M step (no zero probabilities, so a

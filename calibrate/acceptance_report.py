@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from simulator.acceptance import HmmSampler
-from simulator.profile import HmmAcceptance
+from simulator.acceptance_spec import HmmAcceptance
 
 RUN_BUCKETS = ((1, 1), (2, 2), (3, 4), (5, 8), (9, 16), (17, 10**9))
 """Accepted-run length buckets (inclusive)."""

@@ -31,13 +31,8 @@ from calibrate.samples import (
     PrefillSample,
     TransferSample,
 )
-from simulator.profile import (
-    CalibratedAcceptance,
-    DraftLatency,
-    HistogramConfidence,
-    TableCurve,
-    TargetLatency,
-)
+from simulator.acceptance_spec import CalibratedAcceptance, HistogramConfidence, TableCurve
+from simulator.profile import DraftLatency, TargetLatency
 
 
 def _samples(what: str, samples: Any, kind: type) -> list:

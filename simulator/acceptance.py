@@ -19,11 +19,10 @@ from typing import TextIO
 import numpy as np
 
 from policies.picospec.topk_acceptance import TopKEffect, topk_effect
-from simulator.errors import ConfigError
-from simulator.inputs import MAX_TRACE_BYTES, check_regular
-from simulator.profile import (
+from simulator.acceptance_spec import (
     Acceptance,
     BetaConfidence,
+    ByRequestAcceptance,
     CalibratedAcceptance,
     Confidence,
     ConstantConfidence,
@@ -34,6 +33,8 @@ from simulator.profile import (
     ReplayAcceptance,
     TableCurve,
 )
+from simulator.errors import ConfigError
+from simulator.inputs import MAX_TRACE_BYTES, check_regular
 
 ACCEPTED_VALUES = {
     "1": True,
@@ -344,6 +345,11 @@ class AcceptanceModel:
         self.spec = spec
         self.replay = None
         self.hmm = HmmSampler.of(spec) if isinstance(spec, HmmAcceptance) else None
+        self.by_request: list[HmmSampler] = []
+        self.assignment: list[int] = []
+        if isinstance(spec, ByRequestAcceptance):
+            self.by_request = [HmmSampler.of(model) for model in spec.models]
+            self.assignment = spec.assignment
         if isinstance(spec, ReplayAcceptance):
             path = (base_dir / spec.trace).resolve()
             self.replay = ReplayTraces.load(path)
@@ -374,6 +380,13 @@ class AcceptanceModel:
             base.confidence, accepted, _next_reject(accepted), base.off_path_confidence
         )
 
+    def _hmm_of(self, request: int) -> HmmSampler | None:
+        """The hidden Markov sampler of request `request`: the model's, or under `by_request`
+        the one assigned to it; None for the other kinds."""
+        if self.assignment:
+            return self.by_request[self.assignment[request % len(self.assignment)]]
+        return self.hmm
+
     def _stream(self, seed: int, edge: int, request: int, n_positions: int) -> AcceptanceStream:
         """The exact-verification outcomes (common random numbers across policies)."""
         rng = np.random.default_rng(np.random.SeedSequence([seed, edge, request, 0x5EED]))
@@ -384,9 +397,9 @@ class AcceptanceModel:
         elif isinstance(spec, CalibratedAcceptance):
             confidence = sample_confidence(spec.confidence, rng, n_positions)
             accepted = rng.random(n_positions) < accept_probability(spec.p_accept, confidence)
-        elif self.hmm is not None:
-            confidence, accepted = self.hmm.sample(rng, n_positions)
-            off_path = self.hmm.off_path(rng, n_positions)
+        elif (hmm := self._hmm_of(request)) is not None:
+            confidence, accepted = hmm.sample(rng, n_positions)
+            off_path = hmm.off_path(rng, n_positions)
             return AcceptanceStream(
                 confidence.tolist(), accepted, _next_reject(accepted), off_path.tolist()
             )

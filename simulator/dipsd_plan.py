@@ -18,9 +18,9 @@ from policies.dipsd.constants import paper_system
 from policies.dipsd.cost_model import DipsdSystem, DipsdUser, verify_flops
 from policies.dipsd.optimiser import optimise
 from policies.dipsd.plan import Plan
+from simulator.acceptance_spec import IIDAcceptance
 from simulator.errors import ConfigError
 from simulator.fleet import EdgeSpec
-from simulator.profile import IIDAcceptance
 from simulator.scenario import Scenario
 
 

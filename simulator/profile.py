@@ -11,23 +11,16 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from simulator.acceptance_spec import Acceptance
 from simulator.errors import ConfigError, from_validation_error
 from simulator.inputs import load_json
+from simulator.schema_types import NonNeg, Positive, Strict
 
 SCHEMA_VERSION = 1
 
 
-class Strict(BaseModel):
-    """Base for schema parts: unknown keys are errors, instances are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-MAX_MAGNITUDE = 1e12
-"""Upper bound of every profile number without a tighter physical one: large enough for any
-real coefficient, small enough that sums and products of them stay finite."""
 MAX_LATENCY_S = 86_400.0
 """Longest one-way latency or per-message overhead accepted (one day)."""
 MAX_MBPS = 1e6
@@ -37,15 +30,12 @@ MIN_MBPS = 1e-6
 MIN_SPEED_FACTOR = 1e-6
 """Slowest compute factor accepted (a million times slower than the profile)."""
 
-NonNeg = Annotated[float, Field(ge=0.0, le=MAX_MAGNITUDE, allow_inf_nan=False)]
-Positive = Annotated[float, Field(gt=0.0, le=MAX_MAGNITUDE, allow_inf_nan=False)]
 MAX_VOCAB = 10_000_000
 """Largest vocabulary accepted."""
 MAX_ITEM_BYTES = 1024
 """Largest encoding of one token id, probability or index."""
 MAX_MESSAGE_BYTES = 1_000_000_000
 """Largest per-message header, acknowledgement or hidden state."""
-Finite = Annotated[float, Field(allow_inf_nan=False)]
 LatencySeconds = Annotated[float, Field(ge=0.0, le=MAX_LATENCY_S, allow_inf_nan=False)]
 Mbps = Annotated[float, Field(ge=MIN_MBPS, le=MAX_MBPS, allow_inf_nan=False)]
 
@@ -155,163 +145,6 @@ class PowerProfile(Strict):
     gpu_idle_w: NonNeg
     radio_uplink_j_per_byte: NonNeg
     radio_downlink_j_per_byte: NonNeg
-
-
-class BetaConfidence(Strict):
-    """Draft top-1 probability ~ Beta(a, b)."""
-
-    kind: Literal["beta"]
-    a: Positive
-    b: Positive
-
-
-class HistogramConfidence(Strict):
-    """Draft top-1 probability drawn from a histogram on [0, 1] (uniform within a bin)."""
-
-    kind: Literal["histogram"]
-    edges: list[Finite] = Field(min_length=2)
-    weights: list[NonNeg] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> HistogramConfidence:
-        if len(self.weights) != len(self.edges) - 1:
-            raise ValueError("weights must have one entry fewer than edges")
-        if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
-            raise ValueError("edges must increase strictly")
-        if self.edges[0] < 0.0 or self.edges[-1] > 1.0:
-            raise ValueError("edges must lie in [0, 1]")
-        if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
-            raise ValueError("weights must be non-negative with a positive sum")
-        return self
-
-
-class ConstantConfidence(Strict):
-    """Every draft token has the same top-1 probability (uninformative confidence)."""
-
-    kind: Literal["constant"]
-    value: Annotated[float, Field(gt=0.0, le=1.0)]
-
-
-Confidence = Annotated[
-    BetaConfidence | HistogramConfidence | ConstantConfidence, Field(discriminator="kind")
-]
-
-
-class PowerCurve(Strict):
-    """P(accept | c) = c ** exponent (exponent 1: a perfectly calibrated draft)."""
-
-    kind: Literal["power"]
-    exponent: Positive
-
-
-class TableCurve(Strict):
-    """P(accept | c) piecewise constant over confidence bins."""
-
-    kind: Literal["table"]
-    edges: list[Finite] = Field(min_length=2)
-    values: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> TableCurve:
-        if len(self.values) != len(self.edges) - 1:
-            raise ValueError("values must have one entry fewer than edges")
-        if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
-            raise ValueError("edges must increase strictly")
-        if self.edges[0] < 0.0 or self.edges[-1] > 1.0:
-            raise ValueError("edges must lie in [0, 1]")
-        return self
-
-
-AcceptCurve = Annotated[PowerCurve | TableCurve, Field(discriminator="kind")]
-
-
-class IIDAcceptance(Strict):
-    """Each draft token is accepted with probability `rate`, independently of its confidence."""
-
-    kind: Literal["iid"]
-    rate: Annotated[float, Field(ge=0.0, lt=1.0)]
-    confidence: Confidence = ConstantConfidence(kind="constant", value=0.9)
-
-
-class CalibratedAcceptance(Strict):
-    """Confidence drawn from a fitted distribution, acceptance from P(accept | confidence)."""
-
-    kind: Literal["calibrated"]
-    confidence: Confidence
-    p_accept: AcceptCurve
-
-
-class ReplayAcceptance(Strict):
-    """Replay recorded (confidence, accepted) sequences from a CSV file, or a CSV.gz trace
-    (path relative to the file that names it): columns sequence, position, confidence,
-    accepted; with `block` > 0, a moving-block bootstrap of them."""
-
-    kind: Literal["replay"]
-    trace: str
-    block: int = Field(
-        0,
-        ge=0,
-        description="0: replay whole sequences; L > 0: moving-block bootstrap of L positions",
-    )
-    order: Literal["random", "request"] = Field(
-        "random",
-        description="whole sequences: from a random one per request, or request r from sequence "
-        "r (cycling), e.g. the trace of the very prompts a testbed run used, in its order",
-    )
-
-    @model_validator(mode="after")
-    def _whole_sequences_in_order(self) -> ReplayAcceptance:
-        if self.order == "request" and self.block:
-            raise ValueError("order = 'request' replays whole sequences (block must be 0)")
-        return self
-
-
-class HmmAcceptance(Strict):
-    """A hidden Markov (regime-switching) model fitted to real traces by EM
-    (`calibrate.acceptance_hmm`): K regimes follow a Markov chain (`initial` at a request's
-    first position, `transition` K x K); in regime k a position falls in confidence bin b and
-    is accepted or not with probability `emission[k][b]` = [P(b, rejected), P(b, accepted)];
-    its confidence is drawn from the bin's quantiles `within[b]` (increasing, inside the bin).
-    `sequence_lengths`: the fitting sequences' lengths (their outputs ended there); a request
-    runs on past a length drawn from them as a new sequence from `initial`, as a replay
-    continues into the next trace (None: one sequence per request). `source` says where it
-    was fitted from."""
-
-    kind: Literal["hmm"]
-    edges: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(min_length=2)
-    within: list[list[Annotated[float, Field(ge=0.0, le=1.0)]]] = Field(min_length=1)
-    initial: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(min_length=1)
-    transition: list[list[Annotated[float, Field(ge=0.0, le=1.0)]]]
-    emission: list[list[list[Annotated[float, Field(ge=0.0, le=1.0)]]]]
-    sequence_lengths: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=1)
-    source: str = ""
-
-    @model_validator(mode="after")
-    def _consistent(self) -> HmmAcceptance:
-        bins, states = len(self.edges) - 1, len(self.initial)
-        if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
-            raise ValueError("edges must increase strictly")
-        if len(self.within) != bins or any(
-            len(row) < 2 or sorted(row) != row for row in self.within
-        ):
-            raise ValueError("within must hold, per bin, at least 2 non-decreasing quantiles")
-        if len(self.transition) != states or any(len(r) != states for r in self.transition):
-            raise ValueError(f"transition must be {states} x {states} (one row per state)")
-        if len(self.emission) != states or any(
-            len(r) != bins or any(len(c) != 2 for c in r) for r in self.emission
-        ):
-            raise ValueError(f"emission must be {states} x {bins} x 2 (state, bin, verdict)")
-        sums = [sum(self.initial)] + [sum(r) for r in self.transition]
-        sums += [sum(sum(c) for c in r) for r in self.emission]
-        if any(abs(total - 1.0) > 1e-6 for total in sums):
-            raise ValueError("initial, each transition row and each state's emission must sum to 1")
-        return self
-
-
-Acceptance = Annotated[
-    IIDAcceptance | CalibratedAcceptance | ReplayAcceptance | HmmAcceptance,
-    Field(discriminator="kind"),
-]
 
 
 class PayloadProfile(Strict):

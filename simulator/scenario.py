@@ -20,11 +20,12 @@ from pydantic import ValidationError
 
 from policies.registry import params_model, policy_names
 from simulator.acceptance import ReplayTraces
+from simulator.acceptance_spec import IIDAcceptance, ReplayAcceptance
 from simulator.compute import ComputeTrace
 from simulator.errors import ConfigError, from_validation_error, render_value
 from simulator.inputs import MAX_DEPTH, check_data, load_toml
 from simulator.link import TraceBandwidth
-from simulator.profile import IIDAcceptance, LoadedProfile, ReplayAcceptance, load_profile
+from simulator.profile import LoadedProfile, load_profile
 from simulator.scenario_sections import PayloadSection, PolicyEntry, ScenarioModel
 
 MAX_SWEEP_POINTS = 10_000

@@ -8,15 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from policies.batching import DEFAULT_BATCH_WINDOW_S, DEFAULT_MAX_BATCH
 from policies.params import PolicyParams
-from simulator.profile import (
-    MAX_LATENCY_S,
-    MAX_VOCAB,
-    MIN_SPEED_FACTOR,
-    Acceptance,
-    LatencySeconds,
-    Mbps,
-    NonNeg,
-)
+from simulator.acceptance_spec import Acceptance
+from simulator.profile import MAX_LATENCY_S, MAX_VOCAB, MIN_SPEED_FACTOR, LatencySeconds, Mbps
+from simulator.schema_types import NonNeg
 
 
 class Strict(BaseModel):

@@ -6,17 +6,25 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from calibrate.acceptance_check_cli import load_model
+from calibrate.acceptance_check_cli import load_model, trace_sequences
+from calibrate.acceptance_crossval import write_replay_csv
+from calibrate.acceptance_folds import family_sequences
+from calibrate.acceptance_hmm import Pair
+from calibrate.acceptance_trace import read_trace
 from calibrate.assemble import write_profile
+from models.prompts import family_prompts
 from realrun.testbed import COMPUTE_FILES
 from simulator.acceptance import ReplayTraces
+from simulator.acceptance_spec import ByRequestAcceptance
 from simulator.errors import ConfigError
 from simulator.outdir import read_manifest
 from simulator.profile import Profile, load_profile
 from simulator.scenario import SweepPoint
+from simulator.scenario_sections import PromptsSection
 from validation.validate import sha256, simulate_and_compare
 
 REAL_FILES = ("summary.csv", "results.csv", "speeds.csv", "manifest.json", *COMPUTE_FILES.values())
@@ -72,41 +80,101 @@ def validation_source(
     return manifest, scenario, profile
 
 
+def check_model_prompts(model: Path, prompts: PromptsSection) -> None:
+    """Per-request models (`acceptance-folds`) must name the run's prompts in its request order
+    (request r ran the split's prompt r): ConfigError otherwise, so no request is predicted
+    by a model that saw its prompt or was meant for another."""
+    acceptance = load_model(model, by_request=True)
+    if not isinstance(acceptance, ByRequestAcceptance) or acceptance.prompt_ids is None:
+        return
+    ran = [p.id for p in family_prompts(prompts.family, prompts.split)]
+    if acceptance.prompt_ids != ran:
+        raise ConfigError(
+            model, "acceptance.prompt_ids", f"not the run's prompts ({prompts.family}/"
+            f"{prompts.split} in order, request r its prompt r): fit the folds with --family "
+            f"{prompts.family} --split {prompts.split}"
+        )  # fmt: skip
+
+
+REPLAY_FILE = "acceptance-replay.csv"
+"""OUT's replay trace when the given traces had to be put in the run's order or joined."""
+
+
+@dataclass(frozen=True)
+class Replay:
+    """What `--replay-acceptance` replays: the traces given, a file to replay as it is or the
+    sequences to write to OUT first, the order, and how the sequences were put in it."""
+
+    given: list[Path]
+    trace: Path | None
+    sequences: list[Pair]
+    order: str
+    how: str
+
+
+def plan_replay(traces: Sequence[Path], order: str, prompts: PromptsSection) -> Replay:
+    """In request order, traces that record their prompt ids (`calibrate traces`) are put in
+    the run's order (request r, the split's prompt r), several files joined, unless the one
+    file is in that order already; a single trace without ids is taken as in the run's order.
+    In random order the files' sequences are joined as they are. Checked before OUT exists:
+    a missing file or prompt is one line."""
+    given = list(traces)
+    for trace in given:
+        if not trace.is_file():
+            raise ConfigError("--replay-acceptance", str(trace), "file not found")
+    named = [t.name.endswith(".gz") and "prompt_ids" in read_trace(t)[0] for t in given]
+    if order == "request" and all(named):
+        ids, sequences = family_sequences(given, prompts.family, prompts.split)
+        if len(given) == 1 and read_trace(given[0])[0]["prompt_ids"] == ids:
+            return Replay(given, given[0], [], order, "in the run's prompt order as recorded")
+        how = f"put in the run's prompt order ({prompts.family}/{prompts.split}) by prompt id"
+        return Replay(given, None, sequences, order, how)
+    if order == "request" and len(given) > 1:
+        raise ConfigError(
+            "--replay-acceptance", " ".join(map(str, given)), "several traces replay in "
+            "request order only when each records its prompt ids (`pipesd calibrate traces`)"
+        )  # fmt: skip
+    if len(given) == 1:
+        ReplayTraces.load(given[0])  # a bad trace: one line now, not mid-simulation
+        return Replay(given, given[0], [], order, "in file order")
+    return Replay(given, None, trace_sequences(given), order, "joined in file order")
+
+
 def swapped_acceptance_profile(
     profile_path: Path,
     out_dir: Path,
-    trace: Path | None,
+    replay: Replay | None,
     model: Path | None,
-    order: str = "request",
 ) -> Path:
     """A copy of the profile at `profile_path` (OUT/profile.json) with its acceptance replaced.
 
-    `trace`: replayed in request order (request r, sequence r); with the trace of the very
-    prompts a real-acceptance run used, in its order, the comparison isolates the timing model
-    from the acceptance model. With `order` "random", each request replays a random sequence
-    (another prompt set, e.g. a model's fitting traces: the model-free prediction). `model`:
-    an `acceptance-fit` model JSON, so any fitted model can be judged against a recorded
-    testbed run. Files are named relative to the copy, so the folder can move with the
-    repository."""
+    `replay` (`plan_replay`): traces replayed in request order (request r, the run's prompt
+    r); with the traces of the very prompts a real-acceptance run used, the comparison isolates
+    the timing model from the acceptance model. In "random" order each request replays a
+    random sequence (another prompt set, e.g. a model's fitting traces: the model-free
+    prediction). `model`: an `acceptance-fit` model JSON, so any fitted model can be judged
+    against a recorded testbed run, or `acceptance-folds`' per-request K-fold models (request
+    r predicted by the model fitted without prompt r). Files are named relative to the copy,
+    so the folder can move with the repository."""
     loaded = load_profile(profile_path)
     data = loaded.profile.model_dump(mode="json")
     out_path = out_dir / "profile.json"
     rest = f"everything else as in {profile_path} (sha256 {loaded.sha256[:12]})"
-    if trace is not None:
-        if not trace.is_file():
-            raise ConfigError("--replay-acceptance", str(trace), "trace file not found")
+    if replay is not None:
+        trace = replay.trace or write_replay_csv(replay.sequences, out_dir / REPLAY_FILE)
         relative = os.path.relpath(trace.resolve(), out_dir.resolve())
-        data["acceptance"] = {"kind": "replay", "trace": relative, "order": order}
+        data["acceptance"] = {"kind": "replay", "trace": relative, "order": replay.order}
+        given = " ".join(map(str, replay.given))
         note = (
-            f"{trace} replayed in request order (request r, sequence r): the acceptance of the "
-            f"run's own prompts, a diagnostic of the timing model, not a prediction; {rest}"
-            if order == "request"
-            else f"{trace} replayed, each request a random sequence; {rest}"
+            f"{given} replayed in request order (request r, sequence r; {replay.how}): the "
+            f"acceptance of the run's own prompts, a diagnostic of the timing model, not a "
+            f"prediction; {rest}"
+            if replay.order == "request"
+            else f"{given} replayed ({replay.how}), each request a random sequence; {rest}"
         )
-        ReplayTraces.load(out_dir / relative)  # a bad trace: one line now, not mid-simulation
     else:
         assert model is not None
-        data["acceptance"] = load_model(model).model_dump(mode="json")
+        data["acceptance"] = load_model(model, by_request=True).model_dump(mode="json")
         note = f"the fitted model {model} (sha256 {sha256(model)[:12]}); {rest}"
     data["provenance"]["notes"]["acceptance"] = note
     write_profile(Profile.model_validate(data), out_path)

@@ -11,7 +11,9 @@ from simulator.errors import ConfigError
 from simulator.outdir import out_dir_arg
 from validation.cli import print_validation
 from validation.revalidate import (
+    check_model_prompts,
     command_options,
+    plan_replay,
     revalidate,
     swapped_acceptance_profile,
     validation_source,
@@ -45,10 +47,12 @@ def add_revalidate_parser(subparsers: Any) -> None:
     swap.add_argument(
         "--replay-acceptance",
         type=Path,
+        nargs="+",
         metavar="TRACE",
-        help="simulate with the acceptance of TRACE replayed in request order (request r, "
-        "sequence r; OUT/profile.json): with the trace of the run's own prompts, the timing "
-        "model alone is compared",
+        help="simulate with the acceptance of TRACE replayed in request order (request r, the "
+        "run's prompt r: traces that record their prompt ids are put in the run's order, "
+        "several joined; OUT/profile.json): with the run's own prompts, the timing model "
+        "alone is compared",
     )
     revalidate.add_argument(
         "--replay-order",
@@ -61,8 +65,8 @@ def add_revalidate_parser(subparsers: Any) -> None:
         "--acceptance-model",
         type=Path,
         metavar="MODEL",
-        help="simulate with this fitted acceptance model (`calibrate acceptance-fit`'s JSON; "
-        "OUT/profile.json)",
+        help="simulate with this fitted acceptance model (`calibrate acceptance-fit`'s JSON, or "
+        "`acceptance-folds`': request r by the fold model without prompt r; OUT/profile.json)",
     )
     revalidate.add_argument("--quiet", action="store_true", help="no table, only the verdict")
     revalidate.add_argument("--out", type=out_dir_arg, required=True, help="output folder")
@@ -97,14 +101,17 @@ def run_revalidate(args: argparse.Namespace, argv: list[str]) -> int:
         raise ConfigError(str(scenario), "acceptance", "the scenario sets its own acceptance "
                           "(its real run replayed that stream): --replay-acceptance and "
                           "--acceptance-model are for real-acceptance runs")  # fmt: skip
-    if swap is not None and not swap.is_file():
-        flag = "--replay-acceptance" if args.replay_acceptance else "--acceptance-model"
-        raise ConfigError(flag, str(swap), "file not found")
+    prompts = points[0].scenario.model.prompts
+    replay = None
+    if args.replay_acceptance is not None:
+        replay = plan_replay(args.replay_acceptance, args.replay_order, prompts)
+    if args.acceptance_model is not None:
+        if not args.acceptance_model.is_file():
+            raise ConfigError("--acceptance-model", str(args.acceptance_model), "file not found")
+        check_model_prompts(args.acceptance_model, prompts)
     make_out(args, "revalidate", argv)
     if swap is not None:
-        profile = swapped_acceptance_profile(
-            profile, args.out, args.replay_acceptance, args.acceptance_model, args.replay_order
-        )
+        profile = swapped_acceptance_profile(profile, args.out, replay, args.acceptance_model)
         points = validation_points(
             scenario, profile, command_options(recorded, "--set"),
             command_options(recorded, "--sweep"),

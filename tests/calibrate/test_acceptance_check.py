@@ -16,7 +16,7 @@ from calibrate.acceptance_check import (
     table_lines,
 )
 from simulator.acceptance import HmmSampler
-from simulator.profile import HmmAcceptance
+from simulator.acceptance_spec import HmmAcceptance
 
 S1 = Path(__file__).resolve().parents[2] / "scenarios" / "pipesd_s1.toml"
 POLICIES = ["cloud_ar", "vanilla", "edgellm", "pipesd"]

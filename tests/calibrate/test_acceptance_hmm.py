@@ -11,7 +11,7 @@ import pytest
 from calibrate.acceptance_hmm import Batch, as_hmm, baum_welch, encode, fit_hmm, log_likelihood
 from calibrate.acceptance_report import compare_lines, model_sequences, run_lengths, stats
 from simulator.acceptance import HmmSampler
-from simulator.profile import HmmAcceptance
+from simulator.acceptance_spec import HmmAcceptance
 
 KNOWN = HmmAcceptance(
     kind="hmm",

@@ -21,7 +21,7 @@ from calibrate.fit import fit_acceptance
 from models.prompts import default_prompts
 from models.truncate import truncate_gguf
 from simulator.acceptance import AcceptanceModel, ReplayTraces
-from simulator.profile import CalibratedAcceptance, ReplayAcceptance
+from simulator.acceptance_spec import CalibratedAcceptance, ReplayAcceptance
 
 pytestmark = needs_smollm2
 

@@ -14,8 +14,8 @@ from calibrate.acceptance_recording import PositionRecord
 from calibrate.acceptance_trace import COLUMNS, MAGIC, read_trace, write_trace_gz
 from pipesd.cli import main
 from simulator.acceptance import AcceptanceModel, ReplayTraces
+from simulator.acceptance_spec import ReplayAcceptance
 from simulator.errors import ConfigError
-from simulator.profile import ReplayAcceptance
 
 PROVENANCE = {"recipe": "quant:Q4_0", "family": "humaneval", "split": "heldout", "command": "x"}
 

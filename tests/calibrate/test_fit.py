@@ -30,7 +30,8 @@ from calibrate.samples import (
     write_csv,
 )
 from simulator.acceptance import AcceptanceModel
-from simulator.profile import CalibratedAcceptance, DraftLatency, TargetLatency
+from simulator.acceptance_spec import CalibratedAcceptance
+from simulator.profile import DraftLatency, TargetLatency
 
 NOISE = 0.02
 """Relative noise of the noisy synthetic measurements (2%, Gaussian)."""

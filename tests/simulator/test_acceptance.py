@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from simulator.acceptance import AcceptanceModel, ReplayTraces, _next_reject, sample_confidence
-from simulator.errors import ConfigError
-from simulator.profile import (
+from simulator.acceptance_spec import (
     BetaConfidence,
     CalibratedAcceptance,
     ConstantConfidence,
@@ -24,6 +23,7 @@ from simulator.profile import (
     ReplayAcceptance,
     TableCurve,
 )
+from simulator.errors import ConfigError
 
 HERE = Path(__file__).resolve().parent
 

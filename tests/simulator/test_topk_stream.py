@@ -9,9 +9,9 @@ import pytest
 
 from policies.picospec.topk_acceptance import TopKEffect
 from simulator.acceptance import AcceptanceModel, topk_effect_from_trace, with_topk
+from simulator.acceptance_spec import ConstantConfidence, IIDAcceptance
 from simulator.engine import simulate
 from simulator.errors import ConfigError
-from simulator.profile import ConstantConfidence, IIDAcceptance
 from simulator.scenario import expand_sweep
 
 MODEL = AcceptanceModel(

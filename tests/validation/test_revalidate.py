@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from models.prompts import family_prompts
 from pipesd.cli import main
 from simulator.runner import run_scenario
 from validation.validate import METRICS, validation_points
@@ -156,6 +157,20 @@ def test_replay_acceptance_simulates_the_runs_own_prompts_in_request_order(
     assert manifest["profile"]["path"] == str(out / "profile.json")
     vanilla = [r for r in read_rows(out / "validation.csv") if r["policy"] == "vanilla"]
     assert {float(r["nav_count_sim"]) for r in vanilla} == {250.0}
+    # Both splits' traces, fitting first: put in the run's order by their prompt ids (in
+    # OUT/acceptance-replay.csv), the very same simulation.
+    fitting = Path("scenarios/acceptance/smollm2-q4_0.humaneval.fit122.csv.gz")
+    both = tmp_path / "both"
+    assert main(["revalidate", str(run20), "--scenario", kept, "--quiet", "--replay-acceptance",
+                 str(fitting), str(trace), "--out", str(both)]) == 0  # fmt: skip
+    capsys.readouterr()
+    joined = json.loads((both / "profile.json").read_text())
+    assert joined["acceptance"]["trace"] == "acceptance-replay.csv"
+    assert "by prompt id" in joined["provenance"]["notes"]["acceptance"]
+    sim = [k for k in read_rows(out / "validation.csv")[0] if k.endswith("_sim")]
+    assert [[r[k] for k in sim] for r in read_rows(both / "validation.csv")] == [
+        [r[k] for k in sim] for r in read_rows(out / "validation.csv")
+    ]
 
 
 def test_replay_acceptance_is_refused_in_one_line_where_it_cannot_apply(in_repo, tmp_path, capsys):
@@ -208,3 +223,31 @@ def test_a_fitted_model_or_another_prompt_sets_replay_on_a_recorded_run(in_repo,
     written = json.loads((out / "profile.json").read_text())
     assert written["acceptance"]["order"] == "random"
     assert "random sequence" in written["provenance"]["notes"]["acceptance"]
+
+
+def test_per_request_fold_models_on_a_recorded_run(in_repo, tmp_path, capsys):
+    """--acceptance-model with `acceptance-folds`' per-request models: accepted when they name
+    the run's prompts in its order (OUT/profile.json holds them), refused in one line, before
+    OUT exists, when they were fitted for another prompt order (the committed 164-prompt
+    folds against run 20's held-out prompts)."""
+    run20, kept = "docs/validation/cpu-run20-real18", "scenarios/testbed_cpu_real18.toml"
+    fitted = json.loads(Path("scenarios/acceptance/smollm2-q4_0.hmm.json").read_text())
+    held = [p.id for p in family_prompts("humaneval", "heldout")]
+    folds = {"acceptance": {"kind": "by_request", "models": [fitted["acceptance"]] * 2,
+                            "assignment": [r % 2 for r in range(len(held))],
+                            "prompt_ids": held}}  # fmt: skip
+    model = tmp_path / "folds.json"
+    model.write_text(json.dumps(folds))
+    out = tmp_path / "out"
+    assert main(["revalidate", run20, "--scenario", kept, "--quiet", "--acceptance-model",
+                 str(model), "--out", str(out)]) == 0  # fmt: skip
+    capsys.readouterr()
+    written = json.loads((out / "profile.json").read_text())["acceptance"]
+    assert written["kind"] == "by_request" and written["prompt_ids"] == held
+    other = "scenarios/acceptance/smollm2-q4_0.humaneval.folds4.json"
+    refused = tmp_path / "refused"
+    assert main(["revalidate", run20, "--scenario", kept, "--acceptance-model", other,
+                 "--out", str(refused)]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "acceptance.prompt_ids" in err[0] and "--split heldout" in err[0]
+    assert not refused.exists()
