@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -126,12 +128,20 @@ TRACE_COLUMNS = ("sequence", "position", "confidence", "accepted")
 """The replay trace's columns (`simulator.acceptance.ReplayTraces.load`)."""
 
 
+def _open_for_writing(path: Path) -> TextIO:
+    """`path` opened to write text: gzip-compressed when it ends in `.gz`."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "wt", newline="", encoding="utf-8")
+    return path.open("w", newline="")
+
+
 def write_replay_rows(rows: Iterable[tuple[int, int, float, bool]], path: Path) -> Path:
     """Write a replay trace CSV from (sequence, position, confidence, accepted) rows
-    (confidence exact, accepted as 1/0). Returns `path`."""
+    (confidence exact, accepted as 1/0), gzip-compressed when `path` ends in `.gz` (as the
+    replay reads it). Returns `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
+    with _open_for_writing(path) as handle:
         writer = csv.writer(handle)
         writer.writerow(TRACE_COLUMNS)
         for sequence, position, confidence, accepted in rows:

@@ -96,7 +96,7 @@ def check_model_prompts(model: Path, prompts: PromptsSection) -> None:
         )  # fmt: skip
 
 
-REPLAY_FILE = "acceptance-replay.csv"
+REPLAY_FILE = "acceptance-replay.csv.gz"
 """OUT's replay trace when the given traces had to be put in the run's order or joined."""
 
 

@@ -158,14 +158,14 @@ def test_replay_acceptance_simulates_the_runs_own_prompts_in_request_order(
     vanilla = [r for r in read_rows(out / "validation.csv") if r["policy"] == "vanilla"]
     assert {float(r["nav_count_sim"]) for r in vanilla} == {250.0}
     # Both splits' traces, fitting first: put in the run's order by their prompt ids (in
-    # OUT/acceptance-replay.csv), the very same simulation.
+    # OUT/acceptance-replay.csv.gz), the very same simulation.
     fitting = Path("scenarios/acceptance/smollm2-q4_0.humaneval.fit122.csv.gz")
     both = tmp_path / "both"
     assert main(["revalidate", str(run20), "--scenario", kept, "--quiet", "--replay-acceptance",
                  str(fitting), str(trace), "--out", str(both)]) == 0  # fmt: skip
     capsys.readouterr()
     joined = json.loads((both / "profile.json").read_text())
-    assert joined["acceptance"]["trace"] == "acceptance-replay.csv"
+    assert joined["acceptance"]["trace"] == "acceptance-replay.csv.gz"
     assert "by prompt id" in joined["provenance"]["notes"]["acceptance"]
     sim = [k for k in read_rows(out / "validation.csv")[0] if k.endswith("_sim")]
     assert [[r[k] for k in sim] for r in read_rows(both / "validation.csv")] == [
