@@ -112,6 +112,18 @@ class Replay:
     how: str
 
 
+def _prompt_ids(trace: Path) -> list[str] | None:
+    """The prompt ids a `calibrate traces` file records in order; None for other traces (a
+    plain replay CSV, or one written by `write_replay_csv`)."""
+    if not trace.name.endswith(".gz"):
+        return None
+    try:
+        ids = read_trace(trace)[0].get("prompt_ids")
+    except ConfigError:
+        return None
+    return [str(i) for i in ids] if isinstance(ids, list) else None
+
+
 def plan_replay(traces: Sequence[Path], order: str, prompts: PromptsSection) -> Replay:
     """In request order, traces that record their prompt ids (`calibrate traces`) are put in
     the run's order (request r, the split's prompt r), several files joined, unless the one
@@ -122,10 +134,10 @@ def plan_replay(traces: Sequence[Path], order: str, prompts: PromptsSection) -> 
     for trace in given:
         if not trace.is_file():
             raise ConfigError("--replay-acceptance", str(trace), "file not found")
-    named = [t.name.endswith(".gz") and "prompt_ids" in read_trace(t)[0] for t in given]
-    if order == "request" and all(named):
+    recorded = [_prompt_ids(t) for t in given]
+    if order == "request" and all(ids is not None for ids in recorded):
         ids, sequences = family_sequences(given, prompts.family, prompts.split)
-        if len(given) == 1 and read_trace(given[0])[0]["prompt_ids"] == ids:
+        if len(given) == 1 and recorded[0] == ids:
             return Replay(given, given[0], [], order, "in the run's prompt order as recorded")
         how = f"put in the run's prompt order ({prompts.family}/{prompts.split}) by prompt id"
         return Replay(given, None, sequences, order, how)

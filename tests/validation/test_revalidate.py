@@ -167,10 +167,15 @@ def test_replay_acceptance_simulates_the_runs_own_prompts_in_request_order(
     joined = json.loads((both / "profile.json").read_text())
     assert joined["acceptance"]["trace"] == "acceptance-replay.csv.gz"
     assert "by prompt id" in joined["provenance"]["notes"]["acceptance"]
+    # That written trace records no prompt ids: given back alone, it is taken in its order.
+    again = tmp_path / "again"
+    assert main(["revalidate", str(run20), "--scenario", kept, "--quiet", "--replay-acceptance",
+                 str(both / "acceptance-replay.csv.gz"), "--out", str(again)]) == 0  # fmt: skip
+    capsys.readouterr()
     sim = [k for k in read_rows(out / "validation.csv")[0] if k.endswith("_sim")]
-    assert [[r[k] for k in sim] for r in read_rows(both / "validation.csv")] == [
-        [r[k] for k in sim] for r in read_rows(out / "validation.csv")
-    ]
+    expected = [[r[k] for k in sim] for r in read_rows(out / "validation.csv")]
+    for folder in (both, again):
+        assert [[r[k] for k in sim] for r in read_rows(folder / "validation.csv")] == expected
 
 
 def test_replay_acceptance_is_refused_in_one_line_where_it_cannot_apply(in_repo, tmp_path, capsys):
