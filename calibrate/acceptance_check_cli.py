@@ -18,7 +18,6 @@ one line, exit 2.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import time
@@ -41,6 +40,7 @@ from calibrate.acceptance_crossval import cross_validate, prompt_bootstrap
 from calibrate.acceptance_folds import family_sequences, fit_folds
 from calibrate.acceptance_hmm import Pair
 from calibrate.cli_files import int_list
+from models.pairs import sha256
 from models.prompts import FAMILIES, SPLITS
 from simulator.acceptance import ReplayTraces
 from simulator.acceptance_spec import ByRequestAcceptance, HmmAcceptance
@@ -291,9 +291,7 @@ def run_folds(args: argparse.Namespace, command: str, say: Say) -> int:
         },
         "provenance": {
             "traces": [str(p) for p in args.traces],
-            "trace_sha256": {
-                str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in args.traces
-            },
+            "trace_sha256": {str(p): sha256(p) for p in args.traces},
             "family": args.family,
             "split": args.split,
             "command": command,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from calibrate.acceptance_hmm import Pair, fit_hmm
-from calibrate.acceptance_trace import read_trace
+from calibrate.acceptance_trace import read_provenance
 from models.prompts import family_prompts
 from simulator.acceptance import ReplayTraces
 from simulator.acceptance_spec import ByRequestAcceptance
@@ -38,7 +38,7 @@ def family_sequences(
     the split has no trace."""
     recorded: dict[str, Pair] = {}
     for path in traces:
-        provenance, _ = read_trace(path)
+        provenance = read_provenance(path)
         sequences = ReplayTraces.load(path).sequences
         ids = provenance.get("prompt_ids")
         if not isinstance(ids, list) or len(ids) != len(sequences):

@@ -109,6 +109,28 @@ def _row(path: Path, line: int, row: list[str]) -> PositionRecord:
     return PositionRecord(sequence, position, confidence, row[4] == "1", token, ratio, ids, probs)
 
 
+def read_provenance(path: Path) -> dict[str, Any]:
+    """The provenance on a trace file's first line, without reading its rows; one-line
+    ConfigError for a file that is not a trace."""
+    path = Path(path)
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as handle:
+            first = handle.readline()
+    except (gzip.BadGzipFile, EOFError):
+        raise ConfigError(path, "", "acceptance trace is not a gzip file (.csv.gz)") from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(path, "", f"cannot read acceptance trace ({reason})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, "", "acceptance trace is not UTF-8 text") from None
+    if not first.startswith(MAGIC):
+        raise ConfigError(path, "line 1", f"expected the trace header {MAGIC.strip()!r}")
+    try:
+        return json.loads(first[len(MAGIC) :])
+    except ValueError:
+        raise ConfigError(path, "line 1", "provenance is not JSON") from None
+
+
 def read_trace(path: Path) -> tuple[dict[str, Any], list[PositionRecord]]:
     """(provenance, positions) of a trace file; one-line ConfigError for a bad file."""
     path = Path(path)
@@ -137,4 +159,4 @@ def read_trace(path: Path) -> tuple[dict[str, Any], list[PositionRecord]]:
     return provenance, positions
 
 
-__all__ = ["COLUMNS", "MAGIC", "read_trace", "write_trace_gz"]
+__all__ = ["COLUMNS", "MAGIC", "read_provenance", "read_trace", "write_trace_gz"]

@@ -4,6 +4,7 @@ target acceptance are drawn, from an assumed distribution, a fitted model or rec
 
 from __future__ import annotations
 
+import itertools
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -19,6 +20,16 @@ class BetaConfidence(Strict):
     b: Positive
 
 
+def _check_bins(edges: list[float], per_bin: list[float], name: str) -> None:
+    """Bins on [0, 1]: one `name` entry per bin, edges strictly increasing (ValueError)."""
+    if len(per_bin) != len(edges) - 1:
+        raise ValueError(f"{name} must have one entry fewer than edges")
+    if any(b <= a for a, b in itertools.pairwise(edges)):
+        raise ValueError("edges must increase strictly")
+    if edges[0] < 0.0 or edges[-1] > 1.0:
+        raise ValueError("edges must lie in [0, 1]")
+
+
 class HistogramConfidence(Strict):
     """Draft top-1 probability drawn from a histogram on [0, 1] (uniform within a bin)."""
 
@@ -28,12 +39,7 @@ class HistogramConfidence(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> HistogramConfidence:
-        if len(self.weights) != len(self.edges) - 1:
-            raise ValueError("weights must have one entry fewer than edges")
-        if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
-            raise ValueError("edges must increase strictly")
-        if self.edges[0] < 0.0 or self.edges[-1] > 1.0:
-            raise ValueError("edges must lie in [0, 1]")
+        _check_bins(self.edges, self.weights, "weights")
         if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
             raise ValueError("weights must be non-negative with a positive sum")
         return self
@@ -67,12 +73,7 @@ class TableCurve(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> TableCurve:
-        if len(self.values) != len(self.edges) - 1:
-            raise ValueError("values must have one entry fewer than edges")
-        if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
-            raise ValueError("edges must increase strictly")
-        if self.edges[0] < 0.0 or self.edges[-1] > 1.0:
-            raise ValueError("edges must lie in [0, 1]")
+        _check_bins(self.edges, self.values, "values")
         return self
 
 

@@ -14,7 +14,7 @@ from calibrate.acceptance_check_cli import load_model, trace_sequences
 from calibrate.acceptance_crossval import write_replay_csv
 from calibrate.acceptance_folds import family_sequences
 from calibrate.acceptance_hmm import Pair
-from calibrate.acceptance_trace import read_trace
+from calibrate.acceptance_trace import read_provenance
 from calibrate.assemble import write_profile
 from models.prompts import family_prompts
 from realrun.testbed import COMPUTE_FILES
@@ -118,7 +118,7 @@ def _prompt_ids(trace: Path) -> list[str] | None:
     if not trace.name.endswith(".gz"):
         return None
     try:
-        ids = read_trace(trace)[0].get("prompt_ids")
+        ids = read_provenance(trace).get("prompt_ids")
     except ConfigError:
         return None
     return [str(i) for i in ids] if isinstance(ids, list) else None

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydantic import ValidationError
+from test_acceptance_check import TRUE  # the checks' synthetic truth
 
+from calibrate.acceptance_crossval import write_replay_csv
 from calibrate.acceptance_folds import family_sequences, fit_folds
 from calibrate.acceptance_hmm import fit_hmm
 from calibrate.acceptance_recording import PositionRecord
@@ -57,17 +59,9 @@ def test_by_request_refuses_assignments_outside_its_models() -> None:
 
 
 def sequences(count: int, seed: int = 2) -> list[tuple[np.ndarray, np.ndarray]]:
-    """`count` sequences from a two-regime truth (runs of acceptance, then of rejection)."""
-    truth = HmmAcceptance(
-        kind="hmm",
-        edges=[0.0, 0.5, 1.0],
-        within=[[0.1, 0.4], [0.6, 0.95]],
-        initial=[0.5, 0.5],
-        transition=[[0.9, 0.1], [0.2, 0.8]],
-        emission=[[[0.05, 0.05], [0.1, 0.8]], [[0.6, 0.1], [0.2, 0.1]]],
-    )
+    """`count` sequences of 30-36 positions from the checks' regime-switching truth."""
     rng = np.random.default_rng(seed)
-    return [HmmSampler.of(truth).sequence(rng, 30 + i % 7) for i in range(count)]
+    return [HmmSampler.of(TRUE).sequence(rng, 30 + i % 7) for i in range(count)]
 
 
 def write_traces(path: Path, ids: list[str], pairs: list, family: str = "humaneval") -> Path:
@@ -98,6 +92,9 @@ def test_traces_are_put_in_the_runs_prompt_order_whatever_their_files(tmp_path: 
     other = write_traces(tmp_path / "c.csv.gz", ids, pairs, family="reference")
     with pytest.raises(Exception, match="not the run's 'humaneval'"):
         family_sequences([other], "humaneval", "heldout")
+    plain = write_replay_csv(pairs, tmp_path / "plain.csv.gz")  # no provenance line
+    with pytest.raises(Exception, match="expected the trace header"):
+        family_sequences([plain], "humaneval", "heldout")
 
 
 def test_fold_k_is_fitted_without_the_prompts_it_predicts() -> None:
