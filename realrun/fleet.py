@@ -250,7 +250,9 @@ def run_session(
             folders.append(folder)
         wait_ready(processes, folders)
         start_epoch = time.time() + START_DELAY_S
-        go.write_text(repr(start_epoch))
+        # Written whole, then renamed: an edge polling for the file never reads it half written.
+        go.with_suffix(".tmp").write_text(repr(start_epoch))
+        go.with_suffix(".tmp").replace(go)
         time.sleep(max(0.0, start_epoch - time.time()))
         for link in links:
             link.start_clock()
