@@ -30,6 +30,7 @@ from simulator.outdir import out_dir_arg
 from simulator.runner import plan_tasks, run_scenario
 from simulator.scenario import expand_sweep
 from validation.cli import add_validate_parser, run_validate
+from validation.pool_cli import add_pool_parser, run_pool
 from validation.revalidate_cli import add_revalidate_parser, run_revalidate
 
 EXIT_BAD_INPUT = 2
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_realrun_parser(sub)
     add_validate_parser(sub)
     add_revalidate_parser(sub)
+    add_pool_parser(sub)
     return parser
 
 
@@ -283,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_validate(args, argv)
         if args.command == "revalidate":
             return run_revalidate(args, argv)
+        if args.command == "pool":
+            return run_pool(args, argv)
         return command_policies()
     except ConfigError as exc:
         print(f"pipesd: error: {exc}", file=sys.stderr)

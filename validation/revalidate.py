@@ -80,13 +80,22 @@ def validation_source(
     return manifest, scenario, profile
 
 
-def check_model_prompts(model: Path, prompts: PromptsSection) -> None:
-    """Per-request models (`acceptance-folds`) must name the run's prompts in its request order
-    (request r ran the split's prompt r): ConfigError otherwise, so no request is predicted
-    by a model that saw its prompt or was meant for another."""
+@dataclass(frozen=True)
+class FittedModel:
+    """A fitted acceptance model given on the command line: its file and what it holds."""
+
+    path: Path
+    acceptance: Any
+
+
+def load_run_model(model: Path, prompts: PromptsSection) -> FittedModel:
+    """The model at `model` (`acceptance-fit`'s or `acceptance-folds`'), checked against the
+    run: per-request models must name the run's prompts in its request order (request r ran
+    the split's prompt r), ConfigError otherwise, so no request is predicted by a model that
+    saw its prompt or was meant for another."""
     acceptance = load_model(model, by_request=True)
     if not isinstance(acceptance, ByRequestAcceptance) or acceptance.prompt_ids is None:
-        return
+        return FittedModel(model, acceptance)
     ran = [p.id for p in family_prompts(prompts.family, prompts.split)]
     if acceptance.prompt_ids != ran:
         raise ConfigError(
@@ -94,6 +103,7 @@ def check_model_prompts(model: Path, prompts: PromptsSection) -> None:
             f"{prompts.split} in order, request r its prompt r): fit the folds with --family "
             f"{prompts.family} --split {prompts.split}"
         )  # fmt: skip
+    return FittedModel(model, acceptance)
 
 
 REPLAY_FILE = "acceptance-replay.csv.gz"
@@ -156,7 +166,7 @@ def swapped_acceptance_profile(
     profile_path: Path,
     out_dir: Path,
     replay: Replay | None,
-    model: Path | None,
+    model: FittedModel | None,
 ) -> Path:
     """A copy of the profile at `profile_path` (OUT/profile.json) with its acceptance replaced.
 
@@ -164,10 +174,10 @@ def swapped_acceptance_profile(
     r); with the traces of the very prompts a real-acceptance run used, the comparison isolates
     the timing model from the acceptance model. In "random" order each request replays a
     random sequence (another prompt set, e.g. a model's fitting traces: the model-free
-    prediction). `model`: an `acceptance-fit` model JSON, so any fitted model can be judged
-    against a recorded testbed run, or `acceptance-folds`' per-request K-fold models (request
-    r predicted by the model fitted without prompt r). Files are named relative to the copy,
-    so the folder can move with the repository."""
+    prediction). `model` (`load_run_model`): an `acceptance-fit` model, so any fitted model
+    can be judged against a recorded testbed run, or `acceptance-folds`' per-request K-fold
+    models (request r predicted by the model fitted without prompt r). Files are named
+    relative to the copy, so the folder can move with the repository."""
     loaded = load_profile(profile_path)
     data = loaded.profile.model_dump(mode="json")
     out_path = out_dir / "profile.json"
@@ -186,8 +196,8 @@ def swapped_acceptance_profile(
         )
     else:
         assert model is not None
-        data["acceptance"] = load_model(model, by_request=True).model_dump(mode="json")
-        note = f"the fitted model {model} (sha256 {sha256(model)[:12]}); {rest}"
+        data["acceptance"] = model.acceptance.model_dump(mode="json")
+        note = f"the fitted model {model.path} (sha256 {sha256(model.path)[:12]}); {rest}"
     data["provenance"]["notes"]["acceptance"] = note
     write_profile(Profile.model_validate(data), out_path)
     return out_path

@@ -11,8 +11,8 @@ from simulator.errors import ConfigError
 from simulator.outdir import out_dir_arg
 from validation.cli import print_validation
 from validation.revalidate import (
-    check_model_prompts,
     command_options,
+    load_run_model,
     plan_replay,
     revalidate,
     swapped_acceptance_profile,
@@ -102,16 +102,16 @@ def run_revalidate(args: argparse.Namespace, argv: list[str]) -> int:
                           "(its real run replayed that stream): --replay-acceptance and "
                           "--acceptance-model are for real-acceptance runs")  # fmt: skip
     prompts = points[0].scenario.model.prompts
-    replay = None
+    replay = model = None
     if args.replay_acceptance is not None:
         replay = plan_replay(args.replay_acceptance, args.replay_order, prompts)
     if args.acceptance_model is not None:
         if not args.acceptance_model.is_file():
             raise ConfigError("--acceptance-model", str(args.acceptance_model), "file not found")
-        check_model_prompts(args.acceptance_model, prompts)
+        model = load_run_model(args.acceptance_model, prompts)
     make_out(args, "revalidate", argv)
     if swap is not None:
-        profile = swapped_acceptance_profile(profile, args.out, replay, args.acceptance_model)
+        profile = swapped_acceptance_profile(profile, args.out, replay, model)
         points = validation_points(
             scenario, profile, command_options(recorded, "--set"),
             command_options(recorded, "--sweep"),
