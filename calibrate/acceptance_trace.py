@@ -17,12 +17,13 @@ file is a one-line `ConfigError` naming the file, the line and what is wrong.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,13 +110,11 @@ def _row(path: Path, line: int, row: list[str]) -> PositionRecord:
     return PositionRecord(sequence, position, confidence, row[4] == "1", token, ratio, ids, probs)
 
 
-def read_provenance(path: Path) -> dict[str, Any]:
-    """The provenance on a trace file's first line, without reading its rows; one-line
-    ConfigError for a file that is not a trace."""
-    path = Path(path)
+@contextlib.contextmanager
+def _trace_errors(path: Path) -> Iterator[None]:
+    """Reading a trace file: a missing, non-gzip or non-UTF-8 file is a one-line ConfigError."""
     try:
-        with gzip.open(path, "rt", encoding="utf-8") as handle:
-            first = handle.readline()
+        yield
     except (gzip.BadGzipFile, EOFError):
         raise ConfigError(path, "", "acceptance trace is not a gzip file (.csv.gz)") from None
     except OSError as exc:
@@ -123,33 +122,34 @@ def read_provenance(path: Path) -> dict[str, Any]:
         raise ConfigError(path, "", f"cannot read acceptance trace ({reason})") from None
     except UnicodeDecodeError:
         raise ConfigError(path, "", "acceptance trace is not UTF-8 text") from None
-    if not first.startswith(MAGIC):
+
+
+def _provenance(path: Path, first_line: str) -> dict[str, Any]:
+    """The provenance JSON of a trace's first line (one-line ConfigError if it is not one)."""
+    if not first_line.startswith(MAGIC):
         raise ConfigError(path, "line 1", f"expected the trace header {MAGIC.strip()!r}")
     try:
-        return json.loads(first[len(MAGIC) :])
+        return json.loads(first_line[len(MAGIC) :])
     except ValueError:
         raise ConfigError(path, "line 1", "provenance is not JSON") from None
+
+
+def read_provenance(path: Path) -> dict[str, Any]:
+    """The provenance on a trace file's first line, without reading its rows; one-line
+    ConfigError for a file that is not a trace."""
+    path = Path(path)
+    with _trace_errors(path), gzip.open(path, "rt", encoding="utf-8") as handle:
+        first = handle.readline()
+    return _provenance(path, first)
 
 
 def read_trace(path: Path) -> tuple[dict[str, Any], list[PositionRecord]]:
     """(provenance, positions) of a trace file; one-line ConfigError for a bad file."""
     path = Path(path)
-    try:
+    with _trace_errors(path):
         text = gzip.decompress(path.read_bytes()).decode("utf-8")
-    except (gzip.BadGzipFile, EOFError):
-        raise ConfigError(path, "", "acceptance trace is not a gzip file (.csv.gz)") from None
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ConfigError(path, "", f"cannot read acceptance trace ({reason})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(path, "", "acceptance trace is not UTF-8 text") from None
     lines = text.split("\n")
-    if not lines[0].startswith(MAGIC):
-        raise ConfigError(path, "line 1", f"expected the trace header {MAGIC.strip()!r}")
-    try:
-        provenance = json.loads(lines[0][len(MAGIC) :])
-    except ValueError:
-        raise ConfigError(path, "line 1", "provenance is not JSON") from None
+    provenance = _provenance(path, lines[0])
     rows = list(csv.reader(lines[1:]))
     if not rows or tuple(rows[0]) != COLUMNS:
         raise ConfigError(path, "line 2", f"header must be {','.join(COLUMNS)}")
