@@ -1,7 +1,8 @@
 """What one testbed request's compute cost, as the rows the testbed writes (realrun.testbed).
 
 `compute_rows`: the request's draft and target speed against the profile (compute_edge.csv,
-compute_cloud.csv: the compute traces validation replays). `nav_rows`: the cloud batch each of
+compute_cloud.csv: the compute traces validation replays; the draft's prefill and its steps
+also apart). `nav_rows`: the cloud batch each of
 its NAVs was verified in (batches.csv of a many-edge run): its size, its target time at full
 precision (every NAV of one batch gets the same float, so realrun.fleet_trace can regroup a
 batch from its edges' rows), when it ran on the session's clock, and the NAV's positions and
@@ -22,11 +23,19 @@ Answer = tuple[int, float, float]
 ms, perf_counter when it arrived)."""
 
 
+COMPUTE_COLUMNS = ("t_s", "measured_s", "predicted_s", "factor")
+"""`compute_rows`' columns after the session's, both sides."""
+
+EDGE_SPLIT_COLUMNS = ("prefill_factor", "decode_factor")
+"""The edge row's further columns: the draft's prefill and its steps apart (empty: none)."""
+
+
 def compute_rows(
     session: dict[str, Any], record: RequestRecord, timeline: Sequence[Span], profile: Profile
 ) -> dict[str, dict[str, Any]]:
     """Per side ("edge", "cloud") that did work: `session`'s columns with the request's start
-    (t_s), measured and predicted seconds and their ratio (realrun.edge.speed_probe)."""
+    (t_s), measured and predicted seconds and their ratio (realrun.edge.speed_probe); the
+    edge's also with its prefill's and its draft steps' own ratios (`EDGE_SPLIT_COLUMNS`)."""
     speed = request_speed(record, timeline, profile.draft_latency, profile.target_latency)
     rows = {}
     for side, measured, predicted in (
@@ -37,6 +46,9 @@ def compute_rows(
             factor = predicted / measured
             cost = {"measured_s": measured, "predicted_s": predicted, "factor": factor}
             rows[side] = session | {"t_s": speed.start_s} | cost
+    if "edge" in rows:  # NaN where it had none: an empty cell
+        split = zip(EDGE_SPLIT_COLUMNS, (speed.prefill_factor, speed.decode_factor), strict=True)
+        rows["edge"] |= dict(split)
     return rows
 
 
@@ -68,4 +80,12 @@ def nav_rows(
 NAV_COLUMNS = ("nav", "batch_size", "target_ms", "t_s", "positions", "context")
 """`nav_rows`' columns."""
 
-__all__ = ["NAV_COLUMNS", "Answer", "cloud_share_s", "compute_rows", "nav_rows"]
+__all__ = [
+    "COMPUTE_COLUMNS",
+    "EDGE_SPLIT_COLUMNS",
+    "NAV_COLUMNS",
+    "Answer",
+    "cloud_share_s",
+    "compute_rows",
+    "nav_rows",
+]

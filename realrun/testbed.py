@@ -146,7 +146,14 @@ def run_testbed(
     from realrun.edge.executor import run_edge  # httpx, llama_cpp
     from realrun.edge.speed_probe import SpeedProbe, probe_speeds  # the same
     from realrun.edge.startup_probes import startup_probes  # httpx
-    from realrun.request_costs import NAV_COLUMNS, cloud_share_s, compute_rows, nav_rows  # same
+    from realrun.request_costs import (  # the same
+        COMPUTE_COLUMNS,
+        EDGE_SPLIT_COLUMNS,
+        NAV_COLUMNS,
+        cloud_share_s,
+        compute_rows,
+        nav_rows,
+    )
 
     model = scenario.model
     n_new = model.prompts.max_new_tokens
@@ -324,10 +331,10 @@ def run_testbed(
     columns = ["point", *axes, "policy", "policy_name", "seed", *RECORD_FIELDS, "ttft_ms", "tpt_ms",
                *VERIFICATION_COLUMNS]  # fmt: skip
     write_table(out_dir / "results.csv", columns, rows)
-    compute_columns = ["point", *axes, "policy", "seed", "request", "t_s", "measured_s",
-                       "predicted_s", "factor"]  # fmt: skip
+    compute_columns = ["point", *axes, "policy", "seed", "request", *COMPUTE_COLUMNS]
     for side, rows_of_side in compute.items():
-        write_table(out_dir / COMPUTE_FILES[side], compute_columns, rows_of_side)
+        extra = list(EDGE_SPLIT_COLUMNS) if side == "edge" else []
+        write_table(out_dir / COMPUTE_FILES[side], compute_columns + extra, rows_of_side)
     write_table(out_dir / "outputs.csv", OUTPUT_COLUMNS, outputs)
     if batch_sizes:
         batch_columns = ["policy", "seed", "edge", "request", *NAV_COLUMNS]

@@ -134,14 +134,23 @@ class Thermal:
 
 class EdgeSpeed:
     """An edge's speed over time beyond its constant compute factor: a compute trace, the
-    thermal model, or both. `scale(t, work_s)` is the duration of `work_s` (seconds at the
-    edge's constant factor) started at t; `next_s` is when the edge must next ask (+inf: the
-    factor stays 1 from here on; the edge then reads its precomputed times unchanged)."""
+    thermal model, or both, and optionally a trace of its prompt prefill's own speed (a
+    testbed replay measures the draft's prefill and decoding apart: they drift apart).
+    `scale(t, work_s)` is the duration of a draft step of `work_s` (seconds at the edge's
+    constant factor) started at t, `scale_prefill` that of the prompt's prefill; `next_s` is
+    when the edge must next ask (+inf: the factor stays 1 from here on; the edge then reads its
+    precomputed times unchanged)."""
 
-    __slots__ = ("cursor", "next_s", "thermal")
+    __slots__ = ("cursor", "next_s", "prefill_cursor", "thermal")
 
-    def __init__(self, trace: ComputeTrace | None, thermal: Thermal | None) -> None:
+    def __init__(
+        self,
+        trace: ComputeTrace | None,
+        thermal: Thermal | None,
+        prefill_trace: ComputeTrace | None = None,
+    ) -> None:
         self.cursor = SpeedCursor(trace) if trace is not None else None
+        self.prefill_cursor = SpeedCursor(prefill_trace) if prefill_trace is not None else None
         self.thermal = thermal
         self.next_s = -math.inf if (trace is not None or thermal is not None) else math.inf
 
@@ -167,12 +176,33 @@ class EdgeSpeed:
             self.next_s = cursor.end_s if cursor.factor == 1.0 else -math.inf
         return duration
 
+    def scale_prefill(self, t_s: float, work_s: float) -> float:
+        """The time the prompt's prefill of `work_s` started at t takes: at the prefill trace's
+        factor where there is one (the draft steps' cursor and `next_s` untouched), else as a
+        draft step (`scale`)."""
+        cursor = self.prefill_cursor
+        if cursor is None:
+            return self.scale(t_s, work_s)
+        factor = cursor.at(t_s)
+        thermal = self.thermal
+        if thermal is not None:
+            factor *= thermal.factor(t_s)
+        duration = work_s / factor
+        if thermal is not None:
+            thermal.busy(t_s, duration)
+            self.next_s = -math.inf
+        return duration
 
-def edge_speed(trace: ComputeTrace | None, thermal: ThermalProfile | None) -> EdgeSpeed | None:
+
+def edge_speed(
+    trace: ComputeTrace | None,
+    thermal: ThermalProfile | None,
+    prefill_trace: ComputeTrace | None = None,
+) -> EdgeSpeed | None:
     """The edge's time-varying speed, or None where it has none (constant compute factor)."""
-    if trace is None and thermal is None:
+    if trace is None and thermal is None and prefill_trace is None:
         return None
-    return EdgeSpeed(trace, Thermal(thermal) if thermal is not None else None)
+    return EdgeSpeed(trace, Thermal(thermal) if thermal is not None else None, prefill_trace)
 
 
 __all__ = ["ComputeTrace", "EdgeSpeed", "SpeedCursor", "Thermal", "edge_speed"]

@@ -272,7 +272,7 @@ class Edge:
         prefill = cfg.draft.prefill_s(prompt_len) * inv_factor
         speed = cfg.speed
         if speed is not None:
-            prefill = speed.scale(t, prefill)
+            prefill = speed.scale_prefill(t, prefill)
         speed_next_s = speed.next_s if speed is not None else math.inf
         t += prefill
         record.edge_busy_s += prefill

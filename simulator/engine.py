@@ -172,7 +172,7 @@ def simulate(
             start_s=spec.start_s,
             arrivals=spec.arrivals,
             split=own.split,
-            speed=edge_speed(spec.compute_trace, own.edge_thermal),
+            speed=edge_speed(spec.compute_trace, own.edge_thermal, spec.prefill_trace),
         )
         uplink = Channel(
             spec.uplink, spec.uplink_overhead_s, spec.one_way_latency_s, spec.burst_bytes

@@ -39,6 +39,9 @@ class EdgeSpec:
     compute_trace: ComputeTrace | None = None
     """The draft's speed over time (x compute_factor); None: constant (a constant trace is
     folded into compute_factor)."""
+    prefill_trace: ComputeTrace | None = None
+    """The draft's prompt prefill speed over time (x compute_factor) where it has its own;
+    None: the prefill runs as the draft steps."""
 
 
 class _Links:
@@ -49,18 +52,30 @@ class _Links:
         self._traces: dict[str, TraceBandwidth] = {}
         self._compute: dict[str, ComputeTrace] = {}
 
-    def compute(self, group: EdgeGroup | None, factor: float) -> tuple[float, ComputeTrace | None]:
-        """(compute factor, trace) of an edge: a constant trace folds into the factor."""
+    def compute(
+        self, group: EdgeGroup | None, factor: float
+    ) -> tuple[float, ComputeTrace | None, ComputeTrace | None]:
+        """(compute factor, trace, prefill trace) of an edge: a constant trace folds into the
+        factor where the prefill has no trace of its own (the edge section's, for edges
+        without a group trace)."""
         edge = self.scenario.model.edge
-        name = getattr(group, "compute_trace", None) or edge.compute_trace
+        own = getattr(group, "compute_trace", None)
+        prefill = self._trace(edge.prefill_compute_trace) if own is None else None
+        trace = self._trace(own or edge.compute_trace)
+        if trace is None or prefill is not None:
+            return factor, trace, prefill
+        constant = trace.constant
+        return (factor * constant, None, None) if constant is not None else (factor, trace, None)
+
+    def _trace(self, name: str | None) -> ComputeTrace | None:
+        """The compute trace of file `name` (read once), None for none."""
         if name is None:
-            return factor, None
+            return None
         if name not in self._compute:
             path = self.scenario.resolve(name)
-            self._compute[name] = ComputeTrace.from_csv(path, edge.compute_trace_repeat)
-        trace = self._compute[name]
-        constant = trace.constant
-        return (factor * constant, None) if constant is not None else (factor, trace)
+            repeat = self.scenario.model.edge.compute_trace_repeat
+            self._compute[name] = ComputeTrace.from_csv(path, repeat)
+        return self._compute[name]
 
     def bandwidth(
         self, direction: str, group: EdgeGroup | None, profile: LoadedProfile
@@ -91,7 +106,7 @@ def edge_specs(scenario: Scenario, seed: int) -> list[EdgeSpec]:
     links = _Links(scenario)
     if not model.edge_groups:
         profile = scenario.profile
-        factor, trace = links.compute(None, model.edge.compute_factor)
+        factor, trace, prefill = links.compute(None, model.edge.compute_factor)
         return [
             EdgeSpec(
                 index=0,
@@ -108,6 +123,7 @@ def edge_specs(scenario: Scenario, seed: int) -> list[EdgeSpec]:
                 start_s=0.0,
                 arrivals=None,
                 compute_trace=trace,
+                prefill_trace=prefill,
             )
         ]
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xED6E]))
@@ -118,7 +134,7 @@ def edge_specs(scenario: Scenario, seed: int) -> list[EdgeSpec]:
         requests = group.requests or model.prompts.count
         for _ in range(group.count):
             drawn = base_factor * rng.uniform(1 - group.compute_spread, 1 + group.compute_spread)
-            factor, trace = links.compute(group, float(drawn))
+            factor, trace, prefill = links.compute(group, float(drawn))
             start = float(rng.uniform(0.0, group.start_spread_s)) if group.start_spread_s else 0.0
             arrivals = None
             if group.arrival == "poisson":
@@ -141,6 +157,7 @@ def edge_specs(scenario: Scenario, seed: int) -> list[EdgeSpec]:
                     start_s=start,
                     arrivals=arrivals,
                     compute_trace=trace,
+                    prefill_trace=prefill,
                 )
             )
     return specs

@@ -150,7 +150,7 @@ def request_bounds(
     alone (for speculative policies only).
     """
     model = scenario.model
-    if model.edge.compute_trace is not None:
+    if model.edge.compute_trace is not None or model.edge.prefill_compute_trace is not None:
         raise ValueError("the bound needs a constant draft speed (no compute trace)")
     prompt_len, n_new = model.prompts.prompt_len, model.prompts.max_new_tokens
     bounds: dict[tuple[int, int], float] = {}

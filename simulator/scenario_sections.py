@@ -29,6 +29,12 @@ class EdgeSection(Strict):
     max_draft_tokens: int = Field(256, ge=1, le=4096, description="safety cap per draft")
     compute_trace: str | None = Field(None, description="`t_s, factor` CSV: draft x factor(t)")
     compute_trace_repeat: bool = Field(True, description="loop the trace (else hold last)")
+    prefill_compute_trace: str | None = Field(
+        None,
+        description="`t_s, factor` CSV: the draft's prompt prefill x factor(t) apart from its "
+        "steps (a testbed replay measures both; unset: compute_trace); edges of a group with its "
+        "own compute_trace prefill at that",
+    )
 
 
 class LinkSection(Strict):

@@ -112,9 +112,10 @@ def print_validation(
     headline: dict[str, Any],
     skipped: dict[str, str],
     table_too: bool = True,
+    scope: str = "this run",
 ) -> None:
     """The validation table (unless `table_too` is False), the |TPT error| statistics and the
-    ranking, beside the goals, and the skipped policies."""
+    ranking, beside the goals, and the skipped policies; `scope` names what was validated."""
     console = Console(width=None if sys.stdout.isatty() else 200)
     table = Table(header_style="bold")
     for title in [*axes, "policy", "TPT real", "TPT sim", "TPT err", "tok/s err", "NAVs real",
@@ -138,7 +139,7 @@ def print_validation(
         console.print(table)
     predictions = headline.get("predictions")
     if predictions:
-        print_predictions(console, predictions)
+        print_predictions(console, predictions, scope)
     median, p90 = headline["tpt_abs_error_median"], headline["tpt_abs_error_p90"]
     met = headline["goals_met"]
     diagnostic = headline.get("at_run_speed_diagnostic")
@@ -224,10 +225,13 @@ PREDICTION_NAMES = {
 }
 
 
-def print_predictions(console: Console, predictions: dict[str, Any]) -> None:
-    """The three predictions side by side (validation.validate.three_predictions), the one
-    the goals apply to marked; a run that recorded no compute traces says so in one line."""
-    table = Table(header_style="bold", title="TPT predictions of this run")
+def print_predictions(
+    console: Console, predictions: dict[str, Any], scope: str = "this run"
+) -> None:
+    """The three predictions of `scope` side by side (validation.validate.three_predictions),
+    the one the goals apply to marked; a run that recorded no compute traces says so in one
+    line."""
+    table = Table(header_style="bold", title=f"TPT predictions of {scope}")
     titles = ("prediction", "median |err|", "p90 |err|", "ranking", "separated pairs", "goals")
     for title in titles:
         table.add_column(title, justify="left" if title == "prediction" else "right")

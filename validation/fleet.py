@@ -172,8 +172,8 @@ def edge_costs(
     """Per session and edge ("edge<e>"), two compute rows per request from the edge's timeline:
     its draft prefill (at the start every edge and the server prefill at once, the machine's
     busiest moment) and its draft steps together (as realrun.edge.speed_probe.request_speed
-    counts them), each the profile's time over the measured one. compute_edge.csv lumps both
-    into one factor per request, which would slow a whole request's steps by its prefill's
+    counts them), each the profile's time over the measured one. compute_edge.csv's `factor`
+    lumps both into one per request, which would slow a whole request's steps by its prefill's
     contention."""
     costs: dict[Session, dict[str, list[dict[str, Any]]]] = {}
     for folder in sorted(real.glob("points/p*/edges/*_s*/e*")):

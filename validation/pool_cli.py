@@ -44,7 +44,8 @@ def run_pool(args: argparse.Namespace, argv: list[str]) -> int:
     headline = pooled_headline(pooled)
     make_out(args, "pool", argv)
     write_pool(args.out, pooled, headline, ["pipesd", *argv])
-    print_validation(pooled.rows, pooled.axes, headline, {}, not args.quiet)
+    scope = f"these {len(args.sources)} validations, pooled"
+    print_validation(pooled.rows, pooled.axes, headline, {}, not args.quiet, scope)
     print(f"wrote {args.out}/validation.csv, manifest.json")
     return 0
 

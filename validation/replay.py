@@ -4,8 +4,10 @@ The testbed records, per session, how fast each request's draft steps and verifi
 against the profile (realrun.edge.speed_probe.request_speed; OUT/real/compute_edge.csv and
 compute_cloud.csv, one row per request with its start time in the session). Here those rows
 become one `t_s, factor` compute trace per session and side (OUT/sim/compute/, the files the
-simulator replayed), and every session is simulated with its own two traces: the simulator
-given the machine's speed as it moved, as it is given a link's bandwidth as it moved.
+simulator replayed), and every session is simulated with its own traces: the simulator given
+the machine's speed as it moved, as it is given a link's bandwidth as it moved. Where the run
+recorded the draft's prefill and its steps apart (runs since the split; they drift apart on
+a shared CPU), the edge gets a trace for each.
 """
 
 from __future__ import annotations
@@ -30,21 +32,38 @@ Session = tuple[int, str, int]
 """(sweep point, policy label, seed): one testbed session, one simulation per acceptance draw."""
 
 
+SPLIT_SIDES = {"edge": "decode_factor", "edge_prefill": "prefill_factor"}
+"""The edge's traces where the run recorded its prefill and its draft steps apart
+(realrun.request_costs.EDGE_SPLIT_COLUMNS): the steps' factor, the prefill's."""
+
+SCENARIO_FIELDS = {
+    "edge": ("edge", "compute_trace"),
+    "edge_prefill": ("edge", "prefill_compute_trace"),
+    "cloud": ("cloud", "compute_trace"),
+}
+"""Where each side's trace goes in a scenario model: (section, field)."""
+
+
 def recorded_traces(real: Path) -> dict[Session, dict[str, list[tuple[float, float]]]] | None:
-    """Per session and side ("edge", "cloud"), the recorded (t_s, factor) rows in time order;
-    None where the run recorded none (runs before issue 19)."""
+    """Per session and side ("edge", "cloud", and "edge_prefill" where the run recorded the
+    draft's prefill apart from its steps), the recorded (t_s, factor) rows in time order; None
+    where the run recorded none (runs before issue 19)."""
     if not all((real / name).is_file() for name in COMPUTE_FILES.values()):
         return None
     traces: dict[Session, dict[str, list[tuple[float, float]]]] = {}
     for side, name in COMPUTE_FILES.items():
         with (real / name).open(newline="") as handle:
-            for row in csv.DictReader(handle):
-                factor = float(row["factor"])
-                if not math.isfinite(factor) or factor <= 0:
-                    continue
+            reader = csv.DictReader(handle)
+            split = side == "edge" and set(SPLIT_SIDES.values()) <= set(reader.fieldnames or ())
+            columns = SPLIT_SIDES if split else {side: "factor"}
+            for row in reader:
                 key = (int(row["point"]), row["policy"], int(row["seed"]))
-                rows = traces.setdefault(key, {"edge": [], "cloud": []})[side]
-                rows.append((float(row["t_s"]), factor))
+                for trace, column in columns.items():
+                    factor = float(row[column] or "nan")
+                    if not math.isfinite(factor) or factor <= 0:
+                        continue
+                    rows = traces.setdefault(key, {"edge": [], "cloud": []}).setdefault(trace, [])
+                    rows.append((float(row["t_s"]), factor))
     for sides in traces.values():
         for rows in sides.values():
             rows.sort()
@@ -127,17 +146,16 @@ def resimulate_sessions(
 
 
 def with_traces(paths: dict[str, Path]) -> Callable[[ScenarioModel], ScenarioModel]:
-    """A scenario-model change: the edge's and the cloud's compute traces (not looped: a
-    session past its recorded end keeps its last speed)."""
+    """A scenario-model change: the edge's and the cloud's compute traces, and the edge's
+    prefill trace where there is one (`SCENARIO_FIELDS`; not looped: a session past its
+    recorded end keeps its last speed)."""
 
     def change(model: ScenarioModel) -> ScenarioModel:
-        update: dict[str, Any] = {}
-        for side in ("edge", "cloud"):
-            if side in paths:
-                section = getattr(model, side)
-                update[side] = section.model_copy(
-                    update={"compute_trace": str(paths[side]), "compute_trace_repeat": False}
-                )
+        fields: dict[str, dict[str, Any]] = {}
+        for side, path in paths.items():
+            section, field = SCENARIO_FIELDS[side]
+            fields.setdefault(section, {"compute_trace_repeat": False})[field] = str(path)
+        update = {name: getattr(model, name).model_copy(update=f) for name, f in fields.items()}
         return model.model_copy(update=update)
 
     return change

@@ -107,13 +107,22 @@ class RequestSpeed:
     """How fast one real request's own draft steps and verifications ran against the profile:
     measured and predicted seconds of the same work (draft prefill and every draft step with
     its context; every NAV's forward over its positions and context, the server's reported
-    target time). No extra work is timed: it is read from the request's record and timeline."""
+    target time). No extra work is timed: it is read from the request's record and timeline.
+
+    `edge_s` is the whole draft lane (its tuner steps too, predicted as draft steps: the
+    factor the first compute traces recorded); `prefill_*` and `decode_*` are the prompt's
+    prefill and the draft steps apart (tuner steps in neither): on a shared CPU the two drift
+    apart (docs/validation.md, run 23)."""
 
     start_s: float
     edge_s: float
     edge_predicted_s: float
     cloud_s: float
     cloud_predicted_s: float
+    prefill_s: float = 0.0
+    prefill_predicted_s: float = 0.0
+    decode_s: float = 0.0
+    decode_predicted_s: float = 0.0
 
     @property
     def edge_factor(self) -> float:
@@ -125,6 +134,16 @@ class RequestSpeed:
         """Predicted over measured target time (NaN where the request verified nothing)."""
         return self.cloud_predicted_s / self.cloud_s if self.cloud_s > 0 else math.nan
 
+    @property
+    def prefill_factor(self) -> float:
+        """Predicted over measured draft prefill time (NaN: none)."""
+        return self.prefill_predicted_s / self.prefill_s if self.prefill_s > 0 else math.nan
+
+    @property
+    def decode_factor(self) -> float:
+        """Predicted over measured time of the draft steps (NaN: none)."""
+        return self.decode_predicted_s / self.decode_s if self.decode_s > 0 else math.nan
+
 
 def request_speed(
     record: RequestRecord,
@@ -134,11 +153,14 @@ def request_speed(
 ) -> RequestSpeed:
     """`RequestSpeed` of a request from its record and its timeline (realrun.edge.executor)."""
     prompt_len = record.prompt_len
-    edge_s = edge_predicted_s = cloud_predicted_s = 0.0
+    cloud_predicted_s = 0.0
+    # measured, predicted seconds: the prefill, the draft steps (offline ones too), the tuner
+    work = {"prefill": [0.0, 0.0], "draft": [0.0, 0.0], "tuner": [0.0, 0.0]}
     for span in spans:
         if span.lane == "draft":
-            edge_s += span.end_s - span.start_s
-            edge_predicted_s += (
+            sums = work.get(span.label, work["draft"])
+            sums[0] += span.end_s - span.start_s
+            sums[1] += (
                 draft_latency.prefill_s(prompt_len)
                 if span.label == "prefill"
                 else draft_latency.decode_s(prompt_len + span.first)
@@ -146,8 +168,20 @@ def request_speed(
         elif span.lane == "cloud" and span.label == "NAV":
             positions = span.last - span.first + 1  # the drafts and the last committed token
             cloud_predicted_s += target_latency.forward_s(positions, prompt_len + span.first)
+    (prefill_s, prefill_predicted_s), (decode_s, decode_predicted_s) = (
+        work["prefill"],
+        work["draft"],
+    )
     return RequestSpeed(
-        record.start_s, edge_s, edge_predicted_s, record.cloud_busy_s, cloud_predicted_s
+        record.start_s,
+        sum(sums[0] for sums in work.values()),
+        sum(sums[1] for sums in work.values()),
+        record.cloud_busy_s,
+        cloud_predicted_s,
+        prefill_s,
+        prefill_predicted_s,
+        decode_s,
+        decode_predicted_s,
     )
 
 

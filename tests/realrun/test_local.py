@@ -149,6 +149,12 @@ def test_realrun_local_sweep_writes_the_simulators_schema(
     assert len(results) == 2 and all(r["new_tokens"] == "8" for r in results)
     timelines = sorted(p.name for p in (out / "timelines").glob("*.csv"))
     assert timelines == ["timeline_p0_0_vanilla_s1.csv", "timeline_p1_0_vanilla_s1.csv"]
+    columns, compute = read_rows(out / "compute_edge.csv")
+    assert columns[-2:] == ["prefill_factor", "decode_factor"] and len(compute) == 2
+    for row in compute:  # the request's factor is the mediant of its prefill's and steps'
+        low, high = sorted((float(row["prefill_factor"]), float(row["decode_factor"])))
+        factor = float(row["factor"])  # 6 significant digits, as the others
+        assert 0 < low * (1 - 1e-5) <= factor <= high * (1 + 1e-5)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete"
     testbed = manifest["testbed"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -115,6 +116,62 @@ def test_an_edge_group_takes_its_own_trace(write_scenario, tmp_path: Path) -> No
     assert per_token[1] == pytest.approx(2 * per_token[0], rel=0.02)
 
 
+@pytest.mark.parametrize("label", ["vanilla", "pipesd", "oracle"])
+def test_a_prefill_trace_equal_to_the_compute_trace_changes_nothing(
+    write_scenario, tmp_path: Path, label: str
+) -> None:
+    path = write_scenario(policies=POLICIES, prompts=PROMPTS)
+    name = trace_file(tmp_path, "edge.csv", [(0, 0.6), (0.05, 1.4), (0.2, 0.9)])
+    plain = run(path, [f'edge.compute_trace="{name}"'], label)
+    both = run(
+        path, [f'edge.compute_trace="{name}"', f'edge.prefill_compute_trace="{name}"'], label
+    )
+    assert both.records == plain.records
+    assert both.timeline == plain.timeline
+
+
+@pytest.mark.parametrize("label", ["vanilla", "pipesd"])
+def test_a_prefill_trace_slows_the_prefill_alone(
+    write_scenario, tmp_path: Path, label: str
+) -> None:
+    """The draft's prefill at its own factor (0.5: twice its time), its steps at the compute
+    trace's (2: half theirs); the edge's busy time per request is exactly the sum."""
+    path = write_scenario(policies=POLICIES, prompts=PROMPTS)
+    base = run(path, [], label)
+    steps = trace_file(tmp_path, "steps.csv", [(0, 2.0), (1e6, 1.0)])
+    prefill = trace_file(tmp_path, "prefill.csv", [(0, 0.5), (1e6, 1.0)])
+    traced = run(
+        path, [f'edge.compute_trace="{steps}"', f'edge.prefill_compute_trace="{prefill}"'], label
+    )
+    draft = expand_sweep(path)[0].scenario.profile.profile.draft_latency
+    for span in (s for s in traced.timeline or [] if s.lane == "draft" and s.label != "tuner"):
+        step_s = draft.decode_s(PROMPTS["prompt_len"] + span.first)
+        assert span.end_s - span.start_s == pytest.approx(step_s / 2.0, rel=1e-12)
+    prefill_s = draft.prefill_s(PROMPTS["prompt_len"])
+    for record in traced.records:
+        spans = [
+            s for s in traced.timeline or [] if s.lane == "draft" and s.request == record.request
+        ]
+        busy_s = prefill_s / 0.5 + sum(s.end_s - s.start_s for s in spans)
+        assert record.edge_busy_s == pytest.approx(busy_s, rel=1e-9)
+    assert len(traced.records) == len(base.records)
+
+
+def test_a_prefill_trace_alone_leaves_the_draft_steps_at_the_profile(
+    write_scenario, tmp_path: Path
+) -> None:
+    path = write_scenario(policies=POLICIES, prompts=PROMPTS)
+    base = run(path)
+    prefill = trace_file(tmp_path, "prefill.csv", [(0, 0.25), (1e6, 1.0)])
+    traced = run(path, [f'edge.prefill_compute_trace="{prefill}"'])
+    draft = expand_sweep(path)[0].scenario.profile.profile.draft_latency
+    extra_s = draft.prefill_s(PROMPTS["prompt_len"]) * (1 / 0.25 - 1)
+    for plain, slowed in zip(base.records, traced.records, strict=True):
+        assert slowed.edge_busy_s == pytest.approx(plain.edge_busy_s + extra_s, rel=1e-9)
+        assert slowed.drafted == plain.drafted
+    assert traced.end_s > base.end_s
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     steps=st.lists(st.floats(0.01, 10.0), min_size=1, max_size=5),
@@ -183,14 +240,16 @@ BAD_TRACES = {
 
 
 @pytest.mark.parametrize("name", list(BAD_TRACES))
-@pytest.mark.parametrize("where", ["edge", "cloud", "edge_groups"])
+@pytest.mark.parametrize("where", ["edge", "edge.prefill", "cloud", "edge_groups"])
 def test_a_bad_trace_is_one_line_and_exit_2(
     write_scenario, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, where: str
 ) -> None:
     text, expect = BAD_TRACES[name]
     (tmp_path / "bad.csv").write_text(text)
-    sections = {"edge_groups": [{"count": 1, "compute_trace": "bad.csv"}]}
-    if where != "edge_groups":
+    sections: dict[str, Any] = {"edge_groups": [{"count": 1, "compute_trace": "bad.csv"}]}
+    if where == "edge.prefill":
+        sections = {"edge": {"prefill_compute_trace": "bad.csv"}}
+    elif where != "edge_groups":
         sections = {where: {"compute_trace": "bad.csv"}}
     path = write_scenario(policies=POLICIES, prompts=PROMPTS, **sections)
     with pytest.raises(ConfigError) as error:
@@ -206,6 +265,9 @@ def test_a_bad_trace_is_one_line_and_exit_2(
 def test_a_missing_trace_names_the_field(write_scenario, tmp_path: Path) -> None:
     path = write_scenario(policies=POLICIES, prompts=PROMPTS, cloud={"compute_trace": "no.csv"})
     with pytest.raises(ConfigError, match=r"cloud\.compute_trace: trace file 'no.csv' not found"):
+        expand_sweep(path)
+    path = write_scenario(policies=POLICIES, prompts=PROMPTS, edge={"prefill_compute_trace": "p"})
+    with pytest.raises(ConfigError, match=r"edge\.prefill_compute_trace: trace file 'p' not found"):
         expand_sweep(path)
 
 

@@ -46,7 +46,7 @@ def test_a_run_split_by_policy_pools_back_to_its_own_figures(tmp_path, capsys):
     out = tmp_path / "pooled"
     assert main(["pool", str(first), str(second), "--quiet", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "over 12 rows" in printed and "TPT predictions" in printed
+    assert "over 12 rows" in printed and "TPT predictions of these 2 validations" in printed
     whole = json.loads((RUN22 / "manifest.json").read_text())
     pooled = json.loads((out / "manifest.json").read_text())
     assert pooled["kind"] == "pool" and pooled["rows"] == 12

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -13,9 +14,11 @@ import pytest
 
 from pipesd.cli import main
 from realrun.edge.speed_probe import request_speed
+from realrun.request_costs import compute_rows
 from simulator.profile import DraftLatency, TargetLatency
 from simulator.records import RequestRecord, Span
-from validation.replay import recorded_traces, trace_rows
+from simulator.scenario import expand_sweep
+from validation.replay import recorded_traces, trace_rows, with_traces
 
 REPO = Path(__file__).resolve().parents[2]
 RUN11 = REPO / "docs" / "validation" / "cpu-run11"
@@ -53,6 +56,59 @@ def test_request_speed_sets_each_step_against_the_profile() -> None:
     assert speed.edge_factor == pytest.approx(speed.edge_predicted_s / 0.042)
     record.cloud_busy_s = 0.0
     assert request_speed(record, spans, draft, target).cloud_factor != 1.0  # NaN: none timed
+
+
+def test_request_speed_sets_the_prefill_and_the_steps_apart(write_scenario) -> None:
+    """The prefill and the draft steps (offline ones too) each against the profile; a tuner
+    span counts in the whole draft lane only (as the first compute traces recorded it)."""
+    draft = DraftLatency(prefill_base_s=0.01, prefill_per_token_s=0.001, decode_base_s=0.004,
+                         decode_per_context_token_s=1e-5)  # fmt: skip
+    target = TargetLatency(prefill_base_s=0.02, prefill_per_token_s=0.001, forward_base_s=0.05,
+                           forward_per_token_s=0.002, forward_per_context_token_s=1e-4)  # fmt: skip
+    record = RequestRecord(request=0, prompt_len=10, start_s=0.0)
+    spans = [
+        Span("draft", 0.0, 0.01, "prefill", 0),  # predicted 0.02: twice as fast
+        Span("draft", 0.01, 0.02, "draft", 0, 0, 1),  # predicted 0.0041
+        Span("draft", 0.02, 0.021, "tuner", 0, 0, 1),  # predicted as a step in the whole
+        Span("draft", 0.021, 0.031, "local", 0, 1, 2),  # predicted 0.00411
+    ]
+    speed = request_speed(record, spans, draft, target)
+    assert (speed.prefill_s, speed.prefill_predicted_s) == pytest.approx((0.01, 0.02))
+    assert speed.prefill_factor == pytest.approx(2.0)
+    assert (speed.decode_s, speed.decode_predicted_s) == pytest.approx((0.02, 0.00821))
+    assert speed.decode_factor == pytest.approx(0.00821 / 0.02)
+    assert speed.edge_s == pytest.approx(0.031)
+    assert speed.edge_predicted_s == pytest.approx(0.02 + 0.00821 + 0.0041)
+    only_prefill = request_speed(record, spans[:1], draft, target)
+    assert math.isnan(only_prefill.decode_factor)
+    profile = expand_sweep(write_scenario())[0].scenario.profile.profile
+    row = compute_rows({"point": 0}, record, spans[:1], profile)["edge"]
+    assert row["prefill_factor"] > 0 and math.isnan(row["decode_factor"])  # written empty
+
+
+def test_a_split_edge_trace_replays_its_prefill_and_its_steps_apart(
+    write_scenario, tmp_path: Path
+) -> None:
+    """Where compute_edge.csv holds the split columns the edge gets two traces (an empty cell
+    skipped); without them, one from `factor`. The change sets both scenario fields."""
+    head = "point,policy,seed,request,t_s,measured_s,predicted_s,factor"
+    (tmp_path / "compute_cloud.csv").write_text(f"{head}\n0,a,1,0,0.0,1,1,1.0\n")
+    edge = tmp_path / "compute_edge.csv"
+    edge.write_text(f"{head}\n0,a,1,0,0.0,1,1,0.9\n0,a,1,1,2.0,1,1,0.8\n")
+    assert recorded_traces(tmp_path)[(0, "a", 1)]["edge"] == [(0.0, 0.9), (2.0, 0.8)]
+    assert "edge_prefill" not in recorded_traces(tmp_path)[(0, "a", 1)]
+    split = f"{head},prefill_factor,decode_factor\n0,a,1,0,0.0,1,1,0.9,1.2,0.7\n"
+    edge.write_text(split + "0,a,1,1,2.0,1,1,0.8,1.1,\n")
+    traces = recorded_traces(tmp_path)[(0, "a", 1)]
+    assert traces["edge"] == [(0.0, 0.7)]
+    assert traces["edge_prefill"] == [(0.0, 1.2), (2.0, 1.1)]
+    assert traces["cloud"] == [(0.0, 1.0)]
+    paths = {side: tmp_path / f"{side}.csv" for side in ("edge", "edge_prefill", "cloud")}
+    model = with_traces(paths)(expand_sweep(write_scenario())[0].scenario.model)
+    assert model.edge.compute_trace == str(paths["edge"])
+    assert model.edge.prefill_compute_trace == str(paths["edge_prefill"])
+    assert model.cloud.compute_trace == str(paths["cloud"])
+    assert not model.edge.compute_trace_repeat and not model.cloud.compute_trace_repeat
 
 
 def test_trace_rows_start_at_zero_increase_and_stay_in_bounds() -> None:

@@ -193,7 +193,8 @@ def test_validate_end_to_end_errors_recompute_from_both_sides(write_scenario, tm
         for trace in recorded:
             factor = float(trace["predicted_s"]) / float(trace["measured_s"])
             assert float(trace["factor"]) == pytest.approx(factor, rel=1e-5) and factor > 0
-    assert len(list((out / "sim" / "compute").iterdir())) == 4  # 2 sessions x edge, cloud
+    replayed = sorted(p.name.rsplit("_", 1)[1] for p in (out / "sim" / "compute").iterdir())
+    assert replayed == ["cloud.csv"] * 2 + ["edge.csv"] * 2 + ["prefill.csv"] * 2  # 2 sessions
     probes = read_rows(out / "real" / "speeds.csv")
     assert sorted((p["policy"], p["seed"]) for p in probes) == sorted(
         (policy, str(seed)) for policy in ("vanilla", "pipesd") for seed in (1,)
