@@ -67,7 +67,9 @@ class Span(NamedTuple):
 
     lanes: draft (one token: first = position), uplink (a message: tokens [first, last), ready_s
     = when the edge sent it), cloud (a job: for a NAV, positions [first, last)), downlink (an
-    answer), result (the edge processes an answer: start = arrival, end = processing time).
+    answer), result (the edge processes an answer: start = arrival, end = processing time);
+    the testbed's also report (an upload duration the policy heard, `last` tokens: end = when,
+    start = end less the duration).
     """
 
     lane: str

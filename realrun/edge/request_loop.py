@@ -61,8 +61,12 @@ def run_request_loop(
             raise event[1]
         if kind == "offline":  # acted on once no answer is left to process
             lost.append(event[1])
-        if kind == "upload":
+        if kind == "upload":  # what the policy's upload fit hears, kept in the timeline
             core.uploaded(event[1], event[2])
+            heard_s = clock()
+            timeline.append(
+                Span("report", heard_s - event[2], heard_s, "upload", index, 0, event[1])
+            )
         elif kind == "answer":
             if nav is None or event[1] != nav:
                 raise RuntimeError("run_edge: an answer for no pending NAV")

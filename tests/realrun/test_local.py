@@ -149,6 +149,10 @@ def test_realrun_local_sweep_writes_the_simulators_schema(
     assert len(results) == 2 and all(r["new_tokens"] == "8" for r in results)
     timelines = sorted(p.name for p in (out / "timelines").glob("*.csv"))
     assert timelines == ["timeline_p0_0_vanilla_s1.csv", "timeline_p1_0_vanilla_s1.csv"]
+    _, spans = read_rows(out / "timelines" / "timeline_p0_0_vanilla_s1.csv")
+    reports = [s for s in spans if s["lane"] == "report"]  # the upload reports the policy heard
+    assert reports and all(int(s["last"]) >= 1 for s in reports)
+    assert all(0 <= float(s["start_s"]) <= float(s["end_s"]) for s in reports)
     columns, compute = read_rows(out / "compute_edge.csv")
     assert columns[-2:] == ["prefill_factor", "decode_factor"] and len(compute) == 2
     for row in compute:  # the request's factor is the mediant of its prefill's and steps'
