@@ -200,20 +200,18 @@ def validate_scenario(raw: dict[str, Any], path: Path) -> Scenario:
             if trace is not None:
                 trace_path = _named_file(path, f"edge_groups[{i}].{field}", trace, "trace")
                 TraceBandwidth.from_csv(trace_path, model.link.trace_repeat)
-    compute_traces = [("edge.compute_trace", model.edge.compute_trace)]
-    compute_traces += [("edge.prefill_compute_trace", model.edge.prefill_compute_trace)]
-    compute_traces += [("cloud.compute_trace", model.cloud.compute_trace)]
-    compute_traces += [
-        (f"edge_groups[{i}].compute_trace", g.compute_trace)
-        for i, g in enumerate(model.edge_groups)
+    edge_repeat = model.edge.compute_trace_repeat  # groups follow [edge]'s
+    compute_traces = [
+        ("edge.compute_trace", model.edge.compute_trace, edge_repeat),
+        ("edge.prefill_compute_trace", model.edge.prefill_compute_trace, edge_repeat),
+        ("cloud.compute_trace", model.cloud.compute_trace, model.cloud.compute_trace_repeat),
+        *(
+            (f"edge_groups[{i}].compute_trace", group.compute_trace, edge_repeat)
+            for i, group in enumerate(model.edge_groups)
+        ),
     ]
-    for where, trace in compute_traces:
+    for where, trace, repeat in compute_traces:
         if trace is not None:
-            repeat = (
-                model.cloud.compute_trace_repeat
-                if where.startswith("cloud")
-                else model.edge.compute_trace_repeat
-            )
             ComputeTrace.from_csv(_named_file(path, where, trace, "trace"), repeat)
     group_labels: set[str] = set()
     for i, group in enumerate(model.edge_groups):

@@ -23,6 +23,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from figures.load import TIMELINE_NAME, read_timeline
 from realrun.edge.speed_probe import request_speed
 from realrun.request_costs import EDGE_SPLIT_COLUMNS
 from simulator.profile import load_profile
@@ -37,14 +38,11 @@ def read_spans(folder: Path) -> dict[tuple[str, str, str, str], list[Span]]:
     """Every timeline's spans per (point, policy, seed, request)."""
     spans: dict[tuple[str, str, str, str], list[Span]] = defaultdict(list)
     for path in sorted(folder.glob("timeline_p*.csv")):
-        point = path.name.split("_")[1].removeprefix("p")
-        policy, seed = path.stem.split("_", 3)[3].rsplit("_s", 1)
-        with path.open(newline="") as handle:
-            for row in csv.DictReader(handle):
-                span = Span(row["lane"], float(row["start_s"]), float(row["end_s"]),
-                            row["label"], int(row["request"]), int(row["first"]),
-                            int(row["last"]))  # fmt: skip
-                spans[(point, policy, seed, row["request"])].append(span)
+        name = TIMELINE_NAME.fullmatch(path.name)
+        assert name is not None, path
+        for span in read_timeline(path):
+            key = (name["point"], name["label"], name["seed"], str(span.request))
+            spans[key].append(span)
     return spans
 
 

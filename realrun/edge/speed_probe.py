@@ -168,20 +168,14 @@ def request_speed(
         elif span.lane == "cloud" and span.label == "NAV":
             positions = span.last - span.first + 1  # the drafts and the last committed token
             cloud_predicted_s += target_latency.forward_s(positions, prompt_len + span.first)
-    (prefill_s, prefill_predicted_s), (decode_s, decode_predicted_s) = (
-        work["prefill"],
-        work["draft"],
-    )
     return RequestSpeed(
         record.start_s,
         sum(sums[0] for sums in work.values()),
         sum(sums[1] for sums in work.values()),
         record.cloud_busy_s,
         cloud_predicted_s,
-        prefill_s,
-        prefill_predicted_s,
-        decode_s,
-        decode_predicted_s,
+        *work["prefill"],
+        *work["draft"],
     )
 
 
