@@ -19,17 +19,23 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from models.registry import MODEL_NAMES, resolve_model
 from models.shapes import SHAPES, get_shape
 from realrun.cloud.settings import ServerSettings
-from realrun.fleet import fleet_skip_reason, run_fleet
+from realrun.fleet import check_fleet, fleet_skip_reason, run_fleet
 from realrun.local import (
     ACCEPTANCE_MODES,
     LOCAL_KIND,
     SHAPING_MODES,
     LocalOptions,
     ServerError,
+    check_points,
     run_local,
 )
 from realrun.testbed import run_testbed
-from realrun.testbed_rules import SamplingSpec, check_sampling, entry_skip_reason
+from realrun.testbed_rules import (
+    SamplingSpec,
+    check_machine_speed,
+    check_sampling,
+    entry_skip_reason,
+)
 from simulator.errors import ConfigError
 from simulator.outdir import claim_out_dir, out_dir_arg
 from simulator.scenario import expand_sweep
@@ -358,8 +364,9 @@ def run_local_command(args: argparse.Namespace, argv: list[str]) -> int:
     points = expand_sweep(args.scenario, args.overrides, args.sweep)
     options = local_options(args)
     check_sampling_points(options.sampling, points, options.acceptance)
-    make_out(args, LOCAL_KIND, argv)
     many = bool(points[0].scenario.model.edge_groups)  # a process per edge (realrun.fleet)
+    (check_fleet if many else check_points)(args.scenario, points, options)  # before OUT exists
+    make_out(args, LOCAL_KIND, argv)
     runner = run_fleet if many else run_local
     total = testbed_requests(points, options.sampling)
     with testbed_progress(args.quiet, total) as progress:
@@ -409,6 +416,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     point = expand_sweep(args.scenario, args.overrides)[0]
     sampling = sampling_spec(args)
     check_sampling_points(sampling, [point])
+    check_machine_speed(args.scenario, [point])
     draft = resolve_model(args.draft)
     make_out(args, "realrun edge", argv)
     try:

@@ -7,7 +7,9 @@ shared by realrun.testbed (one edge), realrun.local, realrun.fleet and validatio
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from policies.base import Mode
@@ -53,6 +55,37 @@ def check_vocabularies(draft_vocab: int, target_vocab: int, acceptance: str) -> 
             f"its vocabulary ({draft_vocab}) is larger than the target's ({target_vocab}): "
             "its tokens cannot all be verified",
         )
+
+
+MACHINE_SPEED = (
+    "must be left unset (factor 1, spread 0, no trace): the testbed's draft and target run at "
+    "the machine's own speed, which a run measures (compute_edge.csv, compute_cloud.csv) and "
+    "validation replays"
+)
+"""Why a compute speed in a testbed scenario is refused (it would be ignored)."""
+
+
+def check_machine_speed(scenario_path: Path, points: Sequence[SweepPoint]) -> None:
+    """Refuse compute speeds set in the scenario (one-line ConfigError naming the field): the
+    testbed cannot slow or speed its models, so a factor, spread or trace would be silently
+    ignored by the run and applied by a simulation of the same scenario."""
+    for point in points:
+        model = point.scenario.model
+        edge, cloud = model.edge, model.cloud
+        speeds = {
+            "edge.compute_factor": edge.compute_factor != 1.0,
+            "edge.compute_trace": edge.compute_trace is not None,
+            "edge.prefill_compute_trace": edge.prefill_compute_trace is not None,
+            "cloud.compute_factor": cloud.compute_factor != 1.0,
+            "cloud.compute_trace": cloud.compute_trace is not None,
+        }
+        for i, group in enumerate(model.edge_groups):
+            speeds[f"edge_groups[{i}].compute_factor"] = group.compute_factor not in (None, 1.0)
+            speeds[f"edge_groups[{i}].compute_spread"] = group.compute_spread > 0.0
+            speeds[f"edge_groups[{i}].compute_trace"] = group.compute_trace is not None
+        for field, is_set in speeds.items():
+            if is_set:
+                raise ConfigError(scenario_path, field, MACHINE_SPEED)
 
 
 def refill_s(point: SweepPoint) -> float:

@@ -36,7 +36,7 @@ from realrun.fleet_trace import prefill_row
 from realrun.local import REALRUN_PACKAGES, LocalOptions
 from realrun.testbed import COMPUTE_FILES
 from simulator.compute import MAX_SPEED_FACTOR
-from simulator.errors import ConfigError, from_validation_error
+from simulator.errors import from_validation_error
 from simulator.profile import MIN_SPEED_FACTOR
 from simulator.provenance import package_versions
 from simulator.results import write_json, write_table
@@ -56,29 +56,6 @@ PREDICTIONS = {
 """Each prediction's folder in OUT (see the module docstring)."""
 
 Change = Callable[[ScenarioModel], ScenarioModel]
-
-
-def check_fleet_validation(scenario_path: Path, points: Sequence[SweepPoint]) -> None:
-    """Refuse speeds the testbed cannot run (one-line ConfigError): its edges and server run at
-    the machine's own speed, which the validation measures, so the scenario sets none."""
-    for point in points:
-        model = point.scenario.model
-        for section in ("edge", "cloud"):
-            part = getattr(model, section)
-            if part.compute_factor != 1.0 or part.compute_trace is not None:
-                raise ConfigError(scenario_path, f"{section}.compute_factor", "a many-edge "
-                                  "validation runs at the machine's own speed: leave "
-                                  "compute_factor and compute_trace unset")  # fmt: skip
-        for i, group in enumerate(model.edge_groups):
-            if (
-                group.compute_factor not in (None, 1.0)
-                or group.compute_spread
-                or (group.compute_trace is not None)
-            ):
-                raise ConfigError(scenario_path, f"edge_groups[{i}].compute_factor", "a "
-                                  "many-edge validation runs at the machine's own speed: "
-                                  "leave compute_factor, compute_spread and compute_trace "
-                                  "unset")  # fmt: skip
 
 
 def split_point(point: SweepPoint) -> SweepPoint:
@@ -373,7 +350,6 @@ def validate_fleet(
 ) -> FleetTables:
     """Run the fleet into OUT/real, the three predictions into their folders, write the
     tables and OUT/manifest.json (with `origin`: the recalibration); returns the tables."""
-    check_fleet_validation(scenario_path, points)
     run_fleet(scenario_path, points, options, out_dir / "real", command, progress)
     draws = acceptance_draws(options.acceptance)
     return predict_fleet(scenario_path, profile_path, points, draws, out_dir, command, origin)
@@ -431,4 +407,4 @@ def predict_fleet(
     return tables
 
 
-__all__ = ["check_fleet_validation", "predict_fleet", "split_point", "validate_fleet"]
+__all__ = ["predict_fleet", "split_point", "validate_fleet"]

@@ -15,7 +15,7 @@ from realrun.fleet import check_fleet
 from realrun.local import ServerError
 from simulator.errors import ConfigError
 from simulator.scenario import SweepPoint
-from validation.fleet import check_fleet_validation, validate_fleet
+from validation.fleet import validate_fleet
 from validation.fleet_batch import add_batch_term, batch_grid
 from validation.fleet_table import NAMES, FleetTables
 from validation.recalibrate import recalibrate_for_run
@@ -32,7 +32,6 @@ def run_fleet_validate(args: argparse.Namespace, argv: list[str], points: list[S
                           "([[edge_groups]]): it runs the scenario's own seeds")  # fmt: skip
     options = local_options(args)
     check_fleet(args.scenario, points, options)  # one line each, before any work
-    check_fleet_validation(args.scenario, points)
     command = ["pipesd", *argv]
     make_out(args, "validate", argv)
     profile = args.profile

@@ -100,6 +100,7 @@ def test_bad_fleet_on_the_command_line_is_one_line_exit_2(tmp_path):
     done = subprocess.run([*PIPESD, *argv], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "edge_groups" in done.stderr
+    assert not (tmp_path / "out").exists()
 
 
 PIPESD = [sys.executable, "-c", "import sys; from pipesd.cli import main; sys.exit(main())"]

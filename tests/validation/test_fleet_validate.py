@@ -90,7 +90,7 @@ def validate(path: Path, out: Path, *flags: str) -> subprocess.CompletedProcess[
     [
         ("", ["--rank"], "--rank"),
         ("compute_factor = 2.0", [], "edge_groups[0].compute_factor"),
-        ("compute_spread = 0.1", [], "edge_groups[0].compute_factor"),
+        ("compute_spread = 0.1", [], "edge_groups[0].compute_spread"),
         ('arrival = "poisson"\nrate_per_s = 1.0', [], "edge_groups[0].arrival"),
     ],
 )
