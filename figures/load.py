@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -17,12 +16,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from simulator.errors import ConfigError
-from simulator.records import Span
+from simulator.records import TIMELINE_NAME, Span
 
-TIMELINE_NAME = re.compile(
-    r"timeline_p(?P<point>\d+)_(?:(?P<index>\d+)_)?(?P<label>.+)_s(?P<seed>\d+)\.csv"
-)
-"""timeline_p{point}_{policy index}_{label}_s{seed}.csv (older runs: no policy index)."""
 TIMELINE_COLUMNS = ("lane", "start_s", "end_s", "label", "request", "first", "last")
 """Columns a timeline CSV must have; `ready_s` and `edge` are optional (0 when absent)."""
 

@@ -32,7 +32,7 @@ from realrun.local import (
 from realrun.testbed import run_testbed
 from realrun.testbed_rules import (
     SamplingSpec,
-    check_machine_speed,
+    check_recorded_conditions,
     check_sampling,
     entry_skip_reason,
 )
@@ -416,7 +416,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     point = expand_sweep(args.scenario, args.overrides)[0]
     sampling = sampling_spec(args)
     check_sampling_points(sampling, [point])
-    check_machine_speed(args.scenario, [point])
+    check_recorded_conditions(args.scenario, [point])
     draft = resolve_model(args.draft)
     make_out(args, "realrun edge", argv)
     try:

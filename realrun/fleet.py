@@ -50,7 +50,7 @@ from realrun.local import (
 )
 from realrun.local import batch_rule as point_batch_rule
 from realrun.testbed import COMPUTE_FILES
-from realrun.testbed_rules import body_limit, check_machine_speed, skip_reason
+from realrun.testbed_rules import body_limit, check_recorded_conditions, skip_reason
 from simulator.dipsd_plan import fleet_plan, plan_batches
 from simulator.engine import scenario_plan
 from simulator.errors import ConfigError
@@ -85,7 +85,7 @@ def check_fleet(
     """Refuse fleet settings the testbed cannot run (one-line ConfigError each); returns the
     skipped policies (label -> reason)."""
     check_window(scenario_path, points)
-    check_machine_speed(scenario_path, points)
+    check_recorded_conditions(scenario_path, points)
     for point in points:
         edges = fleet_size(point)
         if edges > MAX_EDGES:

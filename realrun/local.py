@@ -34,7 +34,7 @@ from realrun.testbed import run_testbed
 from realrun.testbed_rules import (
     SamplingSpec,
     body_limit,
-    check_machine_speed,
+    check_recorded_conditions,
     check_sampling,
     entry_skip_reason,
     sampling_info,
@@ -122,7 +122,7 @@ def check_points(
     scenario_path: Path, points: Sequence[SweepPoint], options: LocalOptions | None = None
 ) -> dict[str, str]:
     """Refuse what the testbed cannot run (fleets, compute speeds: realrun.testbed_rules.
-    check_machine_speed, no runnable policy, sampling settings that
+    check_recorded_conditions, no runnable policy, sampling settings that
     do not fit a point: realrun.testbed_rules.check_sampling; payloads needing request bodies past
     the server's ceiling: realrun.testbed_rules.body_limit); returns the skipped policies
     (label -> reason)."""
@@ -133,7 +133,7 @@ def check_points(
             check_sampling(options.sampling, point.scenario, options.acceptance)
 
     check_window(scenario_path, points)
-    check_machine_speed(scenario_path, points)
+    check_recorded_conditions(scenario_path, points)
     scenario = points[0].scenario
     if scenario.model.edge_groups:
         raise ConfigError(

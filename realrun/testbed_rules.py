@@ -65,12 +65,22 @@ MACHINE_SPEED = (
 """Why a compute speed in a testbed scenario is refused (it would be ignored)."""
 
 
-def check_machine_speed(scenario_path: Path, points: Sequence[SweepPoint]) -> None:
-    """Refuse compute speeds set in the scenario (one-line ConfigError naming the field): the
-    testbed cannot slow or speed its models, so a factor, spread or trace would be silently
-    ignored by the run and applied by a simulation of the same scenario."""
+OWN_JITTER = (
+    "must be left unset: the testbed's link has its own delay spread, which a run records "
+    "(timeline lane report) and validation replays"
+)
+"""Why an uplink jitter in a testbed scenario is refused (it would be ignored)."""
+
+
+def check_recorded_conditions(scenario_path: Path, points: Sequence[SweepPoint]) -> None:
+    """Refuse what the testbed records rather than emulates (one-line ConfigError naming the
+    field): compute speeds (it cannot slow or speed its models) and the uplink's jitter (its
+    link has its own), which the run would silently ignore and a simulation of the same
+    scenario apply."""
     for point in points:
         model = point.scenario.model
+        if model.link.uplink_jitter is not None:
+            raise ConfigError(scenario_path, "link.uplink_jitter", OWN_JITTER)
         edge, cloud = model.edge, model.cloud
         speeds = {
             "edge.compute_factor": edge.compute_factor != 1.0,

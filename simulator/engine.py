@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import simpy
 
 from policies.base import Policy
@@ -31,6 +32,7 @@ from simulator.edge import Edge, EdgeConfig, SessionStats
 from simulator.errors import ConfigError
 from simulator.fleet import EdgeSpec, edge_specs
 from simulator.link import Channel
+from simulator.link_jitter import JitteredChannel
 from simulator.payload import payload_for
 from simulator.profile import LoadedProfile
 from simulator.records import RequestRecord, Span
@@ -95,6 +97,20 @@ def scenario_plan(
         raise ConfigError(scenario.path, f"policies.{entry.label}.plan.lengths",
                           f"plans {len(lengths)} edges; the scenario has {len(specs)}")  # fmt: skip
     return make_plan(fleet_system(scenario, specs), assignment, lengths, ())
+
+
+JITTER_STREAM = 0x717E
+"""Tags the random stream of an edge's uplink jitter draws (from the run's seed and the edge)."""
+
+
+def uplink_channel(spec: EdgeSpec, seed: int) -> Channel:
+    """The edge's uplink: jittered where the scenario gives samples (`[link] uplink_jitter`),
+    each edge drawing from its own stream of the run's seed."""
+    args = (spec.uplink, spec.uplink_overhead_s, spec.one_way_latency_s, spec.burst_bytes)
+    if spec.uplink_jitter is None:
+        return Channel(*args)
+    stream = np.random.SeedSequence([seed, spec.index, JITTER_STREAM]).generate_state(1)[0]
+    return JitteredChannel(*args, spec.uplink_jitter, int(stream))
 
 
 def simulate(
@@ -174,9 +190,7 @@ def simulate(
             split=own.split,
             speed=edge_speed(spec.compute_trace, own.edge_thermal, spec.prefill_trace),
         )
-        uplink = Channel(
-            spec.uplink, spec.uplink_overhead_s, spec.one_way_latency_s, spec.burst_bytes
-        )
+        uplink = uplink_channel(spec, seed)
         downlink = Channel(
             spec.downlink, spec.downlink_overhead_s, spec.one_way_latency_s, spec.burst_bytes
         )

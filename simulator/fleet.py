@@ -13,6 +13,7 @@ import numpy as np
 
 from simulator.compute import ComputeTrace
 from simulator.link import Bandwidth, ConstantBandwidth, TraceBandwidth
+from simulator.link_jitter import UplinkJitter
 from simulator.profile import LoadedProfile
 from simulator.scenario import Scenario
 from simulator.scenario_sections import EdgeGroup
@@ -42,6 +43,8 @@ class EdgeSpec:
     prefill_trace: ComputeTrace | None = None
     """The draft's prompt prefill speed over time (x compute_factor) where it has its own;
     None: the prefill runs as the draft steps."""
+    uplink_jitter: UplinkJitter | None = None
+    """Each uplink message's extra delay, drawn from these samples; None: none."""
 
 
 class _Links:
@@ -51,6 +54,7 @@ class _Links:
         self.scenario = scenario
         self._traces: dict[str, TraceBandwidth] = {}
         self._compute: dict[str, ComputeTrace] = {}
+        self._jitter: UplinkJitter | None = None
 
     def compute(
         self, group: EdgeGroup | None, factor: float
@@ -76,6 +80,15 @@ class _Links:
             repeat = self.scenario.model.edge.compute_trace_repeat
             self._compute[name] = ComputeTrace.from_csv(path, repeat)
         return self._compute[name]
+
+    def jitter(self) -> UplinkJitter | None:
+        """The link's uplink jitter samples (read once), None for none."""
+        name = self.scenario.model.link.uplink_jitter
+        if name is None:
+            return None
+        if self._jitter is None:
+            self._jitter = UplinkJitter.from_csv(self.scenario.resolve(name))
+        return self._jitter
 
     def bandwidth(
         self, direction: str, group: EdgeGroup | None, profile: LoadedProfile
@@ -124,6 +137,7 @@ def edge_specs(scenario: Scenario, seed: int) -> list[EdgeSpec]:
                 arrivals=None,
                 compute_trace=trace,
                 prefill_trace=prefill,
+                uplink_jitter=links.jitter(),
             )
         ]
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xED6E]))
@@ -158,6 +172,7 @@ def edge_specs(scenario: Scenario, seed: int) -> list[EdgeSpec]:
                     arrivals=arrivals,
                     compute_trace=trace,
                     prefill_trace=prefill,
+                    uplink_jitter=links.jitter(),
                 )
             )
     return specs

@@ -141,3 +141,32 @@ def read_step_trace(
     if times[0] != 0.0:
         raise ConfigError(path, "line 2", f"the first t_s must be 0 (got {times[0]})")
     return times, values
+
+
+def read_samples(path: Path, what: str, column: str, low: float, high: float) -> list[float]:
+    """Read a CSV column of samples (a header row naming `column` is required; other columns
+    are ignored): each finite in [low, high], at least one; anything else is a one-line
+    ConfigError naming the file (`what` says which samples) and the line."""
+    check_regular(path, what, MAX_TRACE_BYTES)
+    values: list[float] = []
+    try:
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            if column not in (reader.fieldnames or []):
+                raise ConfigError(path, "header", f"{what} needs a column {column}")
+            for line, row in enumerate(reader, start=2):
+                try:
+                    value = float(row[column])
+                except (TypeError, ValueError):
+                    raise ConfigError(path, f"line {line}", f"{column} must be a number") from None
+                if not (math.isfinite(value) and low <= value <= high):
+                    problem = f"{column} must be in [{low:g}, {high:g}] (got {value})"
+                    raise ConfigError(path, f"line {line}", problem)
+                values.append(value)
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read {what} ({exc.strerror})") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(path, "", f"not a CSV text file ({exc})") from None
+    if not values:
+        raise ConfigError(path, "", f"{what} holds no rows")
+    return values

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from typing import NamedTuple
 
@@ -81,3 +82,10 @@ class Span(NamedTuple):
     last: int = 0
     ready_s: float = 0.0
     edge: int = 0
+
+
+TIMELINE_NAME = re.compile(
+    r"timeline_p(?P<point>\d+)_(?:(?P<index>\d+)_)?(?P<label>.+)_s(?P<seed>\d+)\.csv"
+)
+"""A timeline file's name: timeline_p{point}_{policy index}_{label}_s{seed}.csv (the simulator's
+and the testbed's; older runs: no policy index)."""

@@ -25,6 +25,7 @@ from simulator.compute import ComputeTrace
 from simulator.errors import ConfigError, from_validation_error, render_value
 from simulator.inputs import MAX_DEPTH, check_data, load_toml
 from simulator.link import TraceBandwidth
+from simulator.link_jitter import UplinkJitter
 from simulator.profile import LoadedProfile, load_profile
 from simulator.scenario_sections import PayloadSection, PolicyEntry, ScenarioModel
 
@@ -200,6 +201,9 @@ def validate_scenario(raw: dict[str, Any], path: Path) -> Scenario:
             if trace is not None:
                 trace_path = _named_file(path, f"edge_groups[{i}].{field}", trace, "trace")
                 TraceBandwidth.from_csv(trace_path, model.link.trace_repeat)
+    if model.link.uplink_jitter is not None:
+        jitter = model.link.uplink_jitter
+        UplinkJitter.from_csv(_named_file(path, "link.uplink_jitter", jitter, "jitter"))
     edge_repeat = model.edge.compute_trace_repeat  # groups follow [edge]'s
     compute_traces = [
         ("edge.compute_trace", model.edge.compute_trace, edge_repeat),

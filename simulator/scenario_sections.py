@@ -49,6 +49,11 @@ class LinkSection(Strict):
     uplink_trace: str | None = None
     downlink_trace: str | None = None
     trace_repeat: bool = Field(True, description="loop a trace past its end (else hold last)")
+    uplink_jitter: str | None = Field(
+        None,
+        description="`jitter_s` CSV: each uplink message arrives one sample (drawn at random, "
+        "seeded) later, in send order (simulator/link_jitter.py); every edge",
+    )
 
 
 class PromptsSection(Strict):

@@ -7,7 +7,8 @@ become one `t_s, factor` compute trace per session and side (OUT/sim/compute/, t
 simulator replayed), and every session is simulated with its own traces: the simulator given
 the machine's speed as it moved, as it is given a link's bandwidth as it moved. Where the run
 recorded the draft's prefill and its steps apart (runs since the split; they drift apart on
-a shared CPU), the edge gets a trace for each.
+a shared CPU), the edge gets a trace for each; where its timelines keep the upload durations
+the edge heard, their spread becomes the uplink's jitter (validation.replay_jitter).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from simulator.runner import Task, TaskOutcome, execute, summary_rows
 from simulator.scenario import SweepPoint
 from simulator.scenario_sections import ScenarioModel
 from validation.draws import draw_seeds
+from validation.replay_jitter import recorded_jitter, write_jitter
 
 Session = tuple[int, str, int]
 """(sweep point, policy label, seed): one testbed session, one simulation per acceptance draw."""
@@ -145,16 +147,21 @@ def resimulate_sessions(
     return predicted
 
 
-def with_traces(paths: dict[str, Path]) -> Callable[[ScenarioModel], ScenarioModel]:
+def with_traces(
+    paths: dict[str, Path], jitter: Path | None = None
+) -> Callable[[ScenarioModel], ScenarioModel]:
     """A scenario-model change: the edge's and the cloud's compute traces, and the edge's
     prefill trace where there is one (`SCENARIO_FIELDS`; not looped: a session past its
-    recorded end keeps its last speed)."""
+    recorded end keeps its last speed); `jitter`: the uplink's jitter samples
+    (validation.replay_jitter)."""
 
     def change(model: ScenarioModel) -> ScenarioModel:
         fields: dict[str, dict[str, Any]] = {}
         for side, path in paths.items():
             section, field = SCENARIO_FIELDS[side]
             fields.setdefault(section, {"compute_trace_repeat": False})[field] = str(path)
+        if jitter is not None:
+            fields["link"] = {"uplink_jitter": str(jitter)}
         update = {name: getattr(model, name).model_copy(update=f) for name, f in fields.items()}
         return model.model_copy(update=update)
 
@@ -164,17 +171,19 @@ def with_traces(paths: dict[str, Path]) -> Callable[[ScenarioModel], ScenarioMod
 def resimulate_replayed(
     points: Sequence[SweepPoint], real: Path, sim: Path, draws: int = 1
 ) -> dict[tuple[int, str], float] | None:
-    """TPT (ms) per (point, policy) with every session at its recorded compute traces (the
-    trace files written to SIM/compute/), `draws` acceptance draws each; None where the real
-    run recorded none."""
+    """TPT (ms) per (point, policy) with every session at its recorded compute traces and,
+    where its timeline holds upload reports, their spread as the uplink's jitter (the files
+    written to SIM/compute/), `draws` acceptance draws each; None where the real run recorded
+    no compute traces."""
     traces = recorded_traces(real)
     if traces is None:
         return None
     paths = write_traces(traces, sim / "compute")
+    jitter = write_jitter(recorded_jitter(real), sim / "compute")
     with (real / "results.csv").open(newline="") as handle:
         sessions = {(int(r["point"]), r["policy"], int(r["seed"])) for r in csv.DictReader(handle)}
     # a session without a recorded request (every one offline) runs at the profile's speed
-    changes = {key: with_traces(paths.get(key, {})) for key in sessions}
+    changes = {key: with_traces(paths.get(key, {}), jitter.get(key)) for key in sessions}
     return resimulate_sessions(points, changes, draws)
 
 

@@ -221,6 +221,9 @@ def revalidate(
     for name in REAL_FILES:
         if (source / "real" / name).is_file():
             shutil.copyfile(source / "real" / name, real / name)
+    timelines = source / "real" / "timelines"
+    if timelines.is_dir():  # their upload reports: the uplink jitter replayed (replay_jitter)
+        shutil.copytree(timelines, real / "timelines", dirs_exist_ok=True)
     validation = source / "validation.csv"
     origin = {
         "revalidated_from": {

@@ -218,7 +218,9 @@ PREDICTIONS_MEANING = (
     "three predictions of the same real run. calibration: the profile alone (measured before "
     "the run; blind to the machine's drift during it). replayed_compute_traces: every session "
     "with the draft's and the target's speed per request as the testbed recorded them, "
-    "replayed as compute traces, as a link's bandwidth trace is replayed: the goals apply to "
+    "replayed as compute traces, as a link's bandwidth trace is replayed (and, where its "
+    "timeline keeps the upload durations the edge heard, their spread around the median as "
+    "the uplink's jitter, [link] uplink_jitter): the goals apply to "
     "this one, since it asks whether the twin predicts the run given the machine's speed as "
     "it moved (its environment), which is what a twin is for; the machine's own drift is an "
     "input, not something a model of the system can foresee. mean_run_speed: each policy at "
@@ -432,5 +434,7 @@ def simulate_and_compare(
     probes = probed_speeds(out_dir / "real" / "speeds.csv")
     probed = resimulate(points, probes, draws)
     replayed = resimulate_replayed(points, out_dir / "real", out_dir / "sim", draws)
+    jittered = sorted(p.name for p in (out_dir / "sim" / "compute").glob("*_uplink_jitter.csv"))
+    extra["replayed_uplink_jitter"] = jittered  # sessions replayed with their upload spread
     axes = list(points[0].axes)
     return write_validation(out_dir, axes, extra, speeds, predicted, probes, probed, replayed)

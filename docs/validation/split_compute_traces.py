@@ -23,11 +23,11 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from figures.load import TIMELINE_NAME, read_timeline
+from figures.load import read_timeline
 from realrun.edge.speed_probe import request_speed
 from realrun.request_costs import EDGE_SPLIT_COLUMNS
 from simulator.profile import load_profile
-from simulator.records import RequestRecord, Span
+from simulator.records import TIMELINE_NAME, RequestRecord, Span
 from simulator.results import format_cell, write_table
 
 ROUNDING_S = 5e-4

@@ -93,6 +93,7 @@ def _drop(dotted: str) -> Callable[[dict[str, Any]], None]:
 
 UPLINK_TRACE = edit("uplink_mbps = 20.0", 'uplink_trace = "up.csv"')
 REPLAY = BASE + '\n[acceptance]\nkind = "replay"\ntrace = "replay.csv"\n'
+JITTER = edit("uplink_mbps = 20.0", 'uplink_mbps = 20.0\nuplink_jitter = "jitter.csv"')
 
 
 @dataclass(frozen=True)
@@ -243,6 +244,28 @@ CASES: dict[str, Case] = {
     ),
     "trace-not-utf8": Case(
         UPLINK_TRACE, files={"up.csv": b"\xff\xfet_s,mbps\n"}, expect=("up.csv", "not a CSV")
+    ),
+    # uplink jitter samples
+    "jitter-missing": Case(
+        JITTER, expect=("scenario.toml", "link.uplink_jitter: jitter file 'jitter.csv' not found")
+    ),
+    "jitter-bad-header": Case(
+        JITTER,
+        files={"jitter.csv": "delay\n0.001\n"},
+        expect=("jitter.csv", "header", "uplink jitter needs a column jitter_s"),
+    ),
+    "jitter-not-a-number": Case(
+        JITTER,
+        files={"jitter.csv": "jitter_s\n0.001\nfast\n"},
+        expect=("jitter.csv", "line 3", "jitter_s must be a number"),
+    ),
+    "jitter-not-finite": Case(
+        JITTER,
+        files={"jitter.csv": "jitter_s\n0.001\ninf\n"},
+        expect=("jitter.csv", "line 3", "jitter_s must be in [-60, 60]", "inf"),
+    ),
+    "jitter-no-rows": Case(
+        JITTER, files={"jitter.csv": "jitter_s\n"}, expect=("jitter.csv", "holds no rows")
     ),
     # replayed acceptance traces
     "replay-missing": Case(REPLAY, expect=("scenario.toml", "acceptance.trace", "'replay.csv'")),

@@ -19,6 +19,7 @@ from simulator.profile import DraftLatency, TargetLatency
 from simulator.records import RequestRecord, Span
 from simulator.scenario import expand_sweep
 from validation.replay import recorded_traces, trace_rows, with_traces
+from validation.replay_jitter import recorded_jitter, write_jitter
 
 REPO = Path(__file__).resolve().parents[2]
 RUN11 = REPO / "docs" / "validation" / "cpu-run11"
@@ -193,3 +194,54 @@ def test_acceptance_draws_average_the_sessions_simulated_with_their_draw_seeds(
     summary = read_rows(tmp_path / "sim" / "summary.csv")
     assert three == pytest.approx(float(summary[0]["tpt_ms"]), rel=1e-5)
     assert one != pytest.approx(three, rel=1e-6)  # the assumed Beta model is random per seed
+
+
+RUN26 = REPO / "docs" / "validation" / "cpu-run26-notune005"
+
+
+def test_recorded_jitter_is_each_sessions_reports_less_their_median(tmp_path) -> None:
+    folder = tmp_path / "real" / "timelines"
+    folder.mkdir(parents=True)
+    spans = [
+        Span("report", 1.0, 1.020, "upload", 0, 0, 1),
+        Span("draft", 1.0, 1.5, "draft", 0),
+        Span("report", 2.0, 2.025, "upload", 0, 0, 2),
+        Span("report", 3.0, 3.060, "upload", 1),
+    ]
+    sessions = {"timeline_p0_1_pipesd_s3.csv": spans, "timeline_p0_0_vanilla_s3.csv": []}
+    for name, rows in sessions.items():
+        with (folder / name).open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(Span._fields)
+            writer.writerows(rows)
+    samples = recorded_jitter(tmp_path / "real")
+    assert list(samples) == [(0, "pipesd", 3)]  # vanilla heard no report: no jitter
+    assert samples[(0, "pipesd", 3)] == pytest.approx([-0.005, 0.0, 0.035])
+    paths = write_jitter(samples, tmp_path / "compute")
+    assert paths[(0, "pipesd", 3)].read_text().splitlines()[0] == "jitter_s"
+    model = expand_sweep(REPO / "scenarios" / "pipesd_s1.toml")[0]
+    changed = with_traces({}, paths[(0, "pipesd", 3)])(model.scenario.model)
+    assert changed.link.uplink_jitter == str(paths[(0, "pipesd", 3)])
+    assert changed.edge == model.scenario.model.edge
+
+
+def test_revalidate_replays_the_upload_spread_a_timeline_recorded(in_repo, tmp_path) -> None:
+    """Run 26 kept its upload reports: the replayed prediction draws the uplink's jitter from
+    them (sim/compute/, the manifest lists it); without the timelines it replays none."""
+    out = tmp_path / "with"
+    assert main(["revalidate", str(RUN26), "--quiet", "--out", str(out)]) == 0
+    name = "p0_pipesd-no-autotune_s1_uplink_jitter.csv"
+    assert json.loads((out / "manifest.json").read_text())["replayed_uplink_jitter"] == [name]
+    written = [float(r["jitter_s"]) for r in read_rows(out / "sim" / "compute" / name)]
+    recorded = recorded_jitter(RUN26 / "real")[(0, "pipesd-no-autotune", 1)]
+    assert written == recorded and len(written) == 1021
+    source = tmp_path / "run26"
+    shutil.copytree(RUN26, source, ignore=shutil.ignore_patterns("timelines"))
+    plain = tmp_path / "without"
+    assert main(["revalidate", str(source), "--quiet", "--out", str(plain)]) == 0
+    assert json.loads((plain / "manifest.json").read_text())["replayed_uplink_jitter"] == []
+    with_jitter, without = (
+        float(read_rows(folder / "validation.csv")[0]["tpt_ms_sim_replayed"])
+        for folder in (out, plain)
+    )
+    assert with_jitter != without
