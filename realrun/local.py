@@ -121,8 +121,8 @@ class LocalOptions:
 def check_points(
     scenario_path: Path, points: Sequence[SweepPoint], options: LocalOptions | None = None
 ) -> dict[str, str]:
-    """Refuse what the testbed cannot run (fleets, compute speeds: realrun.testbed_rules.
-    check_recorded_conditions, no runnable policy, sampling settings that
+    """Refuse what the testbed cannot run (fleets; compute speeds and uplink jitter:
+    realrun.testbed_rules.check_recorded_conditions; no runnable policy; sampling settings that
     do not fit a point: realrun.testbed_rules.check_sampling; payloads needing request bodies past
     the server's ceiling: realrun.testbed_rules.body_limit); returns the skipped policies
     (label -> reason)."""
