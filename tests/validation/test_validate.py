@@ -15,6 +15,7 @@ from model_marks import needs_smollm2, smollm2_path
 
 from pipesd.cli import main
 from validation.draws import ACCEPTANCE_DRAWS
+from validation.replay_jitter import recorded_jitter
 from validation.speeds import resimulate
 from validation.validate import (
     METRICS,
@@ -193,8 +194,14 @@ def test_validate_end_to_end_errors_recompute_from_both_sides(write_scenario, tm
         for trace in recorded:
             factor = float(trace["predicted_s"]) / float(trace["measured_s"])
             assert float(trace["factor"]) == pytest.approx(factor, rel=1e-5) and factor > 0
-    replayed = sorted(p.name.rsplit("_", 1)[1] for p in (out / "sim" / "compute").iterdir())
-    assert replayed == ["cloud.csv"] * 2 + ["edge.csv"] * 2 + ["prefill.csv"] * 2  # 2 sessions
+    written = [p.name for p in (out / "sim" / "compute").iterdir()]
+    traces = sorted(n.rsplit("_", 1)[1] for n in written if not n.endswith("_jitter.csv"))
+    assert traces == ["cloud.csv"] * 2 + ["edge.csv"] * 2 + ["prefill.csv"] * 2  # 2 sessions
+    heard = recorded_jitter(out / "real")  # sessions whose edge timed a message alone
+    assert "pipesd" in {policy for _, policy, _ in heard}
+    assert sorted(n for n in written if n.endswith("_jitter.csv")) == [
+        f"p{point}_{policy}_s{seed}_uplink_jitter.csv" for point, policy, seed in sorted(heard)
+    ]
     probes = read_rows(out / "real" / "speeds.csv")
     assert sorted((p["policy"], p["seed"]) for p in probes) == sorted(
         (policy, str(seed)) for policy in ("vanilla", "pipesd") for seed in (1,)
