@@ -14,6 +14,8 @@ import math
 import os
 import stat
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -102,40 +104,47 @@ MAX_TRACE_S = 1e9
 """The longest time a step-function trace may name (s)."""
 
 
+@contextmanager
+def csv_input(path: Path, what: str) -> Iterator[csv.DictReader[str]]:
+    """A CSV input file's rows (a regular file of bounded size): a file that cannot be read or
+    is no CSV text is a one-line ConfigError naming it, however far the reading got."""
+    check_regular(path, what, MAX_TRACE_BYTES)
+    try:
+        with path.open(newline="") as handle:
+            yield csv.DictReader(handle)
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read {what} ({exc.strerror})") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(path, "", f"not a CSV text file ({exc})") from None
+
+
 def read_step_trace(
     path: Path, what: str, column: str, low: float, high: float
 ) -> tuple[list[float], list[float]]:
     """Read a step-function trace CSV with columns t_s and `column` (a header row is required):
     times finite, from 0 and increasing strictly, values finite in [low, high]; anything else
     is a one-line ConfigError naming the file (`what` says which trace) and the line."""
-    check_regular(path, what, MAX_TRACE_BYTES)
     times: list[float] = []
     values: list[float] = []
-    try:
-        with path.open(newline="") as handle:
-            reader = csv.DictReader(handle)
-            if not {"t_s", column} <= set(reader.fieldnames or []):
-                raise ConfigError(path, "header", f"{what} needs columns t_s, {column}")
-            for line, row in enumerate(reader, start=2):
-                try:
-                    t, value = float(row["t_s"]), float(row[column])
-                except (TypeError, ValueError):
-                    problem = f"t_s and {column} must be numbers"
-                    raise ConfigError(path, f"line {line}", problem) from None
-                if not (math.isfinite(t) and abs(t) <= MAX_TRACE_S):
-                    problem = f"t_s must be finite and at most {MAX_TRACE_S:g} (got {t})"
-                    raise ConfigError(path, f"line {line}", problem)
-                if not (math.isfinite(value) and low <= value <= high):
-                    problem = f"{column} must be in [{low:g}, {high:g}] (got {value})"
-                    raise ConfigError(path, f"line {line}", problem)
-                if times and t <= times[-1]:
-                    raise ConfigError(path, f"line {line}", "t_s must increase strictly")
-                times.append(t)
-                values.append(value)
-    except OSError as exc:
-        raise ConfigError(path, "", f"cannot read {what} ({exc.strerror})") from None
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise ConfigError(path, "", f"not a CSV text file ({exc})") from None
+    with csv_input(path, what) as reader:
+        if not {"t_s", column} <= set(reader.fieldnames or []):
+            raise ConfigError(path, "header", f"{what} needs columns t_s, {column}")
+        for line, row in enumerate(reader, start=2):
+            try:
+                t, value = float(row["t_s"]), float(row[column])
+            except (TypeError, ValueError):
+                problem = f"t_s and {column} must be numbers"
+                raise ConfigError(path, f"line {line}", problem) from None
+            if not (math.isfinite(t) and abs(t) <= MAX_TRACE_S):
+                problem = f"t_s must be finite and at most {MAX_TRACE_S:g} (got {t})"
+                raise ConfigError(path, f"line {line}", problem)
+            if not (math.isfinite(value) and low <= value <= high):
+                problem = f"{column} must be in [{low:g}, {high:g}] (got {value})"
+                raise ConfigError(path, f"line {line}", problem)
+            if times and t <= times[-1]:
+                raise ConfigError(path, f"line {line}", "t_s must increase strictly")
+            times.append(t)
+            values.append(value)
     if not times:
         raise ConfigError(path, "", f"{what} holds no rows")
     if times[0] != 0.0:
@@ -147,26 +156,19 @@ def read_samples(path: Path, what: str, column: str, low: float, high: float) ->
     """Read a CSV column of samples (a header row naming `column` is required; other columns
     are ignored): each finite in [low, high], at least one; anything else is a one-line
     ConfigError naming the file (`what` says which samples) and the line."""
-    check_regular(path, what, MAX_TRACE_BYTES)
     values: list[float] = []
-    try:
-        with path.open(newline="") as handle:
-            reader = csv.DictReader(handle)
-            if column not in (reader.fieldnames or []):
-                raise ConfigError(path, "header", f"{what} needs a column {column}")
-            for line, row in enumerate(reader, start=2):
-                try:
-                    value = float(row[column])
-                except (TypeError, ValueError):
-                    raise ConfigError(path, f"line {line}", f"{column} must be a number") from None
-                if not (math.isfinite(value) and low <= value <= high):
-                    problem = f"{column} must be in [{low:g}, {high:g}] (got {value})"
-                    raise ConfigError(path, f"line {line}", problem)
-                values.append(value)
-    except OSError as exc:
-        raise ConfigError(path, "", f"cannot read {what} ({exc.strerror})") from None
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise ConfigError(path, "", f"not a CSV text file ({exc})") from None
+    with csv_input(path, what) as reader:
+        if column not in (reader.fieldnames or []):
+            raise ConfigError(path, "header", f"{what} needs a column {column}")
+        for line, row in enumerate(reader, start=2):
+            try:
+                value = float(row[column])
+            except (TypeError, ValueError):
+                raise ConfigError(path, f"line {line}", f"{column} must be a number") from None
+            if not (math.isfinite(value) and low <= value <= high):
+                problem = f"{column} must be in [{low:g}, {high:g}] (got {value})"
+                raise ConfigError(path, f"line {line}", problem)
+            values.append(value)
     if not values:
         raise ConfigError(path, "", f"{what} holds no rows")
     return values
